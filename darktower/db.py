@@ -1,0 +1,87 @@
+"""Small PostgreSQL helpers for models and migrations."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.backends.ddl_references import Statement
+from django.db.migrations.operations.base import Operation
+
+
+class PgIndex(models.Index):
+    """An index whose name may use PostgreSQL's 63 characters (Django caps names at 30 for Oracle).
+
+    Needed to keep the seeds' index names, such as idx_meeting_controllers_available.
+    """
+
+    max_name_length = 63
+
+
+_ON_DELETE_SQL = {"CASCADE": "CASCADE", "SET NULL": "SET NULL", "RESTRICT": "RESTRICT"}
+
+
+class SetForeignKeyOnDelete(Operation):
+    """Give an existing foreign key a database-level ON DELETE action.
+
+    Django 5.2 emulates on_delete in Python and creates foreign keys without ON DELETE; the seeds ask
+    the database to enforce CASCADE / SET NULL, so raw SQL deletes behave like ORM deletes. The
+    constraint keeps Django's deterministic name and its DEFERRABLE INITIALLY DEFERRED; reversing
+    restores the plain (NO ACTION) key. No introspection, so `sqlmigrate` shows the exact SQL.
+    """
+
+    reduces_to_sql = True
+    reversible = True
+
+    def __init__(self, model_name: str, field_name: str, on_delete: str) -> None:
+        if on_delete not in _ON_DELETE_SQL:
+            raise ValueError(f"unsupported ON DELETE action {on_delete!r}")
+        self.model_name = model_name
+        self.field_name = field_name
+        self.on_delete = on_delete
+
+    def deconstruct(self):  # type: ignore[no-untyped-def]
+        kwargs = {"model_name": self.model_name, "field_name": self.field_name, "on_delete": self.on_delete}
+        return (self.__class__.__qualname__, [], kwargs)
+
+    def state_forwards(self, app_label, state):  # type: ignore[no-untyped-def]
+        pass
+
+    def _recreate(self, app_label, schema_editor, state, action: str | None) -> None:  # type: ignore[no-untyped-def]
+        model = state.apps.get_model(app_label, self.model_name)
+        field = model._meta.get_field(self.field_name)
+        table = model._meta.db_table
+        name = str(schema_editor._fk_constraint_name(model, field, "_fk_%(to_table)s_%(to_column)s"))
+        # Inside the migration that creates the table, Django has only queued the CREATE of the key
+        # (it runs deferred SQL at the end); take it out of the queue instead of dropping it.
+        pending = [
+            statement
+            for statement in schema_editor.deferred_sql
+            if isinstance(statement, Statement)
+            and statement.template == schema_editor.sql_create_fk
+            and statement.references_column(table, field.column)
+        ]
+        quote = schema_editor.quote_name
+        if pending:
+            for statement in pending:
+                schema_editor.deferred_sql.remove(statement)
+        else:
+            schema_editor.execute(f"ALTER TABLE {quote(table)} DROP CONSTRAINT {quote(name)}")
+        target = field.target_field
+        on_delete = f" ON DELETE {_ON_DELETE_SQL[action]}" if action else ""
+        schema_editor.execute(
+            f"ALTER TABLE {quote(table)} ADD CONSTRAINT {quote(name)} FOREIGN KEY ({quote(field.column)}) "
+            f"REFERENCES {quote(target.model._meta.db_table)} ({quote(target.column)}){on_delete} "
+            "DEFERRABLE INITIALLY DEFERRED"
+        )
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        self._recreate(app_label, schema_editor, to_state, self.on_delete)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        self._recreate(app_label, schema_editor, to_state, None)
+
+    def describe(self) -> str:
+        return f"Set ON DELETE {self.on_delete} on {self.model_name}.{self.field_name}"
+
+    @property
+    def migration_name_fragment(self) -> str:
+        return f"{self.model_name}_{self.field_name}_on_delete"

@@ -1,0 +1,345 @@
+"""Settings for the Dark Tower Global Controller.
+
+This is the only module that reads the process environment. Every variable is documented in
+`.env.example`; bad values stop the process with ImproperlyConfigured instead of being guessed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return default if value is None else value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name} must be <= {maximum}, got {number}")
+    return number
+
+
+def env_float(name: str, default: float, *, minimum: float | None = None, maximum: float | None = None) -> float:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name} must be <= {maximum}, got {number}")
+    return number
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def env_secret(name: str) -> str | None:
+    """A secret from NAME, or from the file named by NAME_FILE (Docker/Kubernetes secrets)."""
+    file_name = os.environ.get(f"{name}_FILE")
+    if file_name:
+        try:
+            return Path(file_name).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE points at an unreadable file: {exc.strerror}") from None
+    return os.environ.get(name) or None
+
+
+# --- Core -------------------------------------------------------------------------------------
+
+DEBUG = env_bool("DEBUG", False)
+
+SECRET_KEY = env_secret("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is required when DEBUG is off. Set SECRET_KEY (or SECRET_KEY_FILE), "
+            "or set DEBUG=1 for local development."
+        )
+    SECRET_KEY = "django-insecure-dev-only-key-do-not-use-in-production"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Where the embedded PostgreSQL and Redis keep their data when DATABASE_URL / REDIS_URL are unset.
+DATA_DIR = Path(env_str("DARKTOWER_DATA_DIR", str(BASE_DIR / ".data")))
+EMBEDDED_PG_DIR = DATA_DIR / "pg"
+EMBEDDED_REDIS_SOCKET = DATA_DIR / "redis.sock"
+
+# Identifies this process in `meeting_assignments.assigned_by_gc_id` and in logs.
+GC_ID = env_str("GC_ID", None) or f"gc-{os.uname().nodename}"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "django_grpc_framework",
+    "django_celery_beat",
+    "pgtrigger",
+    "accounts",
+    "controllers",
+    "meetings",
+    "audit",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "darktower.urls"
+WSGI_APPLICATION = "darktower.wsgi.application"
+ASGI_APPLICATION = "darktower.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------------------------
+
+DATABASE_URL = env_str("DATABASE_URL", None)
+CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
+if DATABASE_URL:
+    _default_db = dj_database_url.parse(DATABASE_URL, conn_max_age=CONN_MAX_AGE, conn_health_checks=True)
+else:
+    # The embedded server (pgserver) listens on a unix socket inside its data directory only.
+    _default_db = dj_database_url.parse(
+        f"postgresql://postgres@{quote(str(EMBEDDED_PG_DIR), safe='')}/postgres",
+        conn_max_age=CONN_MAX_AGE,
+        conn_health_checks=True,
+    )
+_default_db.setdefault("OPTIONS", {})
+_default_db["OPTIONS"].setdefault("application_name", env_str("DB_APPLICATION_NAME", "darktower"))
+_default_db["TEST"] = {"NAME": env_str("DB_TEST_NAME", "test_darktower")}
+DATABASES = {"default": _default_db}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis ------------------------------------------------------------------------------------
+
+REDIS_URL = env_str("REDIS_URL", None) or f"unix://{EMBEDDED_REDIS_SOCKET}"
+# Socket timeouts keep a dead Redis from stalling a request: rate limits fail open after this.
+REDIS_SOCKET_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_TIMEOUT_SECONDS", 0.5, minimum=0.01)
+
+
+def _celery_broker_url(redis_url: str) -> str:
+    # kombu names unix sockets redis+socket://, redis-py names them unix://
+    if redis_url.startswith("unix://"):
+        return "redis+socket://" + redis_url[len("unix://") :]
+    return redis_url
+
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", None) or _celery_broker_url(REDIS_URL)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", None) or CELERY_BROKER_URL
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Auth -------------------------------------------------------------------------------------
+
+AUTH_USER_MODEL = "accounts.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# JWTs (service tokens, user access tokens, meeting tokens) are EdDSA / Ed25519, signed with keys
+# from the signing_keys table; this key encrypts their private halves at rest.
+JWT_ISSUER = env_str("JWT_ISSUER", "darktower-gc")
+JWT_SERVICE_AUDIENCE = env_str("JWT_SERVICE_AUDIENCE", "darktower-internal")
+JWT_API_AUDIENCE = env_str("JWT_API_AUDIENCE", "darktower-api")
+JWT_MEETING_AUDIENCE = env_str("JWT_MEETING_AUDIENCE", "darktower-mc")
+JWT_SERVICE_TOKEN_LIFETIME_SECONDS = env_int("JWT_SERVICE_TOKEN_LIFETIME_SECONDS", 3600, minimum=60, maximum=86400)
+JWT_USER_TOKEN_LIFETIME_SECONDS = env_int("JWT_USER_TOKEN_LIFETIME_SECONDS", 3600, minimum=60, maximum=86400)
+JWT_MEETING_TOKEN_LIFETIME_SECONDS = env_int("JWT_MEETING_TOKEN_LIFETIME_SECONDS", 300, minimum=30, maximum=3600)
+JWT_CLOCK_SKEW_SECONDS = env_int("JWT_CLOCK_SKEW_SECONDS", 30, minimum=0, maximum=300)
+JWT_MAX_TOKEN_BYTES = 8192
+SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY") or SECRET_KEY
+
+# --- Controllers: heartbeats, health, placement -------------------------------------------------
+
+GRPC_BIND = env_str("GRPC_BIND", "127.0.0.1:50051")
+GRPC_WORKERS = env_int("GRPC_WORKERS", 8, minimum=1, maximum=256)
+GRPC_MAX_RECEIVE_MESSAGE_BYTES = env_int("GRPC_MAX_RECEIVE_MESSAGE_BYTES", 64 * 1024, minimum=1024)
+GRPC_SHUTDOWN_GRACE_SECONDS = env_float("GRPC_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0)
+FAST_HEARTBEAT_INTERVAL_MS = env_int("FAST_HEARTBEAT_INTERVAL_MS", 10_000, minimum=1000)
+COMPREHENSIVE_HEARTBEAT_INTERVAL_MS = env_int("COMPREHENSIVE_HEARTBEAT_INTERVAL_MS", 30_000, minimum=1000)
+MH_LOAD_REPORT_INTERVAL_MS = env_int("MH_LOAD_REPORT_INTERVAL_MS", 10_000, minimum=1000)
+# Heartbeats are coalesced in memory and written in one set-based UPDATE this often.
+HEARTBEAT_FLUSH_INTERVAL_MS = env_int("HEARTBEAT_FLUSH_INTERVAL_MS", 200, minimum=10, maximum=5000)
+HEARTBEAT_STALE_THRESHOLD_SECONDS = env_int("HEARTBEAT_STALE_THRESHOLD_SECONDS", 30, minimum=1)
+PENDING_STARTUP_GRACE_SECONDS = env_int("PENDING_STARTUP_GRACE_SECONDS", 60, minimum=1)
+UNHEALTHY_HOLD_DOWN_SECONDS = env_int("UNHEALTHY_HOLD_DOWN_SECONDS", 60, minimum=0)
+UNHEALTHY_RECOVERY_HEARTBEATS = env_int("UNHEALTHY_RECOVERY_HEARTBEATS", 2, minimum=1)
+STALE_SWEEP_INTERVAL_SECONDS = env_int("STALE_SWEEP_INTERVAL_SECONDS", 5, minimum=1)
+DISRUPTION_MAX_STALE_SHARE = env_float("DISRUPTION_MAX_STALE_SHARE", 0.55, minimum=0.0, maximum=1.0)
+DISRUPTION_MIN_REGION_SIZE = env_int("DISRUPTION_MIN_REGION_SIZE", 10, minimum=1)
+DRAIN_DEFAULT_DEADLINE_SECONDS = env_int("DRAIN_DEFAULT_DEADLINE_SECONDS", 3600, minimum=1)
+DEFAULT_REGION = env_str("DEFAULT_REGION", "us-east-1")
+PLACEMENT_CANDIDATES = env_int("PLACEMENT_CANDIDATES", 5, minimum=1, maximum=100)
+PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE = env_int("PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE", 0, minimum=0)
+PLACEMENT_LARGE_MEETING_THRESHOLD = env_int("PLACEMENT_LARGE_MEETING_THRESHOLD", 100, minimum=1)
+
+# --- Retention (seed 002 "Data Retention") ------------------------------------------------------
+
+RETENTION_MEETINGS_DAYS = env_int("RETENTION_MEETINGS_DAYS", 90, minimum=1)
+RETENTION_RECORDINGS_DAYS = env_int("RETENTION_RECORDINGS_DAYS", 365, minimum=1)
+RETENTION_EXPIRED_API_KEYS_DAYS = env_int("RETENTION_EXPIRED_API_KEYS_DAYS", 30, minimum=0)
+RETENTION_OUTBOX_DAYS = env_int("RETENTION_OUTBOX_DAYS", 30, minimum=1)
+RETENTION_AUDIT_MONTHS = env_int("RETENTION_AUDIT_MONTHS", 12, minimum=1)
+RETENTION_ENDED_ASSIGNMENTS_DAYS = env_int("RETENTION_ENDED_ASSIGNMENTS_DAYS", 7, minimum=1)
+RETENTION_HEALTH_TRANSITIONS_DAYS = env_int("RETENTION_HEALTH_TRANSITIONS_DAYS", 30, minimum=1)
+AUDIT_PARTITIONS_AHEAD_MONTHS = env_int("AUDIT_PARTITIONS_AHEAD_MONTHS", 3, minimum=1, maximum=36)
+IDEMPOTENCY_KEY_TTL_SECONDS = env_int("IDEMPOTENCY_KEY_TTL_SECONDS", 86400, minimum=60)
+OUTBOX_MAX_ATTEMPTS = env_int("OUTBOX_MAX_ATTEMPTS", 10, minimum=1)
+OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 100, minimum=1, maximum=10_000)
+
+# --- Dev conveniences ---------------------------------------------------------------------------
+
+DEV_SUPERUSER_EMAIL = env_str("DEV_SUPERUSER_EMAIL", "admin@darktower.local")
+DEV_SUPERUSER_PASSWORD = env_secret("DEV_SUPERUSER_PASSWORD")
+
+# --- HTTP / DRF -------------------------------------------------------------------------------
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("HTTP_MAX_BODY_BYTES", 256 * 1024, minimum=1024)
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Dark Tower Global Controller API",
+    "DESCRIPTION": "Meetings, the join flow, recordings, API keys and the controller fleet.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- i18n / time ------------------------------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+# --- Security ---------------------------------------------------------------------------------
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRUST_X_FORWARDED_PROTO", False) else None
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+
+# --- Logging ----------------------------------------------------------------------------------
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOG_FORMAT = env_str("LOG_FORMAT", "text" if DEBUG else "json")
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be 'text' or 'json', got {LOG_FORMAT!r}")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "django.server": {"level": "WARNING"},
+    },
+}

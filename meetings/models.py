@@ -1,0 +1,267 @@
+"""Meetings, who joined them, their recordings, and which meeting controller runs them.
+
+Tables and columns follow seed 002 ("PostgreSQL Schema", tables 3, 4 and 5) plus
+`meeting_assignments` from the Rust original's placement design.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.postgres.functions import RandomUUID
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from accounts.models import updated_at_trigger
+
+
+class MeetingStatus(models.TextChoices):
+    SCHEDULED = "scheduled"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+class LeaveReason(models.TextChoices):
+    VOLUNTARY = "voluntary"
+    KICKED = "kicked"
+    CONNECTION_LOST = "connection_lost"
+    MEETING_ENDED = "meeting_ended"
+
+
+class RecordingStatus(models.TextChoices):
+    RECORDING = "recording"
+    PROCESSING = "processing"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Meeting(models.Model):
+    meeting_id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
+    created_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="meetings_created", db_column="created_by_user_id",
+        db_comment="Host; NULL once the user is deleted",
+    )
+    display_name = models.CharField(max_length=255)
+    meeting_code = models.CharField(
+        max_length=20, unique=True, db_comment="Short human-readable code from an unambiguous alphabet"
+    )
+    max_participants = models.IntegerField(default=100, db_default=100)
+
+    enable_e2e_encryption = models.BooleanField(default=True, db_default=True)
+    require_auth = models.BooleanField(default=False, db_default=False, db_comment="Refuse guests")
+    allow_recording = models.BooleanField(default=False, db_default=False)
+    waiting_room_enabled = models.BooleanField(default=False, db_default=False)
+    allow_guests = models.BooleanField(
+        default=False, db_default=False, db_comment="Guests may obtain a guest token (ignored when require_auth)"
+    )
+
+    status = models.CharField(
+        max_length=20, choices=MeetingStatus.choices, default=MeetingStatus.SCHEDULED, db_default="scheduled"
+    )
+    scheduled_start_time = models.DateTimeField(null=True, blank=True)
+    actual_start_time = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    assigned_controller_id = models.CharField(
+        max_length=255, null=True, blank=True,
+        db_comment="Meeting controller handling the meeting (denormalised from meeting_assignments)",
+    )
+    assigned_region = models.CharField(max_length=50, null=True, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
+    metadata = models.JSONField(default=dict, db_default={}, blank=True, null=True)
+
+    class Meta:
+        db_table = "meetings"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=MeetingStatus.values), name="meetings_status_valid"
+            ),
+            models.CheckConstraint(condition=Q(max_participants__gte=1), name="meetings_max_participants_positive"),
+            models.CheckConstraint(
+                condition=Q(status="ended", ended_at__isnull=False) | ~Q(status="ended"),
+                name="meetings_ended_has_ended_at",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["created_by_user"], name="idx_meetings_created_by"),
+            models.Index(fields=["meeting_code"], name="idx_meetings_meeting_code"),
+            models.Index(fields=["status"], name="idx_meetings_status"),
+            models.Index(fields=["scheduled_start_time"], name="idx_meetings_scheduled_start"),
+            models.Index(fields=["assigned_controller_id"], name="idx_meetings_controller"),
+        ]
+        triggers = [updated_at_trigger("meetings")]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} ({self.meeting_code})"
+
+
+class MeetingParticipant(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    meeting = models.ForeignKey(Meeting, on_delete=models.CASCADE, related_name="participants")
+    participant_id = models.UUIDField(db_comment="Session id generated at join")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="participations", db_comment="NULL for guests",
+    )
+    display_name = models.CharField(max_length=255)
+    role = models.CharField(
+        max_length=20, default="participant", db_default="participant",
+        db_comment="host, participant or guest; carried in the meeting token",
+    )
+
+    joined_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    left_at = models.DateTimeField(null=True, blank=True)
+    leave_reason = models.CharField(max_length=50, choices=LeaveReason.choices, null=True, blank=True)
+
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.TextField(null=True, blank=True)
+    client_version = models.CharField(max_length=50, null=True, blank=True)
+
+    total_duration_seconds = models.IntegerField(default=0, db_default=0, null=True)
+
+    class Meta:
+        db_table = "meeting_participants"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["meeting", "participant_id"], name="meeting_participants_meeting_id_participant_id_key"
+            ),
+            models.CheckConstraint(
+                condition=Q(leave_reason__isnull=True) | Q(leave_reason__in=LeaveReason.values),
+                name="meeting_participants_leave_reason_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(role__in=["host", "participant", "guest"]), name="meeting_participants_role_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(total_duration_seconds__gte=0), name="meeting_participants_duration_nonnegative"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["meeting"], name="idx_participants_meeting_id"),
+            models.Index(fields=["user"], name="idx_participants_user_id"),
+            models.Index(fields=["joined_at"], name="idx_participants_joined_at"),
+            # Counting a meeting's present participants at join (capacity check).
+            models.Index(
+                fields=["meeting"], condition=Q(left_at__isnull=True), name="idx_participants_present"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+
+class Recording(models.Model):
+    recording_id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
+    meeting = models.ForeignKey(Meeting, on_delete=models.CASCADE, related_name="recordings")
+    started_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="recordings_started", db_column="started_by_user_id",
+    )
+
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    duration_seconds = models.IntegerField(null=True, blank=True)
+    file_size_bytes = models.BigIntegerField(null=True, blank=True)
+
+    storage_path = models.TextField(db_comment="Object path inside storage_bucket")
+    storage_bucket = models.CharField(max_length=255)
+
+    video_codec = models.CharField(max_length=50, null=True, blank=True)
+    audio_codec = models.CharField(max_length=50, null=True, blank=True)
+    resolution = models.CharField(max_length=20, null=True, blank=True, db_comment="e.g. 1920x1080")
+
+    status = models.CharField(
+        max_length=20, choices=RecordingStatus.choices, default=RecordingStatus.RECORDING, db_default="recording"
+    )
+    error_message = models.TextField(null=True, blank=True)
+
+    is_public = models.BooleanField(default=False, db_default=False)
+    access_token = models.CharField(
+        max_length=255, null=True, blank=True, db_comment="Opaque share token for the public link"
+    )
+
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
+    updated_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
+
+    class Meta:
+        db_table = "recordings"
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=RecordingStatus.values), name="recordings_status_valid"),
+            models.CheckConstraint(
+                condition=Q(file_size_bytes__isnull=True) | Q(file_size_bytes__gte=0),
+                name="recordings_file_size_nonnegative",
+            ),
+            models.CheckConstraint(
+                condition=Q(duration_seconds__isnull=True) | Q(duration_seconds__gte=0),
+                name="recordings_duration_nonnegative",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["meeting"], name="idx_recordings_meeting_id"),
+            models.Index(fields=["started_by_user"], name="idx_recordings_started_by"),
+            models.Index(fields=["status"], name="idx_recordings_status"),
+        ]
+        triggers = [updated_at_trigger("recordings")]
+
+    def __str__(self) -> str:
+        return f"{self.meeting_id} {self.started_at:%Y-%m-%d %H:%M} ({self.status})"
+
+    def __repr__(self) -> str:
+        return f"<Recording {self.recording_id} {self.status}>"
+
+
+class MeetingAssignment(models.Model):
+    """Which meeting controller runs a meeting in a region. At most one active row per (meeting, region)."""
+
+    id = models.BigAutoField(primary_key=True)
+    meeting = models.ForeignKey(Meeting, on_delete=models.CASCADE, related_name="assignments")
+    meeting_controller = models.ForeignKey(
+        "controllers.MeetingController", on_delete=models.CASCADE, related_name="assignments",
+        db_comment="The assigned MC; its assignment history goes with it when an operator deletes it",
+    )
+    region = models.CharField(max_length=50)
+    assigned_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    assigned_by_gc_id = models.CharField(
+        max_length=255, db_comment="Id of the Global Controller process that made the assignment"
+    )
+    ended_at = models.DateTimeField(null=True, blank=True, db_comment="NULL while the assignment is active")
+    end_reason = models.CharField(
+        max_length=50, null=True, blank=True,
+        db_comment="Why it ended: meeting_ended, controller_unhealthy, drain_deadline, drain_move, reassigned",
+    )
+
+    class Meta:
+        db_table = "meeting_assignments"
+        constraints = [
+            # The race guard of the join flow: concurrent joins cannot both hold an active assignment.
+            models.UniqueConstraint(
+                fields=["meeting", "region"], condition=Q(ended_at__isnull=True),
+                name="uq_meeting_assignments_active",
+            ),
+            models.CheckConstraint(
+                condition=Q(ended_at__isnull=True) | Q(ended_at__gte=models.F("assigned_at")),
+                name="meeting_assignments_ended_after_assigned",
+            ),
+        ]
+        indexes = [
+            # Assignment cleanup and drain: active assignments of one MC.
+            models.Index(
+                fields=["meeting_controller"], condition=Q(ended_at__isnull=True),
+                name="idx_assignments_active_by_mc",
+            ),
+            models.Index(fields=["meeting_controller", "assigned_at"], name="idx_assignments_mc_assigned"),
+            # Hard-delete of assignments ended long ago.
+            models.Index(fields=["ended_at"], condition=Q(ended_at__isnull=False), name="idx_assignments_ended"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.meeting_id} in {self.region} -> {self.meeting_controller_id}"
+
+    def __repr__(self) -> str:
+        return f"<MeetingAssignment {self.meeting_id} {self.region} -> {self.meeting_controller_id}>"
