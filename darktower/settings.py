@@ -122,6 +122,7 @@ INSTALLED_APPS = [
     "django_grpc_framework",
     "django_celery_beat",
     "pgtrigger",
+    "darktower",  # project-wide management commands (check_db)
     "accounts",
     "controllers",
     "meetings",
