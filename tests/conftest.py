@@ -1,0 +1,22 @@
+"""Standing actors and shared fixtures. Each app's tests may add fixtures in their own conftest."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.factories import make_user
+
+
+@pytest.fixture
+def owner(db):
+    return make_user(display_name="Owner")
+
+
+@pytest.fixture
+def outsider(db):
+    return make_user(display_name="Outsider")
+
+
+@pytest.fixture
+def operator(db):
+    return make_user(display_name="Operator", is_staff=True)
