@@ -1,0 +1,199 @@
+"""The development supervisor (darktower/devenv.py): its pure parts, and its process handling for real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+
+from darktower import devenv
+
+ROOT = devenv.ROOT
+
+
+@pytest.fixture
+def session_urls() -> dict[str, str]:
+    """DATABASE_URL / REDIS_URL for what this test session already uses, so a nested devenv starts nothing."""
+    pg_url = settings.DATABASE_URL or f"postgresql://postgres@{quote(str(settings.EMBEDDED_PG_DIR), safe='')}/postgres"
+    return {"DATABASE_URL": pg_url, "REDIS_URL": settings.REDIS_URL}
+
+
+def run_devenv(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "darktower.devenv", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_redis_config_listens_on_the_data_dir_socket_only():
+    config = devenv.redis_config(Path("/srv/dark tower/data")).splitlines()
+
+    assert "port 0" in config
+    assert 'unixsocket "/srv/dark tower/data/redis.sock"' in config
+    assert "unixsocketperm 700" in config
+    assert 'dir "/srv/dark tower/data"' in config
+    assert "dbfilename redis.rdb" in config
+    assert [line for line in config if line.startswith("save ")] == ["save 900 1", "save 300 10", "save 60 10000"]
+
+
+@pytest.mark.slow
+def test_generated_config_runs_the_bundled_redis_and_saves_on_stop(tmp_path):
+    data = tmp_path / "with space"
+    data.mkdir()
+    server = devenv.Redis(data)
+    server.start()
+    try:
+        devenv.wait_until(server.answers, what="redis")
+        server.client().set("k", "v")
+    finally:
+        server.stop()
+
+    assert not server.answers()
+    assert server.process is not None and server.process.returncode == 0
+    assert (data / "redis.rdb").exists()
+    assert not (data / "redis.sock").exists()
+
+
+def test_data_dir_matches_the_settings_rule(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    env |= {"DARKTOWER_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "darktower.settings", "DEBUG": "1"}
+    code = "from django.conf import settings as s; print(s.DATA_DIR); print(s.EMBEDDED_PG_DIR); print(s.REDIS_URL)"
+    printed = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+
+    data = devenv.data_dir(env)
+    assert printed == [str(data), str(devenv.Postgres(data).dir), f"unix://{devenv.Redis(data).data / 'redis.sock'}"]
+    assert devenv.data_dir({}) == ROOT / ".data"
+
+
+def test_dev_env_defaults_debug_on_but_keeps_an_explicit_value():
+    assert devenv.dev_env({"PATH": "/bin"}) == {"PATH": "/bin", "DEBUG": "1", "PYTHONUNBUFFERED": "1"}
+    assert devenv.dev_env({"DEBUG": "0"})["DEBUG"] == "0"
+
+
+def test_process_table_has_only_http_until_other_servers_exist(tmp_path):
+    table = devenv.process_table(root=tmp_path, env={"SIMULATE": "5"}, python="py", grpc_bind="127.0.0.1:50051")
+
+    assert [spec.name for spec in table] == ["http"]
+    http = table[0]
+    assert http.argv[:3] == ("py", "-m", "gunicorn")
+    assert "darktower.wsgi:application" in http.argv
+    assert http.argv[http.argv.index("--bind") + 1] == "127.0.0.1:8000" == http.ready_addr
+    assert http.argv[http.argv.index("--worker-class") + 1] == "gthread"
+    assert "--access-logfile" not in http.argv
+
+
+def test_process_table_grows_with_the_commands_that_exist(tmp_path):
+    commands = tmp_path / "controllers/management/commands"
+    commands.mkdir(parents=True)
+    (commands / "grpcserver.py").touch()
+    (commands / "simulate_fleet.py").touch()
+    (tmp_path / "darktower").mkdir()
+    (tmp_path / "darktower/celery.py").touch()
+    env = {"HTTP_BIND": "0.0.0.0:9000"}
+
+    without_tasks = devenv.process_table(root=tmp_path, env=env, python="py", grpc_bind="127.0.0.1:6000")
+    (tmp_path / "controllers/tasks.py").touch()
+    with_tasks = devenv.process_table(root=tmp_path, env=env, python="py", grpc_bind="127.0.0.1:6000")
+    simulating = devenv.process_table(root=tmp_path, env={**env, "SIMULATE": "40"}, python="py", grpc_bind="x:1")
+
+    assert [spec.name for spec in without_tasks] == ["http", "grpc"]
+    assert without_tasks[0].ready_addr == "0.0.0.0:9000"
+    assert without_tasks[1].argv == ("py", "manage.py", "grpcserver")
+    assert without_tasks[1].ready_addr == "127.0.0.1:6000"
+    assert [spec.name for spec in with_tasks] == ["http", "grpc", "celery"]
+    assert with_tasks[2].argv[:6] == ("py", "-m", "celery", "-A", "darktower", "worker")
+    assert "-B" in with_tasks[2].argv
+    assert simulating[-1].argv == ("py", "manage.py", "simulate_fleet", "--controllers", "40")
+    assert simulating[-1].ready_addr is None
+
+
+def test_exec_exits_with_the_commands_exit_code(session_urls):
+    result = run_devenv(
+        "exec", "--", sys.executable, "-c", "import sys; sys.exit(3)", env={**os.environ, **session_urls}
+    )
+
+    assert result.returncode == 3
+    assert "starting embedded" not in result.stdout
+
+
+def test_exec_reports_a_signal_death_like_a_shell(session_urls):
+    kill_self = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    result = run_devenv("exec", "--", sys.executable, "-c", kill_self, env={**os.environ, **session_urls})
+
+    assert result.returncode == 128 + 15
+
+
+def test_exec_without_a_command_prints_usage():
+    result = run_devenv("exec", "--", env=dict(os.environ))
+
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+
+
+@pytest.mark.slow
+def test_embedded_redis_stops_with_its_last_devenv_user(tmp_path, session_urls):
+    env = {**os.environ, "DATABASE_URL": session_urls["DATABASE_URL"], "DARKTOWER_DATA_DIR": str(tmp_path)}
+    env.pop("REDIS_URL", None)
+    wait_for_stdin = "import sys; print('holding', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "darktower.devenv", "exec", "--", sys.executable, "-c", wait_for_stdin],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert "starting embedded redis" in holder.stdout.readline()
+        assert holder.stdout.readline() == "holding\n"
+        with devenv.EmbeddedServices(env) as services:
+            assert [s.name for s in services.wanted] == ["redis"]
+        still_up = devenv.Redis(tmp_path).answers()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+    assert still_up
+    assert holder.returncode == 0
+    assert not devenv.Redis(tmp_path).answers()
+    assert not (tmp_path / "redis.pid").exists()
+
+
+@pytest.mark.slow
+def test_a_server_no_devenv_started_is_reused_and_left_running(tmp_path):
+    outside = devenv.Redis(tmp_path)
+    outside.start()
+    try:
+        devenv.wait_until(outside.answers, what="redis")
+        with devenv.EmbeddedServices({"DATABASE_URL": "unused", "DARKTOWER_DATA_DIR": str(tmp_path)}):
+            pass
+        assert outside.answers()
+    finally:
+        outside.stop()
+
+
+@pytest.mark.slow
+def test_clean_data_refuses_while_a_server_runs_and_then_removes_the_folder(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    server = devenv.Redis(data)
+    server.start()
+    try:
+        devenv.wait_until(server.answers, what="redis")
+        refused = run_devenv("clean-data", env={**os.environ, "DARKTOWER_DATA_DIR": str(data)})
+    finally:
+        server.stop()
+    removed = run_devenv("clean-data", env={**os.environ, "DARKTOWER_DATA_DIR": str(data)})
+
+    assert refused.returncode == 1
+    assert "in use (redis)" in refused.stderr
+    assert removed.returncode == 0
+    assert not data.exists()
