@@ -7,6 +7,12 @@ import pytest
 from tests.factories import make_user
 
 
+@pytest.fixture(autouse=True)
+def fast_passwords(settings):
+    # Users get real passwords (factories, demo users); PBKDF2 at Django's default cost takes ~0.2 s each here.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def owner(db):
     return make_user(display_name="Owner")
