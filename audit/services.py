@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 
 from audit.models import ActorType, AuditLog, AuditResult, OutboxEvent
 
@@ -107,3 +107,33 @@ def database_now():  # type: ignore[no-untyped-def]
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement_timestamp()")
         return cursor.fetchone()[0]
+
+
+def outbox_events_retry(*, event_ids: Iterable[int], actor_user_id: Any) -> int:
+    """Give unpublished events (poison rows, or rows waiting out a backoff) a fresh set of attempts now.
+
+    Processed events are left alone. last_error is kept as the record of what went wrong. One audit row per
+    event put back, naming the operator. Returns how many were put back.
+    """
+    with transaction.atomic():
+        retried = list(
+            OutboxEvent.objects.filter(pk__in=list(event_ids), processed_at__isnull=True)
+            .select_for_update()
+            .values_list("id", "event_type", "attempts", "failed_at")
+        )
+        OutboxEvent.objects.filter(pk__in=[row[0] for row in retried]).update(
+            attempts=0, failed_at=None, next_attempt_at=None
+        )
+        audit_record_many(
+            AuditEntry(
+                event_type="outbox_event_retried",
+                action="retry",
+                actor_type=ActorType.USER,
+                actor_user_id=actor_user_id,
+                target_type="outbox_event",
+                target_id=str(event_id),
+                metadata={"event_type": event_type, "attempts": attempts, "was_poison": failed_at is not None},
+            )
+            for event_id, event_type, attempts, failed_at in retried
+        )
+    return len(retried)

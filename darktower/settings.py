@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -187,10 +187,13 @@ REDIS_SOCKET_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_TIMEOUT_SECONDS", 0.5, mi
 
 
 def _celery_broker_url(redis_url: str) -> str:
-    # kombu names unix sockets redis+socket://, redis-py names them unix://
-    if redis_url.startswith("unix://"):
-        return "redis+socket://" + redis_url[len("unix://") :]
-    return redis_url
+    # kombu names unix sockets redis+socket://, redis-py names them unix://; kombu also ignores a
+    # socket URL's `db=N` and reads the database number from `virtual_host=N` only.
+    if not redis_url.startswith("unix://"):
+        return redis_url
+    path, _, query = redis_url[len("unix://") :].partition("?")
+    params = [("virtual_host" if name == "db" else name, value) for name, value in parse_qsl(query)]
+    return f"redis+socket://{path}" + (f"?{urlencode(params)}" if params else "")
 
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", None) or _celery_broker_url(REDIS_URL)

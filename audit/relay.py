@@ -1,0 +1,211 @@
+"""The outbox relay: publishes committed outbox events to Redis, at least once.
+
+Each batch is one transaction: claim pending rows in id order with FOR UPDATE SKIP LOCKED (a second relay
+takes other rows, never the same ones), publish them with pipelined Redis commands, then mark each row
+processed or record its error. Every event goes to the stream `darktower:events`; events about a meeting
+controller also refresh its capacity hash `controller:{id}:capacity` (seed 002) from the controller's row as
+it is now, so out-of-order or repeated events cannot leave an old state behind.
+
+A row whose publication fails is retried with exponential backoff and becomes poison (failed_at) after
+OUTBOX_MAX_ATTEMPTS; the admin shows those. Redis being unreachable is not the rows' fault: the batch is rolled
+back untouched and the error propagates (the task retries and the beat runs it again).
+If the process dies between publishing and committing, the batch is published again: consumers deduplicate
+on the `outbox_id` field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Q
+from django.db.models.functions import Now
+
+from audit.models import OutboxEvent
+from controllers.models import MeetingController
+
+logger = logging.getLogger(__name__)
+
+EVENTS_STREAM = "darktower:events"
+# Approximate trimming (MAXLEN ~) costs nothing per XADD; consumers that fall further behind read the database.
+EVENTS_STREAM_MAXLEN = 100_000
+CAPACITY_KEY = "controller:{controller_id}:capacity"
+CAPACITY_TTL_SECONDS = 300  # seed 002: 5 minutes
+CONTROLLER_AGGREGATE = "controller"
+# Delay before the next attempt: BASE * 2^(attempts so far), capped.
+BACKOFF_BASE_SECONDS = 2
+BACKOFF_MAX_SECONDS = 3600
+LAST_ERROR_MAX_CHARS = 1000
+
+
+@cache
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,
+    )
+
+
+@dataclass
+class RelayResult:
+    processed: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    poisoned: list[int] = field(default_factory=list)
+
+
+def outbox_relay(*, batch_size: int | None = None, max_batches: int = 20) -> RelayResult:
+    """Publish pending events batch by batch until none are left or `max_batches` ran."""
+    batch_size = batch_size or settings.OUTBOX_BATCH_SIZE
+    result = RelayResult()
+    for _ in range(max_batches):
+        claimed = _relay_batch(batch_size=batch_size, result=result)
+        if claimed < batch_size:
+            break
+    if result.processed or result.failed:
+        logger.info("outbox relay: %d published, %d failed", len(result.processed), len(result.failed))
+    return result
+
+
+def _relay_batch(*, batch_size: int, result: RelayResult) -> int:
+    with transaction.atomic():
+        # Served by idx_outbox_events_pending (partial on unprocessed, unfailed rows, in id order).
+        events = list(
+            OutboxEvent.objects.select_for_update(skip_locked=True)
+            .filter(processed_at__isnull=True, failed_at__isnull=True)
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))
+            .order_by("id")[:batch_size]
+        )
+        if not events:
+            return 0
+        errors = _publish(events)
+        done = [event.id for event in events if event.id not in errors]
+        _mark_processed(done)
+        poisoned = _mark_failed(errors)
+    result.processed += done
+    result.failed += list(errors)
+    result.poisoned += poisoned
+    for event_id, error in errors.items():
+        logger.warning("outbox event %d not published: %s", event_id, error)
+    if poisoned:
+        logger.error("outbox events gave up after %d attempts: %s", settings.OUTBOX_MAX_ATTEMPTS, poisoned)
+    return len(events)
+
+
+def _publish(events: list[OutboxEvent]) -> dict[int, str]:
+    """Publish the batch; return the error of each event that failed.
+
+    Two pipelines, so that an event reaches the stream only once its other effects have succeeded: a failed
+    event is retried, and its earlier attempts must not have published it already. A connection error raises
+    and rolls the whole claim back; a command error (say WRONGTYPE on one key) fails only its event.
+    """
+    errors: dict[int, str] = {}
+    controller_events = [event for event in events if event.aggregate_type == CONTROLLER_AGGREGATE]
+    if controller_events:
+        capacities = {
+            row["controller_id"]: row
+            for row in MeetingController.objects.filter(
+                controller_id__in={event.aggregate_id for event in controller_events}
+            ).values(
+                "controller_id", "max_meetings", "current_meetings", "max_participants", "current_participants",
+                "health_status", "last_heartbeat_at",
+            )
+        }
+        pipe = _redis().pipeline(transaction=False)
+        spans = []
+        for event in controller_events:
+            start = len(pipe.command_stack)
+            _queue_capacity(pipe, event.aggregate_id, capacities.get(event.aggregate_id))
+            spans.append((event.id, start, len(pipe.command_stack)))
+        _collect_errors(pipe.execute(raise_on_error=False), spans, errors)
+
+    publishable = [event for event in events if event.id not in errors]
+    pipe = _redis().pipeline(transaction=False)
+    for event in publishable:
+        pipe.xadd(EVENTS_STREAM, _stream_fields(event), maxlen=EVENTS_STREAM_MAXLEN, approximate=True)
+    spans = [(event.id, number, number + 1) for number, event in enumerate(publishable)]
+    _collect_errors(pipe.execute(raise_on_error=False), spans, errors)
+    return errors
+
+
+def _collect_errors(replies: list[Any], spans: list[tuple[int, int, int]], errors: dict[int, str]) -> None:
+    for event_id, start, end in spans:
+        failure = next((reply for reply in replies[start:end] if isinstance(reply, Exception)), None)
+        if failure is not None:
+            errors[event_id] = f"{type(failure).__name__}: {failure}"[:LAST_ERROR_MAX_CHARS]
+
+
+def _queue_capacity(pipe: Any, controller_id: str, row: dict[str, Any] | None) -> None:
+    key = CAPACITY_KEY.format(controller_id=controller_id)
+    if row is None:
+        pipe.delete(key)  # the controller is gone: no stale capacity may outlive it
+        return
+    pipe.hset(
+        key,
+        mapping={
+            "max_meetings": row["max_meetings"],
+            "current_meetings": row["current_meetings"],
+            "max_participants": row["max_participants"],
+            "current_participants": row["current_participants"],
+            "health": row["health_status"],
+            "last_update": int(row["last_heartbeat_at"].timestamp()),
+        },
+    )
+    # Redis 6.2 has no per-field TTL (HEXPIRE): the whole hash expires.
+    pipe.expire(key, CAPACITY_TTL_SECONDS)
+
+
+def _stream_fields(event: OutboxEvent) -> dict[str, str]:
+    return {
+        "outbox_id": str(event.id),
+        "event_type": event.event_type,
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": event.aggregate_id,
+        "payload": json.dumps(event.payload, separators=(",", ":"), sort_keys=True),
+        "created_at": event.created_at.isoformat(),
+    }
+
+
+def _mark_processed(event_ids: list[int]) -> None:
+    if not event_ids:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE outbox_events SET processed_at = now(), last_attempt_at = now(), attempts = attempts + 1, "
+            "next_attempt_at = NULL WHERE id = ANY(%s)",
+            [event_ids],
+        )
+
+
+def _mark_failed(errors: dict[int, str]) -> list[int]:
+    """Record each failure; returns the ids that reached OUTBOX_MAX_ATTEMPTS and are now poison."""
+    if not errors:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE outbox_events o
+            SET attempts = o.attempts + 1,
+                last_attempt_at = now(),
+                last_error = f.error,
+                next_attempt_at = now() + make_interval(secs => least(%(cap)s, %(base)s * power(2, o.attempts))),
+                failed_at = CASE WHEN o.attempts + 1 >= %(max_attempts)s THEN now() END
+            FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
+            WHERE o.id = f.id
+            RETURNING o.id, o.failed_at IS NOT NULL
+            """,
+            {
+                "ids": list(errors),
+                "errors": list(errors.values()),
+                "cap": BACKOFF_MAX_SECONDS,
+                "base": BACKOFF_BASE_SECONDS,
+                "max_attempts": settings.OUTBOX_MAX_ATTEMPTS,
+            },
+        )
+        return sorted(event_id for event_id, poisoned in cursor.fetchall() if poisoned)

@@ -1,0 +1,161 @@
+"""End to end: a real Celery worker with its embedded beat, on the real broker and this test's database, marks
+a controller that stopped heartbeating unhealthy on its own, and the relay publishes the change to Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connection
+from django.db.models.functions import Now
+
+from audit.models import AuditLog, OutboxEvent
+from controllers.models import HealthStatus, MeetingController
+from darktower.celery import DEFAULT_QUEUE, MAINTENANCE_QUEUE
+from tests.factories import make_controller
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+THRESHOLD_SECONDS = 2
+SWEEP_INTERVAL_SECONDS = 1
+# Beat tick alignment, a task's round trip through the broker, a loaded 2-core machine.
+SLACK_SECONDS = 8
+WORKER_START_TIMEOUT_SECONDS = 60
+
+
+def _database_url() -> str:
+    """The URL of the database this test runs on (the test database, not the configured one)."""
+    db = connection.settings_dict
+    host = db["HOST"] or "localhost"
+    host = quote(host, safe="") if host.startswith("/") else host
+    credentials = quote(db["USER"] or "", safe="") + (f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else "")
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"postgresql://{credentials}@{host}{port}/{quote(db['NAME'], safe='')}"
+
+
+def _wait_for(predicate: Callable[[], object], *, timeout: float, what: str, log: Path | None = None) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    tail = log.read_text()[-4000:] if log and log.exists() else ""
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n--- worker log ---\n{tail}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    # The worker runs in its own session: its group id is its pid, which also reaches the embedded beat's
+    # child process. SIGTERM is a warm shutdown; SIGKILL if that hangs.
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):  # the group's last process may already be gone
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def worker(transactional_db, settings, tmp_path) -> Iterator[Path]:
+    settings.STALE_SWEEP_INTERVAL_SECONDS = SWEEP_INTERVAL_SECONDS
+    call_command("setup_schedules")  # the worker's beat reads its schedule from this database
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    broker.delete(DEFAULT_QUEUE, MAINTENANCE_QUEUE)  # messages an earlier run's beat left behind
+    broker.close()
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "DB_CONN_MAX_AGE": "0",
+        "REDIS_URL": settings.REDIS_URL,
+        "STALE_SWEEP_INTERVAL_SECONDS": str(SWEEP_INTERVAL_SECONDS),
+        "HEARTBEAT_STALE_THRESHOLD_SECONDS": str(THRESHOLD_SECONDS),
+        "DEBUG": "1",
+        "LOG_FORMAT": "text",
+        "LOG_LEVEL": "INFO",
+    }
+    env.pop("CELERY_BROKER_URL", None)
+    env.pop("CELERY_RESULT_BACKEND", None)
+    log = tmp_path / "worker.log"
+    command = [
+        sys.executable, "-m", "celery", "-A", "darktower", "worker", "-B", "--pool", "solo", "--loglevel", "INFO",
+        "--hostname", f"e2e-{uuid.uuid4().hex[:8]}@%h", "--schedule", str(tmp_path / "beat-schedule"),
+    ]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, cwd=settings.BASE_DIR, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_for(
+            lambda: process.poll() is not None or " ready." in log.read_text(),
+            timeout=WORKER_START_TIMEOUT_SECONDS, what="the worker to start", log=log,
+        )
+        assert process.poll() is None, f"the worker exited:\n{log.read_text()[-4000:]}"
+        yield log
+    finally:
+        _stop(process)
+
+
+def _heartbeat(controller_id: str) -> datetime:
+    """What a heartbeat does to the row: last_heartbeat_at from the database's clock. Returns that time."""
+    MeetingController.objects.filter(pk=controller_id).update(last_heartbeat_at=Now())
+    return MeetingController.objects.values_list("last_heartbeat_at", flat=True).get(pk=controller_id)
+
+
+def _status(controller_id: str) -> str:
+    return MeetingController.objects.values_list("health_status", flat=True).get(pk=controller_id)
+
+
+def test_a_controller_that_stops_heartbeating_turns_unhealthy_on_its_own(worker):
+    # Inserted directly, and heartbeats written as the gRPC heartbeat writes them: the gRPC server and
+    # service tokens were not in the tree yet when this test was written.
+    controller_id = f"mc-e2e-{uuid.uuid4().hex[:12]}"
+    make_controller(controller_id=controller_id, region="e2e-1", health=HealthStatus.HEALTHY)
+
+    # Heartbeating for longer than the threshold, across several sweeps: never marked.
+    heartbeating_until = time.monotonic() + THRESHOLD_SECONDS + 2 * SWEEP_INTERVAL_SECONDS
+    while time.monotonic() < heartbeating_until:
+        last_heartbeat = _heartbeat(controller_id)
+        assert _status(controller_id) == HealthStatus.HEALTHY
+        time.sleep(0.4)
+    stopped = time.monotonic()
+
+    _wait_for(
+        lambda: _status(controller_id) == HealthStatus.UNHEALTHY,
+        timeout=THRESHOLD_SECONDS + SWEEP_INTERVAL_SECONDS + SLACK_SECONDS,
+        what=f"{controller_id} to be marked unhealthy", log=worker,
+    )
+    assert time.monotonic() - stopped >= THRESHOLD_SECONDS - 0.5
+
+    audit = AuditLog.objects.get(event_type="controller_unhealthy", target_id=controller_id)
+    assert audit.metadata["from_status"] == "healthy"
+    assert audit.metadata["threshold_seconds"] == THRESHOLD_SECONDS
+    assert audit.metadata["last_heartbeat_at"] == last_heartbeat.isoformat()
+
+    # The relay (every 2 s) publishes the change: the capacity hash now says unhealthy.
+    event = OutboxEvent.objects.filter(event_type="controller_unhealthy", aggregate_id=controller_id)
+    _wait_for(
+        lambda: event.filter(processed_at__isnull=False).exists(), timeout=10,
+        what="the relay to publish the event", log=worker,
+    )
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        assert client.hget(f"controller:{controller_id}:capacity", "health") == b"unhealthy"
+    finally:
+        client.close()
