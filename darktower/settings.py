@@ -173,6 +173,9 @@ else:
         conn_health_checks=True,
     )
 _default_db.setdefault("OPTIONS", {})
+# dj-database-url leaves `?host=/socket/dir` in OPTIONS; HOST is where Django and our tools look for it.
+if not _default_db.get("HOST") and "host" in _default_db["OPTIONS"]:
+    _default_db["HOST"] = _default_db["OPTIONS"].pop("host")
 _default_db["OPTIONS"].setdefault("application_name", env_str("DB_APPLICATION_NAME", "darktower"))
 _default_db["TEST"] = {"NAME": env_str("DB_TEST_NAME", "test_darktower")}
 DATABASES = {"default": _default_db}

@@ -40,10 +40,12 @@ def _database_url() -> str:
     """The URL of the database this test runs on (the test database, not the configured one)."""
     db = connection.settings_dict
     host = db["HOST"] or "localhost"
-    host = quote(host, safe="") if host.startswith("/") else host
     credentials = quote(db["USER"] or "", safe="") + (f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else "")
+    name = quote(db["NAME"], safe="")
+    if host.startswith("/"):  # a unix socket directory travels as ?host=, the form dj-database-url parses
+        return f"postgresql://{credentials}@/{name}?host={quote(host, safe='/')}"
     port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgresql://{credentials}@{host}{port}/{quote(db['NAME'], safe='')}"
+    return f"postgresql://{credentials}@{host}{port}/{name}"
 
 
 def _wait_for(predicate: Callable[[], object], *, timeout: float, what: str, log: Path | None = None) -> object:
