@@ -13,6 +13,20 @@ def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_token_caches():
+    # Signing keys live in the test's (rolled back) transaction; the per-process caches must not outlive it.
+    from accounts.blacklist import blacklist_cache_clear
+    from accounts.signing import signing_cache_clear
+    from accounts.tokens import token_cache_clear
+
+    for clear in (signing_cache_clear, token_cache_clear, blacklist_cache_clear):
+        clear()
+    yield
+    for clear in (signing_cache_clear, token_cache_clear, blacklist_cache_clear):
+        clear()
+
+
 @pytest.fixture
 def owner(db):
     return make_user(display_name="Owner")

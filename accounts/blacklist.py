@@ -1,0 +1,61 @@
+"""Revoked tokens: Redis key `token:blacklist:{jti}` (seed 002, key 9) holding the reason, with a TTL that
+ends when the token would have expired anyway.
+
+The jti is the token's identity (random, unique, not secret), so the key never holds token text. Lookups
+are cached in-process for LOOKUP_CACHE_SECONDS to keep Redis off the heartbeat path: a revocation takes
+effect everywhere within that time. When Redis is unreachable a lookup answers "not revoked" and logs a
+warning: tokens are short-lived (an hour by default) and the control plane must keep serving its fleet
+through a Redis outage (issue 7); revocation writes, by contrast, raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from darktower.redis import redis_client
+
+logger = logging.getLogger(__name__)
+
+LOOKUP_CACHE_SECONDS = 2.0
+_LOOKUP_CACHE_MAX = 100_000
+
+
+def _key(jti: str) -> str:
+    return f"token:blacklist:{jti}"
+
+
+_lock = threading.Lock()
+_lookups: dict[str, tuple[float, bool]] = {}
+
+
+def blacklist_add(*, jti: str, ttl_seconds: int, reason: str) -> None:
+    redis_client().set(_key(jti), reason, ex=max(1, ttl_seconds))
+    with _lock:
+        _lookups[jti] = (time.monotonic(), True)
+
+
+def blacklist_contains(jti: str) -> bool:
+    now = time.monotonic()
+    with _lock:
+        cached = _lookups.get(jti)
+    if cached and (cached[1] or now - cached[0] < LOOKUP_CACHE_SECONDS):
+        return cached[1]
+    try:
+        revoked = bool(redis_client().exists(_key(jti)))
+    except redis.RedisError:
+        logger.warning("token_blacklist_unreachable", extra={"event": "token_blacklist_unreachable"})
+        return False
+    with _lock:
+        if len(_lookups) >= _LOOKUP_CACHE_MAX:
+            _lookups.clear()
+        _lookups[jti] = (now, revoked)
+    return revoked
+
+
+def blacklist_cache_clear() -> None:
+    with _lock:
+        _lookups.clear()

@@ -1,0 +1,171 @@
+"""Our JWTs: EdDSA (Ed25519) tokens for services (gRPC), users (REST) and meeting joins (the MC).
+
+Every token carries `kid`, `iss`, `sub`, `aud`, `iat`, `nbf`, `exp`, `jti` and `scope`. Verification
+is strict and happens in this order, cheapest first: size (over JWT_MAX_TOKEN_BYTES is refused before any
+parsing), header (`alg` must be EdDSA, `kid` a known published key), signature, registered claims (`exp` and
+`nbf` with JWT_CLOCK_SKEW_SECONDS of leeway, `iss`, `aud`), then the revocation blacklist.
+
+Messages of Unauthenticated are short and fixed; no token text ever reaches an exception, a log or a repr.
+A verified token is remembered (by its SHA-256) until it expires, so an MC presenting the same service
+token on every heartbeat pays for the signature check once; expiry and revocation are still checked on
+every use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+from django.conf import settings
+
+from accounts.blacklist import blacklist_add, blacklist_contains
+from accounts.signing import signing_key_active, signing_public_key
+from darktower.errors import Unauthenticated
+
+ALGORITHM = "EdDSA"
+_REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+_VERIFIED_CACHE_MAX = 50_000
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    subject: str
+    audience: str
+    scopes: frozenset[str]
+    jti: str
+    issued_at: datetime
+    expires_at: datetime
+    claims: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str = field(repr=False)
+    jti: str
+    expires_at: datetime
+    expires_in: int
+    scope: str
+
+
+def token_issue(
+    *,
+    subject: str,
+    audience: str,
+    scopes: Iterable[str],
+    lifetime_seconds: int,
+    extra_claims: dict[str, Any] | None = None,
+) -> IssuedToken:
+    """Sign a token with the active key."""
+    signer = signing_key_active()
+    now = datetime.now(UTC).replace(microsecond=0)
+    expires_at = now + timedelta(seconds=lifetime_seconds)
+    scope = " ".join(sorted(set(scopes)))
+    jti = uuid.uuid4().hex
+    payload = {
+        **(extra_claims or {}),
+        "iss": settings.JWT_ISSUER,
+        "sub": subject,
+        "aud": audience,
+        "iat": now,
+        "nbf": now,
+        "exp": expires_at,
+        "jti": jti,
+        "scope": scope,
+    }
+    token = jwt.encode(payload, signer.private_key, algorithm=ALGORITHM, headers={"kid": signer.kid, "typ": "JWT"})
+    return IssuedToken(token=token, jti=jti, expires_at=expires_at, expires_in=lifetime_seconds, scope=scope)
+
+
+_verified_lock = threading.Lock()
+_verified: dict[tuple[bytes, str], TokenClaims] = {}
+
+
+def _decode(raw: str, audience: str) -> dict[str, Any]:
+    try:
+        header = jwt.get_unverified_header(raw)
+    except jwt.PyJWTError:
+        raise Unauthenticated("malformed token") from None
+    if header.get("alg") != ALGORITHM:
+        raise Unauthenticated("token algorithm not accepted")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise Unauthenticated("token has no key id")
+    public_key = signing_public_key(kid)
+    if public_key is None:
+        raise Unauthenticated("unknown signing key")
+    try:
+        return jwt.decode(
+            raw, public_key, algorithms=[ALGORITHM], audience=audience, issuer=settings.JWT_ISSUER,
+            leeway=settings.JWT_CLOCK_SKEW_SECONDS, options={"require": _REQUIRED_CLAIMS},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthenticated("token expired") from None
+    except jwt.ImmatureSignatureError:
+        raise Unauthenticated("token not yet valid") from None
+    except jwt.InvalidAudienceError:
+        raise Unauthenticated("token audience not accepted") from None
+    except jwt.InvalidIssuerError:
+        raise Unauthenticated("token issuer not accepted") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise Unauthenticated(f"token lacks the {exc.claim} claim") from None
+    except jwt.PyJWTError:
+        raise Unauthenticated("invalid token") from None
+
+
+def _to_claims(payload: dict[str, Any], audience: str) -> TokenClaims:
+    scope = payload.get("scope", "")
+    if not isinstance(scope, str) or not isinstance(payload["sub"], str) or not isinstance(payload["jti"], str):
+        raise Unauthenticated("invalid token")
+    return TokenClaims(
+        subject=payload["sub"],
+        audience=audience,
+        scopes=frozenset(scope.split()),
+        jti=payload["jti"],
+        issued_at=datetime.fromtimestamp(payload["iat"], UTC),
+        expires_at=datetime.fromtimestamp(payload["exp"], UTC),
+        claims=payload,
+    )
+
+
+def token_verify(raw: str, *, audience: str) -> TokenClaims:
+    """The claims of a valid, unrevoked token for `audience`; Unauthenticated otherwise."""
+    if not raw or not isinstance(raw, str):
+        raise Unauthenticated("missing token")
+    if len(raw) > settings.JWT_MAX_TOKEN_BYTES or len(raw.encode()) > settings.JWT_MAX_TOKEN_BYTES:
+        raise Unauthenticated("token too large")
+    cache_key = (hashlib.sha256(raw.encode()).digest(), audience)
+    with _verified_lock:
+        claims = _verified.get(cache_key)
+    now = datetime.now(UTC)
+    if claims is None:
+        claims = _to_claims(_decode(raw, audience), audience)
+        with _verified_lock:
+            if len(_verified) >= _VERIFIED_CACHE_MAX:
+                _verified.clear()
+            _verified[cache_key] = claims
+    elif now > claims.expires_at + timedelta(seconds=settings.JWT_CLOCK_SKEW_SECONDS):
+        with _verified_lock:
+            _verified.pop(cache_key, None)
+        raise Unauthenticated("token expired")
+    if blacklist_contains(claims.jti):
+        raise Unauthenticated("token revoked")
+    return claims
+
+
+def token_revoke(claims: TokenClaims, *, reason: str = "revoked") -> None:
+    """Refuse this token from now on, until it would have expired anyway."""
+    remaining = claims.expires_at - datetime.now(UTC)
+    ttl = int(remaining.total_seconds()) + settings.JWT_CLOCK_SKEW_SECONDS + 1
+    blacklist_add(jti=claims.jti, ttl_seconds=ttl, reason=reason)
+
+
+def token_cache_clear() -> None:
+    """Forget verified tokens (tests that change keys or settings under a running process)."""
+    with _verified_lock:
+        _verified.clear()
