@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from controllers.services.drain import drains_enforce
 from controllers.services.health import controllers_sweep_stale
 from darktower.celery import JobTask
 
@@ -15,4 +16,16 @@ def sweep_stale() -> dict[str, object]:
         "marked": [row.id for row in result.marked],
         "disrupted_regions": sorted({row.region for row in result.disrupted}),
         "skipped": result.skipped,
+        "cut_off": result.cut_off,
+        "sweep_gap_seconds": result.gap.seconds if result.gap else None,
+    }
+
+
+@shared_task(base=JobTask, name="controllers.tasks.enforce_drain_deadlines", time_limit=120)
+def enforce_drain_deadlines() -> dict[str, object]:
+    done = drains_enforce()
+    return {
+        "controllers": [row.controller_id for row in done],
+        "moved": sum(len(row.moved) for row in done),
+        "ended": sum(len(row.ended) for row in done),
     }

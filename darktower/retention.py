@@ -1,7 +1,8 @@
 """Retention (seed 002 "Data Retention"): the batched delete every retention job uses, and the daily run.
 
 Each app keeps its own rules (meetings/services/retention.py, accounts/services/retention.py,
-audit/retention.py); this module runs them in order for the daily task and `manage.py prune`.
+audit/retention.py, controllers/services/transitions.py); this module runs them in order for the daily task
+and `manage.py prune`.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def _jobs() -> list[tuple[str, Callable[..., int]]]:
     # Imported here: each of these modules imports delete_in_batches from this one.
     from accounts.services.retention import api_keys_prune_expired
     from audit.retention import idempotency_keys_prune_expired, outbox_events_prune_processed
+    from controllers.services.transitions import health_transitions_prune
     from meetings.services.retention import assignments_prune_ended, meetings_prune_ended, recordings_prune
 
     # Recordings before meetings: a meeting past its retention is kept while it has recordings within theirs.
@@ -67,6 +69,7 @@ def _jobs() -> list[tuple[str, Callable[..., int]]]:
         ("expired_api_keys", api_keys_prune_expired),
         ("idempotency_keys", idempotency_keys_prune_expired),
         ("processed_outbox_events", outbox_events_prune_processed),
+        ("health_transitions", health_transitions_prune),
     ]
 
 

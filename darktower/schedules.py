@@ -40,6 +40,13 @@ def schedules_table() -> list[Schedule]:
             expire_seconds=sweep_every,
         ),
         Schedule(
+            name="controllers.enforce_drain_deadlines",
+            task="controllers.tasks.enforce_drain_deadlines",
+            description="Move or end the remaining meetings of draining controllers past their deadline.",
+            every_seconds=30,
+            expire_seconds=30,
+        ),
+        Schedule(
             name="audit.relay_outbox",
             task="audit.tasks.relay_outbox",
             description="Publish pending outbox events to Redis (stream and controller capacity).",

@@ -1,19 +1,36 @@
-"""The stale-heartbeat sweep: controllers and media handlers that stopped reporting become unhealthy.
+"""The stale-heartbeat sweep and the hold-down: who becomes unhealthy, and when an unhealthy member may return.
 
 Staleness is judged by the database's clock (`now()`, the sweep transaction's start) against
 `last_heartbeat_at`, which heartbeats also set from the database's clock, so no host's clock is involved.
+Each live state has its own threshold (`stale_thresholds`): `pending` members, which have not sent a good
+heartbeat since they registered, get PENDING_STARTUP_GRACE_SECONDS (Kubernetes' node-startup-grace-period).
 
-Per table, one statement finds the stale rows (locking them, skipping rows a heartbeat holds right now),
-counts each affected region's live fleet, and marks the stale rows of every region that is not disrupted,
-returning each row's previous state. A region is disrupted when more than DISRUPTION_MAX_STALE_SHARE of
-its live members went stale at once and it has at least DISRUPTION_MIN_REGION_SIZE of them: that looks
-like a network partition or a fault on our side, not like that many machines dying, so (as Kubernetes'
-node lifecycle controller does) nobody there is marked and an operator is told.
+Per table, one statement finds the stale rows (locking them, skipping rows a heartbeat holds right now) and
+counts each affected region's live fleet. A region is disrupted when more than DISRUPTION_MAX_STALE_SHARE of
+its live members went stale at once and it has at least DISRUPTION_MIN_REGION_SIZE of them: that looks like a
+network partition or a fault on our side, not like that many machines dying, so (as Kubernetes' node lifecycle
+controller does) nobody there is marked and an operator is told. When every region that the guard can judge is
+disrupted at once, for controllers and handlers alike, the GC itself is cut off: nobody is marked anywhere and an
+error-level event is raised.
+A second statement marks the rest and writes their transitions (reason `stale`) in the same statement.
+
+The sweep must not punish members for its own absence: when it has not run for more than
+SWEEP_GAP_INTERVALS intervals (worker down, beat stopped, database away), the first sweep after the gap marks
+nobody; it grants every live member a fresh grace period (staleness then counts from the later of its last
+heartbeat and this moment, kept in controller_sweep_state.grace_from; last_heartbeat_at is never faked), writes
+a `sweep-gap` transition for each member it spared, an audit row, and a warning.
+
+Hold-down (Jitsi's failure-reset threshold): an unhealthy member returns only through `heartbeat_recovery`, after
+UNHEALTHY_HOLD_DOWN_SECONDS since `unhealthy_since` and UNHEALTHY_RECOVERY_HEARTBEATS good heartbeats. When a
+recovering member falls silent again for the stale threshold, the sweep restarts its hold-down and its count, so
+heartbeats that stop and start around the threshold never toggle its state.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -22,8 +39,9 @@ from django.db import connection, transaction
 from django.db.models.functions import Now
 
 from audit.models import AuditLog, AuditResult
-from audit.services import AuditEntry, audit_record_many, outbox_enqueue_many
-from controllers.models import LIVE_STATES, HealthStatus
+from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue_many
+from controllers.models import HealthStatus, TransitionReason
+from controllers.services.transitions import CONTROLLER, HANDLER, Changed, Component, changed_cte_sql
 
 logger = logging.getLogger(__name__)
 
@@ -35,25 +53,29 @@ _SWEEP_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(hashtext('controllers_sweep_
 # A disruption lasts many sweeps; the log says so every sweep, the audit trail once per this many seconds.
 DISRUPTION_AUDIT_REPEAT_SECONDS = 300
 
+# The first sweep after more than this many intervals without one marks nobody (issue 8 §3).
+SWEEP_GAP_INTERVALS = 3
+
 
 @dataclass(frozen=True)
 class SweepTarget:
-    """One swept table and the names it goes by in audit rows and outbox events."""
+    """One swept table and the names it goes by in audit rows, outbox events and transitions."""
 
     table: str
     pk: str
     target_type: str
     aggregate_type: str
     event_type: str
+    component: Component
 
 
 MEETING_CONTROLLERS = SweepTarget(
     table="meeting_controllers", pk="controller_id", target_type="meeting_controller",
-    aggregate_type="controller", event_type="controller_unhealthy",
+    aggregate_type="controller", event_type="controller_unhealthy", component=CONTROLLER,
 )
 MEDIA_HANDLERS = SweepTarget(
     table="media_handlers", pk="handler_id", target_type="media_handler",
-    aggregate_type="media_handler", event_type="media_handler_unhealthy",
+    aggregate_type="media_handler", event_type="media_handler_unhealthy", component=HANDLER,
 )
 SWEEP_TARGETS = (MEETING_CONTROLLERS, MEDIA_HANDLERS)
 
@@ -75,10 +97,24 @@ class DisruptedRegion:
     live: int
 
 
+@dataclass(frozen=True)
+class SweepGap:
+    """The sweep had not run for `seconds` (None: no record of an earlier sweep is not a gap, see _sweep_gap)."""
+
+    seconds: float
+    last_run_at: datetime
+    spared: dict[str, int]
+
+
 @dataclass
 class SweepResult:
     marked: list[MarkedUnhealthy] = field(default_factory=list)
     disrupted: list[DisruptedRegion] = field(default_factory=list)
+    # Every region the guard can judge was disrupted at once: the GC is cut off, nobody was marked anywhere.
+    cut_off: bool = False
+    gap: SweepGap | None = None
+    # Unhealthy members whose recovery restarted because they fell silent again, per target type.
+    hold_down_restarted: dict[str, int] = field(default_factory=dict)
     # Another sweep held the lock: this one did nothing.
     skipped: bool = False
     dry_run: bool = False
@@ -90,22 +126,32 @@ class SweepResult:
 def stale_thresholds() -> dict[str, int]:
     """Seconds without a heartbeat after which a member in each live state is stale.
 
-    One threshold for every state today; a state with its own (a startup grace for `pending`) only
-    changes this mapping: the sweep statement applies each state's value.
+    `pending` members have not sent a good heartbeat since they (re-)registered or were undrained (the first
+    one promotes them, see heartbeat_recovery): they get the startup grace instead.
     """
-    return {state: settings.HEARTBEAT_STALE_THRESHOLD_SECONDS for state in LIVE_STATES}
+    return {
+        HealthStatus.PENDING: settings.PENDING_STARTUP_GRACE_SECONDS,
+        HealthStatus.HEALTHY: settings.HEARTBEAT_STALE_THRESHOLD_SECONDS,
+        HealthStatus.DEGRADED: settings.HEARTBEAT_STALE_THRESHOLD_SECONDS,
+    }
 
 
 # {table} and {pk} come from SweepTarget constants, never from input. The first bound on last_heartbeat_at
 # (the smallest threshold) is what lets the planner range-scan an index on last_heartbeat_at; the CASE
-# then applies each state's own threshold. The live count runs only for regions that have stale rows.
-_SWEEP_SQL = """
-WITH candidates AS (
+# then applies each state's own threshold to the later of the last heartbeat and the grace granted after a
+# sweep gap (greatest() ignores a NULL grace_from). The live count runs only for regions that have stale rows.
+_STALE_SQL = """
     SELECT {pk} AS id, region, health_status AS from_status, last_heartbeat_at
     FROM {table}
     WHERE health_status = ANY(%(live_states)s)
       AND last_heartbeat_at < now() - make_interval(secs => %(min_threshold)s)
-      AND last_heartbeat_at < now() - make_interval(secs => CASE health_status {threshold_cases} END)
+      AND greatest(last_heartbeat_at, %(grace_from)s::timestamptz)
+          < now() - make_interval(secs => CASE health_status {threshold_cases} END)
+"""
+
+_CANDIDATES_SQL = """
+WITH candidates AS (
+    {stale}
     FOR UPDATE SKIP LOCKED
 ),
 stale_by_region AS (
@@ -119,43 +165,66 @@ region_stats AS (
         SELECT count(*) AS n FROM {table} member
         WHERE member.region = s.region AND member.health_status = ANY(%(live_states)s)
     ) live
-),
-marked AS (
-    UPDATE {table} swept SET health_status = %(unhealthy)s
-    FROM candidates c JOIN region_stats r ON r.region = c.region
-    WHERE swept.{pk} = c.id AND NOT r.disrupted
-    RETURNING swept.{pk} AS id, swept.region, c.from_status, c.last_heartbeat_at
 )
-SELECT 'marked', id, region, from_status, last_heartbeat_at, NULL::bigint, NULL::bigint FROM marked
+SELECT 'candidate', c.id, NULL::bigint, NULL::bigint FROM candidates c
+JOIN region_stats r ON r.region = c.region AND NOT r.disrupted
 UNION ALL
-SELECT 'disrupted', NULL, region, NULL, NULL, stale, live FROM region_stats WHERE disrupted
+SELECT 'disrupted', region, stale, live FROM region_stats WHERE disrupted
+"""
+
+# Regions the guard can judge at all (at least DISRUPTION_MIN_REGION_SIZE live members). Read only when a
+# region is disrupted, to tell "one region is cut off" from "we are cut off from everyone".
+_GUARDED_REGIONS_SQL = """
+SELECT count(*) FROM (
+    SELECT region FROM {table} WHERE health_status = ANY(%(live_states)s)
+    GROUP BY region HAVING count(*) >= %(min_region_size)s
+) guarded
+"""
+
+# The candidates are locked by this transaction since _CANDIDATES_SQL; the snapshot's FOR UPDATE re-takes
+# those locks and reads the state each one leaves.
+_MARK_SQL = "WITH {ctes} SELECT id, region, from_status, last_heartbeat_at FROM changed"
+
+_SPARE_SQL = """
+INSERT INTO controller_health_transitions
+    (component_type, component_id, region, from_status, to_status, reason, actor_type, metadata)
+SELECT %(component_type)s, id, region, from_status, from_status, %(reason)s, 'system',
+       jsonb_build_object('last_heartbeat_at', last_heartbeat_at, 'gap_seconds', %(gap_seconds)s)
+FROM ({stale}) spared
+"""
+
+# Served by the partial index idx_*_recovering: only unhealthy members that began recovering.
+_RESTART_HOLD_DOWN_SQL = """
+UPDATE {table} SET good_heartbeats = 0, unhealthy_since = now()
+WHERE health_status = 'unhealthy' AND good_heartbeats > 0
+  AND last_heartbeat_at < now() - make_interval(secs => %(threshold)s)
 """
 
 
-def _sweep_statement(target: SweepTarget, thresholds: dict[str, int]) -> tuple[str, dict[str, object]]:
+def _stale_params(thresholds: dict[str, int], grace_from: datetime | None) -> tuple[str, dict[str, object]]:
     params: dict[str, object] = {
         "live_states": [str(state) for state in thresholds],
         "min_threshold": min(thresholds.values()),
+        "grace_from": grace_from,
         "min_region_size": settings.DISRUPTION_MIN_REGION_SIZE,
         "max_share": settings.DISRUPTION_MAX_STALE_SHARE,
-        "unhealthy": str(HealthStatus.UNHEALTHY),
     }
     cases = []
     for number, (state, seconds) in enumerate(thresholds.items()):
         params[f"state_{number}"] = str(state)
         params[f"seconds_{number}"] = seconds
         cases.append(f"WHEN %(state_{number})s THEN %(seconds_{number})s")
-    sql = _SWEEP_SQL.format(table=target.table, pk=target.pk, threshold_cases=" ".join(cases))
-    return sql, params
+    return " ".join(cases), params
 
 
 def controllers_sweep_stale(*, dry_run: bool = False) -> SweepResult:
     """Mark stale controllers and media handlers unhealthy, region by region unless a region is disrupted.
 
-    One transaction: the state changes, one audit row and one outbox event per transition, and a
-    `region_disrupted` audit row per disrupted region (at most one per DISRUPTION_AUDIT_REPEAT_SECONDS)
-    commit together. `dry_run` runs the same statements
-    and rolls them back, so it reports exactly what a real sweep would have done at that moment.
+    One transaction: the state changes with their transitions, one audit row and one outbox event per
+    transition, a `region_disrupted` audit row per disrupted region (at most one per
+    DISRUPTION_AUDIT_REPEAT_SECONDS), the sweep-gap and cut-off records, and the sweep's own last-run time
+    commit together. `dry_run` runs the same statements and rolls them back, so it reports exactly what a real
+    sweep would have done at that moment.
     """
     result = SweepResult(dry_run=dry_run)
     thresholds = stale_thresholds()
@@ -165,21 +234,126 @@ def controllers_sweep_stale(*, dry_run: bool = False) -> SweepResult:
             result.skipped = True
             logger.info("stale sweep skipped: another sweep is running")
             return result
-        for target in SWEEP_TARGETS:
-            sql, params = _sweep_statement(target, thresholds)
-            cursor.execute(sql, params)
-            for kind, row_id, region, from_status, last_heartbeat_at, stale, live in cursor.fetchall():
-                if kind == "marked":
-                    result.marked.append(
-                        MarkedUnhealthy(target.target_type, row_id, region, from_status, last_heartbeat_at)
-                    )
-                else:
-                    result.disrupted.append(DisruptedRegion(target.target_type, region, stale, live))
-        _record(result, thresholds)
+        gap_seconds, last_run_at, grace_from = _sweep_gap(cursor)
+        cases, params = _stale_params(thresholds, grace_from)
+        if gap_seconds is not None and last_run_at is not None:
+            result.gap = _grant_grace(cursor, cases, params, gap_seconds, last_run_at)
+        else:
+            _sweep(cursor, result, thresholds, cases, params)
+            _record(result, thresholds)
         if dry_run:
             transaction.set_rollback(True)
     _log(result)
     return result
+
+
+def _sweep_gap(cursor) -> tuple[float | None, datetime | None, datetime | None]:  # type: ignore[no-untyped-def]
+    """Stamp this sweep's run; return (gap seconds or None, previous run, grace_from in force).
+
+    No row means no sweep has ever committed: there is no earlier run to measure a gap from, and on a fresh
+    install nothing to spare. Locked FOR UPDATE under the advisory lock, so the read and the stamp are one step.
+    """
+    cursor.execute("SELECT last_run_at, grace_from, extract(epoch FROM now() - last_run_at) "
+                   "FROM controller_sweep_state WHERE id = 1 FOR UPDATE")
+    row = cursor.fetchone()
+    gap_limit = SWEEP_GAP_INTERVALS * settings.STALE_SWEEP_INTERVAL_SECONDS
+    if row is None:
+        cursor.execute("INSERT INTO controller_sweep_state (id, last_run_at) VALUES (1, now())")
+        return None, None, None
+    last_run_at, grace_from, elapsed = row
+    if elapsed > gap_limit:
+        cursor.execute("UPDATE controller_sweep_state SET last_run_at = now(), grace_from = now() WHERE id = 1 "
+                       "RETURNING grace_from")
+        return float(elapsed), last_run_at, cursor.fetchone()[0]
+    cursor.execute("UPDATE controller_sweep_state SET last_run_at = now() WHERE id = 1")
+    return None, last_run_at, grace_from
+
+
+def _grant_grace(  # type: ignore[no-untyped-def]
+    cursor, cases: str, params: dict[str, object], gap_seconds: float, last_run_at: datetime
+) -> SweepGap:
+    """The first sweep after a gap: nobody is marked. grace_from is already now() (see _sweep_gap); record a
+    `sweep-gap` transition for each member that would have been stale without it, and one audit row."""
+    spared: dict[str, int] = {}
+    previous_grace = {**params, "grace_from": None}
+    for target in SWEEP_TARGETS:
+        stale = _STALE_SQL.format(table=target.table, pk=target.pk, threshold_cases=cases)
+        cursor.execute(
+            _SPARE_SQL.format(stale=stale),
+            {**previous_grace, "component_type": target.component.type, "reason": TransitionReason.SWEEP_GAP,
+             "gap_seconds": round(gap_seconds, 3)},
+        )
+        spared[target.target_type] = cursor.rowcount
+    gap = SweepGap(seconds=gap_seconds, last_run_at=last_run_at, spared=spared)
+    audit_record(
+        event_type="stale_sweep_gap",
+        action="stale_sweep",
+        result=AuditResult.FAILURE,
+        target_type="sweep",
+        target_id="controllers_sweep_stale",
+        error_message="the sweep had not run for too long; nobody marked, every live member granted a fresh grace",
+        metadata={
+            "gap_seconds": round(gap_seconds, 3),
+            "last_run_at": last_run_at.isoformat(),
+            "limit_seconds": SWEEP_GAP_INTERVALS * settings.STALE_SWEEP_INTERVAL_SECONDS,
+            "spared": spared,
+        },
+    )
+    return gap
+
+
+def _sweep(  # type: ignore[no-untyped-def]
+    cursor, result: SweepResult, thresholds: dict[str, int], cases: str, params: dict[str, object]
+) -> None:
+    candidates: dict[str, list[str]] = {}
+    guarded: dict[str, int] = {}
+    for target in SWEEP_TARGETS:
+        stale = _STALE_SQL.format(table=target.table, pk=target.pk, threshold_cases=cases)
+        cursor.execute(_CANDIDATES_SQL.format(stale=stale, table=target.table), params)
+        ids = candidates.setdefault(target.target_type, [])
+        for kind, value, stale_count, live in cursor.fetchall():
+            if kind == "candidate":
+                ids.append(value)
+            else:
+                result.disrupted.append(DisruptedRegion(target.target_type, value, stale_count, live))
+    if result.disrupted:
+        # Cut off = the guard fires in every region it can judge, in both tables: one table or one region
+        # still reporting in means the GC can hear the fleet, and the per-region guard is the right answer.
+        for target in SWEEP_TARGETS:
+            cursor.execute(_GUARDED_REGIONS_SQL.format(table=target.table), params)
+            guarded[target.target_type] = cursor.fetchone()[0]
+        result.cut_off = all(
+            guarded_count == sum(1 for row in result.disrupted if row.target_type == target_type)
+            for target_type, guarded_count in guarded.items()
+        )
+    for target in SWEEP_TARGETS:
+        cursor.execute(
+            _RESTART_HOLD_DOWN_SQL.format(table=target.table),
+            {"threshold": settings.HEARTBEAT_STALE_THRESHOLD_SECONDS},
+        )
+        if cursor.rowcount:
+            result.hold_down_restarted[target.target_type] = cursor.rowcount
+        ids = candidates[target.target_type]
+        if result.cut_off or not ids:
+            continue
+        ctes = changed_cte_sql(
+            target.component,
+            where=f"t.{target.pk} = ANY(%(ids)s) AND t.health_status = ANY(%(live_states)s)",
+            set_status="'unhealthy'",
+            snapshot_columns=", t.last_heartbeat_at",
+            returning=", s.last_heartbeat_at",
+            metadata="jsonb_build_object('last_heartbeat_at', c.last_heartbeat_at, "
+            "'threshold_seconds', %(thresholds)s::jsonb -> c.from_status)",
+        )
+        cursor.execute(
+            _MARK_SQL.format(ctes=ctes),
+            {
+                "ids": ids, "live_states": params["live_states"], "thresholds": json.dumps(thresholds),
+                "component_type": target.component.type, "reason": TransitionReason.STALE,
+                "actor_type": "system", "actor_user_id": None,
+            },
+        )
+        result.marked += [MarkedUnhealthy(target.target_type, *row) for row in cursor.fetchall()]
 
 
 def _record(result: SweepResult, thresholds: dict[str, int]) -> None:
@@ -201,6 +375,7 @@ def _record(result: SweepResult, thresholds: dict[str, int]) -> None:
         )
         for row in result.marked
     ]
+    newly_disrupted = _newly_disrupted(result.disrupted)
     entries += [
         AuditEntry(
             event_type="region_disrupted",
@@ -217,8 +392,24 @@ def _record(result: SweepResult, thresholds: dict[str, int]) -> None:
                 "min_region_size": settings.DISRUPTION_MIN_REGION_SIZE,
             },
         )
-        for row in _newly_disrupted(result.disrupted)
+        for row in newly_disrupted
     ]
+    if result.cut_off and newly_disrupted:
+        entries.append(
+            AuditEntry(
+                event_type="gc_cut_off",
+                action="stale_sweep",
+                result=AuditResult.FAILURE,
+                target_type="sweep",
+                target_id="controllers_sweep_stale",
+                error_message="every region the guard can judge is disrupted at once; none marked anywhere",
+                metadata={
+                    "regions": sorted({row.region for row in result.disrupted}),
+                    "stale": sum(row.stale for row in result.disrupted),
+                    "live": sum(row.live for row in result.disrupted),
+                },
+            )
+        )
     audit_record_many(entries)
     outbox_enqueue_many(
         (
@@ -255,6 +446,17 @@ def _newly_disrupted(disrupted: list[DisruptedRegion]) -> list[DisruptedRegion]:
 
 def _log(result: SweepResult) -> None:
     verb = "would mark" if result.dry_run else "marked"
+    if result.gap is not None:
+        logger.warning(
+            "stale sweep had not run for %.1f s (since %s): nobody marked, every live member granted a fresh "
+            "grace period; spared %s",
+            result.gap.seconds, result.gap.last_run_at.isoformat(), result.gap.spared,
+        )
+    if result.cut_off:
+        logger.error(
+            "every region the guard can judge is disrupted at once (%s): the GC looks cut off; none marked anywhere",
+            ", ".join(sorted({row.region for row in result.disrupted})),
+        )
     for row in result.disrupted:
         logger.error(
             "region %s disrupted: %d of %d live %ss are stale at once; none marked there",
@@ -264,3 +466,84 @@ def _log(result: SweepResult) -> None:
         ids = result.ids(target.target_type)
         if ids:
             logger.info("stale sweep %s %d %s(s) unhealthy: %s", verb, len(ids), target.target_type, ", ".join(ids))
+
+
+# The hold-down's gate, per row of a heartbeat batch. A pending member's first good heartbeat promotes it at
+# once; an unhealthy one counts the heartbeat and is promoted only when the hold-down has passed and enough
+# consecutive good heartbeats arrived. Members made unhealthy by an operator or by the drain deadline are not
+# recovered by heartbeats (undrain / an operator brings them back): their latest transition says so
+# (idx_health_transitions_component, one probe per unhealthy row of the batch).
+_RECOVERY_WHERE = """
+t.{pk} = r.id AND (
+    t.health_status = 'pending'
+    OR (t.health_status = 'unhealthy' AND coalesce((
+        SELECT ht.reason NOT IN ('operator', 'drain-deadline') FROM controller_health_transitions ht
+        WHERE ht.component_type = %(component_type)s AND ht.component_id = t.{pk}
+        ORDER BY ht.created_at DESC, ht.id DESC LIMIT 1
+    ), true))
+)
+"""
+
+_RECOVERY_SET_STATUS = """CASE
+    WHEN s.from_status = 'pending' THEN s.reported
+    WHEN t.good_heartbeats + 1 >= %(needed)s
+         AND coalesce(t.unhealthy_since, t.health_changed_at) <= now() - make_interval(secs => %(hold_down)s)
+    THEN s.reported
+    ELSE t.health_status
+END"""
+
+# Applies when the state does not change (the trigger resets the counter when it does).
+_RECOVERY_EXTRA_SET = ", good_heartbeats = least(t.good_heartbeats + 1, 32767)"
+
+_RECOVERY_REASON = "CASE c.from_status WHEN 'pending' THEN 'heartbeat' ELSE 'hold-down-cleared' END"
+
+_RECOVERY_SQL = """
+WITH {ctes}
+SELECT id, region, from_status, to_status FROM changed
+"""
+
+RECOVERABLE_REPORTS = (HealthStatus.HEALTHY, HealthStatus.DEGRADED)
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """One good heartbeat of a batch: the member and the state it reported (healthy or degraded)."""
+
+    id: str
+    reported: str = HealthStatus.HEALTHY
+
+
+def heartbeat_recovery(*, component: Component, reports: Sequence[RecoveryReport]) -> list[Changed]:
+    """Apply a batch of good heartbeats to the members that are `pending` or `unhealthy`; others are untouched.
+
+    - pending -> the reported state at once (reason `heartbeat`);
+    - unhealthy: good_heartbeats + 1; -> the reported state (reason `hold-down-cleared`) once
+      now() - unhealthy_since >= UNHEALTHY_HOLD_DOWN_SECONDS and good_heartbeats >= UNHEALTHY_RECOVERY_HEARTBEATS.
+    One statement per batch, transitions included. Call it in the heartbeat flush's transaction for every
+    heartbeat that reported HEALTHY or DEGRADED (duplicates of one member in a batch: pass it once). Returns
+    every row it touched; `Changed.changed` tells the promoted ones.
+    """
+    batch = {report.id: report.reported for report in reports}
+    if not batch:
+        return []
+    if any(reported not in RECOVERABLE_REPORTS for reported in batch.values()):
+        raise ValueError("only healthy or degraded heartbeats recover a member")
+    ctes = changed_cte_sql(
+        component,
+        where=_RECOVERY_WHERE.format(pk=component.pk),
+        snapshot_from=", unnest(%(ids)s::text[], %(reported)s::text[]) AS r(id, reported)",
+        snapshot_columns=", r.reported, t.good_heartbeats AS good_heartbeats_before",
+        set_status=_RECOVERY_SET_STATUS,
+        extra_set=_RECOVERY_EXTRA_SET,
+        reason=_RECOVERY_REASON,
+        metadata="jsonb_build_object('good_heartbeats', c.good_heartbeats_before + 1)",
+        returning=", s.good_heartbeats_before",
+    )
+    params = {
+        "ids": list(batch), "reported": [str(state) for state in batch.values()],
+        "needed": settings.UNHEALTHY_RECOVERY_HEARTBEATS, "hold_down": settings.UNHEALTHY_HOLD_DOWN_SECONDS,
+        "component_type": component.type, "actor_type": "system", "actor_user_id": None,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_RECOVERY_SQL.format(ctes=ctes), params)
+        return [Changed(*row) for row in cursor.fetchall()]

@@ -180,7 +180,7 @@ def test_dry_run_counts_what_a_run_deletes_and_deletes_nothing():
 
     assert run_retention.apply().get() == {
         "recordings": 0, "meetings": 2, "ended_assignments": 0, "expired_api_keys": 0, "idempotency_keys": 0,
-        "processed_outbox_events": 1,
+        "processed_outbox_events": 1, "health_transitions": 0,
     }
     assert Meeting.objects.count() == 0
 

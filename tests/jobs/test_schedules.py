@@ -20,6 +20,8 @@ from darktower.schedules import schedules_table
 pytestmark = pytest.mark.django_db
 
 frozen = importlib.import_module("audit.migrations.0002_periodic_tasks")
+# Jobs added after 0002 come with their own data migration (issue 8: the drain-deadline job).
+later_frozen = [importlib.import_module("audit.migrations.0003_drain_deadline_schedule")]
 
 
 def _rows() -> dict[str, PeriodicTask]:
@@ -47,15 +49,16 @@ def test_migrating_audit_0002_forwards_creates_the_jobs_and_backwards_removes_th
     assert not PeriodicTask.objects.filter(name__in=names).exists()
 
     executor.loader.build_graph()
-    executor.migrate([("audit", "0002_periodic_tasks")])
+    executor.migrate([("audit", "0003_drain_deadline_schedule")])
 
     _assert_matches_table(_rows())
 
 
 def test_the_frozen_copy_in_the_migration_matches_the_live_table():
     live = {entry.name: entry for entry in schedules_table()}
-    assert [entry["name"] for entry in frozen.SCHEDULES] == list(live)
-    for entry in frozen.SCHEDULES:
+    copies = frozen.SCHEDULES + [entry for module in later_frozen for entry in module.SCHEDULES]
+    assert sorted(entry["name"] for entry in copies) == sorted(live)
+    for entry in copies:
         assert entry["task"] == live[entry["name"]].task
 
 
@@ -89,9 +92,10 @@ def test_every_scheduled_task_is_registered_retried_on_transient_errors_and_rout
 
 def test_the_migration_creates_the_same_rows_as_setup_schedules():
     PeriodicTask.objects.all().delete()
-    frozen.create_periodic_tasks(apps, None)
-    frozen.create_periodic_tasks(apps, None)
+    for module in [frozen, *later_frozen] * 2:
+        module.create_periodic_tasks(apps, None)
     _assert_matches_table(_rows())
 
-    frozen.delete_periodic_tasks(apps, None)
-    assert not PeriodicTask.objects.filter(name__in=[entry["name"] for entry in frozen.SCHEDULES]).exists()
+    for module in [frozen, *later_frozen]:
+        module.delete_periodic_tasks(apps, None)
+        assert not PeriodicTask.objects.filter(name__in=[entry["name"] for entry in module.SCHEDULES]).exists()

@@ -1,0 +1,354 @@
+"""A bounded, reversible drain (issue 8 §4).
+
+- `drain_begin`: the MC goes `draining` at once (placement only picks healthy/degraded MCs, so it gets no new
+  meetings), with a deadline (DRAIN_DEFAULT_DEADLINE_SECONDS unless given) and optionally a target MC.
+- `drain_cancel` (undrain): back to `pending`; the next good heartbeat promotes it (heartbeat_recovery) and
+  placement resumes.
+- `drains_enforce` (the periodic job): for each draining MC past its deadline, its remaining active assignments
+  are moved to the target (as many as the target has room for) or ended (`drain_deadline`, so the next join
+  reassigns), each recorded; the MC then goes `unhealthy` (reason `drain-deadline`) unless it went away
+  cleanly (no assignments left and no heartbeat for the stale threshold), in which case the drain is simply
+  complete. An MC made unhealthy by the deadline is not recovered by heartbeats: undrain it first.
+
+Every step is a conditional statement: two runs at once claim different MCs (FOR UPDATE SKIP LOCKED) and a
+join racing the job for one meeting either ends that assignment itself or finds it moved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from audit.models import ActorType
+from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue_many
+from controllers.models import AVAILABLE_STATES, HealthStatus, TransitionReason
+from controllers.services.transitions import CONTROLLER, Changed, changed_cte_sql
+from darktower.errors import Conflict, InvalidInput, NotFound
+
+logger = logging.getLogger(__name__)
+
+END_REASON_DRAIN_DEADLINE = "drain_deadline"
+END_REASON_DRAIN_MOVE = "drain_move"
+
+
+@dataclass(frozen=True)
+class DrainStarted:
+    controller_id: str
+    from_status: str
+    drain_deadline: datetime
+    target_controller_id: str | None
+    active_assignments: int
+
+
+@dataclass(frozen=True)
+class DrainEnforced:
+    """What the deadline did to one MC."""
+
+    controller_id: str
+    moved: list[int] = field(default_factory=list)  # new assignment ids on the target
+    ended: list[int] = field(default_factory=list)  # assignment ids ended with drain_deadline
+    target_controller_id: str | None = None
+    marked_unhealthy: bool = False
+    # Left alone this run because a join held them; the next run (or that join) ends them.
+    skipped_locked: int = 0
+
+
+# The drain sets the deadline and target in the statement that changes the state; the transition is recorded
+# by the same statement. From any state but draining (re-draining a draining MC updates deadline and target).
+_BEGIN_SQL = "WITH {ctes} SELECT id, region, from_status, to_status FROM changed"
+
+_REDRAIN_SQL = """
+UPDATE meeting_controllers
+SET drain_deadline = now() + make_interval(secs => %(deadline)s), drain_target_controller_id = %(target)s
+WHERE controller_id = %(controller_id)s AND health_status = 'draining'
+RETURNING controller_id
+"""
+
+
+def drain_begin(
+    *,
+    controller_id: str,
+    deadline_seconds: int | None = None,
+    target_controller_id: str | None = None,
+    actor_type: str = ActorType.USER,
+    actor_user_id: uuid.UUID | None = None,
+    reason: str = TransitionReason.OPERATOR,
+) -> DrainStarted:
+    """Put an MC into `draining` with a deadline. Operators: actor_type="user", reason="operator" (defaults).
+    An MC reporting DRAINING itself: actor_type="service", reason="heartbeat".
+
+    Raises InvalidInput (bad deadline, target = itself), NotFound (unknown MC or target). Writes the transition
+    and a `controller_drain_started` audit row naming the actor, in one transaction.
+    """
+    seconds = settings.DRAIN_DEFAULT_DEADLINE_SECONDS if deadline_seconds is None else deadline_seconds
+    if not isinstance(seconds, int) or isinstance(seconds, bool) or not 0 <= seconds <= 7 * 86400:
+        raise InvalidInput("deadline_seconds must be an integer from 0 to 604800.")
+    if target_controller_id is not None and target_controller_id == controller_id:
+        raise InvalidInput("A controller cannot drain to itself.")
+    ctes = changed_cte_sql(
+        CONTROLLER,
+        where="t.controller_id = %(controller_id)s AND t.health_status <> 'draining'",
+        set_status="'draining'",
+        extra_set=", drain_deadline = now() + make_interval(secs => %(deadline)s), "
+        "drain_target_controller_id = %(target)s",
+        metadata="jsonb_build_object('deadline_seconds', %(deadline)s, 'target_controller_id', %(target)s::text)",
+    )
+    params = {
+        "controller_id": controller_id, "deadline": seconds, "target": target_controller_id,
+        "component_type": CONTROLLER.type, "reason": str(reason), "actor_type": str(actor_type),
+        "actor_user_id": actor_user_id,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        if target_controller_id is not None:
+            cursor.execute("SELECT 1 FROM meeting_controllers WHERE controller_id = %s", [target_controller_id])
+            if cursor.fetchone() is None:
+                raise NotFound(f"Target controller {target_controller_id} does not exist.")
+        cursor.execute(_BEGIN_SQL.format(ctes=ctes), params)
+        row = cursor.fetchone()
+        from_status = row[2] if row else HealthStatus.DRAINING
+        if row is None:
+            cursor.execute(_REDRAIN_SQL, params)
+            if cursor.fetchone() is None:
+                raise NotFound(f"Controller {controller_id} does not exist.")
+        cursor.execute(
+            "SELECT mc.drain_deadline, (SELECT count(*) FROM meeting_assignments a "
+            "WHERE a.meeting_controller_id = mc.controller_id AND a.ended_at IS NULL) "
+            "FROM meeting_controllers mc WHERE mc.controller_id = %s",
+            [controller_id],
+        )
+        deadline, active = cursor.fetchone()
+        started = DrainStarted(controller_id, from_status, deadline, target_controller_id, active)
+        audit_record(
+            event_type="controller_drain_started", action="drain", actor_type=actor_type,
+            actor_user_id=actor_user_id, target_type="meeting_controller", target_id=controller_id,
+            metadata={
+                "from_status": from_status, "drain_deadline": deadline.isoformat(), "deadline_seconds": seconds,
+                "target_controller_id": target_controller_id, "active_assignments": active, "reason": str(reason),
+            },
+        )
+    return started
+
+
+def drain_cancel(
+    *, controller_id: str, actor_type: str = ActorType.USER, actor_user_id: uuid.UUID | None = None
+) -> Changed:
+    """Undrain: `draining` -> `pending` (deadline and target cleared by the trigger); the next good heartbeat
+    makes it healthy again. Also the way back for an MC the drain deadline made unhealthy.
+
+    Raises NotFound, or Conflict when the MC is in neither state. Transition + `controller_undrained` audit row.
+    """
+    ctes = changed_cte_sql(
+        CONTROLLER,
+        where="t.controller_id = %(controller_id)s AND (t.health_status = 'draining' OR (t.health_status = "
+        "'unhealthy' AND (SELECT ht.reason FROM controller_health_transitions ht "
+        "WHERE ht.component_type = 'controller' AND ht.component_id = t.controller_id "
+        "ORDER BY ht.created_at DESC, ht.id DESC LIMIT 1) = 'drain-deadline'))",
+        set_status="'pending'",
+    )
+    params = {
+        "controller_id": controller_id, "component_type": CONTROLLER.type, "reason": TransitionReason.OPERATOR,
+        "actor_type": str(actor_type), "actor_user_id": actor_user_id, "metadata": json.dumps({"action": "undrain"}),
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_BEGIN_SQL.format(ctes=ctes), params)
+        row = cursor.fetchone()
+        if row is None:
+            cursor.execute("SELECT health_status FROM meeting_controllers WHERE controller_id = %s", [controller_id])
+            current = cursor.fetchone()
+            if current is None:
+                raise NotFound(f"Controller {controller_id} does not exist.")
+            raise Conflict(f"Controller {controller_id} is {current[0]}, not draining.")
+        changed = Changed(*row)
+        audit_record(
+            event_type="controller_undrained", action="undrain", actor_type=actor_type, actor_user_id=actor_user_id,
+            target_type="meeting_controller", target_id=controller_id,
+            metadata={"from_status": changed.from_status, "to_status": changed.to_status},
+        )
+    return changed
+
+
+# One due MC per transaction, claimed so that two runs never work on the same one (idx_..._drain_deadline).
+_CLAIM_SQL = """
+SELECT controller_id, region, drain_target_controller_id, drain_deadline,
+       last_heartbeat_at < now() - make_interval(secs => %(stale)s) AS silent
+FROM meeting_controllers
+WHERE health_status = 'draining' AND drain_deadline <= now()
+ORDER BY drain_deadline
+LIMIT 1
+FOR UPDATE SKIP LOCKED
+"""
+
+# Active assignments of the MC; those a join is changing right now are skipped (that join ends or keeps them).
+_ACTIVE_SQL = """
+SELECT id, meeting_id, region FROM meeting_assignments
+WHERE meeting_controller_id = %(controller_id)s AND ended_at IS NULL
+ORDER BY assigned_at, id
+FOR UPDATE SKIP LOCKED
+"""
+
+_ACTIVE_COUNT_SQL = """
+SELECT count(*) FROM meeting_assignments WHERE meeting_controller_id = %(controller_id)s AND ended_at IS NULL
+"""
+
+# Room on the target, reserved in the statement that checks it: effective load is the reported
+# current_meetings plus the assignments made since that report (in-flight accounting), never above max_meetings.
+_RESERVE_SQL = """
+WITH room AS (
+    SELECT controller_id,
+           least(%(wanted)s, max_meetings - current_meetings - assigned_since_heartbeat) AS granted
+    FROM meeting_controllers
+    WHERE controller_id = %(target)s AND region = %(region)s AND health_status = ANY(%(available)s)
+      AND last_heartbeat_at > now() - make_interval(secs => %(stale)s)
+    FOR UPDATE
+)
+UPDATE meeting_controllers mc SET assigned_since_heartbeat = mc.assigned_since_heartbeat + room.granted
+FROM room WHERE mc.controller_id = room.controller_id AND room.granted > 0
+RETURNING room.granted
+"""
+
+# greatest(): an assignment committed after this transaction began has assigned_at later than its now().
+_END_SQL = """
+UPDATE meeting_assignments SET ended_at = greatest(now(), assigned_at), end_reason = %(reason)s
+WHERE id = ANY(%(ids)s) AND ended_at IS NULL
+RETURNING id, meeting_id, region
+"""
+
+# The moved meetings' old rows are ended by the statement before, so uq_meeting_assignments_active admits these.
+_MOVE_INSERT_SQL = """
+INSERT INTO meeting_assignments (meeting_id, meeting_controller_id, region, assigned_at, assigned_by_gc_id)
+SELECT meeting_id, %(target)s, region, now(), %(gc_id)s
+FROM unnest(%(meeting_ids)s::uuid[], %(regions)s::text[]) AS moved(meeting_id, region)
+ON CONFLICT (meeting_id, region) WHERE ended_at IS NULL DO NOTHING
+RETURNING id, meeting_id, region
+"""
+
+_REPOINT_MEETINGS_SQL = """
+UPDATE meetings SET assigned_controller_id = %(target)s
+WHERE meeting_id = ANY(%(meeting_ids)s::uuid[]) AND assigned_controller_id = %(controller_id)s
+"""
+
+_COMPLETE_SQL = """
+UPDATE meeting_controllers SET drain_deadline = NULL, drain_target_controller_id = NULL
+WHERE controller_id = %(controller_id)s AND health_status = 'draining'
+"""
+
+
+def drains_enforce(*, limit: int = 100) -> list[DrainEnforced]:
+    """Apply the deadline to every draining MC past it (up to `limit` per run), one transaction per MC."""
+    done: list[DrainEnforced] = []
+    while len(done) < limit:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(_CLAIM_SQL, {"stale": settings.HEARTBEAT_STALE_THRESHOLD_SECONDS})
+            claimed = cursor.fetchone()
+            if claimed is None:
+                break
+            done.append(_enforce_one(cursor, *claimed))
+    for row in done:
+        logger.info(
+            "drain deadline of %s: %d moved to %s, %d ended%s", row.controller_id, len(row.moved),
+            row.target_controller_id or "-", len(row.ended), ", marked unhealthy" if row.marked_unhealthy else "",
+        )
+    return done
+
+
+def _enforce_one(  # type: ignore[no-untyped-def]
+    cursor, controller_id: str, region: str, target: str | None, deadline: datetime, silent: bool
+) -> DrainEnforced:
+    cursor.execute(_ACTIVE_SQL, {"controller_id": controller_id})
+    active = cursor.fetchall()
+    to_move: list[tuple[int, uuid.UUID, str]] = []
+    if target is not None and active:
+        # Assignments are per region; the target takes those of its own region, as many as it has room for.
+        by_region: dict[str, list[tuple[int, uuid.UUID, str]]] = {}
+        for row in active:
+            by_region.setdefault(row[2], []).append(row)
+        for assignment_region, rows in by_region.items():
+            cursor.execute(_RESERVE_SQL, {
+                "wanted": len(rows), "target": target, "region": assignment_region, "stale":
+                settings.HEARTBEAT_STALE_THRESHOLD_SECONDS, "available": [str(state) for state in AVAILABLE_STATES],
+            })
+            granted = cursor.fetchone()
+            to_move += rows[: granted[0] if granted else 0]
+    move_ids = {row[0] for row in to_move}
+    to_end = [row[0] for row in active if row[0] not in move_ids]
+
+    moved: list[int] = []
+    entries: list[AuditEntry] = []
+    events: list[tuple[str, str, str, dict[str, object]]] = []
+    if to_move:
+        cursor.execute(_END_SQL, {"ids": sorted(move_ids), "reason": END_REASON_DRAIN_MOVE})
+        ended_for_move = {row[0]: row for row in cursor.fetchall()}
+        cursor.execute(_MOVE_INSERT_SQL, {
+            "target": target, "gc_id": settings.GC_ID,
+            "meeting_ids": [row[1] for row in ended_for_move.values()],
+            "regions": [row[2] for row in ended_for_move.values()],
+        })
+        inserted = cursor.fetchall()
+        moved = [row[0] for row in inserted]
+        cursor.execute(_REPOINT_MEETINGS_SQL, {
+            "target": target, "controller_id": controller_id, "meeting_ids": [row[1] for row in inserted],
+        })
+        for new_id, meeting_id, assignment_region in inserted:
+            payload = {
+                "meeting_id": str(meeting_id), "region": assignment_region, "controller_id": target,
+                "previous_controller_id": controller_id, "assignment_id": new_id,
+                "assigned_by_gc_id": settings.GC_ID, "rule": "drain_move",
+            }
+            events.append(("meeting", str(meeting_id), "meeting_assigned", payload))
+            entries.append(AuditEntry(
+                event_type="meeting_assigned", action="drain_move", target_type="meeting", target_id=str(meeting_id),
+                metadata={key: value for key, value in payload.items() if key != "meeting_id"},
+            ))
+    ended: list[int] = []
+    if to_end:
+        cursor.execute(_END_SQL, {"ids": to_end, "reason": END_REASON_DRAIN_DEADLINE})
+        for assignment_id, meeting_id, assignment_region in cursor.fetchall():
+            ended.append(assignment_id)
+            entries.append(AuditEntry(
+                event_type="meeting_assignment_ended", action="end_assignment", target_type="meeting",
+                target_id=str(meeting_id),
+                metadata={"assignment_id": assignment_id, "controller_id": controller_id, "region": assignment_region,
+                          "reason": END_REASON_DRAIN_DEADLINE},
+            ))
+
+    cursor.execute(_ACTIVE_COUNT_SQL, {"controller_id": controller_id})
+    skipped_locked = cursor.fetchone()[0]
+    gone_cleanly = not active and not skipped_locked and silent
+    marked = False
+    if gone_cleanly:
+        cursor.execute(_COMPLETE_SQL, {"controller_id": controller_id})
+    else:
+        ctes = changed_cte_sql(
+            CONTROLLER,
+            where="t.controller_id = %(controller_id)s AND t.health_status = 'draining'",
+            set_status="'unhealthy'",
+        )
+        cursor.execute(_BEGIN_SQL.format(ctes=ctes), {
+            "controller_id": controller_id, "component_type": CONTROLLER.type,
+            "reason": TransitionReason.DRAIN_DEADLINE, "actor_type": ActorType.SYSTEM, "actor_user_id": None,
+            "metadata": json.dumps({"drain_deadline": deadline.isoformat(), "moved": len(moved), "ended": len(ended),
+                                    "target_controller_id": target}),
+        })
+        marked = cursor.fetchone() is not None
+        if marked:
+            events.append(("controller", controller_id, "controller_unhealthy", {
+                "id": controller_id, "region": region, "from_status": HealthStatus.DRAINING,
+                "to_status": HealthStatus.UNHEALTHY, "reason": "drain_deadline",
+            }))
+    entries.append(AuditEntry(
+        event_type="controller_drain_completed" if gone_cleanly else "controller_drain_deadline",
+        action="drain_deadline", target_type="meeting_controller", target_id=controller_id,
+        metadata={
+            "drain_deadline": deadline.isoformat(), "target_controller_id": target, "moved": len(moved),
+            "ended": len(ended), "left_for_concurrent_join": skipped_locked, "marked_unhealthy": marked,
+        },
+    ))
+    audit_record_many(entries)
+    outbox_enqueue_many(events)
+    return DrainEnforced(controller_id, moved, ended, target, marked, skipped_locked)
