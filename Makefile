@@ -11,7 +11,7 @@ DEVENV := $(PY) -m darktower.devenv
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help run test migrate seed shell lint clean-data
+.PHONY: help run test migrate seed shell lint clean-data proto
 
 help:
 	@echo "make run         embedded PostgreSQL + Redis, migrations, demo data, dev superuser, all servers"
@@ -20,6 +20,7 @@ help:
 	@echo "make seed        load the demo data (manage.py seed_demo)"
 	@echo "make shell       Django shell"
 	@echo "make lint        ruff"
+	@echo "make proto       regenerate dark_tower/ (Python gRPC code) from proto/"
 	@echo "make clean-data  delete .data (the embedded databases) once nothing runs on it"
 
 $(PY):
@@ -56,3 +57,12 @@ lint: $(STAMP)
 
 clean-data: $(STAMP)
 	$(DEVENV) clean-data
+
+# The gRPC contract: proto/dark_tower/**.proto -> the importable package dark_tower/ (checked in).
+# tests/grpc/test_proto_generated.py runs this with PROTO_OUT=<tmp> and fails when the checked-in code is stale.
+PROTO_OUT ?= .
+PROTO_FILES := proto/dark_tower/internal/v1/internal.proto
+proto: | $(PY)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
+	  --grpc_python_out=$(PROTO_OUT) $(PROTO_FILES)
+	@for package in dark_tower dark_tower/internal dark_tower/internal/v1; do touch $(PROTO_OUT)/$$package/__init__.py; done

@@ -1,0 +1,137 @@
+"""Assembly of the gRPC server: our two services behind the interceptor, health checking and reflection.
+
+The management command `grpcserver` runs it; the tests start the very same server on a loopback port.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controllers.grpc.interceptors import GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDLER_REGISTRY_SERVICE, ServiceInterceptor
+from controllers.grpc.services import GlobalControllerService, MediaHandlerRegistryService
+from controllers.heartbeats import RECORDERS
+from dark_tower.internal.v1 import internal_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAMES = (GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDLER_REGISTRY_SERVICE)
+# "" is the whole server in grpc.health.v1.
+HEALTH_NAMES = ("", *SERVICE_NAMES)
+DB_CHECK_INTERVAL_SECONDS = 2.0
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Room for an 8 KiB token and the rest: an over-long token must reach token_verify and be refused there
+# (UNAUTHENTICATED), not be cut off by the transport's default 8 KiB metadata limit.
+MAX_METADATA_BYTES = 16 * 1024
+
+
+class DatabaseWatch:
+    """Reports NOT_SERVING while the database does not answer `SELECT 1`, SERVING again once it does."""
+
+    def __init__(self, health_servicer: health.HealthServicer, interval: float = DB_CHECK_INTERVAL_SECONDS) -> None:
+        self.health = health_servicer
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="grpc-db-watch", daemon=True)
+        self.serving: bool | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.interval + 5)
+
+    def check(self) -> bool:
+        close_old_connections()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            return True
+        except DatabaseError:
+            connection.close()
+            return False
+
+    def _run(self) -> None:
+        while True:
+            serving = self.check()
+            if serving != self.serving:
+                if not serving:
+                    logger.warning("database unreachable: health NOT_SERVING")
+                elif self.serving is not None:
+                    logger.warning("database reachable again: health SERVING")
+                self.serving = serving
+                status = SERVING if serving else NOT_SERVING
+                for name in HEALTH_NAMES:
+                    self.health.set(name, status)
+            if self._stop.wait(self.interval):
+                break
+        connection.close()
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    watch: DatabaseWatch
+    _stopped: bool = field(default=False, init=False)
+
+    def start(self) -> None:
+        self.server.start()
+        self.watch.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING at once, refuse new calls, let in-flight ones finish within `grace`, then write the
+        heartbeats still in memory."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = settings.GRPC_SHUTDOWN_GRACE_SECONDS if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.watch.stop()
+        for recorder in RECORDERS:
+            written = recorder.stop()
+            if written:
+                logger.info("wrote %d pending %s beats at shutdown", written, recorder.kind.target_type)
+
+
+def build_server(*, bind: str, workers: int, reuse_port: bool = False) -> GrpcServer:
+    """A server bound to `bind` (port 0 picks a free one), not yet started."""
+    options = [
+        ("grpc.max_receive_message_length", settings.GRPC_MAX_RECEIVE_MESSAGE_BYTES),
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        # grpcio turns SO_REUSEPORT on by default: a second server would silently share the port (NOTES.md).
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+    ]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-worker"),
+        interceptors=[ServiceInterceptor()],
+        options=options,
+    )
+    internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(GlobalControllerService.as_servicer(), server)
+    internal_pb2_grpc.add_MediaHandlerRegistryServiceServicer_to_server(
+        MediaHandlerRegistryService.as_servicer(), server
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    for name in HEALTH_NAMES:
+        health_servicer.set(name, NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    try:
+        port = server.add_insecure_port(bind)
+    except RuntimeError as exc:
+        raise OSError(f"cannot bind gRPC server to {bind}") from exc
+    if port == 0:
+        raise OSError(f"cannot bind gRPC server to {bind}")
+    return GrpcServer(server=server, port=port, health=health_servicer, watch=DatabaseWatch(health_servicer))

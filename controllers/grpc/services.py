@@ -1,0 +1,159 @@
+"""The gRPC servicers of the internal contract (proto/dark_tower/internal/v1/internal.proto).
+
+Thin, on django-grpc-framework's Service (which closes stale database connections around each call): validate
+the message (controllers.validation), call one service, build the answer. Authentication and error mapping
+are the interceptor's (controllers.grpc.interceptors).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from django.conf import settings
+from django_grpc_framework.services import Service
+
+from controllers.grpc.interceptors import current_client_id
+from controllers.heartbeats import controller_heartbeats, handler_load_reports, unix_now
+from controllers.models import HealthStatus
+from controllers.services.registration import (
+    Beat,
+    controller_register,
+    handler_register,
+    meeting_ended_notify,
+)
+from controllers.validation import (
+    GRPC_SCHEMES,
+    WEBTRANSPORT_SCHEMES,
+    validate_capacity,
+    validate_endpoint,
+    validate_id,
+    validate_percent,
+    validate_region,
+    validate_uuid,
+)
+from dark_tower.internal.v1 import internal_pb2 as pb
+from darktower.errors import InvalidInput
+
+# The wire enum's numbers (part of the contract) to our stored states.
+_HEALTH = {
+    pb.PENDING: HealthStatus.PENDING,
+    pb.HEALTHY: HealthStatus.HEALTHY,
+    pb.DEGRADED: HealthStatus.DEGRADED,
+    pb.UNHEALTHY: HealthStatus.UNHEALTHY,
+    pb.DRAINING: HealthStatus.DRAINING,
+}
+
+
+def _health(value: int) -> str:
+    # proto3 enums are open: an unknown number arrives as itself.
+    if value not in _HEALTH:
+        raise InvalidInput("health: must be one of PENDING, HEALTHY, DEGRADED, UNHEALTHY, DRAINING",
+                           fields={"health": ["unknown value"]})
+    return _HEALTH[value]
+
+
+def _capacity(request: Any) -> dict[str, int | float | None]:
+    """A heartbeat's capacity; absent means unchanged, and so does a zero maximum (proto3's default)."""
+    if not request.HasField("capacity"):
+        return {}
+    capacity = request.capacity
+    values: dict[str, int | float | None] = {}
+    for column in ("current_meetings", "current_participants"):
+        values[column] = validate_capacity(getattr(capacity, column), field=f"capacity.{column}")
+    for column in ("max_meetings", "max_participants"):
+        value = getattr(capacity, column)
+        values[column] = validate_capacity(value, field=f"capacity.{column}", minimum=1) if value else None
+    return values
+
+
+class GlobalControllerService(Service):
+    """dark_tower.internal.v1.GlobalControllerService: meeting controllers register, beat, end meetings."""
+
+    def RegisterMC(self, request: pb.RegisterMCRequest, context: grpc.ServicerContext) -> pb.RegisterMCResponse:
+        registration = controller_register(
+            controller_id=validate_id(request.id, field="id"),
+            region=validate_region(request.region),
+            grpc_endpoint=validate_endpoint(request.grpc_endpoint, field="grpc_endpoint", schemes=GRPC_SCHEMES),
+            webtransport_endpoint=validate_endpoint(
+                request.webtransport_endpoint, field="webtransport_endpoint", schemes=WEBTRANSPORT_SCHEMES,
+                required=False,
+            ),
+            max_meetings=validate_capacity(request.max_meetings, field="max_meetings", minimum=1),
+            max_participants=validate_capacity(request.max_participants, field="max_participants", minimum=1),
+            actor_client_id=current_client_id(),
+        )
+        controller_heartbeats.remember(registration.member_id, registration.health_status)
+        return pb.RegisterMCResponse(
+            accepted=True,
+            message="registered" if registration.created else "re-registered",
+            fast_heartbeat_interval_ms=settings.FAST_HEARTBEAT_INTERVAL_MS,
+            comprehensive_heartbeat_interval_ms=settings.COMPREHENSIVE_HEARTBEAT_INTERVAL_MS,
+        )
+
+    def FastHeartbeat(
+        self, request: pb.FastHeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.FastHeartbeatResponse:
+        controller_heartbeats.record(
+            Beat(validate_id(request.controller_id, field="controller_id"), _health(request.health), _capacity(request))
+        )
+        return pb.FastHeartbeatResponse(acknowledged=True, timestamp=unix_now())
+
+    def ComprehensiveHeartbeat(
+        self, request: pb.ComprehensiveHeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.ComprehensiveHeartbeatResponse:
+        values = _capacity(request)
+        values["cpu_usage_percent"] = validate_percent(request.cpu_usage_percent, field="cpu_usage_percent")
+        values["memory_usage_percent"] = validate_percent(request.memory_usage_percent, field="memory_usage_percent")
+        controller_heartbeats.record(
+            Beat(validate_id(request.controller_id, field="controller_id"), _health(request.health), values)
+        )
+        return pb.ComprehensiveHeartbeatResponse(acknowledged=True, timestamp=unix_now())
+
+    def NotifyMeetingEnded(
+        self, request: pb.NotifyMeetingEndedRequest, context: grpc.ServicerContext
+    ) -> pb.NotifyMeetingEndedResponse:
+        meeting_ended_notify(
+            meeting_id=validate_uuid(request.meeting_id, field="meeting_id"),
+            region=validate_region(request.region),
+            actor_client_id=current_client_id(),
+        )
+        return pb.NotifyMeetingEndedResponse(acknowledged=True)
+
+
+class MediaHandlerRegistryService(Service):
+    """dark_tower.internal.v1.MediaHandlerRegistryService: media handlers register and report load."""
+
+    def RegisterMH(self, request: pb.RegisterMHRequest, context: grpc.ServicerContext) -> pb.RegisterMHResponse:
+        registration = handler_register(
+            handler_id=validate_id(request.handler_id, field="handler_id"),
+            region=validate_region(request.region),
+            grpc_endpoint=validate_endpoint(request.grpc_endpoint, field="grpc_endpoint", schemes=GRPC_SCHEMES),
+            webtransport_endpoint=validate_endpoint(
+                request.webtransport_endpoint, field="webtransport_endpoint", schemes=WEBTRANSPORT_SCHEMES
+            ),
+            max_streams=validate_capacity(request.max_streams, field="max_streams", minimum=1),
+            actor_client_id=current_client_id(),
+        )
+        handler_load_reports.remember(registration.member_id, registration.health_status)
+        return pb.RegisterMHResponse(
+            accepted=True,
+            message="registered" if registration.created else "re-registered",
+            load_report_interval_ms=settings.MH_LOAD_REPORT_INTERVAL_MS,
+        )
+
+    def SendLoadReport(
+        self, request: pb.SendLoadReportRequest, context: grpc.ServicerContext
+    ) -> pb.SendLoadReportResponse:
+        values: dict[str, int | float | None] = {
+            "current_streams": validate_capacity(request.current_streams, field="current_streams"),
+            "cpu_usage_percent": validate_percent(request.cpu_usage_percent, field="cpu_usage_percent"),
+            "memory_usage_percent": validate_percent(request.memory_usage_percent, field="memory_usage_percent"),
+            "bandwidth_usage_percent": validate_percent(
+                request.bandwidth_usage_percent, field="bandwidth_usage_percent"
+            ),
+        }
+        handler_load_reports.record(
+            Beat(validate_id(request.handler_id, field="handler_id"), _health(request.health), values)
+        )
+        return pb.SendLoadReportResponse(acknowledged=True, timestamp=unix_now())

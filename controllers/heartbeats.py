@@ -1,0 +1,256 @@
+"""The heartbeat hot path: coalesce beats in memory, write them in one set-based statement per interval.
+
+A region of 20,000 MCs sends about 2,700 heartbeats a second. One UPDATE per heartbeat is bound by Python and
+commit costs (NOTES.md: ~1,600-1,950 calls/s on this machine); one `UPDATE ... FROM unnest(...)` for every
+member that beat during the last HEARTBEAT_FLUSH_INTERVAL_MS costs about as much as a single row. So a beat
+that changes nothing but counters and liveness is kept in memory (the latest values per member; a fast
+heartbeat does not erase the CPU and memory of a comprehensive one still waiting) and acknowledged at once;
+a flush thread writes the batch (controllers.services.registration.beats_record, `last_heartbeat_at` = the
+database's now()).
+
+A beat is written synchronously, alone and before it is acknowledged, when it may change the member's health:
+its report would move the state this process last saw (pending -> healthy, DEGRADED, DRAINING, UNHEALTHY, back
+to healthy), the member is `pending` or `unhealthy` (the recovery gate counts every good beat), or this process
+has not seen it beat for half the stale threshold (after a silence the sweep may have marked it unhealthy).
+Such a write commits the state change with its audit and transition rows before the answer.
+
+Unknown members: a cache of known ids (loaded from the database by the flush thread, and asked of the database
+for an id it lacks, so a member registered by another process works at once) answers NOT_FOUND when the
+database has no row either. A member deleted by an operator is dropped from the cache by the next flush that
+finds no row for it; its later beats get NOT_FOUND (a beat in between is acknowledged and discarded).
+
+What an acknowledged heartbeat guarantees if this process dies:
+- a health state change it caused is durable (committed before the answer);
+- its liveness and counters may be lost for at most one flush interval (plus the time a flush is failing:
+  during a database outage the latest values stay in memory and every interval retries). The next beat, 10 s
+  later to any GC process, writes them again; the stale threshold (30 s) is three beats wide, so one lost
+  interval never makes a member stale.
+- A state change made by the flush itself (rare: the database says a state this process did not know, e.g. an
+  operator marked the MC unhealthy and its next beat counts toward recovery) commits with the flush.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
+
+from controllers.services.registration import (
+    CONTROLLERS,
+    HANDLERS,
+    RECOVERING_STATES,
+    Beat,
+    MemberKind,
+    beats_record,
+    health_after,
+    members_health,
+)
+from darktower.errors import NotFound
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Known:
+    health_status: str
+    # time.monotonic() of the last beat this process handled (or derived from the database's age of it).
+    last_seen: float
+
+
+def _merge(older: Beat | None, newer: Beat) -> Beat:
+    """The newer beat, keeping values of the older one that the newer does not carry (None)."""
+    if older is None:
+        return newer
+    values = dict(older.values)
+    values.update({column: value for column, value in newer.values.items() if value is not None})
+    return Beat(newer.member_id, newer.reported, values)
+
+
+class HeartbeatRecorder:
+    """Coalesces the beats of one member kind (controllers or media handlers) of this process."""
+
+    def __init__(self, kind: MemberKind) -> None:
+        self.kind = kind
+        self._lock = threading.Lock()  # the two dicts below
+        # Serialises database writes of this recorder: a synchronous beat never races a flush that holds an
+        # older beat of the same member, so the newest report is always the one that lands last.
+        self._write_lock = threading.Lock()
+        self._known: dict[str, _Known] = {}
+        self._pending: dict[str, Beat] = {}
+        self._loaded = False
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # --- the request path ----------------------------------------------------------------------------------
+
+    def record(self, beat: Beat) -> None:
+        """Take one validated beat; NotFound when the member is not registered."""
+        now = time.monotonic()
+        self._ensure_running()
+        with self._lock:
+            known = self._known.get(beat.member_id)
+        if known is None:
+            known = self._lookup(beat.member_id, now)
+        if self._needs_sync(known, beat, now):
+            self._write_now(beat, now)
+            return
+        with self._lock:
+            self._pending[beat.member_id] = _merge(self._pending.get(beat.member_id), beat)
+            self._known[beat.member_id] = _Known(known.health_status, now)
+
+    def remember(self, member_id: str, health_status: str) -> None:
+        """A registration in this process: its state is known without a query."""
+        with self._lock:
+            self._known[member_id] = _Known(health_status, time.monotonic())
+
+    def _needs_sync(self, known: _Known, beat: Beat, now: float) -> bool:
+        return (
+            known.health_status in RECOVERING_STATES
+            or health_after(known.health_status, beat.reported) != known.health_status
+            or now - known.last_seen > settings.HEARTBEAT_STALE_THRESHOLD_SECONDS / 2
+        )
+
+    def _lookup(self, member_id: str, now: float) -> _Known:
+        found = members_health(kind=self.kind, member_ids=[member_id]).get(member_id)
+        if found is None:
+            raise NotFound(f"unknown {self.kind.target_type.replace('_', ' ')}; register first")
+        known = _Known(found.health_status, now - found.heartbeat_age_seconds)
+        with self._lock:
+            self._known.setdefault(member_id, known)
+        return known
+
+    def _write_now(self, beat: Beat, now: float) -> None:
+        with self._write_lock:
+            with self._lock:
+                beat = _merge(self._pending.pop(beat.member_id, None), beat)
+            outcomes = beats_record(kind=self.kind, beats=[beat])
+            with self._lock:
+                if not outcomes:
+                    self._known.pop(beat.member_id, None)
+                else:
+                    self._known[beat.member_id] = _Known(outcomes[0].to_status, now)
+        if not outcomes:
+            raise NotFound(f"unknown {self.kind.target_type.replace('_', ' ')}; register first")
+
+    # --- the flush ---------------------------------------------------------------------------------------------
+
+    def flush(self) -> int:
+        """Write every pending beat in one statement; returns how many.
+
+        When the database is unreachable the beats go back to the pending set (newer ones win) and the error
+        propagates, for the next interval to retry. Any other database error means the batch itself is
+        refused (it would be refused forever): it is dropped and logged, so one bad row cannot stall liveness
+        for the whole fleet.
+        """
+        with self._write_lock:
+            with self._lock:
+                batch, self._pending = self._pending, {}
+            if not batch:
+                return 0
+            try:
+                outcomes = beats_record(kind=self.kind, beats=list(batch.values()))
+            except (OperationalError, InterfaceError):
+                with self._lock:
+                    for member_id, beat in batch.items():
+                        newer = self._pending.get(member_id)
+                        self._pending[member_id] = beat if newer is None else _merge(beat, newer)
+                raise
+            except DatabaseError:
+                logger.exception("heartbeat flush refused; dropped %d %s beats", len(batch), self.kind.target_type)
+                return 0
+            written = {outcome.member_id: outcome.to_status for outcome in outcomes}
+            with self._lock:
+                for member_id in batch:
+                    known = self._known.get(member_id)
+                    if member_id not in written:
+                        self._known.pop(member_id, None)
+                    elif known is not None and known.health_status != written[member_id]:
+                        self._known[member_id] = _Known(written[member_id], known.last_seen)
+        return len(batch)
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def _ensure_running(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name=f"heartbeat-flush-{self.kind.table}", daemon=True
+            )
+            self._thread.start()
+
+    def _load(self) -> None:
+        now = time.monotonic()
+        members = members_health(kind=self.kind)
+        with self._lock:
+            for member_id, found in members.items():
+                self._known.setdefault(member_id, _Known(found.health_status, now - found.heartbeat_age_seconds))
+        self._loaded = True
+
+    def _run(self) -> None:
+        interval = settings.HEARTBEAT_FLUSH_INTERVAL_MS / 1000
+        failing_since: float | None = None
+        while not self._stop.wait(interval):
+            close_old_connections()
+            try:
+                if not self._loaded:
+                    self._load()
+                self.flush()
+            except DatabaseError as exc:
+                # Keep going: the beats are back in the pending set and the next interval retries.
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    logger.warning(
+                        "heartbeat flush failed (%s); keeping %d %s beats in memory and retrying",
+                        type(exc).__name__, self.pending_count(), self.kind.target_type,
+                    )
+                connection.close()
+            else:
+                if failing_since is not None:
+                    logger.warning(
+                        "heartbeat flush recovered after %.1f s", time.monotonic() - failing_since
+                    )
+                    failing_since = None
+        connection.close()
+
+    def stop(self, *, timeout: float = 5.0) -> int:
+        """Stop the flush thread and write what is pending (shutdown); returns how many beats were written."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join(timeout)
+        try:
+            return self.flush()
+        except DatabaseError:
+            logger.error(
+                "heartbeat flush at shutdown failed; %d %s beats lost (liveness only)",
+                self.pending_count(), self.kind.target_type,
+            )
+            return 0
+
+    def clear(self) -> None:
+        """Forget every known id and pending beat (tests reset the database under a running process)."""
+        with self._write_lock, self._lock:
+            self._known.clear()
+            self._pending.clear()
+            self._loaded = False
+
+
+controller_heartbeats = HeartbeatRecorder(CONTROLLERS)
+handler_load_reports = HeartbeatRecorder(HANDLERS)
+RECORDERS = (controller_heartbeats, handler_load_reports)
+
+
+def unix_now() -> int:
+    """The timestamp heartbeat answers carry: this server's time, whole Unix seconds."""
+    return math.floor(time.time())

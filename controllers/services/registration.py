@@ -1,0 +1,486 @@
+"""Registration, heartbeats and load reports of meeting controllers (MCs) and media handlers (MHs).
+
+Registration is one atomic UPSERT: a new member starts `pending`; re-registration updates endpoints, region
+and capacity, keeps `created_at`, and brings a `draining` or `unhealthy` member back to `pending`.
+
+Heartbeats (MCs) and load reports (MHs) are both "beats" here, written by one set-based statement for one or
+many members (`beats_record`): the gRPC hot path coalesces them in memory and writes a batch every
+HEARTBEAT_FLUSH_INTERVAL_MS (controllers/heartbeats.py), a beat that changes health is written alone and at
+once. Either way the new health state is computed in SQL from the row's current state (`health_after`, the
+single source of the rules), the previous state comes from the locked row, and every transition gets its
+audit row in the same transaction. A beat that changes no state writes no audit row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection, transaction
+
+from audit.models import ActorType
+from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue
+from controllers.models import HealthStatus, TransitionReason
+from controllers.services.health import RecoveryReport, heartbeat_recovery
+from controllers.services.transitions import (
+    CONTROLLER,
+    HANDLER,
+    Component,
+    Transition,
+    changed_cte_sql,
+    transitions_record,
+)
+from darktower.errors import NotFound
+from meetings.models import LeaveReason
+
+# What the member reports about itself; PENDING means "no opinion" (proto3's default value).
+REPORTED_STATES = tuple(HealthStatus)
+# States a good heartbeat leaves to the hold-down gate (controllers.services.health.heartbeat_recovery).
+RECOVERING_STATES = (HealthStatus.PENDING, HealthStatus.UNHEALTHY)
+
+
+def health_after(current: str, reported: str) -> str:
+    """The stored health after a member in state `current` reports `reported`, before the recovery gate.
+
+    - `draining` sticks: only re-registration or an operator's undrain ends it, so a drained MC that keeps
+      saying HEALTHY does not start taking meetings again.
+    - DRAINING and UNHEALTHY are stored as reported.
+    - `pending` and `unhealthy` stay as they are here: a good report (HEALTHY, DEGRADED, or PENDING meaning
+      "no opinion") goes to heartbeat_recovery, which promotes a pending member at once and an unhealthy one
+      only after the hold-down (issue 8).
+    - Otherwise HEALTHY and DEGRADED are stored as reported, and PENDING changes nothing.
+    """
+    if current == HealthStatus.DRAINING or reported in (HealthStatus.DRAINING, HealthStatus.UNHEALTHY):
+        return HealthStatus.DRAINING if current == HealthStatus.DRAINING else reported
+    if current in RECOVERING_STATES or reported == HealthStatus.PENDING:
+        return current
+    return reported
+
+
+def recovery_report(reported: str) -> str | None:
+    """What a report asks of the recovery gate: DEGRADED stays degraded, HEALTHY and PENDING are healthy."""
+    if reported in (HealthStatus.DRAINING, HealthStatus.UNHEALTHY):
+        return None
+    return HealthStatus.DEGRADED if reported == HealthStatus.DEGRADED else HealthStatus.HEALTHY
+
+
+def _health_after_sql(current: str, reported: str) -> str:
+    # Literals from the enum above, never input: the CASE is the same table health_after() computes.
+    whens = " ".join(
+        f"WHEN {current} = '{before}' AND {reported} = '{report}' THEN '{health_after(before, report)}'"
+        for before in HealthStatus
+        for report in REPORTED_STATES
+    )
+    return f"CASE {whens} ELSE {current} END"
+
+
+@dataclass(frozen=True)
+class MemberKind:
+    """One of the two tables members live in, and the names it goes by in audit rows and outbox events."""
+
+    table: str
+    pk: str
+    target_type: str
+    event_prefix: str
+    component: Component
+    # Beat columns: (column, PostgreSQL element type); a NULL value leaves the column unchanged.
+    beat_columns: tuple[tuple[str, str], ...]
+
+
+CONTROLLERS = MemberKind(
+    table="meeting_controllers", pk="controller_id", target_type="meeting_controller", event_prefix="controller",
+    component=CONTROLLER,
+    beat_columns=(
+        ("current_meetings", "integer"), ("current_participants", "integer"),
+        ("max_meetings", "integer"), ("max_participants", "integer"),
+        ("cpu_usage_percent", "double precision"), ("memory_usage_percent", "double precision"),
+    ),
+)
+HANDLERS = MemberKind(
+    table="media_handlers", pk="handler_id", target_type="media_handler", event_prefix="media_handler",
+    component=HANDLER,
+    beat_columns=(
+        ("current_streams", "integer"), ("cpu_usage_percent", "double precision"),
+        ("memory_usage_percent", "double precision"), ("bandwidth_usage_percent", "double precision"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One heartbeat or load report: the member, what it reported, and its beat columns (None = unchanged)."""
+
+    member_id: str
+    reported: str
+    values: dict[str, int | float | None]
+
+
+@dataclass(frozen=True)
+class BeatOutcome:
+    member_id: str
+    region: str
+    from_status: str
+    to_status: str
+
+    @property
+    def changed(self) -> bool:
+        return self.from_status != self.to_status
+
+
+@dataclass(frozen=True)
+class Registration:
+    member_id: str
+    region: str
+    created: bool
+    from_status: str | None
+    health_status: str
+
+
+# --- registration ----------------------------------------------------------------------------------------
+
+# The row lock first, so the audit row can say which state re-registration left (ON CONFLICT cannot return
+# the old row before PostgreSQL 18). A concurrent first registration of the same id is serialised by the
+# unique index; the loser updates the winner's row and reports created = false.
+_LOCK_SQL = "SELECT health_status FROM {table} WHERE {pk} = %(id)s FOR UPDATE"
+
+_REGISTER_SQL = """
+INSERT INTO {table} AS t ({pk}, region, endpoint, grpc_endpoint, webtransport_endpoint, {capacity_columns},
+                         health_status, last_heartbeat_at)
+VALUES (%(id)s, %(region)s, %(endpoint)s, %(grpc_endpoint)s, %(webtransport_endpoint)s, {capacity_values},
+        'pending', now())
+ON CONFLICT ({pk}) DO UPDATE SET
+    region = EXCLUDED.region,
+    endpoint = EXCLUDED.endpoint,
+    grpc_endpoint = EXCLUDED.grpc_endpoint,
+    webtransport_endpoint = EXCLUDED.webtransport_endpoint,
+    {capacity_updates},
+    health_status = CASE WHEN t.health_status IN ('draining', 'unhealthy') THEN 'pending' ELSE t.health_status END,
+    last_heartbeat_at = now()
+RETURNING t.health_status, (t.xmax = 0) AS created
+"""
+
+
+def _register(
+    *, kind: MemberKind, member_id: str, region: str, endpoint: str, grpc_endpoint: str | None,
+    webtransport_endpoint: str | None, capacity: dict[str, int], insert_only: dict[str, int],
+    actor_client_id: str | None,
+) -> Registration:
+    params: dict[str, Any] = {
+        "id": member_id, "region": region, "endpoint": endpoint, "grpc_endpoint": grpc_endpoint,
+        "webtransport_endpoint": webtransport_endpoint, **capacity, **insert_only,
+    }
+    inserted = [*capacity, *insert_only]
+    sql = _REGISTER_SQL.format(
+        table=kind.table, pk=kind.pk,
+        capacity_columns=", ".join(inserted),
+        capacity_values=", ".join(f"%({column})s" for column in inserted),
+        capacity_updates=", ".join(f"{column} = EXCLUDED.{column}" for column in capacity),
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_LOCK_SQL.format(table=kind.table, pk=kind.pk), {"id": member_id})
+        previous = cursor.fetchone()
+        cursor.execute(sql, params)
+        health_status, created = cursor.fetchone()
+        from_status = previous[0] if previous else None
+        if from_status != health_status:
+            transitions_record([
+                Transition(
+                    component_type=kind.component.type, component_id=member_id, region=region,
+                    from_status=from_status, to_status=health_status, reason=TransitionReason.REGISTERED,
+                    actor_type=ActorType.SERVICE, metadata={"client_id": actor_client_id},
+                )
+            ])
+        audit_record(
+            event_type=f"{kind.event_prefix}_registered" if created else f"{kind.event_prefix}_reregistered",
+            action="register",
+            actor_type=ActorType.SERVICE,
+            target_type=kind.target_type,
+            target_id=member_id,
+            metadata={
+                "client_id": actor_client_id,
+                "region": region,
+                "from_status": from_status,
+                "to_status": health_status,
+                "grpc_endpoint": grpc_endpoint,
+                "webtransport_endpoint": webtransport_endpoint,
+                **capacity,
+            },
+        )
+    return Registration(member_id, region, created, from_status, health_status)
+
+
+def controller_register(
+    *,
+    controller_id: str,
+    region: str,
+    grpc_endpoint: str,
+    webtransport_endpoint: str | None,
+    max_meetings: int,
+    max_participants: int,
+    actor_client_id: str | None = None,
+) -> Registration:
+    """Register or re-register a meeting controller (validated input); audited as the calling service."""
+    return _register(
+        kind=CONTROLLERS, member_id=controller_id, region=region, endpoint=grpc_endpoint,
+        grpc_endpoint=grpc_endpoint, webtransport_endpoint=webtransport_endpoint,
+        capacity={"max_meetings": max_meetings, "max_participants": max_participants}, insert_only={},
+        actor_client_id=actor_client_id,
+    )
+
+
+def handler_register(
+    *,
+    handler_id: str,
+    region: str,
+    grpc_endpoint: str,
+    webtransport_endpoint: str,
+    max_streams: int,
+    actor_client_id: str | None = None,
+) -> Registration:
+    """Register or re-register a media handler (validated input); audited as the calling service."""
+    return _register(
+        kind=HANDLERS, member_id=handler_id, region=region, endpoint=grpc_endpoint,
+        grpc_endpoint=grpc_endpoint, webtransport_endpoint=webtransport_endpoint,
+        capacity={"max_streams": max_streams},
+        # The contract carries no bitrate; the column is NOT NULL, and 0 means "not reported".
+        insert_only={"max_bitrate_mbps": 0},
+        actor_client_id=actor_client_id,
+    )
+
+
+# --- heartbeats and load reports ---------------------------------------------------------------------------
+
+def _beats_statement(kind: MemberKind) -> str:
+    """One UPDATE for a batch, recording its own transitions (controllers.services.transitions).
+
+    The snapshot joins the batch in the order given (callers sort it by id), so rows are locked in key order
+    and two flushes cannot deadlock; the stale sweep skips locked rows. Rows that no longer exist are absent.
+    """
+    columns = [column for column, _ in kind.beat_columns]
+    arrays = ", ".join(f"%({column})s::{pg_type}[]" for column, pg_type in kind.beat_columns)
+    names = ", ".join(columns)
+    extra_set = "".join(f", {column} = coalesce(s.{column}, t.{column})" for column in columns)
+    extra_set += ", last_heartbeat_at = now()"
+    if kind is CONTROLLERS:
+        # In-flight accounting (issue 8): a heartbeat's current_meetings already counts what was assigned.
+        extra_set += ", assigned_since_heartbeat = 0"
+    ctes = changed_cte_sql(
+        kind.component,
+        where=f"t.{kind.pk} = b.id",
+        snapshot_from=f", unnest(%(ids)s::text[], %(reported)s::text[], {arrays}) AS b(id, reported, {names})",
+        snapshot_columns=", b.reported" + "".join(f", b.{column}" for column in columns),
+        set_status=_health_after_sql("s.from_status", "s.reported"),
+        extra_set=extra_set,
+        returning=", s.reported",
+        reason=f"'{TransitionReason.HEARTBEAT}'",
+        metadata="jsonb_build_object('reported', c.reported)",
+    )
+    return f"WITH {ctes} SELECT id, region, from_status, to_status FROM changed"  # noqa: S608 (constants only)
+
+
+_BEATS_STATEMENTS = {kind.table: _beats_statement(kind) for kind in (CONTROLLERS, HANDLERS)}
+
+
+def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[BeatOutcome]:
+    """Write beats (at most one per member) in one transaction, with database time as `last_heartbeat_at`.
+
+    One set-based statement applies every beat; pending and unhealthy members that reported well then go
+    through the recovery gate (heartbeat_recovery) in the same transaction. Returns one outcome per member
+    that exists (a member id without a row is left out), from its state before to its state after. Every
+    transition has its controller_health_transitions row and an audit row (actor_type service).
+    """
+    if not beats:
+        return []
+    beats = sorted(beats, key=lambda beat: beat.member_id)
+    params: dict[str, Any] = {
+        "ids": [beat.member_id for beat in beats],
+        "reported": [str(beat.reported) for beat in beats],
+        "component_type": kind.component.type,
+        "actor_type": ActorType.SERVICE.value,
+        "actor_user_id": None,
+    }
+    for column, _ in kind.beat_columns:
+        params[column] = [beat.values.get(column) for beat in beats]
+    reported = {beat.member_id: str(beat.reported) for beat in beats}
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_BEATS_STATEMENTS[kind.table], params)
+        outcomes = {row[0]: BeatOutcome(*row) for row in cursor.fetchall()}
+        recovering = [
+            RecoveryReport(outcome.member_id, report)
+            for outcome in outcomes.values()
+            if outcome.to_status in RECOVERING_STATES
+            and (report := recovery_report(reported[outcome.member_id])) is not None
+        ]
+        for row in heartbeat_recovery(component=kind.component, reports=recovering):
+            before = outcomes[row.id]
+            outcomes[row.id] = BeatOutcome(row.id, row.region, before.from_status, row.to_status)
+        audit_record_many(
+            AuditEntry(
+                event_type=f"{kind.event_prefix}_{outcome.to_status}",
+                action="heartbeat",
+                actor_type=ActorType.SERVICE,
+                target_type=kind.target_type,
+                target_id=outcome.member_id,
+                metadata={
+                    "region": outcome.region,
+                    "from_status": outcome.from_status,
+                    "to_status": outcome.to_status,
+                    "reported": reported[outcome.member_id],
+                },
+            )
+            for outcome in outcomes.values()
+            if outcome.changed
+        )
+    return list(outcomes.values())
+
+
+def controller_heartbeat(
+    *,
+    controller_id: str,
+    reported: str,
+    current_meetings: int | None = None,
+    current_participants: int | None = None,
+    max_meetings: int | None = None,
+    max_participants: int | None = None,
+    cpu_usage_percent: float | None = None,
+    memory_usage_percent: float | None = None,
+) -> BeatOutcome:
+    """Write one heartbeat now (None leaves a column unchanged); NotFound when the controller is unknown."""
+    values = {
+        "current_meetings": current_meetings, "current_participants": current_participants,
+        "max_meetings": max_meetings, "max_participants": max_participants,
+        "cpu_usage_percent": cpu_usage_percent, "memory_usage_percent": memory_usage_percent,
+    }
+    return _one_beat(CONTROLLERS, Beat(controller_id, reported, values))
+
+
+def handler_load_report(
+    *,
+    handler_id: str,
+    reported: str,
+    current_streams: int,
+    cpu_usage_percent: float,
+    memory_usage_percent: float,
+    bandwidth_usage_percent: float,
+) -> BeatOutcome:
+    """Write one load report now; NotFound when the media handler is unknown."""
+    values = {
+        "current_streams": current_streams, "cpu_usage_percent": cpu_usage_percent,
+        "memory_usage_percent": memory_usage_percent, "bandwidth_usage_percent": bandwidth_usage_percent,
+    }
+    return _one_beat(HANDLERS, Beat(handler_id, reported, values))
+
+
+def _one_beat(kind: MemberKind, beat: Beat) -> BeatOutcome:
+    outcomes = beats_record(kind=kind, beats=[beat])
+    if not outcomes:
+        raise NotFound(f"unknown {kind.target_type.replace('_', ' ')}; register first")
+    return outcomes[0]
+
+
+@dataclass(frozen=True)
+class MemberHealth:
+    health_status: str
+    # Seconds since its last heartbeat, by the database's clock.
+    heartbeat_age_seconds: float
+
+
+def members_health(*, kind: MemberKind, member_ids: Sequence[str] | None = None) -> dict[str, MemberHealth]:
+    """The health of the given members that exist, or of every member (the heartbeat cache's refresh)."""
+    sql = f"SELECT {kind.pk}, health_status, extract(epoch FROM now() - last_heartbeat_at) FROM {kind.table}"  # noqa: S608
+    params: dict[str, Any] = {}
+    if member_ids is not None:
+        sql += f" WHERE {kind.pk} = ANY(%(ids)s)"
+        params["ids"] = list(member_ids)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0]: MemberHealth(row[1], float(row[2])) for row in cursor.fetchall()}
+
+
+# --- meetings ended by their controller ---------------------------------------------------------------------
+
+END_REASON_MEETING_ENDED = "meeting_ended"
+
+# One statement: end the (meeting, region) assignment if still active and release the MC's counter it held.
+# A second one ends the meeting if it ran somewhere (has an assignment) and no region runs it any more.
+# Every step is conditional, so a repeated notification changes nothing.
+_END_ASSIGNMENT_SQL = """
+WITH meeting AS (
+    SELECT meeting_id FROM meetings WHERE meeting_id = %(meeting_id)s FOR UPDATE
+), ended AS (
+    UPDATE meeting_assignments a SET ended_at = greatest(now(), a.assigned_at), end_reason = %(reason)s
+    FROM meeting
+    WHERE a.meeting_id = meeting.meeting_id AND a.region = %(region)s AND a.ended_at IS NULL
+    RETURNING a.id, a.meeting_controller_id
+), released AS (
+    UPDATE meeting_controllers mc SET current_meetings = greatest(mc.current_meetings - 1, 0)
+    FROM ended WHERE mc.controller_id = ended.meeting_controller_id
+    RETURNING mc.controller_id
+)
+SELECT (SELECT count(*) FROM meeting), ended.id, ended.meeting_controller_id
+FROM (SELECT 1) one LEFT JOIN ended ON true
+"""
+
+_END_MEETING_IF_IDLE_SQL = """
+UPDATE meetings m SET status = 'ended', ended_at = now()
+WHERE m.meeting_id = %(meeting_id)s AND m.status <> 'ended'
+  AND EXISTS (SELECT 1 FROM meeting_assignments a WHERE a.meeting_id = m.meeting_id)
+  AND NOT EXISTS (SELECT 1 FROM meeting_assignments a WHERE a.meeting_id = m.meeting_id AND a.ended_at IS NULL)
+RETURNING m.meeting_id
+"""
+
+_CLOSE_PARTICIPANTS_SQL = """
+UPDATE meeting_participants
+SET left_at = greatest(now(), joined_at), leave_reason = %(leave_reason)s,
+    total_duration_seconds = greatest(0, floor(extract(epoch FROM now() - joined_at)))::integer
+WHERE meeting_id = %(meeting_id)s AND left_at IS NULL
+"""
+
+
+@dataclass(frozen=True)
+class MeetingEndedResult:
+    assignment_ended: bool
+    meeting_ended: bool
+
+
+def meeting_ended_notify(
+    *, meeting_id: uuid.UUID, region: str, actor_client_id: str | None = None
+) -> MeetingEndedResult:
+    """A controller says a meeting ended in its region: end that assignment, and the meeting itself (status
+    ended, present participants closed) once no region runs it. Idempotent; NotFound for an unknown meeting.
+    """
+    params = {
+        "meeting_id": meeting_id, "region": region, "reason": END_REASON_MEETING_ENDED,
+        "leave_reason": LeaveReason.MEETING_ENDED.value,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_END_ASSIGNMENT_SQL, params)
+        found, assignment_id, controller_id = cursor.fetchone()
+        if not found:
+            raise NotFound("unknown meeting")
+        if assignment_id is not None:
+            audit_record(
+                event_type="meeting_assignment_ended", action="end_assignment", actor_type=ActorType.SERVICE,
+                target_type="meeting", target_id=str(meeting_id),
+                metadata={
+                    "assignment_id": assignment_id, "controller_id": controller_id, "region": region,
+                    "reason": END_REASON_MEETING_ENDED, "client_id": actor_client_id,
+                },
+            )
+        cursor.execute(_END_MEETING_IF_IDLE_SQL, params)
+        meeting_ended = cursor.fetchone() is not None
+        if meeting_ended:
+            cursor.execute(_CLOSE_PARTICIPANTS_SQL, params)
+            closed = cursor.rowcount
+            outbox_enqueue(
+                aggregate_type="meeting", aggregate_id=str(meeting_id), event_type="meeting_ended",
+                payload={"meeting_id": str(meeting_id), "controller_ids": [controller_id] if controller_id else []},
+            )
+            audit_record(
+                event_type="meeting_ended", action="end", actor_type=ActorType.SERVICE,
+                target_type="meeting", target_id=str(meeting_id),
+                metadata={"region": region, "participants_closed": closed, "client_id": actor_client_id},
+            )
+    return MeetingEndedResult(assignment_ended=assignment_id is not None, meeting_ended=meeting_ended)

@@ -1,0 +1,84 @@
+"""NotifyMeetingEnded's service: end the region's assignment, then the meeting once no region runs it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from audit.models import AuditLog, OutboxEvent
+from controllers.models import MeetingController
+from controllers.services.registration import meeting_ended_notify
+from darktower.errors import NotFound
+from meetings.models import Meeting, MeetingAssignment, MeetingParticipant
+from tests.factories import make_controller, make_meeting, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+def assign(meeting, controller):
+    return MeetingAssignment.objects.create(
+        meeting=meeting, meeting_controller=controller, region=controller.region, assigned_by_gc_id="gc-test"
+    )
+
+
+def test_ending_the_last_region_ends_the_meeting_and_closes_participants():
+    controller = make_controller(controller_id="mc-1", current_meetings=2)
+    meeting = make_meeting(host=make_user(), status="active")
+    assign(meeting, controller)
+    MeetingParticipant.objects.create(meeting=meeting, participant_id=uuid.uuid4(), display_name="Guest")
+
+    result = meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1", actor_client_id="svc")
+
+    assert result.assignment_ended and result.meeting_ended
+    assert MeetingAssignment.objects.get(meeting=meeting).end_reason == "meeting_ended"
+    meeting.refresh_from_db()
+    assert (meeting.status, meeting.ended_at is not None) == ("ended", True)
+    assert MeetingParticipant.objects.get(meeting=meeting).leave_reason == "meeting_ended"
+    assert MeetingController.objects.get(pk="mc-1").current_meetings == 1
+    assert OutboxEvent.objects.filter(aggregate_id=str(meeting.meeting_id), event_type="meeting_ended").count() == 1
+    assert sorted(AuditLog.objects.filter(target_id=str(meeting.meeting_id)).values_list("event_type", "actor_type")) \
+        == [("meeting_assignment_ended", "service"), ("meeting_ended", "service")]
+
+
+def test_a_repeated_notification_changes_nothing():
+    controller = make_controller(controller_id="mc-1", current_meetings=1)
+    meeting = make_meeting(host=make_user(), status="active")
+    assign(meeting, controller)
+    meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1")
+    audit_count, ended_at = AuditLog.objects.count(), Meeting.objects.get(pk=meeting.pk).ended_at
+
+    again = meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1")
+
+    assert not again.assignment_ended and not again.meeting_ended
+    assert AuditLog.objects.count() == audit_count
+    assert Meeting.objects.get(pk=meeting.pk).ended_at == ended_at
+    assert MeetingController.objects.get(pk="mc-1").current_meetings == 0
+
+
+def test_another_region_still_running_keeps_the_meeting_active():
+    meeting = make_meeting(host=make_user(), status="active")
+    assign(meeting, make_controller(controller_id="mc-us", region="us-east-1"))
+    assign(meeting, make_controller(controller_id="mc-eu", region="eu-west-1"))
+
+    first = meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1")
+    assert first.assignment_ended and not first.meeting_ended
+    assert Meeting.objects.get(pk=meeting.pk).status == "active"
+
+    second = meeting_ended_notify(meeting_id=meeting.meeting_id, region="eu-west-1")
+    assert second.meeting_ended
+    assert Meeting.objects.get(pk=meeting.pk).status == "ended"
+
+
+def test_a_meeting_that_never_ran_is_not_ended_by_a_stray_notification():
+    meeting = make_meeting(host=make_user())
+
+    result = meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1")
+
+    assert not result.assignment_ended and not result.meeting_ended
+    assert Meeting.objects.get(pk=meeting.pk).status == "scheduled"
+
+
+def test_an_unknown_meeting_is_not_found():
+    with pytest.raises(NotFound):
+        meeting_ended_notify(meeting_id=uuid.uuid4(), region="us-east-1")
