@@ -1,0 +1,96 @@
+"""What operators do to a controller (admin actions, `POST /api/v1/controllers/{id}/drain|undrain`).
+
+Each function is one transaction, a compare-and-set on the controller's state, and an audit row naming the
+operator. Drain and undrain are the bounded drain of controllers/services/drain.py (issue 8 §4); this module
+is the operators' entry point so that the admin and the REST API share one vocabulary.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import connection, transaction
+
+from audit.models import ActorType
+from audit.services import audit_record, outbox_enqueue
+from controllers.models import HealthStatus, MeetingController, TransitionReason
+from controllers.services.drain import DrainStarted, drain_begin, drain_cancel
+from controllers.services.transitions import CONTROLLER, Changed, health_transition
+from darktower.errors import Conflict, NotFound
+
+_LIVE_STATES = [HealthStatus.PENDING, HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.DRAINING]
+
+
+def controller_drain(
+    *,
+    controller_id: str,
+    actor_user_id: uuid.UUID | None = None,
+    deadline_seconds: int | None = None,
+    target_controller_id: str | None = None,
+) -> DrainStarted:
+    """No new meetings from now on; at the deadline the rest are ended or moved to the target."""
+    return drain_begin(
+        controller_id=controller_id, deadline_seconds=deadline_seconds, target_controller_id=target_controller_id,
+        actor_type=ActorType.USER, actor_user_id=actor_user_id, reason=TransitionReason.OPERATOR,
+    )
+
+
+def controller_undrain(*, controller_id: str, actor_user_id: uuid.UUID | None = None) -> Changed:
+    """Back to `pending`; placement resumes after the controller's next good heartbeat."""
+    return drain_cancel(controller_id=controller_id, actor_type=ActorType.USER, actor_user_id=actor_user_id)
+
+
+def controller_mark_unhealthy(*, controller_id: str, actor_user_id: uuid.UUID | None = None) -> Changed:
+    """Take a controller out of placement now. Heartbeats do not bring it back (only re-registration does)."""
+    with transaction.atomic():
+        changed = health_transition(
+            component=CONTROLLER, ids=[controller_id], from_states=_LIVE_STATES, to_status=HealthStatus.UNHEALTHY,
+            reason=TransitionReason.OPERATOR, actor_type=ActorType.USER, actor_user_id=actor_user_id,
+        )
+        if not changed:
+            status = MeetingController.objects.filter(pk=controller_id).values_list("health_status", flat=True)
+            current = status.first()
+            if current is None:
+                raise NotFound(f"Controller {controller_id} does not exist.")
+            raise Conflict(f"Controller {controller_id} is already {current}.")
+        result = changed[0]
+        audit_record(
+            event_type="controller_unhealthy", action="mark_unhealthy", actor_type=ActorType.USER,
+            actor_user_id=actor_user_id, target_type="meeting_controller", target_id=controller_id,
+            metadata={"from_status": result.from_status, "reason": "operator"},
+        )
+        outbox_enqueue(
+            aggregate_type="meeting_controller", aggregate_id=controller_id, event_type="controller_unhealthy",
+            payload={"controller_id": controller_id, "region": result.region, "reason": "operator"},
+        )
+    return result
+
+
+_END_ASSIGNMENTS_SQL = """
+WITH ended AS (
+    UPDATE meeting_assignments SET ended_at = greatest(now(), assigned_at), end_reason = 'reassigned'
+    WHERE meeting_controller_id = %(controller_id)s AND ended_at IS NULL
+    RETURNING meeting_id
+), cleared AS (
+    UPDATE meetings SET assigned_controller_id = NULL
+    WHERE meeting_id IN (SELECT meeting_id FROM ended) AND assigned_controller_id = %(controller_id)s
+)
+SELECT count(*) FROM ended
+"""
+
+
+def controller_end_assignments(*, controller_id: str, actor_user_id: uuid.UUID | None = None) -> int:
+    """End every active assignment of the controller (`reassigned`): the next join of each meeting picks a
+    controller afresh. Returns how many ended."""
+    with transaction.atomic():
+        if not MeetingController.objects.filter(pk=controller_id).exists():
+            raise NotFound(f"Controller {controller_id} does not exist.")
+        with connection.cursor() as cursor:
+            cursor.execute(_END_ASSIGNMENTS_SQL, {"controller_id": controller_id})
+            (ended,) = cursor.fetchone()
+        audit_record(
+            event_type="controller_assignments_ended", action="end_assignments", actor_type=ActorType.USER,
+            actor_user_id=actor_user_id, target_type="meeting_controller", target_id=controller_id,
+            metadata={"ended": ended},
+        )
+    return ended
