@@ -131,6 +131,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before anything reads the body: /api/ bodies over DATA_UPLOAD_MAX_MEMORY_SIZE answer 413 JSON.
+    "darktower.api.middleware.ApiBodyLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -278,6 +280,11 @@ OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 100, minimum=1, maximum=10_000)
 
 DEV_SUPERUSER_EMAIL = env_str("DEV_SUPERUSER_EMAIL", "admin@darktower.local")
 DEV_SUPERUSER_PASSWORD = env_secret("DEV_SUPERUSER_PASSWORD")
+# manage.py simulate_fleet: where it asks for its service token, and the credential it uses (with DEBUG and none
+# given, it creates a throwaway credential of its own).
+SIMULATE_API_URL = env_str("SIMULATE_API_URL", "http://127.0.0.1:8000")
+SIMULATE_CLIENT_ID = env_str("SIMULATE_CLIENT_ID", None) or None
+SIMULATE_CLIENT_SECRET = env_secret("SIMULATE_CLIENT_SECRET")
 
 # --- HTTP / DRF -------------------------------------------------------------------------------
 
@@ -291,13 +298,35 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "darktower.api.errors.exception_handler",
 }
+
+# --- API: rate limits (seed 002 Redis key ratelimit:{endpoint}:{identifier}:{window}) ----------------
+
+RATE_LIMIT_WINDOW_SECONDS = env_int("RATE_LIMIT_WINDOW_SECONDS", 60, minimum=1, maximum=86400)
+RATE_LIMIT_LOGIN_PER_IP = env_int("RATE_LIMIT_LOGIN_PER_IP", 20, minimum=1)
+RATE_LIMIT_LOGIN_PER_EMAIL = env_int("RATE_LIMIT_LOGIN_PER_EMAIL", 5, minimum=1)
+RATE_LIMIT_TOKEN_PER_CLIENT = env_int("RATE_LIMIT_TOKEN_PER_CLIENT", 30, minimum=1)
+RATE_LIMIT_TOKEN_PER_IP = env_int("RATE_LIMIT_TOKEN_PER_IP", 60, minimum=1)
+RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL = env_int("RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL", 30, minimum=1)
+RATE_LIMIT_JOIN_PER_PRINCIPAL = env_int("RATE_LIMIT_JOIN_PER_PRINCIPAL", 60, minimum=1)
+RATE_LIMIT_JOIN_PER_IP = env_int("RATE_LIMIT_JOIN_PER_IP", 120, minimum=1)
+# Retry-After of a 503 no_controller_available.
+NO_CAPACITY_RETRY_AFTER_SECONDS = env_int("NO_CAPACITY_RETRY_AFTER_SECONDS", 5, minimum=1, maximum=3600)
+# Object-storage bucket new recordings are written to (recordings.storage_bucket).
+RECORDINGS_STORAGE_BUCKET = env_str("RECORDINGS_STORAGE_BUCKET", "darktower-recordings")
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Dark Tower Global Controller API",
     "DESCRIPTION": "Meetings, the join flow, recordings, API keys and the controller fleet.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Several models have a `status`; name each choice set after its model instead of a hash.
+    "ENUM_NAME_OVERRIDES": {
+        "MeetingStatusEnum": "meetings.models.MeetingStatus",
+        "RecordingStatusEnum": "meetings.models.RecordingStatus",
+        "HealthStatusEnum": "controllers.models.HealthStatus",
+    },
 }
 
 # --- i18n / time ------------------------------------------------------------------------------
@@ -324,6 +353,12 @@ SESSION_COOKIE_HTTPONLY = True
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRUST_X_FORWARDED_PROTO", False) else None
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+
+# --- Metrics (darktower/metrics.py) ------------------------------------------------------------
+
+# Set for several processes (gunicorn workers, grpcserver processes): prometheus-client reads it from the
+# environment itself; darktower.metrics aggregates that directory's files at scrape time.
+PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", None) or None
 
 # --- Logging ----------------------------------------------------------------------------------
 

@@ -1,6 +1,21 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from darktower.api.errors import api_not_found
+from darktower.api.health import HealthView, ReadyView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("health", HealthView.as_view(), name="health"),
+    path("ready", ReadyView.as_view(), name="ready"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("", include("accounts.urls")),
+    path("", include("meetings.urls")),
+    # Last: any other /api/ path (a bad UUID in a path included) answers a JSON 404, DEBUG or not.
+    re_path(r"^api/", api_not_found),
 ]
+
+handler404 = "darktower.api.errors.not_found"
+handler500 = "darktower.api.errors.server_error"

@@ -5,9 +5,15 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from django.conf import settings
+from django.utils import timezone
+
 from accounts.models import User
+from accounts.services.api_keys import CreatedApiKey, api_key_create
+from accounts.services.users import user_scopes
+from accounts.tokens import token_issue
 from controllers.models import HealthStatus, MediaHandler, MeetingController
-from meetings.models import Meeting
+from meetings.models import Meeting, Recording
 
 _sequence = itertools.count(1)
 
@@ -60,3 +66,23 @@ def make_meeting(*, host: User | None = None, **extra: Any) -> Meeting:
     extra.setdefault("display_name", f"Meeting {number}")
     extra.setdefault("meeting_code", f"test-{number:06d}")
     return Meeting.objects.create(created_by_user=host, **extra)
+
+
+def user_token(user: User, *, scopes: Any = None) -> str:
+    """A user access token as login issues it (the user's scopes unless given)."""
+    return token_issue(
+        subject=str(user.pk), audience=settings.JWT_API_AUDIENCE,
+        scopes=user_scopes(user) if scopes is None else scopes, lifetime_seconds=600,
+    ).token
+
+
+def make_api_key(*, user: User, scopes: Any = ("meetings:read",), **extra: Any) -> CreatedApiKey:
+    """A CreatedApiKey (api_key row, raw_key) through the service, as POST /api/v1/api-keys makes it."""
+    return api_key_create(user=user, name=extra.pop("name", "test key"), scopes=scopes, **extra)
+
+
+def make_recording(*, meeting: Meeting, **extra: Any) -> Recording:
+    extra.setdefault("started_at", timezone.now())
+    extra.setdefault("storage_bucket", "test-bucket")
+    extra.setdefault("storage_path", f"meetings/{meeting.pk}/recordings/{next(_sequence)}")
+    return Recording.objects.create(meeting=meeting, started_by_user=meeting.created_by_user, **extra)

@@ -1,0 +1,191 @@
+"""The OAuth 2.0 token endpoint for services and the JWKS that lets anyone verify our tokens.
+
+These are plain Django views, not DRF ones, on purpose: a stock OAuth 2.0 client must be able to use the
+token endpoint unchanged, so it speaks RFC 6749 exactly (form-encoded request, section 5.1 success body,
+section 5.2 error body `{"error": "invalid_client", "error_description": ...}`) instead of the rest of the
+API's JSON bodies and `{"error": {"code", "message", "fields"}}` shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+from django.http import HttpRequest, JsonResponse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+
+from accounts.services.service_tokens import CLIENT_ID_PATTERN, InvalidClient, InvalidScope, service_token_issue
+from accounts.signing import public_jwk, signing_key_active, signing_keys_published
+from darktower.api.ratelimit import ratelimit_hit, token_limits
+from darktower.api.views import client_ip, peer_ip
+from darktower.errors import Throttled
+
+GRANT_TYPE = "client_credentials"
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+# RFC 6750 / RFC 7617: the scheme a client must use, named on every 401.
+WWW_AUTHENTICATE = 'Basic realm="darktower-token", charset="UTF-8"'
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_TOKEN_PARAMETERS = ("grant_type", "scope", "client_id", "client_secret")
+# Published keys change only by rotation; a verifier that meets an unknown kid refetches anyway.
+JWKS_MAX_AGE_SECONDS = 60
+
+
+class OAuthError(Exception):
+    """An RFC 6749 section 5.2 error response."""
+
+    def __init__(self, error: str, description: str, *, status: int = 400, headers: dict[str, str] | None = None):
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+        self.headers = headers or {}
+
+
+def _invalid_client(description: str = "Client authentication failed.") -> OAuthError:
+    return OAuthError("invalid_client", description, status=401, headers={"WWW-Authenticate": WWW_AUTHENTICATE})
+
+
+def _oauth_response(body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
+    response = JsonResponse(body, status=status)
+    for name, value in {**NO_STORE, **(headers or {})}.items():
+        response[name] = value
+    return response
+
+
+@dataclass(frozen=True)
+class _ClientAuth:
+    client_id: str
+    client_secret: str
+
+
+def _parameters(request: HttpRequest) -> dict[str, str]:
+    """The token request's parameters. Section 3.1: none may repeat, and one sent empty counts as omitted.
+    Section 2.3.1: credentials never travel in the URI."""
+    if request.content_type != FORM_CONTENT_TYPE:
+        raise OAuthError("invalid_request", f"The request body must be {FORM_CONTENT_TYPE}.")
+    if "client_secret" in request.GET:
+        raise OAuthError("invalid_request", "Client credentials must not be sent in the request URI.")
+    parameters: dict[str, str] = {}
+    for name in _TOKEN_PARAMETERS:
+        values = request.POST.getlist(name)
+        if len(values) > 1:
+            raise OAuthError("invalid_request", f"The {name} parameter is repeated.")
+        if values and values[0] != "":
+            parameters[name] = values[0]
+    return parameters
+
+
+def _basic_credentials(header: str) -> _ClientAuth:
+    """RFC 6749 section 2.3.1: HTTP Basic over the form-urlencoded client id and secret."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise _invalid_client("Use HTTP Basic or the client_id and client_secret form fields.")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise _invalid_client("Malformed Basic credentials.") from None
+    raw_id, separator, raw_secret = decoded.partition(":")
+    if not separator:
+        raise _invalid_client("Malformed Basic credentials.")
+    return _ClientAuth(client_id=unquote_plus(raw_id), client_secret=unquote_plus(raw_secret))
+
+
+def _client_auth(request: HttpRequest, parameters: dict[str, str]) -> _ClientAuth | None:
+    """One client authentication method per request (section 2.3): Basic, or the form fields; a client_id
+    field beside Basic is tolerated when it names the same client (some libraries send both)."""
+    header = request.META.get("HTTP_AUTHORIZATION")
+    if header:
+        if "client_secret" in parameters:
+            raise OAuthError("invalid_request", "Use one client authentication method, not both.")
+        auth = _basic_credentials(header)
+        if "client_id" in parameters and parameters["client_id"] != auth.client_id:
+            raise OAuthError("invalid_request", "The client_id field does not match the Basic credentials.")
+        return auth
+    if "client_id" in parameters and "client_secret" in parameters:
+        return _ClientAuth(client_id=parameters["client_id"], client_secret=parameters["client_secret"])
+    return None
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+class ServiceTokenView(View):
+    """POST /api/v1/auth/service/token: the client-credentials grant (RFC 6749 section 4.4).
+
+    Request: `grant_type=client_credentials` and an optional space-delimited `scope`, form-encoded; the
+    client authenticates with HTTP Basic or with the `client_id` and `client_secret` fields. Response
+    (section 5.1): `{"access_token", "token_type": "Bearer", "expires_in", "scope"}`; errors (section 5.2):
+    `invalid_request`, `unsupported_grant_type` and `invalid_scope` with 400, `invalid_client` with 401 and
+    `WWW-Authenticate: Basic`. `invalid_grant` and `unauthorized_client` cannot arise: with this grant the
+    client's own credentials are the grant (their failures are invalid_client) and every credential may use
+    it. Rate limited per client and per address (RATE_LIMIT_TOKEN_PER_*): 429 `slow_down` with Retry-After.
+    Every response carries `Cache-Control: no-store` and `Pragma: no-cache`.
+
+    This endpoint deliberately answers in RFC 6749's error shape, not the API's `{"error": {...}}`.
+    """
+
+    http_method_names = ["post", "options"]
+
+    def post(self, request: HttpRequest) -> JsonResponse:
+        try:
+            return self._issue(request)
+        except OAuthError as exc:
+            return _oauth_response(
+                {"error": exc.error, "error_description": exc.description}, status=exc.status, headers=exc.headers
+            )
+        except Throttled as exc:
+            return _oauth_response(
+                {"error": "slow_down", "error_description": "Too many token requests; retry later."},
+                status=429, headers={"Retry-After": str(max(1, exc.retry_after_seconds))},
+            )
+
+    def _issue(self, request: HttpRequest) -> JsonResponse:
+        parameters = _parameters(request)
+        auth = _client_auth(request, parameters)
+        ip_address = client_ip(request)
+        # Only ids we could have issued get a per-client counter: anything else would let a caller mint keys.
+        known_shape = auth is not None and CLIENT_ID_PATTERN.fullmatch(auth.client_id) is not None
+        limits = token_limits(client_id=auth.client_id if known_shape else "", ip_address=ip_address)
+        if not known_shape:
+            limits = [limit for limit in limits if not limit.identifier.startswith("client:")]
+        ratelimit_hit(limits)
+        if auth is None:
+            raise _invalid_client("Client authentication is required.")
+        grant_type = parameters.get("grant_type")
+        if grant_type is None:
+            raise OAuthError("invalid_request", "The grant_type parameter is required.")
+        if grant_type != GRANT_TYPE:
+            raise OAuthError("unsupported_grant_type", f"Only {GRANT_TYPE} is supported here.")
+        try:
+            issued = service_token_issue(
+                client_id=auth.client_id, client_secret=auth.client_secret, scope=parameters.get("scope"),
+                ip_address=peer_ip(request),
+            )
+        except InvalidClient:
+            raise _invalid_client() from None
+        except InvalidScope as exc:
+            raise OAuthError("invalid_scope", exc.message) from None
+        return _oauth_response(
+            {"access_token": issued.token, "token_type": "Bearer", "expires_in": issued.expires_in,
+             "scope": issued.scope}
+        )
+
+
+class JwksView(View):
+    """GET /.well-known/jwks.json: the public keys of every token we sign (RFC 7517, OKP / Ed25519 keys).
+
+    The active key and retired keys whose tokens may still be alive. Cacheable for a short while; a verifier
+    that meets a token whose kid it does not know should refetch (PyJWKClient does).
+    """
+
+    http_method_names = ["get", "head", "options"]
+
+    def get(self, request: HttpRequest) -> JsonResponse:
+        # A fresh database has no key until the first token; publish one from the start.
+        signing_key_active()
+        response = JsonResponse({"keys": [public_jwk(key) for key in signing_keys_published()]})
+        response["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE_SECONDS}"
+        return response

@@ -1,0 +1,19 @@
+"""Routes of the accounts API (included at the site root)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from accounts.api import oauth, views
+
+urlpatterns = [
+    # Users (JSON, the API's error shape).
+    path("api/v1/auth/login", views.LoginView.as_view(), name="auth-login"),
+    path("api/v1/auth/logout", views.LogoutView.as_view(), name="auth-logout"),
+    path("api/v1/me", views.MeView.as_view(), name="me"),
+    path("api/v1/api-keys", views.ApiKeyListCreateView.as_view(), name="api-keys"),
+    path("api/v1/api-keys/<uuid:key_id>", views.ApiKeyDetailView.as_view(), name="api-key-detail"),
+    # Services (RFC 6749 client credentials and the JWKS; plain Django views, see accounts.api.oauth).
+    path("api/v1/auth/service/token", oauth.ServiceTokenView.as_view(), name="auth-service-token"),
+    path(".well-known/jwks.json", oauth.JwksView.as_view(), name="jwks"),
+]

@@ -1,0 +1,170 @@
+"""Reads of the fleet for the operators' dashboard (admin) and anything else that shows the fleet.
+
+Every function here costs a fixed number of queries whatever the fleet size: the per-region summary is
+aggregated in SQL (one GROUP BY per table), never by iterating rows in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from django.db import connection
+from django.db.models import Count, DurationField, ExpressionWrapper, F, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce, Now
+
+from controllers.models import ComponentType, HealthStatus, HealthTransition, MediaHandler, MeetingController
+from meetings.models import MeetingAssignment
+
+HEALTH_STATES: tuple[str, ...] = tuple(HealthStatus.values)
+RECENT_TRANSITIONS_WINDOW = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    used: int
+    total: int
+
+    @property
+    def percent(self) -> int:
+        return min(100, round(100 * self.used / self.total)) if self.total else 0
+
+
+@dataclass
+class FleetSummary:
+    """One table (MCs or MHs) in one region: members by health state and capacity used / total."""
+
+    count: int = 0
+    by_health: dict[str, int] = field(default_factory=lambda: dict.fromkeys(HEALTH_STATES, 0))
+    capacities: dict[str, Capacity] = field(default_factory=dict)
+
+
+@dataclass
+class RegionSummary:
+    region: str
+    controllers: FleetSummary = field(default_factory=FleetSummary)
+    handlers: FleetSummary = field(default_factory=FleetSummary)
+    transitions_last_hour: int = 0
+
+
+# One pass over each table: counts per health state with FILTER, capacity sums. Columns are fixed here, never
+# from input. The states are parameters so the CHECK constraint's list and this query cannot drift apart.
+_STATE_COLUMNS = ", ".join("count(*) FILTER (WHERE health_status = %s)" for _ in HEALTH_STATES)
+_CONTROLLERS_SQL = f"""
+SELECT region, count(*), {_STATE_COLUMNS},
+       coalesce(sum(current_meetings), 0), coalesce(sum(max_meetings), 0),
+       coalesce(sum(current_participants), 0), coalesce(sum(max_participants), 0)
+FROM meeting_controllers GROUP BY region
+"""  # noqa: S608 -- only constants are formatted in
+_HANDLERS_SQL = f"""
+SELECT region, count(*), {_STATE_COLUMNS},
+       coalesce(sum(current_streams), 0), coalesce(sum(max_streams), 0),
+       coalesce(sum(current_bitrate_mbps), 0), coalesce(sum(max_bitrate_mbps), 0)
+FROM media_handlers GROUP BY region
+"""  # noqa: S608 -- only constants are formatted in
+# idx_health_transitions_created bounds the scan to the last hour.
+_TRANSITIONS_SQL = """
+SELECT region, count(*) FROM controller_health_transitions
+WHERE created_at >= now() - make_interval(secs => %s) AND from_status IS DISTINCT FROM to_status
+GROUP BY region
+"""
+
+
+def _fleet_rows(sql: str) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, list(HEALTH_STATES))
+        return cursor.fetchall()
+
+
+def _fleet_summary(row: tuple[Any, ...], capacity_names: tuple[str, str]) -> FleetSummary:
+    states = len(HEALTH_STATES)
+    counts = row[2 : 2 + states]
+    used_a, total_a, used_b, total_b = row[2 + states :]
+    return FleetSummary(
+        count=row[1],
+        by_health=dict(zip(HEALTH_STATES, counts, strict=True)),
+        capacities={
+            capacity_names[0]: Capacity(int(used_a), int(total_a)),
+            capacity_names[1]: Capacity(int(used_b), int(total_b)),
+        },
+    )
+
+
+def fleet_summary_by_region() -> list[RegionSummary]:
+    """Per region: MCs and MHs by health state, meeting / participant (MC) and stream / bitrate (MH) capacity,
+    and the number of health transitions in the last hour. Three queries, whatever the fleet size."""
+    regions: dict[str, RegionSummary] = {}
+
+    def region(name: str) -> RegionSummary:
+        return regions.setdefault(name, RegionSummary(region=name))
+
+    for row in _fleet_rows(_CONTROLLERS_SQL):
+        region(row[0]).controllers = _fleet_summary(row, ("meetings", "participants"))
+    for row in _fleet_rows(_HANDLERS_SQL):
+        region(row[0]).handlers = _fleet_summary(row, ("streams", "bitrate_mbps"))
+    with connection.cursor() as cursor:
+        cursor.execute(_TRANSITIONS_SQL, [RECENT_TRANSITIONS_WINDOW.total_seconds()])
+        for name, count in cursor.fetchall():
+            region(name).transitions_last_hour = count
+    return sorted(regions.values(), key=lambda summary: summary.region)
+
+
+def _heartbeat_age() -> ExpressionWrapper:
+    # The database's clock, as everywhere staleness is judged.
+    return ExpressionWrapper(Now() - F("last_heartbeat_at"), output_field=DurationField())
+
+
+def controllers_for_dashboard() -> QuerySet[MeetingController]:
+    """Controllers with `heartbeat_age` (a timedelta, by the database's clock) and `active_assignments` (a
+    correlated count on idx_assignments_active_by_mc), both computed in the page's one SELECT."""
+    active = (
+        MeetingAssignment.objects.filter(meeting_controller=OuterRef("pk"), ended_at__isnull=True)
+        .order_by()
+        .values("meeting_controller")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    return MeetingController.objects.annotate(
+        heartbeat_age=_heartbeat_age(),
+        active_assignments=Coalesce(Subquery(active, output_field=IntegerField()), 0),
+    )
+
+
+def handlers_for_dashboard() -> QuerySet[MediaHandler]:
+    return MediaHandler.objects.annotate(heartbeat_age=_heartbeat_age())
+
+
+def controllers_live_status(controller_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """What the dashboard's poll refreshes for the rows on screen: one SELECT by primary key."""
+    rows = (
+        MeetingController.objects.filter(pk__in=list(controller_ids))
+        .annotate(heartbeat_age=_heartbeat_age())
+        .values(
+            "controller_id", "health_status", "heartbeat_age", "current_meetings", "max_meetings",
+            "current_participants", "max_participants", "cpu_usage_percent", "memory_usage_percent",
+            "drain_deadline",
+        )
+    )
+    return list(rows)
+
+
+def handlers_live_status(handler_ids: Iterable[str]) -> list[dict[str, Any]]:
+    rows = (
+        MediaHandler.objects.filter(pk__in=list(handler_ids))
+        .annotate(heartbeat_age=_heartbeat_age())
+        .values("handler_id", "health_status", "heartbeat_age", "current_streams", "max_streams")
+    )
+    return list(rows)
+
+
+def component_transitions_recent(
+    *, component_type: str, component_id: str, limit: int = 20
+) -> QuerySet[HealthTransition]:
+    """A controller's or handler's latest transitions, newest first (idx_health_transitions_component)."""
+    if component_type not in ComponentType.values:
+        raise ValueError(f"unknown component type {component_type!r}")
+    return HealthTransition.objects.filter(component_type=component_type, component_id=component_id).order_by(
+        "-created_at", "-id"
+    )[:limit]

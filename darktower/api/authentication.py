@@ -1,0 +1,120 @@
+"""Who is calling: `Authorization: Bearer <user access token>` or `Authorization: ApiKey dt_<prefix>_<secret>`.
+
+Both set `request.user` to the User and `request.auth` to a Principal carrying the scopes the request may
+use: the token's (or the key's) scopes intersected with the user's current ones (accounts.services.users).
+A header naming neither scheme is ignored (the request is anonymous); a header naming one with a bad
+credential is a 401, never a fall-through to anonymous.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.request import Request
+
+from accounts.models import User
+from accounts.services.api_keys import api_key_authenticate
+from accounts.services.users import user_scopes
+from accounts.tokens import TokenClaims, token_verify
+from darktower.api.errors import WWW_AUTHENTICATE
+from darktower.errors import Unauthenticated
+
+BEARER = "bearer"
+API_KEY = "apikey"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller. `identifier` names it in rate-limit keys and idempotency rows."""
+
+    kind: str  # "user" (bearer token) or "api_key"
+    user: User
+    scopes: frozenset[str]
+    api_key_id: uuid.UUID | None = None
+    claims: TokenClaims | None = None
+
+    @property
+    def identifier(self) -> str:
+        if self.api_key_id is not None:
+            return f"apikey:{self.api_key_id}"
+        return f"user:{self.user.pk}"
+
+    def __repr__(self) -> str:
+        return f"<Principal {self.identifier}>"
+
+
+def _credentials(request: Request, scheme: str) -> str | None:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    name, _, value = header.strip().partition(" ")
+    if name.lower() != scheme:
+        return None
+    value = value.strip()
+    if not value:
+        raise exceptions.AuthenticationFailed("Empty credentials.")
+    return value
+
+
+class BearerTokenAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[User, Principal] | None:
+        raw = _credentials(request, BEARER)
+        if raw is None:
+            return None
+        try:
+            claims = token_verify(raw, audience=settings.JWT_API_AUDIENCE)
+        except Unauthenticated as exc:
+            raise exceptions.AuthenticationFailed(exc.message) from None
+        try:
+            user = User.objects.filter(pk=claims.subject, is_active=True).first()
+        except (ValidationError, ValueError):
+            user = None
+        if user is None:
+            raise exceptions.AuthenticationFailed("Unknown or inactive user.")
+        scopes = frozenset(claims.scopes) & user_scopes(user)
+        return user, Principal(kind="user", user=user, scopes=scopes, claims=claims)
+
+    def authenticate_header(self, request: Request) -> str:
+        return WWW_AUTHENTICATE
+
+
+class ApiKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[User, Principal] | None:
+        raw = _credentials(request, API_KEY)
+        if raw is None:
+            return None
+        try:
+            api_key = api_key_authenticate(raw)
+        except Unauthenticated as exc:
+            raise exceptions.AuthenticationFailed(exc.message) from None
+        scopes = frozenset(api_key.scopes) & user_scopes(api_key.user)
+        return api_key.user, Principal(kind="api_key", user=api_key.user, scopes=scopes, api_key_id=api_key.pk)
+
+    def authenticate_header(self, request: Request) -> str:
+        return WWW_AUTHENTICATE
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    target_class = BearerTokenAuthentication
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
+        return {
+            "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+            "description": "User access token from POST /api/v1/auth/login (EdDSA, audience darktower-api).",
+        }
+
+
+class ApiKeyScheme(OpenApiAuthenticationExtension):
+    target_class = ApiKeyAuthentication
+    name = "apiKeyAuth"
+
+    def get_security_definition(self, auto_schema):  # type: ignore[no-untyped-def]
+        return {
+            "type": "apiKey", "in": "header", "name": "Authorization",
+            "description": "`ApiKey dt_<prefix>_<secret>`, from POST /api/v1/api-keys.",
+        }

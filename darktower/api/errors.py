@@ -1,0 +1,186 @@
+"""The one place where errors become HTTP responses: `{"error": {"code", "message", "fields"}}`.
+
+DRF calls `exception_handler` for everything raised inside an API view (DRF's own exceptions, Django's
+Http404, and the domain errors of darktower.errors that services raise). `api_not_found` and
+`server_error` cover what happens outside a view (no URL matched, an unhandled crash), so /api/ paths
+answer JSON even then.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import OperationalError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.defaults import page_not_found
+from django.views.defaults import server_error as django_server_error
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+from darktower import errors
+from darktower.api.idempotency import IdempotencyKeyReused
+
+logger = logging.getLogger(__name__)
+
+DOMAIN_STATUS: dict[type[errors.DomainError], int] = {
+    errors.InvalidInput: status.HTTP_400_BAD_REQUEST,
+    errors.Unauthenticated: status.HTTP_401_UNAUTHORIZED,
+    errors.PermissionDenied: status.HTTP_403_FORBIDDEN,
+    errors.NotFound: status.HTTP_404_NOT_FOUND,
+    errors.Conflict: status.HTTP_409_CONFLICT,
+    errors.Gone: status.HTTP_410_GONE,
+    IdempotencyKeyReused: status.HTTP_422_UNPROCESSABLE_ENTITY,
+    errors.Throttled: status.HTTP_429_TOO_MANY_REQUESTS,
+    errors.NoCapacity: status.HTTP_503_SERVICE_UNAVAILABLE,
+}
+
+# DRF's own exceptions, by the stable code clients see.
+DRF_CODES: dict[type[exceptions.APIException], str] = {
+    exceptions.ValidationError: "invalid",
+    exceptions.ParseError: "malformed_request",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.NotAuthenticated: "unauthenticated",
+    exceptions.AuthenticationFailed: "unauthenticated",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.Throttled: "throttled",
+}
+
+# deadlock_detected, serialization_failure: the database rolled the transaction back; a retry may succeed.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+
+# A Redis outage where a request cannot go on without it (logout's revocation): retry shortly.
+REDIS_UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+
+# Both auth schemes are named on every 401, so a client learns what it may send.
+WWW_AUTHENTICATE = 'Bearer realm="darktower-api", ApiKey realm="darktower-api"'
+
+
+def error_body(code: str, message: str, fields: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "fields": dict(fields or {})}}
+
+
+def json_error(
+    status_code: int, code: str, message: str, *, fields: Mapping[str, list[str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JsonResponse:
+    """The error shape for plain Django responses (middleware, URL fallbacks), outside DRF."""
+    response = JsonResponse(error_body(code, message, fields), status=status_code)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response
+
+
+def flatten_fields(detail: Any, prefix: str = "") -> dict[str, list[str]]:
+    """DRF's nested error detail ({"a": {"b": ["x"]}}, lists by index) as {"a.b": ["x"]}."""
+    if isinstance(detail, Mapping):
+        flat: dict[str, list[str]] = {}
+        for key, value in detail.items():
+            flat.update(flatten_fields(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    if isinstance(detail, list) and detail and all(not isinstance(item, (Mapping, list)) for item in detail):
+        return {prefix or "non_field_errors": [str(item) for item in detail]}
+    if isinstance(detail, list):
+        flat = {}
+        for index, item in enumerate(detail):
+            if item:
+                flat.update(flatten_fields(item, f"{prefix}.{index}" if prefix else str(index)))
+        return flat
+    return {prefix or "non_field_errors": [str(detail)]}
+
+
+def retry_after_seconds(exc: errors.DomainError) -> int | None:
+    if isinstance(exc, errors.Throttled):
+        return max(1, exc.retry_after_seconds)
+    if isinstance(exc, errors.NoCapacity):
+        return max(1, int(getattr(exc, "retry_after_seconds", settings.NO_CAPACITY_RETRY_AFTER_SECONDS)))
+    return None
+
+
+def domain_error_response(exc: errors.DomainError) -> Response:
+    status_code = next(
+        (code for cls, code in DOMAIN_STATUS.items() if isinstance(exc, cls)), status.HTTP_400_BAD_REQUEST
+    )
+    headers: dict[str, str] = {}
+    retry_after = retry_after_seconds(exc)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if status_code == status.HTTP_401_UNAUTHORIZED:
+        headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    return Response(error_body(exc.code, exc.message, exc.fields), status=status_code, headers=headers)
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """REST_FRAMEWORK["EXCEPTION_HANDLER"]. Returns None (DRF re-raises, a 500) only for real bugs."""
+    if isinstance(exc, errors.DomainError):
+        return domain_error_response(exc)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    if isinstance(exc, OperationalError) and getattr(exc.__cause__, "sqlstate", None) in RETRYABLE_SQLSTATES:
+        # PostgreSQL aborted the transaction (a deadlock with, say, a heartbeat flush or a drain, which lock
+        # the same rows in another order); everything rolled back, so the request can simply be sent again.
+        logger.warning("api: transaction aborted by the database (%s)", exc.__cause__.sqlstate)
+        return Response(
+            error_body("retry", "The request collided with a concurrent change and was rolled back; retry."),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, redis.RedisError):
+        # Not a bug but an outage of a dependency: the client may retry. Fail-open paths never get here.
+        logger.warning("api: Redis unavailable (%s)", type(exc).__name__)
+        return Response(
+            error_body("service_unavailable", "A backing service is unavailable; retry shortly."),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(REDIS_UNAVAILABLE_RETRY_AFTER_SECONDS)},
+        )
+    if not isinstance(exc, exceptions.APIException):
+        return None
+
+    code = next((code for cls, code in DRF_CODES.items() if isinstance(exc, cls)), None) or exc.default_code
+    headers: dict[str, str] = {}
+    if isinstance(exc, exceptions.ValidationError):
+        fields = flatten_fields(exc.detail)
+        message = "The request is invalid; see fields."
+    else:
+        fields = {}
+        message = str(exc.detail)
+    if exc.status_code == status.HTTP_401_UNAUTHORIZED or isinstance(
+        exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)
+    ):
+        # Our authenticators always name a scheme, so DRF keeps these at 401.
+        headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    wait = getattr(exc, "wait", None)
+    if wait:
+        headers["Retry-After"] = str(max(1, int(wait)))
+    return Response(error_body(str(code), message, fields), status=exc.status_code, headers=headers)
+
+
+def is_api_path(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/") or request.path in {"/health", "/ready"}
+
+
+@csrf_exempt
+def api_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    """Catch-all for /api/ paths no route matched (bad UUIDs in a path included). CSRF-exempt like every API
+    view, so a POST to a wrong path answers this JSON 404 rather than Django's HTML CSRF page."""
+    return json_error(status.HTTP_404_NOT_FOUND, "not_found", "No such endpoint or resource.")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: JSON for the API, Django's page elsewhere (the admin)."""
+    if is_api_path(request):
+        return api_not_found(request)
+    return page_not_found(request, exception)  # type: ignore[arg-type]
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: JSON for the API, Django's page elsewhere. Django has already logged the exception."""
+    if is_api_path(request):
+        return json_error(status.HTTP_500_INTERNAL_SERVER_ERROR, "server_error", "Internal server error.")
+    return django_server_error(request)

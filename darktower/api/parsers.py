@@ -1,0 +1,38 @@
+"""The only request format the API accepts: JSON, strictly."""
+
+from __future__ import annotations
+
+import codecs
+import json
+from typing import Any
+
+from django.conf import settings
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+
+
+class StrictJSONParser(JSONParser):
+    """DRF's JSONParser (NaN and Infinity already refused) plus what would otherwise reach the database as
+    a 500: nesting deep enough to exhaust the recursion limit, and lone UTF-16 surrogates ("\\ud800"), which
+    decode into Python strings that cannot be encoded as UTF-8."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+        parser_context = parser_context or {}
+        encoding = parser_context.get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            text = codecs.getreader(encoding)(stream).read()
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise ParseError("The request body is not valid UTF-8.") from exc
+        try:
+            data = json.loads(text, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:
+            raise ParseError("The request body is not valid JSON.") from exc
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, RecursionError) as exc:
+            raise ParseError("The request body contains invalid Unicode.") from exc
+        return data
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")

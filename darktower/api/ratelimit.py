@@ -1,0 +1,104 @@
+"""Fixed-window rate limits in Redis (seed 002: key `ratelimit:{endpoint}:{identifier}:{window}`, a counter
+with a TTL of one window).
+
+Each request INCRs the counter of every limit that applies to it and sets the counter's TTL, all in one
+pipelined round trip; a counter above its limit answers 429 with Retry-After (the seconds left in the
+window). The limits and the window are settings (RATE_LIMIT_*).
+
+Redis unreachable: the API keeps serving (fail open) and logs a warning, because a cache outage must not
+take the control plane down with it. The caller may pass `on_unavailable` to decide otherwise: login does,
+and falls back to counting recent failed logins in the audit trail (see accounts.services.users).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+
+from darktower.errors import Throttled
+from darktower.redis import redis_client
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    endpoint: str  # e.g. "api:meetings:create"
+    identifier: str  # e.g. "user:<uuid>", "ip:<address>"; never an email or a secret
+    limit: int
+    window_seconds: int
+
+    def key(self, window_start: int) -> str:
+        return f"ratelimit:{self.endpoint}:{self.identifier}:{window_start}"
+
+
+def ratelimit_hit(limits: Sequence[RateLimit], *, on_unavailable: Callable[[], None] | None = None) -> None:
+    """Count one request against each limit; raise Throttled when any is exceeded."""
+    if not limits:
+        return
+    now = time.time()
+    windows = [int(now // limit.window_seconds) * limit.window_seconds for limit in limits]
+    try:
+        pipeline = redis_client().pipeline(transaction=False)
+        for limit, window_start in zip(limits, windows, strict=True):
+            key = limit.key(window_start)
+            pipeline.incr(key)
+            pipeline.expire(key, limit.window_seconds)
+        counts = pipeline.execute()[::2]
+    except redis.RedisError as exc:
+        endpoints = sorted({limit.endpoint for limit in limits})
+        if on_unavailable is None:
+            logger.warning("rate limiter: Redis unreachable (%s); %s not limited", type(exc).__name__, endpoints)
+            return
+        logger.warning("rate limiter: Redis unreachable (%s); %s uses its fallback", type(exc).__name__, endpoints)
+        on_unavailable()
+        return
+    exceeded = [
+        window_start + limit.window_seconds - now
+        for limit, window_start, count in zip(limits, windows, counts, strict=True)
+        if int(count) > limit.limit
+    ]
+    if exceeded:
+        raise Throttled("Too many requests; retry later.", retry_after_seconds=max(1, math.ceil(max(exceeded))))
+
+
+def window_seconds() -> int:
+    return settings.RATE_LIMIT_WINDOW_SECONDS
+
+
+def login_limits(*, ip_address: str, email_hash: str) -> list[RateLimit]:
+    """Brute force: per client address and per account (by the hash of the email, never the email)."""
+    return [
+        RateLimit("api:auth:login", f"ip:{ip_address}", settings.RATE_LIMIT_LOGIN_PER_IP, window_seconds()),
+        RateLimit("api:auth:login", f"email:{email_hash}", settings.RATE_LIMIT_LOGIN_PER_EMAIL, window_seconds()),
+    ]
+
+
+def token_limits(*, client_id: str, ip_address: str) -> list[RateLimit]:
+    """Service-token issuance, per OAuth client and per address (for the token endpoint)."""
+    return [
+        RateLimit("api:auth:token", f"client:{client_id}", settings.RATE_LIMIT_TOKEN_PER_CLIENT, window_seconds()),
+        RateLimit("api:auth:token", f"ip:{ip_address}", settings.RATE_LIMIT_TOKEN_PER_IP, window_seconds()),
+    ]
+
+
+def meeting_create_limits(*, principal: str) -> list[RateLimit]:
+    return [
+        RateLimit("api:meetings:create", principal, settings.RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL, window_seconds())
+    ]
+
+
+def join_limits(*, principal: str | None, ip_address: str) -> list[RateLimit]:
+    """Joins (and guest tokens) per caller and per address; guests have only an address."""
+    limits = [RateLimit("api:meetings:join", f"ip:{ip_address}", settings.RATE_LIMIT_JOIN_PER_IP, window_seconds())]
+    if principal:
+        limits.append(
+            RateLimit("api:meetings:join", principal, settings.RATE_LIMIT_JOIN_PER_PRINCIPAL, window_seconds())
+        )
+    return limits

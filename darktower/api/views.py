@@ -1,0 +1,160 @@
+"""Base classes of every API view: JSON only, our authenticators and scope check, rate limits, and
+Idempotency-Key handling around POST handlers (see darktower.api.idempotency)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from django.db import transaction
+from django.http import HttpRequest
+from rest_framework import generics
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from darktower.api.authentication import ApiKeyAuthentication, BearerTokenAuthentication, Principal
+from darktower.api.idempotency import (
+    HEADER,
+    IdempotencyClaim,
+    StoredResponse,
+    idempotency_begin,
+    idempotency_complete,
+    idempotency_release,
+)
+from darktower.api.parsers import StrictJSONParser
+from darktower.api.permissions import ScopePermission
+from darktower.api.ratelimit import RateLimit, ratelimit_hit
+from darktower.api.schema import ApiAutoSchema
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def client_ip(request: HttpRequest | Request) -> str:
+    """The peer address as the WSGI server saw it. Behind a proxy, have the proxy set REMOTE_ADDR (gunicorn's
+    --forwarded-allow-ips): trusting X-Forwarded-For here would let any client pick its rate-limit bucket."""
+    return request.META.get("REMOTE_ADDR") or "unknown"
+
+
+def peer_ip(request: HttpRequest | Request) -> str | None:
+    """The peer address for INET columns (audit, participants); None when it is not an IP address
+    (a unix-socket peer)."""
+    try:
+        return str(ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")))
+    except ValueError:
+        return None
+
+
+class ApiPagination(LimitOffsetPagination):
+    default_limit = 50
+    max_limit = 200
+
+
+class ApiView(APIView):
+    schema = ApiAutoSchema()
+    authentication_classes = [BearerTokenAuthentication, ApiKeyAuthentication]
+    permission_classes = [ScopePermission]
+    parser_classes = [StrictJSONParser]
+    renderer_classes = [JSONRenderer]
+    throttle_classes: ClassVar[list[Any]] = []
+
+    # Method -> scope (None: any authenticated caller). See ScopePermission.
+    required_scopes: ClassVar[dict[str, str | None]] = {}
+    # "user" (bearer token) and/or "api_key"; None accepts both.
+    principal_kinds: ClassVar[frozenset[str] | None] = None
+    public = False
+    # POST handlers honour Idempotency-Key.
+    idempotent = True
+    # Top-level response fields stored as null in the idempotency ledger (secrets shown once).
+    idempotency_redact: ClassVar[tuple[str, ...]] = ()
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return []
+
+    def rate_limit_fallback(self, request: Request) -> Callable[[], None] | None:
+        """What to do when Redis is unreachable; None fails open."""
+        return None
+
+    @property
+    def principal(self) -> Principal:
+        principal = self.request.auth
+        assert isinstance(principal, Principal), "view reached without an authenticated principal"
+        return principal
+
+    def idempotency_principal(self, request: Request) -> str:
+        if isinstance(request.auth, Principal):
+            return request.auth.identifier
+        return f"ip:{client_ip(request)}"
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        ratelimit_hit(self.rate_limits(request), on_unavailable=self.rate_limit_fallback(request))
+
+    def stored_body(self, response: Response) -> Any:
+        if response.data is None:
+            return None
+        body = json.loads(JSONRenderer().render(response.data))
+        if isinstance(body, dict):
+            for name in self.idempotency_redact:
+                if name in body:
+                    body[name] = None
+        return body
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Response:
+        """DRF's dispatch, with the POST handler wrapped in the idempotency protocol."""
+        self.args = args
+        self.kwargs = kwargs
+        drf_request = self.initialize_request(request, *args, **kwargs)
+        self.request = drf_request
+        self.headers = self.default_response_headers
+        claim: IdempotencyClaim | None = None
+        try:
+            self.initial(drf_request, *args, **kwargs)
+            method = drf_request.method.lower()
+            handler = getattr(self, method, self.http_method_not_allowed)
+            if method not in self.http_method_names:
+                handler = self.http_method_not_allowed
+            key = drf_request.headers.get(HEADER)
+            if self.idempotent and drf_request.method == "POST" and key is not None:
+                outcome = idempotency_begin(
+                    principal=self.idempotency_principal(drf_request), key=key, method=drf_request.method,
+                    path=drf_request.path, body=request.body,
+                )
+                if isinstance(outcome, StoredResponse):
+                    response = Response(outcome.body, status=outcome.status, headers={REPLAYED_HEADER: "true"})
+                    self.response = self.finalize_response(drf_request, response, *args, **kwargs)
+                    return self.response
+                claim = outcome
+            if claim is None:
+                response = handler(drf_request, *args, **kwargs)
+            else:
+                with transaction.atomic():
+                    response = handler(drf_request, *args, **kwargs)
+                    completed = response.status_code < 500
+                    if completed:
+                        idempotency_complete(claim, status=response.status_code, body=self.stored_body(response))
+                # Only once the commit succeeded: a failing commit (a deferred constraint) must still release.
+                if completed:
+                    claim = None
+        except Exception as exc:
+            try:
+                response = self.handle_exception(exc)
+            except BaseException:
+                if claim is not None:
+                    idempotency_release(claim)
+                raise
+        if claim is not None:
+            if response.status_code < 500:
+                idempotency_complete(claim, status=response.status_code, body=self.stored_body(response))
+            else:
+                idempotency_release(claim)
+        self.response = self.finalize_response(drf_request, response, *args, **kwargs)
+        return self.response
+
+
+class ApiListView(ApiView, generics.ListAPIView):
+    pagination_class = ApiPagination

@@ -1,0 +1,184 @@
+"""Request and response shapes of the meetings API. Requests reject unknown fields and loose types."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from rest_framework import serializers
+
+from controllers.models import MediaHandler, MeetingController
+from darktower.api.serializers import (
+    INT32_MAX,
+    INT64_MAX,
+    StrictBooleanField,
+    StrictCharField,
+    StrictIntegerField,
+    StrictSerializer,
+)
+from meetings.models import LeaveReason, Meeting, MeetingParticipant, Recording, RecordingStatus
+
+MAX_PARTICIPANTS_LIMIT = 1000
+REGION_VALIDATOR = RegexValidator(r"^[a-z0-9][a-z0-9-]*$", "Lowercase letters, digits and dashes, e.g. us-east-1.")
+
+
+# --- Requests -------------------------------------------------------------------------------------
+
+
+class MeetingSettingsFields(StrictSerializer):
+    display_name = StrictCharField(max_length=255, required=False)
+    max_participants = StrictIntegerField(min_value=1, max_value=MAX_PARTICIPANTS_LIMIT, required=False)
+    enable_e2e_encryption = StrictBooleanField(required=False)
+    require_auth = StrictBooleanField(required=False)
+    allow_recording = StrictBooleanField(required=False)
+    waiting_room_enabled = StrictBooleanField(required=False)
+    allow_guests = StrictBooleanField(required=False)
+    scheduled_start_time = serializers.DateTimeField(required=False, allow_null=True)
+
+
+class MeetingCreateRequest(MeetingSettingsFields):
+    display_name = StrictCharField(max_length=255)
+
+
+class MeetingUpdateRequest(MeetingSettingsFields):
+    """Only the fields present change."""
+
+
+class JoinRequest(StrictSerializer):
+    region = StrictCharField(
+        max_length=50, required=False, validators=[REGION_VALIDATOR],
+        help_text="Region whose meeting controllers to use; default: the server's DEFAULT_REGION.",
+    )
+    display_name = StrictCharField(max_length=255, required=False, help_text="Default: the user's display name.")
+    client_version = StrictCharField(max_length=50, required=False)
+
+    def validate(self, attrs: dict) -> dict:
+        attrs.setdefault("region", settings.DEFAULT_REGION)
+        return attrs
+
+
+class GuestTokenRequest(JoinRequest):
+    display_name = StrictCharField(max_length=255)
+
+
+class LeaveRequest(StrictSerializer):
+    leave_reason = serializers.ChoiceField(
+        choices=[LeaveReason.VOLUNTARY, LeaveReason.KICKED, LeaveReason.CONNECTION_LOST],
+        default=LeaveReason.VOLUNTARY, help_text="kicked: host only.",
+    )
+
+
+class RecordingUpdateRequest(StrictSerializer):
+    status = serializers.ChoiceField(
+        choices=RecordingStatus.choices, required=False,
+        help_text="Allowed: recording -> processing, processing -> ready | failed; anything else answers 409.",
+    )
+    file_size_bytes = StrictIntegerField(min_value=0, max_value=INT64_MAX, required=False)
+    duration_seconds = StrictIntegerField(min_value=0, max_value=INT32_MAX, required=False)
+    video_codec = StrictCharField(max_length=50, required=False)
+    audio_codec = StrictCharField(max_length=50, required=False)
+    resolution = StrictCharField(
+        max_length=20, required=False, validators=[RegexValidator(r"^\d{1,5}x\d{1,5}$", "WIDTHxHEIGHT, e.g. 1920x1080")]
+    )
+    error_message = StrictCharField(max_length=2000, required=False)
+
+
+class DrainRequest(StrictSerializer):
+    deadline_seconds = StrictIntegerField(
+        min_value=0, max_value=7 * 86400, required=False,
+        help_text="Assignments still on the controller after this are ended; default DRAIN_DEFAULT_DEADLINE_SECONDS.",
+    )
+    target_controller_id = StrictCharField(
+        max_length=255, required=False, help_text="Move the controller's meetings to this controller."
+    )
+
+
+# --- Responses ------------------------------------------------------------------------------------
+
+
+class MeetingSerializer(serializers.ModelSerializer):
+    host_user_id = serializers.UUIDField(source="created_by_user_id", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Meeting
+        fields = [
+            "meeting_id", "meeting_code", "display_name", "host_user_id", "max_participants",
+            "enable_e2e_encryption", "require_auth", "allow_recording", "waiting_room_enabled", "allow_guests",
+            "status", "scheduled_start_time", "actual_start_time", "ended_at", "assigned_controller_id",
+            "assigned_region", "created_at", "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class ParticipantSerializer(serializers.ModelSerializer):
+    meeting_id = serializers.UUIDField(read_only=True)
+    user_id = serializers.UUIDField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = MeetingParticipant
+        fields = [
+            "participant_id", "meeting_id", "user_id", "display_name", "role", "joined_at", "left_at",
+            "leave_reason", "total_duration_seconds",
+        ]
+        read_only_fields = fields
+
+
+class JoinResponse(serializers.Serializer):
+    meeting = MeetingSerializer()
+    participant = ParticipantSerializer()
+    controller_id = serializers.CharField(help_text="The meeting controller to connect to.")
+    region = serializers.CharField()
+    grpc_endpoint = serializers.CharField()
+    webtransport_endpoint = serializers.CharField(allow_null=True)
+    meeting_token = serializers.CharField(
+        help_text="EdDSA JWT for the meeting controller (claims meeting_id, participant_id, role; 5 minutes)."
+    )
+    token_type = serializers.CharField()
+    expires_in = serializers.IntegerField()
+
+
+class RecordingSerializer(serializers.ModelSerializer):
+    meeting_id = serializers.UUIDField(read_only=True)
+    started_by_user_id = serializers.UUIDField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Recording
+        fields = [
+            "recording_id", "meeting_id", "started_by_user_id", "status", "started_at", "ended_at",
+            "duration_seconds", "file_size_bytes", "storage_bucket", "storage_path", "video_codec", "audio_codec",
+            "resolution", "error_message", "is_public", "created_at", "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class RecordingShareResponse(RecordingSerializer):
+    access_token = serializers.CharField(read_only=True, help_text="Opaque token of the public link.")
+
+    class Meta(RecordingSerializer.Meta):
+        fields = [*RecordingSerializer.Meta.fields, "access_token"]
+        read_only_fields = fields
+
+
+class ControllerSerializer(serializers.ModelSerializer):
+    load_ratio = serializers.FloatField(source="load", read_only=True, allow_null=True)
+
+    class Meta:
+        model = MeetingController
+        fields = [
+            "controller_id", "region", "grpc_endpoint", "webtransport_endpoint", "health_status",
+            "current_meetings", "max_meetings", "load_ratio", "current_participants", "max_participants",
+            "cpu_usage_percent", "memory_usage_percent", "last_heartbeat_at", "drain_deadline",
+            "drain_target_controller_id", "version", "created_at",
+        ]
+        read_only_fields = fields
+
+
+class MediaHandlerSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = MediaHandler
+        fields = [
+            "handler_id", "region", "grpc_endpoint", "webtransport_endpoint", "health_status", "current_streams",
+            "max_streams", "current_bitrate_mbps", "max_bitrate_mbps", "cpu_usage_percent", "memory_usage_percent",
+            "bandwidth_usage_percent", "supports_transcoding", "supports_mixing", "supported_codecs",
+            "last_heartbeat_at", "created_at",
+        ]
+        read_only_fields = fields

@@ -1,0 +1,319 @@
+"""Meetings, the join flow, participants and recordings over REST. Thin: parse, call one service or
+selector, render; errors are mapped by darktower.api.errors."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.services.users import MEETINGS_CREATE, MEETINGS_READ, MEETINGS_WRITE, RECORDINGS_READ, RECORDINGS_WRITE
+from darktower.api.ratelimit import RateLimit, join_limits, meeting_create_limits
+from darktower.api.schema import error_responses
+from darktower.api.serializers import EmptyRequest
+from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
+from darktower.errors import NotFound, PermissionDenied
+from meetings import selectors
+from meetings.api.filters import MeetingFilter, RecordingFilter
+from meetings.api.serializers import (
+    GuestTokenRequest,
+    JoinRequest,
+    JoinResponse,
+    LeaveRequest,
+    MeetingCreateRequest,
+    MeetingSerializer,
+    MeetingUpdateRequest,
+    ParticipantSerializer,
+    RecordingSerializer,
+    RecordingShareResponse,
+    RecordingUpdateRequest,
+)
+from meetings.models import Meeting, MeetingParticipant, Recording
+from meetings.services.meetings import meeting_create, meeting_end, meeting_update
+from meetings.services.participants import JoinResult, meeting_join, participant_leave
+from meetings.services.recordings import recording_share, recording_start, recording_update
+
+MEETING_REF = OpenApiParameter(
+    "meeting_ref", str, OpenApiParameter.PATH, description="The meeting's id (UUID) or its meeting_code."
+)
+TAGS = ["meetings"]
+
+
+def _validated(serializer_class: type, request: Request) -> dict[str, Any]:
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)
+
+
+def _meeting_id(meeting_ref: str) -> uuid.UUID:
+    meeting_id = selectors.meetings_by_ref(meeting_ref).values_list("pk", flat=True).first()
+    if meeting_id is None:
+        raise NotFound("No such meeting.")
+    return meeting_id
+
+
+def _user_agent(request: Request) -> str | None:
+    return request.META.get("HTTP_USER_AGENT", "")[:1000] or None
+
+
+def _join_response(result: JoinResult) -> Response:
+    body = {
+        "meeting": result.meeting,
+        "participant": result.participant,
+        "controller_id": result.assignment.controller_id,
+        "region": result.assignment.region,
+        "grpc_endpoint": result.assignment.grpc_endpoint,
+        "webtransport_endpoint": result.assignment.webtransport_endpoint,
+        "meeting_token": result.token.token,
+        "token_type": "Bearer",
+        "expires_in": result.token.expires_in,
+    }
+    return Response(JoinResponse(body).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="meetings_list", tags=TAGS, summary="List the meetings you host",
+        responses={200: MeetingSerializer(many=True), **error_responses(400, 401, 403, 429)},
+    ),
+    post=extend_schema(
+        operation_id="meetings_create", tags=TAGS, summary="Create a meeting",
+        request=MeetingCreateRequest,
+        responses={201: MeetingSerializer, **error_responses(400, 401, 403, 409, 413, 415, 422, 429)},
+    ),
+)
+class MeetingListCreateView(ApiListView):
+    required_scopes = {"GET": MEETINGS_READ, "POST": MEETINGS_CREATE}
+    serializer_class = MeetingSerializer
+    filterset_class = MeetingFilter
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "POST":
+            return meeting_create_limits(principal=self.principal.identifier)
+        return []
+
+    def get_queryset(self) -> QuerySet[Meeting]:
+        if getattr(self, "swagger_fake_view", False):
+            return Meeting.objects.none()
+        return selectors.meetings_hosted_by(self.principal.user.pk)
+
+    def post(self, request: Request) -> Response:
+        data = _validated(MeetingCreateRequest, request)
+        meeting = meeting_create(host=self.principal.user, **data)
+        return Response(MeetingSerializer(meeting).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="meetings_retrieve", tags=TAGS, summary="Get a meeting by id or code",
+        parameters=[MEETING_REF], responses={200: MeetingSerializer, **error_responses(401, 403, 404)},
+    ),
+    patch=extend_schema(
+        operation_id="meetings_update", tags=TAGS, summary="Change a meeting's settings (host only)",
+        parameters=[MEETING_REF], request=MeetingUpdateRequest,
+        responses={200: MeetingSerializer, **error_responses(400, 401, 403, 404, 410, 413, 415)},
+    ),
+)
+class MeetingDetailView(ApiView):
+    required_scopes = {"GET": MEETINGS_READ, "PATCH": MEETINGS_WRITE}
+
+    def get(self, request: Request, meeting_ref: str) -> Response:
+        meeting = selectors.meetings_by_ref(meeting_ref).first()
+        if meeting is None:
+            raise NotFound("No such meeting.")
+        return Response(MeetingSerializer(meeting).data)
+
+    def patch(self, request: Request, meeting_ref: str) -> Response:
+        changes = _validated(MeetingUpdateRequest, request)
+        meeting = meeting_update(
+            meeting_id=_meeting_id(meeting_ref), actor_user_id=self.principal.user.pk, changes=changes
+        )
+        return Response(MeetingSerializer(meeting).data)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="meetings_end", tags=TAGS, summary="End a meeting (host only)", request=None,
+        responses={200: MeetingSerializer, **error_responses(401, 403, 404, 409, 410, 422)},
+    )
+)
+class MeetingEndView(ApiView):
+    required_scopes = {"POST": MEETINGS_WRITE}
+
+    def post(self, request: Request, meeting_id: uuid.UUID) -> Response:
+        _validated(EmptyRequest, request)
+        meeting = meeting_end(meeting_id=meeting_id, actor_user_id=self.principal.user.pk)
+        return Response(MeetingSerializer(meeting).data)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="meetings_join", tags=TAGS, summary="Join a meeting: participant, assigned MC, meeting token",
+        parameters=[MEETING_REF], request=JoinRequest,
+        responses={201: JoinResponse, **error_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 503)},
+    )
+)
+class MeetingJoinView(ApiView):
+    required_scopes = {"POST": MEETINGS_WRITE}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return join_limits(principal=self.principal.identifier, ip_address=client_ip(request))
+
+    def post(self, request: Request, meeting_ref: str) -> Response:
+        data = _validated(JoinRequest, request)
+        result = meeting_join(
+            meeting_ref=meeting_ref, user=self.principal.user, region=data["region"],
+            display_name=data.get("display_name"), client_version=data.get("client_version"),
+            ip_address=peer_ip(request),
+            user_agent=_user_agent(request),
+        )
+        return _join_response(result)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="meetings_guest_token", tags=TAGS, auth=[],
+        summary="Join as a guest (meetings with allow_guests on and require_auth off)",
+        parameters=[MEETING_REF], request=GuestTokenRequest,
+        responses={201: JoinResponse, **error_responses(400, 403, 404, 409, 410, 413, 415, 422, 429, 503)},
+    )
+)
+class GuestTokenView(ApiView):
+    public = True
+    authentication_classes = []
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return join_limits(principal=None, ip_address=client_ip(request))
+
+    def post(self, request: Request, meeting_ref: str) -> Response:
+        data = _validated(GuestTokenRequest, request)
+        result = meeting_join(
+            meeting_ref=meeting_ref, user=None, region=data["region"], display_name=data["display_name"],
+            client_version=data.get("client_version"),
+            ip_address=peer_ip(request),
+            user_agent=_user_agent(request),
+        )
+        return _join_response(result)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="meetings_participants_list", tags=TAGS,
+        summary="Present and past participants (host and participants only)",
+        responses={200: ParticipantSerializer(many=True), **error_responses(401, 403, 404)},
+    )
+)
+class ParticipantListView(ApiListView):
+    required_scopes = {"GET": MEETINGS_READ}
+    serializer_class = ParticipantSerializer
+    filter_backends: list[Any] = []
+
+    def get_queryset(self) -> QuerySet[MeetingParticipant]:
+        if getattr(self, "swagger_fake_view", False):
+            return MeetingParticipant.objects.none()
+        meeting = Meeting.objects.filter(pk=self.kwargs["meeting_id"]).first()
+        if meeting is None:
+            raise NotFound("No such meeting.")
+        if not selectors.can_list_participants(meeting=meeting, user_id=self.principal.user.pk):
+            raise PermissionDenied("Only the host and the meeting's participants may list its participants.")
+        return selectors.participants_of(meeting.pk)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="meetings_participants_leave", tags=TAGS,
+        summary="Close a participant's session (the participant itself, or the host)", request=LeaveRequest,
+        responses={200: ParticipantSerializer, **error_responses(400, 401, 403, 404, 409, 413, 415, 422)},
+    )
+)
+class ParticipantLeaveView(ApiView):
+    required_scopes = {"POST": MEETINGS_WRITE}
+
+    def post(self, request: Request, meeting_id: uuid.UUID, participant_id: uuid.UUID) -> Response:
+        data = _validated(LeaveRequest, request)
+        participant = participant_leave(
+            meeting_id=meeting_id, participant_id=participant_id, actor_user_id=self.principal.user.pk,
+            leave_reason=data["leave_reason"],
+        )
+        return Response(ParticipantSerializer(participant).data)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="meetings_recordings_list", tags=["recordings"], summary="A meeting's recordings (host only)",
+        responses={200: RecordingSerializer(many=True), **error_responses(400, 401, 403, 404)},
+    ),
+    post=extend_schema(
+        operation_id="meetings_recordings_start", tags=["recordings"],
+        summary="Start recording (host only; allow_recording must be on)", request=None,
+        responses={201: RecordingSerializer, **error_responses(401, 403, 404, 409, 410, 422)},
+    ),
+)
+class MeetingRecordingsView(ApiListView):
+    required_scopes = {"GET": RECORDINGS_READ, "POST": RECORDINGS_WRITE}
+    serializer_class = RecordingSerializer
+    filterset_class = RecordingFilter
+
+    def get_queryset(self) -> QuerySet[Recording]:
+        if getattr(self, "swagger_fake_view", False):
+            return Recording.objects.none()
+        host_id = Meeting.objects.filter(pk=self.kwargs["meeting_id"]).values_list("created_by_user_id", flat=True)
+        if not host_id.exists():
+            raise NotFound("No such meeting.")
+        if host_id.first() != self.principal.user.pk:
+            raise PermissionDenied("Only the host may list this meeting's recordings.")
+        return selectors.recordings_of(self.kwargs["meeting_id"])
+
+    def post(self, request: Request, meeting_id: uuid.UUID) -> Response:
+        _validated(EmptyRequest, request)
+        recording = recording_start(meeting_id=meeting_id, actor_user_id=self.principal.user.pk)
+        return Response(RecordingSerializer(recording).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="recordings_retrieve", tags=["recordings"], summary="A recording (meeting host only)",
+        responses={200: RecordingSerializer, **error_responses(401, 403, 404)},
+    ),
+    patch=extend_schema(
+        operation_id="recordings_update", tags=["recordings"],
+        summary="Advance a recording's status and record its file details", request=RecordingUpdateRequest,
+        responses={200: RecordingSerializer, **error_responses(400, 401, 403, 404, 409, 413, 415)},
+    ),
+)
+class RecordingDetailView(ApiView):
+    required_scopes = {"GET": RECORDINGS_READ, "PATCH": RECORDINGS_WRITE}
+
+    def get(self, request: Request, recording_id: uuid.UUID) -> Response:
+        recording = selectors.recording_with_meeting(recording_id)
+        if recording is None:
+            raise NotFound("No such recording.")
+        if recording.meeting.created_by_user_id != self.principal.user.pk:
+            raise PermissionDenied("Only the meeting's host may see its recordings.")
+        return Response(RecordingSerializer(recording).data)
+
+    def patch(self, request: Request, recording_id: uuid.UUID) -> Response:
+        data = _validated(RecordingUpdateRequest, request)
+        recording = recording_update(recording_id=recording_id, actor_user_id=self.principal.user.pk, **data)
+        return Response(RecordingSerializer(recording).data)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="recordings_share", tags=["recordings"],
+        summary="Create the public link token of a ready recording",
+        request=None, responses={200: RecordingShareResponse, **error_responses(401, 403, 404, 409, 422)},
+    )
+)
+class RecordingShareView(ApiView):
+    required_scopes = {"POST": RECORDINGS_WRITE}
+
+    def post(self, request: Request, recording_id: uuid.UUID) -> Response:
+        _validated(EmptyRequest, request)
+        recording = recording_share(recording_id=recording_id, actor_user_id=self.principal.user.pk)
+        return Response(RecordingShareResponse(recording).data)

@@ -1,0 +1,137 @@
+"""Joining and leaving meetings (seed 002 "Data Flow Examples", example 1: the client gets the meeting and
+its MC from the Global Controller, then connects to the MC with the meeting token issued here)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models.functions import Now
+
+from accounts.models import User
+from accounts.tokens import IssuedToken, token_issue
+from audit.models import ActorType
+from audit.services import audit_record
+from darktower.errors import Conflict, Gone, NotFound, PermissionDenied
+from meetings.models import LeaveReason, Meeting, MeetingParticipant, MeetingStatus
+from meetings.selectors import meetings_by_ref
+from meetings.services.assignment import Assignment, meeting_assign
+
+ROLE_HOST = "host"
+ROLE_PARTICIPANT = "participant"
+ROLE_GUEST = "guest"
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    meeting: Meeting
+    participant: MeetingParticipant
+    assignment: Assignment
+    token: IssuedToken
+
+
+def meeting_join(
+    *,
+    meeting_ref: str,
+    region: str,
+    user: User | None,
+    display_name: str | None = None,
+    ip_address: str | None = None,
+    user_agent: str | None = None,
+    client_version: str | None = None,
+) -> JoinResult:
+    """Admit a participant (a user, or a guest when `user` is None), assign the meeting an MC in `region`,
+    and issue the meeting token the MC accepts.
+
+    The meeting row is locked (FOR NO KEY UPDATE, which does not block the participants' foreign-key
+    checks) for the whole join, so concurrent joins cannot both take the last seat: capacity is counted
+    under the lock, from idx_participants_present.
+    """
+    with transaction.atomic():
+        meeting = meetings_by_ref(meeting_ref).select_for_update(no_key=True).first()
+        if meeting is None:
+            raise NotFound("No such meeting.")
+        if meeting.status == MeetingStatus.ENDED:
+            raise Gone("The meeting has ended.")
+        if user is None:
+            if meeting.require_auth:
+                raise PermissionDenied("This meeting requires signing in; guests cannot join.")
+            if not meeting.allow_guests:
+                raise PermissionDenied("This meeting does not admit guests.")
+            role = ROLE_GUEST
+        else:
+            role = ROLE_HOST if meeting.created_by_user_id == user.pk else ROLE_PARTICIPANT
+        present = MeetingParticipant.objects.filter(meeting_id=meeting.pk, left_at__isnull=True).count()
+        if present >= meeting.max_participants:
+            raise Conflict("The meeting is full.")
+
+        assignment = meeting_assign(meeting_id=meeting.pk, region=region, actor_user_id=user.pk if user else None)
+        participant = MeetingParticipant.objects.create(
+            meeting=meeting, participant_id=uuid.uuid4(), user=user,
+            display_name=display_name or (user.display_name if user else "Guest"), role=role,
+            ip_address=ip_address, user_agent=user_agent, client_version=client_version,
+        )
+        if meeting.status == MeetingStatus.SCHEDULED:
+            Meeting.objects.filter(pk=meeting.pk, status=MeetingStatus.SCHEDULED).update(
+                status=MeetingStatus.ACTIVE, actual_start_time=Now()
+            )
+        audit_record(
+            event_type="participant_joined", action="join",
+            actor_type=ActorType.USER if user else ActorType.API, actor_user_id=user.pk if user else None,
+            target_type="meeting", target_id=str(meeting.pk), ip_address=ip_address, user_agent=user_agent,
+            metadata={
+                "participant_id": str(participant.participant_id), "role": role,
+                "controller_id": assignment.controller_id, "region": region,
+            },
+        )
+        token = token_issue(
+            subject=str(participant.participant_id), audience=settings.JWT_MEETING_AUDIENCE, scopes=[],
+            lifetime_seconds=settings.JWT_MEETING_TOKEN_LIFETIME_SECONDS,
+            extra_claims={
+                "meeting_id": str(meeting.pk), "participant_id": str(participant.participant_id), "role": role,
+            },
+        )
+    meeting.refresh_from_db()
+    return JoinResult(meeting=meeting, participant=participant, assignment=assignment, token=token)
+
+
+_LEAVE_SQL = """
+UPDATE meeting_participants
+SET left_at = greatest(now(), joined_at), leave_reason = %(reason)s,
+    total_duration_seconds = greatest(0, floor(extract(epoch FROM now() - joined_at)))::integer
+WHERE meeting_id = %(meeting_id)s AND participant_id = %(participant_id)s AND left_at IS NULL
+RETURNING id
+"""
+
+
+def participant_leave(
+    *, meeting_id: uuid.UUID, participant_id: uuid.UUID, actor_user_id: uuid.UUID, leave_reason: str
+) -> MeetingParticipant:
+    """Close a participant's session with its duration. The participant's own user may leave; the host may
+    close anyone's session, and only the host may give the reason `kicked`."""
+    if leave_reason == LeaveReason.MEETING_ENDED:
+        raise PermissionDenied("meeting_ended is set by ending the meeting.")
+    with transaction.atomic(), connection.cursor() as cursor:
+        host_id = Meeting.objects.filter(pk=meeting_id).values_list("created_by_user_id", flat=True).first()
+        participant = MeetingParticipant.objects.filter(meeting_id=meeting_id, participant_id=participant_id).first()
+        if participant is None:
+            raise NotFound("No such participant in this meeting.")
+        is_host = host_id == actor_user_id
+        if not is_host and participant.user_id != actor_user_id:
+            raise PermissionDenied("Only the participant or the host may end this session.")
+        if leave_reason == LeaveReason.KICKED and not is_host:
+            raise PermissionDenied("Only the host may remove a participant.")
+        cursor.execute(
+            _LEAVE_SQL, {"meeting_id": meeting_id, "participant_id": participant_id, "reason": leave_reason}
+        )
+        if cursor.fetchone() is None:
+            raise Conflict("The participant has already left.")
+        audit_record(
+            event_type="participant_left", action="leave", actor_type=ActorType.USER, actor_user_id=actor_user_id,
+            target_type="meeting", target_id=str(meeting_id),
+            metadata={"participant_id": str(participant_id), "leave_reason": leave_reason},
+        )
+        participant.refresh_from_db()
+        return participant

@@ -1,0 +1,36 @@
+"""Routes of the meetings API, the recordings and the fleet listings (included at the site root)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from meetings.api import fleet, views
+
+urlpatterns = [
+    path("api/v1/meetings", views.MeetingListCreateView.as_view(), name="meetings"),
+    path("api/v1/meetings/<uuid:meeting_id>/end", views.MeetingEndView.as_view(), name="meeting-end"),
+    path(
+        "api/v1/meetings/<uuid:meeting_id>/participants", views.ParticipantListView.as_view(),
+        name="meeting-participants",
+    ),
+    path(
+        "api/v1/meetings/<uuid:meeting_id>/participants/<uuid:participant_id>/leave",
+        views.ParticipantLeaveView.as_view(), name="participant-leave",
+    ),
+    path(
+        "api/v1/meetings/<uuid:meeting_id>/recordings", views.MeetingRecordingsView.as_view(),
+        name="meeting-recordings",
+    ),
+    path("api/v1/meetings/<str:meeting_ref>/join", views.MeetingJoinView.as_view(), name="meeting-join"),
+    path("api/v1/meetings/<str:meeting_ref>/guest-token", views.GuestTokenView.as_view(), name="meeting-guest-token"),
+    path("api/v1/meetings/<str:meeting_ref>", views.MeetingDetailView.as_view(), name="meeting-detail"),
+    path("api/v1/recordings/<uuid:recording_id>", views.RecordingDetailView.as_view(), name="recording-detail"),
+    path("api/v1/recordings/<uuid:recording_id>/share", views.RecordingShareView.as_view(), name="recording-share"),
+    path("api/v1/controllers", fleet.ControllerListView.as_view(), name="controllers"),
+    path("api/v1/controllers/<str:controller_id>/drain", fleet.ControllerDrainView.as_view(), name="controller-drain"),
+    path(
+        "api/v1/controllers/<str:controller_id>/undrain", fleet.ControllerUndrainView.as_view(),
+        name="controller-undrain",
+    ),
+    path("api/v1/media-handlers", fleet.MediaHandlerListView.as_view(), name="media-handlers"),
+]

@@ -1,0 +1,132 @@
+"""Bad input never reaches a 500: malformed JSON, wrong types, unknown fields, huge bodies, bad UUIDs, wrong
+media types and methods all answer the one error shape."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from meetings.models import Meeting
+from tests.api.util import assert_error
+
+pytestmark = pytest.mark.django_db
+
+MEETINGS = "/api/v1/meetings"
+
+
+def post_raw(client, path, body: bytes | str, content_type="application/json"):
+    return client.generic("POST", path, body, content_type=content_type)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"display_name": "x"',  # truncated
+        b"{display_name: 1}",
+        b'{"display_name": NaN}',
+        b'{"max_participants": Infinity, "display_name": "x"}',
+        b"\xff\xfe not utf-8",
+        b"[" * 100_000 + b"]" * 100_000,  # deep enough to exhaust the recursion limit
+        b'{"display_name": "\\ud800"}',  # a lone surrogate cannot be stored as UTF-8
+    ],
+    ids=["truncated", "bare-key", "nan", "infinity", "not-utf8", "deep-nesting", "lone-surrogate"],
+)
+def test_malformed_json_is_400(as_user, host, body):
+    response = post_raw(as_user(host), MEETINGS, body)
+    assert_error(response, 400, "malformed_request")
+    assert not Meeting.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"display_name": "x", "max_participants": "10"}, "max_participants"),
+        ({"display_name": "x", "max_participants": 10.0}, "max_participants"),
+        ({"display_name": "x", "max_participants": True}, "max_participants"),
+        ({"display_name": "x", "max_participants": 0}, "max_participants"),
+        ({"display_name": "x", "max_participants": 1001}, "max_participants"),
+        ({"display_name": "x", "max_participants": 2**70}, "max_participants"),
+        ({"display_name": "x", "require_auth": "yes"}, "require_auth"),
+        ({"display_name": "x", "allow_guests": 1}, "allow_guests"),
+        ({"display_name": 12}, "display_name"),
+        ({"display_name": ["x"]}, "display_name"),
+        ({"display_name": "x" * 256}, "display_name"),
+        ({"display_name": "x", "scheduled_start_time": "tomorrow"}, "scheduled_start_time"),
+        ({}, "display_name"),
+    ],
+)
+def test_wrong_types_and_bounds_are_400_with_the_field(as_user, host, payload, field):
+    error = assert_error(as_user(host).post(MEETINGS, payload, format="json"), 400, "invalid")
+    assert list(error["fields"]) == [field]
+    assert not Meeting.objects.exists()
+
+
+def test_unknown_fields_are_400_not_ignored(as_user, host):
+    error = assert_error(
+        as_user(host).post(MEETINGS, {"display_name": "x", "status": "ended", "hax": 1}, format="json"), 400, "invalid"
+    )
+    assert error["fields"] == {"hax": ["Unknown field."], "status": ["Unknown field."]}
+    assert not Meeting.objects.exists()
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"a string"', b"42", b"null"])
+def test_a_body_that_is_not_an_object_is_400(as_user, host, body):
+    assert_error(post_raw(as_user(host), MEETINGS, body), 400, "invalid")
+
+
+def test_huge_body_is_413(as_user, host, settings):
+    body = json.dumps({"display_name": "x", "pad": "y" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)})
+    assert_error(post_raw(as_user(host), MEETINGS, body), 413, "payload_too_large")
+    assert not Meeting.objects.exists()
+
+
+def test_huge_body_is_413_before_authentication(api, settings):
+    body = "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
+    assert_error(post_raw(api, "/api/v1/auth/login", body), 413, "payload_too_large")
+
+
+def test_form_bodies_are_415(as_user, host):
+    response = post_raw(as_user(host), MEETINGS, "display_name=x", content_type="application/x-www-form-urlencoded")
+    assert_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/api/v1/meetings/not-a-uuid/end"),
+        ("GET", "/api/v1/meetings/not-a-uuid/participants"),
+        ("POST", "/api/v1/meetings/00000000-0000-0000-0000-00000000000g/recordings"),
+        ("GET", "/api/v1/recordings/123"),
+        ("PATCH", "/api/v1/recordings/123"),
+        ("POST", "/api/v1/recordings/123/share"),
+        ("DELETE", "/api/v1/api-keys/abc"),
+        ("POST", f"/api/v1/meetings/{uuid.uuid4()}/participants/nope/leave"),
+        ("POST", "/api/v1/nothing-here"),
+        ("GET", "/api/v2/meetings"),
+    ],
+)
+def test_bad_uuids_and_unknown_paths_are_json_404(as_user, host, method, path):
+    response = as_user(host).generic(method, path, "{}", content_type="application/json")
+    assert_error(response, 404, "not_found")
+
+
+def test_unknown_meeting_reference_is_404(as_user, host):
+    assert_error(as_user(host).get(f"{MEETINGS}/no-such-code"), 404, "not_found")
+    assert_error(as_user(host).get(f"{MEETINGS}/{uuid.uuid4()}"), 404, "not_found")
+
+
+def test_method_not_allowed_is_405_in_the_error_shape(as_user, host):
+    assert_error(as_user(host).delete(MEETINGS), 405, "method_not_allowed")
+
+
+def test_outside_the_api_404_stays_html(client):
+    response = client.get("/no-such-page")
+    assert response.status_code == 404
+    assert not response["Content-Type"].startswith("application/json")
+
+
+def test_bad_query_filter_is_400(as_user, host):
+    error = assert_error(as_user(host).get(MEETINGS, {"status": "bogus"}), 400, "invalid")
+    assert "status" in error["fields"]

@@ -1,0 +1,168 @@
+"""Rate limits in Redis (ratelimit:{endpoint}:{identifier}:{window}): 429 with Retry-After over the limit;
+with Redis unreachable the API fails open, and login falls back to counting failed logins in the audit trail."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import uuid
+
+import pytest
+from django.conf import settings as django_settings
+
+from accounts.services.users import email_hash
+from darktower.redis import redis_client
+from meetings.models import Meeting
+from tests.api.util import assert_error
+from tests.factories import make_controller, make_meeting, make_user
+
+pytestmark = pytest.mark.django_db
+
+MEETINGS = "/api/v1/meetings"
+LOGIN = "/api/v1/auth/login"
+DOCUMENTATION_PREFIX = 0x20010DB8 << 96  # 2001:db8::/32
+
+
+def fresh_ip() -> str:
+    # Counters outlive a test (same Redis db, hour-long windows, earlier runs too): every address and email
+    # is random, so no test ever meets another's counter.
+    return str(ipaddress.IPv6Address(DOCUMENTATION_PREFIX | random.getrandbits(96)))
+
+
+def fresh_email() -> str:
+    return f"{uuid.uuid4().hex}@example.test"
+
+
+@pytest.fixture(autouse=True)
+def long_windows(settings):
+    # Fixed windows: a test that straddled a window boundary would see its counter restart. An hour makes
+    # that practically impossible.
+    settings.RATE_LIMIT_WINDOW_SECONDS = 3600
+
+
+@pytest.fixture
+def redis_down(settings, tmp_path):
+    settings.REDIS_URL = f"unix://{tmp_path}/nothing-listens-here.sock"
+
+
+def assert_throttled(response):
+    assert_error(response, 429, "throttled")
+    retry_after = int(response["Retry-After"])
+    assert 1 <= retry_after <= django_settings.RATE_LIMIT_WINDOW_SECONDS
+    return retry_after
+
+
+def test_meeting_creation_is_limited_per_principal(as_user, as_key, host, other, settings):
+    settings.RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL = 3
+    client = as_user(host)
+    for _ in range(3):
+        assert client.post(MEETINGS, {"display_name": "x"}, format="json").status_code == 201
+    assert_throttled(client.post(MEETINGS, {"display_name": "x"}, format="json"))
+    assert Meeting.objects.count() == 3
+    # Another user, and the same user's API key (its own principal), have their own budgets.
+    assert as_user(other).post(MEETINGS, {"display_name": "x"}, format="json").status_code == 201
+    assert as_key(host, ["meetings:create"]).post(MEETINGS, {"display_name": "x"}, format="json").status_code == 201
+    # Reads are not limited by it.
+    assert client.get(MEETINGS).status_code == 200
+    keys = [key.decode() for key in redis_client().scan_iter(f"ratelimit:api:meetings:create:user:{host.pk}:*")]
+    assert len(keys) == 1
+    assert redis_client().ttl(keys[0]) <= django_settings.RATE_LIMIT_WINDOW_SECONDS
+
+
+def test_joins_are_limited_per_principal_and_per_address(as_user, host, other, settings):
+    make_controller(region="us-east-1")
+    meeting = make_meeting(host=host)
+    url = f"{MEETINGS}/{meeting.pk}/join"
+    settings.RATE_LIMIT_JOIN_PER_PRINCIPAL = 2
+    address = fresh_ip()
+    client = as_user(host)
+    for _ in range(2):
+        assert client.post(url, format="json", REMOTE_ADDR=address).status_code == 201
+    assert_throttled(client.post(url, format="json", REMOTE_ADDR=address))
+
+    settings.RATE_LIMIT_JOIN_PER_PRINCIPAL = 100
+    settings.RATE_LIMIT_JOIN_PER_IP = 4  # this address has used 3 already
+    assert as_user(other).post(url, format="json", REMOTE_ADDR=address).status_code == 201
+    assert_throttled(as_user(other).post(url, format="json", REMOTE_ADDR=address))
+    assert as_user(other).post(url, format="json", REMOTE_ADDR=fresh_ip()).status_code == 201
+
+
+def test_guest_tokens_are_limited_per_address(api, host, settings):
+    make_controller(region="us-east-1")
+    meeting = make_meeting(host=host, allow_guests=True)
+    settings.RATE_LIMIT_JOIN_PER_IP = 2
+    address = fresh_ip()
+    url = f"{MEETINGS}/{meeting.pk}/guest-token"
+    for _ in range(2):
+        assert api.post(url, {"display_name": "G"}, format="json", REMOTE_ADDR=address).status_code == 201
+    assert_throttled(api.post(url, {"display_name": "G"}, format="json", REMOTE_ADDR=address))
+
+
+def test_login_is_limited_per_account_even_with_the_right_password(api, settings):
+    settings.RATE_LIMIT_LOGIN_PER_EMAIL = 3
+    user = make_user(email=fresh_email())
+    for _ in range(3):
+        assert_error(api.post(LOGIN, {"email": user.email, "password": "wrong"}, format="json",
+                              REMOTE_ADDR=fresh_ip()), 401, "unauthenticated")
+    response = api.post(LOGIN, {"email": user.email.upper(), "password": "correct-horse-battery"}, format="json",
+                        REMOTE_ADDR=fresh_ip())
+    assert_throttled(response)
+    # The account's key names a keyed hash, never the email.
+    keys = [key.decode() for key in redis_client().scan_iter("ratelimit:api:auth:login:email:*")]
+    assert any(email_hash(user.email) in key for key in keys)
+    assert not any(user.email in key for key in keys)
+
+
+def test_login_is_limited_per_address(api, settings):
+    settings.RATE_LIMIT_LOGIN_PER_IP = 2
+    address = fresh_ip()
+    for _ in range(2):
+        api.post(LOGIN, {"email": fresh_email(), "password": "x"}, format="json", REMOTE_ADDR=address)
+    assert_throttled(api.post(LOGIN, {"email": fresh_email(), "password": "x"}, format="json", REMOTE_ADDR=address))
+
+
+def test_redis_down_the_api_fails_open_and_logs(as_user, host, settings, redis_down, caplog):
+    settings.RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL = 1
+    client = as_user(host)  # token verification also survives: the blacklist lookup fails open
+    with caplog.at_level(logging.WARNING, logger="darktower.api.ratelimit"):
+        for _ in range(3):
+            assert client.post(MEETINGS, {"display_name": "x"}, format="json").status_code == 201
+    assert Meeting.objects.count() == 3
+    assert any("Redis unreachable" in record.getMessage() for record in caplog.records)
+
+
+def test_redis_down_joins_keep_working(as_user, host, settings, redis_down):
+    make_controller(region="us-east-1")
+    settings.RATE_LIMIT_JOIN_PER_PRINCIPAL = 1
+    meeting = make_meeting(host=host)
+    for _ in range(2):
+        assert as_user(host).post(f"{MEETINGS}/{meeting.pk}/join", format="json").status_code == 201
+
+
+def test_redis_down_login_falls_back_to_counting_failed_logins(api, settings, redis_down):
+    settings.RATE_LIMIT_LOGIN_PER_EMAIL = 3
+    user = make_user(email=fresh_email())
+    # Correct logins are never held back by the fallback: it counts failures only.
+    for _ in range(5):
+        ok = api.post(LOGIN, {"email": user.email, "password": "correct-horse-battery"}, format="json",
+                      REMOTE_ADDR=fresh_ip())
+        assert ok.status_code == 200
+    for _ in range(3):
+        assert_error(api.post(LOGIN, {"email": user.email, "password": "wrong"}, format="json",
+                              REMOTE_ADDR=fresh_ip()), 401, "unauthenticated")
+    # Three failures in the window: the account is limited, right password or not, from any address.
+    assert_throttled(api.post(LOGIN, {"email": user.email, "password": "correct-horse-battery"}, format="json",
+                              REMOTE_ADDR=fresh_ip()))
+    # Other accounts are not.
+    other = make_user(email=fresh_email())
+    assert api.post(LOGIN, {"email": other.email, "password": "correct-horse-battery"}, format="json",
+                    REMOTE_ADDR=fresh_ip()).status_code == 200
+
+
+def test_redis_down_login_fallback_limits_an_address(api, settings, redis_down):
+    settings.RATE_LIMIT_LOGIN_PER_IP = 3
+    address = fresh_ip()
+    for _ in range(3):
+        api.post(LOGIN, {"email": fresh_email(), "password": "x"}, format="json", REMOTE_ADDR=address)
+    assert_throttled(api.post(LOGIN, {"email": fresh_email(), "password": "x"}, format="json", REMOTE_ADDR=address))

@@ -1,0 +1,162 @@
+"""The join flow over REST: participant, assigned MC and meeting token; guests; full, ended, no capacity."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from accounts.tokens import token_verify
+from audit.models import AuditLog, OutboxEvent
+from controllers.models import MeetingController
+from darktower.errors import Unauthenticated
+from meetings.models import Meeting, MeetingAssignment, MeetingParticipant
+from tests.api.util import assert_error
+from tests.factories import make_controller, make_meeting
+
+pytestmark = pytest.mark.django_db
+
+REGION = "us-east-1"
+
+
+def join_url(ref):
+    return f"/api/v1/meetings/{ref}/join"
+
+
+def guest_url(ref):
+    return f"/api/v1/meetings/{ref}/guest-token"
+
+
+def test_join_returns_participant_mc_and_meeting_token(as_user, host, other, controller):
+    meeting = make_meeting(host=host, meeting_code="abc-defg-hjk")
+    response = as_user(other).post(join_url("abc-defg-hjk"), {"client_version": "1.2.3"}, format="json",
+                                   HTTP_USER_AGENT="pytest")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["controller_id"] == controller.controller_id
+    assert body["grpc_endpoint"] == controller.grpc_endpoint
+    assert body["webtransport_endpoint"] == controller.webtransport_endpoint
+    assert body["region"] == REGION == settings.DEFAULT_REGION
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 300
+    assert body["meeting"]["status"] == "active" and body["meeting"]["actual_start_time"]
+    assert body["meeting"]["assigned_controller_id"] == controller.controller_id
+    participant = body["participant"]
+    assert participant["role"] == "participant" and participant["user_id"] == str(other.pk)
+    assert participant["display_name"] == other.display_name
+    row = MeetingParticipant.objects.get(participant_id=participant["participant_id"])
+    assert (row.client_version, row.user_agent) == ("1.2.3", "pytest")
+
+    claims = token_verify(body["meeting_token"], audience=settings.JWT_MEETING_AUDIENCE)
+    assert claims.claims["meeting_id"] == str(meeting.pk)
+    assert claims.claims["participant_id"] == participant["participant_id"]
+    assert claims.claims["role"] == "participant"
+    assert claims.expires_at - claims.issued_at == timedelta(minutes=5)
+    with pytest.raises(Unauthenticated):  # a meeting token is no API token
+        token_verify(body["meeting_token"], audience=settings.JWT_API_AUDIENCE)
+
+    assert AuditLog.objects.filter(event_type="participant_joined", target_id=str(meeting.pk)).count() == 1
+
+
+def test_the_host_joins_as_host_and_everyone_gets_the_same_mc(as_user, host, other, controller):
+    make_controller(region=REGION)  # a second MC: the meeting must still stay on one
+    meeting = make_meeting(host=host)
+    first = as_user(host).post(join_url(meeting.pk), format="json").json()
+    assert first["participant"]["role"] == "host"
+    assert token_verify(first["meeting_token"], audience=settings.JWT_MEETING_AUDIENCE).claims["role"] == "host"
+    for _ in range(3):
+        again = as_user(other).post(join_url(meeting.meeting_code), format="json").json()
+        assert again["controller_id"] == first["controller_id"]
+    assert MeetingAssignment.objects.filter(meeting=meeting).count() == 1
+    assert MeetingParticipant.objects.filter(meeting=meeting).count() == 4
+
+
+def test_join_in_another_region(as_user, host):
+    far = make_controller(region="ap-south-1")
+    meeting = make_meeting(host=host)
+    body = as_user(host).post(join_url(meeting.pk), {"region": "ap-south-1"}, format="json").json()
+    assert (body["controller_id"], body["region"]) == (far.controller_id, "ap-south-1")
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [({"region": "US EAST"}, "region"), ({"region": 5}, "region"), ({"role": "host"}, "role"),
+     ({"display_name": "x" * 256}, "display_name")],
+)
+def test_join_validation(as_user, host, controller, payload, field):
+    meeting = make_meeting(host=host)
+    error = assert_error(as_user(host).post(join_url(meeting.pk), payload, format="json"), 400, "invalid")
+    assert field in error["fields"]
+    assert not MeetingParticipant.objects.exists()
+
+
+def test_no_controller_available_is_503_with_retry_after(as_user, host, settings):
+    settings.NO_CAPACITY_RETRY_AFTER_SECONDS = 7
+    make_controller(region=REGION, health="unhealthy")
+    make_controller(region=REGION, current_meetings=100, max_meetings=100)
+    meeting = make_meeting(host=host)
+    response = as_user(host).post(join_url(meeting.pk), format="json")
+    assert_error(response, 503, "no_controller_available")
+    assert response["Retry-After"] == "7"
+    # Nothing half-written: no participant, no assignment, the meeting still scheduled.
+    assert not MeetingParticipant.objects.exists()
+    assert not MeetingAssignment.objects.exists()
+    assert Meeting.objects.get(pk=meeting.pk).status == "scheduled"
+    assert not OutboxEvent.objects.exists()
+
+
+def test_a_full_meeting_is_409(as_user, host, other, controller):
+    meeting = make_meeting(host=host, max_participants=2)
+    assert as_user(host).post(join_url(meeting.pk), format="json").status_code == 201
+    assert as_user(other).post(join_url(meeting.pk), format="json").status_code == 201
+    assert_error(as_user(other).post(join_url(meeting.pk), format="json"), 409, "conflict")
+    # A seat frees up when someone leaves.
+    MeetingParticipant.objects.filter(meeting=meeting, role="host").update(left_at=timezone.now())
+    assert as_user(other).post(join_url(meeting.pk), format="json").status_code == 201
+
+
+def test_an_ended_meeting_is_410(as_user, host, controller):
+    meeting = make_meeting(host=host, status="ended", ended_at=timezone.now())
+    assert_error(as_user(host).post(join_url(meeting.pk), format="json"), 410, "gone")
+    assert_error(as_user(host).post(join_url(uuid.uuid4()), format="json"), 404, "not_found")
+    assert_error(as_user(host).post(join_url("zzz-zzzz-zzz"), format="json"), 404, "not_found")
+
+
+def test_guests_join_meetings_that_allow_them(api, host, controller):
+    meeting = make_meeting(host=host, allow_guests=True)
+    response = api.post(guest_url(meeting.meeting_code), {"display_name": "Visitor"}, format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["participant"]["role"] == "guest" and body["participant"]["user_id"] is None
+    assert body["participant"]["display_name"] == "Visitor"
+    assert body["controller_id"] == controller.controller_id
+    claims = token_verify(body["meeting_token"], audience=settings.JWT_MEETING_AUDIENCE)
+    assert claims.claims["role"] == "guest"
+
+
+@pytest.mark.parametrize("settings_", [{"allow_guests": False}, {"allow_guests": True, "require_auth": True}])
+def test_guests_are_refused_where_not_allowed(api, host, controller, settings_):
+    meeting = make_meeting(host=host, **settings_)
+    assert_error(api.post(guest_url(meeting.pk), {"display_name": "Visitor"}, format="json"), 403,
+                 "permission_denied")
+    assert not MeetingParticipant.objects.exists()
+
+
+def test_guest_token_validation_and_errors(api, host, controller):
+    meeting = make_meeting(host=host, allow_guests=True, max_participants=1)
+    error = assert_error(api.post(guest_url(meeting.pk), {}, format="json"), 400, "invalid")
+    assert "display_name" in error["fields"]
+    assert api.post(guest_url(meeting.pk), {"display_name": "G1"}, format="json").status_code == 201
+    assert_error(api.post(guest_url(meeting.pk), {"display_name": "G2"}, format="json"), 409, "conflict")
+    Meeting.objects.filter(pk=meeting.pk).update(status="ended", ended_at=timezone.now())
+    assert_error(api.post(guest_url(meeting.pk), {"display_name": "G3"}, format="json"), 410, "gone")
+
+
+def test_join_counts_toward_the_mc_load(as_user, host):
+    make_controller(region=REGION, controller_id="mc-only", current_meetings=0)
+    for _ in range(3):
+        meeting = make_meeting(host=host)
+        as_user(host).post(join_url(meeting.pk), format="json")
+    assert MeetingController.objects.get(pk="mc-only").current_meetings == 3
