@@ -81,6 +81,8 @@ class OutboxEvent(models.Model):
 
     class Meta:
         db_table = "outbox_events"
+        # The admin's retry action (operator group, accounts migration 0003).
+        permissions = [("retry_outboxevent", "Can retry unpublished outbox events")]
         constraints = [
             models.CheckConstraint(condition=Q(attempts__gte=0), name="outbox_events_attempts_nonnegative"),
         ]

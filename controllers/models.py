@@ -166,6 +166,12 @@ class MeetingController(models.Model):
 
     class Meta:
         db_table = "meeting_controllers"
+        # The operators' admin actions (operator group, accounts migration 0003); undrain goes with drain.
+        permissions = [
+            ("drain_meetingcontroller", "Can drain and undrain meeting controllers"),
+            ("mark_unhealthy_meetingcontroller", "Can mark meeting controllers unhealthy"),
+            ("end_assignments_meetingcontroller", "Can end a meeting controller's active assignments"),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(health_status__in=HealthStatus.values), name="valid_health_status"),
             *percent_checks("meeting_controllers", ["cpu_usage_percent", "memory_usage_percent"]),

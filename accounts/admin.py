@@ -1,0 +1,305 @@
+"""Users, their OAuth links and API keys; the fleet's service credentials; our signing keys.
+
+Secrets never reach a page: provider tokens, key and secret hashes and private keys are excluded from every
+form and list. A new API key or client secret is shown once, in a message, right after it is created by its
+service (api_key_create, service_credential_create).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import path, reverse
+
+from accounts.models import ApiKey, OAuthProvider, ServiceCredential, SigningKey, User
+from accounts.services.api_keys import api_key_create, api_key_revoke
+from accounts.services.service_tokens import SERVICE_SCOPES, service_credential_create, service_credential_revoke
+from accounts.services.users import ALL_SCOPES, normalize_email, user_scopes
+from accounts.signing import public_jwk, signing_key_rotate
+from darktower.admin_tools import confirmed_action
+
+
+class _EmailFormMixin:
+    def clean_email(self) -> str:
+        # create_user stores addresses lower-cased and logins look them up so.
+        return normalize_email(self.cleaned_data["email"])  # type: ignore[attr-defined]
+
+
+class UserCreateForm(_EmailFormMixin, AdminUserCreationForm):
+    class Meta:
+        model = User
+        fields = ("email", "display_name")
+
+
+class UserEditForm(_EmailFormMixin, UserChangeForm):
+    class Meta:
+        model = User
+        fields = "__all__"
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    """Django's user admin on our model: email is the login, `password` and `last_login` are stored in the
+    seed's password_hash / last_login_at columns (mapped by the model), so Django's password views work."""
+
+    form = UserEditForm
+    add_form = UserCreateForm
+    list_display = ("email", "display_name", "is_staff", "is_superuser", "is_active", "last_login", "created_at")
+    list_filter = ("is_staff", "is_superuser", "is_active", "groups")
+    search_fields = ("email", "display_name")
+    ordering = ("email",)
+    readonly_fields = ("last_login", "created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("email", "password")}),
+        ("Profile", {"fields": ("display_name", "metadata")}),
+        ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+        ("Dates", {"fields": ("last_login", "created_at", "updated_at")}),
+    )
+    add_fieldsets = (
+        (None, {
+            "classes": ("wide",),
+            "fields": ("email", "display_name", "usable_password", "password1", "password2"),
+        }),
+    )
+
+
+@admin.register(OAuthProvider)
+class OAuthProviderAdmin(admin.ModelAdmin):
+    """Read-only; the encrypted provider tokens are not among the fields at all."""
+
+    list_display = ("provider", "provider_user_id", "user", "token_expires_at", "created_at")
+    list_filter = ("provider",)
+    list_select_related = ("user",)
+    search_fields = ("provider_user_id", "user__email")
+    fields = ("user", "provider", "provider_user_id", "token_expires_at", "created_at", "updated_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class _CreateThroughServiceMixin:
+    """The add form's object is created by a service (which also writes the audit row), not by form.save()."""
+
+    def create_through_service(self, request: HttpRequest, form: forms.ModelForm) -> Any:
+        raise NotImplementedError
+
+    def save_form(self, request: HttpRequest, form: forms.ModelForm, change: bool) -> Any:
+        if change:
+            return super().save_form(request, form, change)  # type: ignore[misc]
+        return self.create_through_service(request, form)
+
+    def save_model(self, request: HttpRequest, obj: Any, form: forms.ModelForm, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)  # type: ignore[misc]
+
+    def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool) -> None:
+        if change:
+            super().save_related(request, form, formsets, change)  # type: ignore[misc]
+
+
+class ApiKeyCreateForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=[(scope, scope) for scope in sorted(ALL_SCOPES)], widget=forms.CheckboxSelectMultiple,
+        help_text="A subset of the user's own scopes.",
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ("user", "name", "expires_at")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        user, scopes = cleaned.get("user"), cleaned.get("scopes")
+        if user and scopes:
+            beyond = sorted(set(scopes) - user_scopes(user))
+            if beyond:
+                self.add_error("scopes", f"Not one of the user's scopes: {', '.join(beyond)}.")
+        return cleaned
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
+    list_display = ("key_prefix", "name", "user", "scopes_list", "is_active", "expires_at", "last_used_at",
+                    "created_at")
+    list_filter = ("is_active",)
+    list_select_related = ("user",)
+    search_fields = ("key_prefix", "name", "user__email")
+    raw_id_fields = ("user",)
+    fields = ("key_prefix", "name", "user", "scopes", "is_active", "expires_at", "last_used_at", "created_at")
+    actions = ("revoke_action",)
+    ordering = ("-created_at",)
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = ApiKeyCreateForm
+            kwargs["fields"] = None
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return [(None, {"fields": ("user", "name", "scopes", "expires_at")})]
+        return super().get_fieldsets(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # keys are created and revoked, never edited
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("accounts.delete_apikey")
+
+    @admin.display(description="scopes")
+    def scopes_list(self, obj: ApiKey) -> str:
+        return ", ".join(obj.scopes)
+
+    def create_through_service(self, request: HttpRequest, form: forms.ModelForm) -> ApiKey:
+        data = form.cleaned_data
+        created = api_key_create(
+            user=data["user"], name=data["name"], scopes=data["scopes"], expires_at=data.get("expires_at")
+        )
+        messages.warning(request, f"API key {created.api_key.key_prefix}: copy it now, it is not shown again: "
+                                  f"{created.raw_key}")
+        return created.api_key
+
+    @admin.action(description="Revoke selected API keys", permissions=["revoke"])
+    def revoke_action(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
+        def perform(key: ApiKey) -> str:
+            # api_key_revoke is scoped to the key's owner (the REST API's rule), so it is called on the owner's
+            # behalf; the admin's own LogEntry below names the operator.
+            api_key_revoke(key_id=key.pk, actor_user_id=key.user_id)
+            self.log_change(request, key, [{"changed": {"fields": ["is_active"]}}])
+            return f"{key.key_prefix}: revoked."
+
+        return confirmed_action(
+            modeladmin=self, request=request, queryset=queryset.select_related("user"), action="revoke_action",
+            title="Revoke API keys", description="These keys stop working at once.", perform=perform,
+        )
+
+
+class ServiceCredentialCreateForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=[(scope, scope) for scope in sorted(SERVICE_SCOPES)], widget=forms.CheckboxSelectMultiple
+    )
+
+    class Meta:
+        model = ServiceCredential
+        fields = ("name",)
+
+
+@admin.register(ServiceCredential)
+class ServiceCredentialAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
+    list_display = ("client_id", "name", "scopes_list", "is_active", "last_used_at", "created_at")
+    list_filter = ("is_active",)
+    search_fields = ("client_id", "name")
+    fields = ("client_id", "name", "scopes", "is_active", "last_used_at", "created_at", "updated_at")
+    actions = ("revoke_action",)
+    ordering = ("-created_at",)
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = ServiceCredentialCreateForm
+            kwargs["fields"] = None
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return [(None, {"fields": ("name", "scopes")})]
+        return super().get_fieldsets(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # revoke instead: the audit trail and token blacklist refer to the client id
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("accounts.change_servicecredential")
+
+    @admin.display(description="scopes")
+    def scopes_list(self, obj: ServiceCredential) -> str:
+        return ", ".join(obj.scopes)
+
+    def create_through_service(self, request: HttpRequest, form: forms.ModelForm) -> ServiceCredential:
+        created = service_credential_create(
+            name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"], actor_user_id=request.user.pk
+        )
+        messages.warning(
+            request,
+            f"Client {created.credential.client_id}: copy the client secret now, it is not shown again: "
+            f"{created.client_secret}",
+        )
+        return created.credential
+
+    @admin.action(description="Revoke selected credentials (and their live tokens)", permissions=["revoke"])
+    def revoke_action(self, request: HttpRequest, queryset: QuerySet[ServiceCredential]) -> HttpResponse | None:
+        def perform(credential: ServiceCredential) -> str:
+            result = service_credential_revoke(client_id=credential.client_id, actor_user_id=request.user.pk)
+            return f"{credential.client_id}: revoked, {result.tokens_revoked} live token(s) blacklisted."
+
+        return confirmed_action(
+            modeladmin=self, request=request, queryset=queryset, action="revoke_action",
+            title="Revoke service credentials",
+            description="These clients get no new tokens, and the tokens they hold stop working at once.",
+            perform=perform,
+        )
+
+
+@admin.register(SigningKey)
+class SigningKeyAdmin(admin.ModelAdmin):
+    """Public information only; the private key never leaves the database. Rotate from the list's button."""
+
+    list_display = ("kid", "algorithm", "is_active", "created_at", "retired_at", "publish_until")
+    list_filter = ("is_active",)
+    fields = ("kid", "algorithm", "public_jwk", "is_active", "created_at", "retired_at", "publish_until")
+    readonly_fields = ("public_jwk",)
+    ordering = ("-created_at",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # retired keys leave the JWKS by publish_until, not by deletion
+
+    def has_rotate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("accounts.change_signingkey")
+
+    @admin.display(description="public JWK")
+    def public_jwk(self, obj: SigningKey) -> str:
+        return json.dumps(public_jwk(obj))
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        extra_context = {**(extra_context or {}), "can_rotate": self.has_rotate_permission(request)}
+        return super().changelist_view(request, extra_context)
+
+    def get_urls(self) -> list[Any]:
+        rotate = path("rotate/", self.admin_site.admin_view(self.rotate_view), name="accounts_signingkey_rotate")
+        return [rotate, *super().get_urls()]
+
+    def rotate_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_rotate_permission(request):
+            raise PermissionDenied
+        if request.method == "POST" and request.POST.get("post") == "yes":
+            key = signing_key_rotate(actor_user_id=request.user.pk)
+            self.message_user(request, f"New signing key {key.kid} is active; the old one stays published until "
+                                       "its tokens expire.", messages.SUCCESS)
+            return HttpResponseRedirect(reverse("admin:accounts_signingkey_changelist"))
+        response = confirmed_action(
+            modeladmin=self, request=request, queryset=SigningKey.objects.none(), action="", title="Rotate signing key",
+            description="A new key signs tokens from now on. The current one is retired but stays in the JWKS "
+            "until every token it signed has expired.",
+            perform=lambda key: "",
+        )
+        assert response is not None
+        return response

@@ -1,0 +1,118 @@
+"""The audit trail (read-only for everyone, superusers included) and the transactional outbox.
+
+audit_logs is partitioned by month and holds millions of rows: the list never counts it (planner estimate),
+filter choices come from indexes (loose index scans), and ordering follows idx_audit_created_at.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+
+from audit.models import AuditLog, OutboxEvent
+from audit.services import outbox_events_retry
+from darktower.admin_tools import EstimatedCountPaginator, IndexedDistinctFilter, confirmed_action
+
+
+class EventTypeFilter(IndexedDistinctFilter):
+    title = "event type"
+    parameter_name = "event_type"
+    table = "audit_logs"
+    column = "event_type"  # idx_audit_event_type
+
+
+class TargetTypeFilter(IndexedDistinctFilter):
+    title = "target type"
+    parameter_name = "target_type"
+    table = "audit_logs"
+    column = "target_type"  # idx_audit_target (target_type, target_id)
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "event_type", "action", "result", "actor_type", "actor_user", "target_type",
+                    "target_id")
+    list_filter = (EventTypeFilter, "actor_type", TargetTypeFilter, "result")
+    list_select_related = ("actor_user",)
+    date_hierarchy = "created_at"
+    ordering = ("-created_at", "-id")
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = EstimatedCountPaginator
+    list_per_page = 100
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # retention drops whole partitions; single rows are never removed
+
+
+class OutboxStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [
+            ("unprocessed", "unprocessed (pending or backing off)"),
+            ("failed", "failed (poison, retry needed)"),
+            ("processed", "processed"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "unprocessed":
+            return queryset.filter(processed_at__isnull=True, failed_at__isnull=True)  # idx_outbox_events_pending
+        if self.value() == "failed":
+            return queryset.filter(processed_at__isnull=True, failed_at__isnull=False)
+        if self.value() == "processed":
+            return queryset.filter(processed_at__isnull=False)
+        return queryset
+
+
+@admin.register(OutboxEvent)
+class OutboxEventAdmin(admin.ModelAdmin):
+    list_display = ("id", "event_type", "aggregate_type", "aggregate_id", "created_at", "attempts",
+                    "next_attempt_at", "failed_at", "processed_at", "error")
+    list_filter = (OutboxStateFilter, "aggregate_type")
+    search_fields = ("=aggregate_id",)
+    ordering = ("-id",)
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = EstimatedCountPaginator
+    actions = ("retry_action",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the relay owns these rows; a form save would race it
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("audit.retry_outboxevent")
+
+    @admin.display(description="last error")
+    def error(self, obj: OutboxEvent) -> str:
+        return (obj.last_error or "")[:120]
+
+    @admin.action(description="Retry selected unpublished events", permissions=["retry"])
+    def retry_action(self, request: HttpRequest, queryset: QuerySet[OutboxEvent]) -> HttpResponse | None:
+        if request.POST.get("post") == "yes":
+            retried = outbox_events_retry(event_ids=queryset.values_list("id", flat=True),
+                                          actor_user_id=request.user.pk)
+            self.message_user(request, f"{retried} event(s) put back for the relay; processed ones were left alone.")
+            return None
+        return confirmed_action(
+            modeladmin=self, request=request, queryset=queryset, action="retry_action",
+            title="Retry outbox events",
+            description="These events get a fresh set of attempts now; processed events are left alone.",
+            perform=lambda event: "",
+        )

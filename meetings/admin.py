@@ -1,0 +1,101 @@
+"""Meetings with their participants and recordings, assignments and recordings: read-mostly (rows change
+through the meeting services and the controllers, never by a form save)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from darktower.admin_tools import EstimatedCountPaginator
+from meetings.models import Meeting, MeetingAssignment, MeetingParticipant, Recording
+
+
+class _ReadOnlyMixin:
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ParticipantInline(_ReadOnlyMixin, admin.TabularInline):
+    model = MeetingParticipant
+    fields = ("display_name", "user", "role", "joined_at", "left_at", "leave_reason", "client_version")
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[MeetingParticipant]:
+        return super().get_queryset(request).select_related("user").order_by("joined_at")
+
+
+class RecordingInline(_ReadOnlyMixin, admin.TabularInline):
+    model = Recording
+    fields = ("started_at", "ended_at", "status", "duration_seconds", "file_size_bytes", "is_public")
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Recording]:
+        return super().get_queryset(request).order_by("-started_at")
+
+
+@admin.register(Meeting)
+class MeetingAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ("meeting_code", "display_name", "status", "created_by_user", "assigned_region",
+                    "assigned_controller_id", "scheduled_start_time", "created_at")
+    list_filter = ("status",)
+    list_select_related = ("created_by_user",)
+    search_fields = ("meeting_code", "display_name")
+    ordering = ("-created_at",)
+    show_full_result_count = False
+    inlines = (ParticipantInline, RecordingInline)
+
+
+class ActiveAssignmentFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("active", "active"), ("ended", "ended")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "active":
+            return queryset.filter(ended_at__isnull=True)
+        if self.value() == "ended":
+            return queryset.filter(ended_at__isnull=False)
+        return queryset
+
+
+@admin.register(MeetingAssignment)
+class MeetingAssignmentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ("id", "meeting", "region", "meeting_controller_id", "assigned_at", "ended_at", "end_reason",
+                    "assigned_by_gc_id")
+    list_filter = (ActiveAssignmentFilter,)
+    list_select_related = ("meeting",)
+    search_fields = ("meeting__meeting_code", "=meeting_controller__controller_id")
+    ordering = ("-assigned_at", "-id")
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # ending an assignment is the controllers' "end assignments" action
+
+
+@admin.register(Recording)
+class RecordingAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    """The share token is not among the fields: it is a bearer secret for the public link."""
+
+    list_display = ("recording_id", "meeting", "status", "started_at", "ended_at", "duration_seconds",
+                    "file_size_bytes", "is_public")
+    list_filter = ("status", "is_public")
+    list_select_related = ("meeting",)
+    search_fields = ("meeting__meeting_code", "=recording_id")
+    ordering = ("-started_at",)
+    show_full_result_count = False
+    fields = ("recording_id", "meeting", "started_by_user", "status", "error_message", "started_at", "ended_at",
+              "duration_seconds", "file_size_bytes", "storage_bucket", "storage_path", "video_codec", "audio_codec",
+              "resolution", "is_public", "created_at", "updated_at")

@@ -1,0 +1,191 @@
+"""The fleet dashboard: summary, columns, live endpoint, actions through the confirmation page, permissions."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from audit.models import AuditLog
+from controllers.models import HealthStatus, HealthTransition, MeetingController
+from controllers.selectors import fleet_summary_by_region
+from tests.factories import make_controller, make_handler
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "admin:controllers_meetingcontroller_changelist"
+LIVE = "admin:controllers_meetingcontroller_live"
+
+
+def test_summary_aggregates_per_region():
+    make_controller(region="eu-west-1", health=HealthStatus.HEALTHY, current_meetings=10, max_meetings=100,
+                    current_participants=50, max_participants=1000)
+    make_controller(region="eu-west-1", health=HealthStatus.DRAINING, current_meetings=30, max_meetings=100)
+    make_controller(region="us-east-1", health=HealthStatus.UNHEALTHY, current_meetings=5, max_meetings=50)
+    make_handler(region="us-east-1", health=HealthStatus.HEALTHY, current_streams=10, max_streams=40)
+
+    summary = {s.region: s for s in fleet_summary_by_region()}
+
+    eu, us = summary["eu-west-1"], summary["us-east-1"]
+    assert eu.controllers.count == 2
+    assert eu.controllers.by_health["healthy"] == 1 and eu.controllers.by_health["draining"] == 1
+    assert (eu.controllers.capacities["meetings"].used, eu.controllers.capacities["meetings"].total) == (40, 200)
+    assert eu.controllers.capacities["meetings"].percent == 20
+    assert eu.handlers.count == 0
+    assert us.controllers.by_health["unhealthy"] == 1
+    assert us.handlers.capacities["streams"].percent == 25
+
+
+def test_changelist_shows_summary_badges_and_stale_ages(client, viewer_user):
+    fresh = make_controller(region="eu-west-1", health=HealthStatus.HEALTHY)
+    stale = make_controller(region="eu-west-1", health=HealthStatus.UNHEALTHY)
+    MeetingController.objects.filter(pk=stale.pk).update(last_heartbeat_at=stale.last_heartbeat_at.replace(year=2020))
+    client.force_login(viewer_user)
+
+    response = client.get(reverse(CHANGELIST))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'id="dt-fleet-summary"' in html and 'data-region="eu-west-1"' in html
+    assert f'class="dt-health dt-health-healthy" data-id="{fresh.pk}"' in html
+    assert f'class="dt-age dt-stale" data-id="{stale.pk}"' in html
+    assert f'class="dt-age" data-id="{fresh.pk}"' in html
+    # A viewer gets no operator action.
+    assert "drain_action" not in html
+
+
+def test_live_endpoint_returns_rows_on_screen(client, viewer_user):
+    first = make_controller(health=HealthStatus.HEALTHY)
+    make_controller(health=HealthStatus.DEGRADED)
+    client.force_login(viewer_user)
+
+    response = client.get(reverse(LIVE), {"ids": f"{first.pk},missing"})
+
+    assert response.status_code == 200
+    items = response.json()["items"]
+    assert [item["id"] for item in items] == [first.pk]
+    assert items[0]["health_status"] == "healthy"
+    assert 0 <= items[0]["heartbeat_age_seconds"] < 60
+
+
+def test_live_endpoint_requires_view_permission(client, db):
+    from tests.factories import make_user
+
+    staff = make_user(is_staff=True)
+    client.force_login(staff)
+
+    assert client.get(reverse(LIVE), {"ids": "x"}).status_code == 403
+
+
+def test_operator_drains_through_confirmation_page(client, operator_user):
+    controller = make_controller(health=HealthStatus.HEALTHY)
+    client.force_login(operator_user)
+    url = reverse(CHANGELIST)
+    form = {"action": "drain_action", "_selected_action": [controller.pk]}
+
+    confirm = client.post(url, form)
+
+    assert confirm.status_code == 200
+    assert b"Drain controllers" in confirm.content and b'name="deadline_seconds"' in confirm.content
+    controller.refresh_from_db()
+    assert controller.health_status == HealthStatus.HEALTHY  # nothing happens before confirmation
+
+    done = client.post(url, {**form, "post": "yes", "deadline_seconds": "600"})
+
+    assert done.status_code == 302
+    controller.refresh_from_db()
+    assert controller.health_status == HealthStatus.DRAINING
+    assert controller.drain_deadline is not None
+    audit = AuditLog.objects.filter(event_type="controller_drain_started", target_id=controller.pk).get()
+    assert audit.actor_user_id == operator_user.pk
+    transition = HealthTransition.objects.filter(component_id=controller.pk, to_status="draining").get()
+    assert transition.actor_user_id == operator_user.pk
+
+
+def test_viewer_cannot_drain(client, viewer_user):
+    controller = make_controller(health=HealthStatus.HEALTHY)
+    client.force_login(viewer_user)
+
+    response = client.post(
+        reverse(CHANGELIST), {"action": "drain_action", "_selected_action": [controller.pk], "post": "yes"}
+    )
+
+    # Django refuses an action the user may not run (it is not among the choices): no confirmation, no change.
+    assert response.status_code in (200, 302)
+    assert b"Drain controllers" not in response.content
+    controller.refresh_from_db()
+    assert controller.health_status == HealthStatus.HEALTHY
+    assert not AuditLog.objects.filter(event_type="controller_drain_started").exists()
+
+
+def test_operator_undrain_mark_unhealthy_and_end_assignments(client, operator_user):
+    draining = make_controller(health=HealthStatus.HEALTHY)
+    other = make_controller(health=HealthStatus.HEALTHY)
+    client.force_login(operator_user)
+    url = reverse(CHANGELIST)
+
+    def run(action, pk, **extra):
+        return client.post(url, {"action": action, "_selected_action": [pk], "post": "yes", **extra})
+
+    run("drain_action", draining.pk)
+    run("undrain_action", draining.pk)
+    run("mark_unhealthy_action", other.pk)
+    response = run("end_assignments_action", other.pk)
+
+    assert response.status_code == 302
+    draining.refresh_from_db()
+    other.refresh_from_db()
+    assert draining.health_status == HealthStatus.PENDING
+    assert other.health_status == HealthStatus.UNHEALTHY
+    events = set(AuditLog.objects.filter(actor_user_id=operator_user.pk).values_list("event_type", flat=True))
+    assert {"controller_drain_started", "controller_unhealthy", "controller_assignments_ended"} <= events
+
+
+def test_conflict_becomes_a_message(client, operator_user):
+    controller = make_controller(health=HealthStatus.HEALTHY)
+    client.force_login(operator_user)
+
+    response = client.post(
+        reverse(CHANGELIST),
+        {"action": "undrain_action", "_selected_action": [controller.pk], "post": "yes"}, follow=True,
+    )
+
+    assert response.status_code == 200
+    messages = [str(m) for m in response.context["messages"]]
+    assert any(controller.pk in m for m in messages)
+    controller.refresh_from_db()
+    assert controller.health_status == HealthStatus.HEALTHY
+
+
+def test_change_page_is_read_only_with_timeline(client, operator_user):
+    controller = make_controller(health=HealthStatus.HEALTHY)
+    client.force_login(operator_user)
+    client.post(reverse(CHANGELIST), {"action": "drain_action", "_selected_action": [controller.pk], "post": "yes"})
+
+    response = client.get(reverse("admin:controllers_meetingcontroller_change", args=[controller.pk]))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'class="dt-timeline"' in html and "operator" in html
+    assert 'name="_save"' not in html
+    assert 'name="max_meetings"' not in html
+
+
+def test_admin_index_links_the_dashboard(client, viewer_user):
+    client.force_login(viewer_user)
+
+    response = client.get(reverse("admin:index"))
+
+    assert 'id="dt-dashboard-link"' in response.content.decode()
+    assert reverse(CHANGELIST) in response.content.decode()
+
+
+def test_media_handler_dashboard(client, viewer_user):
+    handler = make_handler(region="ap-south-1", health=HealthStatus.DEGRADED)
+    client.force_login(viewer_user)
+
+    page = client.get(reverse("admin:controllers_mediahandler_changelist"))
+    live = client.get(reverse("admin:controllers_mediahandler_live"), {"ids": handler.pk})
+
+    assert page.status_code == 200
+    assert f'data-id="{handler.pk}"' in page.content.decode()
+    assert live.json()["items"][0]["health_status"] == "degraded"
