@@ -21,6 +21,7 @@ help:
 	@echo "make shell       Django shell"
 	@echo "make lint        ruff"
 	@echo "make proto       regenerate dark_tower/ (Python gRPC code) from proto/"
+	@echo "make bench       the benchmarks (bench/), each on a scratch database; rewrites bench/RESULTS.md"
 	@echo "make clean-data  delete .data (the embedded databases) once nothing runs on it"
 
 $(PY):
@@ -66,3 +67,9 @@ proto: | $(PY)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PROTO_OUT) --pyi_out=$(PROTO_OUT) \
 	  --grpc_python_out=$(PROTO_OUT) $(PROTO_FILES)
 	@for package in dark_tower dark_tower/internal dark_tower/internal/v1; do touch $(PROTO_OUT)/$$package/__init__.py; done
+
+# Benchmarks (bench/, issue 7): each creates and drops its own scratch database on the same PostgreSQL server,
+# prints a table and writes bench/results/<name>.json; then bench/RESULTS.md is rendered. Never part of `make test`.
+.PHONY: bench
+bench: $(STAMP)
+	$(DEVENV) exec -- $(PY) -m bench.run_all

@@ -1,0 +1,290 @@
+"""What every benchmark shares: a scratch database, timing, a printed table and a JSON result.
+
+Benchmarks never touch the development database. Each one creates its own database (`bench_<name>`) on the
+same PostgreSQL server the settings point at (the embedded one when DATABASE_URL is unset), migrates it with
+`manage.py migrate` in a subprocess (DATABASE_URL naming the scratch database), and drops it afterwards, also
+when the run fails. Results go to bench/results/<name>.json; bench/report.py renders them into RESULTS.md.
+
+Run a bench from the repository root: `python -m bench.<name> [--quick]`. `--quick` is the tiny scale the smoke
+tests (tests/bench_smoke/) use so that no bench can rot; its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+PYTHON = sys.executable
+
+
+def bootstrap() -> None:
+    """Make `django.conf.settings` importable from a bench script (development settings, like `make`)."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "darktower.settings")
+    os.environ.setdefault("DEBUG", "1")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+
+def argument_parser(name: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny scale for the smoke tests; figures mean nothing")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where <name>.json goes")
+    parser.add_argument(
+        "--db-prefix", default="bench", help="scratch databases are named <prefix>_<name>_... (default bench)"
+    )
+    return parser
+
+
+def command_line(name: str, argv: Sequence[str] | None = None) -> str:
+    """The command that reproduces this run, for RESULTS.md."""
+    argv = sys.argv[1:] if argv is None else argv
+    return shlex.join(["python", "-m", f"bench.{name}", *argv])
+
+
+# --- the PostgreSQL server and scratch databases -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    """The PostgreSQL server from settings.DATABASES['default'] (TCP host or unix socket directory)."""
+
+    host: str
+    port: str
+    user: str
+    password: str
+
+    @classmethod
+    def from_settings(cls) -> Server:
+        bootstrap()
+        from django.conf import settings
+
+        db = settings.DATABASES["default"]
+        return cls(
+            host=str(db.get("HOST") or ""), port=str(db.get("PORT") or ""),
+            user=str(db.get("USER") or ""), password=str(db.get("PASSWORD") or ""),
+        )
+
+    def connect_kwargs(self, dbname: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"dbname": dbname, "application_name": "darktower-bench"}
+        for key in ("host", "port", "user", "password"):
+            if getattr(self, key):
+                kwargs[key] = getattr(self, key)
+        return kwargs
+
+    def connect(self, dbname: str, *, autocommit: bool = True) -> Any:
+        import psycopg
+
+        return psycopg.connect(autocommit=autocommit, **self.connect_kwargs(dbname))
+
+    def url(self, dbname: str) -> str:
+        """A DATABASE_URL for `dbname` that darktower/settings.py understands (?host= for a socket directory)."""
+        credentials = quote(self.user, safe="")
+        if self.password:
+            credentials += ":" + quote(self.password, safe="")
+        if self.host.startswith("/"):
+            query = f"?host={quote(self.host, safe='')}" + (f"&port={self.port}" if self.port else "")
+            return f"postgresql://{credentials}@/{dbname}{query}"
+        netloc = self.host + (f":{self.port}" if self.port else "")
+        return f"postgresql://{credentials}@{netloc}/{dbname}"
+
+
+@dataclass(frozen=True)
+class Scratch:
+    name: str
+    server: Server
+
+    @property
+    def url(self) -> str:
+        return self.server.url(self.name)
+
+    def connect(self, *, autocommit: bool = True) -> Any:
+        return self.server.connect(self.name, autocommit=autocommit)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for a subprocess (manage.py ...) that works on this database."""
+        return {**os.environ, "DEBUG": "1", "DATABASE_URL": self.url, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _drop(server: Server, name: str) -> None:
+    with server.connect("postgres") as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def scratch_database(name: str, *, prefix: str = "bench", migrate: bool = True) -> Iterator[Scratch]:
+    """A fresh database `<prefix>_<name>` (migrated unless migrate=False), dropped on the way out."""
+    server = Server.from_settings()
+    scratch = Scratch(name=f"{prefix}_{name}", server=server)
+    _drop(server, scratch.name)  # left over by a run that was killed
+    with server.connect("postgres") as admin:
+        admin.execute(f'CREATE DATABASE "{scratch.name}"')
+    try:
+        if migrate:
+            migrate_database(scratch)
+        yield scratch
+    finally:
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        _drop(server, scratch.name)
+
+
+def migrate_database(scratch: Scratch) -> None:
+    completed = subprocess.run(
+        [PYTHON, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=scratch.env(),
+        capture_output=True, text=True, check=False,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"migrate of {scratch.name} failed:\n{completed.stdout}\n{completed.stderr}")
+
+
+def use_django(scratch: Scratch) -> None:
+    """Point this process's Django at the scratch database and set it up (for benches that call services)."""
+    bootstrap()
+    import django
+    from django.conf import settings
+    from django.db import connections
+
+    connections.close_all()
+    settings.DATABASES["default"]["NAME"] = scratch.name
+    # No connection survives between calls in a bench loop by accident; each service opens what it needs.
+    settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+    django.setup()
+    connections["default"].settings_dict["NAME"] = scratch.name
+
+
+def server_version(scratch: Scratch) -> str:
+    with scratch.connect() as conn:
+        return str(conn.execute("SHOW server_version").fetchone()[0])
+
+
+# --- timing -------------------------------------------------------------------------------------------------
+
+
+class Timer:
+    """`with Timer() as t: ...` then t.seconds / t.ms."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+    @property
+    def ms(self) -> float:
+        return self.seconds * 1000
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (0..100), nearest-rank; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    return percentile(values, 50)
+
+
+# --- output -------------------------------------------------------------------------------------------------
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.2f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[fmt(value) for value in row] for row in rows]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)
+
+
+@dataclass
+class Result:
+    """One bench's output: a title, a table, notes, and whatever raw data explains the table."""
+
+    name: str
+    title: str
+    headers: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    quick: bool = False
+
+    def add(self, *row: Any) -> None:
+        self.rows.append(list(row))
+
+    def table(self) -> str:
+        return markdown_table(self.headers, self.rows)
+
+    def print(self) -> None:
+        print(f"\n## {self.title}\n")
+        print(self.table())
+        for note in self.notes:
+            print(f"- {note}")
+        sys.stdout.flush()
+
+    def write(self, results_dir: Path, *, command: str, postgres: str | None = None) -> Path:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        path = results_dir / f"{self.name}.json"
+        payload = {
+            "name": self.name,
+            "title": self.title,
+            "command": command,
+            "quick": self.quick,
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "postgres": postgres,
+            },
+            "headers": self.headers,
+            "rows": self.rows,
+            "notes": self.notes,
+            "data": self.data,
+        }
+        path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        return path
+
+
+def finish(result: Result, args: argparse.Namespace, *, postgres: str | None = None) -> None:
+    result.quick = bool(args.quick)
+    result.print()
+    path = result.write(args.results_dir, command=command_line(result.name), postgres=postgres)
+    print(f"\nwrote {path}")

@@ -1,0 +1,77 @@
+"""The reference of bench 1: a bare grpcio server that answers FastHeartbeat and does nothing else.
+
+Same generated servicer, same thread-pool server as `manage.py grpcserver`, no Django, no interceptor, no
+database: the ceiling a heartbeat handler on this machine can approach. With --aio, the same on a grpc.aio
+server (one event loop, no thread pool): the ceiling of an asyncio design. Prints `listening on <port>`, serves
+until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+from dark_tower.internal.v1 import internal_pb2 as pb
+from dark_tower.internal.v1 import internal_pb2_grpc
+
+
+class NoOp(internal_pb2_grpc.GlobalControllerServiceServicer):
+    def FastHeartbeat(
+        self, request: pb.FastHeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.FastHeartbeatResponse:
+        return pb.FastHeartbeatResponse(acknowledged=True, timestamp=int(time.time()))
+
+
+class AioNoOp(internal_pb2_grpc.GlobalControllerServiceServicer):
+    async def FastHeartbeat(  # type: ignore[override]
+        self, request: pb.FastHeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FastHeartbeatResponse:
+        return pb.FastHeartbeatResponse(acknowledged=True, timestamp=int(time.time()))
+
+
+async def serve_aio(bind: str) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(AioNoOp(), server)
+    port = server.add_insecure_port(bind)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    print(f"listening on {port}", flush=True)
+    await stop.wait()
+    await server.stop(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.noop_server", description=__doc__)
+    parser.add_argument("--bind", default="127.0.0.1:0")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--aio", action="store_true", help="a grpc.aio server instead of the thread pool")
+    args = parser.parse_args(argv)
+    if args.aio:
+        asyncio.run(serve_aio(args.bind))
+        return 0
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers), options=[("grpc.so_reuseport", 0)])
+    internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(NoOp(), server)
+    port = server.add_insecure_port(args.bind)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    print(f"listening on {port}", flush=True)
+    while not stop.wait(1.0):
+        pass
+    server.stop(2).wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Prometheus metrics: the metric objects, a gRPC server interceptor, a Django middleware and GET /metrics.
+
+Multiprocess-safe: when PROMETHEUS_MULTIPROC_DIR is set (gunicorn workers, several grpcserver processes,
+Celery workers), prometheus-client keeps every process's samples in memory-mapped files in that directory and
+`metrics_view` adds them up at scrape time. The directory must exist, be empty when the fleet of processes
+starts, and be the same for all of them; a process manager that replaces workers should call
+`prometheus_client.multiprocess.mark_process_dead(pid)` for each one that exits (gunicorn's `child_exit` hook).
+prometheus-client reads the variable itself when it is first imported, so it must be in the environment, not
+only in settings; settings.PROMETHEUS_MULTIPROC_DIR mirrors it for this module.
+
+What the fleet looks like (controllers by region and health, outbox lag) is not counted by any process: a
+collector asks the database at scrape time, so every process that serves /metrics reports the same truth.
+
+Label values are bounded: gRPC methods only once the server knows them (an unknown method never reaches the
+interceptor's wrapper), HTTP routes are URL patterns (`resolver_match.route`), never raw paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_GET
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+# The `_created` series (a timestamp per labelled child) doubles the series count and no dashboard reads it.
+disable_created_metrics()
+
+# Metrics this code records live here, not in prometheus-client's global registry: the scrape decides how to
+# expose them (this registry in one process, the multiprocess files otherwise).
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# A heartbeat answers in well under a millisecond when coalesced; a registration or a sync write in a few.
+GRPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SWEEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+GRPC_REQUESTS = Counter(
+    "darktower_grpc_requests", "gRPC calls served, by full method name and status code",
+    ["method", "code"], registry=REGISTRY,
+)
+GRPC_LATENCY = Histogram(
+    "darktower_grpc_request_duration_seconds", "gRPC call latency in the server, by full method name",
+    ["method"], buckets=GRPC_BUCKETS, registry=REGISTRY,
+)
+HTTP_REQUESTS = Counter(
+    "darktower_http_requests", "HTTP requests, by method, URL pattern and status",
+    ["method", "route", "status"], registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "darktower_http_request_duration_seconds", "HTTP request latency, by method and URL pattern",
+    ["method", "route"], buckets=HTTP_BUCKETS, registry=REGISTRY,
+)
+ASSIGNMENTS = Counter(
+    "darktower_assignments", "Meeting assignment outcomes, by placement rule and outcome",
+    ["rule", "outcome"], registry=REGISTRY,
+)
+SWEEP_DURATION = Histogram(
+    "darktower_sweep_duration_seconds", "Duration of one stale sweep (controllers_sweep_stale)",
+    buckets=SWEEP_BUCKETS, registry=REGISTRY,
+)
+SWEEP_MARKED = Counter(
+    "darktower_sweep_marked", "Members the stale sweep marked unhealthy, by target type",
+    ["target_type"], registry=REGISTRY,
+)
+RATE_LIMIT_REJECTIONS = Counter(
+    "darktower_rate_limit_rejections", "Requests refused by a rate limit, by endpoint",
+    ["endpoint"], registry=REGISTRY,
+)
+TOKEN_VALIDATIONS = Counter(
+    "darktower_token_validations", "Token validations, by outcome (valid, or the rejection's short reason)",
+    ["outcome"], registry=REGISTRY,
+)
+
+UNMATCHED_ROUTE = "<unmatched>"
+
+
+def multiprocess_dir() -> str | None:
+    return getattr(settings, "PROMETHEUS_MULTIPROC_DIR", None) or None
+
+
+# --- scrape-time collectors ---------------------------------------------------------------------------------
+
+# One statement for both tables: a GROUP BY over rows the scrape reads anyway (tens of thousands at most).
+_FLEET_SQL = """
+SELECT 'meeting_controller', region, health_status, count(*) FROM meeting_controllers GROUP BY region, health_status
+UNION ALL
+SELECT 'media_handler', region, health_status, count(*) FROM media_handlers GROUP BY region, health_status
+"""
+# The oldest pending row by id through the partial index idx_outbox_events_pending (ids follow commit order
+# closely enough for a lag gauge), and how many are pending.
+_OUTBOX_SQL = """
+SELECT (SELECT extract(epoch FROM now() - created_at) FROM outbox_events
+        WHERE processed_at IS NULL AND failed_at IS NULL ORDER BY id LIMIT 1),
+       (SELECT count(*) FROM outbox_events WHERE processed_at IS NULL AND failed_at IS NULL)
+"""
+
+
+class DatabaseCollector(Collector):
+    """Fleet size by kind, region and health, and outbox lag, read from the database at scrape time.
+
+    When the database does not answer, the scrape still succeeds with darktower_metrics_database_up 0 (and
+    without these series) so that the process metrics stay visible exactly when they matter.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("darktower_metrics_database_up", "1 when the scrape could read the database")
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(_FLEET_SQL)
+                fleet = cursor.fetchall()
+                cursor.execute(_OUTBOX_SQL)
+                lag, pending = cursor.fetchone()
+        except DatabaseError as exc:
+            logger.warning("metrics scrape: database unavailable (%s)", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        members = GaugeMetricFamily(
+            "darktower_fleet_members", "Registered controllers and handlers, by kind, region and health",
+            labels=["kind", "region", "health"],
+        )
+        for kind, region, health, count in fleet:
+            members.add_metric([kind, region, health], count)
+        yield members
+        yield GaugeMetricFamily(
+            "darktower_outbox_lag_seconds", "Age of the oldest unprocessed outbox event (0 when none)",
+            value=float(lag or 0.0),
+        )
+        yield GaugeMetricFamily("darktower_outbox_pending", "Unprocessed outbox events", value=float(pending))
+
+
+class _OwnRegistry(Collector):
+    """This process's REGISTRY, as a collector of the scrape's registry (single-process mode)."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from REGISTRY.collect()
+
+
+def scrape_registry() -> CollectorRegistry:
+    """A fresh registry for one scrape: every process's samples (multiprocess) or this one's, plus the database."""
+    registry = CollectorRegistry(auto_describe=False)
+    if multiprocess_dir():
+        MultiProcessCollector(registry, path=multiprocess_dir())
+    else:
+        registry.register(_OwnRegistry())
+    registry.register(DatabaseCollector())
+    return registry
+
+
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """GET /metrics in the Prometheus text format. Serve it on an internal address only (fleet layout)."""
+    return HttpResponse(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+# --- HTTP ---------------------------------------------------------------------------------------------------
+
+
+class MetricsMiddleware:
+    """Counts and times every request by method, URL pattern and status. First in MIDDLEWARE, so it sees the
+    final status of everything below it (Django turns exceptions into responses inside the chain)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = self.get_response(request)
+        elapsed = time.perf_counter() - started
+        match = getattr(request, "resolver_match", None)
+        # The pattern, never the path: /api/v1/meetings/<uuid:meeting_id>, not one series per meeting.
+        route = (match.route if match is not None else "") or UNMATCHED_ROUTE
+        method = request.method if request.method in _HTTP_METHODS else "other"
+        HTTP_REQUESTS.labels(method, route, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(method, route).observe(elapsed)
+        return response
+
+
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+# --- gRPC ---------------------------------------------------------------------------------------------------
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts and times every unary call by method and final status code.
+
+    Put it first in the server's interceptors so that it wraps the authentication and error-mapping
+    interceptor and sees the code that interceptor aborted with. Streaming methods (health Watch, reflection)
+    pass through unrecorded. The wrapped handler of each method is built once.
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _timed(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+def _timed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    behaviour = handler.unary_unary
+    latency = GRPC_LATENCY.labels(method)
+
+    def timed(request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        code: grpc.StatusCode | None = None
+        try:
+            response = behaviour(request, context)
+            code = context.code() or grpc.StatusCode.OK
+            return response
+        except BaseException:
+            # context.abort() sets the code, then raises; anything else escaping becomes UNKNOWN in grpcio.
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            latency.observe(time.perf_counter() - started)
+            GRPC_REQUESTS.labels(method, code.name if code is not None else "UNKNOWN").inc()
+
+    return grpc.unary_unary_rpc_method_handler(
+        timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )

@@ -1,0 +1,103 @@
+"""Every benchmark runs at --quick scale and writes its JSON, and RESULTS.md renders from it: the benches cannot
+rot unnoticed. No figure is checked (timing targets live in bench/, not in tests); the shape and the
+correctness checks each bench makes on its own data are."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from bench.common import Server
+from bench.run_all import BENCHES
+from darktower.devenv import ROOT
+
+pytestmark = pytest.mark.slow
+PREFIX = "bench_smoke"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    results_dir = tmp_path_factory.mktemp("bench-results")
+    report = results_dir / "RESULTS.md"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.run_all", "--quick", "--results-dir", str(results_dir), "--db-prefix", PREFIX,
+         "--report", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    return results_dir, report, completed.stdout
+
+
+def load(results_dir, name):
+    payload = json.loads((results_dir / f"{name}.json").read_text())
+    assert payload["quick"] is True
+    assert payload["command"] == f"python -m bench.{name} --quick --results-dir {results_dir} --db-prefix {PREFIX}"
+    assert all(len(row) == len(payload["headers"]) for row in payload["rows"])
+    return payload
+
+
+def test_every_bench_writes_its_json_and_prints_its_table(results):
+    results_dir, _, stdout = results
+
+    for name in BENCHES:
+        payload = load(results_dir, name)
+        assert payload["rows"]
+        assert f"## {payload['title']}" in stdout
+
+
+def test_stale_sweep_marks_exactly_the_stale_and_explains_with_an_index(results):
+    payload = load(results[0], "stale_sweep")
+
+    for row in payload["rows"]:
+        stale, marked, indexes = row[2], row[3], row[-1]
+        assert marked == stale
+        assert "idx_controllers_heartbeat" in indexes
+    assert any("Index" in plan for plan in payload["data"]["all_plans"].values())
+
+
+def test_audit_retention_deletes_then_drops_the_partition(results):
+    payload = load(results[0], "audit_retention")
+
+    operations = [row[0] for row in payload["rows"]]
+    assert operations[1] == "DELETE of the month's rows"
+    assert operations[-1].startswith("drop partition")
+    assert payload["rows"][-1][-1] == 0  # the partition's files are gone
+    assert payload["data"]["partition"].startswith("audit_logs_y")
+
+
+def test_heartbeat_ingestion_compares_with_the_noop_server(results):
+    payload = load(results[0], "heartbeat_ingestion")
+
+    runs = payload["data"]["runs"]
+    assert {"noop closed", "noop open", "aio noop closed"} <= set(runs)
+    servers = [label for label in runs if label.startswith("grpcserver")]
+    assert len([label for label in servers if label.endswith("closed")]) >= 2
+    assert any(label.endswith("open") for label in servers)
+    assert any(runs[label]["processes"] == 2 for label in servers)
+    for label, run in runs.items():
+        assert run["codes"] == {"OK": run["calls"]}, label
+        assert run["ok"] > 0
+    for label in servers:
+        assert runs[label]["rows_written"] == payload["data"]["controllers"], label
+    assert payload["data"]["psycopg_single_row_updates_per_second"] > 0
+
+
+def test_results_md_renders_every_section(results):
+    results_dir, report, _ = results
+
+    text = report.read_text()
+    for name in BENCHES:
+        assert json.loads((results_dir / f"{name}.json").read_text())["title"] in text
+    assert "Command: `python -m bench.stale_sweep --quick" in text
+
+
+def test_scratch_databases_are_dropped(results):
+    server = Server.from_settings()
+    with psycopg.connect(autocommit=True, **server.connect_kwargs("postgres")) as conn:
+        names = [row[0] for row in conn.execute("SELECT datname FROM pg_database").fetchall()]
+
+    assert [name for name in names if name.startswith(f"{PREFIX}_")] == []

@@ -1,0 +1,137 @@
+"""The fleet simulator against the real token endpoint (live HTTP server) and a real gRPC server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connections
+
+from accounts.services.service_tokens import service_credential_create
+from controllers.grpc.server import GrpcServer, build_server
+from controllers.heartbeats import RECORDERS
+from controllers.models import HealthStatus, MediaHandler, MeetingController
+from controllers.simulator import Fleet, FleetConfig, SimulatorError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def grpc_server(transactional_db, settings) -> Iterator[GrpcServer]:
+    settings.FAST_HEARTBEAT_INTERVAL_MS = 1000
+    settings.COMPREHENSIVE_HEARTBEAT_INTERVAL_MS = 1500
+    settings.MH_LOAD_REPORT_INTERVAL_MS = 1000
+    settings.HEARTBEAT_FLUSH_INTERVAL_MS = 50
+    # Server threads close their connections after each call, so none outlives the test database.
+    db_settings = connections.settings["default"]
+    saved_max_age = db_settings["CONN_MAX_AGE"]
+    db_settings["CONN_MAX_AGE"] = 0
+    for recorder in RECORDERS:
+        recorder.clear()
+    server = build_server(bind="127.0.0.1:0", workers=4)
+    server.start()
+    yield server
+    server.stop(grace=2)
+    for recorder in RECORDERS:
+        recorder.clear()
+    db_settings["CONN_MAX_AGE"] = saved_max_age
+
+
+@pytest.fixture
+def credential(transactional_db):
+    return service_credential_create(name="simulator test", scopes=["mc:register", "mh:register"])
+
+
+def config(server: GrpcServer, api: str, credential, **overrides) -> FleetConfig:
+    values = {
+        "target": f"127.0.0.1:{server.port}", "api": api, "client_id": credential.credential.client_id,
+        "client_secret": credential.client_secret, "controllers": 12, "handlers": 4,
+        "regions": ("us-east-1", "eu-west-1"), "duration": 5.0, "stale_share": 0.25, "draining_share": 0.25,
+        "report_interval": 1.0, "seed": 7, "startup_wait": 5.0,
+    }
+    values.update(overrides)
+    return FleetConfig(**values)
+
+
+def test_fleet_registers_beats_goes_silent_and_drains(grpc_server, live_server, credential):
+    lines: list[str] = []
+    fleet = Fleet(config(grpc_server, live_server.url, credential), write=lines.append)
+
+    summary = asyncio.run(fleet.run())
+
+    assert summary.total.errors == {}
+    assert summary.state.registered == 16
+    assert summary.state.silent == 4  # 25 % of 12 controllers and of 4 handlers
+    assert summary.state.draining == 4
+    assert summary.tokens_fetched == 1
+    methods = summary.total.by_method
+    assert methods["RegisterMC"] == 12 and methods["RegisterMH"] == 4
+    assert methods["FastHeartbeat"] > 12 and methods["ComprehensiveHeartbeat"] >= 9 and methods["SendLoadReport"] >= 4
+    assert summary.total.p99_ms > 0
+    assert any("calls/s" in line and "p99" in line for line in lines)
+    for recorder in RECORDERS:
+        recorder.flush()
+    controllers = MeetingController.objects.filter(controller_id__startswith="sim-mc-")
+    assert controllers.count() == 12
+    assert set(controllers.values_list("region", flat=True)) == {"us-east-1", "eu-west-1"}
+    assert controllers.filter(health_status=HealthStatus.DRAINING).count() == 3
+    assert controllers.filter(health_status=HealthStatus.HEALTHY).count() == 9
+    assert MediaHandler.objects.filter(handler_id__startswith="sim-mh-").count() == 4
+    assert all(text not in "\n".join(lines) for text in (credential.client_secret, "Bearer"))
+
+
+def test_a_deleted_controller_registers_again(grpc_server, live_server, credential):
+    async def run() -> Fleet:
+        fleet = Fleet(config(grpc_server, live_server.url, credential, controllers=1, handlers=0, duration=None,
+                             stale_share=0.0, draining_share=0.0), write=lambda line: None)
+        task = asyncio.create_task(fleet.run())
+        while fleet.state.registered < 1 or fleet.stats.methods["FastHeartbeat"] < 1:
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(lambda: MeetingController.objects.all().delete())
+        for recorder in RECORDERS:
+            recorder.clear()  # what a restarted GC process would know
+        while fleet.state.reregistered < 1:
+            await asyncio.sleep(0.05)
+        fleet.stop()
+        await task
+        return fleet
+
+    fleet = asyncio.run(asyncio.wait_for(run(), timeout=20))
+
+    assert fleet.stats.codes["NOT_FOUND"] >= 1
+    assert fleet.stats.methods["RegisterMC"] == 2
+    assert MeetingController.objects.count() == 1
+
+
+def test_refused_credentials_stop_the_run(grpc_server, live_server, credential):
+    bad = config(grpc_server, live_server.url, credential, client_secret="dtsec_wrong")
+
+    with pytest.raises(SimulatorError, match="HTTP 401 invalid_client"):
+        asyncio.run(Fleet(bad, write=lambda line: None).run())
+
+
+def test_command_needs_credentials_without_debug(settings):
+    settings.DEBUG = False
+    settings.SIMULATE_CLIENT_ID = None
+    settings.SIMULATE_CLIENT_SECRET = None
+
+    with pytest.raises(CommandError, match="--client-id"):
+        call_command("simulate_fleet", "--controllers", "1", "--duration", "1")
+
+
+def test_command_runs_with_a_throwaway_credential(grpc_server, live_server, settings, capsys):
+    settings.DEBUG = True
+    settings.SIMULATE_CLIENT_ID = None
+    settings.SIMULATE_CLIENT_SECRET = None
+
+    call_command("simulate_fleet", "--controllers", "3", "--duration", "2.5", "--target",
+                 f"127.0.0.1:{grpc_server.port}", "--api", live_server.url, "--report-interval", "1")
+
+    out = capsys.readouterr().out
+    assert "created throwaway service credential svc_" in out
+    assert "total:" in out and "registered 3/3" in out
+    from accounts.models import ServiceCredential
+
+    assert ServiceCredential.objects.get().is_active is False

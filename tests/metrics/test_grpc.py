@@ -1,0 +1,120 @@
+"""The gRPC interceptor on a tiny real server with a generic handler, alone and in front of our auth interceptor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+
+from controllers.grpc.interceptors import ServiceInterceptor
+from darktower.metrics import REGISTRY, MetricsInterceptor
+
+SERVICE = "bench.test.Echo"
+
+
+def ok(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return request
+
+
+def not_found(request: bytes, context: grpc.ServicerContext) -> bytes:
+    context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+    raise AssertionError("abort raises")
+
+
+def crash(request: bytes, context: grpc.ServicerContext) -> bytes:
+    raise ValueError("a bug")
+
+
+def set_code(request: bytes, context: grpc.ServicerContext) -> bytes:
+    context.set_code(grpc.StatusCode.FAILED_PRECONDITION)
+    context.set_details("not now")
+    return b""
+
+
+def start(interceptors: list[grpc.ServerInterceptor]) -> tuple[grpc.Server, int]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2), interceptors=interceptors, options=[("grpc.so_reuseport", 0)]
+    )
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(behaviour)
+        for name, behaviour in (("Ok", ok), ("NotFound", not_found), ("Crash", crash), ("SetCode", set_code))
+    }
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+@pytest.fixture
+def channel() -> Iterator[grpc.Channel]:
+    server, port = start([MetricsInterceptor()])
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield channel
+    server.stop(None)
+
+
+def calls(method: str, code: str) -> float:
+    return REGISTRY.get_sample_value("darktower_grpc_requests_total", {"method": method, "code": code}) or 0.0
+
+
+def observed(method: str) -> float:
+    return REGISTRY.get_sample_value("darktower_grpc_request_duration_seconds_count", {"method": method}) or 0.0
+
+
+def test_records_ok_calls_with_latency(channel):
+    method = f"/{SERVICE}/Ok"
+    before, before_latency = calls(method, "OK"), observed(method)
+
+    for _ in range(3):
+        assert channel.unary_unary(method)(b"ping", timeout=5) == b"ping"
+
+    assert calls(method, "OK") == before + 3
+    assert observed(method) == before_latency + 3
+    assert REGISTRY.get_sample_value(
+        "darktower_grpc_request_duration_seconds_bucket", {"method": method, "le": "+Inf"}
+    ) == before_latency + 3
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("NotFound", grpc.StatusCode.NOT_FOUND), ("Crash", grpc.StatusCode.UNKNOWN),
+     ("SetCode", grpc.StatusCode.FAILED_PRECONDITION)],
+)
+def test_records_the_final_status_code(channel, name, code):
+    method = f"/{SERVICE}/{name}"
+    before, before_ok = calls(method, code.name), calls(method, "OK")
+
+    with pytest.raises(grpc.RpcError) as raised:
+        channel.unary_unary(method)(b"x", timeout=5)
+
+    assert raised.value.code() == code
+    assert calls(method, code.name) == before + 1
+    assert calls(method, "OK") == before_ok
+    assert observed(method) >= 1
+
+
+def test_unknown_methods_create_no_series(channel):
+    method = f"/{SERVICE}/NoSuchMethod"
+
+    with pytest.raises(grpc.RpcError) as raised:
+        channel.unary_unary(method)(b"x", timeout=5)
+
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert observed(method) == 0
+    assert calls(method, "UNIMPLEMENTED") == 0
+
+
+def test_sees_the_code_our_auth_interceptor_aborts_with():
+    server, port = start([MetricsInterceptor(), ServiceInterceptor()])
+    method = f"/{SERVICE}/Ok"
+    before = calls(method, "UNAUTHENTICATED")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as raised:
+            channel.unary_unary(method)(b"x", timeout=5)
+    finally:
+        server.stop(None)
+
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert calls(method, "UNAUTHENTICATED") == before + 1

@@ -1,0 +1,136 @@
+"""The HTTP middleware (routes, never raw paths) and GET /metrics, on a test-only URLconf."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from audit.models import OutboxEvent
+from controllers.models import HealthStatus
+from darktower.metrics import REGISTRY
+from tests.factories import make_controller, make_handler
+
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.urls("tests.metrics.urls"),
+]
+only_metrics_middleware = override_settings(MIDDLEWARE=["darktower.metrics.MetricsMiddleware"])
+
+
+def requests_seen(method: str, route: str, status: int) -> float:
+    value = REGISTRY.get_sample_value(
+        "darktower_http_requests_total", {"method": method, "route": route, "status": str(status)}
+    )
+    return value or 0.0
+
+
+def latency_count(method: str, route: str) -> float:
+    return REGISTRY.get_sample_value(
+        "darktower_http_request_duration_seconds_count", {"method": method, "route": route}
+    ) or 0.0
+
+
+@only_metrics_middleware
+def test_counts_by_route_pattern_not_path(client):
+    before = requests_seen("GET", "items/<int:item_id>", 200)
+    before_latency = latency_count("GET", "items/<int:item_id>")
+
+    for item_id in (1, 2, 3):
+        assert client.get(f"/items/{item_id}").status_code == 200
+
+    assert requests_seen("GET", "items/<int:item_id>", 200) == before + 3
+    assert latency_count("GET", "items/<int:item_id>") == before_latency + 3
+    assert REGISTRY.get_sample_value(
+        "darktower_http_requests_total", {"method": "GET", "route": "items/1", "status": "200"}
+    ) is None
+
+
+@only_metrics_middleware
+def test_nested_include_reports_the_whole_pattern(client):
+    before = requests_seen("GET", "api/v9/things/<slug:name>", 200)
+
+    assert client.get("/api/v9/things/some-thing").status_code == 200
+
+    assert requests_seen("GET", "api/v9/things/<slug:name>", 200) == before + 1
+
+
+@only_metrics_middleware
+def test_unmatched_paths_share_one_series(client):
+    before = requests_seen("GET", "<unmatched>", 404)
+
+    assert client.get("/no/such/page/123").status_code == 404
+    assert client.get("/another-missing-page").status_code == 404
+
+    assert requests_seen("GET", "<unmatched>", 404) == before + 2
+
+
+@only_metrics_middleware
+def test_a_view_that_raises_is_counted_as_500(client):
+    client.raise_request_exception = False
+    before = requests_seen("POST", "boom", 500)
+
+    assert client.post("/boom").status_code == 500
+
+    assert requests_seen("POST", "boom", 500) == before + 1
+
+
+@only_metrics_middleware
+def test_unknown_methods_are_folded(client):
+    before = requests_seen("other", "items/<int:item_id>", 200)
+
+    assert client.generic("PURGE", "/items/7").status_code == 200
+
+    assert requests_seen("other", "items/<int:item_id>", 200) == before + 1
+
+
+@only_metrics_middleware
+def test_metrics_exposition(client):
+    make_controller(region="us-east-1")
+    make_controller(region="us-east-1")
+    make_controller(region="eu-west-1", health=HealthStatus.DRAINING)
+    make_handler(region="eu-west-1", health=HealthStatus.UNHEALTHY)
+    event = OutboxEvent.objects.create(aggregate_type="controller", aggregate_id="mc-1", event_type="x")
+    OutboxEvent.objects.filter(pk=event.pk).update(created_at=timezone.now() - timedelta(seconds=90))
+    OutboxEvent.objects.create(
+        aggregate_type="controller", aggregate_id="mc-2", event_type="x", processed_at=timezone.now()
+    )
+    client.get("/items/5")
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain; version=")
+    text = response.content.decode()
+    lines = set(text.splitlines())
+    assert 'darktower_http_requests_total{method="GET",route="items/<int:item_id>",status="200"}' in text
+    assert "darktower_metrics_database_up 1.0" in lines
+    assert 'darktower_fleet_members{health="healthy",kind="meeting_controller",region="us-east-1"} 2.0' in lines
+    assert 'darktower_fleet_members{health="draining",kind="meeting_controller",region="eu-west-1"} 1.0' in lines
+    assert 'darktower_fleet_members{health="unhealthy",kind="media_handler",region="eu-west-1"} 1.0' in lines
+    assert "darktower_outbox_pending 1.0" in lines
+    lag = next(line for line in lines if line.startswith("darktower_outbox_lag_seconds "))
+    assert 89.0 <= float(lag.split()[1]) < 120.0
+    for family, kind in (
+        ("darktower_grpc_requests_total", "counter"), ("darktower_grpc_request_duration_seconds", "histogram"),
+        ("darktower_assignments_total", "counter"), ("darktower_sweep_duration_seconds", "histogram"),
+        ("darktower_sweep_marked_total", "counter"), ("darktower_rate_limit_rejections_total", "counter"),
+        ("darktower_token_validations_total", "counter"),
+    ):
+        assert f"# TYPE {family} {kind}" in lines
+    assert "_created" not in text
+
+
+@only_metrics_middleware
+def test_outbox_lag_is_zero_without_pending_events(client):
+    text = client.get("/metrics").content.decode()
+
+    assert "darktower_outbox_lag_seconds 0.0" in text.splitlines()
+    assert "darktower_outbox_pending 0.0" in text.splitlines()
+
+
+@only_metrics_middleware
+def test_metrics_refuses_writes(client):
+    assert client.post("/metrics").status_code == 405
