@@ -26,6 +26,7 @@ import grpc
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse
+from django.urls import path
 from django.views.decorators.http import require_GET
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -252,3 +253,7 @@ def _timed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler
     return grpc.unary_unary_rpc_method_handler(
         timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
     )
+
+
+# Included at /metrics by darktower/urls.py.
+urlpatterns = [path("", metrics_view, name="metrics")]

@@ -130,6 +130,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: it times everything below it and sees the final status (darktower/metrics.py).
+    "darktower.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Before anything reads the body: /api/ bodies over DATA_UPLOAD_MAX_MEMORY_SIZE answer 413 JSON.
     "darktower.api.middleware.ApiBodyLimitMiddleware",
@@ -378,7 +380,9 @@ LOGGING = {
             "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"},
         },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    # Emails, bearer tokens, JWTs and our key formats are blanked out of every message (darktower/log_redaction.py).
+    "filters": {"redact": {"()": "darktower.log_redaction.RedactingFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

@@ -1,30 +1,18 @@
-"""A test-only URLconf for the metrics middleware tests (ROOT_URLCONF override)."""
+"""The project's URLconf plus one view that raises: the only route the real site lacks for the 500 test."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
-from django.urls import include, path
+from django.urls import path
 
-from darktower.metrics import metrics_view
+from darktower.urls import handler404, handler500
+from darktower.urls import urlpatterns as site_urlpatterns
 
-
-def item(request: HttpRequest, item_id: int) -> HttpResponse:
-    return HttpResponse(f"item {item_id}")
+__all__ = ["handler404", "handler500", "urlpatterns"]
 
 
 def boom(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("the view failed")
 
 
-def thing(request: HttpRequest, name: str) -> HttpResponse:
-    return HttpResponse(f"thing {name}")
-
-
-nested = [path("things/<slug:name>", thing)]
-
-urlpatterns = [
-    path("items/<int:item_id>", item),
-    path("boom", boom),
-    path("api/v9/", include(nested)),
-    path("metrics", metrics_view),
-]
+urlpatterns = [path("test-boom", boom), *site_urlpatterns]
