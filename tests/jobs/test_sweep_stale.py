@@ -12,10 +12,11 @@ from django.core.management import call_command
 from django.db import connection
 
 from audit.models import AuditLog, OutboxEvent
-from controllers.models import HealthStatus, MediaHandler, MeetingController
+from controllers.models import HealthStatus, MediaHandler, MeetingController, SweepState
 from controllers.services import health
 from controllers.services.health import controllers_sweep_stale
 from controllers.tasks import sweep_stale
+from darktower.metrics import REGISTRY
 from tests.factories import make_controller, make_handler
 from tests.jobs.conftest import ago
 
@@ -236,6 +237,76 @@ def test_the_command_and_the_task_call_the_same_sweep():
 
     assert sorted(sweep_stale.apply().get()["marked"]) == sorted([first, second])
     assert _status(first) == HealthStatus.UNHEALTHY
+
+
+@pytest.mark.django_db
+def test_the_dry_run_command_reports_a_sweep_gap_and_changes_nothing(settings):
+    settings.STALE_SWEEP_INTERVAL_SECONDS = 5
+    controllers_sweep_stale()  # the sweep's memory: it ran
+    stale = _controllers("us-east-1", 3, stale=2)
+    SweepState.objects.update(last_run_at=ago(seconds=16))
+    out, err = StringIO(), StringIO()
+
+    call_command("sweep_stale", "--dry-run", stdout=out, stderr=err)
+
+    assert (
+        "sweep gap: the sweep had not run for 16.0 s" in err.getvalue()
+        and "nobody would be marked, every live member gets a fresh grace period; "
+        "would spare 2 meeting_controller(s), 0 media_handler(s)" in err.getvalue()
+    )
+    assert "would mark 0 meeting_controller(s) unhealthy" in out.getvalue()
+    assert SweepState.objects.get().grace_from is None  # rolled back
+    assert all(_status(controller_id) == HealthStatus.HEALTHY for controller_id in stale)
+
+    call_command("sweep_stale", stdout=out, stderr=(err := StringIO()))
+    assert "nobody was marked, every live member gets a fresh grace period; spared 2" in err.getvalue()
+    assert SweepState.objects.get().grace_from is not None
+
+
+@pytest.mark.django_db
+def test_the_dry_run_command_reports_a_cut_off():
+    east = _controllers("us-east-1", 10, stale=8)
+    west = _controllers("eu-west-1", 10, stale=7)
+    out, err = StringIO(), StringIO()
+
+    call_command("sweep_stale", "--dry-run", stdout=out, stderr=err)
+
+    lines = err.getvalue().splitlines()
+    assert (
+        "cut off: every region the guard can judge is disrupted at once (eu-west-1, us-east-1); "
+        "nobody would be marked anywhere"
+    ) in lines
+    assert "region eu-west-1 disrupted: 7 of 10 live meeting_controllers stale; nobody would be marked there" in lines
+    assert "would mark 0 meeting_controller(s) unhealthy" in out.getvalue()
+    assert not AuditLog.objects.filter(event_type="gc_cut_off").exists()
+    assert all(_status(controller_id) == HealthStatus.HEALTHY for controller_id in east + west)
+
+
+def _sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+@pytest.mark.django_db
+def test_the_sweep_task_records_its_duration_and_what_it_marked():
+    stale = _controllers("us-east-1", 4, stale=2)[:2]
+    handler = make_handler(region="us-east-1", health=HealthStatus.HEALTHY)
+    MediaHandler.objects.filter(pk=handler.pk).update(last_heartbeat_at=ago(seconds=60))
+    sweeps = _sample("darktower_sweep_duration_seconds_count")
+    total = _sample("darktower_sweep_duration_seconds_sum")
+    controllers = _sample("darktower_sweep_marked_total", {"target_type": "meeting_controller"})
+    handlers = _sample("darktower_sweep_marked_total", {"target_type": "media_handler"})
+
+    assert sorted(sweep_stale.apply().get()["marked"]) == sorted([*stale, handler.pk])
+
+    assert _sample("darktower_sweep_duration_seconds_count") == sweeps + 1
+    assert _sample("darktower_sweep_duration_seconds_sum") > total
+    assert _sample("darktower_sweep_marked_total", {"target_type": "meeting_controller"}) == controllers + 2
+    assert _sample("darktower_sweep_marked_total", {"target_type": "media_handler"}) == handlers + 1
+
+    # A sweep that marks nobody is still timed, and counts nothing.
+    assert sweep_stale.apply().get()["marked"] == []
+    assert _sample("darktower_sweep_duration_seconds_count") == sweeps + 2
+    assert _sample("darktower_sweep_marked_total", {"target_type": "meeting_controller"}) == controllers + 2
 
 
 @pytest.mark.django_db(transaction=True)

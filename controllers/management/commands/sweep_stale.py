@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from controllers.services.health import SWEEP_TARGETS, controllers_sweep_stale
+from controllers.services.health import SWEEP_TARGETS, SweepResult, controllers_sweep_stale
 
 
 class Command(BaseCommand):
@@ -20,13 +20,35 @@ class Command(BaseCommand):
         result = controllers_sweep_stale(dry_run=options["dry_run"])
         if result.skipped:
             raise CommandError("another sweep is running; try again in a moment")
+        self._guards(result)
         verb = "would mark" if result.dry_run else "marked"
-        for row in result.disrupted:
-            self.stderr.write(
-                f"region {row.region} disrupted: {row.stale} of {row.live} live {row.target_type}s stale; "
-                "none marked there"
-            )
         for target in SWEEP_TARGETS:
             ids = result.ids(target.target_type)
             listed = f": {', '.join(ids)}" if ids else ""
             self.stdout.write(f"{verb} {len(ids)} {target.target_type}(s) unhealthy{listed}")
+
+    def _guards(self, result: SweepResult) -> None:
+        """What the guards decided (sweep gap, GC cut off, disrupted regions), on stderr like the log's warnings."""
+        marked, spare, restart = (
+            ("would be marked", "would spare", "would restart")
+            if result.dry_run else ("was marked", "spared", "restarted")
+        )
+        if result.gap is not None:
+            spared = ", ".join(f"{count} {target_type}(s)" for target_type, count in result.gap.spared.items())
+            self.stderr.write(
+                f"sweep gap: the sweep had not run for {result.gap.seconds:.1f} s (since "
+                f"{result.gap.last_run_at.isoformat()}); nobody {marked}, every live member gets a fresh grace "
+                f"period; {spare} {spared}"
+            )
+        if result.cut_off:
+            regions = ", ".join(sorted({row.region for row in result.disrupted}))
+            self.stderr.write(
+                f"cut off: every region the guard can judge is disrupted at once ({regions}); nobody {marked} anywhere"
+            )
+        for row in result.disrupted:
+            self.stderr.write(
+                f"region {row.region} disrupted: {row.stale} of {row.live} live {row.target_type}s stale; "
+                f"nobody {marked} there"
+            )
+        for target_type, count in result.hold_down_restarted.items():
+            self.stderr.write(f"{restart} the hold-down of {count} silent recovering {target_type}(s)")
