@@ -21,7 +21,12 @@ from django.urls import path, reverse
 
 from accounts.models import ApiKey, OAuthProvider, ServiceCredential, SigningKey, User
 from accounts.services.api_keys import api_key_create, api_key_revoke
-from accounts.services.service_tokens import SERVICE_SCOPES, service_credential_create, service_credential_revoke
+from accounts.services.service_tokens import (
+    SERVICE_SCOPES,
+    service_credential_create,
+    service_credential_revoke,
+    service_credential_rotate_secret,
+)
 from accounts.services.users import ALL_SCOPES, normalize_email, user_scopes
 from accounts.signing import public_jwk, signing_key_rotate
 from darktower.admin_tools import confirmed_action
@@ -164,7 +169,8 @@ class ApiKeyAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
     def create_through_service(self, request: HttpRequest, form: forms.ModelForm) -> ApiKey:
         data = form.cleaned_data
         created = api_key_create(
-            user=data["user"], name=data["name"], scopes=data["scopes"], expires_at=data.get("expires_at")
+            user=data["user"], name=data["name"], scopes=data["scopes"], expires_at=data.get("expires_at"),
+            actor_user_id=request.user.pk,
         )
         messages.warning(request, f"API key {created.api_key.key_prefix}: copy it now, it is not shown again: "
                                   f"{created.raw_key}")
@@ -173,10 +179,7 @@ class ApiKeyAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
     @admin.action(description="Revoke selected API keys", permissions=["revoke"])
     def revoke_action(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
         def perform(key: ApiKey) -> str:
-            # api_key_revoke is scoped to the key's owner (the REST API's rule), so it is called on the owner's
-            # behalf; the admin's own LogEntry below names the operator.
-            api_key_revoke(key_id=key.pk, actor_user_id=key.user_id)
-            self.log_change(request, key, [{"changed": {"fields": ["is_active"]}}])
+            api_key_revoke(key_id=key.pk, owner_user_id=key.user_id, actor_user_id=request.user.pk)
             return f"{key.key_prefix}: revoked."
 
         return confirmed_action(
@@ -201,7 +204,7 @@ class ServiceCredentialAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
     list_filter = ("is_active",)
     search_fields = ("client_id", "name")
     fields = ("client_id", "name", "scopes", "is_active", "last_used_at", "created_at", "updated_at")
-    actions = ("revoke_action",)
+    actions = ("rotate_secret_action", "revoke_action")
     ordering = ("-created_at",)
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
@@ -249,6 +252,25 @@ class ServiceCredentialAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
             modeladmin=self, request=request, queryset=queryset, action="revoke_action",
             title="Revoke service credentials",
             description="These clients get no new tokens, and the tokens they hold stop working at once.",
+            perform=perform,
+        )
+
+    @admin.action(description="Rotate the client secret of selected credentials", permissions=["revoke"])
+    def rotate_secret_action(
+        self, request: HttpRequest, queryset: QuerySet[ServiceCredential]
+    ) -> HttpResponse | None:
+        def perform(credential: ServiceCredential) -> str:
+            rotated = service_credential_rotate_secret(client_id=credential.client_id, actor_user_id=request.user.pk)
+            return (
+                f"Client {credential.client_id}: the old secret no longer works; copy the new client secret now, "
+                f"it is not shown again: {rotated.client_secret}"
+            )
+
+        return confirmed_action(
+            modeladmin=self, request=request, queryset=queryset, action="rotate_secret_action",
+            title="Rotate client secrets",
+            description="Each client gets a new secret, shown once on the next page. The old secret is refused at "
+            "once; tokens already issued keep working until they expire (revoke to cut them off too).",
             perform=perform,
         )
 

@@ -42,9 +42,15 @@ def api_key_hash(raw_key: str) -> str:
 
 
 def api_key_create(
-    *, user: User, name: str, scopes: Iterable[str], expires_at: datetime | None = None
+    *,
+    user: User,
+    name: str,
+    scopes: Iterable[str],
+    expires_at: datetime | None = None,
+    actor_user_id: uuid.UUID | None = None,
 ) -> CreatedApiKey:
-    """A new key for `user` with a subset of the user's own scopes."""
+    """A new key for `user` with a subset of the user's own scopes. The audit row names `actor_user_id` (an
+    operator creating it in the admin), by default the owner (the REST API: users create their own keys)."""
     requested = sorted(set(scopes))
     if not requested:
         raise InvalidInput("An API key needs at least one scope.", fields={"scopes": ["Give at least one scope."]})
@@ -66,25 +72,32 @@ def api_key_create(
             expires_at=expires_at,
         )
         audit_record(
-            event_type="api_key_created", action="create", actor_type=ActorType.USER, actor_user_id=user.pk,
-            target_type="api_key", target_id=str(api_key.pk),
-            metadata={"key_prefix": prefix, "scopes": requested, "expires_at": expires_at and expires_at.isoformat()},
+            event_type="api_key_created", action="create", actor_type=ActorType.USER,
+            actor_user_id=actor_user_id or user.pk, target_type="api_key", target_id=str(api_key.pk),
+            metadata={
+                "key_prefix": prefix, "scopes": requested, "expires_at": expires_at and expires_at.isoformat(),
+                "owner_user_id": str(user.pk),
+            },
         )
     return CreatedApiKey(api_key=api_key, raw_key=raw_key)
 
 
-def api_key_revoke(*, key_id: uuid.UUID, actor_user_id: uuid.UUID) -> None:
-    """Deactivate one of the actor's keys. Revoking a revoked key is a no-op (DELETE is idempotent);
-    somebody else's key is NotFound, so key ids cannot be probed."""
+def api_key_revoke(
+    *, key_id: uuid.UUID, actor_user_id: uuid.UUID, owner_user_id: uuid.UUID | None = None
+) -> None:
+    """Deactivate a key of `owner_user_id`, by default the actor's own (the REST API: users revoke their own
+    keys; an operator in the admin passes the key's owner). Revoking a revoked key is a no-op (DELETE is
+    idempotent); a key of somebody else is NotFound, so key ids cannot be probed. The audit row names the actor."""
+    owner = owner_user_id or actor_user_id
     with transaction.atomic():
-        revoked = ApiKey.objects.filter(pk=key_id, user_id=actor_user_id, is_active=True).update(is_active=False)
+        revoked = ApiKey.objects.filter(pk=key_id, user_id=owner, is_active=True).update(is_active=False)
         if not revoked:
-            if not ApiKey.objects.filter(pk=key_id, user_id=actor_user_id).exists():
+            if not ApiKey.objects.filter(pk=key_id, user_id=owner).exists():
                 raise NotFound("No such API key.")
             return
         audit_record(
             event_type="api_key_revoked", action="revoke", actor_type=ActorType.USER, actor_user_id=actor_user_id,
-            target_type="api_key", target_id=str(key_id),
+            target_type="api_key", target_id=str(key_id), metadata={"owner_user_id": str(owner)},
         )
 
 

@@ -32,7 +32,7 @@ from accounts.signing import signing_key_active
 from accounts.tokens import IssuedToken, token_issue
 from audit.models import ActorType, AuditLog, AuditResult
 from audit.services import audit_record, database_now
-from darktower.errors import InvalidInput, NotFound, Unauthenticated
+from darktower.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 
 # Scopes a service credential may hold; the gRPC interceptor requires mc:register for
 # GlobalControllerService and mh:register for MediaHandlerRegistryService.
@@ -113,6 +113,33 @@ def service_credential_create(
         audit_record(
             event_type="service_credential_created", action="create", **_actor(actor_user_id),
             target_type="service_credential", target_id=client_id, metadata={"name": name, "scopes": allowed},
+        )
+    return CreatedServiceCredential(credential=credential, client_secret=client_secret)
+
+
+def service_credential_rotate_secret(
+    *, client_id: str, actor_user_id: uuid.UUID | None = None
+) -> CreatedServiceCredential:
+    """A new secret for an active credential, returned once; the old secret is refused from this commit on.
+
+    Compare-and-set on is_active: a revocation that commits first wins (Conflict), and a rotation never revives
+    a revoked credential. Tokens already issued stay valid until they expire (at most
+    JWT_SERVICE_TOKEN_LIFETIME_SECONDS), so a fleet can be given the new secret without an outage; to cut those
+    off too, revoke the credential instead. NotFound for an unknown client id.
+    """
+    client_secret = f"{SECRET_PREFIX}{secrets.token_urlsafe(_SECRET_BYTES)}"
+    with transaction.atomic():
+        rotated = ServiceCredential.objects.filter(client_id=client_id, is_active=True).update(
+            secret_hash=secret_hash(client_secret)
+        )
+        if not rotated:
+            if not ServiceCredential.objects.filter(client_id=client_id).exists():
+                raise NotFound("No such service credential.")
+            raise Conflict("The service credential is revoked; create a new one instead.")
+        credential = ServiceCredential.objects.get(client_id=client_id)
+        audit_record(
+            event_type="service_credential_secret_rotated", action="rotate_secret", **_actor(actor_user_id),
+            target_type="service_credential", target_id=client_id,
         )
     return CreatedServiceCredential(credential=credential, client_secret=client_secret)
 
