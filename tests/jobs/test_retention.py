@@ -1,4 +1,10 @@
-"""Retention (seed 002): each period deletes one second past it and keeps one second inside it; batches; counts."""
+"""Retention (seed 002): each period deletes one second past it and keeps one second inside it; batches; counts.
+
+At exactly the period a row is kept, for every table: "older than N days" is strict (`<`), as the sweep's
+threshold is, so a row exactly N days old goes one run later. Idempotency keys follow the same rule at
+expires_at = now(); the middleware already treats such a key as expired (`expires_at <= now()`) and takes it
+over on reuse, so keeping it until the next run changes nothing. The boundary tests also delete a row one
+microsecond past the period, which pins the comparison down to the database's resolution."""
 
 from __future__ import annotations
 
@@ -192,3 +198,78 @@ def test_periods_follow_the_settings(settings):
     settings.RETENTION_MEETINGS_DAYS = 9
     assert meetings_prune_ended() == 1
     assert not _exists(Meeting, meeting.pk)
+
+
+# --- exactly at the period: kept; one microsecond past it: deleted ------------------------------------------
+# Inside the test's transaction now() does not move, so ago(days=N) is exactly the bound the job computes.
+
+
+def test_a_meeting_ended_exactly_90_days_ago_is_kept():
+    at_bound = _ended_meeting(seconds_ago=0)
+    past = _ended_meeting(seconds_ago=0)
+    Meeting.objects.filter(pk=at_bound.pk).update(ended_at=ago(days=90))
+    Meeting.objects.filter(pk=past.pk).update(ended_at=ago(days=90, microseconds=1))
+
+    assert meetings_prune_ended() == 1
+    assert _exists(Meeting, at_bound.pk) and not _exists(Meeting, past.pk)
+
+
+def test_a_recording_exactly_a_year_old_is_kept():
+    meeting = make_meeting(status="active")
+    at_bound, past = _recording(meeting, seconds_ago=0), _recording(meeting, seconds_ago=0)
+    Recording.objects.filter(pk=at_bound.pk).update(created_at=ago(days=365))
+    Recording.objects.filter(pk=past.pk).update(created_at=ago(days=365, microseconds=1))
+
+    assert recordings_prune() == 1
+    assert _exists(Recording, at_bound.pk) and not _exists(Recording, past.pk)
+
+
+def test_an_api_key_exactly_30_days_past_expiry_is_kept():
+    user = make_user()
+    at_bound, past = (
+        ApiKey.objects.create(
+            user=user, key_hash=uuid.uuid4().hex, key_prefix="dt_x", name="k", scopes=["meetings:read"],
+            expires_at=expires_at,
+        )
+        for expires_at in (ago(days=30), ago(days=30, microseconds=1))
+    )
+
+    assert api_keys_prune_expired() == 1
+    assert _exists(ApiKey, at_bound.pk) and not _exists(ApiKey, past.pk)
+
+
+def test_a_processed_outbox_row_exactly_30_days_old_is_kept():
+    at_bound, past = (
+        OutboxEvent.objects.create(aggregate_type="meeting", aggregate_id="m", event_type="e", processed_at=when)
+        for when in (ago(days=30), ago(days=30, microseconds=1))
+    )
+
+    assert outbox_events_prune_processed() == 1
+    assert _exists(OutboxEvent, at_bound.pk) and not _exists(OutboxEvent, past.pk)
+
+
+def test_an_assignment_ended_exactly_7_days_ago_is_kept():
+    controller = make_controller(health=HealthStatus.HEALTHY)
+    at_bound, past = (
+        MeetingAssignment.objects.create(
+            meeting=make_meeting(), meeting_controller=controller, region=controller.region,
+            assigned_by_gc_id="gc", assigned_at=ago(days=30), ended_at=ended_at,
+        )
+        for ended_at in (ago(days=7), ago(days=7, microseconds=1))
+    )
+
+    assert assignments_prune_ended() == 1
+    assert _exists(MeetingAssignment, at_bound.pk) and not _exists(MeetingAssignment, past.pk)
+
+
+def test_an_idempotency_key_expiring_exactly_now_is_kept():
+    at_bound, past = (
+        IdempotencyKey.objects.create(
+            key=str(uuid.uuid4()), principal="ip:127.0.0.1", request_method="POST", request_path="/x",
+            request_hash="0" * 64, expires_at=expires_at,
+        )
+        for expires_at in (TransactionNow(), ago(microseconds=1))
+    )
+
+    assert idempotency_keys_prune_expired() == 1
+    assert _exists(IdempotencyKey, at_bound.pk) and not _exists(IdempotencyKey, past.pk)
