@@ -39,16 +39,25 @@ class AuditLog(models.Model):
         related_name="+", db_constraint=False, db_column="actor_user_id",
         db_comment="References users(user_id) ON DELETE SET NULL (constraint created in SQL)",
     )
-    actor_type = models.CharField(max_length=50, choices=ActorType.choices)
+    actor_type = models.CharField(
+        max_length=50, choices=ActorType.choices,
+        db_comment="user, system, api or service (an MC/MH with a service token)",
+    )
     target_type = models.CharField(max_length=50, null=True, blank=True, db_comment="meeting, user, controller, ...")
-    target_id = models.CharField(max_length=255, null=True, blank=True)
-    action = models.CharField(max_length=100)
-    result = models.CharField(max_length=20, choices=AuditResult.choices)
+    target_id = models.CharField(
+        max_length=255, null=True, blank=True, db_comment="Primary key of the target as text (UUIDs, controller ids)"
+    )
+    action = models.CharField(max_length=100, db_comment="The verb within event_type, e.g. create, drain, mark_unhealthy")
+    result = models.CharField(max_length=20, choices=AuditResult.choices, db_comment="success or failure")
     error_message = models.TextField(null=True, blank=True)
     ip_address = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.TextField(null=True, blank=True)
-    metadata = models.JSONField(default=dict, null=True, blank=True)
-    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    metadata = models.JSONField(
+        default=dict, null=True, blank=True, db_comment="Event details; never tokens, secrets or email addresses"
+    )
+    created_at = models.DateTimeField(
+        default=timezone.now, db_default=Now(), db_comment="Partition key (monthly partitions)"
+    )
 
     class Meta:
         db_table = "audit_logs"
@@ -64,13 +73,15 @@ class OutboxEvent(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     aggregate_type = models.CharField(max_length=50, db_comment="meeting, controller, media_handler, ...")
-    aggregate_id = models.CharField(max_length=255)
+    aggregate_id = models.CharField(max_length=255, db_comment="Primary key of the aggregate as text")
     event_type = models.CharField(max_length=100, db_comment="e.g. meeting_assigned, controller_unhealthy")
-    payload = models.JSONField(default=dict, db_default={})
+    payload = models.JSONField(default=dict, db_default={}, db_comment="What the handlers publish")
     created_at = models.DateTimeField(default=timezone.now, db_default=Now())
     processed_at = models.DateTimeField(null=True, blank=True, db_comment="Set once the relay has published it")
-    attempts = models.IntegerField(default=0, db_default=0)
-    last_error = models.TextField(null=True, blank=True)
+    attempts = models.IntegerField(
+        default=0, db_default=0, db_comment="Delivery attempts so far; the row turns poison at OUTBOX_MAX_ATTEMPTS"
+    )
+    last_error = models.TextField(null=True, blank=True, db_comment="The last delivery error, short")
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(
         null=True, blank=True, db_comment="Backoff: the relay skips the row until then"
@@ -118,9 +129,14 @@ class IdempotencyKey(models.Model):
     request_method = models.CharField(max_length=10)
     request_path = models.CharField(max_length=255)
     request_hash = models.CharField(max_length=64, db_comment="SHA-256 of method, path and body")
-    state = models.CharField(max_length=20, choices=State.choices, default=State.IN_PROGRESS)
-    response_status = models.IntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
+    state = models.CharField(
+        max_length=20, choices=State.choices, default=State.IN_PROGRESS,
+        db_comment="in_progress while the first request runs (a duplicate answers 409), then completed",
+    )
+    response_status = models.IntegerField(null=True, blank=True, db_comment="HTTP status of the first response")
+    response_body = models.JSONField(
+        null=True, blank=True, db_comment="Body of the first response, replayed; secrets are not stored"
+    )
     created_at = models.DateTimeField(default=timezone.now, db_default=Now())
     expires_at = models.DateTimeField(db_comment="Replayable until then (24 hours by default)")
 
