@@ -278,7 +278,8 @@ def process_table(*, root: Path, env: Mapping[str, str], python: str, grpc_bind:
     """What `make run` supervises; an entry appears once the code it starts exists."""
     http_bind = env.get("HTTP_BIND", "127.0.0.1:8000")
     # --no-control-socket: gunicorn's default one is a single path in $HOME, shared by every gunicorn of the user.
-    gunicorn = "darktower.wsgi:application --workers 2 --worker-class gthread --threads 4 --graceful-timeout 10"
+    gunicorn = "-c python:darktower.gunicorn_conf darktower.wsgi:application --workers 2 --worker-class gthread"
+    gunicorn += " --threads 4 --graceful-timeout 10"
     gunicorn += " --no-control-socket"
     celery = "-A darktower worker -B --loglevel INFO --concurrency 2"
     commands = root / "controllers/management/commands"
@@ -290,6 +291,15 @@ def process_table(*, root: Path, env: Mapping[str, str], python: str, grpc_bind:
     if env.get("SIMULATE") and (commands / "simulate_fleet.py").exists():
         table.append(ProcessSpec("simulate", (python, "manage.py", "simulate_fleet", "--controllers", env["SIMULATE"])))
     return table
+
+
+def fresh_metrics_dir(data: Path) -> Path:
+    """DATA_DIR/prometheus, empty: prometheus-client's per-process sample files from an earlier run would otherwise
+    add up with this run's (darktower/metrics.py)."""
+    path = data / "prometheus"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
 
 
 @dataclass
@@ -408,6 +418,7 @@ def banner(table: Sequence[ProcessSpec], credentials: str, data: Path) -> str:
     for spec in table:
         if spec.name == "http":
             lines += [f"  admin     http://{spec.ready_addr}/admin/", f"  API docs  http://{spec.ready_addr}/api/docs/"]
+            lines.append(f"  metrics   http://{spec.ready_addr}/metrics")
         elif spec.name == "grpc":
             lines.append(f"  gRPC      {spec.ready_addr}")
     return "\n".join([*lines, f"  data      {data}", *(f"  {line}" for line in credentials.splitlines()), ""])
@@ -427,8 +438,11 @@ def cmd_run() -> int:
                 table = process_table(root=ROOT, env=env, python=python, grpc_bind=grpc_bind)
                 check_addresses_free(table)
                 credentials = prepare_database(python, env)
+                # Only now, with the addresses known to be free: a refused second `make run` leaves the first's alone.
+                metrics_dir = fresh_metrics_dir(services.data)
+                served = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
                 for spec in table:
-                    start_child(spec, env, children)
+                    start_child(spec, served, children)
                 with _OUTPUT_LOCK:
                     print(banner(table, credentials, services.data), flush=True)
                 code = watch(children)

@@ -1,4 +1,5 @@
-"""PROMETHEUS_MULTIPROC_DIR: samples of several processes add up in one scrape; a dead database does not fail it.
+"""PROMETHEUS_MULTIPROC_DIR: samples of several processes add up in one scrape; a dead database does not fail it;
+`make run` gives its processes a fresh directory, and gunicorn forgets the workers that exit.
 
 prometheus-client picks its storage when first imported, so each side runs in a fresh interpreter.
 """
@@ -6,11 +7,18 @@ prometheus-client picks its storage when first imported, so each side runs in a 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
+from types import SimpleNamespace
 
-from darktower.devenv import ROOT
+import pytest
+
+from darktower.devenv import ROOT, fresh_metrics_dir, process_table
+from darktower.gunicorn_conf import child_exit
 
 RECORD = textwrap.dedent("""
     import django
@@ -55,3 +63,74 @@ def test_samples_of_several_processes_add_up(tmp_path):
     assert 'darktower_sweep_marked_total{target_type="meeting_controller"} 4.0' in lines
     assert "darktower_metrics_database_up 0.0" in lines
     assert not any(line.startswith("darktower_fleet_members{") for line in lines)
+
+
+def test_make_run_empties_the_metrics_dir_under_the_data_dir(tmp_path):
+    left_over = tmp_path / "prometheus" / "counter_4242.db"
+    left_over.parent.mkdir()
+    left_over.write_bytes(b"old samples")
+
+    path = fresh_metrics_dir(tmp_path)
+
+    assert path == tmp_path / "prometheus"
+    assert path.is_dir() and list(path.iterdir()) == []
+
+
+def test_make_run_starts_gunicorn_with_the_shared_config(tmp_path):
+    http = process_table(root=tmp_path, env={}, python="py", grpc_bind="127.0.0.1:1")[0]
+
+    assert http.argv[http.argv.index("-c") + 1] == "python:darktower.gunicorn_conf"
+
+
+def test_child_exit_drops_the_dead_workers_live_gauge_files(tmp_path, settings):
+    settings.PROMETHEUS_MULTIPROC_DIR = str(tmp_path)
+    for name in ("gauge_livesum_111.db", "gauge_liveall_111.db", "gauge_livesum_222.db", "counter_111.db"):
+        (tmp_path / name).write_bytes(b"")
+
+    child_exit(server=None, worker=SimpleNamespace(pid=111))
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["counter_111.db", "gauge_livesum_222.db"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read().decode()
+
+
+@pytest.mark.slow
+def test_gunicorn_workers_add_up_in_one_scrape(tmp_path):
+    """gunicorn as `make run` starts it (two workers, the shared config): /metrics counts every request, whichever
+    worker served it."""
+    port = _free_port()
+    env = {
+        **os.environ, "DJANGO_SETTINGS_MODULE": "darktower.settings", "DEBUG": "1", "LOG_LEVEL": "WARNING",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
+    }
+    argv = process_table(root=ROOT, env={"HTTP_BIND": f"127.0.0.1:{port}"}, python=sys.executable, grpc_bind="")[0].argv
+    server = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _get(f"http://127.0.0.1:{port}/health")
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.1)
+        for _ in range(19):
+            assert _get(f"http://127.0.0.1:{port}/health")[0] == 200
+
+        status, text = _get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    assert status == 200
+    assert 'darktower_http_requests_total{method="GET",route="health",status="200"} 20.0' in text.splitlines()
+    assert list(tmp_path.glob("counter_*.db"))  # the workers kept their samples in the shared directory
