@@ -1,4 +1,5 @@
-"""The audit trail (read-only for everyone, superusers included) and the transactional outbox.
+"""The audit trail (read-only for everyone, superusers included), the transactional outbox, and Celery beat's
+periodic tasks (django-celery-beat's admin, its actions limited to those who may change tasks).
 
 audit_logs is partitioned by month and holds millions of rows: the list never counts it (planner estimate),
 filter choices come from indexes (loose index scans), and ordering follows idx_audit_created_at.
@@ -11,6 +12,8 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django_celery_beat.admin import PeriodicTaskAdmin as CeleryBeatPeriodicTaskAdmin
+from django_celery_beat.models import PeriodicTask
 
 from audit.models import AuditLog, OutboxEvent
 from audit.services import outbox_events_retry
@@ -116,3 +119,18 @@ class OutboxEventAdmin(admin.ModelAdmin):
             description="These events get a fresh set of attempts now; processed events are left alone.",
             perform=lambda event: "",
         )
+
+
+# django-celery-beat's own admin is registered before ours (INSTALLED_APPS order); its actions (enable, disable,
+# toggle, run now) declare no permission, so Django would offer them to a view-only "operator viewer".
+admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class PeriodicTaskAdmin(CeleryBeatPeriodicTaskAdmin):
+    """Celery beat's schedule: every action changes or runs tasks, so they need the change permission."""
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        if not self.has_change_permission(request):
+            return {}
+        return super().get_actions(request)

@@ -1,4 +1,4 @@
-"""Admin fixtures: the operator groups (as migration 0003 creates them) and staff users in them."""
+"""Admin fixtures: the operator groups (as migrations 0003 and 0004 create them) and staff users in them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from django.contrib.auth.models import Group
 from tests.factories import make_user
 
 _groups_migration = import_module("accounts.migrations.0003_operator_groups")
+_beat_migration = import_module("accounts.migrations.0004_operator_groups_periodic_tasks")
 PASSWORD = "correct-horse-battery"
 
 
@@ -18,6 +19,7 @@ PASSWORD = "correct-horse-battery"
 def operator_groups(db):
     # Idempotent: a transactional test elsewhere may have flushed the rows the migration created.
     _groups_migration.operator_groups_sync(apps)
+    _beat_migration.periodic_task_permissions_grant(apps)
     return {name: Group.objects.get(name=name) for name in (_groups_migration.VIEWER, _groups_migration.OPERATOR)}
 
 
