@@ -54,17 +54,21 @@ def _health(value: int) -> str:
 
 
 def _capacity(request: Any) -> dict[str, int | float | None]:
-    """A heartbeat's capacity; absent means unchanged, and so does a zero maximum (proto3's default)."""
+    """A heartbeat's capacity: absent (the message not set) means unchanged; present, it is the whole snapshot,
+    so its maxima must be >= 1 like a registration's (a zero is refused, never read as "unchanged")."""
     if not request.HasField("capacity"):
         return {}
     capacity = request.capacity
-    values: dict[str, int | float | None] = {}
-    for column in ("current_meetings", "current_participants"):
-        values[column] = validate_capacity(getattr(capacity, column), field=f"capacity.{column}")
-    for column in ("max_meetings", "max_participants"):
-        value = getattr(capacity, column)
-        values[column] = validate_capacity(value, field=f"capacity.{column}", minimum=1) if value else None
-    return values
+    return {
+        "current_meetings": validate_capacity(capacity.current_meetings, field="capacity.current_meetings"),
+        "current_participants": validate_capacity(
+            capacity.current_participants, field="capacity.current_participants"
+        ),
+        "max_meetings": validate_capacity(capacity.max_meetings, field="capacity.max_meetings", minimum=1),
+        "max_participants": validate_capacity(
+            capacity.max_participants, field="capacity.max_participants", minimum=1
+        ),
+    }
 
 
 class GlobalControllerService(Service):
