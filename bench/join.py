@@ -1,0 +1,359 @@
+"""Bench 2: join requests per second and p50/p99 over a fleet of 1,000 MCs and 10,000 meetings, against gunicorn
+as deployed, next to a trivial DRF endpoint (GET /health) on the same server, with assignment correctness
+counted during the run and checked in SQL after it.
+
+Set-up in a scratch database: --controllers healthy MCs in four regions (max 100 meetings each, none running),
+--meetings scheduled meetings (100 participants at most, the default; a home region each), --users users with
+an access token each (token_issue, audience darktower-api, verified by the server like any other). The server is
+`gunicorn -c python:darktower.gunicorn_conf darktower.wsgi:application --worker-class gthread --workers 4
+--threads 4` (README, production) with DEBUG off, PROMETHEUS_MULTIPROC_DIR set, and a Redis of its own
+(rate-limit counters and token blacklist) so that no other process on the machine shares its keys. Only for
+the bench: the join rate limits are raised out of the way (every request comes from 127.0.0.1), and the stale
+threshold is raised so that no MC goes stale while nobody heartbeats.
+
+The client (bench/join_client.py, its own process, asyncio, --connections keep-alive connections) runs a
+closed loop: first GET /health, then the joins (half of them to 100 hot meetings, so that joins of one meeting
+race each other; one in ten for another region than the meeting's home). Server CPU per request is gunicorn's
+processes' CPU time over the measured window divided by the requests answered (PostgreSQL's is not in it).
+
+Correctness: during the run, every join of one (meeting, region) must name the same MC; after it, in SQL: no
+(meeting, region) with two active assignments, one active assignment per pair the client joined, every MC's
+current_meetings equal to its active assignments and within max_meetings, one participant row per
+successful join.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from bench.common import (
+    PYTHON,
+    ROOT,
+    Result,
+    Scratch,
+    argument_parser,
+    finish,
+    scratch_database,
+    server_version,
+    use_django,
+)
+
+NAME = "join"
+REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-south-1")
+
+_CONTROLLERS = """
+INSERT INTO meeting_controllers
+    (controller_id, region, endpoint, grpc_endpoint, max_meetings, max_participants, current_meetings,
+     health_status, last_heartbeat_at)
+SELECT 'mc-' || lpad(i::text, 5, '0'), (%(regions)s::text[])[1 + i %% 4], 'grpc://10.0.0.1:50052',
+       'grpc://10.0.' || (i / 250) || '.' || (i %% 250) || ':50052', 100, 1000, 0, 'healthy', now()
+FROM generate_series(0, %(n)s - 1) i
+"""
+_MEETINGS = """
+INSERT INTO meetings (display_name, meeting_code, created_by_user_id)
+SELECT 'Bench meeting ' || i, 'bench-' || lpad(i::text, 6, '0'), (%(hosts)s::uuid[])[1 + i %% %(users)s]
+FROM generate_series(0, %(n)s - 1) i
+"""
+_CHECKS = {
+    "pairs with two active assignments": """
+        SELECT count(*) FROM (SELECT 1 FROM meeting_assignments WHERE ended_at IS NULL
+                              GROUP BY meeting_id, region HAVING count(*) > 1) doubled""",
+    "active assignments": "SELECT count(*) FROM meeting_assignments WHERE ended_at IS NULL",
+    "ended assignments": "SELECT count(*) FROM meeting_assignments WHERE ended_at IS NOT NULL",
+    "MCs with more active assignments than max_meetings": """
+        SELECT count(*) FROM meeting_controllers mc
+        WHERE mc.max_meetings < (SELECT count(*) FROM meeting_assignments a
+                                 WHERE a.meeting_controller_id = mc.controller_id AND a.ended_at IS NULL)""",
+    "meetings with more present participants than max_participants": """
+        SELECT count(*) FROM meetings m
+        WHERE m.max_participants < (SELECT count(*) FROM meeting_participants p
+                                    WHERE p.meeting_id = m.meeting_id AND p.left_at IS NULL)""",
+    "participants": "SELECT count(*) FROM meeting_participants",
+}
+_ACTIVE = "SELECT meeting_id::text, region, meeting_controller_id FROM meeting_assignments WHERE ended_at IS NULL"
+_KNOWN_PARTICIPANTS = "SELECT count(*) FROM meeting_participants WHERE participant_id = ANY(%s::uuid[])"
+
+
+@dataclass
+class Gunicorn:
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        with contextlib.suppress(psutil.NoSuchProcess):
+            parent = psutil.Process(self.process.pid)
+            for process in [parent, *parent.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = process.cpu_times()
+                    total += times.user + times.system
+        return total
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def private_redis(where: Path) -> Iterator[str]:
+    """A Redis server of this bench's own (the embedded one's binary and config), stopped on the way out."""
+    from darktower.devenv import Redis, wait_until
+
+    server = Redis(where)
+    server.start()
+    try:
+        wait_until(server.answers, what="the bench's Redis", hint=server.hint)
+        yield f"unix://{where / 'redis.sock'}"
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def gunicorn(scratch: Scratch, work: Path, redis_url: str, *, workers: int, threads: int) -> Iterator[Gunicorn]:
+    from django.conf import settings
+
+    metrics_dir = work / "prometheus"
+    metrics_dir.mkdir()
+    env = scratch.env(
+        DEBUG="0", SECRET_KEY=secrets.token_urlsafe(48), LOG_LEVEL="WARNING", ALLOWED_HOSTS="127.0.0.1",
+        SIGNING_KEY_ENCRYPTION_KEY=str(settings.SIGNING_KEY_ENCRYPTION_KEY), REDIS_URL=redis_url,
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), RATE_LIMIT_JOIN_PER_IP="100000000",
+        RATE_LIMIT_JOIN_PER_PRINCIPAL="100000000", HEARTBEAT_STALE_THRESHOLD_SECONDS="3600",
+    )
+    port = _free_port()
+    command = [
+        PYTHON, "-m", "gunicorn", "-c", "python:darktower.gunicorn_conf", "darktower.wsgi:application",
+        "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--workers", str(workers),
+        "--threads", str(threads), "--no-control-socket",
+    ]
+    log = work / "gunicorn.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Gunicorn(process, port, log)
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        # Every worker has imported the application before the clock starts (they boot in parallel).
+        time.sleep(1.0)
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def drive(server: Gunicorn, *, mode: str, plan: Path | None, connections: int, duration: float,
+          warmup: float) -> dict:
+    command = [PYTHON, "-m", "bench.join_client", "--port", str(server.port), "--mode", mode,
+               "--connections", str(connections), "--duration", str(duration), "--warmup", str(warmup)]
+    if plan is not None:
+        command += ["--plan", str(plan)]
+    client = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(warmup + 0.3)
+    cpu_start = server.cpu_seconds()
+    time.sleep(duration - 0.3)
+    cpu = server.cpu_seconds() - cpu_start
+    out, err = client.communicate(timeout=duration + warmup + 120)
+    if client.returncode != 0:
+        raise RuntimeError(f"client failed:\n{err[-3000:]}")
+    figures = json.loads(out.strip().splitlines()[-1])
+    figures["server_cpu_ms_per_request"] = cpu / figures["ok"] * 1000 if figures["ok"] else float("nan")
+    return figures
+
+
+def _setup(scratch: Scratch, *, controllers: int, meetings: int, users: int, work: Path) -> tuple[Path, str]:
+    """The fleet, the meetings and the users; returns the client's plan file (tokens, meetings) and one more
+    meeting, left out of the plan, for the probe join."""
+    from django.conf import settings
+
+    from accounts.models import User
+    from accounts.services.users import user_scopes
+    from accounts.tokens import token_issue
+
+    people = [User(email=f"bench-user-{n}@bench.invalid", display_name=f"Bench user {n}") for n in range(users)]
+    for person in people:
+        person.set_unusable_password()
+    User.objects.bulk_create(people)
+    hosts = [str(person.pk) for person in people]
+    with scratch.connect() as conn:
+        conn.execute(_CONTROLLERS, {"regions": list(REGIONS), "n": controllers})
+        conn.execute(_MEETINGS, {"n": meetings + 1, "hosts": hosts, "users": users})
+        ids = [row[0] for row in conn.execute("SELECT meeting_id::text FROM meetings ORDER BY meeting_code")]
+        # A home region per meeting, the regions in turn.
+        pairs = [[meeting_id, REGIONS[number % len(REGIONS)]] for number, meeting_id in enumerate(ids)]
+        conn.execute("VACUUM ANALYZE")
+    tokens = [
+        token_issue(subject=str(person.pk), audience=settings.JWT_API_AUDIENCE, scopes=sorted(user_scopes(person)),
+                    lifetime_seconds=3600).token
+        for person in people
+    ]
+    plan = work / "plan.json"
+    plan.touch(mode=0o600)
+    probe = pairs.pop()[0]
+    plan.write_text(json.dumps({"tokens": tokens, "meetings": pairs}))
+    return plan, probe
+
+
+def _statements_per_join(plan: Path, probe_meeting: str) -> list[int]:
+    """SQL statements of a first and of a repeated join of one meeting, through Django's test client in this
+    process (the same view, services and middleware as the server)."""
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    token = json.loads(plan.read_text())["tokens"][0]
+    client = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {token}")
+    counts = []
+    for _ in range(2):
+        with CaptureQueriesContext(connection) as queries:
+            response = client.post(f"/api/v1/meetings/{probe_meeting}/join", {"region": REGIONS[0]},
+                                   content_type="application/json")
+        if response.status_code not in (200, 201):
+            raise RuntimeError(f"probe join answered {response.status_code}: {response.content[:500]!r}")
+        counts.append(len(queries))
+    return counts
+
+
+def _checks(scratch: Scratch, join: dict, probe_meeting: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(figures, problems): the database after the run, and what contradicts the answers the client got."""
+    with scratch.connect() as conn:
+        checks = {label: int(conn.execute(sql).fetchone()[0]) for label, sql in _CHECKS.items()}
+        active = {(meeting, region): mc for meeting, region, mc in conn.execute(_ACTIVE).fetchall()
+                  if meeting != probe_meeting}
+        known = int(conn.execute(_KNOWN_PARTICIPANTS, [join["participant_ids"]]).fetchone()[0])
+    answered = {(meeting, region): mc for meeting, region, mc in join["answers"]}
+    problems = {
+        "inconsistent answers during the run": join["inconsistent_answers"],
+        "pairs with two active assignments": checks["pairs with two active assignments"],
+        "answered MC is not the active assignment": sum(active.get(pair) != mc for pair, mc in answered.items()),
+        "active assignments of no answered pair": len(set(active) - set(answered)),
+        "MCs with more active assignments than max_meetings":
+            checks["MCs with more active assignments than max_meetings"],
+        "meetings with more present participants than max_participants":
+            checks["meetings with more present participants than max_participants"],
+        "answered participants missing in the database": len(join["participant_ids"]) - known,
+    }
+    return checks, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argument_parser(NAME, __doc__.splitlines()[0])
+    parser.add_argument("--controllers", type=int, default=1_000, help="healthy MCs (default 1,000)")
+    parser.add_argument("--meetings", type=int, default=10_000, help="meetings (default 10,000)")
+    parser.add_argument("--users", type=int, default=100, help="users joining, one token each (default 100)")
+    parser.add_argument("--connections", type=int, default=16, help="client connections in flight (default 16)")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4, README production)")
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4, README production)")
+    parser.add_argument("--duration", type=float, default=15, help="measured seconds per run (default 15)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.controllers, args.meetings, args.users, args.duration = 40, 200, 5, 1.5
+        args.workers, args.threads, args.connections = 1, 2, 4
+    warmup = 0.5 if args.quick else 3.0
+
+    result = Result(
+        name=NAME, title="Bench 2: join",
+        headers=["endpoint", "requests/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "server CPU ms/request",
+                 "vs GET /health"],
+    )
+    with scratch_database(NAME, prefix=args.db_prefix) as scratch, tempfile.TemporaryDirectory(
+            prefix="bench-join-", dir="/tmp") as tmp:
+        work = Path(tmp)
+        use_django(scratch)
+        (work / "redis").mkdir()
+        with private_redis(work / "redis") as redis_url:
+            from django.conf import settings
+
+            settings.REDIS_URL = redis_url  # the probe join's rate-limit counters stay out of the shared Redis
+            plan, probe_meeting = _setup(
+                scratch, controllers=args.controllers, meetings=args.meetings, users=args.users, work=work
+            )
+            statements = _statements_per_join(plan, probe_meeting)
+            load_before = os.getloadavg()[0]
+            with gunicorn(scratch, work, redis_url, workers=args.workers, threads=args.threads) as server:
+                runs = {
+                    "health": drive(server, mode="health", plan=None, connections=args.connections,
+                                    duration=args.duration, warmup=warmup),
+                    "join": drive(server, mode="join", plan=plan, connections=args.connections,
+                                  duration=args.duration, warmup=warmup),
+                }
+        load_after = os.getloadavg()[0]
+        checks, problems = _checks(scratch, runs["join"], probe_meeting)
+        postgres = server_version(scratch)
+
+    health, join = runs["health"], runs["join"]
+    answered_participants = len(join.pop("participant_ids"))
+    del join["answers"]
+    for label, run in (("GET /health (trivial DRF view)", health), ("POST .../join", join)):
+        errors = {code: count for code, count in run["codes"].items() if code not in ("200", "201")}
+        result.add(label, run["rate"], run["p50_ms"], run["p99_ms"], run["p999_ms"],
+                   ", ".join(f"{code} {count}" for code, count in errors.items()) or "0",
+                   run["server_cpu_ms_per_request"], f"{run['rate'] / health['rate']:.0%}" if health["rate"] else "-")
+    correct = not any(problems.values())
+    result.data.update({"runs": runs, "checks": checks, "problems": problems, "correct": correct,
+                        "controllers": args.controllers, "meetings": args.meetings, "users": args.users,
+                        "workers": args.workers, "threads": args.threads, "connections": args.connections,
+                        "load_average": [load_before, load_after], "statements_per_join": statements})
+    result.notes += [
+        f"Server: gunicorn {args.workers} workers x {args.threads} threads (gthread), DEBUG off, one request per "
+        f"client connection in flight, {args.connections} connections, closed loop, {args.duration:g} s measured "
+        f"after {warmup:g} s of warm-up. Fleet {args.controllers:,} MCs, {args.meetings:,} meetings, "
+        f"{args.users:,} users.",
+        f"Ratio: joins are {join['rate'] / health['rate']:.0%} of the trivial endpoint's rate on the same server "
+        f"and client. A join is {statements[0]} SQL statements the first time a meeting is joined and "
+        f"{statements[1]} when its assignment is reused (counted on one probe join in the bench process, the second "
+        "one a rejoin of the same user: token user lookup, meeting row lock, capacity count, assignment, "
+        "participant, audit, outbox), plus an EdDSA verify, an EdDSA sign and a Redis round trip for the rate "
+        "limits.",
+        f"First join of a (meeting, region) seen by the client: p50 {join['first_join_p50_ms']:.1f} ms, p99 "
+        f"{join['first_join_p99_ms']:.1f} ms over {join['first_joins']:,} joins; later joins (assignment reused): "
+        f"p50 {join['repeat_join_p50_ms']:.1f} ms, p99 {join['repeat_join_p99_ms']:.1f} ms.",
+        f"Correctness: {'all checks passed' if correct else 'FAILED'}: " + ", ".join(
+            f"{label} {value}" for label, value in problems.items())
+        + f" ({join['successes_total']:,} successful joins, warm-up included, over {join['pairs_total']:,} "
+        f"(meeting, region) pairs; {checks['active assignments']:,} active assignments, "
+        f"{checks['ended assignments']:,} ended; {answered_participants:,} distinct participants answered, "
+        f"{checks['participants']:,} participant rows).",
+        "Client and server share the machine's 2 cores (and PostgreSQL with them): the client's own CPU caps "
+        "the trivial endpoint's figure, and the same client drives both rows.",
+        f"Machine load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}; other work on the "
+        "machine shifts these figures by 10-30 %.",
+    ]
+    finish(result, args, postgres=postgres)
+    return 0 if correct else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
