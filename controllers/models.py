@@ -146,6 +146,16 @@ class MeetingController(models.Model):
         default=0, db_default=0,
         db_comment="In-flight accounting: assignments made since the last heartbeat; heartbeats reset it",
     )
+    reserved_participants = models.IntegerField(
+        default=0, db_default=0,
+        db_comment="Participants reserved by the active assignments of large meetings (expected size); placement "
+        "of a large meeting needs current_participants + this + its own size <= max_participants",
+    )
+    hold_down_until = models.DateTimeField(
+        null=True, blank=True,
+        db_comment="Pending after re-registering inside the hold-down: no promotion before this time, and only "
+        "after UNHEALTHY_RECOVERY_HEARTBEATS good heartbeats; NULL when not held",
+    )
     assignments_window_start = models.DateTimeField(
         null=True, blank=True, db_comment="Start of the minute counted by assignments_in_window"
     )
@@ -184,6 +194,10 @@ class MeetingController(models.Model):
             ),
             models.CheckConstraint(
                 condition=Q(assignments_in_window__gte=0), name="meeting_controllers_assignments_in_window_nonnegative"
+            ),
+            models.CheckConstraint(
+                condition=Q(reserved_participants__gte=0),
+                name="meeting_controllers_reserved_participants_nonnegative",
             ),
             models.CheckConstraint(
                 condition=Q(unhealthy_since__isnull=True) | Q(health_status="unhealthy"),
@@ -269,6 +283,11 @@ class MediaHandler(models.Model):
     good_heartbeats = models.SmallIntegerField(
         default=0, db_default=0,
         db_comment="Consecutive good load reports since marked unhealthy; recovery needs UNHEALTHY_RECOVERY_HEARTBEATS",
+    )
+    hold_down_until = models.DateTimeField(
+        null=True, blank=True,
+        db_comment="Pending after re-registering inside the hold-down: no promotion before this time, and only "
+        "after UNHEALTHY_RECOVERY_HEARTBEATS good load reports; NULL when not held",
     )
 
     supports_transcoding = models.BooleanField(default=True, db_default=True)

@@ -235,6 +235,11 @@ class MeetingAssignment(models.Model):
         max_length=50, null=True, blank=True,
         db_comment="Why it ended: meeting_ended, controller_unhealthy, drain_deadline, drain_move, reassigned",
     )
+    reserved_participants = models.IntegerField(
+        default=0, db_default=0,
+        db_comment="Participants this assignment reserves on its MC (a large meeting's expected size, 0 for "
+        "others); given back to meeting_controllers.reserved_participants when it ends",
+    )
 
     class Meta:
         db_table = "meeting_assignments"
@@ -247,6 +252,9 @@ class MeetingAssignment(models.Model):
             models.CheckConstraint(
                 condition=Q(ended_at__isnull=True) | Q(ended_at__gte=models.F("assigned_at")),
                 name="meeting_assignments_ended_after_assigned",
+            ),
+            models.CheckConstraint(
+                condition=Q(reserved_participants__gte=0), name="meeting_assignments_reserved_participants_nonnegative"
             ),
         ]
         indexes = [

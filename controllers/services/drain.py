@@ -21,6 +21,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -28,8 +29,10 @@ from django.db import connection, transaction
 from audit.models import ActorType
 from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue_many
 from controllers.models import AVAILABLE_STATES, HealthStatus, TransitionReason
+from controllers.services.capacity import PlacementOutcome, PlacementRule, release_cte_sql, unassign_cte_sql
 from controllers.services.transitions import CONTROLLER, Changed, changed_cte_sql
 from darktower.errors import Conflict, InvalidInput, NotFound
+from darktower.metrics import ASSIGNMENTS
 
 logger = logging.getLogger(__name__)
 
@@ -213,19 +216,36 @@ RETURNING room.granted
 """
 
 # greatest(): an assignment committed after this transaction began has assigned_at later than its now().
+# Ending gives back what the assignments held on the draining MC ({released}); ending for good also points the
+# meetings away from it ({unassigned}), so the next join reassigns them; a move repoints them itself.
 _END_SQL = """
-UPDATE meeting_assignments SET ended_at = greatest(now(), assigned_at), end_reason = %(reason)s
-WHERE id = ANY(%(ids)s) AND ended_at IS NULL
-RETURNING id, meeting_id, region
+WITH ended AS (
+    UPDATE meeting_assignments SET ended_at = greatest(now(), assigned_at), end_reason = %(reason)s
+    WHERE id = ANY(%(ids)s) AND ended_at IS NULL
+    RETURNING id, meeting_id, region, meeting_controller_id, reserved_participants
+), {released}{unassigned}
+SELECT id, meeting_id, region, reserved_participants FROM ended
 """
+_END_FOR_MOVE_SQL = _END_SQL.format(released=release_cte_sql("ended"), unassigned="")
+_END_FOR_GOOD_SQL = _END_SQL.format(released=release_cte_sql("ended"), unassigned=", " + unassign_cte_sql("ended"))
 
 # The moved meetings' old rows are ended by the statement before, so uq_meeting_assignments_active admits these.
+# Their participant reservations move with them (the meeting slots were claimed by _RESERVE_SQL).
 _MOVE_INSERT_SQL = """
-INSERT INTO meeting_assignments (meeting_id, meeting_controller_id, region, assigned_at, assigned_by_gc_id)
-SELECT meeting_id, %(target)s, region, now(), %(gc_id)s
-FROM unnest(%(meeting_ids)s::uuid[], %(regions)s::text[]) AS moved(meeting_id, region)
-ON CONFLICT (meeting_id, region) WHERE ended_at IS NULL DO NOTHING
-RETURNING id, meeting_id, region
+WITH inserted AS (
+    INSERT INTO meeting_assignments
+        (meeting_id, meeting_controller_id, region, assigned_at, assigned_by_gc_id, reserved_participants)
+    SELECT meeting_id, %(target)s, region, now(), %(gc_id)s, reserved
+    FROM unnest(%(meeting_ids)s::uuid[], %(regions)s::text[], %(reserved)s::integer[])
+        AS moved(meeting_id, region, reserved)
+    ON CONFLICT (meeting_id, region) WHERE ended_at IS NULL DO NOTHING
+    RETURNING id, meeting_id, region, reserved_participants
+), reserved AS (
+    UPDATE meeting_controllers
+    SET reserved_participants = reserved_participants + (SELECT sum(reserved_participants) FROM inserted)
+    WHERE controller_id = %(target)s AND EXISTS (SELECT 1 FROM inserted)
+)
+SELECT id, meeting_id, region FROM inserted
 """
 
 _REPOINT_MEETINGS_SQL = """
@@ -248,7 +268,12 @@ def drains_enforce(*, limit: int = 100) -> list[DrainEnforced]:
             claimed = cursor.fetchone()
             if claimed is None:
                 break
-            done.append(_enforce_one(cursor, *claimed))
+            enforced = _enforce_one(cursor, *claimed)
+            if enforced.moved:
+                transaction.on_commit(partial(
+                    ASSIGNMENTS.labels(PlacementRule.DRAIN_MOVE, PlacementOutcome.ASSIGNED).inc, len(enforced.moved)
+                ))
+            done.append(enforced)
     for row in done:
         logger.info(
             "drain deadline of %s: %d moved to %s, %d ended%s", row.controller_id, len(row.moved),
@@ -282,12 +307,13 @@ def _enforce_one(  # type: ignore[no-untyped-def]
     entries: list[AuditEntry] = []
     events: list[tuple[str, str, str, dict[str, object]]] = []
     if to_move:
-        cursor.execute(_END_SQL, {"ids": sorted(move_ids), "reason": END_REASON_DRAIN_MOVE})
+        cursor.execute(_END_FOR_MOVE_SQL, {"ids": sorted(move_ids), "reason": END_REASON_DRAIN_MOVE})
         ended_for_move = {row[0]: row for row in cursor.fetchall()}
         cursor.execute(_MOVE_INSERT_SQL, {
             "target": target, "gc_id": settings.GC_ID,
             "meeting_ids": [row[1] for row in ended_for_move.values()],
             "regions": [row[2] for row in ended_for_move.values()],
+            "reserved": [row[3] for row in ended_for_move.values()],
         })
         inserted = cursor.fetchall()
         moved = [row[0] for row in inserted]
@@ -298,7 +324,7 @@ def _enforce_one(  # type: ignore[no-untyped-def]
             payload = {
                 "meeting_id": str(meeting_id), "region": assignment_region, "controller_id": target,
                 "previous_controller_id": controller_id, "assignment_id": new_id,
-                "assigned_by_gc_id": settings.GC_ID, "rule": "drain_move",
+                "assigned_by_gc_id": settings.GC_ID, "rule": str(PlacementRule.DRAIN_MOVE),
             }
             events.append(("meeting", str(meeting_id), "meeting_assigned", payload))
             entries.append(AuditEntry(
@@ -307,8 +333,8 @@ def _enforce_one(  # type: ignore[no-untyped-def]
             ))
     ended: list[int] = []
     if to_end:
-        cursor.execute(_END_SQL, {"ids": to_end, "reason": END_REASON_DRAIN_DEADLINE})
-        for assignment_id, meeting_id, assignment_region in cursor.fetchall():
+        cursor.execute(_END_FOR_GOOD_SQL, {"ids": to_end, "reason": END_REASON_DRAIN_DEADLINE})
+        for assignment_id, meeting_id, assignment_region, _ in cursor.fetchall():
             ended.append(assignment_id)
             entries.append(AuditEntry(
                 event_type="meeting_assignment_ended", action="end_assignment", target_type="meeting",

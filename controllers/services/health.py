@@ -11,7 +11,9 @@ its live members went stale at once and it has at least DISRUPTION_MIN_REGION_SI
 network partition or a fault on our side, not like that many machines dying, so (as Kubernetes' node lifecycle
 controller does) nobody there is marked and an operator is told. When every region that the guard can judge is
 disrupted at once, for controllers and handlers alike, the GC itself is cut off: nobody is marked anywhere and an
-error-level event is raised.
+error-level event is raised. Each member the guard spared gets a `disruption-guard` transition (from = to = its
+state, which the table's CHECK admits for this hold reason), written when the region's `region_disrupted` audit
+row is (once per DISRUPTION_AUDIT_REPEAT_SECONDS, not every sweep of a long disruption).
 A second statement marks the rest and writes their transitions (reason `stale`) in the same statement.
 
 The sweep must not punish members for its own absence: when it has not run for more than
@@ -115,6 +117,8 @@ class SweepResult:
     gap: SweepGap | None = None
     # Unhealthy members whose recovery restarted because they fell silent again, per target type.
     hold_down_restarted: dict[str, int] = field(default_factory=dict)
+    # Stale members the guard spared that got a disruption-guard transition this sweep, per target type.
+    guarded: dict[str, int] = field(default_factory=dict)
     # Another sweep held the lock: this one did nothing.
     skipped: bool = False
     dry_run: bool = False
@@ -185,6 +189,17 @@ SELECT count(*) FROM (
 # those locks and reads the state each one leaves.
 _MARK_SQL = "WITH {ctes} SELECT id, region, from_status, last_heartbeat_at FROM changed"
 
+# The stale members of the regions the guard protected (all of them when the GC is cut off), recorded as held.
+_GUARD_SQL = """
+INSERT INTO controller_health_transitions
+    (component_type, component_id, region, from_status, to_status, reason, actor_type, metadata)
+SELECT %(component_type)s, id, region, from_status, from_status, %(reason)s, 'system',
+       jsonb_build_object('last_heartbeat_at', last_heartbeat_at, 'cut_off', %(cut_off)s)
+       || coalesce(%(region_stats)s::jsonb -> region, '{{}}'::jsonb)
+FROM ({stale}) guarded
+WHERE %(cut_off)s OR region = ANY(%(regions)s)
+"""
+
 _SPARE_SQL = """
 INSERT INTO controller_health_transitions
     (component_type, component_id, region, from_status, to_status, reason, actor_type, metadata)
@@ -240,7 +255,9 @@ def controllers_sweep_stale(*, dry_run: bool = False) -> SweepResult:
             result.gap = _grant_grace(cursor, cases, params, gap_seconds, last_run_at)
         else:
             _sweep(cursor, result, thresholds, cases, params)
-            _record(result, thresholds)
+            newly_disrupted = _newly_disrupted(result.disrupted)
+            _record_guarded(cursor, result, newly_disrupted, cases, params)
+            _record(result, thresholds, newly_disrupted)
         if dry_run:
             transaction.set_rollback(True)
     _log(result)
@@ -356,7 +373,30 @@ def _sweep(  # type: ignore[no-untyped-def]
         result.marked += [MarkedUnhealthy(target.target_type, *row) for row in cursor.fetchall()]
 
 
-def _record(result: SweepResult, thresholds: dict[str, int]) -> None:
+def _record_guarded(  # type: ignore[no-untyped-def]
+    cursor, result: SweepResult, newly_disrupted: list[DisruptedRegion], cases: str, params: dict[str, object]
+) -> None:
+    """A `disruption-guard` transition for each stale member the guard spared, with the region_disrupted row."""
+    if not newly_disrupted:
+        return
+    for target in SWEEP_TARGETS:
+        regions = [row for row in newly_disrupted if row.target_type == target.target_type]
+        if not regions and not result.cut_off:
+            continue
+        stale = _STALE_SQL.format(table=target.table, pk=target.pk, threshold_cases=cases)
+        cursor.execute(_GUARD_SQL.format(stale=stale), {
+            **params, "component_type": target.component.type, "reason": TransitionReason.DISRUPTION_GUARD,
+            "cut_off": result.cut_off, "regions": [row.region for row in regions],
+            "region_stats": json.dumps({
+                row.region: {"region_stale": row.stale, "region_live": row.live}
+                for row in result.disrupted if row.target_type == target.target_type
+            }),
+        })
+        if cursor.rowcount:
+            result.guarded[target.target_type] = cursor.rowcount
+
+
+def _record(result: SweepResult, thresholds: dict[str, int], newly_disrupted: list[DisruptedRegion]) -> None:
     targets = {target.target_type: target for target in SWEEP_TARGETS}
     entries = [
         AuditEntry(
@@ -375,7 +415,6 @@ def _record(result: SweepResult, thresholds: dict[str, int]) -> None:
         )
         for row in result.marked
     ]
-    newly_disrupted = _newly_disrupted(result.disrupted)
     entries += [
         AuditEntry(
             event_type="region_disrupted",
@@ -469,10 +508,11 @@ def _log(result: SweepResult) -> None:
 
 
 # The hold-down's gate, per row of a heartbeat batch. A pending member's first good heartbeat promotes it at
-# once; an unhealthy one counts the heartbeat and is promoted only when the hold-down has passed and enough
-# consecutive good heartbeats arrived. Members made unhealthy by an operator or by the drain deadline are not
-# recovered by heartbeats (undrain / an operator brings them back): their latest transition says so
-# (idx_health_transitions_component, one probe per unhealthy row of the batch).
+# once, unless it is held (it re-registered inside the hold-down of an unhealthy spell, see controller_register:
+# hold_down_until set after it became pending); an unhealthy or held one counts the heartbeat and is promoted
+# only when the hold-down has passed and enough consecutive good heartbeats arrived. Members made unhealthy by
+# an operator or by the drain deadline are not recovered by heartbeats (re-registration / undrain brings them
+# back): their latest transition says so (idx_health_transitions_component, one probe per unhealthy row).
 _RECOVERY_WHERE = """
 t.{pk} = r.id AND (
     t.health_status = 'pending'
@@ -484,8 +524,13 @@ t.{pk} = r.id AND (
 )
 """
 
+_RECOVERY_HELD = "(t.hold_down_until IS NOT NULL AND t.hold_down_until > t.health_changed_at)"
+
 _RECOVERY_SET_STATUS = """CASE
-    WHEN s.from_status = 'pending' THEN s.reported
+    WHEN s.from_status = 'pending' AND NOT s.held THEN s.reported
+    WHEN s.from_status = 'pending'
+    THEN CASE WHEN t.good_heartbeats + 1 >= %(needed)s AND t.hold_down_until <= now() THEN s.reported
+              ELSE t.health_status END
     WHEN t.good_heartbeats + 1 >= %(needed)s
          AND coalesce(t.unhealthy_since, t.health_changed_at) <= now() - make_interval(secs => %(hold_down)s)
     THEN s.reported
@@ -495,7 +540,7 @@ END"""
 # Applies when the state does not change (the trigger resets the counter when it does).
 _RECOVERY_EXTRA_SET = ", good_heartbeats = least(t.good_heartbeats + 1, 32767)"
 
-_RECOVERY_REASON = "CASE c.from_status WHEN 'pending' THEN 'heartbeat' ELSE 'hold-down-cleared' END"
+_RECOVERY_REASON = "CASE WHEN c.from_status = 'pending' AND NOT c.held THEN 'heartbeat' ELSE 'hold-down-cleared' END"
 
 _RECOVERY_SQL = """
 WITH {ctes}
@@ -516,7 +561,8 @@ class RecoveryReport:
 def heartbeat_recovery(*, component: Component, reports: Sequence[RecoveryReport]) -> list[Changed]:
     """Apply a batch of good heartbeats to the members that are `pending` or `unhealthy`; others are untouched.
 
-    - pending -> the reported state at once (reason `heartbeat`);
+    - pending -> the reported state at once (reason `heartbeat`), unless held after re-registering inside a
+      hold-down: then like unhealthy, with hold_down_until as the end of the hold-down (`hold-down-cleared`);
     - unhealthy: good_heartbeats + 1; -> the reported state (reason `hold-down-cleared`) once
       now() - unhealthy_since >= UNHEALTHY_HOLD_DOWN_SECONDS and good_heartbeats >= UNHEALTHY_RECOVERY_HEARTBEATS.
     One statement per batch, transitions included. Call it in the heartbeat flush's transaction for every
@@ -532,12 +578,12 @@ def heartbeat_recovery(*, component: Component, reports: Sequence[RecoveryReport
         component,
         where=_RECOVERY_WHERE.format(pk=component.pk),
         snapshot_from=", unnest(%(ids)s::text[], %(reported)s::text[]) AS r(id, reported)",
-        snapshot_columns=", r.reported, t.good_heartbeats AS good_heartbeats_before",
+        snapshot_columns=f", r.reported, t.good_heartbeats AS good_heartbeats_before, {_RECOVERY_HELD} AS held",
         set_status=_RECOVERY_SET_STATUS,
         extra_set=_RECOVERY_EXTRA_SET,
         reason=_RECOVERY_REASON,
         metadata="jsonb_build_object('good_heartbeats', c.good_heartbeats_before + 1)",
-        returning=", s.good_heartbeats_before",
+        returning=", s.good_heartbeats_before, s.held",
     )
     params = {
         "ids": list(batch), "reported": [str(state) for state in batch.values()],

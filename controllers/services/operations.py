@@ -14,7 +14,9 @@ from django.db import connection, transaction
 from audit.models import ActorType
 from audit.services import audit_record, outbox_enqueue
 from controllers.models import HealthStatus, MeetingController, TransitionReason
+from controllers.services.capacity import release_cte_sql, unassign_cte_sql
 from controllers.services.drain import DrainStarted, drain_begin, drain_cancel
+from controllers.services.health import MEETING_CONTROLLERS
 from controllers.services.transitions import CONTROLLER, Changed, health_transition
 from darktower.errors import Conflict, NotFound
 
@@ -41,7 +43,8 @@ def controller_undrain(*, controller_id: str, actor_user_id: uuid.UUID | None = 
 
 
 def controller_mark_unhealthy(*, controller_id: str, actor_user_id: uuid.UUID | None = None) -> Changed:
-    """Take a controller out of placement now. Heartbeats do not bring it back (only re-registration does)."""
+    """Take a controller out of placement now. Heartbeats do not bring it back: re-registration does (to
+    `pending`, held until UNHEALTHY_HOLD_DOWN_SECONDS after the mark, see controller_register)."""
     with transaction.atomic():
         changed = health_transition(
             component=CONTROLLER, ids=[controller_id], from_states=_LIVE_STATES, to_status=HealthStatus.UNHEALTHY,
@@ -59,29 +62,33 @@ def controller_mark_unhealthy(*, controller_id: str, actor_user_id: uuid.UUID | 
             actor_user_id=actor_user_id, target_type="meeting_controller", target_id=controller_id,
             metadata={"from_status": result.from_status, "reason": "operator"},
         )
+        # The aggregate type and payload of every controller_unhealthy event (sweep, drain deadline, operator).
         outbox_enqueue(
-            aggregate_type="meeting_controller", aggregate_id=controller_id, event_type="controller_unhealthy",
-            payload={"controller_id": controller_id, "region": result.region, "reason": "operator"},
+            aggregate_type=MEETING_CONTROLLERS.aggregate_type, aggregate_id=controller_id,
+            event_type="controller_unhealthy",
+            payload={
+                "id": controller_id, "region": result.region, "from_status": result.from_status,
+                "to_status": result.to_status, "reason": "operator",
+            },
         )
     return result
 
 
+# Ends them, gives back what they held on the MC and points their meetings away from it, in one statement.
 _END_ASSIGNMENTS_SQL = """
 WITH ended AS (
     UPDATE meeting_assignments SET ended_at = greatest(now(), assigned_at), end_reason = 'reassigned'
     WHERE meeting_controller_id = %(controller_id)s AND ended_at IS NULL
-    RETURNING meeting_id
-), cleared AS (
-    UPDATE meetings SET assigned_controller_id = NULL
-    WHERE meeting_id IN (SELECT meeting_id FROM ended) AND assigned_controller_id = %(controller_id)s
-)
+    RETURNING meeting_id, meeting_controller_id, reserved_participants
+), {released}, {unassigned}
 SELECT count(*) FROM ended
-"""
+""".format(released=release_cte_sql("ended"), unassigned=unassign_cte_sql("ended"))  # noqa: S608 -- constants only
 
 
 def controller_end_assignments(*, controller_id: str, actor_user_id: uuid.UUID | None = None) -> int:
-    """End every active assignment of the controller (`reassigned`): the next join of each meeting picks a
-    controller afresh. Returns how many ended."""
+    """End every active assignment of the controller (`reassigned`), giving back the meetings and reserved
+    participants they held on it and clearing meetings.assigned_controller_id: the next join of each meeting
+    picks a controller afresh. Returns how many ended."""
     with transaction.atomic():
         if not MeetingController.objects.filter(pk=controller_id).exists():
             raise NotFound(f"Controller {controller_id} does not exist.")

@@ -1,7 +1,15 @@
 """Registration, heartbeats and load reports of meeting controllers (MCs) and media handlers (MHs).
 
 Registration is one atomic UPSERT: a new member starts `pending`; re-registration updates endpoints, region
-and capacity, keeps `created_at`, and brings a `draining` or `unhealthy` member back to `pending`.
+and capacity, keeps `created_at`, and brings a `draining` or `unhealthy` member back to `pending`, with two
+exceptions that keep a restart from escaping a decision (issue 8):
+- an `unhealthy` member still inside its hold-down (UNHEALTHY_HOLD_DOWN_SECONDS since `unhealthy_since`) goes
+  `pending` held: `hold_down_until` is set to the end of its hold-down, and heartbeat_recovery promotes it only
+  after that time and UNHEALTHY_RECOVERY_HEARTBEATS consecutive good heartbeats, so a flapping MC that restarts
+  does not skip the hold-down;
+- a controller an operator drained (its transition into `draining` has reason `operator`) stays `draining`
+  with its deadline and target: a restart mid-drain does not cancel the operator's drain. A controller that
+  reported DRAINING itself comes back `pending` (it restarted after its own graceful drain).
 
 Heartbeats (MCs) and load reports (MHs) are both "beats" here, written by one set-based statement for one or
 many members (`beats_record`): the gRPC hot path coalesces them in memory and writes a batch every
@@ -16,13 +24,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 
 from audit.models import ActorType
 from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue
 from controllers.models import HealthStatus, TransitionReason
+from controllers.services.capacity import release_cte_sql, unassign_cte_sql
 from controllers.services.health import RecoveryReport, heartbeat_recovery
 from controllers.services.transitions import (
     CONTROLLER,
@@ -136,6 +147,8 @@ class Registration:
     created: bool
     from_status: str | None
     health_status: str
+    # Pending inside the hold-down of an earlier unhealthy spell: not promoted before this time.
+    hold_down_until: datetime | None = None
 
 
 # --- registration ----------------------------------------------------------------------------------------
@@ -156,10 +169,27 @@ ON CONFLICT ({pk}) DO UPDATE SET
     grpc_endpoint = EXCLUDED.grpc_endpoint,
     webtransport_endpoint = EXCLUDED.webtransport_endpoint,
     {capacity_updates},
-    health_status = CASE WHEN t.health_status IN ('draining', 'unhealthy') THEN 'pending' ELSE t.health_status END,
+    health_status = CASE
+        WHEN t.health_status = 'draining' AND {operator_drain} THEN 'draining'
+        WHEN t.health_status IN ('draining', 'unhealthy') THEN 'pending'
+        ELSE t.health_status
+    END,
+    hold_down_until = CASE
+        WHEN t.health_status = 'unhealthy' AND t.unhealthy_since > now() - make_interval(secs => %(hold_down)s)
+        THEN t.unhealthy_since + make_interval(secs => %(hold_down)s)
+        WHEN t.health_status = 'pending' THEN t.hold_down_until
+    END,
     last_heartbeat_at = now()
-RETURNING t.health_status, (t.xmax = 0) AS created
+RETURNING t.health_status, (t.xmax = 0) AS created, t.hold_down_until
 """
+
+# Controllers: was the drain an operator's? The latest transition into `draining` says
+# (idx_health_transitions_component, one probe, only for a draining row). Media handlers have no operator drain.
+_OPERATOR_DRAIN_SQL = """coalesce((
+    SELECT ht.reason = 'operator' FROM controller_health_transitions ht
+    WHERE ht.component_type = 'controller' AND ht.component_id = t.controller_id AND ht.to_status = 'draining'
+    ORDER BY ht.created_at DESC, ht.id DESC LIMIT 1
+), false)"""
 
 
 def _register(
@@ -169,7 +199,8 @@ def _register(
 ) -> Registration:
     params: dict[str, Any] = {
         "id": member_id, "region": region, "endpoint": endpoint, "grpc_endpoint": grpc_endpoint,
-        "webtransport_endpoint": webtransport_endpoint, **capacity, **insert_only,
+        "webtransport_endpoint": webtransport_endpoint, "hold_down": settings.UNHEALTHY_HOLD_DOWN_SECONDS,
+        **capacity, **insert_only,
     }
     inserted = [*capacity, *insert_only]
     sql = _REGISTER_SQL.format(
@@ -177,19 +208,24 @@ def _register(
         capacity_columns=", ".join(inserted),
         capacity_values=", ".join(f"%({column})s" for column in inserted),
         capacity_updates=", ".join(f"{column} = EXCLUDED.{column}" for column in capacity),
+        operator_drain=_OPERATOR_DRAIN_SQL if kind.component is CONTROLLER else "false",
     )
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_LOCK_SQL.format(table=kind.table, pk=kind.pk), {"id": member_id})
         previous = cursor.fetchone()
         cursor.execute(sql, params)
-        health_status, created = cursor.fetchone()
+        health_status, created, hold_down_until = cursor.fetchone()
         from_status = previous[0] if previous else None
         if from_status != health_status:
             transitions_record([
                 Transition(
                     component_type=kind.component.type, component_id=member_id, region=region,
                     from_status=from_status, to_status=health_status, reason=TransitionReason.REGISTERED,
-                    actor_type=ActorType.SERVICE, metadata={"client_id": actor_client_id},
+                    actor_type=ActorType.SERVICE,
+                    metadata={
+                        "client_id": actor_client_id,
+                        "hold_down_until": hold_down_until.isoformat() if hold_down_until else None,
+                    },
                 )
             ])
         audit_record(
@@ -203,12 +239,13 @@ def _register(
                 "region": region,
                 "from_status": from_status,
                 "to_status": health_status,
+                "hold_down_until": hold_down_until.isoformat() if hold_down_until else None,
                 "grpc_endpoint": grpc_endpoint,
                 "webtransport_endpoint": webtransport_endpoint,
                 **capacity,
             },
         )
-    return Registration(member_id, region, created, from_status, health_status)
+    return Registration(member_id, region, created, from_status, health_status, hold_down_until)
 
 
 def controller_register(
@@ -263,9 +300,26 @@ def _beats_statement(kind: MemberKind) -> str:
     names = ", ".join(columns)
     extra_set = "".join(f", {column} = coalesce(s.{column}, t.{column})" for column in columns)
     extra_set += ", last_heartbeat_at = now()"
+    # The hold-down needs consecutive good beats: an UNHEALTHY report restarts the count, and for a member that
+    # is unhealthy already also its hold-down (a state change does both through the bookkeeping trigger).
+    extra_set += (
+        ", good_heartbeats = CASE WHEN s.reported = 'unhealthy' THEN 0 ELSE t.good_heartbeats END"
+        ", unhealthy_since = CASE WHEN s.reported = 'unhealthy' AND s.from_status = 'unhealthy' THEN now() "
+        "ELSE t.unhealthy_since END"
+    )
     if kind is CONTROLLERS:
-        # In-flight accounting (issue 8): a heartbeat's current_meetings already counts what was assigned.
-        extra_set += ", assigned_since_heartbeat = 0"
+        # In-flight accounting (issue 8): a heartbeat that reports current_meetings already counts what was
+        # assigned; a beat without counts reconciles nothing.
+        extra_set += (
+            ", assigned_since_heartbeat = CASE WHEN s.current_meetings IS NULL THEN t.assigned_since_heartbeat "
+            "ELSE 0 END"
+        )
+        # A controller that reports DRAINING itself gets the default drain deadline, so drains_enforce bounds
+        # its drain like an operator's (health_after: a DRAINING report always leads to `draining`).
+        extra_set += (
+            ", drain_deadline = CASE WHEN s.reported = 'draining' AND s.from_status <> 'draining' "
+            "THEN now() + make_interval(secs => %(drain_deadline)s) ELSE t.drain_deadline END"
+        )
     ctes = changed_cte_sql(
         kind.component,
         where=f"t.{kind.pk} = b.id",
@@ -300,6 +354,7 @@ def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[BeatOutcome
         "component_type": kind.component.type,
         "actor_type": ActorType.SERVICE.value,
         "actor_user_id": None,
+        "drain_deadline": settings.DRAIN_DEFAULT_DEADLINE_SECONDS,
     }
     for column, _ in kind.beat_columns:
         params[column] = [beat.values.get(column) for beat in beats]
@@ -413,15 +468,11 @@ WITH meeting AS (
     UPDATE meeting_assignments a SET ended_at = greatest(now(), a.assigned_at), end_reason = %(reason)s
     FROM meeting
     WHERE a.meeting_id = meeting.meeting_id AND a.region = %(region)s AND a.ended_at IS NULL
-    RETURNING a.id, a.meeting_controller_id
-), released AS (
-    UPDATE meeting_controllers mc SET current_meetings = greatest(mc.current_meetings - 1, 0)
-    FROM ended WHERE mc.controller_id = ended.meeting_controller_id
-    RETURNING mc.controller_id
-)
+    RETURNING a.id, a.meeting_id, a.meeting_controller_id, a.reserved_participants
+), {released}, {unassigned}
 SELECT (SELECT count(*) FROM meeting), ended.id, ended.meeting_controller_id
 FROM (SELECT 1) one LEFT JOIN ended ON true
-"""
+""".format(released=release_cte_sql("ended"), unassigned=unassign_cte_sql("ended"))  # noqa: S608 -- constants only
 
 _END_MEETING_IF_IDLE_SQL = """
 UPDATE meetings m SET status = 'ended', ended_at = now()

@@ -1,19 +1,27 @@
 """Which meeting controller (MC) runs a meeting in a region: the heart of the join flow.
 
 1. An active assignment whose MC is healthy with a fresh heartbeat (younger than
-   HEARTBEAT_STALE_THRESHOLD_SECONDS, judged by the database's clock) is reused as is.
-2. Otherwise the PLACEMENT_CANDIDATES (5) least-loaded candidates are read: same region, healthy, below
-   max_meetings, fresh heartbeat; load ratio current_meetings / max_meetings, ties to the newest heartbeat.
-   Degraded MCs are candidates only when no healthy one exists (and a degraded MC that already runs the
-   meeting then keeps it, rather than moving it to another degraded one). The query goes through
-   ControllerQuerySet.available_in, i.e. the partial index idx_meeting_controllers_available.
-3. One is drawn at random with weight 1 - min(load_ratio, 0.99), so load spreads without every GC process
-   piling onto the single least-loaded MC between two heartbeats.
-4. In one transaction: end the stale assignment, insert the new one, bump the MC's current_meetings (a
-   conditional UPDATE that refuses a full or no longer available MC, falling back to the next candidate of
-   the draw and, when all of them filled up meanwhile, to one fresh read), point
-   meetings.assigned_controller_id / assigned_region at it, write the `meeting_assigned` outbox event and the
-   audit row.
+   HEARTBEAT_STALE_THRESHOLD_SECONDS, judged by the database's clock) is reused as is (rule `reused`).
+2. Otherwise the PLACEMENT_CANDIDATES (5) least-loaded candidates are read: same region, healthy, fresh
+   heartbeat, with room. Load is the effective load (in-flight accounting, controllers.services.capacity):
+   (current_meetings + assigned_since_heartbeat) / max_meetings, ties to the newest heartbeat. Room means
+   effective load below max_meetings, fewer than PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE assignments in the MC's
+   current one-minute window (when the cap is on), and, for a large meeting (max_participants above
+   PLACEMENT_LARGE_MEETING_THRESHOLD), current_participants + reserved_participants + max_participants within
+   the MC's max_participants: a large meeting reserves its whole max_participants as its expected size.
+   Degraded MCs are candidates only when no healthy one exists (rule `degraded_fallback`; a degraded MC that
+   already runs the meeting then keeps it, rather than moving it to another degraded one). The query goes
+   through ControllerQuerySet.available_in, i.e. the partial index idx_meeting_controllers_available.
+3. One is drawn at random with weight 1 - min(load_ratio, 0.99) (rule `least_loaded`), so load spreads without
+   every GC process piling onto the single least-loaded MC between two heartbeats.
+4. In one transaction: end the stale assignment (giving back what it held on its MC), insert the new one, and
+   claim the MC's capacity with one conditional UPDATE that re-checks every rule of step 2 on the newest row
+   version (hard capacity: whatever the reports say, no assignment takes an MC past max_meetings) and takes
+   the slot: assigned_since_heartbeat + 1, the reservation, the per-minute window. A candidate that filled up
+   meanwhile makes it fall back to the next one of the draw and, when all of them did, to a fresh read (up to
+   FRESH_READS times). Then point meetings.assigned_controller_id / assigned_region at the MC, write the
+   `meeting_assigned` outbox event and the audit row, both naming the rule; the darktower_assignments
+   {rule,outcome} counter moves when the transaction commits (at once for no_capacity).
 
 Races: the partial unique index uq_meeting_assignments_active allows one active assignment per (meeting,
 region). The insert is INSERT ... ON CONFLICT DO NOTHING: a concurrent request that inserted first makes
@@ -22,7 +30,9 @@ winner's assignment, so every concurrent join of a meeting in a region gets the 
 both saw the same stale assignment serialise on its row: the second one's UPDATE finds it already ended,
 its insert conflicts with the first one's new row, and it returns that. The REST join also holds the meeting
 row (capacity check), but this function does not rely on it (tests/meetings/test_assignment_concurrency.py
-races it without that lock).
+races it without that lock). Concurrent joins of different meetings serialise on the MC row they claim: the
+claim's WHERE is re-evaluated on the row a concurrent claim committed, so capacity is never oversold
+(tests/meetings/test_placement.py).
 """
 
 from __future__ import annotations
@@ -42,10 +52,18 @@ from django.db.models.functions import Cast, Now, NullIf
 from audit.models import ActorType
 from audit.services import audit_record, outbox_enqueue
 from controllers.models import AVAILABLE_STATES, HealthStatus, MeetingController
+from controllers.services.capacity import PlacementOutcome, PlacementRule, release_cte_sql
 from darktower.errors import NoCapacity
+from darktower.metrics import ASSIGNMENTS
 
 END_REASON_REASSIGNED = "reassigned"
 MAX_WEIGHT_LOAD = 0.99  # a nearly full MC keeps a small chance, never zero weight
+# Fresh reads of the region after every candidate of a draw filled up: each failed claim means a concurrent
+# join took that MC's last slot (claims wait for each other's commit), so a few rounds find any room left.
+FRESH_READS = 3
+# The per-MC assignment cap counts assignments in fixed windows of this length, each starting at the first
+# assignment after the previous window ended.
+ASSIGNMENT_WINDOW = timedelta(minutes=1)
 
 _rng = random.SystemRandom()
 
@@ -56,14 +74,22 @@ class Candidate:
     health_status: str
     current_meetings: int
     max_meetings: int
+    # Assigned since the MC's last heartbeat (in-flight accounting): part of its load.
+    in_flight: int = 0
 
     @property
     def load_ratio(self) -> float:
-        return self.current_meetings / self.max_meetings if self.max_meetings else 1.0
+        return (self.current_meetings + self.in_flight) / self.max_meetings if self.max_meetings else 1.0
 
     @property
     def weight(self) -> float:
         return 1.0 - min(self.load_ratio, MAX_WEIGHT_LOAD)
+
+    @property
+    def rule(self) -> PlacementRule:
+        if self.health_status == HealthStatus.HEALTHY:
+            return PlacementRule.LEAST_LOADED
+        return PlacementRule.DEGRADED_FALLBACK
 
 
 @dataclass(frozen=True)
@@ -75,23 +101,45 @@ class Assignment:
     grpc_endpoint: str
     webtransport_endpoint: str | None
     reused: bool
+    rule: str = PlacementRule.REUSED
 
 
 def stale_threshold() -> timedelta:
     return timedelta(seconds=settings.HEARTBEAT_STALE_THRESHOLD_SECONDS)
 
 
-def assignment_candidates(region: str, *, limit: int | None = None) -> list[Candidate]:
-    """Up to `limit` least-loaded candidates: healthy ones if any exist, else degraded ones."""
+def participants_reserved_for(max_participants: int) -> int:
+    """The participants a meeting reserves on its MC: its whole max_participants when that is above
+    PLACEMENT_LARGE_MEETING_THRESHOLD (the expected size of a large meeting), else none."""
+    return max_participants if max_participants > settings.PLACEMENT_LARGE_MEETING_THRESHOLD else 0
+
+
+def assignment_candidates(region: str, *, limit: int | None = None, reserve: int = 0) -> list[Candidate]:
+    """Up to `limit` least-loaded candidates with room (module docstring, step 2) for a meeting that reserves
+    `reserve` participants: healthy ones if any exist, else degraded ones."""
     rows = (
         MeetingController.objects.available_in(region)
-        .filter(current_meetings__lt=F("max_meetings"), last_heartbeat_at__gt=Now() - stale_threshold())
-        .annotate(
+        .filter(last_heartbeat_at__gt=Now() - stale_threshold())
+        .annotate(effective=F("current_meetings") + F("assigned_since_heartbeat"))
+        .filter(effective__lt=F("max_meetings"))
+    )
+    cap = settings.PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE
+    if cap:
+        rows = rows.filter(
+            Q(assignments_window_start__isnull=True) | Q(assignments_window_start__lte=Now() - ASSIGNMENT_WINDOW)
+            | Q(assignments_in_window__lt=cap)
+        )
+    if reserve:
+        rows = rows.annotate(
+            participants_after=F("current_participants") + F("reserved_participants") + reserve
+        ).filter(participants_after__lte=F("max_participants"))
+    rows = (
+        rows.annotate(
             healthy=ExpressionWrapper(Q(health_status=HealthStatus.HEALTHY), output_field=BooleanField()),
-            load=Cast("current_meetings", FloatField()) / Cast(NullIf(F("max_meetings"), 0), FloatField()),
+            load=Cast("effective", FloatField()) / Cast(NullIf(F("max_meetings"), 0), FloatField()),
         )
         .order_by("-healthy", "load", "-last_heartbeat_at", "controller_id")
-        .values_list("controller_id", "health_status", "current_meetings", "max_meetings")[
+        .values_list("controller_id", "health_status", "current_meetings", "max_meetings", "assigned_since_heartbeat")[
             : limit or settings.PLACEMENT_CANDIDATES
         ]
     )
@@ -104,7 +152,7 @@ def assignment_candidates(region: str, *, limit: int | None = None) -> list[Cand
 
 def weighted_order(candidates: Sequence[Candidate], rng: random.Random | None = None) -> list[Candidate]:
     """The candidates in the order to try them: repeated weighted draws without replacement. The first is
-    the choice; the rest are fallbacks should the choice fill up before our bump lands."""
+    the choice; the rest are fallbacks should the choice fill up before our claim lands."""
     rng = rng or _rng
     remaining = list(candidates)
     order: list[Candidate] = []
@@ -125,43 +173,64 @@ WHERE a.meeting_id = %(meeting_id)s AND a.region = %(region)s AND a.ended_at IS 
 
 # greatest(): an assignment committed after this transaction began has assigned_at later than its now().
 _END_SQL = """
-UPDATE meeting_assignments SET ended_at = greatest(now(), assigned_at), end_reason = %(reason)s
-WHERE id = %(id)s AND ended_at IS NULL
-RETURNING meeting_controller_id
-"""
+WITH ended AS (
+    UPDATE meeting_assignments SET ended_at = greatest(now(), assigned_at), end_reason = %(reason)s
+    WHERE id = %(id)s AND ended_at IS NULL
+    RETURNING meeting_controller_id, reserved_participants
+), {released}
+SELECT meeting_controller_id FROM ended
+""".format(released=release_cte_sql("ended"))  # noqa: S608 -- constants only
 
 _INSERT_SQL = """
-INSERT INTO meeting_assignments (meeting_id, meeting_controller_id, region, assigned_at, assigned_by_gc_id)
-VALUES (%(meeting_id)s, %(controller_id)s, %(region)s, now(), %(gc_id)s)
+INSERT INTO meeting_assignments
+    (meeting_id, meeting_controller_id, region, assigned_at, assigned_by_gc_id, reserved_participants)
+VALUES (%(meeting_id)s, %(controller_id)s, %(region)s, now(), %(gc_id)s, %(reserve)s)
 ON CONFLICT (meeting_id, region) WHERE ended_at IS NULL DO NOTHING
 RETURNING id
 """
 
-# Compare-and-set on capacity and availability: the candidate read may be a few milliseconds old.
-_BUMP_SQL = """
-UPDATE meeting_controllers SET current_meetings = current_meetings + 1
-WHERE controller_id = %(controller_id)s AND current_meetings < max_meetings
+# The claim: compare-and-set on every rule of the candidate read, which may be a few milliseconds old. Under
+# READ COMMITTED a claim that waited for a concurrent claim of the same row re-evaluates this WHERE on the row
+# that one committed, so two joins can never both take an MC's last slot.
+_CLAIM_SQL = """
+UPDATE meeting_controllers
+SET assigned_since_heartbeat = assigned_since_heartbeat + 1,
+    reserved_participants = reserved_participants + %(reserve)s,
+    assignments_window_start = CASE WHEN assignments_window_start > now() - make_interval(secs => %(window)s)
+                                    THEN assignments_window_start ELSE now() END,
+    assignments_in_window = CASE WHEN assignments_window_start > now() - make_interval(secs => %(window)s)
+                                 THEN assignments_in_window + 1 ELSE 1 END
+WHERE controller_id = %(controller_id)s
+  AND current_meetings + assigned_since_heartbeat < max_meetings
   AND health_status = ANY(%(available)s) AND last_heartbeat_at > now() - make_interval(secs => %(stale)s)
+  AND (%(per_minute)s = 0 OR assignments_in_window < %(per_minute)s
+       OR NOT coalesce(assignments_window_start > now() - make_interval(secs => %(window)s), false))
+  AND (%(reserve)s = 0 OR current_participants + reserved_participants + %(reserve)s <= max_participants)
 RETURNING grpc_endpoint, webtransport_endpoint
 """
 
-_RELEASE_SQL = """
-UPDATE meeting_controllers SET current_meetings = current_meetings - 1
-WHERE controller_id = %(controller_id)s AND current_meetings > 0
-"""
 
-
-def _bump_first_with_room(  # type: ignore[no-untyped-def]
+def _claim_first_with_room(  # type: ignore[no-untyped-def]
     cursor, order: Sequence[Candidate], params: dict[str, Any]
 ) -> tuple[Candidate, tuple[str, str | None]] | None:
     """Take a meeting slot on the first candidate in `order` that still has one (compare-and-set)."""
-    available = [str(state) for state in AVAILABLE_STATES]
     for candidate in order:
-        cursor.execute(_BUMP_SQL, {**params, "controller_id": candidate.controller_id, "available": available})
+        cursor.execute(_CLAIM_SQL, {**params, "controller_id": candidate.controller_id})
         endpoints = cursor.fetchone()
         if endpoints is not None:
             return candidate, endpoints
     return None
+
+
+def _count(rule: str, outcome: str) -> None:
+    """darktower_assignments{rule,outcome}, once the transaction that made the assignment commits."""
+    transaction.on_commit(ASSIGNMENTS.labels(rule, outcome).inc)
+
+
+def _no_capacity(region: str, rule: str) -> NoCapacity:
+    # The transaction rolls back with the error: counted now, there is no commit to wait for.
+    ASSIGNMENTS.labels(rule, PlacementOutcome.NO_CAPACITY).inc()
+    return NoCapacity(f"No meeting controller is available in region {region}.")
 
 
 def meeting_assign(
@@ -169,20 +238,28 @@ def meeting_assign(
 ) -> Assignment:
     """The MC that runs `meeting_id` in `region`, assigning one if needed (see the module docstring).
     Raises NoCapacity when no MC in the region can take the meeting."""
-    params = {"meeting_id": meeting_id, "region": region, "stale": stale_threshold().total_seconds()}
+    params: dict[str, Any] = {
+        "meeting_id": meeting_id, "region": region, "stale": stale_threshold().total_seconds(),
+    }
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_ACTIVE_SQL, params)
         active = cursor.fetchone()
         if active is not None and active[4] == HealthStatus.HEALTHY and active[5]:
+            _count(PlacementRule.REUSED, PlacementOutcome.REUSED)
             return Assignment(active[0], meeting_id, region, active[1], active[2], active[3], reused=True)
 
-        candidates = assignment_candidates(region)
+        cursor.execute("SELECT max_participants FROM meetings WHERE meeting_id = %s", [meeting_id])
+        meeting = cursor.fetchone()
+        reserve = participants_reserved_for(meeting[0]) if meeting is not None else 0
+        candidates = assignment_candidates(region, reserve=reserve)
         healthy_available = bool(candidates) and candidates[0].health_status == HealthStatus.HEALTHY
         if active is not None and active[5] and active[4] == HealthStatus.DEGRADED and not healthy_available:
             # Degraded fallback: a degraded MC that runs the meeting keeps it rather than moving it to another.
-            return Assignment(active[0], meeting_id, region, active[1], active[2], active[3], reused=True)
+            _count(PlacementRule.DEGRADED_FALLBACK, PlacementOutcome.REUSED)
+            return Assignment(active[0], meeting_id, region, active[1], active[2], active[3], reused=True,
+                              rule=PlacementRule.DEGRADED_FALLBACK)
         if not candidates:
-            raise NoCapacity(f"No meeting controller is available in region {region}.")
+            raise _no_capacity(region, PlacementRule.LEAST_LOADED)
 
         previous_controller_id = None
         if active is not None:
@@ -190,29 +267,38 @@ def meeting_assign(
             ended = cursor.fetchone()
             if ended is not None:
                 previous_controller_id = ended[0]
-                cursor.execute(_RELEASE_SQL, {"controller_id": previous_controller_id})
 
         order = weighted_order(candidates, rng)
-        cursor.execute(_INSERT_SQL, {**params, "controller_id": order[0].controller_id, "gc_id": settings.GC_ID})
+        params.update(
+            reserve=reserve, gc_id=settings.GC_ID, available=[str(state) for state in AVAILABLE_STATES],
+            per_minute=settings.PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE, window=ASSIGNMENT_WINDOW.total_seconds(),
+        )
+        cursor.execute(_INSERT_SQL, {**params, "controller_id": order[0].controller_id})
         inserted = cursor.fetchone()
         if inserted is None:
             # A concurrent request assigned the meeting first; its choice stands.
             cursor.execute(_ACTIVE_SQL, params)
             winner = cursor.fetchone()
             if winner is None:
-                raise NoCapacity(f"No meeting controller is available in region {region}.")
+                raise _no_capacity(region, order[0].rule)
+            _count(PlacementRule.REUSED, PlacementOutcome.REUSED)
             return Assignment(winner[0], meeting_id, region, winner[1], winner[2], winner[3], reused=True)
         assignment_id = inserted[0]
 
-        taken = _bump_first_with_room(cursor, order, params)
-        if taken is None:
-            # Every candidate filled up or went away since the read (other joins committed their bumps in
-            # between). Read once more before answering 503: the region may have room on an MC that was not
-            # among the first few candidates.
-            taken = _bump_first_with_room(cursor, weighted_order(assignment_candidates(region), rng), params)
+        taken = _claim_first_with_room(cursor, order, params)
+        for _ in range(FRESH_READS):
+            if taken is not None:
+                break
+            # Every candidate filled up or went away since the read (other joins committed their claims in
+            # between). Read again before answering 503: the region may have room on an MC that was not among
+            # the first few candidates.
+            fresh = assignment_candidates(region, reserve=reserve)
+            if not fresh:
+                break
+            taken = _claim_first_with_room(cursor, weighted_order(fresh, rng), params)
         if taken is None:
             # The insert above rolls back with this.
-            raise NoCapacity(f"No meeting controller is available in region {region}.")
+            raise _no_capacity(region, order[0].rule)
         chosen, endpoints = taken
         if chosen.controller_id != order[0].controller_id:
             cursor.execute(
@@ -226,7 +312,7 @@ def meeting_assign(
         payload = {
             "meeting_id": str(meeting_id), "region": region, "controller_id": chosen.controller_id,
             "previous_controller_id": previous_controller_id, "assignment_id": assignment_id,
-            "assigned_by_gc_id": settings.GC_ID,
+            "assigned_by_gc_id": settings.GC_ID, "rule": str(chosen.rule), "reserved_participants": reserve,
         }
         outbox_enqueue(aggregate_type="meeting", aggregate_id=str(meeting_id), event_type="meeting_assigned",
                        payload=payload)
@@ -236,5 +322,6 @@ def meeting_assign(
             target_type="meeting", target_id=str(meeting_id),
             metadata={key: value for key, value in payload.items() if key != "meeting_id"},
         )
+        _count(chosen.rule, PlacementOutcome.ASSIGNED)
         return Assignment(assignment_id, meeting_id, region, chosen.controller_id, endpoints[0], endpoints[1],
-                          reused=False)
+                          reused=False, rule=chosen.rule)

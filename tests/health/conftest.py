@@ -41,6 +41,7 @@ def advance(db) -> Callable[[float], None]:
                 last_heartbeat_at=F("last_heartbeat_at") - delta,
                 health_changed_at=F("health_changed_at") - delta,
                 unhealthy_since=F("unhealthy_since") - delta,
+                hold_down_until=F("hold_down_until") - delta,
             )
         HealthTransition.objects.update(created_at=F("created_at") - delta)
         SweepState.objects.all().delete()

@@ -139,7 +139,12 @@ def test_every_region_disrupted_at_once_marks_none_anywhere(caplog):
     assert result["marked"] == [] and result["cut_off"] is True
     assert result["disrupted_regions"] == ["eu-west-1", "us-east-1"]
     assert all(_status(controller_id) == HealthStatus.HEALTHY for controller_id in east + west + small)
-    assert not HealthTransition.objects.exists()
+    # No state changed; every stale member the cut-off spared has a disruption-guard row (from = to).
+    guarded = HealthTransition.objects.filter(reason="disruption-guard")
+    assert sorted(guarded.values_list("component_id", flat=True)) == sorted(east[:8] + west + small)
+    assert all(row.from_status == row.to_status == "healthy" and row.metadata["cut_off"] for row in guarded)
+    assert guarded.get(component_id=east[0]).metadata["region_stale"] == 8
+    assert not HealthTransition.objects.exclude(reason="disruption-guard").exists()
     event = AuditLog.objects.get(event_type="gc_cut_off")
     assert event.result == "failure" and event.metadata["regions"] == ["eu-west-1", "us-east-1"]
     assert AuditLog.objects.filter(event_type="region_disrupted").count() == 2
@@ -157,3 +162,23 @@ def test_one_guarded_region_still_reporting_means_not_cut_off():
     assert sorted(result.ids("meeting_controller")) == sorted(west[:1] + small)
     assert all(_status(controller_id) == HealthStatus.HEALTHY for controller_id in east)
     assert not AuditLog.objects.filter(event_type="gc_cut_off").exists()
+
+
+def test_a_disrupted_region_records_the_members_the_guard_spared_once_per_audit_period():
+    east = _fleet("us-east-1", 10, stale=8)
+    west = _fleet("eu-west-1", 10, stale=1)
+
+    result = controllers_sweep_stale()
+
+    assert result.guarded == {"meeting_controller": 8} and not result.cut_off
+    guarded = HealthTransition.objects.filter(reason="disruption-guard")
+    assert sorted(guarded.values_list("component_id", flat=True)) == sorted(east[:8])
+    row = guarded.get(component_id=east[0])
+    assert (row.from_status, row.to_status, row.actor_type, row.region) == ("healthy", "healthy", "system", "us-east-1")
+    assert (row.metadata["region_stale"], row.metadata["region_live"], row.metadata["cut_off"]) == (8, 10, False)
+    assert HealthTransition.objects.get(component_id=west[0]).reason == "stale"
+
+    # The disruption lasts: the next sweep repeats neither the audit row nor the guard rows.
+    assert controllers_sweep_stale().guarded == {}
+    assert guarded.count() == 8
+    assert AuditLog.objects.filter(event_type="region_disrupted").count() == 1

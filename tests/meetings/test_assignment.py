@@ -33,7 +33,9 @@ def mc(name, *, load=0, max_meetings=100, health="healthy", age_seconds=0, regio
 
 
 def current(controller_id):
-    return MeetingController.objects.get(pk=controller_id).current_meetings
+    """The effective load placement judges: reported meetings plus those assigned since (in-flight)."""
+    controller = MeetingController.objects.get(pk=controller_id)
+    return controller.current_meetings + controller.assigned_since_heartbeat
 
 
 def active_rows(meeting):
@@ -52,11 +54,16 @@ def test_new_assignment_records_everything(owner):
     meeting.refresh_from_db()
     assert (meeting.assigned_controller_id, meeting.assigned_region) == ("mc-a", REGION)
     assert current("mc-a") == 11  # the next choice sees it
+    # In flight until the MC's next heartbeat reports it: the reported count is left to the MC.
+    controller = MeetingController.objects.get(pk="mc-a")
+    assert (controller.current_meetings, controller.assigned_since_heartbeat) == (10, 1)
     event = OutboxEvent.objects.get(event_type="meeting_assigned", aggregate_id=str(meeting.pk))
     assert event.payload["controller_id"] == "mc-a" and event.payload["assigned_by_gc_id"] == settings.GC_ID
     assert event.payload["previous_controller_id"] is None
+    assert event.payload["rule"] == result.rule == "least_loaded"
     audit = AuditLog.objects.get(event_type="meeting_assigned", target_id=str(meeting.pk))
     assert audit.actor_user_id == owner.pk and audit.metadata["controller_id"] == "mc-a"
+    assert audit.metadata["rule"] == "least_loaded"
 
 
 def test_an_active_assignment_on_a_healthy_fresh_mc_is_reused(owner):

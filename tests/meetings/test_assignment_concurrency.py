@@ -30,6 +30,11 @@ REGION = "us-east-1"
 THREADS = 12
 
 
+def load(controller: MeetingController) -> int:
+    """The effective load placement judges: reported meetings plus those assigned since (in-flight)."""
+    return controller.current_meetings + controller.assigned_since_heartbeat
+
+
 def run_concurrently(work, count=THREADS):
     """Run work(index) in `count` threads released together; returns results and exceptions by index."""
     barrier = threading.Barrier(count)
@@ -67,7 +72,7 @@ def test_concurrent_assignments_of_one_meeting_agree(fleet):
     assert len({result.assignment_id for result in results.values()}) == 1
     assert sum(not result.reused for result in results.values()) == 1
     assert MeetingAssignment.objects.filter(meeting=meeting).count() == 1
-    assert sum(mc.current_meetings for mc in MeetingController.objects.all()) == 1
+    assert sum(load(mc) for mc in MeetingController.objects.all()) == 1
     assert OutboxEvent.objects.filter(event_type="meeting_assigned").count() == 1
 
 
@@ -84,8 +89,8 @@ def test_concurrent_replacement_of_a_stale_assignment_agrees(fleet):
     assert [row.meeting_controller_id for row in active] == [chosen]
     ended = MeetingAssignment.objects.filter(meeting=meeting, ended_at__isnull=False)
     assert [(row.meeting_controller_id, row.end_reason) for row in ended] == [("mc-dead", "reassigned")]
-    assert MeetingController.objects.get(pk="mc-dead").current_meetings == 0
-    assert MeetingController.objects.get(pk=chosen).current_meetings == 1
+    assert load(MeetingController.objects.get(pk="mc-dead")) == 0
+    assert MeetingController.objects.get(pk=chosen).assigned_since_heartbeat == 1
 
 
 def test_concurrent_rest_joins_of_one_meeting_get_one_mc(fleet):
@@ -107,7 +112,7 @@ def test_concurrent_rest_joins_of_one_meeting_get_one_mc(fleet):
     assert MeetingAssignment.objects.filter(meeting=meeting, ended_at__isnull=True).count() == 1
     assert MeetingAssignment.objects.filter(meeting=meeting).count() == 1
     assert MeetingParticipant.objects.filter(meeting=meeting).count() == THREADS
-    assert sum(mc.current_meetings for mc in MeetingController.objects.all()) == 1
+    assert sum(load(mc) for mc in MeetingController.objects.all()) == 1
 
 
 def test_concurrent_joins_never_overfill_a_meeting(fleet):
@@ -135,7 +140,7 @@ def test_concurrent_joins_of_many_meetings_never_exceed_an_mc(fleet):
 
     assert all(isinstance(error, NoCapacity) for error in errors.values()), errors
     assert len(results) == 18 and len(errors) == 6
-    loads = dict(MeetingController.objects.values_list("controller_id", "current_meetings"))
+    loads = {mc.controller_id: load(mc) for mc in MeetingController.objects.all()}
     assert set(loads.values()) == {3}
     assert Counter(results.values()) == Counter(dict.fromkeys(loads, 3))
     assert MeetingAssignment.objects.filter(ended_at__isnull=True).count() == 18
