@@ -99,6 +99,8 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# JSON in the API's error shape under /api/, Django's page elsewhere (darktower.api.errors).
+CSRF_FAILURE_VIEW = "darktower.api.errors.csrf_failure"
 
 # Where the embedded PostgreSQL and Redis keep their data when DATABASE_URL / REDIS_URL are unset.
 DATA_DIR = Path(env_str("DARKTOWER_DATA_DIR", str(BASE_DIR / ".data")))
@@ -329,6 +331,11 @@ SPECTACULAR_SETTINGS = {
         "RecordingStatusEnum": "meetings.models.RecordingStatus",
         "HealthStatusEnum": "controllers.models.HealthStatus",
     },
+    # The service-token endpoint and the JWKS are plain Django views; this hook documents them.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "accounts.api.oauth.openapi_add_plain_views",
+    ],
 }
 
 # --- i18n / time ------------------------------------------------------------------------------

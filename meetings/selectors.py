@@ -1,4 +1,8 @@
-"""Reads for the meetings API (and the fleet listings operators see through it)."""
+"""Reads for the meetings API (and the fleet listings operators see through it).
+
+Reads that only some callers may make (`participants_for_meeting`, `recordings_visible_to`,
+`recording_visible_to`) check the viewer here and raise the domain errors NotFound / PermissionDenied, so every
+door that lists them applies the same rule."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from django.db.models import F, FloatField, QuerySet
 from django.db.models.functions import Cast, NullIf
 
 from controllers.models import MediaHandler, MeetingController
+from darktower.errors import NotFound, PermissionDenied
 from meetings.models import Meeting, MeetingParticipant, Recording
 
 
@@ -19,10 +24,13 @@ def parse_uuid(value: str) -> uuid.UUID | None:
 
 
 def meetings_by_ref(ref: str) -> QuerySet[Meeting]:
-    """A meeting by its id (a UUID) or its meeting_code (case-insensitive: codes are generated lowercase)."""
+    """A meeting by its id (a UUID) or its meeting_code (case-insensitive: codes are generated lowercase).
+    A ref with a NUL character matches nothing, without a query (PostgreSQL refuses NUL in text)."""
     meeting_id = parse_uuid(ref)
     if meeting_id is not None:
         return Meeting.objects.filter(pk=meeting_id)
+    if "\x00" in ref:
+        return Meeting.objects.none()
     return Meeting.objects.filter(meeting_code=ref.strip().lower())
 
 
@@ -31,24 +39,39 @@ def meetings_hosted_by(user_id: uuid.UUID) -> QuerySet[Meeting]:
     return Meeting.objects.filter(created_by_user_id=user_id).order_by("-created_at", "-meeting_id")
 
 
-def can_list_participants(*, meeting: Meeting, user_id: uuid.UUID) -> bool:
-    """The host and anyone who joined the meeting may list its participants."""
-    if meeting.created_by_user_id == user_id:
-        return True
-    return MeetingParticipant.objects.filter(meeting_id=meeting.pk, user_id=user_id).exists()
+def _meeting_host(meeting_id: uuid.UUID) -> uuid.UUID | None:
+    """The meeting's host (None when the host's account is gone); NotFound when there is no such meeting."""
+    row = Meeting.objects.filter(pk=meeting_id).values("created_by_user_id").first()
+    if row is None:
+        raise NotFound("No such meeting.")
+    host_id: uuid.UUID | None = row["created_by_user_id"]
+    return host_id
 
 
-def participants_of(meeting_id: uuid.UUID) -> QuerySet[MeetingParticipant]:
-    """Present and past participants, in join order (idx_participants_meeting_id)."""
-    return MeetingParticipant.objects.filter(meeting_id=meeting_id).order_by("joined_at", "id")
+def participants_for_meeting(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[MeetingParticipant]:
+    """Present and past participants, in join order (idx_participants_meeting_id), for the host and anyone
+    who joined the meeting; PermissionDenied for everyone else."""
+    participants = MeetingParticipant.objects.filter(meeting_id=meeting_id).order_by("joined_at", "id")
+    if _meeting_host(meeting_id) != viewer_id and not participants.filter(user_id=viewer_id).exists():
+        raise PermissionDenied("Only the host and the meeting's participants may list its participants.")
+    return participants
 
 
-def recordings_of(meeting_id: uuid.UUID) -> QuerySet[Recording]:
+def recordings_visible_to(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[Recording]:
+    """A meeting's recordings, newest first, for its host only."""
+    if _meeting_host(meeting_id) != viewer_id:
+        raise PermissionDenied("Only the host may list this meeting's recordings.")
     return Recording.objects.filter(meeting_id=meeting_id).order_by("-started_at", "-recording_id")
 
 
-def recording_with_meeting(recording_id: uuid.UUID) -> Recording | None:
-    return Recording.objects.select_related("meeting").filter(pk=recording_id).first()
+def recording_visible_to(*, recording_id: uuid.UUID, viewer_id: uuid.UUID) -> Recording:
+    """One recording, for its meeting's host only."""
+    recording = Recording.objects.select_related("meeting").filter(pk=recording_id).first()
+    if recording is None:
+        raise NotFound("No such recording.")
+    if recording.meeting.created_by_user_id != viewer_id:
+        raise PermissionDenied("Only the meeting's host may see its recordings.")
+    return recording
 
 
 def controllers_listing() -> QuerySet[MeetingController]:

@@ -3,13 +3,15 @@
 These are plain Django views, not DRF ones, on purpose: a stock OAuth 2.0 client must be able to use the
 token endpoint unchanged, so it speaks RFC 6749 exactly (form-encoded request, section 5.1 success body,
 section 5.2 error body `{"error": "invalid_client", "error_description": ...}`) instead of the rest of the
-API's JSON bodies and `{"error": {"code", "message", "fields"}}` shape.
+API's JSON bodies and `{"error": {"code", "message", "fields"}}` shape. drf-spectacular does not see plain
+views, so `openapi_add_plain_views` (a schema postprocessing hook) documents both in /api/schema/.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -189,3 +191,132 @@ class JwksView(View):
         response = JsonResponse({"keys": [public_jwk(key) for key in signing_keys_published()]})
         response["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE_SECONDS}"
         return response
+
+
+# --- OpenAPI ------------------------------------------------------------------------------------------------
+
+_OAUTH_ERRORS = ["invalid_request", "invalid_client", "invalid_scope", "unsupported_grant_type", "slow_down"]
+
+
+def _json(schema_name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}}
+
+
+def _header(description: str) -> dict[str, Any]:
+    return {"schema": {"type": "string"}, "description": description}
+
+
+def _oauth_error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": _json("OAuthError")}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+OPENAPI_SCHEMAS: dict[str, Any] = {
+    "ServiceTokenRequest": {
+        "type": "object",
+        "required": ["grant_type"],
+        "properties": {
+            "grant_type": {"type": "string", "enum": [GRANT_TYPE]},
+            "scope": {"type": "string", "description": "Space-delimited scopes; default: all of the client's."},
+            "client_id": {"type": "string", "description": "With client_secret, instead of HTTP Basic."},
+            "client_secret": {"type": "string", "description": "With client_id, instead of HTTP Basic."},
+        },
+    },
+    "ServiceTokenResponse": {
+        "type": "object",
+        "required": ["access_token", "token_type", "expires_in", "scope"],
+        "properties": {
+            "access_token": {"type": "string", "description": "EdDSA JWT, audience of the service tokens."},
+            "token_type": {"type": "string", "enum": ["Bearer"]},
+            "expires_in": {"type": "integer", "description": "Seconds until the token expires."},
+            "scope": {"type": "string", "description": "Space-delimited scopes the token carries."},
+        },
+    },
+    "OAuthError": {
+        "type": "object",
+        "description": "RFC 6749 section 5.2 error (not the rest of the API's error shape).",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string", "enum": _OAUTH_ERRORS},
+            "error_description": {"type": "string"},
+        },
+    },
+    "JsonWebKeySet": {
+        "type": "object",
+        "required": ["keys"],
+        "properties": {"keys": {"type": "array", "items": {"$ref": "#/components/schemas/JsonWebKey"}}},
+    },
+    "JsonWebKey": {
+        "type": "object",
+        "description": "RFC 8037 public key (OKP, Ed25519).",
+        "required": ["kty", "crv", "x", "kid", "alg", "use"],
+        "properties": {
+            "kty": {"type": "string", "enum": ["OKP"]},
+            "crv": {"type": "string", "enum": ["Ed25519"]},
+            "x": {"type": "string", "description": "The public key, base64url."},
+            "kid": {"type": "string"},
+            "alg": {"type": "string", "enum": ["EdDSA"]},
+            "use": {"type": "string", "enum": ["sig"]},
+        },
+    },
+}
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/api/v1/auth/service/token": {
+        "post": {
+            "operationId": "auth_service_token",
+            "tags": ["auth"],
+            "summary": "Service access token: OAuth 2.0 client credentials grant (RFC 6749 section 4.4)",
+            "description": inspect.cleandoc(ServiceTokenView.__doc__ or ""),
+            # HTTP Basic, or client_id and client_secret in the form body (the empty requirement).
+            "security": [{"clientBasicAuth": []}, {}],
+            "requestBody": {
+                "required": True,
+                "content": {FORM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/ServiceTokenRequest"}}},
+            },
+            "responses": {
+                "200": {
+                    "description": "RFC 6749 section 5.1 access token response.",
+                    "content": _json("ServiceTokenResponse"),
+                    "headers": {"Cache-Control": _header("no-store")},
+                },
+                "400": _oauth_error("invalid_request, unsupported_grant_type or invalid_scope."),
+                "401": _oauth_error("invalid_client.", {"WWW-Authenticate": _header(WWW_AUTHENTICATE)}),
+                "429": _oauth_error(
+                    "slow_down: rate limited per client and per address.", {"Retry-After": _header("Seconds to wait.")}
+                ),
+            },
+        }
+    },
+    "/.well-known/jwks.json": {
+        "get": {
+            "operationId": "jwks",
+            "tags": ["auth"],
+            "summary": "Public keys of every token this service signs (RFC 7517)",
+            "description": inspect.cleandoc(JwksView.__doc__ or ""),
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "The JSON Web Key Set.",
+                    "content": _json("JsonWebKeySet"),
+                    "headers": {"Cache-Control": _header(f"public, max-age={JWKS_MAX_AGE_SECONDS}")},
+                }
+            },
+        }
+    },
+}
+
+
+def openapi_add_plain_views(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular POSTPROCESSING_HOOKS entry: these two views are plain Django views (see the module
+    docstring), which drf-spectacular does not see, so their operations are described here by hand."""
+    result.setdefault("paths", {}).update(OPENAPI_PATHS)
+    components = result.setdefault("components", {})
+    components.setdefault("schemas", {}).update(OPENAPI_SCHEMAS)
+    components.setdefault("securitySchemes", {})["clientBasicAuth"] = {
+        "type": "http", "scheme": "basic",
+        "description": "The service credential's client_id and client_secret (RFC 6749 section 2.3.1).",
+    }
+    return result

@@ -1,9 +1,10 @@
 """The one place where errors become HTTP responses: `{"error": {"code", "message", "fields"}}`.
 
 DRF calls `exception_handler` for everything raised inside an API view (DRF's own exceptions, Django's
-Http404, and the domain errors of darktower.errors that services raise). `api_not_found` and
-`server_error` cover what happens outside a view (no URL matched, an unhandled crash), so /api/ paths
-answer JSON even then.
+Http404, and the domain errors of darktower.errors that services raise). `api_not_found`, `bad_request`,
+`permission_denied`, `csrf_failure` and `server_error` cover what happens outside a view (no URL matched, a
+Host header not in ALLOWED_HOSTS, a CSRF or permission refusal, an unhandled crash), so /api/ paths answer
+JSON even then; other paths (the admin) keep Django's pages.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import OperationalError
+from django.core.exceptions import DisallowedHost
+from django.db import DataError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.csrf import csrf_exempt
+from django.views.defaults import bad_request as django_bad_request
 from django.views.defaults import page_not_found
+from django.views.defaults import permission_denied as django_permission_denied
 from django.views.defaults import server_error as django_server_error
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -131,6 +136,15 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             error_body("retry", "The request collided with a concurrent change and was rolled back; retry."),
             status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"},
         )
+    if isinstance(exc, DataError):
+        # A value PostgreSQL refuses (a NUL character, a number out of range) that validation let through:
+        # still the client's input, so a 400 rather than a 500. Inputs are checked before they get here
+        # (ApiBodyLimitMiddleware, the serializers); this is the net under them, and the statement rolled back.
+        logger.warning("api: the database refused a value (%s)", getattr(exc.__cause__, "sqlstate", None))
+        return Response(
+            error_body("invalid", "A value in the request cannot be stored (invalid characters or out of range)."),
+            status=status.HTTP_400_BAD_REQUEST,
+        )
     if isinstance(exc, redis.RedisError):
         # Not a bug but an outage of a dependency: the client may retry. Fail-open paths never get here.
         logger.warning("api: Redis unavailable (%s)", type(exc).__name__)
@@ -177,6 +191,36 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     if is_api_path(request):
         return api_not_found(request)
     return page_not_found(request, exception)  # type: ignore[arg-type]
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler400: a request Django refused before any view ran (a Host header not in ALLOWED_HOSTS, another
+    SuspiciousOperation). Django has already logged it."""
+    if is_api_path(request):
+        if isinstance(exception, DisallowedHost):
+            message = "The Host header names a host this server does not serve."
+        else:
+            message = "The request was refused as malformed."
+        return json_error(status.HTTP_400_BAD_REQUEST, "bad_request", message)
+    return django_bad_request(request, exception)  # type: ignore[arg-type]
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler403: django.core.exceptions.PermissionDenied raised outside DRF."""
+    if is_api_path(request):
+        return json_error(status.HTTP_403_FORBIDDEN, "permission_denied", "Permission denied.")
+    return django_permission_denied(request, exception)  # type: ignore[arg-type]
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF_FAILURE_VIEW. API views are CSRF-exempt (they take no cookies), so under /api/ this answers only a
+    view added without the exemption; it says so in the error shape instead of Django's HTML page."""
+    if is_api_path(request):
+        return json_error(
+            status.HTTP_403_FORBIDDEN, "csrf_failed",
+            "CSRF verification failed; API requests authenticate with a bearer token or an API key, not cookies.",
+        )
+    return django_csrf_failure(request, reason)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

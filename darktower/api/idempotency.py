@@ -1,7 +1,9 @@
 """Idempotency-Key for POST requests (seed 004's idempotency_keys, table audit.IdempotencyKey).
 
-Keys are per principal (user, API key, or client address for anonymous calls) and remembered for
-IDEMPOTENCY_KEY_TTL_SECONDS. The request hash is SHA-256 over method, path and raw body.
+Keys are per principal (user, API key; for anonymous guests the client address with a keyed hash of the
+guest's display name, see `guest_principal`) and remembered for IDEMPOTENCY_KEY_TTL_SECONDS. The request
+hash is SHA-256 over method, path and raw body. Responses that carry a secret are stored with it redacted
+(the view's `idempotency_redact`); the view decides what a replay answers in its place (`replayed_body`).
 
 1. `idempotency_begin` inserts an `in_progress` row with INSERT ... ON CONFLICT DO NOTHING, committed at
    once, so a concurrent duplicate finds it and answers 409 instead of executing a second time. A row that
@@ -15,6 +17,7 @@ IDEMPOTENCY_KEY_TTL_SECONDS. The request hash is SHA-256 over method, path and r
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +60,14 @@ def request_hash(*, method: str, path: str, body: bytes) -> str:
     digest.update(b"\n")
     digest.update(body)
     return digest.hexdigest()
+
+
+def guest_principal(*, ip_address: str, display_name: str) -> str:
+    """The principal of an anonymous guest's keys: its address and a keyed hash of the display name it joins
+    as, so that two guests behind one NAT who send the same key never get each other's participant, and the
+    table never holds the name."""
+    digest = hmac.new(settings.SECRET_KEY.encode(), display_name.encode(), hashlib.sha256).hexdigest()[:32]
+    return f"guest:{ip_address[:45]}:{digest}"
 
 
 def validate_key(key: str) -> str:

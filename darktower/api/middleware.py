@@ -1,9 +1,14 @@
-"""Request-body guard for the API: the size limit answers 413 in the API's error shape.
+"""Request guards for the API, before any view, parser or query runs: the body size limit (413) and paths
+that cannot name anything (404), both in the API's error shape.
 
 DRF's JSON parser reads the request stream directly and would never apply
 DATA_UPLOAD_MAX_MEMORY_SIZE; reading `request.body` here applies Django's limit (Content-Length first,
 then the bytes actually read, which also covers chunked bodies) before any view or parser runs, and leaves
 the body cached for the parser and for the idempotency hash.
+
+A NUL character (`%00`) in the path would reach PostgreSQL through the `<str:...>` path parameters (meeting
+codes, controller ids), and PostgreSQL refuses NUL in text: no id or code contains one, so such a path names
+nothing and answers 404 here, before any query.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from rest_framework import status
 
-from darktower.api.errors import is_api_path, json_error
+from darktower.api.errors import api_not_found, is_api_path, json_error
 
 
 class ApiBodyLimitMiddleware:
@@ -23,6 +28,8 @@ class ApiBodyLimitMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if is_api_path(request):
+            if "\x00" in request.path:
+                return api_not_found(request)
             try:
                 request.body  # noqa: B018 -- reading it applies the limit and caches the body
             except RequestDataTooBig:

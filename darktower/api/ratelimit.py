@@ -8,6 +8,8 @@ window). The limits and the window are settings (RATE_LIMIT_*).
 Redis unreachable: the API keeps serving (fail open) and logs a warning, because a cache outage must not
 take the control plane down with it. The caller may pass `on_unavailable` to decide otherwise: login does,
 and falls back to counting recent failed logins in the audit trail (see accounts.services.users).
+
+Every refusal, by Redis or by a fallback, counts in darktower_rate_limit_rejections_total by endpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import redis
 from django.conf import settings
 
 from darktower.errors import Throttled
+from darktower.metrics import RATE_LIMIT_REJECTIONS
 from darktower.redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -57,15 +60,28 @@ def ratelimit_hit(limits: Sequence[RateLimit], *, on_unavailable: Callable[[], N
             logger.warning("rate limiter: Redis unreachable (%s); %s not limited", type(exc).__name__, endpoints)
             return
         logger.warning("rate limiter: Redis unreachable (%s); %s uses its fallback", type(exc).__name__, endpoints)
-        on_unavailable()
+        try:
+            on_unavailable()
+        except Throttled:
+            _count_rejection(endpoints)
+            raise
         return
     exceeded = [
-        window_start + limit.window_seconds - now
+        (limit.endpoint, window_start + limit.window_seconds - now)
         for limit, window_start, count in zip(limits, windows, counts, strict=True)
         if int(count) > limit.limit
     ]
     if exceeded:
-        raise Throttled("Too many requests; retry later.", retry_after_seconds=max(1, math.ceil(max(exceeded))))
+        _count_rejection(sorted({endpoint for endpoint, _ in exceeded}))
+        retry_after = max(seconds for _, seconds in exceeded)
+        raise Throttled("Too many requests; retry later.", retry_after_seconds=max(1, math.ceil(retry_after)))
+
+
+def _count_rejection(endpoints: Sequence[str]) -> None:
+    """One rejected request per endpoint it was limited on (an address and an account limit on the same
+    endpoint both exceeded is still one request)."""
+    for endpoint in endpoints:
+        RATE_LIMIT_REJECTIONS.labels(endpoint).inc()
 
 
 def window_seconds() -> int:

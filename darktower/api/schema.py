@@ -1,5 +1,5 @@
 """OpenAPI pieces shared by every endpoint: the error shape, the standard error responses, and the
-Idempotency-Key header on POST operations."""
+Idempotency-Key header on POST operations; and the Swagger UI view."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
+from drf_spectacular.views import SpectacularSwaggerView
 from rest_framework import serializers
 
 from darktower.api.idempotency import HEADER, MAX_KEY_LENGTH
@@ -66,3 +67,10 @@ class ApiAutoSchema(AutoSchema):
                 )
             )
         return parameters
+
+
+class SwaggerView(SpectacularSwaggerView):
+    """Swagger UI at /api/docs/. GET and HEAD only: its HTML renderer has no page for DRF's OPTIONS metadata
+    (which would be a 500), so OPTIONS answers 405 like any other method."""
+
+    http_method_names = ["get", "head"]

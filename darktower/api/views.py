@@ -92,7 +92,15 @@ class ApiView(APIView):
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)
-        ratelimit_hit(self.rate_limits(request), on_unavailable=self.rate_limit_fallback(request))
+        # Only requests a handler will serve are counted. OPTIONS (metadata) and a method the view lacks (a 405)
+        # pass the permission check without a caller, so limits that name the caller could not be computed.
+        if request.method != "OPTIONS" and hasattr(self, request.method.lower()):
+            ratelimit_hit(self.rate_limits(request), on_unavailable=self.rate_limit_fallback(request))
+
+    def replayed_body(self, request: Request, status_code: int, body: Any) -> Any:
+        """The body to answer an idempotent replay with, from the stored one (whose `idempotency_redact`
+        fields are null). Views that redact a secret they can safely give again override this."""
+        return body
 
     def stored_body(self, response: Response) -> Any:
         if response.data is None:
@@ -125,7 +133,8 @@ class ApiView(APIView):
                     path=drf_request.path, body=request.body,
                 )
                 if isinstance(outcome, StoredResponse):
-                    response = Response(outcome.body, status=outcome.status, headers={REPLAYED_HEADER: "true"})
+                    body = self.replayed_body(drf_request, outcome.status, outcome.body)
+                    response = Response(body, status=outcome.status, headers={REPLAYED_HEADER: "true"})
                     self.response = self.finalize_response(drf_request, response, *args, **kwargs)
                     return self.response
                 claim = outcome

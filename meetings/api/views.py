@@ -13,11 +13,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.services.users import MEETINGS_CREATE, MEETINGS_READ, MEETINGS_WRITE, RECORDINGS_READ, RECORDINGS_WRITE
+from darktower.api.idempotency import guest_principal
 from darktower.api.ratelimit import RateLimit, join_limits, meeting_create_limits
 from darktower.api.schema import error_responses
 from darktower.api.serializers import EmptyRequest
 from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
-from darktower.errors import NotFound, PermissionDenied
+from darktower.errors import NotFound
 from meetings import selectors
 from meetings.api.filters import MeetingFilter, RecordingFilter
 from meetings.api.serializers import (
@@ -35,7 +36,7 @@ from meetings.api.serializers import (
 )
 from meetings.models import Meeting, MeetingParticipant, Recording
 from meetings.services.meetings import meeting_create, meeting_end, meeting_update
-from meetings.services.participants import JoinResult, meeting_join, participant_leave
+from meetings.services.participants import JoinResult, meeting_join, participant_leave, participant_token_reissue
 from meetings.services.recordings import recording_share, recording_start, recording_update
 
 MEETING_REF = OpenApiParameter(
@@ -62,6 +63,7 @@ def _user_agent(request: Request) -> str | None:
 
 
 def _join_response(result: JoinResult) -> Response:
+    """201 with a new participant; 200 when a signed-in user still present got their participant back."""
     body = {
         "meeting": result.meeting,
         "participant": result.participant,
@@ -73,7 +75,24 @@ def _join_response(result: JoinResult) -> Response:
         "token_type": "Bearer",
         "expires_in": result.token.expires_in,
     }
-    return Response(JoinResponse(body).data, status=status.HTTP_201_CREATED)
+    return Response(JoinResponse(body).data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+
+class JoinReplayMixin:
+    """Idempotent replays of a join. The stored response keeps no meeting token (a secret at rest for 24
+    hours, and expired 5 minutes after issue): a replay answers the stored participant and MC with a freshly
+    issued token for that same participant, or 409 / 410 once it has left or the meeting has ended."""
+
+    idempotency_redact = ("meeting_token",)
+
+    def replayed_body(self, request: Request, status_code: int, body: Any) -> Any:
+        if status_code >= 300 or not isinstance(body, dict):
+            return body
+        participant = body["participant"]
+        token = participant_token_reissue(
+            meeting_id=uuid.UUID(participant["meeting_id"]), participant_id=uuid.UUID(participant["participant_id"])
+        )
+        return {**body, "meeting_token": token.token, "expires_in": token.expires_in}
 
 
 @extend_schema_view(
@@ -155,10 +174,18 @@ class MeetingEndView(ApiView):
     post=extend_schema(
         operation_id="meetings_join", tags=TAGS, summary="Join a meeting: participant, assigned MC, meeting token",
         parameters=[MEETING_REF], request=JoinRequest,
-        responses={201: JoinResponse, **error_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 503)},
+        description=(
+            "201 with a new participant. A signed-in user who is still present in the meeting (a reload) gets 200 "
+            "with their open participant and a fresh token instead, and takes no second seat. A replay with the "
+            "same Idempotency-Key answers the stored participant and MC with a freshly issued meeting token."
+        ),
+        responses={
+            201: JoinResponse, 200: JoinResponse,
+            **error_responses(400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 503),
+        },
     )
 )
-class MeetingJoinView(ApiView):
+class MeetingJoinView(JoinReplayMixin, ApiView):
     required_scopes = {"POST": MEETINGS_WRITE}
 
     def rate_limits(self, request: Request) -> list[RateLimit]:
@@ -180,12 +207,21 @@ class MeetingJoinView(ApiView):
         operation_id="meetings_guest_token", tags=TAGS, auth=[],
         summary="Join as a guest (meetings with allow_guests on and require_auth off)",
         parameters=[MEETING_REF], request=GuestTokenRequest,
+        description=(
+            "Idempotency-Key is kept per client address and display name, so guests behind one NAT never share a "
+            "key; a replay answers the stored participant with a freshly issued meeting token."
+        ),
         responses={201: JoinResponse, **error_responses(400, 403, 404, 409, 410, 413, 415, 422, 429, 503)},
     )
 )
-class GuestTokenView(ApiView):
+class GuestTokenView(JoinReplayMixin, ApiView):
     public = True
     authentication_classes = []
+
+    def idempotency_principal(self, request: Request) -> str:
+        data = request.data
+        name = data.get("display_name") if isinstance(data, dict) else None
+        return guest_principal(ip_address=client_ip(request), display_name=name if isinstance(name, str) else "")
 
     def rate_limits(self, request: Request) -> list[RateLimit]:
         return join_limits(principal=None, ip_address=client_ip(request))
@@ -216,12 +252,9 @@ class ParticipantListView(ApiListView):
     def get_queryset(self) -> QuerySet[MeetingParticipant]:
         if getattr(self, "swagger_fake_view", False):
             return MeetingParticipant.objects.none()
-        meeting = Meeting.objects.filter(pk=self.kwargs["meeting_id"]).first()
-        if meeting is None:
-            raise NotFound("No such meeting.")
-        if not selectors.can_list_participants(meeting=meeting, user_id=self.principal.user.pk):
-            raise PermissionDenied("Only the host and the meeting's participants may list its participants.")
-        return selectors.participants_of(meeting.pk)
+        return selectors.participants_for_meeting(
+            meeting_id=self.kwargs["meeting_id"], viewer_id=self.principal.user.pk
+        )
 
 
 @extend_schema_view(
@@ -262,12 +295,7 @@ class MeetingRecordingsView(ApiListView):
     def get_queryset(self) -> QuerySet[Recording]:
         if getattr(self, "swagger_fake_view", False):
             return Recording.objects.none()
-        host_id = Meeting.objects.filter(pk=self.kwargs["meeting_id"]).values_list("created_by_user_id", flat=True)
-        if not host_id.exists():
-            raise NotFound("No such meeting.")
-        if host_id.first() != self.principal.user.pk:
-            raise PermissionDenied("Only the host may list this meeting's recordings.")
-        return selectors.recordings_of(self.kwargs["meeting_id"])
+        return selectors.recordings_visible_to(meeting_id=self.kwargs["meeting_id"], viewer_id=self.principal.user.pk)
 
     def post(self, request: Request, meeting_id: uuid.UUID) -> Response:
         _validated(EmptyRequest, request)
@@ -290,11 +318,7 @@ class RecordingDetailView(ApiView):
     required_scopes = {"GET": RECORDINGS_READ, "PATCH": RECORDINGS_WRITE}
 
     def get(self, request: Request, recording_id: uuid.UUID) -> Response:
-        recording = selectors.recording_with_meeting(recording_id)
-        if recording is None:
-            raise NotFound("No such recording.")
-        if recording.meeting.created_by_user_id != self.principal.user.pk:
-            raise PermissionDenied("Only the meeting's host may see its recordings.")
+        recording = selectors.recording_visible_to(recording_id=recording_id, viewer_id=self.principal.user.pk)
         return Response(RecordingSerializer(recording).data)
 
     def patch(self, request: Request, recording_id: uuid.UUID) -> Response:
@@ -311,7 +335,20 @@ class RecordingDetailView(ApiView):
     )
 )
 class RecordingShareView(ApiView):
+    """Sharing is itself idempotent (the recording keeps one access token once shared), so the idempotency
+    ledger stores the response without the token and a replay reads the recording's current one: the same
+    share, never a secret at rest in idempotency_keys (null if the recording is no longer public)."""
+
     required_scopes = {"POST": RECORDINGS_WRITE}
+    idempotency_redact = ("access_token",)
+
+    def replayed_body(self, request: Request, status_code: int, body: Any) -> Any:
+        if status_code >= 300 or not isinstance(body, dict):
+            return body
+        recording = selectors.recording_visible_to(
+            recording_id=self.kwargs["recording_id"], viewer_id=self.principal.user.pk
+        )
+        return {**body, "access_token": recording.access_token if recording.is_public else None}
 
     def post(self, request: Request, recording_id: uuid.UUID) -> Response:
         _validated(EmptyRequest, request)

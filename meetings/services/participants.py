@@ -30,6 +30,19 @@ class JoinResult:
     participant: MeetingParticipant
     assignment: Assignment
     token: IssuedToken
+    # False when a signed-in user already present was given back their open participant (a reload).
+    created: bool = True
+
+
+def _meeting_token(participant: MeetingParticipant) -> IssuedToken:
+    return token_issue(
+        subject=str(participant.participant_id), audience=settings.JWT_MEETING_AUDIENCE, scopes=[],
+        lifetime_seconds=settings.JWT_MEETING_TOKEN_LIFETIME_SECONDS,
+        extra_claims={
+            "meeting_id": str(participant.meeting_id), "participant_id": str(participant.participant_id),
+            "role": participant.role,
+        },
+    )
 
 
 def meeting_join(
@@ -48,6 +61,10 @@ def meeting_join(
     The meeting row is locked (FOR NO KEY UPDATE, which does not block the participants' foreign-key
     checks) for the whole join, so concurrent joins cannot both take the last seat: capacity is counted
     under the lock, from idx_participants_present.
+
+    A signed-in user who is still present (a page reload, a second tab, a retry without Idempotency-Key) gets
+    their open participant back with a fresh token: no second row, no second seat, even in a full meeting.
+    Guests cannot be recognised that way; their retries are covered by Idempotency-Key.
     """
     with transaction.atomic():
         meeting = meetings_by_ref(meeting_ref).select_for_update(no_key=True).first()
@@ -63,38 +80,55 @@ def meeting_join(
             role = ROLE_GUEST
         else:
             role = ROLE_HOST if meeting.created_by_user_id == user.pk else ROLE_PARTICIPANT
-        present = MeetingParticipant.objects.filter(meeting_id=meeting.pk, left_at__isnull=True).count()
-        if present >= meeting.max_participants:
+        present = MeetingParticipant.objects.filter(meeting_id=meeting.pk, left_at__isnull=True)
+        participant = (
+            present.filter(user_id=user.pk).order_by("joined_at", "id").first() if user is not None else None
+        )
+        created = participant is None
+        if created and present.count() >= meeting.max_participants:
             raise Conflict("The meeting is full.")
 
         assignment = meeting_assign(meeting_id=meeting.pk, region=region, actor_user_id=user.pk if user else None)
-        participant = MeetingParticipant.objects.create(
-            meeting=meeting, participant_id=uuid.uuid4(), user=user,
-            display_name=display_name or (user.display_name if user else "Guest"), role=role,
-            ip_address=ip_address, user_agent=user_agent, client_version=client_version,
-        )
+        if participant is None:
+            participant = MeetingParticipant.objects.create(
+                meeting=meeting, participant_id=uuid.uuid4(), user=user,
+                display_name=display_name or (user.display_name if user else "Guest"), role=role,
+                ip_address=ip_address, user_agent=user_agent, client_version=client_version,
+            )
         if meeting.status == MeetingStatus.SCHEDULED:
             Meeting.objects.filter(pk=meeting.pk, status=MeetingStatus.SCHEDULED).update(
                 status=MeetingStatus.ACTIVE, actual_start_time=Now()
             )
         audit_record(
-            event_type="participant_joined", action="join",
+            event_type="participant_joined" if created else "participant_rejoined", action="join",
             actor_type=ActorType.USER if user else ActorType.API, actor_user_id=user.pk if user else None,
             target_type="meeting", target_id=str(meeting.pk), ip_address=ip_address, user_agent=user_agent,
             metadata={
-                "participant_id": str(participant.participant_id), "role": role,
+                "participant_id": str(participant.participant_id), "role": participant.role,
                 "controller_id": assignment.controller_id, "region": region,
             },
         )
-        token = token_issue(
-            subject=str(participant.participant_id), audience=settings.JWT_MEETING_AUDIENCE, scopes=[],
-            lifetime_seconds=settings.JWT_MEETING_TOKEN_LIFETIME_SECONDS,
-            extra_claims={
-                "meeting_id": str(meeting.pk), "participant_id": str(participant.participant_id), "role": role,
-            },
-        )
+        token = _meeting_token(participant)
     meeting.refresh_from_db()
-    return JoinResult(meeting=meeting, participant=participant, assignment=assignment, token=token)
+    return JoinResult(meeting=meeting, participant=participant, assignment=assignment, token=token, created=created)
+
+
+def participant_token_reissue(*, meeting_id: uuid.UUID, participant_id: uuid.UUID) -> IssuedToken:
+    """A fresh meeting token for a participant admitted earlier, for an idempotent replay of its join: the
+    stored response keeps no token (it would be a secret at rest, and expired after 5 minutes). Refused once
+    the meeting has ended (Gone) or the participant has left (Conflict: a new join is needed)."""
+    participant = (
+        MeetingParticipant.objects.select_related("meeting")
+        .filter(meeting_id=meeting_id, participant_id=participant_id)
+        .first()
+    )
+    if participant is None:
+        raise NotFound("No such participant in this meeting.")
+    if participant.meeting.status == MeetingStatus.ENDED:
+        raise Gone("The meeting has ended.")
+    if participant.left_at is not None:
+        raise Conflict("This participant has left the meeting; join again with a new Idempotency-Key.")
+    return _meeting_token(participant)
 
 
 _LEAVE_SQL = """

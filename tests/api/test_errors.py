@@ -7,9 +7,14 @@ import json
 import uuid
 
 import pytest
+from django.db import DataError
+from django.urls import get_resolver
 
+from darktower.api import errors
+from darktower.api.errors import exception_handler
 from meetings.models import Meeting
 from tests.api.util import assert_error
+from tests.factories import make_controller, make_meeting
 
 pytestmark = pytest.mark.django_db
 
@@ -130,3 +135,74 @@ def test_outside_the_api_404_stays_html(client):
 def test_bad_query_filter_is_400(as_user, host):
     error = assert_error(as_user(host).get(MEETINGS, {"status": "bogus"}), 400, "invalid")
     assert "status" in error["fields"]
+
+
+@pytest.fixture
+def nul_world(host, operator):
+    make_controller(region="us-east-1", controller_id="mc-a")
+    return make_meeting(host=host, allow_guests=True)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "actor"),
+    [
+        ("GET", "/api/v1/meetings/a%00b", "host"),
+        ("PATCH", "/api/v1/meetings/a%00b", "host"),
+        ("POST", "/api/v1/meetings/a%00b/join", "host"),
+        ("POST", "/api/v1/meetings/a%00b/guest-token", None),
+        ("POST", "/api/v1/controllers/mc%00a/drain", "operator"),
+        ("POST", "/api/v1/controllers/mc%00a/undrain", "operator"),
+        ("POST", "/api/v1/auth/service/token%00", None),
+        ("GET", "/api/v1/%00", None),
+    ],
+)
+def test_a_nul_character_in_the_path_is_a_json_404_before_any_query(
+    api, as_user, host, operator, nul_world, django_assert_num_queries, method, path, actor
+):
+    client = {"host": as_user(host), "operator": as_user(operator), None: api}[actor]
+    with django_assert_num_queries(0):
+        response = client.generic(method, path, "" if method == "GET" else "{}", content_type="application/json")
+    assert_error(response, 404, "not_found")
+
+
+def test_a_database_refusal_left_over_is_400_not_500():
+    # The net under the input checks: whatever value PostgreSQL still refuses is the client's input.
+    response = exception_handler(DataError("value too long"), {})
+    assert response.status_code == 400
+    assert response.data["error"]["code"] == "invalid"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/meetings", "/api/v1/auth/service/token", "/api/nothing", "/ready"])
+def test_a_host_header_not_allowed_is_a_json_400_under_the_api(client, path, settings):
+    settings.ALLOWED_HOSTS = ["darktower.example"]
+    response = client.get(path, HTTP_HOST="evil.example")
+    assert_error(response, 400, "bad_request")
+    assert client.get(path, HTTP_HOST="darktower.example").status_code != 400
+
+
+def test_a_host_header_not_allowed_stays_html_outside_the_api(client, settings):
+    settings.ALLOWED_HOSTS = ["darktower.example"]
+    response = client.get("/admin/", HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize(
+    ("view", "status", "code"),
+    [(errors.permission_denied, 403, "permission_denied"), (errors.csrf_failure, 403, "csrf_failed")],
+)
+def test_permission_and_csrf_refusals_outside_drf_answer_json_under_the_api(rf, view, status, code):
+    # handler403 and CSRF_FAILURE_VIEW: every API view is CSRF-exempt and raises DRF's own 403, so these only
+    # answer a view added without that; called directly, as Django would.
+    response = view(rf.post("/api/v1/meetings"))
+    assert (response.status_code, response["Content-Type"]) == (status, "application/json")
+    assert json.loads(response.content)["error"]["code"] == code
+    page = view(rf.post("/admin/login/"))
+    assert page.status_code == 403 and page["Content-Type"].startswith("text/html")
+
+
+def test_the_handlers_are_wired(settings):
+    resolver = get_resolver()
+    assert resolver.resolve_error_handler(400) is errors.bad_request
+    assert resolver.resolve_error_handler(403) is errors.permission_denied
+    assert settings.CSRF_FAILURE_VIEW == "darktower.api.errors.csrf_failure"

@@ -35,7 +35,8 @@ def test_not_ready_without_redis(api, settings, tmp_path):
 
 def test_not_ready_with_a_pending_migration(api):
     with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM django_migrations WHERE app = 'meetings' AND name LIKE '0001%%'")
+        # The whole app: with only its first migration gone, an applied later one would hide it from the plan.
+        cursor.execute("DELETE FROM django_migrations WHERE app = 'meetings'")
     response = api.get("/ready")
     assert response.status_code == 503
     [reason] = response.json()["reasons"]

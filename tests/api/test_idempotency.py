@@ -3,20 +3,23 @@ and body; a different body is 422; a duplicate still in progress is 409 and neve
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from accounts.tokens import token_verify
 from audit.models import IdempotencyKey
 from darktower.api.idempotency import idempotency_begin
-from meetings.models import Meeting, MeetingParticipant
+from meetings.models import Meeting, MeetingParticipant, Recording
 from tests.api.util import assert_error
-from tests.factories import make_controller, make_meeting, make_user, user_token
+from tests.factories import make_controller, make_meeting, make_recording, make_user, user_token
 
 MEETINGS = "/api/v1/meetings"
 
@@ -133,16 +136,80 @@ def test_api_key_secrets_are_never_stored_or_replayed(as_user, host):
     assert raw not in str(IdempotencyKey.objects.values_list("response_body", flat=True).get(key="key-1"))
 
 
+def stored_body(key):
+    return IdempotencyKey.objects.values_list("response_body", flat=True).get(key=key)
+
+
 @pytest.mark.django_db
-def test_guests_are_keyed_by_address(api, host):
+def test_join_replays_store_no_token_and_issue_a_fresh_one(as_user, host, other):
+    make_controller(region="us-east-1")
+    meeting = make_meeting(host=host)
+    client = as_user(other)
+    url = f"{MEETINGS}/{meeting.pk}/join"
+    first = client.post(url, {}, format="json", **key_header("join-token"))
+    assert first.status_code == 201
+    token = first.json()["meeting_token"]
+    body = stored_body("join-token")
+    assert body["meeting_token"] is None and token not in json.dumps(body)
+
+    replay = client.post(url, {}, format="json", **key_header("join-token"))
+    assert replay.status_code == 201 and replay["Idempotent-Replayed"] == "true"
+    fresh = replay.json()
+    assert fresh["participant"] == first.json()["participant"]
+    assert fresh["controller_id"] == first.json()["controller_id"]
+    assert fresh["meeting_token"] != token and fresh["expires_in"] == 300
+    claims = token_verify(fresh["meeting_token"], audience=settings.JWT_MEETING_AUDIENCE).claims
+    assert claims["participant_id"] == fresh["participant"]["participant_id"]
+    assert claims["role"] == "participant"
+    assert MeetingParticipant.objects.filter(meeting=meeting).count() == 1
+
+    # No token for a participant who has left, nor once the meeting has ended.
+    MeetingParticipant.objects.filter(meeting=meeting).update(left_at=timezone.now(), leave_reason="voluntary")
+    assert_error(client.post(url, {}, format="json", **key_header("join-token")), 409, "conflict")
+    Meeting.objects.filter(pk=meeting.pk).update(status="ended", ended_at=timezone.now())
+    assert_error(client.post(url, {}, format="json", **key_header("join-token")), 410, "gone")
+
+
+@pytest.mark.django_db
+def test_guests_are_keyed_by_address_and_name(api, host):
     make_controller(region="us-east-1")
     meeting = make_meeting(host=host, allow_guests=True)
     url = f"{MEETINGS}/{meeting.pk}/guest-token"
-    first = api.post(url, {"display_name": "G"}, format="json", **key_header("guest-1"))
-    again = api.post(url, {"display_name": "G"}, format="json", **key_header("guest-1"))
-    assert again["Idempotent-Replayed"] == "true" and again.json() == first.json()
-    assert MeetingParticipant.objects.count() == 1
-    assert IdempotencyKey.objects.get(key="guest-1").principal == "ip:127.0.0.1"
+    first = api.post(url, {"display_name": "Ann"}, format="json", **key_header("guest-1"))
+    again = api.post(url, {"display_name": "Ann"}, format="json", **key_header("guest-1"))
+    assert first.status_code == again.status_code == 201
+    assert again["Idempotent-Replayed"] == "true"
+    assert again.json()["participant"] == first.json()["participant"]
+    assert again.json()["meeting_token"] != first.json()["meeting_token"]
+    assert token_verify(again.json()["meeting_token"], audience=settings.JWT_MEETING_AUDIENCE).claims["role"] == "guest"
+    assert stored_body("guest-1")["meeting_token"] is None
+
+    # Another guest behind the same address who happens to send the same key is a new guest, not a replay of
+    # Ann's participant (nor a 422 for "the same key with another body").
+    bob = api.post(url, {"display_name": "Bob"}, format="json", **key_header("guest-1"))
+    assert bob.status_code == 201 and "Idempotent-Replayed" not in bob
+    assert bob.json()["participant"]["participant_id"] != first.json()["participant"]["participant_id"]
+    assert MeetingParticipant.objects.count() == 2
+    principals = set(IdempotencyKey.objects.filter(key="guest-1").values_list("principal", flat=True))
+    assert len(principals) == 2
+    assert all(principal.startswith("guest:127.0.0.1:") and "Ann" not in principal for principal in principals)
+
+
+@pytest.mark.django_db
+def test_share_replays_store_no_token_and_answer_the_same_share(as_user, host):
+    recording = make_recording(meeting=make_meeting(host=host), status="ready")
+    client = as_user(host)
+    url = f"/api/v1/recordings/{recording.pk}/share"
+    first = client.post(url, format="json", **key_header("share-1"))
+    token = first.json()["access_token"]
+    assert first.status_code == 200 and token
+    assert stored_body("share-1")["access_token"] is None and token not in json.dumps(stored_body("share-1"))
+    replay = client.post(url, format="json", **key_header("share-1"))
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.json() == first.json()
+    # A link taken down since is not handed out again.
+    Recording.objects.filter(pk=recording.pk).update(is_public=False)
+    assert client.post(url, format="json", **key_header("share-1")).json()["access_token"] is None
 
 
 @pytest.mark.django_db

@@ -1,5 +1,6 @@
-"""The OpenAPI document at /api/schema/: valid OpenAPI 3, covering every API route and method, and enough
-for a client that reads nothing else to sign in, create a meeting and join it through a registered MC."""
+"""The OpenAPI document at /api/schema/: valid OpenAPI 3, covering every route under /api/ and /.well-known/
+(DRF views and plain Django views alike) and every method, and enough for a client that reads nothing else to
+sign in, create a meeting and join it through a registered MC."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from drf_spectacular.validation import validate_schema
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
+from accounts.api.oauth import FORM_CONTENT_TYPE
 from controllers.services.registration import controller_heartbeat, controller_register
+from darktower.api.errors import api_not_found
 from tests.factories import make_user
 
 pytestmark = pytest.mark.django_db
 
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
+# Plain Django views that speak RFC formats rather than the API's (accounts.api.oauth).
+RFC_PATHS = {"/api/v1/auth/service/token", "/.well-known/jwks.json"}
 
 
 @pytest.fixture
@@ -27,22 +32,28 @@ def schema(api):
 
 
 def api_routes():
-    """(OpenAPI path, methods) of every DRF view in the URLconf."""
+    """(OpenAPI path, methods) of every URL pattern under /api/ and /.well-known/ and of every DRF view,
+    whatever kind of view serves it; only the schema, its UI and the JSON 404 catch-all are left out."""
 
     def walk(patterns, prefix=""):
         for pattern in patterns:
             if isinstance(pattern, URLResolver):
                 yield from walk(pattern.url_patterns, prefix + str(pattern.pattern))
             elif isinstance(pattern, URLPattern):
-                view_class = getattr(pattern.callback, "cls", None)
-                if view_class and issubclass(view_class, APIView):
-                    yield prefix + str(pattern.pattern), view_class
+                yield prefix + str(pattern.pattern), pattern.callback
 
-    for route, view_class in walk(get_resolver().url_patterns):
-        if route.startswith("api/schema") or route.startswith("api/docs"):
+    for route, callback in walk(get_resolver().url_patterns):
+        if route.startswith(("api/schema", "api/docs")) or callback is api_not_found:
             continue
+        view_class = getattr(callback, "view_class", None)
+        is_drf = view_class is not None and issubclass(view_class, APIView)
+        if not (is_drf or route.startswith(("api/", ".well-known/"))):
+            continue
+        # A function view here would be undocumented: it fails the coverage test below on purpose.
+        assert view_class is not None, f"{route} is not a class-based view"
         path = "/" + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", route)
-        yield path, {method for method in HTTP_METHODS if hasattr(view_class, method)}
+        allowed = set(view_class.http_method_names)
+        yield path, {method for method in HTTP_METHODS if method in allowed and hasattr(view_class, method)}
 
 
 def test_the_schema_is_valid_openapi_3(schema):
@@ -53,6 +64,7 @@ def test_the_schema_is_valid_openapi_3(schema):
 def test_every_route_and_method_is_documented(schema):
     routes = dict(api_routes())
     assert len(routes) >= 15
+    assert set(routes) >= RFC_PATHS
     for path, methods in routes.items():
         assert path in schema["paths"], path
         assert set(schema["paths"][path]) - {"parameters"} == methods, path
@@ -65,6 +77,8 @@ def test_operations_document_their_errors_and_security(schema):
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             operation_ids.add(operation["operationId"])
+            if path in RFC_PATHS:
+                continue  # their own shapes: test_the_oauth_token_endpoint_and_jwks_are_documented_as_rfcs
             public = path in {"/health", "/ready", "/api/v1/auth/login"} or path.endswith("/guest-token")
             if public:
                 assert operation.get("security") in ([], [{}], None) or {} in operation["security"], path
@@ -83,6 +97,39 @@ def test_operations_document_their_errors_and_security(schema):
     assert "meetings_join" in operation_ids
     join = schema["paths"]["/api/v1/meetings/{meeting_ref}/join"]["post"]
     assert {"201", "409", "410", "429", "503"} <= set(join["responses"])
+
+
+def test_the_oauth_token_endpoint_and_jwks_are_documented_as_rfcs(schema):
+    token = schema["paths"]["/api/v1/auth/service/token"]["post"]
+    assert token["operationId"] == "auth_service_token"
+    assert set(token["requestBody"]["content"]) == {FORM_CONTENT_TYPE}
+    request = token["requestBody"]["content"][FORM_CONTENT_TYPE]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert schema["components"]["schemas"][request]["properties"]["grant_type"]["enum"] == ["client_credentials"]
+    # HTTP Basic or the form's client_id / client_secret (the empty requirement).
+    assert token["security"] == [{"clientBasicAuth": []}, {}]
+    basic = schema["components"]["securitySchemes"]["clientBasicAuth"]
+    assert (basic["type"], basic["scheme"]) == ("http", "basic")
+    assert set(token["responses"]) == {"200", "400", "401", "429"}
+    for code in ("400", "401", "429"):
+        assert token["responses"][code]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/OAuthError"
+        }
+    assert "WWW-Authenticate" in token["responses"]["401"]["headers"]
+    assert "Retry-After" in token["responses"]["429"]["headers"]
+    success = schema["components"]["schemas"]["ServiceTokenResponse"]
+    assert set(success["required"]) == {"access_token", "token_type", "expires_in", "scope"}
+
+    jwks = schema["paths"]["/.well-known/jwks.json"]["get"]
+    assert jwks["security"] == []
+    assert jwks["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/JsonWebKeySet"
+    }
+
+
+def test_the_documented_jwks_shape_is_what_the_endpoint_serves(schema, api):
+    keys = api.get("/.well-known/jwks.json").json()["keys"]
+    documented = schema["components"]["schemas"]["JsonWebKey"]
+    assert keys and all(set(key) == set(documented["required"]) == set(documented["properties"]) for key in keys)
 
 
 def _operation(schema, operation_id):

@@ -15,7 +15,7 @@ from controllers.models import MeetingController
 from darktower.errors import Unauthenticated
 from meetings.models import Meeting, MeetingAssignment, MeetingParticipant
 from tests.api.util import assert_error
-from tests.factories import make_controller, make_meeting
+from tests.factories import make_controller, make_meeting, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -67,7 +67,7 @@ def test_the_host_joins_as_host_and_everyone_gets_the_same_mc(as_user, host, oth
     assert first["participant"]["role"] == "host"
     assert token_verify(first["meeting_token"], audience=settings.JWT_MEETING_AUDIENCE).claims["role"] == "host"
     for _ in range(3):
-        again = as_user(other).post(join_url(meeting.meeting_code), format="json").json()
+        again = as_user(make_user()).post(join_url(meeting.meeting_code), format="json").json()
         assert again["controller_id"] == first["controller_id"]
     assert MeetingAssignment.objects.filter(meeting=meeting).count() == 1
     assert MeetingParticipant.objects.filter(meeting=meeting).count() == 4
@@ -109,12 +109,13 @@ def test_no_controller_available_is_503_with_retry_after(as_user, host, settings
 
 def test_a_full_meeting_is_409(as_user, host, other, controller):
     meeting = make_meeting(host=host, max_participants=2)
+    third = make_user()
     assert as_user(host).post(join_url(meeting.pk), format="json").status_code == 201
     assert as_user(other).post(join_url(meeting.pk), format="json").status_code == 201
-    assert_error(as_user(other).post(join_url(meeting.pk), format="json"), 409, "conflict")
+    assert_error(as_user(third).post(join_url(meeting.pk), format="json"), 409, "conflict")
     # A seat frees up when someone leaves.
     MeetingParticipant.objects.filter(meeting=meeting, role="host").update(left_at=timezone.now())
-    assert as_user(other).post(join_url(meeting.pk), format="json").status_code == 201
+    assert as_user(third).post(join_url(meeting.pk), format="json").status_code == 201
 
 
 def test_an_ended_meeting_is_410(as_user, host, controller):
@@ -160,3 +161,28 @@ def test_join_counts_toward_the_mc_load(as_user, host):
         meeting = make_meeting(host=host)
         as_user(host).post(join_url(meeting.pk), format="json")
     assert MeetingController.objects.get(pk="mc-only").current_meetings == 3
+
+
+def test_a_reload_gives_the_open_participant_back_without_taking_a_seat(as_user, host, other, controller):
+    meeting = make_meeting(host=host, max_participants=2)
+    first = as_user(other).post(join_url(meeting.pk), {"display_name": "Tab 1"}, format="json")
+    assert first.status_code == 201
+    assert as_user(host).post(join_url(meeting.pk), format="json").status_code == 201  # now full
+    # A reload (a second tab, a retry without Idempotency-Key) of someone present: admitted even though the
+    # meeting is full, with the same participant and a fresh token, and no second row.
+    again = as_user(other).post(join_url(meeting.meeting_code), {"display_name": "Tab 2"}, format="json")
+    assert again.status_code == 200, again.content
+    assert again.json()["participant"] == first.json()["participant"]
+    assert again.json()["controller_id"] == first.json()["controller_id"]
+    assert again.json()["meeting_token"] != first.json()["meeting_token"]
+    claims = token_verify(again.json()["meeting_token"], audience=settings.JWT_MEETING_AUDIENCE).claims
+    assert claims["participant_id"] == first.json()["participant"]["participant_id"]
+    assert MeetingParticipant.objects.filter(meeting=meeting).count() == 2
+    assert AuditLog.objects.filter(event_type="participant_rejoined", target_id=str(meeting.pk)).count() == 1
+    # Someone else still finds the meeting full.
+    assert_error(as_user(make_user()).post(join_url(meeting.pk), format="json"), 409, "conflict")
+    # Once left, joining again is a new session.
+    MeetingParticipant.objects.filter(meeting=meeting, user=other).update(left_at=timezone.now())
+    rejoined = as_user(other).post(join_url(meeting.pk), format="json")
+    assert rejoined.status_code == 201
+    assert rejoined.json()["participant"]["participant_id"] != first.json()["participant"]["participant_id"]
