@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import pytest
 import redis
+from kombu import Connection
 
-from darktower.celery import DEFAULT_QUEUE, MAINTENANCE_QUEUE
+from darktower.celery import DEFAULT_QUEUE, MAINTENANCE_QUEUE, app
 from tests.faults.processes import (
     ROOT,
     CeleryWorkerProcess,
@@ -21,6 +22,7 @@ from tests.faults.processes import (
     ThrowawayRedis,
     database_url_of_test_db,
 )
+from tests.grpc.conftest import channel, grpc_server, mc_stub  # noqa: F401 (fixtures, used by name)
 
 # Issued inside the throwaway database, whose signing key the server will verify it with.
 _ISSUE_TOKEN = (
@@ -104,3 +106,15 @@ def worker_on_own_redis(transactional_db, own_redis, tmp_path) -> Iterator[Celer
         yield worker
     finally:
         worker.stop()
+
+
+@pytest.fixture
+def send_task(own_redis):
+    """send_task(name) publishes a task to own_redis (the broker of worker_on_own_redis), as the beat would."""
+
+    def send(name: str) -> None:
+        # kombu names unix sockets redis+socket://
+        with Connection(f"redis+socket://{own_redis.socket}") as connection:
+            app.send_task(name, connection=connection)
+
+    return send
