@@ -3,8 +3,15 @@
 Each batch is one transaction: claim pending rows in id order with FOR UPDATE SKIP LOCKED (a second relay
 takes other rows, never the same ones), publish them with pipelined Redis commands, then mark each row
 processed or record its error. Every event goes to the stream `darktower:events`; events about a meeting
-controller also refresh its capacity hash `controller:{id}:capacity` (seed 002) from the controller's row as
-it is now, so out-of-order or repeated events cannot leave an old state behind.
+controller (aggregate type `controller`, or `meeting_controller` as operator actions spell it) also refresh its
+capacity hash `controller:{id}:capacity` (seed 002) from the controller's row as it is now, so out-of-order or
+repeated events cannot leave an old state behind. The heartbeat flush refreshes the same hashes
+(`capacity_cache_refresh`), so a steadily healthy controller's hash never expires.
+
+The relay writes each hash with its own pipelined commands (a command error fails only its event); the
+heartbeat flush writes a whole batch with one Lua script call, which measured about 3.5 times faster than a
+pipeline of HSET + EXPIRE per controller (2,000 controllers: ~64 ms against ~235 ms on a loaded 2-core machine;
+the cost is Python packing 4,000 commands, not Redis).
 
 A row whose publication fails is retried with exponential backoff and becomes poison (failed_at) after
 OUTBOX_MAX_ATTEMPTS; the admin shows those. Redis being unreachable is not the rows' fault: the batch is rolled
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -28,7 +36,6 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from audit.models import OutboxEvent
-from controllers.models import MeetingController
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +44,44 @@ EVENTS_STREAM = "darktower:events"
 EVENTS_STREAM_MAXLEN = 100_000
 CAPACITY_KEY = "controller:{controller_id}:capacity"
 CAPACITY_TTL_SECONDS = 300  # seed 002: 5 minutes
-CONTROLLER_AGGREGATE = "controller"
+# The sweep and the drain deadline write `controller`, the operator's mark-unhealthy `meeting_controller`.
+CONTROLLER_AGGREGATES = frozenset({"controller", "meeting_controller"})
+# The hash's fields (seed 002), in the order of _CAPACITY_SQL's columns after the id and of the script's rows.
+CAPACITY_FIELDS = (
+    "max_meetings", "current_meetings", "max_participants", "current_participants", "health", "last_update",
+)
+# By primary key; last_update is the last heartbeat in whole Unix seconds (the database's clock).
+_CAPACITY_SQL = """
+SELECT controller_id, max_meetings, current_meetings, max_participants, current_participants, health_status,
+       floor(extract(epoch FROM last_heartbeat_at))::bigint
+FROM meeting_controllers WHERE controller_id = ANY(%s)
+"""
+# Controllers per script call: a call blocks Redis while it runs (~1 ms per 1,000 hashes).
+CAPACITY_SCRIPT_BATCH = 1000
+# KEYS: the hashes. ARGV[1]: the TTL; ARGV[2]: a JSON list with, per key, its six field values (strings) or null
+# when the controller is gone. pcall: a key of the wrong type fails alone. Returns how many keys failed.
+_CAPACITY_SCRIPT = """
+local ttl = tonumber(ARGV[1])
+local rows = cjson.decode(ARGV[2])
+local failed = 0
+for i, key in ipairs(KEYS) do
+  local row = rows[i]
+  local reply
+  if row == cjson.null then
+    reply = redis.pcall('DEL', key)
+  else
+    reply = redis.pcall('HSET', key, 'max_meetings', row[1], 'current_meetings', row[2], 'max_participants', row[3],
+                        'current_participants', row[4], 'health', row[5], 'last_update', row[6])
+    if not (type(reply) == 'table' and reply.err) then
+      reply = redis.pcall('EXPIRE', key, ttl)
+    end
+  end
+  if type(reply) == 'table' and reply.err then
+    failed = failed + 1
+  end
+end
+return failed
+"""
 # Delay before the next attempt: BASE * 2^(attempts so far), capped.
 BACKOFF_BASE_SECONDS = 2
 BACKOFF_MAX_SECONDS = 3600
@@ -106,22 +150,14 @@ def _publish(events: list[OutboxEvent]) -> dict[int, str]:
     and rolls the whole claim back; a command error (say WRONGTYPE on one key) fails only its event.
     """
     errors: dict[int, str] = {}
-    controller_events = [event for event in events if event.aggregate_type == CONTROLLER_AGGREGATE]
+    controller_events = [event for event in events if event.aggregate_type in CONTROLLER_AGGREGATES]
     if controller_events:
-        capacities = {
-            row["controller_id"]: row
-            for row in MeetingController.objects.filter(
-                controller_id__in={event.aggregate_id for event in controller_events}
-            ).values(
-                "controller_id", "max_meetings", "current_meetings", "max_participants", "current_participants",
-                "health_status", "last_heartbeat_at",
-            )
-        }
+        capacities = capacity_rows({event.aggregate_id for event in controller_events})
         pipe = _redis().pipeline(transaction=False)
         spans = []
         for event in controller_events:
             start = len(pipe.command_stack)
-            _queue_capacity(pipe, event.aggregate_id, capacities.get(event.aggregate_id))
+            queue_capacity(pipe, event.aggregate_id, capacities.get(event.aggregate_id))
             spans.append((event.id, start, len(pipe.command_stack)))
         _collect_errors(pipe.execute(raise_on_error=False), spans, errors)
 
@@ -141,24 +177,41 @@ def _collect_errors(replies: list[Any], spans: list[tuple[int, int, int]], error
             errors[event_id] = f"{type(failure).__name__}: {failure}"[:LAST_ERROR_MAX_CHARS]
 
 
-def _queue_capacity(pipe: Any, controller_id: str, row: dict[str, Any] | None) -> None:
+def capacity_rows(controller_ids: Collection[str]) -> dict[str, tuple[str, ...]]:
+    """Each existing controller's hash values (CAPACITY_FIELDS order) from its row as it is now: one query."""
+    with connection.cursor() as cursor:
+        cursor.execute(_CAPACITY_SQL, [list(controller_ids)])
+        return {row[0]: tuple(str(value) for value in row[1:]) for row in cursor.fetchall()}
+
+
+def queue_capacity(pipe: Any, controller_id: str, values: tuple[str, ...] | None) -> None:
+    """Queue one controller's capacity hash on a pipeline: HSET of every field and EXPIRE, or DELETE when gone."""
     key = CAPACITY_KEY.format(controller_id=controller_id)
-    if row is None:
+    if values is None:
         pipe.delete(key)  # the controller is gone: no stale capacity may outlive it
         return
-    pipe.hset(
-        key,
-        mapping={
-            "max_meetings": row["max_meetings"],
-            "current_meetings": row["current_meetings"],
-            "max_participants": row["max_participants"],
-            "current_participants": row["current_participants"],
-            "health": row["health_status"],
-            "last_update": int(row["last_heartbeat_at"].timestamp()),
-        },
-    )
+    pipe.hset(key, mapping=dict(zip(CAPACITY_FIELDS, values, strict=True)))
     # Redis 6.2 has no per-field TTL (HEXPIRE): the whole hash expires.
     pipe.expire(key, CAPACITY_TTL_SECONDS)
+
+
+def capacity_cache_refresh(*, controller_ids: Collection[str], client: redis.Redis) -> int:
+    """Write the capacity hashes of these controllers from their rows (HSET + EXPIRE each, DEL for a controller
+    that is gone) with one script call per CAPACITY_SCRIPT_BATCH. Returns how many keys Redis refused (a key of
+    another type); connection errors and timeouts propagate: the caller decides whether to fail open."""
+    ids = list(controller_ids)
+    if not ids:
+        return 0
+    rows = capacity_rows(ids)
+    script = client.register_script(_CAPACITY_SCRIPT)
+    failed = 0
+    for start in range(0, len(ids), CAPACITY_SCRIPT_BATCH):
+        chunk = ids[start:start + CAPACITY_SCRIPT_BATCH]
+        failed += int(script(
+            keys=[CAPACITY_KEY.format(controller_id=controller_id) for controller_id in chunk],
+            args=[CAPACITY_TTL_SECONDS, json.dumps([rows.get(controller_id) for controller_id in chunk])],
+        ))
+    return failed
 
 
 def _stream_fields(event: OutboxEvent) -> dict[str, str]:

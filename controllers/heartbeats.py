@@ -27,6 +27,13 @@ What an acknowledged heartbeat guarantees if this process dies:
   interval never makes a member stale.
 - A state change made by the flush itself (rare: the database says a state this process did not know, e.g. an
   operator marked the MC unhealthy and its next beat counts toward recovery) commits with the flush.
+
+The Redis capacity hash of each controller (seed 002 `controller:{id}:capacity`, TTL 5 minutes "refreshed on
+heartbeat") is written after every database write of beats, flush or synchronous: one query for the rows as they
+now are and one script call doing HSET + EXPIRE per hash (Redis 6.2 has no per-field TTL; audit.relay says why a
+script and not a pipeline). It is a cache: when Redis does not answer (socket timeout
+REDIS_SOCKET_TIMEOUT_SECONDS) the beats are written all the same, one warning is logged, and refreshes pause for
+CAPACITY_CACHE_RETRY_SECONDS, so an outage costs a flush at most one timeout per pause.
 """
 
 from __future__ import annotations
@@ -35,11 +42,14 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
+import redis
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
 
+from audit.relay import capacity_cache_refresh
 from controllers.services.registration import (
     CONTROLLERS,
     HANDLERS,
@@ -51,8 +61,13 @@ from controllers.services.registration import (
     members_health,
 )
 from darktower.errors import NotFound
+from darktower.redis import redis_client
 
 logger = logging.getLogger(__name__)
+
+# After a failed capacity-cache refresh, refreshes pause this long (the hashes live 300 s; the next beat of each
+# controller, 10 s apart, refreshes its hash once Redis is back).
+CAPACITY_CACHE_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,9 @@ class HeartbeatRecorder:
         self._loaded = False
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # The capacity cache (controllers only); both read and written under _write_lock.
+        self._cache_paused_until = 0.0
+        self._cache_failing = False
 
     # --- the request path ----------------------------------------------------------------------------------
 
@@ -134,6 +152,7 @@ class HeartbeatRecorder:
                     self._known.pop(beat.member_id, None)
                 else:
                     self._known[beat.member_id] = _Known(outcomes[0].to_status, now)
+            self._refresh_capacity([outcome.member_id for outcome in outcomes])
         if not outcomes:
             raise NotFound(f"unknown {self.kind.target_type.replace('_', ' ')}; register first")
 
@@ -171,7 +190,32 @@ class HeartbeatRecorder:
                         self._known.pop(member_id, None)
                     elif known is not None and known.health_status != written[member_id]:
                         self._known[member_id] = _Known(written[member_id], known.last_seen)
+            self._refresh_capacity(written)
         return len(batch)
+
+    def _refresh_capacity(self, member_ids: Collection[str]) -> None:
+        """Refresh the capacity hashes of the controllers just written; fail open (see the module docstring).
+        Called under _write_lock, so a newer write's hash is never overwritten by an older one's."""
+        if self.kind is not CONTROLLERS or not member_ids or time.monotonic() < self._cache_paused_until:
+            return
+        try:
+            refused = capacity_cache_refresh(controller_ids=member_ids, client=redis_client())
+        except (redis.RedisError, DatabaseError) as exc:
+            # DatabaseError: the rows' read failed after their write committed; the beats are safe either way.
+            self._cache_paused_until = time.monotonic() + CAPACITY_CACHE_RETRY_SECONDS
+            if not self._cache_failing:
+                self._cache_failing = True
+                logger.warning(
+                    "capacity cache refresh failed (%s); heartbeats are written without it, retrying every %.0f s",
+                    type(exc).__name__, CAPACITY_CACHE_RETRY_SECONDS,
+                )
+            return
+        if refused:
+            logger.warning("capacity cache: Redis refused %d of %d hashes (a key of another type?)",
+                           refused, len(member_ids))
+        if self._cache_failing:
+            self._cache_failing = False
+            logger.warning("capacity cache refresh recovered")
 
     def pending_count(self) -> int:
         with self._lock:
@@ -244,6 +288,8 @@ class HeartbeatRecorder:
             self._known.clear()
             self._pending.clear()
             self._loaded = False
+            self._cache_paused_until = 0.0
+            self._cache_failing = False
 
 
 controller_heartbeats = HeartbeatRecorder(CONTROLLERS)

@@ -18,6 +18,7 @@ from audit.relay import CAPACITY_TTL_SECONDS, _redis, outbox_relay
 from audit.services import outbox_events_retry
 from audit.tasks import relay_outbox
 from controllers.models import HealthStatus, MeetingController
+from controllers.services.operations import controller_mark_unhealthy
 from tests.factories import make_controller
 from tests.jobs.conftest import ago
 
@@ -74,6 +75,33 @@ def test_publishes_to_the_stream_and_refreshes_the_capacity_hash(redis_client, e
     # Nothing is published twice.
     assert outbox_relay().processed == []
     assert len(event_stream.entries()) == 2
+
+
+@pytest.mark.django_db
+def test_both_spellings_of_the_controller_aggregate_refresh_the_capacity_hash(redis_client, event_stream):
+    # The sweep and the drain deadline write `controller`; operator actions have written `meeting_controller`.
+    first = _controller(redis_client, health=HealthStatus.UNHEALTHY)
+    second = _controller(redis_client, health=HealthStatus.DRAINING)
+    _event("controller", first.controller_id, "controller_unhealthy")
+    _event("meeting_controller", second.controller_id, "controller_draining")
+
+    assert len(outbox_relay().processed) == 2
+
+    assert redis_client.hget(_capacity_key(first.controller_id), "health") == b"unhealthy"
+    assert redis_client.hget(_capacity_key(second.controller_id), "health") == b"draining"
+    assert 0 < redis_client.ttl(_capacity_key(second.controller_id)) <= CAPACITY_TTL_SECONDS
+
+
+@pytest.mark.django_db
+def test_an_operators_mark_unhealthy_reaches_the_capacity_hash(redis_client, event_stream, operator):
+    controller = _controller(redis_client, health=HealthStatus.HEALTHY)
+    redis_client.hset(_capacity_key(controller.controller_id), "health", "healthy")
+
+    controller_mark_unhealthy(controller_id=controller.controller_id, actor_user_id=operator.user_id)
+    outbox_relay()
+
+    assert redis_client.hget(_capacity_key(controller.controller_id), "health") == b"unhealthy"
+    assert [entry["event_type"] for entry in event_stream.entries()] == ["controller_unhealthy"]
 
 
 @pytest.mark.django_db
