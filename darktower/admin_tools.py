@@ -1,5 +1,6 @@
 """Building blocks shared by the apps' admin modules: a confirmation page for actions, a paginator that never
-counts a big table, a list filter whose choices come from an index instead of a DISTINCT scan, bars and badges.
+counts a big table, a list filter whose choices come from an index instead of a DISTINCT scan, a typed-value
+filter, bars and badges.
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ class EstimatedCountPaginator(Paginator):
         return max(0, int(plan[0]["Plan"]["Plan Rows"]))
 
 
+def distinct_values_sql(table: str, column: str) -> str:
+    """A loose index scan: the distinct values of `column` (an index must lead with it) by a recursive CTE that
+    jumps from one value to the next through the b-tree, instead of SELECT DISTINCT over every row. `table` and
+    `column` are constants of the caller, never input."""
+    return (
+        f"WITH RECURSIVE v(value) AS ((SELECT min({column}) FROM {table}) UNION ALL "  # noqa: S608
+        f"SELECT (SELECT min({column}) FROM {table} WHERE {column} > v.value) "
+        f"FROM v WHERE v.value IS NOT NULL) SELECT value FROM v WHERE value IS NOT NULL"
+    )
+
+
 class IndexedDistinctFilter(admin.SimpleListFilter):
     """Choices are the distinct values of a column found by a loose index scan (a recursive CTE that jumps
     from one value to the next through a b-tree index) instead of SELECT DISTINCT over every row.
@@ -75,19 +87,38 @@ class IndexedDistinctFilter(admin.SimpleListFilter):
     max_choices = 200
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        sql = (
-            f"WITH RECURSIVE v(value) AS ((SELECT min({self.column}) FROM {self.table}) UNION ALL "  # noqa: S608
-            f"SELECT (SELECT min({self.column}) FROM {self.table} WHERE {self.column} > v.value) "
-            f"FROM v WHERE v.value IS NOT NULL) SELECT value FROM v WHERE value IS NOT NULL LIMIT %s"
-        )
         with connection.cursor() as cursor:
-            cursor.execute(sql, [self.max_choices])
+            cursor.execute(f"{distinct_values_sql(self.table, self.column)} LIMIT %s", [self.max_choices])
             return [(value, value) for (value,) in cursor.fetchall()]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if self.value():
             return queryset.filter(**{self.parameter_name: self.value()})
         return queryset
+
+
+class TextInputFilter(admin.SimpleListFilter):
+    """A filter whose value is typed rather than picked from a list (an email, an id): for columns with too many
+    values to list. Subclasses set title, parameter_name, placeholder and `queryset`."""
+
+    template = "admin/dt_input_filter.html"
+    placeholder = ""
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return []
+
+    def has_output(self) -> bool:
+        return True
+
+    def choices(self, changelist: Any) -> Any:
+        yield {
+            "parameter_name": self.parameter_name,
+            "value": self.value() or "",
+            "placeholder": self.placeholder,
+            # The other filters, the search and the ordering ride along with the typed value.
+            "hidden": [(name, value) for name, value in changelist.params.items() if name != self.parameter_name],
+            "clear_link": changelist.get_query_string(remove=[self.parameter_name]),
+        }
 
 
 def confirmed_action(
