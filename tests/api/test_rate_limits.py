@@ -1,5 +1,6 @@
 """Rate limits in Redis (ratelimit:{endpoint}:{identifier}:{window}): 429 with Retry-After over the limit;
-with Redis unreachable the API fails open, and login falls back to counting failed logins in the audit trail."""
+with Redis unreachable the API fails open, and login falls back to counting failed logins in the audit trail.
+Every refusal counts in darktower_rate_limit_rejections_total by endpoint."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from accounts.services.users import email_hash
+from darktower.metrics import REGISTRY
 from darktower.redis import redis_client
 from meetings.models import Meeting
 from tests.api.util import assert_error
@@ -166,3 +168,35 @@ def test_redis_down_login_fallback_limits_an_address(api, settings, redis_down):
     for _ in range(3):
         api.post(LOGIN, {"email": fresh_email(), "password": "x"}, format="json", REMOTE_ADDR=address)
     assert_throttled(api.post(LOGIN, {"email": fresh_email(), "password": "x"}, format="json", REMOTE_ADDR=address))
+
+
+def rejections(endpoint):
+    return REGISTRY.get_sample_value("darktower_rate_limit_rejections_total", {"endpoint": endpoint}) or 0.0
+
+
+def test_rejections_are_counted_by_endpoint(as_user, host, api, settings):
+    settings.RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL = 1
+    settings.RATE_LIMIT_LOGIN_PER_IP = 1
+    settings.RATE_LIMIT_LOGIN_PER_EMAIL = 1
+    creates, logins = rejections("api:meetings:create"), rejections("api:auth:login")
+    client = as_user(host)
+    assert client.post(MEETINGS, {"display_name": "x"}, format="json").status_code == 201
+    assert rejections("api:meetings:create") == creates  # served requests are not counted
+    for _ in range(2):
+        assert_throttled(client.post(MEETINGS, {"display_name": "x"}, format="json"))
+    assert rejections("api:meetings:create") == creates + 2
+    # Over both login limits at once (address and account) is still one rejected request.
+    address, email = fresh_ip(), fresh_email()
+    api.post(LOGIN, {"email": email, "password": "x"}, format="json", REMOTE_ADDR=address)
+    assert_throttled(api.post(LOGIN, {"email": email, "password": "x"}, format="json", REMOTE_ADDR=address))
+    assert rejections("api:auth:login") == logins + 1
+
+
+def test_rejections_by_the_login_fallback_are_counted(api, settings, redis_down):
+    settings.RATE_LIMIT_LOGIN_PER_EMAIL = 1
+    user = make_user(email=fresh_email())
+    before = rejections("api:auth:login")
+    assert_error(api.post(LOGIN, {"email": user.email, "password": "wrong"}, format="json", REMOTE_ADDR=fresh_ip()),
+                 401, "unauthenticated")
+    assert_throttled(api.post(LOGIN, {"email": user.email, "password": "wrong"}, format="json", REMOTE_ADDR=fresh_ip()))
+    assert rejections("api:auth:login") == before + 1
