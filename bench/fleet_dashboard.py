@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15, help="timed requests per page and size (default 15)")
     args = parser.parse_args(argv)
-    sizes = (100, 300) if args.quick else (100, 1_000, 10_000)
-    repeat = 2 if args.quick else args.repeat
+    sizes = (20, 60) if args.quick else (100, 1_000, 10_000)
+    repeat = 1 if args.quick else args.repeat
     # Production rendering: DEBUG off (no debug cursor outside the capture, cached templates). Set before Django.
     os.environ["DEBUG"] = "0"
     os.environ["SECRET_KEY"] = secrets.token_urlsafe(48)

@@ -279,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15, help="measured seconds per run (default 15)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.controllers, args.meetings, args.users, args.duration = 40, 200, 5, 1.5
+        args.controllers, args.meetings, args.users, args.duration = 40, 200, 5, 1.0
         args.workers, args.threads, args.connections = 1, 2, 4
-    warmup = 0.5 if args.quick else 3.0
+    warmup = 0.3 if args.quick else 3.0
 
     result = Result(
         name=NAME, title="Bench 2: join",

@@ -86,13 +86,41 @@ def test_heartbeat_ingestion_compares_with_the_noop_server(results):
     assert payload["data"]["psycopg_single_row_updates_per_second"] > 0
 
 
+def test_join_compares_with_the_trivial_endpoint_and_finds_no_double_assignment(results):
+    payload = load(results[0], "join")
+
+    runs = payload["data"]["runs"]
+    assert [row[0] for row in payload["rows"]] == ["GET /health (trivial DRF view)", "POST .../join"]
+    assert runs["health"]["codes"] == {"200": runs["health"]["calls"]}
+    assert set(runs["join"]["codes"]) <= {"200", "201"} and runs["join"]["ok"] > 0
+    assert payload["data"]["correct"] is True
+    assert set(payload["data"]["problems"].values()) == {0}
+    assert payload["data"]["checks"]["active assignments"] >= runs["join"]["pairs_total"] > 0
+    first, repeated = payload["data"]["statements_per_join"]
+    assert first > repeated > 0
+
+
+def test_fleet_dashboard_query_count_does_not_grow_with_the_fleet(results):
+    payload = load(results[0], "fleet_dashboard")
+
+    by_page: dict[str, set[str]] = {}
+    for size, page, shown, queries, *_ in payload["rows"]:
+        by_page.setdefault(page, set()).add(queries)
+        if page != "changelist, region + health filter, search":
+            assert shown == min(100, size), (size, page)
+    assert len(by_page) == 4
+    assert all(len(counts) == 1 for counts in by_page.values()), by_page
+
+
 def test_results_md_renders_every_section(results):
     results_dir, report, _ = results
 
     text = report.read_text()
+    assert BENCHES == ("heartbeat_ingestion", "join", "stale_sweep", "fleet_dashboard", "audit_retention")
     for name in BENCHES:
         assert json.loads((results_dir / f"{name}.json").read_text())["title"] in text
     assert "Command: `python -m bench.stale_sweep --quick" in text
+    assert "Not measured yet" not in text
 
 
 def test_scratch_databases_are_dropped(results):
