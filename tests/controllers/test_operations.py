@@ -70,7 +70,11 @@ def test_mark_unhealthy_is_compare_and_set(operator):
     assert _status(mc.pk) == HealthStatus.UNHEALTHY
     audit = AuditLog.objects.get(event_type="controller_unhealthy", target_id=mc.pk)
     assert audit.actor_user_id == operator.pk and audit.metadata["reason"] == "operator"
-    assert OutboxEvent.objects.filter(event_type="controller_unhealthy", aggregate_id=mc.pk).count() == 1
+    event = OutboxEvent.objects.get(event_type="controller_unhealthy", aggregate_id=mc.pk)
+    # One spelling for every controller_unhealthy event: the sweep's and the drain deadline's (the relay's filter).
+    assert event.aggregate_type == "controller"
+    assert event.payload == {"id": mc.pk, "region": mc.region, "from_status": "degraded", "to_status": "unhealthy",
+                             "reason": "operator"}
     with pytest.raises(Conflict):
         controller_mark_unhealthy(controller_id=mc.pk, actor_user_id=operator.pk)
     with pytest.raises(NotFound):
@@ -96,3 +100,19 @@ def test_end_assignments_ends_only_this_controllers_active_rows(operator, owner)
     assert controller_end_assignments(controller_id=mc.pk, actor_user_id=operator.pk) == 0
     with pytest.raises(NotFound):
         controller_end_assignments(controller_id="mc-nope", actor_user_id=operator.pk)
+
+
+def test_end_assignments_gives_back_what_they_held_on_the_controller(operator, owner):
+    mc = make_controller(current_meetings=5, assigned_since_heartbeat=1, reserved_participants=300)
+    large, small = make_meeting(host=owner), make_meeting(host=owner)
+    Meeting.objects.filter(pk__in=[large.pk, small.pk]).update(assigned_controller_id=mc.pk, assigned_region=mc.region)
+    MeetingAssignment.objects.create(meeting=large, meeting_controller=mc, region=mc.region, reserved_participants=300)
+    MeetingAssignment.objects.create(meeting=small, meeting_controller=mc, region=mc.region)
+
+    assert controller_end_assignments(controller_id=mc.pk, actor_user_id=operator.pk) == 2
+
+    row = MeetingController.objects.get(pk=mc.pk)
+    # Two meetings off its load: the in-flight one first, then one it had reported.
+    assert (row.current_meetings, row.assigned_since_heartbeat, row.reserved_participants) == (4, 0, 0)
+    assert set(Meeting.objects.filter(pk__in=[large.pk, small.pk]).values_list(
+        "assigned_controller_id", "assigned_region")) == {(None, None)}

@@ -14,8 +14,10 @@ from controllers.services.drain import drain_begin, drain_cancel, drains_enforce
 from controllers.services.health import RecoveryReport, heartbeat_recovery
 from controllers.services.transitions import CONTROLLER
 from controllers.tasks import enforce_drain_deadlines
-from darktower.errors import Conflict, InvalidInput, NotFound
+from darktower.errors import Conflict, InvalidInput, NoCapacity, NotFound
+from darktower.metrics import REGISTRY
 from meetings.models import Meeting, MeetingAssignment
+from meetings.services.assignment import meeting_assign
 from tests.factories import make_controller, make_meeting
 from tests.health.conftest import HOLD_DOWN
 from tests.jobs.conftest import ago
@@ -86,7 +88,7 @@ def test_redrain_moves_the_deadline_without_a_new_transition():
 
 
 def test_at_the_deadline_remaining_meetings_end_and_the_mc_goes_unhealthy(advance):
-    controller = make_controller()
+    controller = make_controller(current_meetings=2)
     assignments = _assign(controller, 2)
     drain_begin(controller_id=controller.controller_id, deadline_seconds=600)
     assert drains_enforce() == []  # not due yet
@@ -96,6 +98,10 @@ def test_at_the_deadline_remaining_meetings_end_and_the_mc_goes_unhealthy(advanc
 
     assert sorted(done.ended) == sorted(row.pk for row in assignments) and done.moved == []
     assert done.marked_unhealthy
+    # The ended meetings no longer point at the drained MC, and its load no longer counts them.
+    assert set(Meeting.objects.filter(pk__in=[row.meeting_id for row in assignments]).values_list(
+        "assigned_controller_id", flat=True)) == {None}
+    assert _row(controller.controller_id).current_meetings == 0
     for row in MeetingAssignment.objects.filter(pk__in=done.ended):
         assert row.ended_at is not None and row.end_reason == "drain_deadline"
     row = _row(controller.controller_id)
@@ -201,3 +207,41 @@ def test_the_task_calls_the_same_service():
     _due(controller.controller_id)
 
     assert enforce_drain_deadlines.apply().get() == {"controllers": [controller.controller_id], "moved": 0, "ended": 1}
+
+
+def test_a_drain_move_fills_the_target_no_further_than_placement_allows(owner, settings):
+    settings.PLACEMENT_LARGE_MEETING_THRESHOLD = 100
+    controller = make_controller(region="eu-west-1", current_meetings=2, reserved_participants=200)
+    target = make_controller(region="eu-west-1", max_meetings=10, current_meetings=8)
+    assignments = _assign(controller, 2)
+    MeetingAssignment.objects.filter(pk=assignments[0].pk).update(reserved_participants=200)
+    drain_begin(controller_id=controller.controller_id, target_controller_id=target.controller_id)
+    _due(controller.controller_id)
+
+    [done] = drains_enforce()
+
+    assert len(done.moved) == 2
+    source, full = _row(controller.controller_id), _row(target.controller_id)
+    assert (source.current_meetings, source.reserved_participants) == (0, 0)
+    assert (full.current_meetings + full.assigned_since_heartbeat, full.reserved_participants) == (10, 200)
+    assert MeetingAssignment.objects.get(pk__in=done.moved, reserved_participants=200).meeting_id == \
+        assignments[0].meeting_id
+    # Placement sees the moved meetings before the target's next heartbeat: it is full.
+    with pytest.raises(NoCapacity):
+        meeting_assign(meeting_id=make_meeting(host=owner).pk, region="eu-west-1")
+
+
+def test_drain_moves_are_counted_as_their_rule(django_capture_on_commit_callbacks):
+    controller = make_controller(region="eu-west-1")
+    target = make_controller(region="eu-west-1")
+    _assign(controller, 3)
+    drain_begin(controller_id=controller.controller_id, target_controller_id=target.controller_id)
+    _due(controller.controller_id)
+    labels = {"rule": "drain_move", "outcome": "assigned"}
+    before = REGISTRY.get_sample_value("darktower_assignments_total", labels) or 0.0
+
+    with django_capture_on_commit_callbacks(execute=True):
+        [done] = drains_enforce()
+
+    assert len(done.moved) == 3
+    assert REGISTRY.get_sample_value("darktower_assignments_total", labels) - before == 3
