@@ -16,6 +16,7 @@ from kombu import Connection
 from darktower.celery import DEFAULT_QUEUE, MAINTENANCE_QUEUE, app
 from tests.faults.processes import (
     ROOT,
+    SHUTDOWN_GRACE_SECONDS,
     CeleryWorkerProcess,
     GrpcServerProcess,
     ThrowawayPostgres,
@@ -74,6 +75,21 @@ def grpcserver_on_own_postgres(own_postgres, tmp_path_factory) -> Iterator[Serve
     try:
         server.start()
         yield ServerOnOwnPostgres(server, own_postgres, token)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def grpcserver_on_test_db(transactional_db, tmp_path) -> Iterator[GrpcServerProcess]:
+    """`manage.py grpcserver` on the test database, 8 workers, a short shutdown grace, 1 s heartbeats."""
+    server = GrpcServerProcess(
+        env={"DATABASE_URL": database_url_of_test_db(), "GRPC_SHUTDOWN_GRACE_SECONDS": str(SHUTDOWN_GRACE_SECONDS),
+             "FAST_HEARTBEAT_INTERVAL_MS": "1000", "COMPREHENSIVE_HEARTBEAT_INTERVAL_MS": "5000"},
+        log=tmp_path / "grpcserver.log", workers=8,
+    )
+    try:
+        server.start()
+        yield server
     finally:
         server.stop()
 

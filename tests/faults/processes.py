@@ -33,6 +33,8 @@ from accounts.tokens import token_issue
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_SECONDS = 60.0
+# GRPC_SHUTDOWN_GRACE_SECONDS of the servers the fault tests stop with SIGTERM.
+SHUTDOWN_GRACE_SECONDS = 5
 
 
 def wait_for(predicate: Callable[[], object], *, timeout: float, what: str, log: Path | None = None) -> object:
