@@ -9,6 +9,9 @@ Messages of Unauthenticated are short and fixed; no token text ever reaches an e
 A verified token is remembered (by its SHA-256) until it expires, so an MC presenting the same service
 token on every heartbeat pays for the signature check once; expiry and revocation are still checked on
 every use.
+
+Every verification is counted in darktower_token_validations by outcome: `valid`, or the rejection's short
+reason (`expired`, `revoked`, `too_large`, ...; a fixed set, the messages below).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from django.conf import settings
 from accounts.blacklist import blacklist_add, blacklist_contains
 from accounts.signing import signing_key_active, signing_public_key
 from darktower.errors import Unauthenticated
+from darktower.metrics import TOKEN_VALIDATIONS
 
 ALGORITHM = "EdDSA"
 _REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
@@ -133,8 +137,26 @@ def _to_claims(payload: dict[str, Any], audience: str) -> TokenClaims:
     )
 
 
+_VALID = TOKEN_VALIDATIONS.labels("valid")
+
+
+def _outcome(message: str) -> str:
+    # "token expired" -> "expired", "unknown signing key" -> "unknown_signing_key"
+    return message.removeprefix("token ").replace(" ", "_")
+
+
 def token_verify(raw: str, *, audience: str) -> TokenClaims:
     """The claims of a valid, unrevoked token for `audience`; Unauthenticated otherwise."""
+    try:
+        claims = _verify(raw, audience)
+    except Unauthenticated as exc:
+        TOKEN_VALIDATIONS.labels(_outcome(exc.message)).inc()
+        raise
+    _VALID.inc()
+    return claims
+
+
+def _verify(raw: str, audience: str) -> TokenClaims:
     if not raw or not isinstance(raw, str):
         raise Unauthenticated("missing token")
     if len(raw) > settings.JWT_MAX_TOKEN_BYTES or len(raw.encode()) > settings.JWT_MAX_TOKEN_BYTES:

@@ -36,11 +36,15 @@ def _invalid(field: str, rule: str) -> InvalidInput:
     return InvalidInput(f"{field}: {rule}", fields={field: [rule]})
 
 
+def id_ok(value: str) -> bool:
+    """Whether `value` is a well-formed controller or handler id (1..255 characters of [A-Za-z0-9._-])."""
+    return 1 <= len(value) <= ID_MAX_LENGTH and _ID.fullmatch(value) is not None
+
+
 def validate_id(value: str, *, field: str) -> str:
     """A controller or handler id: 1..255 characters of [A-Za-z0-9._-]."""
-    rule = f"must be 1..{ID_MAX_LENGTH} characters of [A-Za-z0-9._-]"
-    if not 1 <= len(value) <= ID_MAX_LENGTH or not _ID.fullmatch(value):
-        raise _invalid(field, rule)
+    if not id_ok(value):
+        raise _invalid(field, f"must be 1..{ID_MAX_LENGTH} characters of [A-Za-z0-9._-]")
     return value
 
 

@@ -1,4 +1,4 @@
-"""The one gRPC front door: authentication, scope check and error mapping.
+"""The one gRPC front door: authentication, scope check, rate limit and error mapping.
 
 Every call of our services (everything but health checking and reflection) must carry `authorization: Bearer
 <jwt>` metadata with a service token for JWT_SERVICE_AUDIENCE (accounts.tokens.token_verify: size, EdDSA only,
@@ -6,10 +6,12 @@ known kid, signature, exp/nbf, iss, aud, revocation) holding the service's scope
 worker thread that runs the call, not in `intercept_service`, which grpcio runs on its polling thread.
 Database connections are django-grpc-framework's business (Service closes stale ones around each call, as
 Django does around a request); token checks touch the database only to reload signing keys, rarely.
+After authentication comes the method's rate limit (controllers.grpc.ratelimit), keyed by the token's subject.
 
 Errors are mapped here and nowhere else: darktower.errors to their status codes with their (fixed, short)
-messages; an unreachable database to UNAVAILABLE; anything else to INTERNAL with a generic message, logged
-with its traceback here, so that no SQL, stack trace or token text ever reaches a client.
+messages (a rate limit's RESOURCE_EXHAUSTED with `retry-after` trailing metadata, in seconds); an unreachable
+database to UNAVAILABLE; anything else to INTERNAL with a generic message, logged with its traceback here, so
+that no SQL, stack trace or token text ever reaches a client.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections
 
 from accounts.tokens import TokenClaims, token_verify
+from controllers.grpc.ratelimit import limit_for
 from darktower import errors
 
 logger = logging.getLogger(__name__)
@@ -99,26 +102,40 @@ def authenticate(metadata: Sequence[tuple[str, str | bytes]], scope: str | None)
     return claims
 
 
+def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> NoReturn:
+    """End the call with the status `exc` maps to. Call it while handling `exc` (status_for logs tracebacks)."""
+    if isinstance(exc, errors.Unauthenticated | errors.PermissionDenied):
+        logger.info("grpc %s rejected: %s", method, exc.message)
+    elif isinstance(exc, errors.Throttled):
+        context.set_trailing_metadata((("retry-after", str(exc.retry_after_seconds)),))
+    code, details = status_for(exc, method)
+    context.abort(code, details)
+
+
 def _guard(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """`handler` behind authentication and error mapping."""
+    """`handler` behind authentication, the method's rate limit and error mapping."""
     service = method.lstrip("/").partition("/")[0]
     scope = SERVICE_SCOPES.get(service)
+    limit = limit_for(method)
     behaviour = handler.unary_unary
 
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
         try:
             claims = authenticate(context.invocation_metadata(), scope)
-            token = _claims.set(claims)
-            try:
-                return behaviour(request, context)
-            finally:
-                _claims.reset(token)
-        except (errors.Unauthenticated, errors.PermissionDenied) as exc:
-            logger.info("grpc %s rejected: %s", method, exc.message)
-            code, details = status_for(exc, method)
+            if limit is not None:
+                limit(claims.subject, request)
+        except Exception as exc:  # mapped in _abort; never shown to the client
+            # The servicer, and with it django-grpc-framework's end-of-call connection handling, never runs:
+            # give back the connection a signing-key lookup may have opened, as the end of a request does.
+            close_old_connections()
+            _abort(context, method, exc)
+        token = _claims.set(claims)
+        try:
+            return behaviour(request, context)
         except Exception as exc:  # mapped and logged in status_for; never shown to the client
-            code, details = status_for(exc, method)
-        context.abort(code, details)
+            _abort(context, method, exc)
+        finally:
+            _claims.reset(token)
 
     return grpc.unary_unary_rpc_method_handler(
         guarded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
@@ -126,7 +143,7 @@ def _guard(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler
 
 
 class ServiceInterceptor(grpc.ServerInterceptor):
-    """Wraps every unary call of our services: authenticate, serve, map errors.
+    """Wraps every unary call of our services: authenticate, rate-limit, serve, map errors.
 
     grpcio calls `intercept_service` for every call on its polling thread; the guarded handler of each method
     is built once and reused (the per-call work, metadata included, happens in the worker thread).

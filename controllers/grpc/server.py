@@ -1,4 +1,5 @@
-"""Assembly of the gRPC server: our two services behind the interceptor, health checking and reflection.
+"""Assembly of the gRPC server: our two services behind the metrics and service interceptors, health checking
+and reflection.
 
 The management command `grpcserver` runs it; the tests start the very same server on a loopback port.
 """
@@ -20,6 +21,7 @@ from controllers.grpc.interceptors import GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDL
 from controllers.grpc.services import GlobalControllerService, MediaHandlerRegistryService
 from controllers.heartbeats import RECORDERS
 from dark_tower.internal.v1 import internal_pb2_grpc
+from darktower.metrics import MetricsInterceptor
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +113,14 @@ def build_server(*, bind: str, workers: int, reuse_port: bool = False) -> GrpcSe
     options = [
         ("grpc.max_receive_message_length", settings.GRPC_MAX_RECEIVE_MESSAGE_BYTES),
         ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-        # grpcio turns SO_REUSEPORT on by default: a second server would silently share the port (NOTES.md).
+        # grpcio turns SO_REUSEPORT on by default on Linux: a second server on the same port would bind
+        # silently and take half the connections. Only several processes of one deployment may share a port.
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-worker"),
-        interceptors=[ServiceInterceptor()],
+        # Metrics first, so that they see the status code the service interceptor aborted with.
+        interceptors=[MetricsInterceptor(), ServiceInterceptor()],
         options=options,
     )
     internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(GlobalControllerService.as_servicer(), server)

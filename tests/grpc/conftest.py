@@ -1,22 +1,36 @@
 """A real gRPC server (the one `manage.py grpcserver` builds) on a loopback port, real service tokens.
 
 The server's worker threads have database connections of their own, so these tests commit their data
-(transactional_db) and the server sees it.
+(transactional_db) and the server sees it. The `auth` metadata carries a token an MC would hold: one from
+POST /api/v1/auth/service/token (client credentials, HTTP Basic) for a credential created as an operator does.
+Tokens that the endpoint would never issue (forged, expired, other audiences) come from `issue`.
 """
 
 from __future__ import annotations
 
+import base64
+import uuid
 from collections.abc import Iterator
+from urllib.parse import urlencode
 
 import grpc
 import pytest
 from django.conf import settings
 from django.db import connections
+from django.test import Client
 
+from accounts.services.service_tokens import CreatedServiceCredential, service_credential_create
 from accounts.tokens import token_issue
 from controllers.grpc.server import GrpcServer, build_server
 from controllers.heartbeats import RECORDERS
 from dark_tower.internal.v1 import internal_pb2_grpc
+
+
+@pytest.fixture(autouse=True)
+def roomy_grpc_rate_limits(settings):
+    """Edge tests send many calls for one member in a few milliseconds; test_rate_limits.py sets tight ones."""
+    settings.GRPC_RATE_LIMIT_REGISTER_PER_MEMBER = 10_000
+    settings.GRPC_HEARTBEAT_BURST = 10_000
 
 
 @pytest.fixture
@@ -66,7 +80,26 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
 
+def endpoint_token(credential: CreatedServiceCredential, *, scope: str | None = None) -> str:
+    """An access token from the token endpoint, as an MC gets it (client credentials, HTTP Basic)."""
+    basic = base64.b64encode(f"{credential.credential.client_id}:{credential.client_secret}".encode()).decode()
+    data = {"grant_type": "client_credentials", **({"scope": scope} if scope else {})}
+    # An address of its own, so the endpoint's per-address limit never counts other tests' requests.
+    address = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}"
+    response = Client().post("/api/v1/auth/service/token", urlencode(data),
+                             content_type="application/x-www-form-urlencoded", HTTP_AUTHORIZATION=f"Basic {basic}",
+                             REMOTE_ADDR=address)
+    assert response.status_code == 200, response.content
+    return response.json()["access_token"]
+
+
 @pytest.fixture
-def auth(grpc_server) -> tuple[tuple[str, str]]:
-    """Metadata with a valid token holding both registration scopes."""
-    return bearer(issue())
+def service_credential(grpc_server) -> CreatedServiceCredential:
+    """A credential allowed both registration scopes, created as `create_service_credential` does."""
+    return service_credential_create(name="grpc tests", scopes=["mc:register", "mh:register"])
+
+
+@pytest.fixture
+def auth(service_credential) -> tuple[tuple[str, str]]:
+    """Metadata with a token from the token endpoint holding both registration scopes."""
+    return bearer(endpoint_token(service_credential))

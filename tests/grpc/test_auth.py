@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import grpc
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 
@@ -27,10 +29,16 @@ def claims(**overrides):
     now = datetime.now(UTC)
     payload = {
         "iss": settings.JWT_ISSUER, "sub": "svc-forger", "aud": settings.JWT_SERVICE_AUDIENCE, "iat": now,
-        "nbf": now, "exp": now + timedelta(minutes=5), "jti": "forged-jti", "scope": "mc:register mh:register",
+        "nbf": now, "exp": now + timedelta(minutes=5), "jti": uuid.uuid4().hex, "scope": "mc:register mh:register",
     }
     payload.update(overrides)
     return payload
+
+
+def signed(payload, *, headers=None) -> str:
+    """`payload` signed by our active key, as the token endpoint would sign it (kid header unless overridden)."""
+    signer = signing_key_active()
+    return jwt.encode(payload, signer.private_key, algorithm="EdDSA", headers={"kid": signer.kid, **(headers or {})})
 
 
 def call(stub, metadata):
@@ -130,3 +138,52 @@ def test_a_token_over_8_kib_is_refused_by_size_before_parsing(mc_stub, grpc_serv
 
     # Refused by our size check (not cut off by the transport's metadata limit).
     assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED, "token too large")
+
+
+def test_each_refusal_says_why(mc_stub, grpc_server):
+    kid = signing_key_active().kid
+    skew = settings.JWT_CLOCK_SKEW_SECONDS
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cases = {
+        "RS256 with a known kid": (jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": kid}),
+                                   "token algorithm not accepted"),
+        "no kid header at all": (jwt.encode(claims(), signing_key_active().private_key, algorithm="EdDSA"),
+                                 "token has no key id"),
+        "nbf beyond the clock skew": (signed(claims(nbf=datetime.now(UTC) + timedelta(seconds=skew + 60))),
+                                      "token not yet valid"),
+        "8193 bytes": ("x" * 8193, "token too large"),
+        # Exactly 8 KiB passes the size check and is refused by the parser instead.
+        "8192 bytes of garbage": ("x" * 8192, "malformed token"),
+    }
+    for name, (token, reason) in cases.items():
+        error = call(mc_stub, bearer(token))
+        assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED, reason), name
+    assert not MeetingController.objects.exists()
+
+
+def token_of_length(length: int) -> str:
+    """A valid token of exactly `length` characters: a padding claim, and a header field of 0-2 characters to
+    reach the lengths base64url cannot (it never encodes to a length of 4k + 1)."""
+    payload = claims()
+    for header_pad in range(3):
+        for pad in range(length * 3 // 4 - 600, length):
+            token = signed({**payload, "padding": "x" * pad}, headers={"pad": "x" * header_pad})
+            if len(token) == length:
+                return token
+            if len(token) > length:
+                break
+    raise AssertionError(f"no token of {length} characters")
+
+
+def test_a_token_of_exactly_8_kib_is_accepted(mc_stub, grpc_server):
+    token = token_of_length(settings.JWT_MAX_TOKEN_BYTES)
+    assert len(token.encode()) == 8192
+
+    assert mc_stub.RegisterMC(REQUEST, metadata=bearer(token)).accepted
+
+
+def test_nbf_within_the_clock_skew_is_accepted(mc_stub, grpc_server):
+    early = datetime.now(UTC) + timedelta(seconds=settings.JWT_CLOCK_SKEW_SECONDS - 10)
+    token = signed(claims(nbf=early))
+
+    assert mc_stub.RegisterMC(REQUEST, metadata=bearer(token)).accepted

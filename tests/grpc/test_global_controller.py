@@ -25,7 +25,7 @@ def register_request(controller_id="mc-e2e-1", **overrides):
     return pb.RegisterMCRequest(**fields)
 
 
-def test_register_mc_creates_a_pending_controller(mc_stub, auth):
+def test_register_mc_creates_a_pending_controller(mc_stub, auth, service_credential):
     response = mc_stub.RegisterMC(register_request(), metadata=auth)
 
     assert response.accepted and response.message == "registered"
@@ -34,7 +34,7 @@ def test_register_mc_creates_a_pending_controller(mc_stub, auth):
     assert controller.health_status == HealthStatus.PENDING
     audit = AuditLog.objects.get(target_id="mc-e2e-1")
     assert (audit.event_type, audit.actor_type, audit.metadata["client_id"]) == (
-        "controller_registered", "service", "svc-test-client",
+        "controller_registered", "service", service_credential.credential.client_id,
     )
 
 

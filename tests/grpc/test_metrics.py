@@ -1,0 +1,37 @@
+"""The server `build_server` assembles counts its calls and token validations (darktower.metrics)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from django.conf import settings
+
+from dark_tower.internal.v1 import internal_pb2 as pb
+from darktower.metrics import REGISTRY
+from tests.grpc.conftest import bearer, issue
+
+REGISTER_MC = "/dark_tower.internal.v1.GlobalControllerService/RegisterMC"
+REQUEST = pb.RegisterMCRequest(id="mc-metrics-1", region="us-east-1", grpc_endpoint="grpc://mc.internal:50052",
+                               max_meetings=10, max_participants=100)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_real_calls_are_counted_by_method_and_code_and_tokens_by_outcome(mc_stub, auth):
+    calls_ok = sample("darktower_grpc_requests_total", method=REGISTER_MC, code="OK")
+    calls_refused = sample("darktower_grpc_requests_total", method=REGISTER_MC, code="UNAUTHENTICATED")
+    timed = sample("darktower_grpc_request_duration_seconds_count", method=REGISTER_MC)
+    valid = sample("darktower_token_validations_total", outcome="valid")
+    expired = sample("darktower_token_validations_total", outcome="expired")
+
+    assert mc_stub.RegisterMC(REQUEST, metadata=auth).accepted
+    with pytest.raises(grpc.RpcError):
+        mc_stub.RegisterMC(REQUEST, metadata=bearer(issue(lifetime_seconds=-(settings.JWT_CLOCK_SKEW_SECONDS + 60))))
+
+    assert sample("darktower_grpc_requests_total", method=REGISTER_MC, code="OK") == calls_ok + 1
+    assert sample("darktower_grpc_requests_total", method=REGISTER_MC, code="UNAUTHENTICATED") == calls_refused + 1
+    assert sample("darktower_grpc_request_duration_seconds_count", method=REGISTER_MC) == timed + 2
+    assert sample("darktower_token_validations_total", outcome="valid") == valid + 1
+    assert sample("darktower_token_validations_total", outcome="expired") == expired + 1
