@@ -20,6 +20,7 @@ from django.utils.safestring import mark_safe
 
 from controllers.models import ComponentType, HealthTransition, MediaHandler, MeetingController
 from controllers.selectors import (
+    RECENT_TRANSITIONS_WINDOW,
     component_transitions_recent,
     controllers_for_dashboard,
     controllers_live_status,
@@ -34,11 +35,14 @@ from darktower.admin_tools import (
     capacity_bar,
     confirmed_action,
     health_badge,
+    transitions_recent_by_region,
 )
 
 # The poll asks for the rows on screen only; a page never shows more than list_per_page.
 LIVE_MAX_IDS = 500
 POLL_INTERVAL_MS = 5000
+# The summary's timeline of the last hour's transitions shows at most this many per region.
+RECENT_TRANSITIONS_PER_REGION = 50
 
 
 class ControllerRegionFilter(IndexedDistinctFilter):
@@ -104,9 +108,14 @@ class FleetAdminMixin:
         return False
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        summary = fleet_summary_by_region()
+        transitions = transitions_recent_by_region(
+            regions=[region.region for region in summary], window=RECENT_TRANSITIONS_WINDOW,
+            limit=RECENT_TRANSITIONS_PER_REGION,
+        )
         extra_context = {
             **(extra_context or {}),
-            "fleet_summary": fleet_summary_by_region(),
+            "fleet_regions": [(region, transitions.get(region.region, [])) for region in summary],
             "live_url": reverse(f"admin:{self.live_url_name}"),
             "poll_interval_ms": POLL_INTERVAL_MS,
             "stale_threshold_seconds": settings.HEARTBEAT_STALE_THRESHOLD_SECONDS,

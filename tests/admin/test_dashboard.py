@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from audit.models import AuditLog
 from controllers.models import HealthStatus, HealthTransition, MeetingController
 from controllers.selectors import fleet_summary_by_region
-from tests.factories import make_controller, make_handler
+from meetings.models import MeetingAssignment
+from tests.factories import make_controller, make_handler, make_meeting
 
 pytestmark = pytest.mark.django_db
 
@@ -189,3 +195,89 @@ def test_media_handler_dashboard(client, viewer_user):
     assert page.status_code == 200
     assert f'data-id="{handler.pk}"' in page.content.decode()
     assert live.json()["items"][0]["health_status"] == "degraded"
+
+
+def _transition(controller, *, to_status, minutes_ago, reason="stale", from_status="healthy"):
+    return HealthTransition.objects.create(
+        component_type="controller", component_id=controller.pk, region=controller.region, from_status=from_status,
+        to_status=to_status, reason=reason, actor_type="system",
+        created_at=timezone.now() - timedelta(minutes=minutes_ago),
+    )
+
+
+def test_dashboard_lists_last_hour_transitions_per_region(client, viewer_user, django_assert_num_queries):
+    eu = make_controller(region="eu-west-1", controller_id="mc-eu-timeline")
+    us = make_controller(region="us-east-1", controller_id="mc-us-timeline")
+    _transition(eu, to_status="unhealthy", minutes_ago=5)
+    _transition(us, to_status="degraded", minutes_ago=10, reason="heartbeat")
+    _transition(us, to_status="draining", minutes_ago=90, reason="operator")  # older than the hour
+    # A hold (sweep-gap: from = to) is not a change of state.
+    _transition(eu, from_status="unhealthy", to_status="unhealthy", minutes_ago=1, reason="sweep-gap")
+    client.force_login(viewer_user)
+
+    with django_assert_num_queries(11):
+        html = client.get(reverse(CHANGELIST)).content.decode()
+
+    eu_card = html.split('data-region="eu-west-1"')[1].split("</section>")[0]
+    us_card = html.split('data-region="us-east-1"')[1].split("</section>")[0]
+    assert eu_card.count('class="dt-transition"') == 1
+    assert "mc-eu-timeline</a> healthy &rarr;" in eu_card and "dt-health-unhealthy" in eu_card and "stale" in eu_card
+    assert us_card.count('class="dt-transition"') == 1
+    assert "<em>heartbeat</em>" in us_card and "draining</span>" not in us_card
+    assert reverse("admin:controllers_meetingcontroller_change", args=[eu.pk]) in eu_card
+
+
+def test_dashboard_timeline_is_bounded_per_region(client, viewer_user):
+    controller = make_controller(region="eu-west-1")
+    HealthTransition.objects.bulk_create(
+        HealthTransition(component_type="controller", component_id=controller.pk, region="eu-west-1",
+                         from_status="healthy" if n % 2 else "unhealthy",
+                         to_status="unhealthy" if n % 2 else "healthy", reason="stale", actor_type="system",
+                         created_at=timezone.now() - timedelta(seconds=n))
+        for n in range(80)
+    )
+    client.force_login(viewer_user)
+
+    html = client.get(reverse(CHANGELIST)).content.decode()
+
+    card = html.split('data-region="eu-west-1"')[1].split("</section>")[0]
+    assert card.count('class="dt-transition"') == 50
+    assert "80 health transitions in the last hour (latest 50 shown)" in card
+
+
+def test_draining_controller_shows_deadline_and_remaining_meetings(client, operator_user):
+    draining = make_controller(region="eu-west-1", health=HealthStatus.HEALTHY)
+    for _ in range(2):
+        MeetingAssignment.objects.create(meeting=make_meeting(), meeting_controller=draining,
+                                         region=draining.region, assigned_by_gc_id="gc-test")
+    idle = make_controller(region="eu-west-1", health=HealthStatus.HEALTHY)
+    client.force_login(operator_user)
+    client.post(reverse(CHANGELIST), {"action": "drain_action", "_selected_action": [draining.pk], "post": "yes",
+                                      "deadline_seconds": "1800"})
+    draining.refresh_from_db()
+
+    html = client.get(reverse(CHANGELIST)).content.decode()
+
+    cell = html.split(f'class="dt-drain" data-id="{draining.pk}">')[1].split("</span>")[0]
+    assert cell == f"until {timezone.localtime(draining.drain_deadline):%Y-%m-%d %H:%M:%S}; 2 active"
+    assert f'class="dt-drain" data-id="{idle.pk}">-</span>' in html
+
+
+def test_change_page_timeline_costs_the_same_for_many_transitions(client, viewer_user):
+    controller = make_controller()
+    _transition(controller, to_status="unhealthy", minutes_ago=300)
+    client.force_login(viewer_user)
+    url = reverse("admin:controllers_meetingcontroller_change", args=[controller.pk])
+    client.get(url)  # per-process caches (content types) filled
+    with CaptureQueriesContext(connection) as few:
+        client.get(url)
+    for minutes in range(40):
+        _transition(controller, to_status="degraded", minutes_ago=minutes + 5, reason="heartbeat")
+
+    with CaptureQueriesContext(connection) as many:
+        html = client.get(url).content.decode()
+
+    assert len(many) == len(few)
+    timeline = html.split('class="dt-timeline"')[1].split("</ol>")[0]
+    assert timeline.count("<li>") == 20  # the newest 20
+    assert "unhealthy" not in timeline  # the oldest one fell off the end
