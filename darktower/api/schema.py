@@ -62,7 +62,9 @@ class ApiAutoSchema(AutoSchema):
                     description=(
                         f"Up to {MAX_KEY_LENGTH} visible ASCII characters. The first response (status and body, "
                         "5xx excepted) is replayed for 24 hours to retries with the same key and body, with header "
-                        "`Idempotent-Replayed: true`; a different body answers 422, a concurrent duplicate 409."
+                        "`Idempotent-Replayed: true`; a different body answers 422, a concurrent duplicate 409. "
+                        "Secrets are never stored: a replay carries a freshly issued meeting token (join, "
+                        "guest-token), the recording's current share token, and `key` null for an API key."
                     ),
                 )
             )
