@@ -245,8 +245,13 @@ class MeetingController(models.Model):
         return self.controller_id
 
     @property
+    def effective_meetings(self) -> int:
+        """The load placement judges: the last report plus the assignments made since (in-flight accounting)."""
+        return self.current_meetings + self.assigned_since_heartbeat
+
+    @property
     def load_ratio(self) -> float:
-        return self.current_meetings / self.max_meetings if self.max_meetings else 1.0
+        return self.effective_meetings / self.max_meetings if self.max_meetings else 1.0
 
 
 class MediaHandler(models.Model):

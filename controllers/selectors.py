@@ -49,12 +49,13 @@ class RegionSummary:
     transitions_last_hour: int = 0
 
 
-# One pass over each table: counts per health state with FILTER, capacity sums. Columns are fixed here, never
-# from input. The states are parameters so the CHECK constraint's list and this query cannot drift apart.
+# One pass over each table: counts per health state with FILTER, capacity sums (controllers' meetings include
+# those assigned since their last heartbeat, as placement counts them). Columns are fixed here, never from input.
+# The states are parameters so the CHECK constraint's list and this query cannot drift apart.
 _STATE_COLUMNS = ", ".join("count(*) FILTER (WHERE health_status = %s)" for _ in HEALTH_STATES)
 _CONTROLLERS_SQL = f"""
 SELECT region, count(*), {_STATE_COLUMNS},
-       coalesce(sum(current_meetings), 0), coalesce(sum(max_meetings), 0),
+       coalesce(sum(current_meetings + assigned_since_heartbeat), 0), coalesce(sum(max_meetings), 0),
        coalesce(sum(current_participants), 0), coalesce(sum(max_participants), 0)
 FROM meeting_controllers GROUP BY region
 """  # noqa: S608 -- only constants are formatted in
@@ -142,9 +143,9 @@ def controllers_live_status(controller_ids: Iterable[str]) -> list[dict[str, Any
         MeetingController.objects.filter(pk__in=list(controller_ids))
         .annotate(heartbeat_age=_heartbeat_age())
         .values(
-            "controller_id", "health_status", "heartbeat_age", "current_meetings", "max_meetings",
-            "current_participants", "max_participants", "cpu_usage_percent", "memory_usage_percent",
-            "drain_deadline",
+            "controller_id", "health_status", "heartbeat_age", "current_meetings", "assigned_since_heartbeat",
+            "max_meetings", "current_participants", "reserved_participants", "max_participants",
+            "cpu_usage_percent", "memory_usage_percent", "drain_deadline", "hold_down_until",
         )
     )
     return list(rows)

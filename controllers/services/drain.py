@@ -1,12 +1,17 @@
 """A bounded, reversible drain (issue 8 §4).
 
 - `drain_begin`: the MC goes `draining` at once (placement only picks healthy/degraded MCs, so it gets no new
-  meetings), with a deadline (DRAIN_DEFAULT_DEADLINE_SECONDS unless given) and optionally a target MC.
+  meetings), with a deadline (DRAIN_DEFAULT_DEADLINE_SECONDS unless given) and optionally a target MC. An MC
+  that reports DRAINING itself gets DRAIN_DEFAULT_DEADLINE_SECONDS in the heartbeat statement that stores the
+  state (controllers.services.registration), so every drain is bounded. An operator's drain survives the MC's
+  re-registration; a self-reported one ends with it.
 - `drain_cancel` (undrain): back to `pending`; the next good heartbeat promotes it (heartbeat_recovery) and
   placement resumes.
 - `drains_enforce` (the periodic job): for each draining MC past its deadline, its remaining active assignments
-  are moved to the target (as many as the target has room for) or ended (`drain_deadline`, so the next join
-  reassigns), each recorded; the MC then goes `unhealthy` (reason `drain-deadline`) unless it went away
+  are moved to the target (as many as the target has room for, by the effective load placement uses, and
+  counted in its in-flight load so placement sees them at once) or ended (`drain_deadline`; the meeting no
+  longer points at the MC, so the next join reassigns), each recorded, and what they held on the MC is given
+  back (controllers.services.capacity); the MC then goes `unhealthy` (reason `drain-deadline`) unless it went away
   cleanly (no assignments left and no heartbeat for the stale threshold), in which case the drain is simply
   complete. An MC made unhealthy by the deadline is not recovered by heartbeats: undrain it first.
 

@@ -458,7 +458,8 @@ def members_health(*, kind: MemberKind, member_ids: Sequence[str] | None = None)
 
 END_REASON_MEETING_ENDED = "meeting_ended"
 
-# One statement: end the (meeting, region) assignment if still active and release the MC's counter it held.
+# One statement: end the (meeting, region) assignment if still active, give back what it held on the MC and
+# clear the meeting's pointer to it (controllers.services.capacity).
 # A second one ends the meeting if it ran somewhere (has an assignment) and no region runs it any more.
 # Every step is conditional, so a repeated notification changes nothing.
 _END_ASSIGNMENT_SQL = """
