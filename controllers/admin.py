@@ -18,7 +18,15 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from controllers.models import ComponentType, HealthTransition, MediaHandler, MeetingController
+from audit.models import ActorType
+from controllers.models import (
+    ComponentType,
+    HealthStatus,
+    HealthTransition,
+    MediaHandler,
+    MeetingController,
+    TransitionReason,
+)
 from controllers.selectors import (
     RECENT_TRANSITIONS_WINDOW,
     component_transitions_recent,
@@ -29,6 +37,7 @@ from controllers.selectors import (
     handlers_live_status,
 )
 from controllers.services import operations
+from controllers.services.transitions import HANDLER, health_transition
 from darktower.admin_tools import (
     EstimatedCountPaginator,
     IndexedDistinctFilter,
@@ -37,12 +46,14 @@ from darktower.admin_tools import (
     health_badge,
     transitions_recent_by_region,
 )
+from darktower.errors import Conflict
 
 # The poll asks for the rows on screen only; a page never shows more than list_per_page.
 LIVE_MAX_IDS = 500
 POLL_INTERVAL_MS = 5000
 # The summary's timeline of the last hour's transitions shows at most this many per region.
 RECENT_TRANSITIONS_PER_REGION = 50
+_HANDLER_LIVE_STATES = (HealthStatus.PENDING, HealthStatus.HEALTHY, HealthStatus.DEGRADED)
 
 
 class ControllerRegionFilter(IndexedDistinctFilter):
@@ -325,6 +336,7 @@ class MediaHandlerAdmin(FleetAdminMixin, admin.ModelAdmin):
     list_filter = (HandlerRegionFilter, "health_status")
     search_fields = ("handler_id", "grpc_endpoint", "webtransport_endpoint")
     ordering = ("region", "handler_id")
+    actions = ("drain_action", "undrain_action", "mark_unhealthy_action")
     readonly_fields = ("transitions_timeline",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[MediaHandler]:
@@ -370,6 +382,73 @@ class MediaHandlerAdmin(FleetAdminMixin, admin.ModelAdmin):
     @admin.display(description="endpoints")
     def endpoints(self, obj: MediaHandler) -> str:
         return _endpoints(obj.grpc_endpoint, obj.webtransport_endpoint)
+
+    # No permissions of their own yet (media_handlers has no custom ones): the operator group's fleet
+    # permissions, which the viewer group lacks, gate these as they gate the controllers' actions.
+    def has_drain_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("controllers.drain_meetingcontroller")
+
+    def has_mark_unhealthy_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("controllers.mark_unhealthy_meetingcontroller")
+
+    def _transition_action(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[MediaHandler],
+        *,
+        action: str,
+        title: str,
+        description: str,
+        from_states: tuple[str, ...],
+        to_status: str,
+        done: str,
+    ) -> HttpResponse | None:
+        """One compare-and-set health_transition per handler (it records the transition with the operator);
+        a handler in another state is reported, not changed."""
+
+        def perform(obj: MediaHandler) -> str:
+            changed = health_transition(
+                component=HANDLER, ids=[obj.pk], from_states=from_states, to_status=to_status,
+                reason=TransitionReason.OPERATOR, actor_type=ActorType.USER, actor_user_id=request.user.pk,
+            )
+            if not changed:
+                raise Conflict(f"it is {obj.health_status}, not {' or '.join(from_states)}.")
+            return f"{obj.pk}: {done}"
+
+        return confirmed_action(
+            modeladmin=self, request=request, queryset=queryset, action=action, title=title,
+            description=description, perform=perform,
+        )
+
+    @admin.action(description="Drain selected media handlers (no new streams)", permissions=["drain"])
+    def drain_action(self, request: HttpRequest, queryset: QuerySet[MediaHandler]) -> HttpResponse | None:
+        return self._transition_action(
+            request, queryset, action="drain_action", title="Drain media handlers",
+            description="These handlers go draining: heartbeats no longer change their state and the stale "
+            "sweep leaves them alone until they are undrained or re-register.",
+            from_states=_HANDLER_LIVE_STATES, to_status=HealthStatus.DRAINING, done="draining.",
+        )
+
+    @admin.action(description="Undrain selected media handlers (back to pending)", permissions=["drain"])
+    def undrain_action(self, request: HttpRequest, queryset: QuerySet[MediaHandler]) -> HttpResponse | None:
+        return self._transition_action(
+            request, queryset, action="undrain_action", title="Undrain media handlers",
+            description="These handlers go back to pending and become healthy again after their next good report.",
+            from_states=(HealthStatus.DRAINING,), to_status=HealthStatus.PENDING,
+            done="pending; healthy again after its next good report.",
+        )
+
+    @admin.action(description="Mark selected media handlers unhealthy", permissions=["mark_unhealthy"])
+    def mark_unhealthy_action(
+        self, request: HttpRequest, queryset: QuerySet[MediaHandler]
+    ) -> HttpResponse | None:
+        return self._transition_action(
+            request, queryset, action="mark_unhealthy_action", title="Mark media handlers unhealthy",
+            description="These handlers are marked unhealthy now; they come back through the hold-down or by "
+            "re-registering.",
+            from_states=(*_HANDLER_LIVE_STATES, HealthStatus.DRAINING), to_status=HealthStatus.UNHEALTHY,
+            done="unhealthy.",
+        )
 
 
 class TransitionRegionFilter(IndexedDistinctFilter):

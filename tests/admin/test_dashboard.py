@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from audit.models import AuditLog
-from controllers.models import HealthStatus, HealthTransition, MeetingController
+from controllers.models import HealthStatus, HealthTransition, MediaHandler, MeetingController
 from controllers.selectors import fleet_summary_by_region
 from meetings.models import MeetingAssignment
 from tests.factories import make_controller, make_handler, make_meeting
@@ -143,7 +143,12 @@ def test_operator_undrain_mark_unhealthy_and_end_assignments(client, operator_us
     assert draining.health_status == HealthStatus.PENDING
     assert other.health_status == HealthStatus.UNHEALTHY
     events = set(AuditLog.objects.filter(actor_user_id=operator_user.pk).values_list("event_type", flat=True))
-    assert {"controller_drain_started", "controller_unhealthy", "controller_assignments_ended"} <= events
+    assert {
+        "controller_drain_started", "controller_undrained", "controller_unhealthy", "controller_assignments_ended",
+    } <= events
+    undrained = AuditLog.objects.get(event_type="controller_undrained", target_id=draining.pk)
+    assert undrained.actor_user_id == operator_user.pk
+    assert undrained.metadata == {"from_status": "draining", "to_status": "pending"}
 
 
 def test_conflict_becomes_a_message(client, operator_user):
@@ -281,3 +286,43 @@ def test_change_page_timeline_costs_the_same_for_many_transitions(client, viewer
     timeline = html.split('class="dt-timeline"')[1].split("</ol>")[0]
     assert timeline.count("<li>") == 20  # the newest 20
     assert "unhealthy" not in timeline  # the oldest one fell off the end
+
+
+def test_operator_drains_undrains_and_marks_media_handlers(client, operator_user):
+    drained = make_handler(region="eu-west-1", health=HealthStatus.HEALTHY)
+    failing = make_handler(region="eu-west-1", health=HealthStatus.DEGRADED)
+    client.force_login(operator_user)
+    url = reverse("admin:controllers_mediahandler_changelist")
+
+    def run(action, pk, **extra):
+        return client.post(url, {"action": action, "_selected_action": [pk], **extra}, follow=True)
+
+    confirm = run("drain_action", drained.pk)
+    assert b"Drain media handlers" in confirm.content
+    assert MediaHandler.objects.get(pk=drained.pk).health_status == HealthStatus.HEALTHY
+    run("drain_action", drained.pk, post="yes")
+    assert MediaHandler.objects.get(pk=drained.pk).health_status == HealthStatus.DRAINING
+    run("undrain_action", drained.pk, post="yes")
+    run("mark_unhealthy_action", failing.pk, post="yes")
+    refused = run("undrain_action", failing.pk, post="yes")
+
+    assert MediaHandler.objects.get(pk=drained.pk).health_status == HealthStatus.PENDING
+    assert MediaHandler.objects.get(pk=failing.pk).health_status == HealthStatus.UNHEALTHY
+    assert any(failing.pk in str(m) and "unhealthy" in str(m) for m in refused.context["messages"])
+    transitions = HealthTransition.objects.filter(component_type="handler", reason="operator").order_by("id")
+    assert [(t.component_id, t.from_status, t.to_status) for t in transitions] == [
+        (drained.pk, "healthy", "draining"), (drained.pk, "draining", "pending"), (failing.pk, "degraded", "unhealthy"),
+    ]
+    assert {t.actor_user_id for t in transitions} == {operator_user.pk}
+
+
+def test_viewer_gets_no_media_handler_actions(client, viewer_user):
+    handler = make_handler(health=HealthStatus.HEALTHY)
+    client.force_login(viewer_user)
+    url = reverse("admin:controllers_mediahandler_changelist")
+
+    html = client.get(url).content.decode()
+    client.post(url, {"action": "drain_action", "_selected_action": [handler.pk], "post": "yes"})
+
+    assert "drain_action" not in html
+    assert MediaHandler.objects.get(pk=handler.pk).health_status == HealthStatus.HEALTHY
