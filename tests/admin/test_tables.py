@@ -3,6 +3,7 @@ trail cannot be edited by anyone."""
 
 from __future__ import annotations
 
+import base64
 import re
 
 import pytest
@@ -12,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.models import ApiKey, ServiceCredential, SigningKey, User
+from accounts.models import ApiKey, OAuthProvider, ServiceCredential, SigningKey, User
 from accounts.services.api_keys import api_key_hash
 from accounts.services.service_tokens import secret_hash, service_credential_create
 from accounts.signing import signing_key_active
@@ -252,3 +253,58 @@ def test_viewer_has_no_retry(client, viewer_user):
 
 def test_viewer_logs_in_with_password(client, viewer_user):
     assert client.login(email=viewer_user.email, password=PASSWORD)
+
+
+def test_oauth_provider_tokens_never_shown(client, superuser):
+    access, refresh = b"ya29.provider-access-SECRET", b"1//provider-refresh-SECRET"
+    link = OAuthProvider.objects.create(user=make_user(), provider="google", provider_user_id="g-123",
+                                        access_token_encrypted=access, refresh_token_encrypted=refresh)
+    client.force_login(superuser)
+
+    listing = client.get(reverse("admin:accounts_oauthprovider_changelist"))
+    detail = client.get(reverse("admin:accounts_oauthprovider_change", args=[link.pk]))
+
+    assert listing.status_code == 200 and detail.status_code == 200
+    assert "g-123" in listing.content.decode() and "g-123" in detail.content.decode()
+    for html in (listing.content.decode(), detail.content.decode()):
+        assert "token_encrypted" not in html
+        for secret in (access, refresh):
+            for form in (secret.decode(), secret.hex(), base64.b64encode(secret).decode(), "SECRET"):
+                assert form not in html
+
+
+def test_recording_access_token_never_shown(client, superuser):
+    meeting = make_meeting(host=make_user(), meeting_code="rec-share")
+    recording = make_recording(meeting=meeting, is_public=True, access_token="share-token-SECRET-42")
+    client.force_login(superuser)
+
+    pages = [
+        client.get(reverse("admin:meetings_recording_changelist")),
+        client.get(reverse("admin:meetings_recording_change", args=[recording.pk])),
+        client.get(reverse("admin:meetings_meeting_change", args=[meeting.pk])),
+    ]
+
+    for page in pages:
+        html = page.content.decode()
+        assert page.status_code == 200
+        assert str(recording.pk) in html or "rec-share" in html
+        assert "share-token-SECRET-42" not in html and "access_token" not in html
+
+
+def test_meeting_status_filter_and_search_by_code_and_name(client, superuser):
+    make_meeting(meeting_code="standup-eu", display_name="Daily standup", status="active")
+    make_meeting(meeting_code="retro-q4", display_name="Quarter retro", status="ended", ended_at=timezone.now())
+    make_meeting(meeting_code="plan-2027", display_name="Planning standup", status="scheduled")
+    client.force_login(superuser)
+    url = reverse("admin:meetings_meeting_changelist")
+
+    def codes(**params):
+        html = client.get(url, params).content.decode()
+        rows = html.split('id="result_list"')[1].split("</table>")[0] if 'id="result_list"' in html else ""
+        return sorted(code for code in ("standup-eu", "retro-q4", "plan-2027") if code in rows)
+
+    assert codes(status__exact="active") == ["standup-eu"]
+    assert codes(status__exact="ended") == ["retro-q4"]
+    assert codes(q="retro-q4") == ["retro-q4"]
+    assert codes(q="standup") == ["plan-2027", "standup-eu"]  # by name
+    assert codes(q="standup", status__exact="scheduled") == ["plan-2027"]
