@@ -14,12 +14,14 @@ from django.db import connection, transaction
 from darktower.errors import InvalidInput
 
 # Bounds come from the catalog as text ("FOR VALUES FROM ('...') TO ('...')"); PostgreSQL itself casts
-# them back to timestamptz, so no Python parsing of its timestamp format is involved.
+# them back to timestamptz, so no Python parsing of its timestamp format is involved. The bounds are deparsed in
+# the parent's context (they are constants; the parent is never dropped): deparsing in the child's would open a
+# partition that a concurrent drop may just have removed ("could not open relation with OID ...").
 _LIST_PARTITIONS = r"""
 SELECT child.relname,
-       (regexp_match(pg_get_expr(child.relpartbound, child.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz,
-       (regexp_match(pg_get_expr(child.relpartbound, child.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz,
-       pg_get_expr(child.relpartbound, child.oid) = 'DEFAULT'
+       (regexp_match(pg_get_expr(child.relpartbound, pg_inherits.inhparent), 'FROM \(''([^'']+)''\)'))[1]::timestamptz,
+       (regexp_match(pg_get_expr(child.relpartbound, pg_inherits.inhparent), 'TO \(''([^'']+)''\)'))[1]::timestamptz,
+       pg_get_expr(child.relpartbound, pg_inherits.inhparent) = 'DEFAULT'
 FROM pg_inherits
 JOIN pg_class child ON child.oid = pg_inherits.inhrelid
 WHERE pg_inherits.inhparent = 'audit_logs'::regclass

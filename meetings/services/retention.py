@@ -1,7 +1,7 @@
 """Cleanup of meeting data: assignments on unhealthy controllers, and the retention periods of seed 002.
 
-Every job is set-based and conditional, so two runs at once (two beats, a retry, an operator's
-`manage.py prune` beside the beat) do each row's work once.
+Every job is set-based and conditional and claims its rows with FOR UPDATE SKIP LOCKED, so two runs at once (two
+beats, a retry, an operator's `manage.py prune` beside the beat) do each row's work once.
 """
 
 from __future__ import annotations
@@ -28,16 +28,25 @@ class EndedAssignment:
     region: str
 
 
+# Two runs at once (two beats, a retried task): each claims the rows the other has not locked (SKIP LOCKED, in id
+# order), so they never wait on each other or deadlock, and each assignment is ended and audited once. A row a
+# join holds right now is left for the next run.
 # greatest(): an assignment committed by a transaction that started after this one has assigned_at later
 # than this transaction's now(); ending it "before" it began would break meeting_assignments_ended_after_assigned.
 # Served by idx_controllers_health (unhealthy MCs) and idx_assignments_active_by_mc (their active rows).
 _END_UNHEALTHY_SQL = """
+WITH claimed AS (
+    SELECT a.id
+    FROM meeting_assignments a
+    JOIN meeting_controllers mc ON mc.controller_id = a.meeting_controller_id
+    WHERE mc.health_status = 'unhealthy' AND a.ended_at IS NULL
+    ORDER BY a.id
+    FOR UPDATE OF a SKIP LOCKED
+)
 UPDATE meeting_assignments a
 SET ended_at = greatest(now(), a.assigned_at), end_reason = %(reason)s
-FROM meeting_controllers mc
-WHERE mc.controller_id = a.meeting_controller_id
-  AND mc.health_status = 'unhealthy'
-  AND a.ended_at IS NULL
+FROM claimed
+WHERE a.id = claimed.id
 RETURNING a.id, a.meeting_id, a.meeting_controller_id, a.region
 """
 
