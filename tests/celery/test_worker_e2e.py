@@ -1,5 +1,7 @@
-"""End to end: a real Celery worker with its embedded beat, on the real broker and this test's database, marks
-a controller that stopped heartbeating unhealthy on its own, and the relay publishes the change to Redis."""
+"""End to end: an MC registers and heartbeats over gRPC (the real server on a loopback port, a real service
+token); a real Celery worker with its embedded beat, on the real broker and this test's database, marks it
+unhealthy on its own once its heartbeats stop, and the relay publishes the change to Redis. Thresholds are
+shortened through the worker's environment (and this process's settings, where the gRPC server runs)."""
 
 from __future__ import annotations
 
@@ -11,21 +13,22 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
+import grpc
 import pytest
 import redis
-from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
-from django.db.models.functions import Now
 
 from audit.models import AuditLog, OutboxEvent
+from audit.relay import CAPACITY_TTL_SECONDS
 from controllers.models import HealthStatus, MeetingController
+from dark_tower.internal.v1 import internal_pb2 as pb
+from dark_tower.internal.v1 import internal_pb2_grpc
 from darktower.celery import DEFAULT_QUEUE, MAINTENANCE_QUEUE
-from tests.factories import make_controller
+from tests.grpc.conftest import bearer, issue
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -33,7 +36,8 @@ THRESHOLD_SECONDS = 2
 SWEEP_INTERVAL_SECONDS = 1
 # Beat tick alignment, a task's round trip through the broker, a loaded 2-core machine.
 SLACK_SECONDS = 8
-WORKER_START_TIMEOUT_SECONDS = 60
+WORKER_START_TIMEOUT_SECONDS = 30
+BEAT_EVERY_SECONDS = 0.4
 
 
 def _database_url() -> str:
@@ -114,50 +118,76 @@ def worker(transactional_db, settings, tmp_path) -> Iterator[Path]:
         _stop(process)
 
 
-def _heartbeat(controller_id: str) -> datetime:
-    """What a heartbeat does to the row: last_heartbeat_at from the database's clock. Returns that time."""
-    MeetingController.objects.filter(pk=controller_id).update(last_heartbeat_at=Now())
-    return MeetingController.objects.values_list("last_heartbeat_at", flat=True).get(pk=controller_id)
-
-
 def _status(controller_id: str) -> str:
     return MeetingController.objects.values_list("health_status", flat=True).get(pk=controller_id)
 
 
-def test_a_controller_that_stops_heartbeating_turns_unhealthy_on_its_own(worker):
-    # Inserted directly, and heartbeats written as the gRPC heartbeat writes them: the gRPC server and
-    # service tokens were not in the tree yet when this test was written.
+def test_an_mc_that_stops_heartbeating_over_grpc_turns_unhealthy_on_its_own(worker, grpc_server, settings):
+    # The gRPC server runs in this process: its heartbeat coalescer judges "silent for half the threshold"
+    # by this process's settings.
+    settings.HEARTBEAT_STALE_THRESHOLD_SECONDS = THRESHOLD_SECONDS
     controller_id = f"mc-e2e-{uuid.uuid4().hex[:12]}"
-    make_controller(controller_id=controller_id, region="e2e-1", health=HealthStatus.HEALTHY)
+    auth = bearer(issue(scopes=("mc:register",)))
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    capacity_key = f"controller:{controller_id}:capacity"
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_server.port}") as channel:
+        stub = internal_pb2_grpc.GlobalControllerServiceStub(channel)
+        registered = stub.RegisterMC(
+            pb.RegisterMCRequest(id=controller_id, region="e2e-1", grpc_endpoint=f"grpc://{controller_id}.internal:50052",
+                                 max_meetings=50, max_participants=500),
+            metadata=auth,
+        )
+        assert registered.accepted
+        assert _status(controller_id) == HealthStatus.PENDING
 
-    # Heartbeating for longer than the threshold, across several sweeps: never marked.
-    heartbeating_until = time.monotonic() + THRESHOLD_SECONDS + 2 * SWEEP_INTERVAL_SECONDS
-    while time.monotonic() < heartbeating_until:
-        last_heartbeat = _heartbeat(controller_id)
-        assert _status(controller_id) == HealthStatus.HEALTHY
-        time.sleep(0.4)
+        # Heartbeating for longer than the threshold, across several sweeps: healthy, never marked.
+        heartbeating_until = time.monotonic() + THRESHOLD_SECONDS + 2 * SWEEP_INTERVAL_SECONDS
+        meetings = 0
+        while time.monotonic() < heartbeating_until:
+            meetings += 1
+            beat = stub.FastHeartbeat(
+                pb.FastHeartbeatRequest(
+                    controller_id=controller_id, health=pb.HEALTHY,
+                    capacity=pb.ControllerCapacity(max_meetings=50, current_meetings=meetings, max_participants=500,
+                                                   current_participants=10 * meetings),
+                ),
+                metadata=auth,
+            )
+            assert beat.acknowledged
+            assert _status(controller_id) == HealthStatus.HEALTHY
+            time.sleep(BEAT_EVERY_SECONDS)
     stopped = time.monotonic()
 
-    _wait_for(
-        lambda: _status(controller_id) == HealthStatus.UNHEALTHY,
-        timeout=THRESHOLD_SECONDS + SWEEP_INTERVAL_SECONDS + SLACK_SECONDS,
-        what=f"{controller_id} to be marked unhealthy", log=worker,
-    )
-    assert time.monotonic() - stopped >= THRESHOLD_SECONDS - 0.5
-
-    audit = AuditLog.objects.get(event_type="controller_unhealthy", target_id=controller_id)
-    assert audit.metadata["from_status"] == "healthy"
-    assert audit.metadata["threshold_seconds"] == THRESHOLD_SECONDS
-    assert audit.metadata["last_heartbeat_at"] == last_heartbeat.isoformat()
-
-    # The relay (every 2 s) publishes the change: the capacity hash now says unhealthy.
-    event = OutboxEvent.objects.filter(event_type="controller_unhealthy", aggregate_id=controller_id)
-    _wait_for(
-        lambda: event.filter(processed_at__isnull=False).exists(), timeout=10,
-        what="the relay to publish the event", log=worker,
-    )
-    client = redis.Redis.from_url(settings.REDIS_URL)
     try:
-        assert client.hget(f"controller:{controller_id}:capacity", "health") == b"unhealthy"
+        # The heartbeat flush keeps the capacity hash (seed 002) fresh with the numbers the MC reported.
+        _wait_for(
+            lambda: client.hget(capacity_key, "current_meetings") == str(meetings).encode(), timeout=5,
+            what="the heartbeat flush to refresh the capacity hash",
+        )
+        assert client.hget(capacity_key, "health") == b"healthy"
+        assert 0 < client.ttl(capacity_key) <= CAPACITY_TTL_SECONDS
+
+        _wait_for(
+            lambda: _status(controller_id) == HealthStatus.UNHEALTHY,
+            timeout=THRESHOLD_SECONDS + SWEEP_INTERVAL_SECONDS + SLACK_SECONDS,
+            what=f"{controller_id} to be marked unhealthy", log=worker,
+        )
+        assert time.monotonic() - stopped >= THRESHOLD_SECONDS - 0.5
+
+        controller = MeetingController.objects.get(pk=controller_id)
+        assert (controller.current_meetings, controller.current_participants) == (meetings, 10 * meetings)
+        audit = AuditLog.objects.get(event_type="controller_unhealthy", target_id=controller_id)
+        assert audit.metadata["from_status"] == "healthy"
+        assert audit.metadata["threshold_seconds"] == THRESHOLD_SECONDS
+        assert audit.metadata["last_heartbeat_at"] == controller.last_heartbeat_at.isoformat()
+
+        # The relay (every 2 s) publishes the change: the capacity hash now says unhealthy.
+        event = OutboxEvent.objects.filter(event_type="controller_unhealthy", aggregate_id=controller_id)
+        _wait_for(
+            lambda: event.filter(processed_at__isnull=False).exists(), timeout=10,
+            what="the relay to publish the event", log=worker,
+        )
+        assert client.hget(capacity_key, "health") == b"unhealthy"
     finally:
+        client.delete(capacity_key)
         client.close()
