@@ -16,6 +16,7 @@ from audit.relay import CAPACITY_TTL_SECONDS, capacity_cache_refresh
 from controllers import heartbeats
 from controllers.heartbeats import HeartbeatRecorder
 from controllers.models import HealthStatus, MeetingController
+from controllers.services.operations import controller_drain
 from controllers.services.registration import CONTROLLERS, HANDLERS, Beat
 from tests.factories import make_controller, make_handler
 
@@ -82,6 +83,19 @@ def test_a_health_change_written_synchronously_reaches_the_hash(recorder, redis_
     capacity = _hash(redis_client, controller_id)
     assert capacity["health"] == "healthy" and capacity["current_meetings"] == "3"
     assert 0 < redis_client.ttl(_key(controller_id)) <= CAPACITY_TTL_SECONDS
+
+
+def test_a_state_an_operator_set_reaches_the_hash_with_the_next_heartbeat(recorder, redis_client, operator):
+    # Drain writes no outbox event: the hash learns it from the row when the controller's next beat is flushed.
+    controller_id = _controller(redis_client, health=HealthStatus.HEALTHY)
+    recorder.remember(controller_id, HealthStatus.HEALTHY)
+    redis_client.hset(_key(controller_id), "health", "healthy")
+
+    controller_drain(controller_id=controller_id, actor_user_id=operator.user_id)
+    recorder.record(Beat(controller_id, HealthStatus.HEALTHY, {"current_meetings": 1}))
+    assert recorder.flush() == 1
+
+    assert _hash(redis_client, controller_id)["health"] == "draining"
 
 
 def test_a_gone_controller_loses_its_hash_and_a_key_of_another_type_fails_alone(redis_client):
