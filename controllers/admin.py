@@ -159,9 +159,11 @@ class FleetAdminMixin:
 class MeetingControllerAdmin(FleetAdminMixin, admin.ModelAdmin):
     component_type = ComponentType.CONTROLLER
     live_url_name = "controllers_meetingcontroller_live"
+    # What a person watching needs first (health, heartbeat age, drain state) on the left; endpoints, the widest
+    # column, last.
     list_display = (
-        "controller_id", "region", "health", "meetings", "participants", "cpu", "memory", "heartbeat_age",
-        "version", "endpoints", "drain",
+        "controller_id", "region", "health", "heartbeat_age", "drain", "meetings", "participants", "cpu", "memory",
+        "version", "endpoints",
     )
     list_filter = (ControllerRegionFilter, "health_status")
     search_fields = ("controller_id", "grpc_endpoint", "webtransport_endpoint")
@@ -228,8 +230,13 @@ class MeetingControllerAdmin(FleetAdminMixin, admin.ModelAdmin):
 
     @admin.display(description="drain", ordering="drain_deadline")
     def drain(self, obj: MeetingController) -> str:
-        if obj.drain_deadline is None:
+        if obj.health_status != HealthStatus.DRAINING:
             return format_html('<span class="dt-drain" data-id="{}">{}</span>', obj.pk, "-")
+        if obj.drain_deadline is None:
+            return format_html(
+                '<span class="dt-drain" data-id="{}">self-reported, no deadline; {} active</span>',
+                obj.pk, obj.active_assignments,
+            )
         target = f" → {obj.drain_target_controller_id}" if obj.drain_target_controller_id else ""
         return format_html(
             '<span class="dt-drain" data-id="{}">until {}{}; {} active</span>',

@@ -1,6 +1,7 @@
 """The operators' admin in a real headless Chromium (Playwright) against pytest-django's live server: log in,
 the dashboard shows the demo fleet by region, filter by health, drain through the action's confirmation page,
-watch a heartbeat arrive without a reload, and find no way to edit an audit entry.
+watch a heartbeat (recorded as the gRPC servicer records it) arrive without a reload, and find no way to edit an
+audit entry.
 
 Chromium is Debian's /usr/bin/chromium; a session fixture installs it with apt-get when it is missing and fails
 (never skips) when that is impossible. Screenshots go to tests/artifacts/.
@@ -14,8 +15,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from django.db import connection
 
+from controllers.heartbeats import RECORDERS, controller_heartbeats
+from controllers.models import HealthStatus
+from controllers.services.registration import Beat
 from meetings.demo_data import demo_data_load
 from tests.admin.conftest import PASSWORD
 
@@ -97,7 +100,19 @@ def _health_of(page, controller_id: str) -> str:
     return page.locator(f'#result_list .dt-health[data-id="{controller_id}"]').inner_text()
 
 
-def test_dashboard_filter_drain_and_live_heartbeat(page, live_server, operator_user):
+@pytest.fixture
+def heartbeat_recorders():
+    # The recorders are process-wide: start from an empty cache (ids of other tests' databases) and stop the
+    # flush thread they start, so that no connection of it outlives this test's database.
+    for recorder in RECORDERS:
+        recorder.clear()
+    yield
+    for recorder in RECORDERS:
+        recorder.stop()
+        recorder.clear()
+
+
+def test_dashboard_filter_drain_and_live_heartbeat(page, live_server, operator_user, heartbeat_recorders):
     demo_data_load()
     _login(page, live_server, operator_user)
 
@@ -134,15 +149,18 @@ def test_dashboard_filter_drain_and_live_heartbeat(page, live_server, operator_u
     age = page.locator('#result_list .dt-age[data-id="mc-eu-west-1-demo-03"]')
     assert int(age.inner_text()) >= 290 and "dt-stale" in (age.get_attribute("class") or "")
     page.evaluate("window.__noReload = 'still here'")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE meeting_controllers SET last_heartbeat_at = now() WHERE controller_id = %s",
-            ["mc-eu-west-1-demo-03"],
-        )
+    # What the gRPC servicer's FastHeartbeat does with a validated request, then the flush it schedules.
+    controller_heartbeats.record(
+        Beat("mc-eu-west-1-demo-03", HealthStatus.HEALTHY, {"current_meetings": 70, "current_participants": 600})
+    )
+    controller_heartbeats.flush()
     page.wait_for_function(
         """() => {
-            const el = document.querySelector('#result_list .dt-age[data-id="mc-eu-west-1-demo-03"]');
-            return el && parseInt(el.textContent, 10) < 30 && !el.classList.contains('dt-stale');
+            const id = '[data-id="mc-eu-west-1-demo-03"]';
+            const el = document.querySelector('#result_list .dt-age' + id);
+            const bar = document.querySelector('#result_list .dt-meetings' + id + ' .dt-bar-text');
+            return el && parseInt(el.textContent, 10) < 30 && !el.classList.contains('dt-stale')
+                && bar && bar.textContent.startsWith('70 /');
         }""",
         timeout=LIVE_UPDATE_TIMEOUT_MS,
     )

@@ -256,6 +256,7 @@ def test_draining_controller_shows_deadline_and_remaining_meetings(client, opera
         MeetingAssignment.objects.create(meeting=make_meeting(), meeting_controller=draining,
                                          region=draining.region, assigned_by_gc_id="gc-test")
     idle = make_controller(region="eu-west-1", health=HealthStatus.HEALTHY)
+    self_drained = make_controller(region="eu-west-1", health=HealthStatus.DRAINING)  # reported it, no deadline
     client.force_login(operator_user)
     client.post(reverse(CHANGELIST), {"action": "drain_action", "_selected_action": [draining.pk], "post": "yes",
                                       "deadline_seconds": "1800"})
@@ -266,6 +267,7 @@ def test_draining_controller_shows_deadline_and_remaining_meetings(client, opera
     cell = html.split(f'class="dt-drain" data-id="{draining.pk}">')[1].split("</span>")[0]
     assert cell == f"until {timezone.localtime(draining.drain_deadline):%Y-%m-%d %H:%M:%S}; 2 active"
     assert f'class="dt-drain" data-id="{idle.pk}">-</span>' in html
+    assert f'class="dt-drain" data-id="{self_drained.pk}">self-reported, no deadline; 0 active</span>' in html
 
 
 def test_change_page_timeline_costs_the_same_for_many_transitions(client, viewer_user):
