@@ -13,8 +13,10 @@ from rest_framework.parsers import JSONParser
 
 class StrictJSONParser(JSONParser):
     """DRF's JSONParser (NaN and Infinity already refused) plus what would otherwise reach the database as
-    a 500: nesting deep enough to exhaust the recursion limit, and lone UTF-16 surrogates ("\\ud800"), which
-    decode into Python strings that cannot be encoded as UTF-8."""
+    a 500: nesting deep enough to exhaust the recursion limit, lone UTF-16 surrogates ("\\ud800"), which
+    decode into Python strings that cannot be encoded as UTF-8, and NUL characters ("\\u0000") anywhere, keys
+    included, which PostgreSQL refuses in text and jsonb (an error that names an unknown field echoes it, and
+    the idempotency ledger stores that error)."""
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
         parser_context = parser_context or {}
@@ -31,7 +33,24 @@ class StrictJSONParser(JSONParser):
             json.dumps(data, ensure_ascii=False).encode("utf-8")
         except (UnicodeEncodeError, RecursionError) as exc:
             raise ParseError("The request body contains invalid Unicode.") from exc
+        if _contains_nul(data):
+            raise ParseError("The request body contains a NUL character (\\u0000), which is not accepted.")
         return data
+
+
+def _contains_nul(data: Any) -> bool:
+    pending = [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def _refuse_constant(name: str) -> Any:

@@ -35,13 +35,33 @@ def post_raw(client, path, body: bytes | str, content_type="application/json"):
         b"\xff\xfe not utf-8",
         b"[" * 100_000 + b"]" * 100_000,  # deep enough to exhaust the recursion limit
         b'{"display_name": "\\ud800"}',  # a lone surrogate cannot be stored as UTF-8
+        b'{"display_name": "a\\u0000b"}',  # PostgreSQL refuses NUL in text and jsonb
+        b'{"display_name": "x", "\\u0000": 1}',
+        b'{"display_name": "x", "pad": [{"deep": ["\\u0000"]}]}',
     ],
-    ids=["truncated", "bare-key", "nan", "infinity", "not-utf8", "deep-nesting", "lone-surrogate"],
+    ids=["truncated", "bare-key", "nan", "infinity", "not-utf8", "deep-nesting", "lone-surrogate", "nul-value",
+         "nul-key", "nul-nested"],
 )
 def test_malformed_json_is_400(as_user, host, body):
     response = post_raw(as_user(host), MEETINGS, body)
     assert_error(response, 400, "malformed_request")
     assert not Meeting.objects.exists()
+
+
+def test_a_literal_backslash_u0000_is_just_text(as_user, host):
+    response = post_raw(as_user(host), MEETINGS, b'{"display_name": "a\\\\u0000b"}')
+    assert response.status_code == 201 and response.json()["display_name"] == "a\\u0000b"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/meetings", "/api/v1/meetings/{code}/join", "/api/v1/api-keys"])
+def test_nul_in_a_body_with_an_idempotency_key_is_400_and_stores_nothing_unstorable(as_user, host, path):
+    # An unknown field's name is echoed in the error, and the error is stored in the idempotency ledger (jsonb).
+    meeting = make_meeting(host=host)
+    body = b'{"display_name": "x", "a\\u0000b": 1}'
+    for _ in range(2):
+        response = as_user(host).generic("POST", path.format(code=meeting.meeting_code), body,
+                                         content_type="application/json", HTTP_IDEMPOTENCY_KEY="nul-1")
+        assert_error(response, 400, "malformed_request")
 
 
 @pytest.mark.parametrize(
