@@ -28,7 +28,7 @@ from controllers.models import HealthStatus, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
 from darktower.celery import DEFAULT_QUEUE, MAINTENANCE_QUEUE
-from tests.grpc.conftest import bearer, issue
+from tests.grpc.conftest import bearer, endpoint_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -37,6 +37,9 @@ SWEEP_INTERVAL_SECONDS = 1
 # Beat tick alignment, a task's round trip through the broker, a loaded 2-core machine.
 SLACK_SECONDS = 8
 WORKER_START_TIMEOUT_SECONDS = 30
+# The interval the registration answer tells the MC; the GC's per-member heartbeat limit is
+# GRPC_HEARTBEAT_RATE_FACTOR (3) times that rate, so beating every 0.4 s stays within it.
+FAST_HEARTBEAT_INTERVAL_MS = 1000
 BEAT_EVERY_SECONDS = 0.4
 
 
@@ -122,12 +125,15 @@ def _status(controller_id: str) -> str:
     return MeetingController.objects.values_list("health_status", flat=True).get(pk=controller_id)
 
 
-def test_an_mc_that_stops_heartbeating_over_grpc_turns_unhealthy_on_its_own(worker, grpc_server, settings):
-    # The gRPC server runs in this process: its heartbeat coalescer judges "silent for half the threshold"
-    # by this process's settings.
+def test_an_mc_that_stops_heartbeating_over_grpc_turns_unhealthy_on_its_own(
+    worker, grpc_server, service_credential, settings
+):
+    # The gRPC server runs in this process: its heartbeat coalescer ("silent for half the threshold") and its
+    # rate limits read this process's settings.
     settings.HEARTBEAT_STALE_THRESHOLD_SECONDS = THRESHOLD_SECONDS
+    settings.FAST_HEARTBEAT_INTERVAL_MS = FAST_HEARTBEAT_INTERVAL_MS
     controller_id = f"mc-e2e-{uuid.uuid4().hex[:12]}"
-    auth = bearer(issue(scopes=("mc:register",)))
+    auth = bearer(endpoint_token(service_credential, scope="mc:register"))
     client = redis.Redis.from_url(settings.REDIS_URL)
     capacity_key = f"controller:{controller_id}:capacity"
     with grpc.insecure_channel(f"127.0.0.1:{grpc_server.port}") as channel:
@@ -137,7 +143,7 @@ def test_an_mc_that_stops_heartbeating_over_grpc_turns_unhealthy_on_its_own(work
                                  max_meetings=50, max_participants=500),
             metadata=auth,
         )
-        assert registered.accepted
+        assert registered.accepted and registered.fast_heartbeat_interval_ms == FAST_HEARTBEAT_INTERVAL_MS
         assert _status(controller_id) == HealthStatus.PENDING
 
         # Heartbeating for longer than the threshold, across several sweeps: healthy, never marked.
