@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import warnings
 from typing import Any
 
 from bench.common import (
@@ -24,6 +25,7 @@ from bench.common import (
     Timer,
     argument_parser,
     finish,
+    load_note,
     median,
     percentile,
     scratch_database,
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = (20, 60) if args.quick else (100, 1_000, 10_000)
     repeat = 1 if args.quick else args.repeat
+    # WhiteNoise warns that collectstatic never ran; nothing here serves static files.
+    warnings.filterwarnings("ignore", message="No directory at")
     # Production rendering: DEBUG off (no debug cursor outside the capture, cached templates). Set before Django.
     os.environ["DEBUG"] = "0"
     os.environ["SECRET_KEY"] = secrets.token_urlsafe(48)
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                  "of which SQL ms", "KiB"],
     )
     figures: dict[str, dict[str, Any]] = {}
+    load_before = os.getloadavg()[0]
     with scratch_database(NAME, prefix=args.db_prefix) as scratch:
         use_django(scratch)
         from django.conf import settings
@@ -169,18 +174,22 @@ def main(argv: list[str] | None = None) -> int:
     for page, series in by_page.items():
         (small, first), (large, last) = series[0], series[-1]
         same = "the same" if first["queries"] == last["queries"] else "a different"
-        growth.append(f"{page}: {same} number of queries ({'/'.join(map(str, last['queries']))}) and "
-                      f"{last['median_ms'] / first['median_ms']:.1f}x the time at {large:,} as at {small:,}")
-    load = os.getloadavg()[0]
-    result.data.update({"figures": figures, "repeat": repeat, "load_average_1min": load})
+        rows = f"{first['rows']} and {last['rows']} rows shown" if first["rows"] != last["rows"] else (
+            f"{last['rows']} rows shown")
+        growth.append(f"{page}: {same} number of queries ({'/'.join(map(str, last['queries']))}), "
+                      f"{first['median_ms']:,.0f} ms at {small:,} and {last['median_ms']:,.0f} ms at {large:,} "
+                      f"controllers ({rows}; SQL {first['sql_ms']:,.0f} and {last['sql_ms']:,.0f} ms)")
+    load_after = os.getloadavg()[0]
+    result.data.update({"figures": figures, "repeat": repeat, "load_average": [load_before, load_after]})
     result.notes += [
         "Growth from the smallest to the largest fleet: " + "; ".join(growth) + ".",
         "Render = the whole request through Django's test client (middleware, session, admin, template); no "
-        "network and no gunicorn. 'of which SQL ms' is the time spent in the database driver for the page's queries.",
+        "network and no gunicorn. 'of which SQL ms' is the time spent in the database driver for the page's queries: "
+        "the rest is Python (the admin's template and each cell's HTML), which grows with the rows on the page, "
+        "not with the fleet. The last page pays for its OFFSET in SQL.",
         f"Each figure is over {repeat} requests after one warm-up; DEBUG off. The superuser needs no permission "
         "queries; an operator in a group adds two (tests/admin/test_query_counts.py pins those counts).",
-        f"Machine load average (1 min) at the end of the run: {load:.2f} (other work on this 2-core machine "
-        "shifts these figures).",
+        load_note(load_before, load_after),
     ]
     finish(result, args, postgres=postgres)
     return 0

@@ -33,8 +33,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ from bench.common import (
     Scratch,
     argument_parser,
     finish,
+    load_note,
     scratch_database,
     server_version,
     use_django,
@@ -174,7 +177,40 @@ def gunicorn(scratch: Scratch, work: Path, redis_url: str, *, workers: int, thre
             process.wait()
 
 
-def drive(server: Gunicorn, *, mode: str, plan: Path | None, connections: int, duration: float,
+# What the server's database sessions are doing, sampled: running a statement, waiting for a lock (another
+# join's row), waiting on I/O or an internal lock, or idle inside a transaction (waiting for the Python side).
+_SESSIONS = """
+SELECT CASE WHEN state = 'active' AND wait_event_type IS NULL THEN 'running a statement'
+            WHEN state = 'active' AND wait_event_type = 'Lock' THEN 'waiting for a row or transaction lock'
+            WHEN state = 'active' THEN 'waiting on ' || wait_event_type
+            WHEN state LIKE 'idle in transaction%%' THEN 'idle in a transaction (the Python side works)'
+            ELSE 'idle between transactions' END, count(*)
+FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+GROUP BY 1
+"""
+
+
+class SessionSampler(threading.Thread):
+    """Samples _SESSIONS every 50 ms until stopped; `shares` is each state's share of all session samples."""
+
+    def __init__(self, scratch: Scratch) -> None:
+        super().__init__(daemon=True)
+        self.scratch, self.counts, self.done = scratch, Counter[str](), threading.Event()
+
+    def run(self) -> None:
+        with self.scratch.connect() as conn:
+            while not self.done.wait(0.05):
+                for state, count in conn.execute(_SESSIONS, [self.scratch.name]).fetchall():
+                    self.counts[state] += count
+
+    def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.join()
+        total = sum(self.counts.values())
+        return {state: count / total for state, count in self.counts.most_common()} if total else {}
+
+
+def drive(server: Gunicorn, scratch: Scratch, *, mode: str, plan: Path | None, connections: int, duration: float,
           warmup: float) -> dict:
     command = [PYTHON, "-m", "bench.join_client", "--port", str(server.port), "--mode", mode,
                "--connections", str(connections), "--duration", str(duration), "--warmup", str(warmup)]
@@ -183,13 +219,17 @@ def drive(server: Gunicorn, *, mode: str, plan: Path | None, connections: int, d
     client = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(warmup + 0.3)
     cpu_start = server.cpu_seconds()
+    sampler = SessionSampler(scratch)
+    sampler.start()
     time.sleep(duration - 0.3)
+    sessions = sampler.stop()
     cpu = server.cpu_seconds() - cpu_start
     out, err = client.communicate(timeout=duration + warmup + 120)
     if client.returncode != 0:
         raise RuntimeError(f"client failed:\n{err[-3000:]}")
     figures = json.loads(out.strip().splitlines()[-1])
     figures["server_cpu_ms_per_request"] = cpu / figures["ok"] * 1000 if figures["ok"] else float("nan")
+    figures["database_sessions"] = sessions
     return figures
 
 
@@ -304,9 +344,9 @@ def main(argv: list[str] | None = None) -> int:
             load_before = os.getloadavg()[0]
             with gunicorn(scratch, work, redis_url, workers=args.workers, threads=args.threads) as server:
                 runs = {
-                    "health": drive(server, mode="health", plan=None, connections=args.connections,
+                    "health": drive(server, scratch, mode="health", plan=None, connections=args.connections,
                                     duration=args.duration, warmup=warmup),
-                    "join": drive(server, mode="join", plan=plan, connections=args.connections,
+                    "join": drive(server, scratch, mode="join", plan=plan, connections=args.connections,
                                   duration=args.duration, warmup=warmup),
                 }
         load_after = os.getloadavg()[0]
@@ -346,10 +386,11 @@ def main(argv: list[str] | None = None) -> int:
         f"(meeting, region) pairs; {checks['active assignments']:,} active assignments, "
         f"{checks['ended assignments']:,} ended; {answered_participants:,} distinct participants answered, "
         f"{checks['participants']:,} participant rows).",
+        "Where the join's database sessions spent the measured window (pg_stat_activity sampled every 50 ms): "
+        + ", ".join(f"{state} {share:.0%}" for state, share in join["database_sessions"].items()) + ".",
         "Client and server share the machine's 2 cores (and PostgreSQL with them): the client's own CPU caps "
         "the trivial endpoint's figure, and the same client drives both rows.",
-        f"Machine load average (1 min) before / after: {load_before:.2f} / {load_after:.2f}; other work on the "
-        "machine shifts these figures by 10-30 %.",
+        load_note(load_before, load_after),
     ]
     finish(result, args, postgres=postgres)
     return 0 if correct else 1
