@@ -77,7 +77,9 @@ def recording_visible_to(*, recording_id: uuid.UUID, viewer_id: uuid.UUID) -> Re
 def controllers_listing() -> QuerySet[MeetingController]:
     """Meeting controllers with their load ratio (computed by the database), by region."""
     return MeetingController.objects.annotate(
-        load=Cast("current_meetings", FloatField()) / Cast(NullIf(F("max_meetings"), 0), FloatField()),
+        # The load placement judges: the last report plus assignments made since (in-flight accounting).
+        load=Cast(F("current_meetings") + F("assigned_since_heartbeat"), FloatField())
+        / Cast(NullIf(F("max_meetings"), 0), FloatField()),
     ).order_by("region", "controller_id")
 
 

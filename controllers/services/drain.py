@@ -38,6 +38,7 @@ from controllers.services.capacity import PlacementOutcome, PlacementRule, relea
 from controllers.services.transitions import CONTROLLER, Changed, changed_cte_sql
 from darktower.errors import Conflict, InvalidInput, NotFound
 from darktower.metrics import ASSIGNMENTS
+from darktower.process import gc_id
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ def _enforce_one(  # type: ignore[no-untyped-def]
         cursor.execute(_END_FOR_MOVE_SQL, {"ids": sorted(move_ids), "reason": END_REASON_DRAIN_MOVE})
         ended_for_move = {row[0]: row for row in cursor.fetchall()}
         cursor.execute(_MOVE_INSERT_SQL, {
-            "target": target, "gc_id": settings.GC_ID,
+            "target": target, "gc_id": gc_id(),
             "meeting_ids": [row[1] for row in ended_for_move.values()],
             "regions": [row[2] for row in ended_for_move.values()],
             "reserved": [row[3] for row in ended_for_move.values()],
@@ -329,7 +330,7 @@ def _enforce_one(  # type: ignore[no-untyped-def]
             payload = {
                 "meeting_id": str(meeting_id), "region": assignment_region, "controller_id": target,
                 "previous_controller_id": controller_id, "assignment_id": new_id,
-                "assigned_by_gc_id": settings.GC_ID, "rule": str(PlacementRule.DRAIN_MOVE),
+                "assigned_by_gc_id": gc_id(), "rule": str(PlacementRule.DRAIN_MOVE),
             }
             events.append(("meeting", str(meeting_id), "meeting_assigned", payload))
             entries.append(AuditEntry(

@@ -55,6 +55,7 @@ from controllers.models import AVAILABLE_STATES, HealthStatus, MeetingController
 from controllers.services.capacity import PlacementOutcome, PlacementRule, release_cte_sql
 from darktower.errors import NoCapacity
 from darktower.metrics import ASSIGNMENTS
+from darktower.process import gc_id
 
 END_REASON_REASSIGNED = "reassigned"
 MAX_WEIGHT_LOAD = 0.99  # a nearly full MC keeps a small chance, never zero weight
@@ -270,7 +271,7 @@ def meeting_assign(
 
         order = weighted_order(candidates, rng)
         params.update(
-            reserve=reserve, gc_id=settings.GC_ID, available=[str(state) for state in AVAILABLE_STATES],
+            reserve=reserve, gc_id=gc_id(), available=[str(state) for state in AVAILABLE_STATES],
             per_minute=settings.PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE, window=ASSIGNMENT_WINDOW.total_seconds(),
         )
         cursor.execute(_INSERT_SQL, {**params, "controller_id": order[0].controller_id})
@@ -312,7 +313,7 @@ def meeting_assign(
         payload = {
             "meeting_id": str(meeting_id), "region": region, "controller_id": chosen.controller_id,
             "previous_controller_id": previous_controller_id, "assignment_id": assignment_id,
-            "assigned_by_gc_id": settings.GC_ID, "rule": str(chosen.rule), "reserved_participants": reserve,
+            "assigned_by_gc_id": gc_id(), "rule": str(chosen.rule), "reserved_participants": reserve,
         }
         outbox_enqueue(aggregate_type="meeting", aggregate_id=str(meeting_id), event_type="meeting_assigned",
                        payload=payload)

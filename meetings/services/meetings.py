@@ -12,6 +12,7 @@ from django.db import IntegrityError, connection, transaction
 from accounts.models import User
 from audit.models import ActorType
 from audit.services import audit_record, outbox_enqueue
+from controllers.services.capacity import release_cte_sql, unassign_cte_sql
 from darktower.errors import Conflict, Gone, NotFound, PermissionDenied
 from meetings.models import LeaveReason, Meeting, MeetingStatus
 
@@ -115,19 +116,16 @@ WHERE meeting_id = %(meeting_id)s AND created_by_user_id = %(actor)s AND status 
 RETURNING meeting_id
 """
 
+# Gives back what each assignment held on its MC (in-flight count, reported count, participant reservation) and
+# clears the meeting's pointer, in the same statement (controllers.services.capacity).
 _END_ASSIGNMENTS_SQL = """
 WITH ended AS (
     UPDATE meeting_assignments SET ended_at = greatest(now(), assigned_at), end_reason = %(reason)s
     WHERE meeting_id = %(meeting_id)s AND ended_at IS NULL
-    RETURNING meeting_controller_id
-), released AS (
-    UPDATE meeting_controllers mc SET current_meetings = greatest(mc.current_meetings - e.n, 0)
-    FROM (SELECT meeting_controller_id, count(*) AS n FROM ended GROUP BY meeting_controller_id) e
-    WHERE mc.controller_id = e.meeting_controller_id
-    RETURNING mc.controller_id
-)
+    RETURNING meeting_id, meeting_controller_id, reserved_participants
+), {released}, {unassigned}
 SELECT meeting_controller_id FROM ended
-"""
+""".format(released=release_cte_sql("ended"), unassigned=unassign_cte_sql("ended"))  # noqa: S608 -- constants only
 
 _CLOSE_PARTICIPANTS_SQL = """
 UPDATE meeting_participants

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from audit.services import AuditEntry, audit_record_many
+from controllers.services.capacity import release_cte_sql, unassign_cte_sql
 from darktower.retention import RETENTION_BATCH_SIZE, delete_in_batches
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ class EndedAssignment:
 # join holds right now is left for the next run.
 # greatest(): an assignment committed by a transaction that started after this one has assigned_at later
 # than this transaction's now(); ending it "before" it began would break meeting_assignments_ended_after_assigned.
-# Served by idx_controllers_health (unhealthy MCs) and idx_assignments_active_by_mc (their active rows).
+# Served by idx_controllers_health (unhealthy MCs) and idx_assignments_active_by_mc (their active rows). Gives back
+# what each assignment held on its MC and clears the meeting's pointer in the same statement.
 _END_UNHEALTHY_SQL = """
 WITH claimed AS (
     SELECT a.id
@@ -42,13 +44,15 @@ WITH claimed AS (
     WHERE mc.health_status = 'unhealthy' AND a.ended_at IS NULL
     ORDER BY a.id
     FOR UPDATE OF a SKIP LOCKED
-)
-UPDATE meeting_assignments a
-SET ended_at = greatest(now(), a.assigned_at), end_reason = %(reason)s
-FROM claimed
-WHERE a.id = claimed.id
-RETURNING a.id, a.meeting_id, a.meeting_controller_id, a.region
-"""
+), ended AS (
+    UPDATE meeting_assignments a
+    SET ended_at = greatest(now(), a.assigned_at), end_reason = %(reason)s
+    FROM claimed
+    WHERE a.id = claimed.id
+    RETURNING a.id, a.meeting_id, a.meeting_controller_id, a.region, a.reserved_participants
+), {released}, {unassigned}
+SELECT id, meeting_id, meeting_controller_id, region FROM ended
+""".format(released=release_cte_sql("ended"), unassigned=unassign_cte_sql("ended"))  # noqa: S608 -- constants only
 
 
 def assignments_end_unhealthy() -> list[EndedAssignment]:

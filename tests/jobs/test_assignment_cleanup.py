@@ -6,7 +6,7 @@ import pytest
 
 from audit.models import AuditLog
 from controllers.models import HealthStatus
-from meetings.models import MeetingAssignment
+from meetings.models import Meeting, MeetingAssignment
 from meetings.services.retention import assignments_end_unhealthy
 from meetings.tasks import end_unhealthy_assignments
 from tests.factories import make_controller, make_meeting
@@ -68,3 +68,23 @@ def test_the_task_reports_how_many_it_ended():
     _assign(make_controller(health=HealthStatus.UNHEALTHY))
 
     assert end_unhealthy_assignments.apply().get() == 1
+
+
+def test_ending_gives_back_the_mc_load_and_clears_the_meeting_pointer():
+    dead = make_controller(health=HealthStatus.UNHEALTHY, current_meetings=4, assigned_since_heartbeat=1)
+    reported, in_flight = _assign(dead), _assign(dead)
+    Meeting.objects.filter(pk__in=[reported.meeting_id, in_flight.meeting_id]).update(
+        assigned_controller_id=dead.pk, assigned_region=dead.region
+    )
+    # A meeting already moved to another MC keeps its new pointer.
+    moved = _assign(dead)
+    Meeting.objects.filter(pk=moved.meeting_id).update(assigned_controller_id="mc-elsewhere", assigned_region="x")
+
+    assert len(assignments_end_unhealthy()) == 3
+
+    dead.refresh_from_db()
+    # Three meetings given back: the one in flight first, then two of the reported ones.
+    assert (dead.assigned_since_heartbeat, dead.current_meetings) == (0, 2)
+    pointers = dict(Meeting.objects.values_list("pk", "assigned_controller_id"))
+    assert pointers[reported.meeting_id] is None and pointers[in_flight.meeting_id] is None
+    assert pointers[moved.meeting_id] == "mc-elsewhere"

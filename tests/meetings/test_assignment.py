@@ -16,6 +16,7 @@ from django.utils import timezone
 from audit.models import AuditLog, OutboxEvent
 from controllers.models import MeetingController
 from darktower.errors import NoCapacity
+from darktower.process import gc_id
 from meetings.models import Meeting, MeetingAssignment
 from meetings.services.assignment import Candidate, assignment_candidates, meeting_assign, weighted_order
 from tests.factories import make_controller, make_meeting
@@ -49,7 +50,7 @@ def test_new_assignment_records_everything(owner):
     assert (result.controller_id, result.reused) == ("mc-a", False)
     assert result.grpc_endpoint == MeetingController.objects.get(pk="mc-a").grpc_endpoint
     [row] = active_rows(meeting)
-    assert (row.meeting_controller_id, row.region, row.assigned_by_gc_id) == ("mc-a", REGION, settings.GC_ID)
+    assert (row.meeting_controller_id, row.region, row.assigned_by_gc_id) == ("mc-a", REGION, gc_id())
     assert row.pk == result.assignment_id
     meeting.refresh_from_db()
     assert (meeting.assigned_controller_id, meeting.assigned_region) == ("mc-a", REGION)
@@ -58,7 +59,7 @@ def test_new_assignment_records_everything(owner):
     controller = MeetingController.objects.get(pk="mc-a")
     assert (controller.current_meetings, controller.assigned_since_heartbeat) == (10, 1)
     event = OutboxEvent.objects.get(event_type="meeting_assigned", aggregate_id=str(meeting.pk))
-    assert event.payload["controller_id"] == "mc-a" and event.payload["assigned_by_gc_id"] == settings.GC_ID
+    assert event.payload["controller_id"] == "mc-a" and event.payload["assigned_by_gc_id"] == gc_id()
     assert event.payload["previous_controller_id"] is None
     assert event.payload["rule"] == result.rule == "least_loaded"
     audit = AuditLog.objects.get(event_type="meeting_assigned", target_id=str(meeting.pk))

@@ -118,8 +118,8 @@ def test_patch_validation_and_ended(as_user, host):
 
 
 def test_end_meeting_closes_everything(as_user, host):
-    meeting = make_meeting(host=host, status="active")
     mc = make_controller(current_meetings=3)
+    meeting = make_meeting(host=host, status="active", assigned_controller_id=mc.pk, assigned_region=mc.region)
     MeetingAssignment.objects.create(meeting=meeting, meeting_controller=mc, region=mc.region, assigned_by_gc_id="gc")
     present = MeetingParticipant.objects.create(meeting=meeting, participant_id=uuid.uuid4(), display_name="a",
                                                 joined_at=timezone.now() - timedelta(seconds=90))
@@ -131,6 +131,8 @@ def test_end_meeting_closes_everything(as_user, host):
     assignment = MeetingAssignment.objects.get(meeting=meeting)
     assert assignment.ended_at is not None and assignment.end_reason == "meeting_ended"
     assert MeetingController.objects.get(pk=mc.pk).current_meetings == 2
+    # The meeting no longer points at the MC it left.
+    assert Meeting.objects.filter(pk=meeting.pk, assigned_controller_id=None, assigned_region=None).exists()
     present.refresh_from_db()
     gone.refresh_from_db()
     assert present.leave_reason == "meeting_ended" and present.left_at is not None
@@ -141,6 +143,16 @@ def test_end_meeting_closes_everything(as_user, host):
     assert AuditLog.objects.filter(event_type="meeting_ended", actor_user_id=host.pk).count() == 1
     # Ending twice: gone.
     assert_error(as_user(host).post(f"{MEETINGS}/{meeting.pk}/end"), 410, "gone")
+
+
+def test_ending_a_meeting_before_the_mc_reported_it_gives_back_the_in_flight_count(as_user, host):
+    # Assigned since the MC's last heartbeat: counted in assigned_since_heartbeat, not yet in current_meetings.
+    mc = make_controller(current_meetings=3, assigned_since_heartbeat=2)
+    meeting = make_meeting(host=host, status="active", assigned_controller_id=mc.pk, assigned_region=mc.region)
+    MeetingAssignment.objects.create(meeting=meeting, meeting_controller=mc, region=mc.region, assigned_by_gc_id="gc")
+    assert as_user(host).post(f"{MEETINGS}/{meeting.pk}/end").status_code == 200
+    mc.refresh_from_db()
+    assert (mc.current_meetings, mc.assigned_since_heartbeat) == (3, 1)
 
 
 def test_end_is_host_only(as_user, host, other):
