@@ -92,14 +92,19 @@ def service_token(scopes: tuple[str, ...] = ("mc:register", "mh:register")) -> s
 
 
 def _kill_group(process: subprocess.Popen, *, grace: float) -> None:
-    if process.poll() is None:
+    """SIGTERM the process's group (its session), SIGKILL it after `grace`. Only while the leader is not yet
+    reaped: after that its pid (the group id) could belong to someone else. None of these processes forks
+    helpers that would outlive it."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=grace)
-    with contextlib.suppress(ProcessLookupError):  # also whatever the leader left behind in its group
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 class ThrowawayPostgres:
@@ -269,7 +274,7 @@ class CeleryWorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL, no warning: the worker's whole process group dies at once."""
-        assert self.process is not None
+        assert self.process is not None and self.process.poll() is None
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
