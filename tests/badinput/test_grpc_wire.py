@@ -18,8 +18,14 @@ from hypothesis import strategies as st
 
 from dark_tower.internal.v1 import internal_pb2 as pb
 
-SERVICE = "/dark_tower.internal.v1.GlobalControllerService"
-METHODS = ["RegisterMC", "FastHeartbeat", "ComprehensiveHeartbeat", "NotifyMeetingEnded"]
+MC_SERVICE = "/dark_tower.internal.v1.GlobalControllerService"
+MH_SERVICE = "/dark_tower.internal.v1.MediaHandlerRegistryService"
+MC_METHODS = ("RegisterMC", "FastHeartbeat", "ComprehensiveHeartbeat", "NotifyMeetingEnded")
+METHODS = [
+    *(f"{MC_SERVICE}/{name}" for name in MC_METHODS),
+    *(f"{MH_SERVICE}/{name}" for name in ("RegisterMH", "SendLoadReport")),
+]
+FAST_HEARTBEAT = f"{MC_SERVICE}/FastHeartbeat"
 CALL_TIMEOUT_SECONDS = 10
 # What grpcio or our validation may answer to bytes that are not a well-formed request of ours.
 REFUSALS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
@@ -41,7 +47,7 @@ MALFORMED = [
 
 def _raw(channel: grpc.Channel, method: str):
     # No serializers: the bytes go on the wire as they are, and the answer comes back as bytes.
-    return channel.unary_unary(f"{SERVICE}/{method}")
+    return channel.unary_unary(method)
 
 
 def _code(channel: grpc.Channel, method: str, payload: bytes, metadata) -> grpc.StatusCode:
@@ -57,7 +63,7 @@ def _still_serves(channel: grpc.Channel, mc_stub, auth) -> None:
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     mc_stub.RegisterMC(pb.RegisterMCRequest(id="mc-wire-1", region="us-east-1", grpc_endpoint="grpc://mc:1",
                                             max_meetings=10, max_participants=100), metadata=auth)
-    assert _code(channel, "FastHeartbeat", VALID_BEAT, auth) == grpc.StatusCode.OK
+    assert _code(channel, FAST_HEARTBEAT, VALID_BEAT, auth) == grpc.StatusCode.OK
 
 
 @pytest.mark.parametrize("payload", MALFORMED, ids=range(len(MALFORMED)))
@@ -80,13 +86,13 @@ def test_a_message_over_the_receive_limit_is_resource_exhausted(channel, mc_stub
         assert _code(channel, method, b"\x00" * (limit + 1), auth) == grpc.StatusCode.RESOURCE_EXHAUSTED
     # A well-formed message over the limit too, and one just under it, which reaches our validation.
     oversized = pb.FastHeartbeatRequest(controller_id="m" * limit).SerializeToString()
-    assert _code(channel, "FastHeartbeat", oversized, auth) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert _code(channel, FAST_HEARTBEAT, oversized, auth) == grpc.StatusCode.RESOURCE_EXHAUSTED
     under = pb.FastHeartbeatRequest(controller_id="m" * (limit - 16)).SerializeToString()
     assert len(under) <= limit
-    assert _code(channel, "FastHeartbeat", under, auth) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code(channel, FAST_HEARTBEAT, under, auth) == grpc.StatusCode.INVALID_ARGUMENT
     _still_serves(channel, mc_stub, auth)
 
 
 def test_unknown_methods_are_unimplemented(channel, mc_stub, auth):
-    assert _code(channel, "NoSuchMethod", VALID_BEAT, auth) == grpc.StatusCode.UNIMPLEMENTED
+    assert _code(channel, f"{MC_SERVICE}/NoSuchMethod", VALID_BEAT, auth) == grpc.StatusCode.UNIMPLEMENTED
     _still_serves(channel, mc_stub, auth)
