@@ -32,7 +32,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from audit.models import ActorType
-from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue_many
+from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue, outbox_enqueue_many
 from controllers.models import AVAILABLE_STATES, HealthStatus, TransitionReason
 from controllers.services.capacity import PlacementOutcome, PlacementRule, release_cte_sql, unassign_cte_sql
 from controllers.services.transitions import CONTROLLER, Changed, changed_cte_sql
@@ -133,6 +133,13 @@ def drain_begin(
         )
         deadline, active = cursor.fetchone()
         started = DrainStarted(controller_id, from_status, deadline, target_controller_id, active)
+        outbox_enqueue(
+            aggregate_type=CONTROLLER.type, aggregate_id=controller_id, event_type="controller_draining",
+            payload={
+                "id": controller_id, "from_status": from_status, "to_status": HealthStatus.DRAINING,
+                "drain_deadline": deadline.isoformat(), "target_controller_id": target_controller_id,
+            },
+        )
         audit_record(
             event_type="controller_drain_started", action="drain", actor_type=actor_type,
             actor_user_id=actor_user_id, target_type="meeting_controller", target_id=controller_id,
@@ -174,6 +181,10 @@ def drain_cancel(
                 raise NotFound(f"Controller {controller_id} does not exist.")
             raise Conflict(f"Controller {controller_id} is {current[0]}, not draining.")
         changed = Changed(*row)
+        outbox_enqueue(
+            aggregate_type=CONTROLLER.type, aggregate_id=controller_id, event_type="controller_undrained",
+            payload={"id": controller_id, "from_status": changed.from_status, "to_status": changed.to_status},
+        )
         audit_record(
             event_type="controller_undrained", action="undrain", actor_type=actor_type, actor_user_id=actor_user_id,
             target_type="meeting_controller", target_id=controller_id,

@@ -228,8 +228,14 @@ def _register(
                     },
                 )
             ])
+        event_type = f"{kind.event_prefix}_registered" if created else f"{kind.event_prefix}_reregistered"
+        # Announced like every other state change, so the relay refreshes the controller's capacity hash at once.
+        outbox_enqueue(
+            aggregate_type=kind.event_prefix, aggregate_id=member_id, event_type=event_type,
+            payload={"id": member_id, "region": region, "from_status": from_status, "to_status": health_status},
+        )
         audit_record(
-            event_type=f"{kind.event_prefix}_registered" if created else f"{kind.event_prefix}_reregistered",
+            event_type=event_type,
             action="register",
             actor_type=ActorType.SERVICE,
             target_type=kind.target_type,

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from audit.relay import CAPACITY_TTL_SECONDS, capacity_cache_refresh
+from audit.relay import CAPACITY_TTL_SECONDS, capacity_cache_refresh, outbox_relay
 from controllers import heartbeats
 from controllers.heartbeats import HeartbeatRecorder
 from controllers.models import HealthStatus, MeetingController
-from controllers.services.operations import controller_drain
-from controllers.services.registration import CONTROLLERS, HANDLERS, Beat
+from controllers.services.operations import controller_drain, controller_undrain
+from controllers.services.registration import CONTROLLERS, HANDLERS, Beat, controller_register
 from tests.factories import make_controller, make_handler
 
 pytestmark = pytest.mark.django_db
@@ -85,8 +85,30 @@ def test_a_health_change_written_synchronously_reaches_the_hash(recorder, redis_
     assert 0 < redis_client.ttl(_key(controller_id)) <= CAPACITY_TTL_SECONDS
 
 
+def test_drain_undrain_and_registration_reach_the_hash_through_the_relay(redis_client, operator):
+    controller_id = _controller(redis_client, health=HealthStatus.HEALTHY)
+    redis_client.hset(_key(controller_id), "health", "healthy")
+
+    controller_drain(controller_id=controller_id, actor_user_id=operator.user_id)
+    outbox_relay()
+    assert _hash(redis_client, controller_id)["health"] == "draining"
+
+    controller_undrain(controller_id=controller_id, actor_user_id=operator.user_id)
+    outbox_relay()
+    assert _hash(redis_client, controller_id)["health"] == "pending"
+
+    registered = f"mc-cache-{uuid.uuid4().hex[:12]}"
+    controller_register(
+        controller_id=registered, region="us-east-1", grpc_endpoint="grpc://10.0.0.1:50051",
+        webtransport_endpoint="", max_meetings=7, max_participants=70,
+    )
+    outbox_relay()
+    assert _hash(redis_client, registered)["health"] == "pending"
+    assert redis_client.ttl(_key(registered)) <= CAPACITY_TTL_SECONDS
+
+
 def test_a_state_an_operator_set_reaches_the_hash_with_the_next_heartbeat(recorder, redis_client, operator):
-    # Drain writes no outbox event: the hash learns it from the row when the controller's next beat is flushed.
+    # Also without the relay: the hash learns it from the row when the controller's next beat is flushed.
     controller_id = _controller(redis_client, health=HealthStatus.HEALTHY)
     recorder.remember(controller_id, HealthStatus.HEALTHY)
     redis_client.hset(_key(controller_id), "health", "healthy")
