@@ -25,10 +25,11 @@ from tests.faults.processes import (
 )
 from tests.grpc.conftest import channel, grpc_server, mc_stub  # noqa: F401 (fixtures, used by name)
 
-# Issued inside the throwaway database, whose signing key the server will verify it with.
+# Issued inside the throwaway database, whose signing key the server will verify it with; a subject of its own
+# (registration limits are counted per subject in the shared Redis).
 _ISSUE_TOKEN = (
-    "from django.conf import settings; from accounts.tokens import token_issue; "
-    "print(token_issue(subject='svc-faults', audience=settings.JWT_SERVICE_AUDIENCE, "
+    "import uuid; from django.conf import settings; from accounts.tokens import token_issue; "
+    "print(token_issue(subject=f'svc-faults-{uuid.uuid4().hex[:12]}', audience=settings.JWT_SERVICE_AUDIENCE, "
     "scopes=['mc:register', 'mh:register'], lifetime_seconds=600).token)"
 )
 
