@@ -4,6 +4,7 @@ same at a few and at many rows."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -11,9 +12,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
+from accounts.models import OAuthProvider
+from accounts.services.service_tokens import service_credential_create
 from audit.models import OutboxEvent
-from controllers.models import HealthStatus
+from controllers.models import HealthStatus, HealthTransition
 from meetings.models import MeetingAssignment
 from tests.factories import make_api_key, make_controller, make_handler, make_meeting, make_recording, make_user
 
@@ -26,6 +30,7 @@ STATES = HealthStatus.values
 # cached per request).
 CHANGELIST_QUERIES = 11
 LIVE_QUERIES = 5
+_numbers = itertools.count()
 
 # One INSERT ... SELECT per table: 10,000 controllers in well under a second.
 _FLEET_SQL = """
@@ -150,6 +155,31 @@ def _handlers(n: int) -> None:
         make_handler(region=REGIONS[i % 3])
 
 
+def _service_credentials(n: int) -> None:
+    for i in range(n):
+        service_credential_create(name=f"fleet {i}", scopes=["mc:register"])
+
+
+def _oauth_links(n: int) -> None:
+    for _ in range(n):
+        OAuthProvider.objects.create(user=make_user(), provider="github", provider_user_id=f"gh-{next(_numbers)}")
+
+
+def _transitions(n: int) -> None:
+    HealthTransition.objects.bulk_create(
+        HealthTransition(component_type="controller", component_id=f"mc-{i}", region=REGIONS[i % 3],
+                         from_status="healthy", to_status="unhealthy", reason="stale", actor_type="system")
+        for i in range(n)
+    )
+
+
+def _periodic_tasks(n: int) -> None:
+    for _ in range(n):
+        number = next(_numbers)
+        every = IntervalSchedule.objects.create(every=10 + number, period=IntervalSchedule.SECONDS)
+        PeriodicTask.objects.create(name=f"query count task {number}", task="controllers.sweep_stale", interval=every)
+
+
 @pytest.mark.parametrize(
     ("url_name", "add_rows"),
     [
@@ -160,6 +190,10 @@ def _handlers(n: int) -> None:
         ("admin:accounts_apikey_changelist", _api_keys),
         ("admin:audit_outboxevent_changelist", _outbox),
         ("admin:controllers_mediahandler_changelist", _handlers),
+        ("admin:accounts_servicecredential_changelist", _service_credentials),
+        ("admin:accounts_oauthprovider_changelist", _oauth_links),
+        ("admin:controllers_healthtransition_changelist", _transitions),
+        ("admin:django_celery_beat_periodictask_changelist", _periodic_tasks),
     ],
 )
 def test_other_changelists_query_count_is_constant(
