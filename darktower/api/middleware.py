@@ -8,7 +8,8 @@ the body cached for the parser and for the idempotency hash.
 
 A NUL character (`%00`) in the path would reach PostgreSQL through the `<str:...>` path parameters (meeting
 codes, controller ids), and PostgreSQL refuses NUL in text: no id or code contains one, so such a path names
-nothing and answers 404 here, before any query.
+nothing and answers 404 here, before any query: in the API's shape under /api/, a plain 404 elsewhere (the admin's
+change pages take ids in the path too).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 from rest_framework import status
 
 from darktower.api.errors import api_not_found, is_api_path, json_error
@@ -27,9 +28,9 @@ class ApiBodyLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "\x00" in request.path:
+            return api_not_found(request) if is_api_path(request) else HttpResponseNotFound()
         if is_api_path(request):
-            if "\x00" in request.path:
-                return api_not_found(request)
             try:
                 request.body  # noqa: B018 -- reading it applies the limit and caches the body
             except RequestDataTooBig:

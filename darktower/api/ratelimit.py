@@ -5,7 +5,7 @@ Each request INCRs the counter of every limit that applies to it and sets the co
 pipelined round trip; a counter above its limit answers 429 with Retry-After (the seconds left in the
 window). The limits and the window are settings (RATE_LIMIT_*).
 
-Redis unreachable: the API keeps serving (fail open) and logs a warning, because a cache outage must not
+Redis unreachable: the API keeps serving (fail open) and logs a warning once per outage, because a cache outage must not
 take the control plane down with it. The caller may pass `on_unavailable` to decide otherwise: login does,
 and falls back to counting recent failed logins in the audit trail (see accounts.services.users).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,16 +57,16 @@ def ratelimit_hit(limits: Sequence[RateLimit], *, on_unavailable: Callable[[], N
         counts = pipeline.execute()[::2]
     except redis.RedisError as exc:
         endpoints = sorted({limit.endpoint for limit in limits})
+        _outage_began(exc, endpoints, "not limited" if on_unavailable is None else "uses its fallback")
         if on_unavailable is None:
-            logger.warning("rate limiter: Redis unreachable (%s); %s not limited", type(exc).__name__, endpoints)
             return
-        logger.warning("rate limiter: Redis unreachable (%s); %s uses its fallback", type(exc).__name__, endpoints)
         try:
             on_unavailable()
         except Throttled:
             _count_rejection(endpoints)
             raise
         return
+    _outage_ended()
     exceeded = [
         (limit.endpoint, window_start + limit.window_seconds - now)
         for limit, window_start, count in zip(limits, windows, counts, strict=True)
@@ -75,6 +76,33 @@ def ratelimit_hit(limits: Sequence[RateLimit], *, on_unavailable: Callable[[], N
         _count_rejection(sorted({endpoint for endpoint, _ in exceeded}))
         retry_after = max(seconds for _, seconds in exceeded)
         raise Throttled("Too many requests; retry later.", retry_after_seconds=max(1, math.ceil(retry_after)))
+
+
+# The Redis URLs this process found unreachable: one warning when an outage begins and one when it ends, not a
+# warning per request while it lasts (a busy API would flood the log).
+_unreachable: set[str] = set()
+_unreachable_lock = threading.Lock()
+
+
+def _outage_began(exc: redis.RedisError, endpoints: Sequence[str], consequence: str) -> None:
+    with _unreachable_lock:
+        first = settings.REDIS_URL not in _unreachable
+        _unreachable.add(settings.REDIS_URL)
+    if first:
+        logger.warning(
+            "rate limiter: Redis unreachable (%s); %s %s until it answers again",
+            type(exc).__name__, list(endpoints), consequence,
+        )
+
+
+def _outage_ended() -> None:
+    if not _unreachable:  # the usual case: no lock on every request
+        return
+    with _unreachable_lock:
+        was_down = settings.REDIS_URL in _unreachable
+        _unreachable.discard(settings.REDIS_URL)
+    if was_down:
+        logger.warning("rate limiter: Redis answers again; limits apply")
 
 
 def _count_rejection(endpoints: Sequence[str]) -> None:

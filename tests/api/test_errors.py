@@ -14,7 +14,7 @@ from darktower.api import errors
 from darktower.api.errors import exception_handler
 from meetings.models import Meeting
 from tests.api.util import assert_error
-from tests.factories import make_controller, make_meeting
+from tests.factories import make_controller, make_meeting, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -183,6 +183,15 @@ def test_a_nul_character_in_the_path_is_a_json_404_before_any_query(
     with django_assert_num_queries(0):
         response = client.generic(method, path, "" if method == "GET" else "{}", content_type="application/json")
     assert_error(response, 404, "not_found")
+
+
+def test_a_nul_character_in_an_admin_path_is_a_plain_404_before_any_query(client, django_assert_num_queries):
+    staff = make_user(is_staff=True, is_superuser=True)
+    client.force_login(staff)
+    with django_assert_num_queries(0):
+        response = client.get("/admin/controllers/meetingcontroller/a%00b/change/")
+    assert response.status_code == 404
+    assert not response["Content-Type"].startswith("application/json")
 
 
 def test_a_database_refusal_left_over_is_400_not_500():
