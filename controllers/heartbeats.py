@@ -1,7 +1,7 @@
 """The heartbeat hot path: coalesce beats in memory, write them in one set-based statement per interval.
 
 A region of 20,000 MCs sends about 2,700 heartbeats a second. One UPDATE per heartbeat is bound by Python and
-commit costs (NOTES.md: ~1,600-1,950 calls/s on this machine); one `UPDATE ... FROM unnest(...)` for every
+commit costs (measured on this 2-core machine: ~1,600-1,950 calls/s); one `UPDATE ... FROM unnest(...)` for every
 member that beat during the last HEARTBEAT_FLUSH_INTERVAL_MS costs about as much as a single row. So a beat
 that changes nothing but counters and liveness is kept in memory (the latest values per member; a fast
 heartbeat does not erase the CPU and memory of a comprehensive one still waiting) and acknowledged at once;
@@ -145,8 +145,15 @@ class HeartbeatRecorder:
     def _write_now(self, beat: Beat, now: float) -> None:
         with self._write_lock:
             with self._lock:
-                beat = _merge(self._pending.pop(beat.member_id, None), beat)
-            outcomes = beats_record(kind=self.kind, beats=[beat])
+                acknowledged = self._pending.pop(beat.member_id, None)
+            try:
+                outcomes = beats_record(kind=self.kind, beats=[_merge(acknowledged, beat)])
+            except (OperationalError, InterfaceError):
+                # This beat is answered UNAVAILABLE and sent again; the one acknowledged before it must not be
+                # lost with it: back to the pending set for the next flush.
+                if acknowledged is not None:
+                    self._requeue({beat.member_id: acknowledged})
+                raise
             with self._lock:
                 if not outcomes:
                     self._known.pop(beat.member_id, None)
@@ -174,10 +181,7 @@ class HeartbeatRecorder:
             try:
                 outcomes = beats_record(kind=self.kind, beats=list(batch.values()))
             except (OperationalError, InterfaceError):
-                with self._lock:
-                    for member_id, beat in batch.items():
-                        newer = self._pending.get(member_id)
-                        self._pending[member_id] = beat if newer is None else _merge(beat, newer)
+                self._requeue(batch)
                 raise
             except DatabaseError:
                 logger.exception("heartbeat flush refused; dropped %d %s beats", len(batch), self.kind.target_type)
@@ -216,6 +220,13 @@ class HeartbeatRecorder:
         if self._cache_failing:
             self._cache_failing = False
             logger.warning("capacity cache refresh recovered")
+
+    def _requeue(self, beats: dict[str, Beat]) -> None:
+        """Put beats that could not be written back in the pending set; a newer beat already there wins."""
+        with self._lock:
+            for member_id, beat in beats.items():
+                newer = self._pending.get(member_id)
+                self._pending[member_id] = beat if newer is None else _merge(beat, newer)
 
     def pending_count(self) -> int:
         with self._lock:

@@ -137,11 +137,6 @@ def test_postgres_stopped_gives_unavailable_and_service_resumes_by_itself(grpcse
     assert "Traceback" not in server.output()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: controllers.heartbeats.HeartbeatRecorder._write_now pops the member's pending (acknowledged) beat, "
-    "merges it into the synchronous write and drops it when that write fails with the database away; "
-    "flush() puts a failed batch back, _write_now does not"
-))
 def test_a_state_change_refused_during_the_outage_keeps_the_beats_acknowledged_before_it(
     grpcserver_on_own_postgres,
 ):
