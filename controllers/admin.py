@@ -174,10 +174,11 @@ class MeetingControllerAdmin(FleetAdminMixin, admin.ModelAdmin):
         ("Endpoints", {"fields": ("grpc_endpoint", "webtransport_endpoint", "endpoint")}),
         ("Load", {"fields": (
             "current_meetings", "max_meetings", "current_participants", "max_participants",
-            "assigned_since_heartbeat", "cpu_usage_percent", "memory_usage_percent", "last_heartbeat_at",
+            "assigned_since_heartbeat", "reserved_participants", "cpu_usage_percent", "memory_usage_percent",
+            "last_heartbeat_at",
         )}),
         ("Health model", {"fields": (
-            "unhealthy_since", "good_heartbeats", "drain_deadline", "drain_target_controller_id",
+            "unhealthy_since", "good_heartbeats", "hold_down_until", "drain_deadline", "drain_target_controller_id",
         )}),
         ("History", {"fields": ("transitions_timeline", "created_at", "updated_at", "metadata")}),
     )
@@ -202,9 +203,13 @@ class MeetingControllerAdmin(FleetAdminMixin, admin.ModelAdmin):
     def health(self, obj: MeetingController) -> str:
         return health_badge(obj.health_status, data_id=obj.pk)
 
-    @admin.display(description="meetings", ordering="current_meetings")
+    @admin.display(description="meetings (incl. in flight)", ordering="current_meetings")
     def meetings(self, obj: MeetingController) -> str:
-        return capacity_bar(obj.current_meetings, obj.max_meetings, css_class="dt-meetings", data_id=obj.pk)
+        # As placement and the summary count them: reported plus assigned since that report.
+        return capacity_bar(
+            obj.current_meetings + obj.assigned_since_heartbeat, obj.max_meetings, css_class="dt-meetings",
+            data_id=obj.pk,
+        )
 
     @admin.display(description="participants", ordering="current_participants")
     def participants(self, obj: MeetingController) -> str:

@@ -328,3 +328,14 @@ def test_viewer_gets_no_media_handler_actions(client, viewer_user):
 
     assert "drain_action" not in html
     assert MediaHandler.objects.get(pk=handler.pk).health_status == HealthStatus.HEALTHY
+
+
+def test_meetings_bar_counts_assignments_in_flight(client, viewer_user):
+    busy = make_controller(current_meetings=10, max_meetings=100)
+    MeetingController.objects.filter(pk=busy.pk).update(assigned_since_heartbeat=5)
+    client.force_login(viewer_user)
+
+    html = client.get(reverse(CHANGELIST)).content.decode()
+
+    bar = html.split(f'class="dt-bar dt-meetings" data-id="{busy.pk}"')[1].split("</div></div>")[0]
+    assert 'title="15 / 100 (15%)"' in bar
