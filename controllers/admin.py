@@ -1,5 +1,7 @@
-"""The fleet dashboard: the controllers' changelist with a per-region summary on top, live-refreshed badges and
-heartbeat ages, and the operators' actions (controllers.services.operations). Media handlers alike, simpler.
+"""The fleet dashboard: the controllers' changelist with a per-region summary (and the region's last hour of
+health transitions) on top, live-refreshed badges and heartbeat ages, and the operators' actions
+(controllers.services.operations). Media handlers alike: drain, undrain and mark unhealthy through the
+compare-and-set health_transition, which records the transition with the operator as actor.
 
 Every column reads the row or an annotation of the page's one SELECT (controllers.selectors): the number of
 queries does not grow with the rows (tests/admin/test_query_counts.py).
