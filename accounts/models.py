@@ -62,7 +62,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     )
     created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
     updated_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
-    metadata = models.JSONField(default=dict, db_default={}, blank=True, null=True)
+    metadata = models.JSONField(
+        default=dict, db_default={}, blank=True, null=True, db_comment="Free-form profile data; no secrets"
+    )
 
     objects = UserManager()
 
@@ -96,10 +98,14 @@ class OAuthProvider(models.Model):
     id = models.BigAutoField(primary_key=True)
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="oauth_providers")
     provider = models.CharField(max_length=50, db_comment="Identity provider name: google, github, ...")
-    provider_user_id = models.CharField(max_length=255)
-    access_token_encrypted = models.BinaryField(null=True, blank=True)
-    refresh_token_encrypted = models.BinaryField(null=True, blank=True)
-    token_expires_at = models.DateTimeField(null=True, blank=True)
+    provider_user_id = models.CharField(max_length=255, db_comment="The user's id at the provider (its `sub`)")
+    access_token_encrypted = models.BinaryField(
+        null=True, blank=True, db_comment="Provider access token, encrypted at rest; never shown or logged"
+    )
+    refresh_token_encrypted = models.BinaryField(
+        null=True, blank=True, db_comment="Provider refresh token, encrypted at rest; never shown or logged"
+    )
+    token_expires_at = models.DateTimeField(null=True, blank=True, db_comment="When the provider access token expires")
     created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
     updated_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
 

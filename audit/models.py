@@ -47,7 +47,9 @@ class AuditLog(models.Model):
     target_id = models.CharField(
         max_length=255, null=True, blank=True, db_comment="Primary key of the target as text (UUIDs, controller ids)"
     )
-    action = models.CharField(max_length=100, db_comment="The verb within event_type, e.g. create, drain, mark_unhealthy")
+    action = models.CharField(
+        max_length=100, db_comment="The verb within event_type, e.g. create, drain, mark_unhealthy"
+    )
     result = models.CharField(max_length=20, choices=AuditResult.choices, db_comment="success or failure")
     error_message = models.TextField(null=True, blank=True)
     ip_address = models.GenericIPAddressField(null=True, blank=True)
@@ -124,7 +126,9 @@ class IdempotencyKey(models.Model):
     id = models.BigAutoField(primary_key=True)
     key = models.CharField(max_length=255, db_comment="Client-chosen Idempotency-Key header value")
     principal = models.CharField(
-        max_length=100, db_comment="Who sent it: user:<uuid>, apikey:<uuid> or ip:<address>; keys are per principal"
+        max_length=100,
+        db_comment="Who sent it: user:<uuid>, apikey:<uuid>, ip:<address> or guest:<address>:<keyed hash of the name>; "
+        "keys are per principal",
     )
     request_method = models.CharField(max_length=10)
     request_path = models.CharField(max_length=255)

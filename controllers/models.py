@@ -102,10 +102,17 @@ class MeetingController(models.Model):
         db_comment="WebTransport endpoint for client connections; NULL until the MC has one",
     )
 
-    max_meetings = models.IntegerField()
-    current_meetings = models.IntegerField(default=0, db_default=0)
-    max_participants = models.IntegerField()
-    current_participants = models.IntegerField(default=0, db_default=0)
+    max_meetings = models.IntegerField(
+        db_comment="Meetings this MC accepts (RegisterMC, heartbeats); placement never exceeds it"
+    )
+    current_meetings = models.IntegerField(
+        default=0, db_default=0,
+        db_comment="Meetings the MC reported at its last heartbeat (see assigned_since_heartbeat)",
+    )
+    max_participants = models.IntegerField(db_comment="Participants this MC accepts across its meetings")
+    current_participants = models.IntegerField(
+        default=0, db_default=0, db_comment="Participants the MC reported at its last heartbeat"
+    )
     cpu_usage_percent = models.FloatField(null=True, blank=True, db_comment="From the last comprehensive heartbeat")
     memory_usage_percent = models.FloatField(
         null=True, blank=True, db_comment="From the last comprehensive heartbeat"
@@ -164,7 +171,7 @@ class MeetingController(models.Model):
         db_comment="Assignments since assignments_window_start (PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE cap)",
     )
 
-    version = models.CharField(max_length=50, null=True, blank=True)
+    version = models.CharField(max_length=50, null=True, blank=True, db_comment="Software version the MC runs")
     created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
     updated_at = models.DateTimeField(
         default=timezone.now, db_default=Now(), editable=False,
@@ -258,19 +265,26 @@ class MediaHandler(models.Model):
     handler_id = models.CharField(max_length=255, primary_key=True)
     region = models.CharField(max_length=50)
     endpoint = models.TextField(db_comment="Legacy endpoint column kept for compatibility; use grpc_endpoint")
-    grpc_endpoint = models.CharField(max_length=255, null=True, blank=True)
-    webtransport_endpoint = models.CharField(max_length=255, null=True, blank=True)
+    grpc_endpoint = models.CharField(
+        max_length=255, null=True, blank=True, db_comment="gRPC endpoint for MC-to-MH calls (e.g. grpc://host:port)"
+    )
+    webtransport_endpoint = models.CharField(
+        max_length=255, null=True, blank=True, db_comment="WebTransport endpoint for client media connections"
+    )
 
-    max_streams = models.IntegerField()
-    current_streams = models.IntegerField(default=0, db_default=0)
-    max_bitrate_mbps = models.IntegerField()
-    current_bitrate_mbps = models.IntegerField(default=0, db_default=0)
-    cpu_usage_percent = models.FloatField(null=True, blank=True)
-    memory_usage_percent = models.FloatField(null=True, blank=True)
-    bandwidth_usage_percent = models.FloatField(null=True, blank=True)
+    max_streams = models.IntegerField(db_comment="Media streams this handler accepts (from RegisterMH)")
+    current_streams = models.IntegerField(default=0, db_default=0, db_comment="Streams at the last load report")
+    max_bitrate_mbps = models.IntegerField(db_comment="Egress bandwidth ceiling, megabits per second")
+    current_bitrate_mbps = models.IntegerField(default=0, db_default=0, db_comment="Egress at the last report, Mbit/s")
+    cpu_usage_percent = models.FloatField(null=True, blank=True, db_comment="0..100, from the last load report")
+    memory_usage_percent = models.FloatField(null=True, blank=True, db_comment="0..100, from the last load report")
+    bandwidth_usage_percent = models.FloatField(
+        null=True, blank=True, db_comment="0..100 of max_bitrate_mbps, from the last load report"
+    )
 
     health_status = models.CharField(
-        max_length=20, choices=HealthStatus.choices, default=HealthStatus.PENDING, db_default="pending"
+        max_length=20, choices=HealthStatus.choices, default=HealthStatus.PENDING, db_default="pending",
+        db_comment="pending until the first good report; healthy, degraded, unhealthy (stale or reported) or draining",
     )
     last_heartbeat_at = models.DateTimeField(
         default=timezone.now, db_default=Now(), db_comment="Database time of the last load report received"
@@ -295,10 +309,13 @@ class MediaHandler(models.Model):
         "after UNHEALTHY_RECOVERY_HEARTBEATS good load reports; NULL when not held",
     )
 
-    supports_transcoding = models.BooleanField(default=True, db_default=True)
-    supports_mixing = models.BooleanField(default=True, db_default=True)
+    supports_transcoding = models.BooleanField(
+        default=True, db_default=True, db_comment="Can re-encode streams between codecs"
+    )
+    supports_mixing = models.BooleanField(default=True, db_default=True, db_comment="Can mix audio streams")
     supported_codecs = ArrayField(
-        models.TextField(), null=True, blank=True, default=default_codecs, db_default=["VP9", "AV1", "H264", "Opus"]
+        models.TextField(), null=True, blank=True, default=default_codecs, db_default=["VP9", "AV1", "H264", "Opus"],
+        db_comment="Codec names this handler forwards or transcodes",
     )
 
     created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)

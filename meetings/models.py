@@ -49,28 +49,37 @@ class Meeting(models.Model):
     meeting_code = models.CharField(
         max_length=20, unique=True, db_comment="Short human-readable code from an unambiguous alphabet"
     )
-    max_participants = models.IntegerField(default=100, db_default=100)
+    max_participants = models.IntegerField(
+        default=100, db_default=100, db_comment="Seats: joins beyond it answer 409 (1..1000 through the API)"
+    )
 
-    enable_e2e_encryption = models.BooleanField(default=True, db_default=True)
+    enable_e2e_encryption = models.BooleanField(
+        default=True, db_default=True, db_comment="Media keys stay with the clients (MC and MH forward only)"
+    )
     require_auth = models.BooleanField(default=False, db_default=False, db_comment="Refuse guests")
-    allow_recording = models.BooleanField(default=False, db_default=False)
-    waiting_room_enabled = models.BooleanField(default=False, db_default=False)
+    allow_recording = models.BooleanField(default=False, db_default=False, db_comment="The host may start recordings")
+    waiting_room_enabled = models.BooleanField(
+        default=False, db_default=False, db_comment="Joiners wait for the host to admit them"
+    )
     allow_guests = models.BooleanField(
         default=False, db_default=False, db_comment="Guests may obtain a guest token (ignored when require_auth)"
     )
 
     status = models.CharField(
-        max_length=20, choices=MeetingStatus.choices, default=MeetingStatus.SCHEDULED, db_default="scheduled"
+        max_length=20, choices=MeetingStatus.choices, default=MeetingStatus.SCHEDULED, db_default="scheduled",
+        db_comment="scheduled, active (first join) or ended",
     )
-    scheduled_start_time = models.DateTimeField(null=True, blank=True)
-    actual_start_time = models.DateTimeField(null=True, blank=True)
+    scheduled_start_time = models.DateTimeField(null=True, blank=True, db_comment="Announced start; informative")
+    actual_start_time = models.DateTimeField(null=True, blank=True, db_comment="Time of the first join")
     ended_at = models.DateTimeField(null=True, blank=True)
 
     assigned_controller_id = models.CharField(
         max_length=255, null=True, blank=True,
         db_comment="Meeting controller handling the meeting (denormalised from meeting_assignments)",
     )
-    assigned_region = models.CharField(max_length=50, null=True, blank=True)
+    assigned_region = models.CharField(
+        max_length=50, null=True, blank=True, db_comment="Region of assigned_controller_id (denormalised)"
+    )
 
     created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
     updated_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
@@ -117,13 +126,20 @@ class MeetingParticipant(models.Model):
 
     joined_at = models.DateTimeField(default=timezone.now, db_default=Now())
     left_at = models.DateTimeField(null=True, blank=True)
-    leave_reason = models.CharField(max_length=50, choices=LeaveReason.choices, null=True, blank=True)
+    leave_reason = models.CharField(
+        max_length=50, choices=LeaveReason.choices, null=True, blank=True,
+        db_comment="voluntary, kicked, connection_lost or meeting_ended; NULL while present",
+    )
 
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
-    user_agent = models.TextField(null=True, blank=True)
-    client_version = models.CharField(max_length=50, null=True, blank=True)
+    ip_address = models.GenericIPAddressField(
+        null=True, blank=True, db_comment="Client address at join (personal data)"
+    )
+    user_agent = models.TextField(null=True, blank=True, db_comment="Client User-Agent at join")
+    client_version = models.CharField(max_length=50, null=True, blank=True, db_comment="Dark Tower client version")
 
-    total_duration_seconds = models.IntegerField(default=0, db_default=0, null=True)
+    total_duration_seconds = models.IntegerField(
+        default=0, db_default=0, null=True, db_comment="Seconds present, computed when the participant leaves"
+    )
 
     class Meta:
         db_table = "meeting_participants"
@@ -166,22 +182,25 @@ class Recording(models.Model):
 
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
-    duration_seconds = models.IntegerField(null=True, blank=True)
-    file_size_bytes = models.BigIntegerField(null=True, blank=True)
+    duration_seconds = models.IntegerField(null=True, blank=True, db_comment="Length of the finished recording")
+    file_size_bytes = models.BigIntegerField(null=True, blank=True, db_comment="Size of the stored file")
 
     storage_path = models.TextField(db_comment="Object path inside storage_bucket")
-    storage_bucket = models.CharField(max_length=255)
+    storage_bucket = models.CharField(max_length=255, db_comment="Object-storage bucket (RECORDINGS_STORAGE_BUCKET)")
 
     video_codec = models.CharField(max_length=50, null=True, blank=True)
     audio_codec = models.CharField(max_length=50, null=True, blank=True)
     resolution = models.CharField(max_length=20, null=True, blank=True, db_comment="e.g. 1920x1080")
 
     status = models.CharField(
-        max_length=20, choices=RecordingStatus.choices, default=RecordingStatus.RECORDING, db_default="recording"
+        max_length=20, choices=RecordingStatus.choices, default=RecordingStatus.RECORDING, db_default="recording",
+        db_comment="recording -> processing -> ready | failed, never backwards",
     )
-    error_message = models.TextField(null=True, blank=True)
+    error_message = models.TextField(null=True, blank=True, db_comment="Why processing failed (status failed)")
 
-    is_public = models.BooleanField(default=False, db_default=False)
+    is_public = models.BooleanField(
+        default=False, db_default=False, db_comment="Shared: reachable with access_token without signing in"
+    )
     access_token = models.CharField(
         max_length=255, null=True, blank=True, db_comment="Opaque share token for the public link"
     )
@@ -225,8 +244,10 @@ class MeetingAssignment(models.Model):
         "controllers.MeetingController", on_delete=models.CASCADE, related_name="assignments",
         db_comment="The assigned MC; its assignment history goes with it when an operator deletes it",
     )
-    region = models.CharField(max_length=50)
-    assigned_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    region = models.CharField(max_length=50, db_comment="Region the meeting is served from by this MC")
+    assigned_at = models.DateTimeField(
+        default=timezone.now, db_default=Now(), db_comment="Database time of the assignment"
+    )
     assigned_by_gc_id = models.CharField(
         max_length=255, db_comment="Id of the Global Controller process that made the assignment"
     )
