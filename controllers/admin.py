@@ -1,7 +1,7 @@
 """The fleet dashboard: the controllers' changelist with a per-region summary (and the region's last hour of
 health transitions) on top, live-refreshed badges and heartbeat ages, and the operators' actions
-(controllers.services.operations). Media handlers alike: drain, undrain and mark unhealthy through the
-compare-and-set health_transition, which records the transition with the operator as actor.
+(controllers.services.operations). Media handlers alike: drain, undrain and mark unhealthy, each a service of
+the same module (compare-and-set, transition and audit row naming the operator).
 
 Every column reads the row or an annotation of the page's one SELECT (controllers.selectors): the number of
 queries does not grow with the rows (tests/admin/test_query_counts.py).
@@ -9,6 +9,7 @@ queries does not grow with the rows (tests/admin/test_query_counts.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -20,14 +21,12 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from audit.models import ActorType
 from controllers.models import (
     ComponentType,
     HealthStatus,
     HealthTransition,
     MediaHandler,
     MeetingController,
-    TransitionReason,
 )
 from controllers.selectors import (
     RECENT_TRANSITIONS_WINDOW,
@@ -39,7 +38,8 @@ from controllers.selectors import (
     handlers_live_status,
 )
 from controllers.services import operations
-from controllers.services.transitions import HANDLER, health_transition
+from controllers.services.operations import handler_drain, handler_mark_unhealthy, handler_undrain
+from controllers.services.transitions import Changed
 from darktower.admin_tools import (
     EstimatedCountPaginator,
     IndexedDistinctFilter,
@@ -48,14 +48,12 @@ from darktower.admin_tools import (
     health_badge,
     transitions_recent_by_region,
 )
-from darktower.errors import Conflict
 
 # The poll asks for the rows on screen only; a page never shows more than list_per_page.
 LIVE_MAX_IDS = 500
 POLL_INTERVAL_MS = 5000
 # The summary's timeline of the last hour's transitions shows at most this many per region.
 RECENT_TRANSITIONS_PER_REGION = 50
-_HANDLER_LIVE_STATES = (HealthStatus.PENDING, HealthStatus.HEALTHY, HealthStatus.DEGRADED)
 
 
 class ControllerRegionFilter(IndexedDistinctFilter):
@@ -405,28 +403,22 @@ class MediaHandlerAdmin(FleetAdminMixin, admin.ModelAdmin):
     def has_mark_unhealthy_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("controllers.mark_unhealthy_meetingcontroller")
 
-    def _transition_action(
+    def _handler_action(
         self,
         request: HttpRequest,
         queryset: QuerySet[MediaHandler],
         *,
+        service: Callable[..., Changed],
         action: str,
         title: str,
         description: str,
-        from_states: tuple[str, ...],
-        to_status: str,
         done: str,
     ) -> HttpResponse | None:
-        """One compare-and-set health_transition per handler (it records the transition with the operator);
-        a handler in another state is reported, not changed."""
+        """One service call per handler (compare-and-set, transition and audit row naming the operator); a
+        handler in another state is reported, not changed."""
 
         def perform(obj: MediaHandler) -> str:
-            changed = health_transition(
-                component=HANDLER, ids=[obj.pk], from_states=from_states, to_status=to_status,
-                reason=TransitionReason.OPERATOR, actor_type=ActorType.USER, actor_user_id=request.user.pk,
-            )
-            if not changed:
-                raise Conflict(f"it is {obj.health_status}, not {' or '.join(from_states)}.")
+            service(handler_id=obj.pk, actor_user_id=request.user.pk)
             return f"{obj.pk}: {done}"
 
         return confirmed_action(
@@ -436,19 +428,18 @@ class MediaHandlerAdmin(FleetAdminMixin, admin.ModelAdmin):
 
     @admin.action(description="Drain selected media handlers (no new streams)", permissions=["drain"])
     def drain_action(self, request: HttpRequest, queryset: QuerySet[MediaHandler]) -> HttpResponse | None:
-        return self._transition_action(
-            request, queryset, action="drain_action", title="Drain media handlers",
+        return self._handler_action(
+            request, queryset, service=handler_drain, action="drain_action", title="Drain media handlers",
             description="These handlers go draining: heartbeats no longer change their state and the stale "
             "sweep leaves them alone until they are undrained or re-register.",
-            from_states=_HANDLER_LIVE_STATES, to_status=HealthStatus.DRAINING, done="draining.",
+            done="draining.",
         )
 
     @admin.action(description="Undrain selected media handlers (back to pending)", permissions=["drain"])
     def undrain_action(self, request: HttpRequest, queryset: QuerySet[MediaHandler]) -> HttpResponse | None:
-        return self._transition_action(
-            request, queryset, action="undrain_action", title="Undrain media handlers",
+        return self._handler_action(
+            request, queryset, service=handler_undrain, action="undrain_action", title="Undrain media handlers",
             description="These handlers go back to pending and become healthy again after their next good report.",
-            from_states=(HealthStatus.DRAINING,), to_status=HealthStatus.PENDING,
             done="pending; healthy again after its next good report.",
         )
 
@@ -456,11 +447,11 @@ class MediaHandlerAdmin(FleetAdminMixin, admin.ModelAdmin):
     def mark_unhealthy_action(
         self, request: HttpRequest, queryset: QuerySet[MediaHandler]
     ) -> HttpResponse | None:
-        return self._transition_action(
-            request, queryset, action="mark_unhealthy_action", title="Mark media handlers unhealthy",
+        return self._handler_action(
+            request, queryset, service=handler_mark_unhealthy, action="mark_unhealthy_action",
+            title="Mark media handlers unhealthy",
             description="These handlers are marked unhealthy now; they come back through the hold-down or by "
             "re-registering.",
-            from_states=(*_HANDLER_LIVE_STATES, HealthStatus.DRAINING), to_status=HealthStatus.UNHEALTHY,
             done="unhealthy.",
         )
 

@@ -1,4 +1,4 @@
-"""What operators do to a controller (admin actions, `POST /api/v1/controllers/{id}/drain|undrain`).
+"""What operators do to a controller or a media handler (admin actions, `POST /api/v1/controllers/{id}/drain|undrain`).
 
 Each function is one transaction, a compare-and-set on the controller's state, and an audit row naming the
 operator. Drain and undrain are the bounded drain of controllers/services/drain.py (issue 8 §4); this module
@@ -13,11 +13,11 @@ from django.db import connection, transaction
 
 from audit.models import ActorType
 from audit.services import audit_record, outbox_enqueue
-from controllers.models import HealthStatus, MeetingController, TransitionReason
+from controllers.models import HealthStatus, MediaHandler, MeetingController, TransitionReason
 from controllers.services.capacity import release_cte_sql, unassign_cte_sql
 from controllers.services.drain import DrainStarted, drain_begin, drain_cancel
 from controllers.services.health import MEETING_CONTROLLERS
-from controllers.services.transitions import CONTROLLER, Changed, health_transition
+from controllers.services.transitions import CONTROLLER, HANDLER, Changed, health_transition
 from darktower.errors import Conflict, NotFound
 
 _LIVE_STATES = [HealthStatus.PENDING, HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.DRAINING]
@@ -101,3 +101,61 @@ def controller_end_assignments(*, controller_id: str, actor_user_id: uuid.UUID |
             metadata={"ended": ended},
         )
     return ended
+
+
+# Media handlers: no bounded drain (they hold no assignments of ours), the same compare-and-set and audit.
+_HANDLER_LIVE_STATES = (HealthStatus.PENDING, HealthStatus.HEALTHY, HealthStatus.DEGRADED)
+
+
+def _handler_transition(
+    *, handler_id: str, action: str, from_states: tuple[str, ...], to_status: str, actor_user_id: uuid.UUID | None
+) -> Changed:
+    with transaction.atomic():
+        changed = health_transition(
+            component=HANDLER, ids=[handler_id], from_states=from_states, to_status=to_status,
+            reason=TransitionReason.OPERATOR, actor_type=ActorType.USER, actor_user_id=actor_user_id,
+        )
+        if not changed:
+            current = MediaHandler.objects.filter(pk=handler_id).values_list("health_status", flat=True).first()
+            if current is None:
+                raise NotFound(f"Media handler {handler_id} does not exist.")
+            raise Conflict(f"Media handler {handler_id} is {current}, not {' or '.join(from_states)}.")
+        result = changed[0]
+        audit_record(
+            event_type=f"media_handler_{action}", action=action, actor_type=ActorType.USER,
+            actor_user_id=actor_user_id, target_type="media_handler", target_id=handler_id,
+            metadata={"from_status": result.from_status, "to_status": result.to_status, "reason": "operator"},
+        )
+        if to_status == HealthStatus.UNHEALTHY:
+            outbox_enqueue(
+                aggregate_type="media_handler", aggregate_id=handler_id, event_type="media_handler_unhealthy",
+                payload={
+                    "id": handler_id, "region": result.region, "from_status": result.from_status,
+                    "to_status": result.to_status, "reason": "operator",
+                },
+            )
+    return result
+
+
+def handler_drain(*, handler_id: str, actor_user_id: uuid.UUID | None = None) -> Changed:
+    """No new streams: heartbeats no longer change its state and the sweep leaves it alone until undrained."""
+    return _handler_transition(
+        handler_id=handler_id, action="drain", from_states=_HANDLER_LIVE_STATES, to_status=HealthStatus.DRAINING,
+        actor_user_id=actor_user_id,
+    )
+
+
+def handler_undrain(*, handler_id: str, actor_user_id: uuid.UUID | None = None) -> Changed:
+    """Back to `pending`; healthy again after its next good load report."""
+    return _handler_transition(
+        handler_id=handler_id, action="undrain", from_states=(HealthStatus.DRAINING,), to_status=HealthStatus.PENDING,
+        actor_user_id=actor_user_id,
+    )
+
+
+def handler_mark_unhealthy(*, handler_id: str, actor_user_id: uuid.UUID | None = None) -> Changed:
+    """Out of use now; back through the hold-down or by re-registering."""
+    return _handler_transition(
+        handler_id=handler_id, action="mark_unhealthy", from_states=(*_HANDLER_LIVE_STATES, HealthStatus.DRAINING),
+        to_status=HealthStatus.UNHEALTHY, actor_user_id=actor_user_id,
+    )

@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from audit.models import AuditLog
+from audit.models import AuditLog, OutboxEvent
 from controllers.models import HealthStatus, HealthTransition, MediaHandler, MeetingController
 from controllers.selectors import fleet_summary_by_region
 from meetings.models import MeetingAssignment
@@ -316,6 +316,15 @@ def test_operator_drains_undrains_and_marks_media_handlers(client, operator_user
         (drained.pk, "healthy", "draining"), (drained.pk, "draining", "pending"), (failing.pk, "degraded", "unhealthy"),
     ]
     assert {t.actor_user_id for t in transitions} == {operator_user.pk}
+    audits = AuditLog.objects.filter(target_type="media_handler").order_by("id")
+    assert [(a.event_type, a.target_id, a.actor_user_id) for a in audits] == [
+        ("media_handler_drain", drained.pk, operator_user.pk),
+        ("media_handler_undrain", drained.pk, operator_user.pk),
+        ("media_handler_mark_unhealthy", failing.pk, operator_user.pk),
+    ]
+    assert OutboxEvent.objects.filter(
+        aggregate_type="media_handler", aggregate_id=failing.pk, event_type="media_handler_unhealthy"
+    ).count() == 1
 
 
 def test_viewer_gets_no_media_handler_actions(client, viewer_user):
