@@ -17,6 +17,7 @@ interceptor's wrapper), HTTP routes are URL patterns (`resolver_match.route`), n
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from typing import Any
 import grpc
 from django.conf import settings
 from django.db import DatabaseError, connection
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import path
 from django.views.decorators.http import require_GET
 from prometheus_client import (
@@ -171,8 +172,19 @@ def scrape_registry() -> CollectorRegistry:
 
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """GET /metrics in the Prometheus text format. Serve it on an internal address only (fleet layout)."""
+    """GET /metrics in the Prometheus text format, for clients in METRICS_ALLOWED_NETWORKS only (it shows the
+    fleet's layout); to anyone else the page does not exist."""
+    if not _scraper_allowed(request.META.get("REMOTE_ADDR", "")):
+        raise Http404
     return HttpResponse(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+def _scraper_allowed(remote_addr: str) -> bool:
+    try:
+        address = ipaddress.ip_address(remote_addr)
+    except ValueError:
+        return False
+    return any(address in network for network in settings.METRICS_ALLOWED_NETWORKS_PARSED)
 
 
 # --- HTTP ---------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ This is the only module that reads the process environment. Every variable is do
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode
@@ -374,6 +375,13 @@ CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 # Set for several processes (gunicorn workers, grpcserver processes): prometheus-client reads it from the
 # environment itself; darktower.metrics aggregates that directory's files at scrape time.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", None) or None
+# Who may scrape GET /metrics (it shows the fleet's layout): client addresses (REMOTE_ADDR) in these networks;
+# anyone else gets a 404.
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
+try:
+    METRICS_ALLOWED_NETWORKS_PARSED = tuple(ipaddress.ip_network(net, strict=False) for net in METRICS_ALLOWED_NETWORKS)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {exc}") from None
 
 # --- Logging ----------------------------------------------------------------------------------
 

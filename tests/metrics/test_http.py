@@ -3,6 +3,7 @@ and URLconf (darktower/urls.py)."""
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from datetime import timedelta
 
@@ -139,3 +140,17 @@ def test_scrapes_are_counted_under_their_own_route(client):
     client.get("/metrics")
 
     assert requests_seen("GET", "metrics", 200) == before + 1
+
+
+def test_only_allowed_networks_may_scrape(client, settings):
+    settings.METRICS_ALLOWED_NETWORKS_PARSED = (ipaddress.ip_network("10.20.0.0/16"),)
+
+    assert client.get("/metrics", REMOTE_ADDR="10.20.3.4").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="10.21.3.4").status_code == 404
+    assert client.get("/metrics", REMOTE_ADDR="127.0.0.1").status_code == 404
+    assert client.get("/metrics", REMOTE_ADDR="not-an-address").status_code == 404
+
+
+def test_by_default_only_loopback_may_scrape(client):
+    assert client.get("/metrics", REMOTE_ADDR="::1").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="192.0.2.10").status_code == 404
