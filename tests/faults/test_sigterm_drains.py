@@ -1,14 +1,20 @@
 """SIGTERM to a `manage.py grpcserver` under load: calls in flight finish, new ones are refused, nothing else.
 
 A hundred MCs beat continuously over grpc.aio; two registrations are held in flight by row locks this test
-holds. Then SIGTERM. Every call of the run either answers OK or UNAVAILABLE (refused before the server took
-it); the held calls complete once released, although the server is already shutting down; the process exits
-0 within its grace period, and every heartbeat it acknowledged is in its row (the shutdown flush).
+holds. Then SIGTERM. Every call of the run either answers OK or is refused before the server took it; the held
+calls complete once released, although the server is already shutting down; the process exits 0 within its
+grace period, and every heartbeat it acknowledged is in its row (the shutdown flush).
+
+Refused means UNAVAILABLE, with one exception that grpcio's core makes, not our code: a call that had reached
+the server but was still queued, not yet handed to a worker thread, when the shutdown began is reset with
+CANCELLED (about one run in four here, a single call, within milliseconds of the signal). The test allows
+CANCELLED only after the signal and proves that such a call had no effect: its beat is not in the row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import time
 from collections import Counter
@@ -54,8 +60,11 @@ def _held_calls_waiting(conninfo, application_name: str) -> int:
         ).fetchone()[0]
 
 
-async def _run(server, metadata) -> tuple[Counter, dict[str, int], list, float]:
+async def _run(server, metadata) -> tuple[Counter, dict[str, int], list, float, list]:
     codes: Counter = Counter()
+    # Calls refused otherwise than with UNAVAILABLE: (seconds after SIGTERM, code, controller id, beat number).
+    unexpected: list[tuple[float, str, str, int]] = []
+    signalled = math.inf
     acked: dict[str, int] = {}
     conninfo = conninfo_of_test_db()
     stop_load = asyncio.Event()
@@ -75,6 +84,9 @@ async def _run(server, metadata) -> tuple[Counter, dict[str, int], list, float]:
                     ), metadata=metadata, timeout=10)
                 except grpc.aio.AioRpcError as exc:
                     codes[exc.code().name] += 1
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        at = round(time.monotonic() - signalled, 3)
+                        unexpected.append((at, exc.code().name, controller_id, number))
                 else:
                     codes["OK"] += 1
                     acked[controller_id] = number
@@ -100,7 +112,7 @@ async def _run(server, metadata) -> tuple[Counter, dict[str, int], list, float]:
         await asyncio.sleep(LOAD_AFTER_SIGTERM_SECONDS)
         stop_load.set()
         await asyncio.gather(*load)
-    return codes, acked, held_results, signalled
+    return codes, acked, held_results, signalled, unexpected
 
 
 def test_sigterm_under_load_drains_calls_in_flight_and_exits_0(grpcserver_on_test_db):
@@ -108,11 +120,12 @@ def test_sigterm_under_load_drains_calls_in_flight_and_exits_0(grpcserver_on_tes
     for controller_id in HELD:
         make_controller(controller_id=controller_id, region="us-east-1")
 
-    codes, acked, held_results, signalled = asyncio.run(_run(server, bearer(service_token())))
+    codes, acked, held_results, signalled, unexpected = asyncio.run(_run(server, bearer(service_token())))
     server.process.wait(timeout=max(0.1, signalled + SHUTDOWN_GRACE_SECONDS + EXIT_SLACK_SECONDS - time.monotonic()))
 
     assert [getattr(result, "accepted", result) for result in held_results] == [True, True]
-    assert set(codes) == {"OK", "UNAVAILABLE"}, codes  # both happened, and nothing else
+    assert {"OK", "UNAVAILABLE"} <= set(codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, (codes, unexpected[:5])
+    assert all(code == "CANCELLED" and at >= 0 for at, code, _, _ in unexpected), unexpected[:5]
     assert server.process.returncode == 0, server.output()[-4000:]
     output = server.output()
     assert "gRPC server stopped" in output and "Traceback" not in output, output[-4000:]
@@ -121,3 +134,4 @@ def test_sigterm_under_load_drains_calls_in_flight_and_exits_0(grpcserver_on_tes
     }
     rows = dict(MeetingController.objects.filter(pk__in=acked).values_list("controller_id", "current_meetings"))
     assert rows == acked
+    assert all(rows.get(controller_id) != number for _, _, controller_id, number in unexpected), unexpected
