@@ -12,7 +12,6 @@ import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
@@ -60,6 +59,16 @@ def _credentials(request: Request, scheme: str) -> str | None:
     return value
 
 
+def _active_user(subject: str) -> User | None:
+    """The active user a token names. Raw SQL: every bearer request makes this read, and compiling it through
+    the ORM cost more CPU than the read itself."""
+    try:
+        user_id = uuid.UUID(subject)
+    except ValueError:
+        return None
+    return next(iter(User.objects.raw("SELECT * FROM users WHERE user_id = %s AND is_active", [user_id])), None)
+
+
 class BearerTokenAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[User, Principal] | None:
         raw = _credentials(request, BEARER)
@@ -69,10 +78,7 @@ class BearerTokenAuthentication(BaseAuthentication):
             claims = token_verify(raw, audience=settings.JWT_API_AUDIENCE)
         except Unauthenticated as exc:
             raise exceptions.AuthenticationFailed(exc.message) from None
-        try:
-            user = User.objects.filter(pk=claims.subject, is_active=True).first()
-        except (ValidationError, ValueError):
-            user = None
+        user = _active_user(claims.subject)
         if user is None:
             raise exceptions.AuthenticationFailed("Unknown or inactive user.")
         scopes = frozenset(claims.scopes) & user_scopes(user)

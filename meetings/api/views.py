@@ -62,6 +62,11 @@ def _user_agent(request: Request) -> str | None:
     return request.META.get("HTTP_USER_AGENT", "")[:1000] or None
 
 
+# One per process: a serializer builds its fields (ModelSerializer introspection, over a millisecond here) on
+# first use, and to_representation keeps no state, so the join's hot path reuses it across requests and threads.
+_JOIN_RESPONSE = JoinResponse()
+
+
 def _join_response(result: JoinResult) -> Response:
     """201 with a new participant; 200 when a signed-in user still present got their participant back."""
     body = {
@@ -75,7 +80,9 @@ def _join_response(result: JoinResult) -> Response:
         "token_type": "Bearer",
         "expires_in": result.token.expires_in,
     }
-    return Response(JoinResponse(body).data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+    return Response(
+        _JOIN_RESPONSE.to_representation(body), status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
+    )
 
 
 class JoinReplayMixin:

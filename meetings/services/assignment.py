@@ -10,8 +10,9 @@
    PLACEMENT_LARGE_MEETING_THRESHOLD), current_participants + reserved_participants + max_participants within
    the MC's max_participants: a large meeting reserves its whole max_participants as its expected size.
    Degraded MCs are candidates only when no healthy one exists (rule `degraded_fallback`; a degraded MC that
-   already runs the meeting then keeps it, rather than moving it to another degraded one). The query goes
-   through ControllerQuerySet.available_in, i.e. the partial index idx_meeting_controllers_available.
+   already runs the meeting then keeps it, rather than moving it to another degraded one). The query filters
+   on ControllerQuerySet.available_in's states (AVAILABLE_STATES), i.e. the partial index
+   idx_meeting_controllers_available (tests/meetings/test_assignment.py checks the plan).
 3. One is drawn at random with weight 1 - min(load_ratio, 0.99) (rule `least_loaded`), so load spreads without
    every GC process piling onto the single least-loaded MC between two heartbeats.
 4. In one transaction: end the stale assignment (giving back what it held on its MC), insert the new one, and
@@ -22,6 +23,11 @@
    FRESH_READS times). Then point meetings.assigned_controller_id / assigned_region at the MC, write the
    `meeting_assigned` outbox event and the audit row, both naming the rule; the darktower_assignments
    {rule,outcome} counter moves when the transaction commits (at once for no_capacity).
+
+The join runs this inside its own transaction (meeting_assign_in_transaction): no savepoint of its own, the
+meeting's max_participants from the row the join already holds, and the audit row handed back so that the join
+writes it in one INSERT with its own. The hot path is raw SQL: the ORM's query compilation cost more CPU than
+the database spent on the statements.
 
 Races: the partial unique index uq_meeting_assignments_active allows one active assignment per (meeting,
 region). The insert is INSERT ... ON CONFLICT DO NOTHING: a concurrent request that inserted first makes
@@ -46,12 +52,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import BooleanField, ExpressionWrapper, F, FloatField, Q
-from django.db.models.functions import Cast, Now, NullIf
+from django.db.transaction import TransactionManagementError
 
 from audit.models import ActorType
-from audit.services import audit_record, outbox_enqueue
-from controllers.models import AVAILABLE_STATES, HealthStatus, MeetingController
+from audit.services import AuditEntry, audit_record_many, outbox_enqueue
+from controllers.models import AVAILABLE_STATES, HealthStatus
 from controllers.services.capacity import PlacementOutcome, PlacementRule, release_cte_sql
 from darktower.errors import NoCapacity
 from darktower.metrics import ASSIGNMENTS
@@ -115,36 +120,40 @@ def participants_reserved_for(max_participants: int) -> int:
     return max_participants if max_participants > settings.PLACEMENT_LARGE_MEETING_THRESHOLD else 0
 
 
+# Step 2 of the module docstring. ControllerQuerySet.available_in's filter (region, AVAILABLE_STATES) written
+# out, so that the planner can prove the partial index idx_meeting_controllers_available's predicate; the
+# ordering is "healthy first, then the effective load ratio, ties to the newest heartbeat".
+_CANDIDATES_SQL = """
+SELECT controller_id, health_status, current_meetings, max_meetings, assigned_since_heartbeat
+FROM meeting_controllers
+WHERE region = %(region)s AND health_status IN ({available})
+  AND last_heartbeat_at > statement_timestamp() - make_interval(secs => %(stale)s)
+  AND current_meetings + assigned_since_heartbeat < max_meetings
+  AND (%(per_minute)s = 0 OR assignments_window_start IS NULL
+       OR assignments_window_start <= statement_timestamp() - make_interval(secs => %(window)s)
+       OR assignments_in_window < %(per_minute)s)
+  AND (%(reserve)s = 0 OR current_participants + reserved_participants + %(reserve)s <= max_participants)
+ORDER BY health_status = '{healthy}' DESC,
+         (current_meetings + assigned_since_heartbeat)::double precision
+             / NULLIF(max_meetings, 0)::double precision,
+         last_heartbeat_at DESC, controller_id
+LIMIT %(limit)s
+""".format(  # constants only
+    available=", ".join(f"'{state}'" for state in AVAILABLE_STATES), healthy=HealthStatus.HEALTHY
+)
+
+
 def assignment_candidates(region: str, *, limit: int | None = None, reserve: int = 0) -> list[Candidate]:
     """Up to `limit` least-loaded candidates with room (module docstring, step 2) for a meeting that reserves
     `reserve` participants: healthy ones if any exist, else degraded ones."""
-    rows = (
-        MeetingController.objects.available_in(region)
-        .filter(last_heartbeat_at__gt=Now() - stale_threshold())
-        .annotate(effective=F("current_meetings") + F("assigned_since_heartbeat"))
-        .filter(effective__lt=F("max_meetings"))
-    )
-    cap = settings.PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE
-    if cap:
-        rows = rows.filter(
-            Q(assignments_window_start__isnull=True) | Q(assignments_window_start__lte=Now() - ASSIGNMENT_WINDOW)
-            | Q(assignments_in_window__lt=cap)
-        )
-    if reserve:
-        rows = rows.annotate(
-            participants_after=F("current_participants") + F("reserved_participants") + reserve
-        ).filter(participants_after__lte=F("max_participants"))
-    rows = (
-        rows.annotate(
-            healthy=ExpressionWrapper(Q(health_status=HealthStatus.HEALTHY), output_field=BooleanField()),
-            load=Cast("effective", FloatField()) / Cast(NullIf(F("max_meetings"), 0), FloatField()),
-        )
-        .order_by("-healthy", "load", "-last_heartbeat_at", "controller_id")
-        .values_list("controller_id", "health_status", "current_meetings", "max_meetings", "assigned_since_heartbeat")[
-            : limit or settings.PLACEMENT_CANDIDATES
-        ]
-    )
-    candidates = [Candidate(*row) for row in rows]
+    params = {
+        "region": region, "stale": stale_threshold().total_seconds(), "reserve": reserve,
+        "per_minute": settings.PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE, "window": ASSIGNMENT_WINDOW.total_seconds(),
+        "limit": limit or settings.PLACEMENT_CANDIDATES,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_CANDIDATES_SQL, params)
+        candidates = [Candidate(*row) for row in cursor.fetchall()]
     # Healthy rows sort first: when the first is healthy, degraded rows that filled the list are dropped.
     if candidates and candidates[0].health_status == HealthStatus.HEALTHY:
         candidates = [c for c in candidates if c.health_status == HealthStatus.HEALTHY]
@@ -239,19 +248,45 @@ def meeting_assign(
 ) -> Assignment:
     """The MC that runs `meeting_id` in `region`, assigning one if needed (see the module docstring).
     Raises NoCapacity when no MC in the region can take the meeting."""
+    audit_entries: list[AuditEntry] = []
+    with transaction.atomic():
+        assignment = meeting_assign_in_transaction(
+            meeting_id=meeting_id, region=region, actor_user_id=actor_user_id, rng=rng, audit_entries=audit_entries
+        )
+        audit_record_many(audit_entries)
+    return assignment
+
+
+def meeting_assign_in_transaction(
+    *,
+    meeting_id: uuid.UUID,
+    region: str,
+    audit_entries: list[AuditEntry],
+    actor_user_id: uuid.UUID | None = None,
+    rng: random.Random | None = None,
+    max_participants: int | None = None,
+) -> Assignment:
+    """meeting_assign inside the caller's transaction (the join's), without a savepoint of its own: an error
+    leaves that transaction to be rolled back, so the caller lets it propagate. `max_participants` is the
+    meeting's when the caller has read it already (else it is read here). The audit row of a new assignment is
+    appended to `audit_entries`; the caller writes it in the same transaction."""
+    if not connection.in_atomic_block:
+        raise TransactionManagementError("meeting_assign_in_transaction needs the caller's transaction.")
     params: dict[str, Any] = {
         "meeting_id": meeting_id, "region": region, "stale": stale_threshold().total_seconds(),
     }
-    with transaction.atomic(), connection.cursor() as cursor:
+    with connection.cursor() as cursor:
         cursor.execute(_ACTIVE_SQL, params)
         active = cursor.fetchone()
         if active is not None and active[4] == HealthStatus.HEALTHY and active[5]:
             _count(PlacementRule.REUSED, PlacementOutcome.REUSED)
             return Assignment(active[0], meeting_id, region, active[1], active[2], active[3], reused=True)
 
-        cursor.execute("SELECT max_participants FROM meetings WHERE meeting_id = %s", [meeting_id])
-        meeting = cursor.fetchone()
-        reserve = participants_reserved_for(meeting[0]) if meeting is not None else 0
+        if max_participants is None:
+            cursor.execute("SELECT max_participants FROM meetings WHERE meeting_id = %s", [meeting_id])
+            meeting = cursor.fetchone()
+            max_participants = meeting[0] if meeting is not None else 0
+        reserve = participants_reserved_for(max_participants)
         candidates = assignment_candidates(region, reserve=reserve)
         healthy_available = bool(candidates) and candidates[0].health_status == HealthStatus.HEALTHY
         if active is not None and active[5] and active[4] == HealthStatus.DEGRADED and not healthy_available:
@@ -317,12 +352,12 @@ def meeting_assign(
         }
         outbox_enqueue(aggregate_type="meeting", aggregate_id=str(meeting_id), event_type="meeting_assigned",
                        payload=payload)
-        audit_record(
+        audit_entries.append(AuditEntry(
             event_type="meeting_assigned", action="assign",
             actor_type=ActorType.USER if actor_user_id else ActorType.SYSTEM, actor_user_id=actor_user_id,
             target_type="meeting", target_id=str(meeting_id),
             metadata={key: value for key, value in payload.items() if key != "meeting_id"},
-        )
+        ))
         _count(chosen.rule, PlacementOutcome.ASSIGNED)
         return Assignment(assignment_id, meeting_id, region, chosen.controller_id, endpoints[0], endpoints[1],
                           reused=False, rule=chosen.rule)

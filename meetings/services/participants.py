@@ -8,16 +8,15 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models.functions import Now
 
 from accounts.models import User
 from accounts.tokens import IssuedToken, token_issue
 from audit.models import ActorType
-from audit.services import audit_record
+from audit.services import AuditEntry, audit_record, audit_record_many
 from darktower.errors import Conflict, Gone, NotFound, PermissionDenied
 from meetings.models import LeaveReason, Meeting, MeetingParticipant, MeetingStatus
-from meetings.selectors import meetings_by_ref
-from meetings.services.assignment import Assignment, meeting_assign
+from meetings.selectors import meeting_by_ref_locked
+from meetings.services.assignment import Assignment, meeting_assign_in_transaction
 
 ROLE_HOST = "host"
 ROLE_PARTICIPANT = "participant"
@@ -45,6 +44,41 @@ def _meeting_token(participant: MeetingParticipant) -> IssuedToken:
     )
 
 
+# One statement after the meeting row is locked (so that it sees every join committed before ours): the
+# present participants (idx_participants_present) and the user's own open participant, if any.
+_PRESENT_SQL = """
+SELECT present.n, {columns}
+FROM (SELECT count(*) AS n FROM meeting_participants WHERE meeting_id = %(meeting_id)s AND left_at IS NULL) present
+LEFT JOIN LATERAL (
+    SELECT * FROM meeting_participants
+    WHERE meeting_id = %(meeting_id)s AND left_at IS NULL AND user_id = %(user_id)s
+    ORDER BY joined_at, id LIMIT 1
+) mine ON true
+""".format(  # noqa: S608 -- constants only
+    columns=", ".join(f"mine.{field.column}" for field in MeetingParticipant._meta.concrete_fields)
+)
+_PARTICIPANT_ATTNAMES = [field.attname for field in MeetingParticipant._meta.concrete_fields]
+
+# The meeting's columns a join changes: here (the first join starts it), in the assignment (its MC), and
+# updated_at (the touch trigger).
+_MEETING_CHANGED = ("status", "actual_start_time", "assigned_controller_id", "assigned_region", "updated_at")
+_ACTIVATE_SQL = f"""
+UPDATE meetings SET status = '{MeetingStatus.ACTIVE}', actual_start_time = statement_timestamp()
+WHERE meeting_id = %s AND status = '{MeetingStatus.SCHEDULED}'
+RETURNING {", ".join(_MEETING_CHANGED)}
+"""  # noqa: S608 -- constants only
+
+
+def _present(meeting_id: uuid.UUID, user: User | None) -> tuple[int, MeetingParticipant | None]:
+    """How many participants are present, and the user's open participant (the earliest), if any."""
+    with connection.cursor() as cursor:
+        cursor.execute(_PRESENT_SQL, {"meeting_id": meeting_id, "user_id": user.pk if user is not None else None})
+        count, *columns = cursor.fetchone()
+    if columns[0] is None:
+        return count, None
+    return count, MeetingParticipant.from_db(connection.alias, _PARTICIPANT_ATTNAMES, columns)
+
+
 def meeting_join(
     *,
     meeting_ref: str,
@@ -60,14 +94,15 @@ def meeting_join(
 
     The meeting row is locked (FOR NO KEY UPDATE, which does not block the participants' foreign-key
     checks) for the whole join, so concurrent joins cannot both take the last seat: capacity is counted
-    under the lock, from idx_participants_present.
+    under the lock, from idx_participants_present. The lock also means nobody else changes the row until we
+    commit: the meeting returned is the locked row with the join's own changes, without reading it again.
 
     A signed-in user who is still present (a page reload, a second tab, a retry without Idempotency-Key) gets
     their open participant back with a fresh token: no second row, no second seat, even in a full meeting.
     Guests cannot be recognised that way; their retries are covered by Idempotency-Key.
     """
     with transaction.atomic():
-        meeting = meetings_by_ref(meeting_ref).select_for_update(no_key=True).first()
+        meeting = meeting_by_ref_locked(meeting_ref)
         if meeting is None:
             raise NotFound("No such meeting.")
         if meeting.status == MeetingStatus.ENDED:
@@ -80,26 +115,25 @@ def meeting_join(
             role = ROLE_GUEST
         else:
             role = ROLE_HOST if meeting.created_by_user_id == user.pk else ROLE_PARTICIPANT
-        present = MeetingParticipant.objects.filter(meeting_id=meeting.pk, left_at__isnull=True)
-        participant = (
-            present.filter(user_id=user.pk).order_by("joined_at", "id").first() if user is not None else None
-        )
+        present, participant = _present(meeting.pk, user)
         created = participant is None
-        if created and present.count() >= meeting.max_participants:
+        if created and present >= meeting.max_participants:
             raise Conflict("The meeting is full.")
 
-        assignment = meeting_assign(meeting_id=meeting.pk, region=region, actor_user_id=user.pk if user else None)
+        audit_entries: list[AuditEntry] = []
+        assignment = meeting_assign_in_transaction(
+            meeting_id=meeting.pk, region=region, actor_user_id=user.pk if user else None,
+            max_participants=meeting.max_participants, audit_entries=audit_entries,
+        )
         if participant is None:
             participant = MeetingParticipant.objects.create(
                 meeting=meeting, participant_id=uuid.uuid4(), user=user,
                 display_name=display_name or (user.display_name if user else "Guest"), role=role,
                 ip_address=ip_address, user_agent=user_agent, client_version=client_version,
             )
-        if meeting.status == MeetingStatus.SCHEDULED:
-            Meeting.objects.filter(pk=meeting.pk, status=MeetingStatus.SCHEDULED).update(
-                status=MeetingStatus.ACTIVE, actual_start_time=Now()
-            )
-        audit_record(
+        if meeting.status == MeetingStatus.SCHEDULED or not assignment.reused:
+            _meeting_changed(meeting)
+        audit_entries.append(AuditEntry(
             event_type="participant_joined" if created else "participant_rejoined", action="join",
             actor_type=ActorType.USER if user else ActorType.API, actor_user_id=user.pk if user else None,
             target_type="meeting", target_id=str(meeting.pk), ip_address=ip_address, user_agent=user_agent,
@@ -107,10 +141,22 @@ def meeting_join(
                 "participant_id": str(participant.participant_id), "role": participant.role,
                 "controller_id": assignment.controller_id, "region": region,
             },
-        )
+        ))
+        audit_record_many(audit_entries)
         token = _meeting_token(participant)
-    meeting.refresh_from_db()
     return JoinResult(meeting=meeting, participant=participant, assignment=assignment, token=token, created=created)
+
+
+def _meeting_changed(meeting: Meeting) -> None:
+    """Start a scheduled meeting, and bring the locked row's copy up to date with what the join changed (a new
+    assignment points the meeting at its MC)."""
+    if meeting.status == MeetingStatus.SCHEDULED:
+        with connection.cursor() as cursor:
+            cursor.execute(_ACTIVATE_SQL, [meeting.pk])
+            for name, value in zip(_MEETING_CHANGED, cursor.fetchone(), strict=True):
+                setattr(meeting, name, value)
+    else:
+        meeting.refresh_from_db(fields=_MEETING_CHANGED)
 
 
 def participant_token_reissue(*, meeting_id: uuid.UUID, participant_id: uuid.UUID) -> IssuedToken:
