@@ -29,9 +29,9 @@ class EndedAssignment:
     region: str
 
 
-# Two runs at once (two beats, a retried task): each claims the rows the other has not locked (SKIP LOCKED, in id
-# order), so they never wait on each other or deadlock, and each assignment is ended and audited once. A row a
-# join holds right now is left for the next run.
+# Two runs at once (two beats, a retried task): the second waits for the first on the MC rows (see below), then
+# claims what is left (SKIP LOCKED, in id order), so each assignment is ended and audited once. A row a join holds
+# right now is left for the next run.
 # greatest(): an assignment committed by a transaction that started after this one has assigned_at later
 # than this transaction's now(); ending it "before" it began would break meeting_assignments_ended_after_assigned.
 # Served by idx_controllers_health (unhealthy MCs) and idx_assignments_active_by_mc (their active rows). Gives back
@@ -55,10 +55,26 @@ SELECT id, meeting_id, meeting_controller_id, region FROM ended
 """.format(released=release_cte_sql("ended"), unassigned=unassign_cte_sql("ended"))  # noqa: S608 -- constants only
 
 
+# Giving back the load updates several MC rows in one statement, in no set order: two runs (or a run and a
+# heartbeat flush, which locks in controller_id order) could lock them in opposite orders and deadlock. Locking
+# them first, in controller_id order, makes a second run wait for the first and then find nothing left to end.
+_LOCK_UNHEALTHY_MCS_SQL = """
+SELECT mc.controller_id
+FROM meeting_controllers mc
+WHERE mc.health_status = 'unhealthy'
+  AND EXISTS (
+      SELECT 1 FROM meeting_assignments a WHERE a.meeting_controller_id = mc.controller_id AND a.ended_at IS NULL
+  )
+ORDER BY mc.controller_id
+FOR UPDATE OF mc
+"""
+
+
 def assignments_end_unhealthy() -> list[EndedAssignment]:
     """End every active assignment whose meeting controller is unhealthy, so the next join reassigns the
     meeting. One audit row per ended assignment, in the same transaction."""
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_LOCK_UNHEALTHY_MCS_SQL)
         cursor.execute(_END_UNHEALTHY_SQL, {"reason": END_REASON_CONTROLLER_UNHEALTHY})
         ended = [EndedAssignment(row[0], str(row[1]), row[2], row[3]) for row in cursor.fetchall()]
         audit_record_many(
