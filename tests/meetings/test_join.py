@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.utils import timezone
+from rest_framework.renderers import JSONRenderer
 
 from accounts.tokens import token_verify
 from audit.models import AuditLog, OutboxEvent
 from controllers.models import MeetingController
 from darktower.errors import Unauthenticated
+from meetings.api.serializers import MeetingSerializer
 from meetings.models import Meeting, MeetingAssignment, MeetingParticipant
 from tests.api.util import assert_error
 from tests.factories import make_controller, make_meeting, make_user
@@ -188,3 +191,34 @@ def test_a_reload_gives_the_open_participant_back_without_taking_a_seat(as_user,
     rejoined = as_user(other).post(join_url(meeting.pk), format="json")
     assert rejoined.status_code == 201
     assert rejoined.json()["participant"]["participant_id"] != first.json()["participant"]["participant_id"]
+
+
+def test_a_join_costs_a_fixed_number_of_statements(as_user, host, other, controller, django_assert_num_queries):
+    # Pinned so that the join's statement count cannot creep back (bench/RESULTS.md, bench 2). Inside the test's
+    # transaction the join's BEGIN / COMMIT are a SAVEPOINT / RELEASE.
+    meeting = make_meeting(host=host)
+    first_client, second_client = as_user(other), as_user(make_user())
+    # User, savepoint, meeting lock, present count with the user's open participant, active assignment,
+    # candidates, assignment insert, MC claim, meeting's MC, outbox, participant, meeting start, both audit rows
+    # in one insert, release.
+    with django_assert_num_queries(14):
+        first = first_client.post(join_url(meeting.pk), format="json")
+    assert first.status_code == 201, first.content
+    # The assignment reused: user, savepoint, lock, present, active assignment, participant, audit, release.
+    with django_assert_num_queries(8):
+        second = second_client.post(join_url(meeting.meeting_code), format="json")
+    assert second.status_code == 201, second.content
+    assert second.json()["controller_id"] == first.json()["controller_id"] == controller.controller_id
+    # A reload: the open participant comes back from the present-count statement, no insert.
+    with django_assert_num_queries(7):
+        again = first_client.post(join_url(meeting.pk), format="json")
+    assert again.status_code == 200, again.content
+    assert again.json()["participant"] == first.json()["participant"]
+    # The meeting answered is the row as the join left it (started, pointing at its MC), without a read after.
+    meeting.refresh_from_db()
+    assert (meeting.status, meeting.assigned_controller_id) == ("active", controller.controller_id)
+    stored = json.loads(JSONRenderer().render(MeetingSerializer(meeting).data))
+    for response in (first, second, again):
+        assert response.json()["meeting"] == stored
+    events = AuditLog.objects.filter(target_id=str(meeting.pk)).order_by("id").values_list("event_type", flat=True)
+    assert list(events) == ["meeting_assigned", "participant_joined", "participant_joined", "participant_rejoined"]
