@@ -44,8 +44,9 @@ def _meeting_token(participant: MeetingParticipant) -> IssuedToken:
     )
 
 
-# One statement after the meeting row is locked (so that it sees every join committed before ours): the
-# present participants (idx_participants_present) and the user's own open participant, if any.
+# One statement after the meeting row is locked: the present participants (idx_participants_present) and the
+# user's own open participant, if any. Not part of the locking statement: one that waited for the lock would
+# count with the snapshot it took before, missing the seat the join it waited for has just taken.
 _PRESENT_SQL = """
 SELECT present.n, {columns}
 FROM (SELECT count(*) AS n FROM meeting_participants WHERE meeting_id = %(meeting_id)s AND left_at IS NULL) present
@@ -76,6 +77,7 @@ def _present(meeting_id: uuid.UUID, user: User | None) -> tuple[int, MeetingPart
         count, *columns = cursor.fetchone()
     if columns[0] is None:
         return count, None
+    # from_db without field converters: no column of meeting_participants needs one (no JSON).
     return count, MeetingParticipant.from_db(connection.alias, _PARTICIPANT_ATTNAMES, columns)
 
 
