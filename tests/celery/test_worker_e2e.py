@@ -5,29 +5,21 @@ shortened through the worker's environment (and this process's settings, where t
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import grpc
 import pytest
 import redis
 from django.core.management import call_command
-from django.db import connection
 
 from audit.models import AuditLog, OutboxEvent
 from audit.relay import CAPACITY_TTL_SECONDS
 from controllers.models import HealthStatus, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
-from darktower.celery import DEFAULT_QUEUE, MAINTENANCE_QUEUE
+from tests.celery.conftest import wait_for
 from tests.grpc.conftest import bearer, endpoint_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -36,89 +28,20 @@ THRESHOLD_SECONDS = 2
 SWEEP_INTERVAL_SECONDS = 1
 # Beat tick alignment, a task's round trip through the broker, a loaded 2-core machine.
 SLACK_SECONDS = 8
-WORKER_START_TIMEOUT_SECONDS = 30
 # The interval the registration answer tells the MC; the GC's per-member heartbeat limit is
 # GRPC_HEARTBEAT_RATE_FACTOR (3) times that rate, so beating every 0.4 s stays within it.
 FAST_HEARTBEAT_INTERVAL_MS = 1000
 BEAT_EVERY_SECONDS = 0.4
 
 
-def _database_url() -> str:
-    """The URL of the database this test runs on (the test database, not the configured one)."""
-    db = connection.settings_dict
-    host = db["HOST"] or "localhost"
-    credentials = quote(db["USER"] or "", safe="") + (f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else "")
-    name = quote(db["NAME"], safe="")
-    if host.startswith("/"):  # a unix socket directory travels as ?host=, the form dj-database-url parses
-        return f"postgresql://{credentials}@/{name}?host={quote(host, safe='/')}"
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgresql://{credentials}@{host}{port}/{name}"
-
-
-def _wait_for(predicate: Callable[[], object], *, timeout: float, what: str, log: Path | None = None) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    tail = log.read_text()[-4000:] if log and log.exists() else ""
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n--- worker log ---\n{tail}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    # The worker runs in its own session: its group id is its pid, which also reaches the embedded beat's
-    # child process. SIGTERM is a warm shutdown; SIGKILL if that hangs.
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError):  # the group's last process may already be gone
-        os.killpg(process.pid, signal.SIGKILL)
-
-
 @pytest.fixture
-def worker(transactional_db, settings, tmp_path) -> Iterator[Path]:
+def worker(start_worker, settings) -> Path:
     settings.STALE_SWEEP_INTERVAL_SECONDS = SWEEP_INTERVAL_SECONDS
     call_command("setup_schedules")  # the worker's beat reads its schedule from this database
-    broker = redis.Redis.from_url(settings.REDIS_URL)
-    broker.delete(DEFAULT_QUEUE, MAINTENANCE_QUEUE)  # messages an earlier run's beat left behind
-    broker.close()
-
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(),
-        "DB_CONN_MAX_AGE": "0",
-        "REDIS_URL": settings.REDIS_URL,
-        "STALE_SWEEP_INTERVAL_SECONDS": str(SWEEP_INTERVAL_SECONDS),
-        "HEARTBEAT_STALE_THRESHOLD_SECONDS": str(THRESHOLD_SECONDS),
-        "DEBUG": "1",
-        "LOG_FORMAT": "text",
-        "LOG_LEVEL": "INFO",
-    }
-    env.pop("CELERY_BROKER_URL", None)
-    env.pop("CELERY_RESULT_BACKEND", None)
-    log = tmp_path / "worker.log"
-    command = [
-        sys.executable, "-m", "celery", "-A", "darktower", "worker", "-B", "--pool", "solo", "--loglevel", "INFO",
-        "--hostname", f"e2e-{uuid.uuid4().hex[:8]}@%h", "--schedule", str(tmp_path / "beat-schedule"),
-    ]
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command, cwd=settings.BASE_DIR, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        _wait_for(
-            lambda: process.poll() is not None or " ready." in log.read_text(),
-            timeout=WORKER_START_TIMEOUT_SECONDS, what="the worker to start", log=log,
-        )
-        assert process.poll() is None, f"the worker exited:\n{log.read_text()[-4000:]}"
-        yield log
-    finally:
-        _stop(process)
+    return start_worker(
+        STALE_SWEEP_INTERVAL_SECONDS=str(SWEEP_INTERVAL_SECONDS),
+        HEARTBEAT_STALE_THRESHOLD_SECONDS=str(THRESHOLD_SECONDS),
+    ).log
 
 
 def _status(controller_id: str) -> str:
@@ -166,14 +89,14 @@ def test_an_mc_that_stops_heartbeating_over_grpc_turns_unhealthy_on_its_own(
 
     try:
         # The heartbeat flush keeps the capacity hash (seed 002) fresh with the numbers the MC reported.
-        _wait_for(
+        wait_for(
             lambda: client.hget(capacity_key, "current_meetings") == str(meetings).encode(), timeout=5,
             what="the heartbeat flush to refresh the capacity hash",
         )
         assert client.hget(capacity_key, "health") == b"healthy"
         assert 0 < client.ttl(capacity_key) <= CAPACITY_TTL_SECONDS
 
-        _wait_for(
+        wait_for(
             lambda: _status(controller_id) == HealthStatus.UNHEALTHY,
             timeout=THRESHOLD_SECONDS + SWEEP_INTERVAL_SECONDS + SLACK_SECONDS,
             what=f"{controller_id} to be marked unhealthy", log=worker,
@@ -189,7 +112,7 @@ def test_an_mc_that_stops_heartbeating_over_grpc_turns_unhealthy_on_its_own(
 
         # The relay (every 2 s) publishes the change: the capacity hash now says unhealthy.
         event = OutboxEvent.objects.filter(event_type="controller_unhealthy", aggregate_id=controller_id)
-        _wait_for(
+        wait_for(
             lambda: event.filter(processed_at__isnull=False).exists(), timeout=10,
             what="the relay to publish the event", log=worker,
         )
