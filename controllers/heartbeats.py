@@ -10,9 +10,11 @@ database's now()).
 
 A beat is written synchronously, alone and before it is acknowledged, when it may change the member's health:
 its report would move the state this process last saw (pending -> healthy, DEGRADED, DRAINING, UNHEALTHY, back
-to healthy), the member is `pending` or `unhealthy` (the recovery gate counts every good beat), or this process
-has not seen it beat for half the stale threshold (after a silence the sweep may have marked it unhealthy).
-Such a write commits the state change with its audit and transition rows before the answer.
+to healthy), or the member is `pending` or `unhealthy` (the recovery gate counts every good beat). Such a write
+commits the state change with its audit and transition rows before the answer. Nothing else makes a beat
+synchronous: in particular not a long silence (the flush applies every beat to the row's state as the database
+has it, so a member the sweep marked meanwhile goes through the recovery gate all the same), because a rule that
+wrote more per call the slower the server answered would turn an overload into a collapse.
 
 Unknown members: a cache of known ids (loaded from the database by the flush thread, and asked of the database
 for an id it lacks, so a member registered by another process works at once) answers NOT_FOUND when the
@@ -43,7 +45,6 @@ import math
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 
 import redis
 from django.conf import settings
@@ -70,13 +71,6 @@ logger = logging.getLogger(__name__)
 CAPACITY_CACHE_RETRY_SECONDS = 5.0
 
 
-@dataclass(frozen=True)
-class _Known:
-    health_status: str
-    # time.monotonic() of the last beat this process handled (or derived from the database's age of it).
-    last_seen: float
-
-
 def _merge(older: Beat | None, newer: Beat) -> Beat:
     """The newer beat, keeping values of the older one that the newer does not carry (None)."""
     if older is None:
@@ -95,7 +89,7 @@ class HeartbeatRecorder:
         # Serialises database writes of this recorder: a synchronous beat never races a flush that holds an
         # older beat of the same member, so the newest report is always the one that lands last.
         self._write_lock = threading.Lock()
-        self._known: dict[str, _Known] = {}
+        self._known: dict[str, str] = {}  # member id -> the health state this process last saw
         self._pending: dict[str, Beat] = {}
         self._loaded = False
         self._thread: threading.Thread | None = None
@@ -108,41 +102,30 @@ class HeartbeatRecorder:
 
     def record(self, beat: Beat) -> None:
         """Take one validated beat; NotFound when the member is not registered."""
-        now = time.monotonic()
         self._ensure_running()
         with self._lock:
             known = self._known.get(beat.member_id)
         if known is None:
-            known = self._lookup(beat.member_id, now)
-        if self._needs_sync(known, beat, now):
-            self._write_now(beat, now)
+            known = self._lookup(beat.member_id)
+        if known in RECOVERING_STATES or health_after(known, beat.reported) != known:
+            self._write_now(beat)
             return
         with self._lock:
             self._pending[beat.member_id] = _merge(self._pending.get(beat.member_id), beat)
-            self._known[beat.member_id] = _Known(known.health_status, now)
 
     def remember(self, member_id: str, health_status: str) -> None:
         """A registration in this process: its state is known without a query."""
         with self._lock:
-            self._known[member_id] = _Known(health_status, time.monotonic())
+            self._known[member_id] = health_status
 
-    def _needs_sync(self, known: _Known, beat: Beat, now: float) -> bool:
-        return (
-            known.health_status in RECOVERING_STATES
-            or health_after(known.health_status, beat.reported) != known.health_status
-            or now - known.last_seen > settings.HEARTBEAT_STALE_THRESHOLD_SECONDS / 2
-        )
-
-    def _lookup(self, member_id: str, now: float) -> _Known:
+    def _lookup(self, member_id: str) -> str:
         found = members_health(kind=self.kind, member_ids=[member_id]).get(member_id)
         if found is None:
             raise NotFound(f"unknown {self.kind.target_type.replace('_', ' ')}; register first")
-        known = _Known(found.health_status, now - found.heartbeat_age_seconds)
         with self._lock:
-            self._known.setdefault(member_id, known)
-        return known
+            return self._known.setdefault(member_id, found)
 
-    def _write_now(self, beat: Beat, now: float) -> None:
+    def _write_now(self, beat: Beat) -> None:
         with self._write_lock:
             with self._lock:
                 acknowledged = self._pending.pop(beat.member_id, None)
@@ -158,7 +141,7 @@ class HeartbeatRecorder:
                 if not outcomes:
                     self._known.pop(beat.member_id, None)
                 else:
-                    self._known[beat.member_id] = _Known(outcomes[0].to_status, now)
+                    self._known[beat.member_id] = outcomes[0].to_status
             self._refresh_capacity([outcome.member_id for outcome in outcomes])
         if not outcomes:
             raise NotFound(f"unknown {self.kind.target_type.replace('_', ' ')}; register first")
@@ -189,11 +172,10 @@ class HeartbeatRecorder:
             written = {outcome.member_id: outcome.to_status for outcome in outcomes}
             with self._lock:
                 for member_id in batch:
-                    known = self._known.get(member_id)
                     if member_id not in written:
                         self._known.pop(member_id, None)
-                    elif known is not None and known.health_status != written[member_id]:
-                        self._known[member_id] = _Known(written[member_id], known.last_seen)
+                    elif member_id in self._known:
+                        self._known[member_id] = written[member_id]
             self._refresh_capacity(written)
         return len(batch)
 
@@ -245,11 +227,10 @@ class HeartbeatRecorder:
             self._thread.start()
 
     def _load(self) -> None:
-        now = time.monotonic()
         members = members_health(kind=self.kind)
         with self._lock:
-            for member_id, found in members.items():
-                self._known.setdefault(member_id, _Known(found.health_status, now - found.heartbeat_age_seconds))
+            for member_id, health_status in members.items():
+                self._known.setdefault(member_id, health_status)
         self._loaded = True
 
     def _run(self) -> None:

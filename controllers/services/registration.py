@@ -441,23 +441,16 @@ def _one_beat(kind: MemberKind, beat: Beat) -> BeatOutcome:
     return outcomes[0]
 
 
-@dataclass(frozen=True)
-class MemberHealth:
-    health_status: str
-    # Seconds since its last heartbeat, by the database's clock.
-    heartbeat_age_seconds: float
-
-
-def members_health(*, kind: MemberKind, member_ids: Sequence[str] | None = None) -> dict[str, MemberHealth]:
-    """The health of the given members that exist, or of every member (the heartbeat cache's refresh)."""
-    sql = f"SELECT {kind.pk}, health_status, extract(epoch FROM now() - last_heartbeat_at) FROM {kind.table}"  # noqa: S608
+def members_health(*, kind: MemberKind, member_ids: Sequence[str] | None = None) -> dict[str, str]:
+    """The health state of the given members that exist, or of every member (the heartbeat cache's refresh)."""
+    sql = f"SELECT {kind.pk}, health_status FROM {kind.table}"  # noqa: S608
     params: dict[str, Any] = {}
     if member_ids is not None:
         sql += f" WHERE {kind.pk} = ANY(%(ids)s)"
         params["ids"] = list(member_ids)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return {row[0]: MemberHealth(row[1], float(row[2])) for row in cursor.fetchall()}
+        return dict(cursor.fetchall())
 
 
 # --- meetings ended by their controller ---------------------------------------------------------------------
