@@ -77,7 +77,7 @@ def _merge(older: Beat | None, newer: Beat) -> Beat:
         return newer
     values = dict(older.values)
     values.update({column: value for column, value in newer.values.items() if value is not None})
-    return Beat(newer.member_id, newer.reported, values)
+    return Beat(newer.member_id, newer.reported, values, newer.received_at)
 
 
 class HeartbeatRecorder:

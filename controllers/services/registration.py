@@ -21,9 +21,10 @@ audit row in the same transaction. A beat that changes no state writes no audit 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -126,6 +127,9 @@ class Beat:
     member_id: str
     reported: str
     values: dict[str, int | float | None]
+    # time.monotonic() when the GC received it: a coalesced beat is written up to a flush interval later, and the
+    # assignments made in between are not in its report (in-flight accounting, see _beats_statement).
+    received_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -315,10 +319,14 @@ def _beats_statement(kind: MemberKind) -> str:
     )
     if kind is CONTROLLERS:
         # In-flight accounting (issue 8): a heartbeat that reports current_meetings already counts what was
-        # assigned; a beat without counts reconciles nothing.
+        # assigned before it was received; what was assigned after (while the beat waited for its flush) stays
+        # in flight. A beat without counts reconciles nothing. The count runs only for an MC with something in
+        # flight (idx_assignments_active_by_mc), so a steady fleet's flush does no extra reads.
         extra_set += (
-            ", assigned_since_heartbeat = CASE WHEN s.current_meetings IS NULL THEN t.assigned_since_heartbeat "
-            "ELSE 0 END"
+            ", assigned_since_heartbeat = CASE WHEN s.current_meetings IS NULL OR t.assigned_since_heartbeat = 0 "
+            "THEN t.assigned_since_heartbeat ELSE least(t.assigned_since_heartbeat, ("
+            "SELECT count(*) FROM meeting_assignments a WHERE a.meeting_controller_id = t.controller_id "
+            "AND a.ended_at IS NULL AND a.assigned_at > now() - make_interval(secs => s.age))) END"
         )
         # A controller that reports DRAINING itself gets the default drain deadline, so drains_enforce bounds
         # its drain like an operator's (health_after: a DRAINING report always leads to `draining`).
@@ -329,8 +337,9 @@ def _beats_statement(kind: MemberKind) -> str:
     ctes = changed_cte_sql(
         kind.component,
         where=f"t.{kind.pk} = b.id",
-        snapshot_from=f", unnest(%(ids)s::text[], %(reported)s::text[], {arrays}) AS b(id, reported, {names})",
-        snapshot_columns=", b.reported" + "".join(f", b.{column}" for column in columns),
+        snapshot_from=f", unnest(%(ids)s::text[], %(reported)s::text[], %(ages)s::double precision[], {arrays}) "
+        f"AS b(id, reported, age, {names})",
+        snapshot_columns=", b.reported, b.age" + "".join(f", b.{column}" for column in columns),
         set_status=_health_after_sql("s.from_status", "s.reported"),
         extra_set=extra_set,
         returning=", s.reported",
@@ -354,9 +363,12 @@ def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[BeatOutcome
     if not beats:
         return []
     beats = sorted(beats, key=lambda beat: beat.member_id)
+    received = time.monotonic()
     params: dict[str, Any] = {
         "ids": [beat.member_id for beat in beats],
         "reported": [str(beat.reported) for beat in beats],
+        # Seconds since each beat was received, on this process's clock; the statement subtracts them from now().
+        "ages": [max(0.0, received - beat.received_at) for beat in beats],
         "component_type": kind.component.type,
         "actor_type": ActorType.SERVICE.value,
         "actor_user_id": None,

@@ -6,15 +6,23 @@ heartbeat meanwhile."""
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from datetime import timedelta
 
 import pytest
 from django.db.models import F
+from django.db.models.functions import Now
 
 from audit.models import AuditLog, OutboxEvent
 from controllers.models import HealthStatus, MeetingController
-from controllers.services.registration import controller_heartbeat, meeting_ended_notify
+from controllers.services.registration import (
+    CONTROLLERS,
+    Beat,
+    beats_record,
+    controller_heartbeat,
+    meeting_ended_notify,
+)
 from darktower.errors import NoCapacity
 from darktower.metrics import REGISTRY
 from meetings.models import Meeting, MeetingAssignment
@@ -66,7 +74,10 @@ def test_placement_counts_in_flight_and_the_next_heartbeat_reconciles(owner):
     # A beat without counts (no capacity block) reconciles nothing.
     controller_heartbeat(controller_id="mc-a", reported=HealthStatus.HEALTHY)
     assert row("mc-a").assigned_since_heartbeat == 1
-    # The MC's next report includes the meeting: the in-flight count starts again from zero.
+    # The MC's next report, received after the assignment, includes the meeting: the in-flight count starts again
+    # from zero. (The test runs in one transaction, where now() stands still: date the assignment a second back
+    # so that it precedes the report as it does between two real transactions.)
+    MeetingAssignment.objects.filter(meeting_id=result.meeting_id).update(assigned_at=Now() - timedelta(seconds=1))
     controller_heartbeat(controller_id="mc-a", reported=HealthStatus.HEALTHY, current_meetings=5)
     assert (row("mc-a").current_meetings, row("mc-a").assigned_since_heartbeat) == (5, 0)
 
@@ -75,6 +86,27 @@ def test_placement_counts_in_flight_and_the_next_heartbeat_reconciles(owner):
     meeting_ended_notify(meeting_id=result.meeting_id, region=REGION)
     assert (row("mc-a").current_meetings, row("mc-a").assigned_since_heartbeat) == (4, 0)
     assert Meeting.objects.get(pk=result.meeting_id).assigned_controller_id is None
+
+
+@pytest.mark.django_db
+def test_a_report_keeps_in_flight_the_assignments_made_after_it_was_received(owner):
+    # A coalesced beat is written up to a flush interval after it arrived: a meeting assigned in between is not
+    # in its report, so it must stay in flight instead of being forgotten until the next heartbeat.
+    mc("mc-a", current_meetings=4, assigned_since_heartbeat=2)
+    for seconds_ago in (10, 2):  # one assigned before the beat arrived (5 s ago), one after
+        MeetingAssignment.objects.create(
+            meeting=make_meeting(host=owner), meeting_controller_id="mc-a", region=REGION, assigned_by_gc_id="gc",
+            assigned_at=Now() - timedelta(seconds=seconds_ago),
+        )
+    received_five_seconds_ago = time.monotonic() - 5
+    beats_record(kind=CONTROLLERS, beats=[
+        Beat("mc-a", HealthStatus.HEALTHY, {"current_meetings": 5}, received_five_seconds_ago),
+    ])
+    assert (row("mc-a").current_meetings, row("mc-a").assigned_since_heartbeat) == (5, 1)
+
+    # A report received now covers both.
+    beats_record(kind=CONTROLLERS, beats=[Beat("mc-a", HealthStatus.HEALTHY, {"current_meetings": 6})])
+    assert (row("mc-a").current_meetings, row("mc-a").assigned_since_heartbeat) == (6, 0)
 
 
 # --- hard capacity ------------------------------------------------------------------------------------------
