@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connections
 
 from accounts.services.service_tokens import service_credential_create
-from controllers.grpc.server import GrpcServer, build_server
+from controllers.grpc.server import GrpcServer
 from controllers.heartbeats import RECORDERS
 from controllers.models import HealthStatus, MediaHandler, MeetingController
 from controllers.simulator import Fleet, FleetConfig, SimulatorError
@@ -18,25 +16,13 @@ from controllers.simulator import Fleet, FleetConfig, SimulatorError
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def grpc_server(transactional_db, settings) -> Iterator[GrpcServer]:
+@pytest.fixture(autouse=True)
+def fast_intervals(settings):
+    # Autouse: set before the grpc_server fixture (tests/grpc/conftest.py) starts the server.
     settings.FAST_HEARTBEAT_INTERVAL_MS = 1000
     settings.COMPREHENSIVE_HEARTBEAT_INTERVAL_MS = 1500
     settings.MH_LOAD_REPORT_INTERVAL_MS = 1000
     settings.HEARTBEAT_FLUSH_INTERVAL_MS = 50
-    # Server threads close their connections after each call, so none outlives the test database.
-    db_settings = connections.settings["default"]
-    saved_max_age = db_settings["CONN_MAX_AGE"]
-    db_settings["CONN_MAX_AGE"] = 0
-    for recorder in RECORDERS:
-        recorder.clear()
-    server = build_server(bind="127.0.0.1:0", workers=4)
-    server.start()
-    yield server
-    server.stop(grace=2)
-    for recorder in RECORDERS:
-        recorder.clear()
-    db_settings["CONN_MAX_AGE"] = saved_max_age
 
 
 @pytest.fixture
