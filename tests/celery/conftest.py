@@ -9,45 +9,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 import redis
-from django.db import connection
 
 from darktower.celery import DEFAULT_QUEUE, MAINTENANCE_QUEUE
+from tests.faults.processes import database_url_of_test_db, wait_for
 from tests.grpc.conftest import grpc_server, service_credential  # noqa: F401 (fixtures, found by their names)
 
 WORKER_START_TIMEOUT_SECONDS = 30
-
-
-def _database_url() -> str:
-    """The URL of the database this test runs on (the test database, not the configured one)."""
-    db = connection.settings_dict
-    host = db["HOST"] or "localhost"
-    credentials = quote(db["USER"] or "", safe="") + (f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else "")
-    name = quote(db["NAME"], safe="")
-    if host.startswith("/"):  # a unix socket directory travels as ?host=, the form dj-database-url parses
-        return f"postgresql://{credentials}@/{name}?host={quote(host, safe='/')}"
-    port = f":{db['PORT']}" if db["PORT"] else ""
-    return f"postgresql://{credentials}@{host}{port}/{name}"
-
-
-def wait_for(predicate: Callable[[], object], *, timeout: float, what: str, log: Path | None = None) -> object:
-    """Poll `predicate` until it returns something true; fail with `what` and the worker log's tail if not."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    tail = log.read_text()[-4000:] if log and log.exists() else ""
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n--- worker log ---\n{tail}")
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -96,7 +70,7 @@ def start_worker(transactional_db, settings, tmp_path) -> Iterator[Callable[...,
         broker.close()
         env = {
             **os.environ,
-            "DATABASE_URL": _database_url(),
+            "DATABASE_URL": database_url_of_test_db(),
             "DB_CONN_MAX_AGE": "0",
             "REDIS_URL": settings.REDIS_URL,
             "DEBUG": "1",

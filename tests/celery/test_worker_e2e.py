@@ -19,7 +19,7 @@ from audit.relay import CAPACITY_TTL_SECONDS
 from controllers.models import HealthStatus, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
-from tests.celery.conftest import wait_for
+from tests.faults.processes import wait_for
 from tests.grpc.conftest import bearer, endpoint_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

@@ -29,8 +29,8 @@ from controllers.services.registration import controller_heartbeat, controller_r
 from darktower.schedules import schedules_apply, schedules_table
 from meetings.models import Meeting, MeetingAssignment
 from meetings.services.assignment import meeting_assign
-from tests.celery.conftest import wait_for
 from tests.factories import make_meeting
+from tests.faults.processes import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
