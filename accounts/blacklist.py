@@ -56,6 +56,15 @@ def blacklist_contains(jti: str) -> bool:
     return revoked
 
 
+def blacklist_cached(jti: str) -> bool | None:
+    """What blacklist_contains would answer without asking Redis: None when the cached answer is missing or old."""
+    with _lock:
+        cached = _lookups.get(jti)
+    if cached and (cached[1] or time.monotonic() - cached[0] < LOOKUP_CACHE_SECONDS):
+        return cached[1]
+    return None
+
+
 def blacklist_cache_clear() -> None:
     with _lock:
         _lookups.clear()

@@ -27,7 +27,7 @@ from typing import Any
 import jwt
 from django.conf import settings
 
-from accounts.blacklist import blacklist_add, blacklist_contains
+from accounts.blacklist import blacklist_add, blacklist_cached, blacklist_contains
 from accounts.signing import signing_key_active, signing_public_key
 from darktower.errors import Unauthenticated
 from darktower.metrics import TOKEN_VALIDATIONS
@@ -161,7 +161,7 @@ def _verify(raw: str, audience: str) -> TokenClaims:
         raise Unauthenticated("missing token")
     if len(raw) > settings.JWT_MAX_TOKEN_BYTES or len(raw.encode()) > settings.JWT_MAX_TOKEN_BYTES:
         raise Unauthenticated("token too large")
-    cache_key = (hashlib.sha256(raw.encode()).digest(), audience)
+    cache_key = _cache_key(raw, audience)
     with _verified_lock:
         claims = _verified.get(cache_key)
     now = datetime.now(UTC)
@@ -177,6 +177,28 @@ def _verify(raw: str, audience: str) -> TokenClaims:
         raise Unauthenticated("token expired")
     if blacklist_contains(claims.jti):
         raise Unauthenticated("token revoked")
+    return claims
+
+
+def _cache_key(raw: str, audience: str) -> tuple[bytes, str]:
+    return hashlib.sha256(raw.encode()).digest(), audience
+
+
+def token_verify_cached(raw: str, *, audience: str) -> TokenClaims | None:
+    """The claims token_verify would return, when finding them needs no I/O: the token was verified by this
+    process, has not expired, and its revocation lookup is cached as "not revoked". None in every other case,
+    including every refusal: then token_verify must decide (it may read signing keys or ask Redis), so an event
+    loop calls this and hands the None cases to a worker thread."""
+    if not raw or len(raw) > settings.JWT_MAX_TOKEN_BYTES:
+        return None
+    key = _cache_key(raw, audience)
+    with _verified_lock:
+        claims = _verified.get(key)
+    if claims is None or datetime.now(UTC) > claims.expires_at + timedelta(seconds=settings.JWT_CLOCK_SKEW_SECONDS):
+        return None
+    if blacklist_cached(claims.jti) is not False:
+        return None
+    _VALID.inc()
     return claims
 
 

@@ -80,6 +80,10 @@ def _merge(older: Beat | None, newer: Beat) -> Beat:
     return Beat(newer.member_id, newer.reported, values, newer.received_at)
 
 
+def _needs_write(known: str, beat: Beat) -> bool:
+    return known in RECOVERING_STATES or health_after(known, beat.reported) != known
+
+
 class HeartbeatRecorder:
     """Coalesces the beats of one member kind (controllers or media handlers) of this process."""
 
@@ -102,16 +106,29 @@ class HeartbeatRecorder:
 
     def record(self, beat: Beat) -> None:
         """Take one validated beat; NotFound when the member is not registered."""
-        self._ensure_running()
+        if self.record_in_memory(beat):
+            return
         with self._lock:
             known = self._known.get(beat.member_id)
         if known is None:
             known = self._lookup(beat.member_id)
-        if known in RECOVERING_STATES or health_after(known, beat.reported) != known:
+        if _needs_write(known, beat):
             self._write_now(beat)
             return
         with self._lock:
             self._pending[beat.member_id] = _merge(self._pending.get(beat.member_id), beat)
+
+    def record_in_memory(self, beat: Beat) -> bool:
+        """Coalesce `beat` if that needs no database (its member is known and the beat cannot change its
+        state): True. False when it needs a lookup or a synchronous write: then call record(), which blocks, so
+        an event loop calls this first and hands the False cases to a worker thread."""
+        self._ensure_running()
+        with self._lock:
+            known = self._known.get(beat.member_id)
+            if known is None or _needs_write(known, beat):
+                return False
+            self._pending[beat.member_id] = _merge(self._pending.get(beat.member_id), beat)
+        return True
 
     def remember(self, member_id: str, health_status: str) -> None:
         """A registration in this process: its state is known without a query."""

@@ -17,10 +17,11 @@ interceptor's wrapper), HTTP routes are URL patterns (`resolver_match.route`), n
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -216,24 +217,25 @@ _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 # --- gRPC ---------------------------------------------------------------------------------------------------
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts and times every unary call by method and final status code.
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every unary call by method and final status code, on a grpc.aio server.
 
     Put it first in the server's interceptors so that it wraps the authentication and error-mapping
     interceptor and sees the code that interceptor aborted with. Streaming methods (health Watch, reflection)
-    pass through unrecorded. The wrapped handler of each method is built once.
+    and blocking handlers pass through unrecorded (every unary handler of our server is a coroutine). The
+    wrapped handler of each method is built once.
     """
 
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not inspect.iscoroutinefunction(handler.unary_unary):
             return handler
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
@@ -247,11 +249,11 @@ def _timed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler
     behaviour = handler.unary_unary
     latency = GRPC_LATENCY.labels(method)
 
-    def timed(request: Any, context: grpc.ServicerContext) -> Any:
+    async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         code: grpc.StatusCode | None = None
         try:
-            response = behaviour(request, context)
+            response = await behaviour(request, context)
             code = context.code() or grpc.StatusCode.OK
             return response
         except BaseException:

@@ -2,11 +2,15 @@
 
 Every call of our services (everything but health checking and reflection) must carry `authorization: Bearer
 <jwt>` metadata with a service token for JWT_SERVICE_AUDIENCE (accounts.tokens.token_verify: size, EdDSA only,
-known kid, signature, exp/nbf, iss, aud, revocation) holding the service's scope. The work happens in the
-worker thread that runs the call, not in `intercept_service`, which grpcio runs on its polling thread.
-Database connections are django-grpc-framework's business (Service closes stale ones around each call, as
-Django does around a request); token checks touch the database only to reload signing keys, rarely.
-After authentication comes the method's rate limit (controllers.grpc.ratelimit), keyed by the token's subject.
+known kid, signature, exp/nbf, iss, aud, revocation) holding the service's scope. After authentication comes
+the method's rate limit (controllers.grpc.ratelimit), keyed by the token's subject.
+
+The server is a grpc.aio server: one event loop takes every call. Servicers block (Django's ORM), so a call
+runs in a worker thread, except a heartbeat that needs no I/O at all (a token this process verified, a
+member it knows, a beat that changes no state): that one is answered on the loop, with the same checks, which
+is what lets one process take a fleet's heartbeats (bench 1). Database connections in the workers are
+django-grpc-framework's business (Service closes stale ones around each call, as Django does around a
+request); token checks touch the database only to reload signing keys, rarely.
 
 Errors are mapped here and nowhere else: darktower.errors to their status codes with their (fixed, short)
 messages (a rate limit's RESOURCE_EXHAUSTED with `retry-after` trailing metadata, in seconds); an unreachable
@@ -16,16 +20,19 @@ that no SQL, stack trace or token text ever reaches a client.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from typing import Any, NoReturn
 
 import grpc
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections
+from google.protobuf.message import DecodeError
 
-from accounts.tokens import TokenClaims, token_verify
+from accounts.tokens import TokenClaims, token_verify, token_verify_cached
 from controllers.grpc.ratelimit import limit_for
 from darktower import errors
 
@@ -97,69 +104,159 @@ def _bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str:
 def authenticate(metadata: Sequence[tuple[str, str | bytes]], scope: str | None) -> TokenClaims:
     """The verified claims of the call's service token, which must hold `scope` (no scope: nobody may call)."""
     claims = token_verify(_bearer_token(metadata), audience=settings.JWT_SERVICE_AUDIENCE)
-    if scope is None or scope not in claims.scopes:
-        raise errors.PermissionDenied(f"token lacks the {scope or 'required'} scope")
+    _require_scope(claims, scope)
     return claims
 
 
-def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> NoReturn:
-    """End the call with the status `exc` maps to. Call it while handling `exc` (status_for logs tracebacks)."""
+def _require_scope(claims: TokenClaims, scope: str | None) -> None:
+    if scope is None or scope not in claims.scopes:
+        raise errors.PermissionDenied(f"token lacks the {scope or 'required'} scope")
+
+
+class Refused(Exception):
+    """A call ended with a status other than OK: what the client gets (code, short details, trailing metadata)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(code, details)
+        self.code, self.details, self.trailing = code, details, trailing
+
+
+def refusal(method: str, exc: Exception) -> Refused:
+    """What `exc`, raised while serving `method`, tells the client. Call it while handling `exc` (status_for
+    logs tracebacks)."""
+    trailing: tuple[tuple[str, str], ...] = ()
     if isinstance(exc, errors.Unauthenticated | errors.PermissionDenied):
         logger.info("grpc %s rejected: %s", method, exc.message)
     elif isinstance(exc, errors.Throttled):
-        context.set_trailing_metadata((("retry-after", str(exc.retry_after_seconds)),))
+        trailing = (("retry-after", str(exc.retry_after_seconds)),)
     code, details = status_for(exc, method)
-    context.abort(code, details)
+    return Refused(code, details, trailing)
 
 
-def _guard(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """`handler` behind authentication, the method's rate limit and error mapping."""
+class WorkerContext:
+    """The servicer context of a call served in a worker thread: what our servicers may use of it, without
+    touching the event loop's context from another thread (abort raises Refused, which the loop turns into
+    the call's status)."""
+
+    def __init__(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+        self._metadata = tuple(metadata)
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self._metadata
+
+    def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
+        raise Refused(code, details)
+
+
+InMemory = Callable[[Any], Any]
+# The request of a call whose message bytes do not parse.
+MALFORMED = object()
+
+
+def _guard(method: str, handler: grpc.RpcMethodHandler, executor: Executor,
+           in_memory: InMemory | None) -> grpc.RpcMethodHandler:
+    """`handler` (a servicer method, blocking) behind authentication, the method's rate limit and error
+    mapping, as a coroutine. A method with an `in_memory` path is first tried on the event loop, without I/O:
+    a cached token and a beat the recorder coalesces; any other case, and every other method, runs in a worker
+    thread of `executor`, so that nothing on the loop ever waits for the database or Redis."""
     service = method.lstrip("/").partition("/")[0]
     scope = SERVICE_SCOPES.get(service)
     limit = limit_for(method)
     behaviour = handler.unary_unary
+    parse = handler.request_deserializer
 
-    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+    def deserialize(data: bytes) -> Any:
+        # grpc.aio would end a call whose message does not parse with UNKNOWN and an error log; it is the
+        # client's mistake: INVALID_ARGUMENT, after authentication like any other refusal.
         try:
-            claims = authenticate(context.invocation_metadata(), scope)
-            if limit is not None:
-                limit(claims.subject, request)
-        except Exception as exc:  # mapped in _abort; never shown to the client
+            return parse(data) if parse is not None else data
+        except DecodeError:
+            return MALFORMED
+
+    def serve_in_memory(request: Any, metadata: Sequence[tuple[str, str | bytes]]) -> tuple[TokenClaims | None, Any]:
+        """(claims, answer): (None, None) when the token needs I/O to verify, (claims, None) when the call
+        does. The claims returned have passed the scope and the rate limit already."""
+        assert in_memory is not None
+        if request is MALFORMED:
+            return None, None
+        claims = token_verify_cached(_bearer_token(metadata), audience=settings.JWT_SERVICE_AUDIENCE)
+        if claims is None:
+            return None, None
+        _require_scope(claims, scope)
+        if limit is not None:
+            limit(claims.subject, request)
+        return claims, in_memory(request)
+
+    def serve_in_worker(request: Any, metadata: Sequence[tuple[str, str | bytes]],
+                        claims: TokenClaims | None) -> Any:
+        context = WorkerContext(metadata)
+        try:
+            if claims is None:
+                claims = authenticate(metadata, scope)
+                if request is MALFORMED:
+                    raise errors.InvalidInput("malformed request message")
+                if limit is not None:
+                    limit(claims.subject, request)
+        except Exception as exc:  # mapped by refusal; never shown to the client
             # The servicer, and with it django-grpc-framework's end-of-call connection handling, never runs:
             # give back the connection a signing-key lookup may have opened, as the end of a request does.
             close_old_connections()
-            _abort(context, method, exc)
+            raise refusal(method, exc) from None
         token = _claims.set(claims)
         try:
             return behaviour(request, context)
+        except Refused:
+            raise
         except Exception as exc:  # mapped and logged in status_for; never shown to the client
-            _abort(context, method, exc)
+            raise refusal(method, exc) from None
         finally:
             _claims.reset(token)
 
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        metadata = context.invocation_metadata() or ()
+        claims = None
+        try:
+            if in_memory is not None:
+                try:
+                    claims, answer = serve_in_memory(request, metadata)
+                except Exception as exc:  # mapped by refusal; never shown to the client
+                    raise refusal(method, exc) from None
+                if answer is not None:
+                    return answer
+            return await asyncio.get_running_loop().run_in_executor(
+                executor, serve_in_worker, request, metadata, claims
+            )
+        except Refused as refused:
+            if refused.trailing:
+                context.set_trailing_metadata(refused.trailing)
+            await context.abort(refused.code, refused.details)
+
     return grpc.unary_unary_rpc_method_handler(
-        guarded, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        guarded, request_deserializer=deserialize, response_serializer=handler.response_serializer
     )
 
 
-class ServiceInterceptor(grpc.ServerInterceptor):
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every unary call of our services: authenticate, rate-limit, serve, map errors.
 
-    grpcio calls `intercept_service` for every call on its polling thread; the guarded handler of each method
-    is built once and reused (the per-call work, metadata included, happens in the worker thread).
+    The servicers block (Django's ORM); each call runs in a worker thread of `executor`, except the calls of
+    `in_memory` methods that need no I/O, answered on the event loop. The guarded handler of each method is
+    built once and reused.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, executor: Executor, in_memory: Mapping[str, InMemory] | None = None) -> None:
+        self._executor = executor
+        self._in_memory = dict(in_memory or {})
         self._guarded: dict[str, grpc.RpcMethodHandler | None] = {}
 
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
         if method in self._guarded:
             return self._guarded[method]
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None  # UNIMPLEMENTED; not cached, so random method names cannot grow the cache
         if method.lstrip("/").partition("/")[0] in EXEMPT_SERVICES:
@@ -168,6 +265,6 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             # Fail closed: a streaming method added later answers UNIMPLEMENTED until it is guarded here too.
             guarded = None
         else:
-            guarded = _guard(method, handler)
+            guarded = _guard(method, handler, self._executor, self._in_memory.get(method))
         self._guarded[method] = guarded
         return guarded

@@ -1,24 +1,28 @@
 """Assembly of the gRPC server: our two services behind the metrics and service interceptors, health checking
-and reflection.
+and reflection, on a grpc.aio server (controllers.grpc.interceptors says what runs on its loop and what in its
+worker threads).
 
 The management command `grpcserver` runs it; the tests start the very same server on a loopback port.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from collections.abc import Coroutine
 from concurrent import futures
-from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import grpc
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
+from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controllers.grpc.interceptors import GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDLER_REGISTRY_SERVICE, ServiceInterceptor
-from controllers.grpc.services import GlobalControllerService, MediaHandlerRegistryService
+from controllers.grpc.services import IN_MEMORY_METHODS, GlobalControllerService, MediaHandlerRegistryService
 from controllers.heartbeats import RECORDERS
 from dark_tower.internal.v1 import internal_pb2_grpc
 from darktower.metrics import MetricsInterceptor
@@ -34,13 +38,17 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Room for an 8 KiB token and the rest: an over-long token must reach token_verify and be refused there
 # (UNAUTHENTICATED), not be cut off by the transport's default 8 KiB metadata limit.
 MAX_METADATA_BYTES = 16 * 1024
+# How long a thread waits for the event loop to do something it asked for (set a health status).
+LOOP_CALL_TIMEOUT = 10.0
+
+T = TypeVar("T")
 
 
 class DatabaseWatch:
     """Reports NOT_SERVING while the database does not answer `SELECT 1`, SERVING again once it does."""
 
-    def __init__(self, health_servicer: health.HealthServicer, interval: float = DB_CHECK_INTERVAL_SECONDS) -> None:
-        self.health = health_servicer
+    def __init__(self, health_status: Health, interval: float = DB_CHECK_INTERVAL_SECONDS) -> None:
+        self.health = health_status
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="grpc-db-watch", daemon=True)
@@ -80,16 +88,77 @@ class DatabaseWatch:
         connection.close()
 
 
-@dataclass
+class Health:
+    """The server's health statuses (grpc.health.v1), set from any thread: the servicer lives on the loop."""
+
+    def __init__(self, servicer: health_async.HealthServicer, loop: asyncio.AbstractEventLoop) -> None:
+        self.servicer = servicer
+        self._loop = loop
+
+    def set(self, name: str, status: int) -> None:
+        asyncio.run_coroutine_threadsafe(self.servicer.set(name, status), self._loop).result(LOOP_CALL_TIMEOUT)
+
+    def enter_graceful_shutdown(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.servicer.enter_graceful_shutdown(), self._loop).result(
+            LOOP_CALL_TIMEOUT
+        )
+
+
 class GrpcServer:
-    server: grpc.Server
-    port: int
-    health: health.HealthServicer
-    watch: DatabaseWatch
-    _stopped: bool = field(default=False, init=False)
+    """A grpc.aio server on an event loop of its own thread, its worker threads for the blocking servicers,
+    and the database watch. Used from ordinary threads: start(), stop(), `port`, `health`."""
+
+    def __init__(self, *, bind: str, workers: int, reuse_port: bool) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
+        self._thread.start()
+        self.executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-worker")
+        try:
+            self.server, self.port, servicer = self._call(self._build(bind, reuse_port))
+        except BaseException:
+            self._close_loop()
+            raise
+        self.health = Health(servicer, self._loop)
+        self.watch = DatabaseWatch(self.health)
+        self._stopped = False
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _build(self, bind: str, reuse_port: bool) -> tuple[grpc.aio.Server, int, health_async.HealthServicer]:
+        options = [
+            ("grpc.max_receive_message_length", settings.GRPC_MAX_RECEIVE_MESSAGE_BYTES),
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+            # grpcio turns SO_REUSEPORT on by default on Linux: a second server on the same port would bind
+            # silently and take half the connections. Only several processes of one deployment may share a port.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ]
+        server = grpc.aio.server(
+            # Metrics first, so that they see the status code the service interceptor aborted with.
+            interceptors=[MetricsInterceptor(), ServiceInterceptor(self.executor, IN_MEMORY_METHODS)],
+            options=options,
+        )
+        internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(
+            GlobalControllerService.as_servicer(), server
+        )
+        internal_pb2_grpc.add_MediaHandlerRegistryServiceServicer_to_server(
+            MediaHandlerRegistryService.as_servicer(), server
+        )
+        health_servicer = health_async.HealthServicer()
+        for name in HEALTH_NAMES:
+            await health_servicer.set(name, NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        try:
+            port = server.add_insecure_port(bind)
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind gRPC server to {bind}") from exc
+        if port == 0:
+            raise OSError(f"cannot bind gRPC server to {bind}")
+        return server, port, health_servicer
 
     def start(self) -> None:
-        self.server.start()
+        self._call(self.server.start())
         self.watch.start()
 
     def stop(self, grace: float | None = None) -> None:
@@ -100,42 +169,21 @@ class GrpcServer:
         self._stopped = True
         grace = settings.GRPC_SHUTDOWN_GRACE_SECONDS if grace is None else grace
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        self._call(self.server.stop(grace))
         self.watch.stop()
+        self._close_loop()
         for recorder in RECORDERS:
             written = recorder.stop()
             if written:
                 logger.info("wrote %d pending %s beats at shutdown", written, recorder.kind.target_type)
 
+    def _close_loop(self) -> None:
+        self.executor.shutdown(wait=True)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
 
 def build_server(*, bind: str, workers: int, reuse_port: bool = False) -> GrpcServer:
     """A server bound to `bind` (port 0 picks a free one), not yet started."""
-    options = [
-        ("grpc.max_receive_message_length", settings.GRPC_MAX_RECEIVE_MESSAGE_BYTES),
-        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-        # grpcio turns SO_REUSEPORT on by default on Linux: a second server on the same port would bind
-        # silently and take half the connections. Only several processes of one deployment may share a port.
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
-    ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-worker"),
-        # Metrics first, so that they see the status code the service interceptor aborted with.
-        interceptors=[MetricsInterceptor(), ServiceInterceptor()],
-        options=options,
-    )
-    internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(GlobalControllerService.as_servicer(), server)
-    internal_pb2_grpc.add_MediaHandlerRegistryServiceServicer_to_server(
-        MediaHandlerRegistryService.as_servicer(), server
-    )
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    for name in HEALTH_NAMES:
-        health_servicer.set(name, NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    try:
-        port = server.add_insecure_port(bind)
-    except RuntimeError as exc:
-        raise OSError(f"cannot bind gRPC server to {bind}") from exc
-    if port == 0:
-        raise OSError(f"cannot bind gRPC server to {bind}")
-    return GrpcServer(server=server, port=port, health=health_servicer, watch=DatabaseWatch(health_servicer))
+    return GrpcServer(bind=bind, workers=workers, reuse_port=reuse_port)

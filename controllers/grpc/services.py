@@ -7,14 +7,16 @@ are the interceptor's (controllers.grpc.interceptors).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 from django.conf import settings
 from django_grpc_framework.services import Service
+from google.protobuf.message import Message
 
-from controllers.grpc.interceptors import current_client_id
-from controllers.heartbeats import controller_heartbeats, handler_load_reports, unix_now
+from controllers.grpc.interceptors import GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDLER_REGISTRY_SERVICE, current_client_id
+from controllers.heartbeats import HeartbeatRecorder, controller_heartbeats, handler_load_reports, unix_now
 from controllers.models import HealthStatus
 from controllers.services.registration import (
     Beat,
@@ -71,6 +73,27 @@ def _capacity(request: Any) -> dict[str, int | float | None]:
     }
 
 
+def _fast_beat(request: pb.FastHeartbeatRequest) -> Beat:
+    return Beat(validate_id(request.controller_id, field="controller_id"), _health(request.health), _capacity(request))
+
+
+def _comprehensive_beat(request: pb.ComprehensiveHeartbeatRequest) -> Beat:
+    values = _capacity(request)
+    values["cpu_usage_percent"] = validate_percent(request.cpu_usage_percent, field="cpu_usage_percent")
+    values["memory_usage_percent"] = validate_percent(request.memory_usage_percent, field="memory_usage_percent")
+    return Beat(validate_id(request.controller_id, field="controller_id"), _health(request.health), values)
+
+
+def _load_report(request: pb.SendLoadReportRequest) -> Beat:
+    values: dict[str, int | float | None] = {
+        "current_streams": validate_capacity(request.current_streams, field="current_streams"),
+        "cpu_usage_percent": validate_percent(request.cpu_usage_percent, field="cpu_usage_percent"),
+        "memory_usage_percent": validate_percent(request.memory_usage_percent, field="memory_usage_percent"),
+        "bandwidth_usage_percent": validate_percent(request.bandwidth_usage_percent, field="bandwidth_usage_percent"),
+    }
+    return Beat(validate_id(request.handler_id, field="handler_id"), _health(request.health), values)
+
+
 class GlobalControllerService(Service):
     """dark_tower.internal.v1.GlobalControllerService: meeting controllers register, beat, end meetings."""
 
@@ -98,20 +121,13 @@ class GlobalControllerService(Service):
     def FastHeartbeat(
         self, request: pb.FastHeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.FastHeartbeatResponse:
-        controller_heartbeats.record(
-            Beat(validate_id(request.controller_id, field="controller_id"), _health(request.health), _capacity(request))
-        )
+        controller_heartbeats.record(_fast_beat(request))
         return pb.FastHeartbeatResponse(acknowledged=True, timestamp=unix_now())
 
     def ComprehensiveHeartbeat(
         self, request: pb.ComprehensiveHeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.ComprehensiveHeartbeatResponse:
-        values = _capacity(request)
-        values["cpu_usage_percent"] = validate_percent(request.cpu_usage_percent, field="cpu_usage_percent")
-        values["memory_usage_percent"] = validate_percent(request.memory_usage_percent, field="memory_usage_percent")
-        controller_heartbeats.record(
-            Beat(validate_id(request.controller_id, field="controller_id"), _health(request.health), values)
-        )
+        controller_heartbeats.record(_comprehensive_beat(request))
         return pb.ComprehensiveHeartbeatResponse(acknowledged=True, timestamp=unix_now())
 
     def NotifyMeetingEnded(
@@ -149,15 +165,32 @@ class MediaHandlerRegistryService(Service):
     def SendLoadReport(
         self, request: pb.SendLoadReportRequest, context: grpc.ServicerContext
     ) -> pb.SendLoadReportResponse:
-        values: dict[str, int | float | None] = {
-            "current_streams": validate_capacity(request.current_streams, field="current_streams"),
-            "cpu_usage_percent": validate_percent(request.cpu_usage_percent, field="cpu_usage_percent"),
-            "memory_usage_percent": validate_percent(request.memory_usage_percent, field="memory_usage_percent"),
-            "bandwidth_usage_percent": validate_percent(
-                request.bandwidth_usage_percent, field="bandwidth_usage_percent"
-            ),
-        }
-        handler_load_reports.record(
-            Beat(validate_id(request.handler_id, field="handler_id"), _health(request.health), values)
-        )
+        handler_load_reports.record(_load_report(request))
         return pb.SendLoadReportResponse(acknowledged=True, timestamp=unix_now())
+
+
+def _in_memory(
+    recorder: HeartbeatRecorder, beat_of: Callable[[Any], Beat], answer: Callable[..., Message]
+) -> Callable[[Any], Message | None]:
+    def serve(request: Any) -> Message | None:
+        if not recorder.record_in_memory(beat_of(request)):
+            return None
+        return answer(acknowledged=True, timestamp=unix_now())
+
+    return serve
+
+
+# The heartbeat methods as the event loop serves them when their call needs no I/O (the member is known and its
+# state does not change): the same validation and recorder as the servicer methods above, which serve the calls
+# these answer None to (a lookup, a synchronous write) in a worker thread.
+IN_MEMORY_METHODS: dict[str, Callable[[Any], Message | None]] = {
+    f"/{GLOBAL_CONTROLLER_SERVICE}/FastHeartbeat": _in_memory(
+        controller_heartbeats, _fast_beat, pb.FastHeartbeatResponse
+    ),
+    f"/{GLOBAL_CONTROLLER_SERVICE}/ComprehensiveHeartbeat": _in_memory(
+        controller_heartbeats, _comprehensive_beat, pb.ComprehensiveHeartbeatResponse
+    ),
+    f"/{MEDIA_HANDLER_REGISTRY_SERVICE}/SendLoadReport": _in_memory(
+        handler_load_reports, _load_report, pb.SendLoadReportResponse
+    ),
+}
