@@ -88,10 +88,12 @@ async def open_loop(stubs, pool, metadata, recorder: Recorder, *, rate: float, i
     sent = 0
 
     async def one(stub, request, scheduled: float) -> None:  # type: ignore[no-untyped-def]
+        queued = limit.locked()
         async with limit:
             # A server slower than the schedule leaves calls queued here; one still queued at the end of the run
-            # is counted as not sent (the server could not take it in time), so the run ends on time.
-            if time.perf_counter() >= until:
+            # is counted as not sent (the server could not take it in time), so the run ends on time. A call
+            # that never queued is sent, even if the client's loop starts it a little after the end.
+            if queued and time.perf_counter() >= until:
                 recorder.add_not_sent()
                 return
             await call(stub, request, metadata, recorder, scheduled)

@@ -1,8 +1,9 @@
 """The reference of bench 1: a bare grpcio server that answers FastHeartbeat and does nothing else.
 
-Same generated servicer, same thread-pool server as `manage.py grpcserver`, no Django, no interceptor, no
-database: the ceiling a heartbeat handler on this machine can approach. With --aio, the same on a grpc.aio
-server (one event loop, no thread pool): the ceiling of an asyncio design. Prints `listening on <port>`, serves
+Same generated servicer on grpcio's thread-pool server, no Django, no interceptor, no database: the
+ceiling a heartbeat handler on this machine can approach (the faster of the two here, so the ratios use it).
+With --aio, the same on a grpc.aio server (one event loop, no thread pool), the design `manage.py grpcserver`
+uses. Prints `listening on <port>`, serves
 until SIGTERM or SIGINT.
 """
 

@@ -19,10 +19,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
 from django.conf import settings
 
+from accounts import blacklist
 from accounts.blacklist import blacklist_cache_clear
 from accounts.models import SigningKey
 from accounts.signing import signing_cache_clear, signing_key_active, signing_key_rotate
-from accounts.tokens import token_cache_clear, token_issue, token_revoke, token_verify
+from accounts.tokens import token_cache_clear, token_issue, token_revoke, token_verify, token_verify_cached
 from darktower.errors import Unauthenticated
 from darktower.redis import redis_client
 
@@ -253,3 +254,54 @@ def test_revoking_one_token_leaves_others_valid():
     first, second = signed(), signed()
     token_revoke(token_verify(first, audience=AUD))
     assert token_verify(second, audience=AUD).subject == "svc_test"
+
+
+# --- token_verify_cached: the event loop's check, which must never do I/O and never accept more than token_verify
+
+
+def test_cached_verification_knows_only_tokens_this_process_verified():
+    token = signed()
+    assert token_verify_cached(token, audience=AUD) is None
+
+    verified = token_verify(token, audience=AUD)
+
+    cached = token_verify_cached(token, audience=AUD)
+    assert cached is not None and cached.jti == verified.jti and cached.subject == "svc_test"
+    assert token_verify_cached(token, audience="another-audience") is None
+
+
+def test_cached_verification_defers_once_the_revocation_lookup_is_old(monkeypatch):
+    token = signed()
+    token_verify(token, audience=AUD)
+    assert token_verify_cached(token, audience=AUD) is not None
+
+    # Older than LOOKUP_CACHE_SECONDS: only Redis may say whether it was revoked since.
+    monkeypatch.setattr(blacklist, "LOOKUP_CACHE_SECONDS", 0.0)
+
+    assert token_verify_cached(token, audience=AUD) is None
+
+
+def test_cached_verification_never_accepts_a_revoked_token():
+    token = signed()
+    token_revoke(token_verify(token, audience=AUD))
+
+    assert token_verify_cached(token, audience=AUD) is None
+    refused(token, "revoked")
+
+
+def test_cached_verification_never_accepts_an_expired_token(settings):
+    settings.JWT_CLOCK_SKEW_SECONDS = 0
+    now = int(time.time())
+    token = signed(claims(iat=now - 10, nbf=now - 10, exp=now + 1))
+    token_verify(token, audience=AUD)
+    assert token_verify_cached(token, audience=AUD) is not None
+
+    time.sleep(1.1)
+
+    assert token_verify_cached(token, audience=AUD) is None
+    refused(token, "expired")
+
+
+@pytest.mark.parametrize("raw", ["", "x" * 8193])
+def test_cached_verification_defers_empty_and_oversized_tokens(raw):
+    assert token_verify_cached(raw, audience=AUD) is None

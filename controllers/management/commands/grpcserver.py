@@ -26,7 +26,8 @@ class Command(BaseCommand):
         parser.add_argument("--bind", default=settings.GRPC_BIND, help="HOST:PORT (default settings.GRPC_BIND)")
         parser.add_argument(
             "--workers", type=int, default=settings.GRPC_WORKERS,
-            help="worker threads, each with its own database connection (default settings.GRPC_WORKERS)",
+            help="worker threads for the calls that need the database, each with its own connection "
+            "(default settings.GRPC_WORKERS)",
         )
         parser.add_argument(
             "--reuse-port", action="store_true",

@@ -1,0 +1,119 @@
+"""What the event loop answers by itself and what waits for a worker thread (controllers.grpc.interceptors).
+
+A heartbeat that needs no I/O (a token this process verified, a known member, no state change) is answered on
+the loop, so heartbeats keep flowing while every worker is busy with registrations or a slow database; a beat
+that changes state is committed by a worker before its answer, whatever the loop could do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from accounts import blacklist
+from controllers.grpc.server import GrpcServer
+from controllers.heartbeats import controller_heartbeats
+from controllers.models import HealthStatus, HealthTransition, MeetingController
+from dark_tower.internal.v1 import internal_pb2 as pb
+from tests.grpc.conftest import bearer, endpoint_token
+
+WORKERS = 4  # the grpc_server fixture's
+
+
+@pytest.fixture(autouse=True)
+def revocation_lookups_stay_fresh(monkeypatch):
+    # The test's calls come seconds apart on a slow machine; a stale lookup would (rightly) go to a worker.
+    monkeypatch.setattr(blacklist, "LOOKUP_CACHE_SECONDS", 300.0)
+
+
+@contextlib.contextmanager
+def every_worker_busy(server: GrpcServer) -> Iterator[threading.Event]:
+    """Every worker thread of `server` blocked until the yielded event is set (at the latest when this ends)."""
+    release = threading.Event()
+    started = threading.Barrier(WORKERS + 1)
+
+    def block() -> None:
+        started.wait()
+        release.wait(30)
+
+    blocked = [server.executor.submit(block) for _ in range(WORKERS)]
+    started.wait(10)
+    try:
+        yield release
+    finally:
+        release.set()
+        for future in blocked:
+            future.result(10)
+
+
+def register_request(controller_id: str) -> pb.RegisterMCRequest:
+    return pb.RegisterMCRequest(id=controller_id, region="us-east-1", grpc_endpoint="grpc://mc:1", max_meetings=10,
+                                max_participants=100)
+
+
+def beat(controller_id: str, *, health: int = pb.HEALTHY, current: int = 3) -> pb.FastHeartbeatRequest:
+    return pb.FastHeartbeatRequest(controller_id=controller_id, health=health, capacity=pb.ControllerCapacity(
+        max_meetings=10, current_meetings=current, max_participants=100, current_participants=current * 10))
+
+
+@pytest.fixture
+def healthy_mc(mc_stub, auth) -> str:
+    """A registered MC that the server knows as healthy, and a token it has verified."""
+    mc_stub.RegisterMC(register_request("mc-loop-1"), metadata=auth, timeout=10)
+    MeetingController.objects.filter(controller_id="mc-loop-1").update(health_status=HealthStatus.HEALTHY)
+    controller_heartbeats.remember("mc-loop-1", HealthStatus.HEALTHY)
+    return "mc-loop-1"
+
+
+def test_steady_heartbeats_are_answered_while_every_worker_is_busy(grpc_server, mc_stub, auth, healthy_mc):
+    with every_worker_busy(grpc_server):
+        answer = mc_stub.FastHeartbeat(beat(healthy_mc, current=7), metadata=auth, timeout=5)
+        assert answer.acknowledged
+        # A registration needs the database, so a worker, and none is free.
+        with pytest.raises(grpc.RpcError) as waited:
+            mc_stub.RegisterMC(register_request("mc-loop-2"), metadata=auth, timeout=0.5)
+        assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    controller_heartbeats.flush()
+    assert MeetingController.objects.get(controller_id=healthy_mc).current_meetings == 7
+
+
+def test_a_state_change_is_committed_by_a_worker_before_its_answer(grpc_server, mc_stub, auth, healthy_mc):
+    with every_worker_busy(grpc_server) as release:
+        degraded = mc_stub.FastHeartbeat.future(beat(healthy_mc, health=pb.DEGRADED), metadata=auth, timeout=10)
+        with pytest.raises(grpc.FutureTimeoutError):
+            degraded.result(timeout=0.5)
+        assert MeetingController.objects.get(controller_id=healthy_mc).health_status == HealthStatus.HEALTHY
+        release.set()
+        assert degraded.result(timeout=10).acknowledged
+
+    assert MeetingController.objects.get(controller_id=healthy_mc).health_status == HealthStatus.DEGRADED
+    assert HealthTransition.objects.filter(
+        component_id=healthy_mc, from_status=HealthStatus.HEALTHY, to_status=HealthStatus.DEGRADED
+    ).exists()
+
+
+def test_the_loop_refuses_without_a_worker_what_it_can_judge_alone(grpc_server, mc_stub, auth, healthy_mc):
+    with every_worker_busy(grpc_server):
+        # Bad input and a wrong scope need no I/O: answered at once, with the same status as from a worker.
+        with pytest.raises(grpc.RpcError) as invalid:
+            mc_stub.FastHeartbeat(beat("bad id!"), metadata=auth, timeout=5)
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as missing:
+            mc_stub.FastHeartbeat(beat(healthy_mc), timeout=5)
+        assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_token_the_process_has_not_verified_waits_for_a_worker(grpc_server, mc_stub, auth, healthy_mc,
+                                                                 service_credential):
+    fresh = bearer(endpoint_token(service_credential))
+    with every_worker_busy(grpc_server) as release:
+        pending = mc_stub.FastHeartbeat.future(beat(healthy_mc), metadata=fresh, timeout=10)
+        with pytest.raises(grpc.FutureTimeoutError):
+            pending.result(timeout=0.5)
+        release.set()
+        assert pending.result(timeout=10).acknowledged
