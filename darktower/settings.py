@@ -247,6 +247,7 @@ SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY") or SECRET_
 
 GRPC_BIND = env_str("GRPC_BIND", "127.0.0.1:50051")
 GRPC_WORKERS = env_int("GRPC_WORKERS", 8, minimum=1, maximum=256)
+GRPC_PROCESSES = env_int("GRPC_PROCESSES", 1, minimum=1, maximum=256)
 GRPC_MAX_RECEIVE_MESSAGE_BYTES = env_int("GRPC_MAX_RECEIVE_MESSAGE_BYTES", 64 * 1024, minimum=1024)
 GRPC_SHUTDOWN_GRACE_SECONDS = env_float("GRPC_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0)
 # gRPC rate limits (controllers.grpc.ratelimit): registrations in Redis per RATE_LIMIT_WINDOW_SECONDS, per caller

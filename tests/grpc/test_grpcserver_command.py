@@ -109,3 +109,68 @@ def test_sigterm_lets_a_call_in_flight_finish(grpcserver_process):
     output, _ = process.communicate(timeout=20)
     assert process.returncode == 0, output
     assert MeetingController.objects.get(pk="mc-proc-2").region == "eu-west-1"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_processes_share_the_port_serve_and_stop_together(transactional_db):
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": database_url_of_test_db(), "GRPC_SHUTDOWN_GRACE_SECONDS": "3",
+           "DJANGO_SETTINGS_MODULE": "darktower.settings"}
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "grpcserver", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+         "--processes", "2"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        pids = set()
+        while len(pids) < 2:
+            line = process.stdout.readline()
+            assert line, "grpcserver exited before both servers listened"
+            match = re.search(rf"listening on 127\.0\.0\.1:{port} .*\(pid (\d+)\)", line)
+            if match:
+                pids.add(int(match.group(1)))
+        assert process.pid not in pids
+        auth = bearer(issue())
+        # Each channel is one connection; the kernel spreads connections over the two servers.
+        channels = [grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                    for _ in range(8)]
+        for number, channel in enumerate(channels):
+            stub = internal_pb2_grpc.GlobalControllerServiceStub(channel)
+            answer = stub.RegisterMC(pb.RegisterMCRequest(
+                id=f"mc-procs-{number}", region="us-east-1", grpc_endpoint="grpc://mc:1", max_meetings=10,
+                max_participants=100), metadata=auth, timeout=10)
+            assert answer.accepted
+            channel.close()
+        assert MeetingController.objects.filter(controller_id__startswith="mc-procs-").count() == 8
+
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert process.returncode == 0, output
+    assert output.count("gRPC server stopped") == 2, output
+    assert "all 2 gRPC server processes stopped" in output
+    assert "Traceback" not in output
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_processes_need_a_fixed_port(transactional_db):
+    completed = subprocess.run(
+        [sys.executable, "manage.py", "grpcserver", "--bind", "127.0.0.1:0", "--processes", "2"],
+        cwd=ROOT, env={**os.environ, "DATABASE_URL": database_url_of_test_db()}, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 1
+    assert "needs a fixed port" in completed.stderr
