@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.controllers, args.duration, args.rate, args.lower_rate = 300, 1.5, 300, 100
+        args.controllers, args.duration, args.rate, args.lower_rate = 300, 1.5, 300, 200
     warmup = 0.5 if args.quick else 3.0
     # The GC's first beat from each MC looks the id up once: warm up long enough to have seen every id.
     gc_warmup = 0.5 if args.quick else 8.0
