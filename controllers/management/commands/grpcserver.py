@@ -12,6 +12,7 @@ and exits 1, for the process manager to restart the set.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -72,6 +73,11 @@ class Command(BaseCommand):
             grpc_server = build_server(bind=options["bind"], workers=workers, reuse_port=options["reuse_port"])
         except OSError as exc:
             raise CommandError(str(exc)) from None
+        # What is loaded by now (Django, the apps, grpc, the contract: ~100,000 objects) lives as long as the
+        # process. Out of the cyclic collector's sight, a full collection no longer walks it: measured under
+        # bench 1, full collections took 50-170 ms every ~15 s, stalling every call on the event loop meanwhile.
+        gc.collect()
+        gc.freeze()
         grpc_server.start()
         host = options["bind"].rpartition(":")[0]
         self.stdout.write(
