@@ -37,25 +37,28 @@ async def set_code(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     return b""
 
 
-class AioServer:
-    """A grpc.aio server with the handlers above, on an event loop of its own thread (as the real one runs)."""
+ECHO_BEHAVIOURS = {"Ok": ok, "NotFound": not_found, "Crash": crash, "SetCode": set_code}
 
-    def __init__(self, interceptors: list[grpc.aio.ServerInterceptor]) -> None:
+
+class AioServer:
+    """A grpc.aio server with generic handlers (by default the ones above), on an event loop of its own thread
+    (as the real one runs)."""
+
+    def __init__(self, interceptors: list[grpc.aio.ServerInterceptor], *, service: str = SERVICE,
+                 behaviours: dict | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server, self.port = self.call(self._start(interceptors))
+        self.server, self.port = self.call(self._start(interceptors, service, behaviours or ECHO_BEHAVIOURS))
 
     def call(self, coroutine):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
 
-    async def _start(self, interceptors: list[grpc.aio.ServerInterceptor]) -> tuple[grpc.aio.Server, int]:
+    async def _start(self, interceptors: list[grpc.aio.ServerInterceptor], service: str,
+                     behaviours: dict) -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
-        handlers = {
-            name: grpc.unary_unary_rpc_method_handler(behaviour)
-            for name, behaviour in (("Ok", ok), ("NotFound", not_found), ("Crash", crash), ("SetCode", set_code))
-        }
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+        handlers = {name: grpc.unary_unary_rpc_method_handler(behaviour) for name, behaviour in behaviours.items()}
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, handlers)])
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         return server, port
