@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -240,6 +243,25 @@ class Timer:
     @property
     def ms(self) -> float:
         return self.seconds * 1000
+
+
+def free_port() -> int:
+    """A loopback port free right now (for servers that must be told their port, e.g. several sharing one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` and every process it started that is still running."""
+    total = 0.0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        parent = psutil.Process(pid)
+        for member in [parent, *parent.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = member.cpu_times()
+                total += times.user + times.system
+    return total
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -28,7 +28,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +36,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from bench.common import (
     PYTHON,
     ROOT,
@@ -46,6 +43,8 @@ from bench.common import (
     Scratch,
     argument_parser,
     finish,
+    free_port,
+    process_tree_cpu_seconds,
     scratch_database,
     server_version,
     use_django,
@@ -73,21 +72,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU time of the server processes and every process they started (grpcserver --processes)."""
-        total = 0.0
-        for process in self.processes:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                parent = psutil.Process(process.pid)
-                for member in [parent, *parent.children(recursive=True)]:
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        times = member.cpu_times()
-                        total += times.user + times.system
-        return total
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        return sum(process_tree_cpu_seconds(process.pid) for process in self.processes)
 
 
 def _start(command: list[str], env: dict[str, str], log_dir: Path, label: str, timeout: float = 60,
@@ -136,7 +121,7 @@ def grpcserver(scratch: Scratch, log_dir: Path, *, processes: int, workers: int)
         # seconds. The limiter still runs on every call (its cost is measured); it just never refuses one.
         GRPC_HEARTBEAT_RATE_FACTOR="1000000",
     )
-    port = _free_port() if processes > 1 else 0
+    port = free_port() if processes > 1 else 0
     command = [PYTHON, "manage.py", "grpcserver", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
                "--processes", str(processes)]
     process, port, log = _start(command, env, log_dir, f"grpcserver-{processes}x{workers}", listeners=processes)

@@ -29,7 +29,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,8 +40,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from bench.common import (
     PYTHON,
     ROOT,
@@ -50,7 +47,9 @@ from bench.common import (
     Scratch,
     argument_parser,
     finish,
+    free_port,
     load_note,
+    process_tree_cpu_seconds,
     scratch_database,
     server_version,
     use_django,
@@ -99,20 +98,7 @@ class Gunicorn:
     log: Path
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        with contextlib.suppress(psutil.NoSuchProcess):
-            parent = psutil.Process(self.process.pid)
-            for process in [parent, *parent.children(recursive=True)]:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    times = process.cpu_times()
-                    total += times.user + times.system
-        return total
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        return process_tree_cpu_seconds(self.process.pid)
 
 
 def _answers(port: int) -> bool:
@@ -149,7 +135,7 @@ def gunicorn(scratch: Scratch, work: Path, redis_url: str, *, workers: int, thre
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), RATE_LIMIT_JOIN_PER_IP="100000000",
         RATE_LIMIT_JOIN_PER_PRINCIPAL="100000000", HEARTBEAT_STALE_THRESHOLD_SECONDS="3600",
     )
-    port = _free_port()
+    port = free_port()
     command = [
         PYTHON, "-m", "gunicorn", "-c", "python:darktower.gunicorn_conf", "darktower.wsgi:application",
         "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--workers", str(workers),

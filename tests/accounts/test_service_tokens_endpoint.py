@@ -13,24 +13,11 @@ from django.conf import settings
 from accounts.services.service_tokens import service_credential_create, service_credential_revoke
 from accounts.tokens import token_verify
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("roomy_token_rate_limits")]
 
 URL = "/api/v1/auth/service/token"
 FORM = "application/x-www-form-urlencoded"
 _addresses = itertools.count(1)
-
-
-@pytest.fixture(autouse=True)
-def roomy_rate_limits(settings):
-    # Every request here comes from one address within one window; the limit tests set their own.
-    settings.RATE_LIMIT_TOKEN_PER_IP = 100_000
-    settings.RATE_LIMIT_TOKEN_PER_CLIENT = 100_000
-
-
-@pytest.fixture
-def credential():
-    created = service_credential_create(name="mc fleet", scopes=["mc:register", "mh:register"])
-    return created.credential.client_id, created.client_secret
 
 
 def basic(client_id: str, secret: str, *, encode=lambda value: quote(value, safe="")) -> str:

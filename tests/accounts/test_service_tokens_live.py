@@ -11,27 +11,17 @@ from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session
 from django.conf import settings
 
-from accounts.services.service_tokens import service_credential_create, service_credential_revoke
+from accounts.services.service_tokens import service_credential_revoke
 from accounts.signing import signing_key_rotate
 from accounts.tokens import token_verify
 from darktower.errors import Unauthenticated
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = [
+    pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.usefixtures("roomy_token_rate_limits"),
+]
 
 TOKEN_PATH = "/api/v1/auth/service/token"
 JWKS_PATH = "/.well-known/jwks.json"
-
-
-@pytest.fixture(autouse=True)
-def roomy_rate_limits(settings):
-    settings.RATE_LIMIT_TOKEN_PER_IP = 100_000
-    settings.RATE_LIMIT_TOKEN_PER_CLIENT = 100_000
-
-
-@pytest.fixture
-def credential():
-    created = service_credential_create(name="mc fleet", scopes=["mc:register", "mh:register"])
-    return created.credential.client_id, created.client_secret
 
 
 def fetch(live_server, client_id, secret, *, method, scope=None):

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,13 @@ def wait_for(predicate: Callable[[], object], *, timeout: float, what: str, log:
             tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n--- log ---\n{tail}")
         time.sleep(0.1)
+
+
+def free_port() -> int:
+    """A loopback port free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def database_url_of_test_db() -> str:

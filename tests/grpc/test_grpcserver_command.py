@@ -10,27 +10,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import grpc
 import pytest
-from django.db import connection
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controllers.models import MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
+from tests.faults.processes import database_url_of_test_db, free_port
 from tests.grpc.conftest import bearer, issue
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-def database_url_of_test_db() -> str:
-    db = connection.settings_dict
-    credentials = quote(db["USER"] or "", safe="") + (f":{quote(db['PASSWORD'], safe='')}" if db["PASSWORD"] else "")
-    host = quote(db["HOST"] or "", safe="") + (f":{db['PORT']}" if db["PORT"] else "")
-    return f"postgresql://{credentials}@{host}/{db['NAME']}"
 
 
 @pytest.fixture
@@ -111,16 +103,8 @@ def test_sigterm_lets_a_call_in_flight_finish(grpcserver_process):
     assert MeetingController.objects.get(pk="mc-proc-2").region == "eu-west-1"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_processes_share_the_port_serve_and_stop_together(transactional_db):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url_of_test_db(), "GRPC_SHUTDOWN_GRACE_SECONDS": "3",
            "DJANGO_SETTINGS_MODULE": "darktower.settings"}
     process = subprocess.Popen(

@@ -7,7 +7,6 @@ prometheus-client picks its storage when first imported, so each side runs in a 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ import pytest
 
 from darktower.devenv import ROOT, fresh_metrics_dir, process_table
 from darktower.gunicorn_conf import child_exit
+from tests.faults.processes import free_port
 
 RECORD = textwrap.dedent("""
     import django
@@ -92,12 +92,6 @@ def test_child_exit_drops_the_dead_workers_live_gauge_files(tmp_path, settings):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["counter_111.db", "gauge_livesum_222.db"]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, str]:
     with urllib.request.urlopen(url, timeout=10) as response:
         return response.status, response.read().decode()
@@ -107,7 +101,7 @@ def _get(url: str) -> tuple[int, str]:
 def test_gunicorn_workers_add_up_in_one_scrape(tmp_path):
     """gunicorn as `make run` starts it (two workers, the shared config): /metrics counts every request, whichever
     worker served it."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ, "DJANGO_SETTINGS_MODULE": "darktower.settings", "DEBUG": "1", "LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none",
