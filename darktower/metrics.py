@@ -17,11 +17,12 @@ interceptor's wrapper), HTTP routes are URL patterns (`resolver_match.route`), n
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -63,6 +64,10 @@ GRPC_REQUESTS = Counter(
 GRPC_LATENCY = Histogram(
     "darktower_grpc_request_duration_seconds", "gRPC call latency in the server, by full method name",
     ["method"], buckets=GRPC_BUCKETS, registry=REGISTRY,
+)
+GRPC_STREAM_MESSAGES = Counter(
+    "darktower_grpc_stream_messages", "Messages answered on gRPC streams (a heartbeat stream: beats acknowledged), "
+    "by full method name", ["method"], registry=REGISTRY,
 )
 HTTP_REQUESTS = Counter(
     "darktower_http_requests", "HTTP requests, by method, URL pattern and status",
@@ -218,12 +223,14 @@ _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every unary call by method and final status code, on a grpc.aio server.
+    """Counts and times every unary call by method and final status code, on a grpc.aio server; counts every
+    bidirectional stream by method and final status code, and the messages it answered (a stream's duration
+    is its client's business, so it is not timed).
 
     Put it first in the server's interceptors so that it wraps the authentication and error-mapping
-    interceptor and sees the code that interceptor aborted with. Streaming methods (health Watch, reflection)
-    and blocking handlers pass through unrecorded (every unary handler of our server is a coroutine). The
-    wrapped handler of each method is built once.
+    interceptor and sees the code that interceptor aborted with. Server-streaming methods (health Watch) and
+    blocking handlers pass through unrecorded (every unary handler of our server is a coroutine, every
+    bidirectional one an async generator). The wrapped handler of each method is built once.
     """
 
     def __init__(self) -> None:
@@ -235,14 +242,26 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
         handler = await continuation(handler_call_details)
-        if handler is None or not inspect.iscoroutinefunction(handler.unary_unary):
+        if handler is None:
+            return handler
+        if inspect.iscoroutinefunction(handler.unary_unary):
+            wrap = _timed
+        elif inspect.isasyncgenfunction(handler.stream_stream):
+            wrap = _counted_stream
+        else:
             return handler
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _timed(method, handler)
+        wrapped = wrap(method, handler)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+def _final_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> str:
+    # context.abort() sets the code, then raises; anything else escaping becomes UNKNOWN in grpcio.
+    code = context.code() or default
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
 def _timed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -251,21 +270,45 @@ def _timed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler
 
     async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
-        code: grpc.StatusCode | None = None
+        code = "UNKNOWN"
         try:
             response = await behaviour(request, context)
-            code = context.code() or grpc.StatusCode.OK
+            code = _final_code(context, grpc.StatusCode.OK)
             return response
         except BaseException:
-            # context.abort() sets the code, then raises; anything else escaping becomes UNKNOWN in grpcio.
-            code = context.code() or grpc.StatusCode.UNKNOWN
+            code = _final_code(context, grpc.StatusCode.UNKNOWN)
             raise
         finally:
             latency.observe(time.perf_counter() - started)
-            GRPC_REQUESTS.labels(method, code.name if code is not None else "UNKNOWN").inc()
+            GRPC_REQUESTS.labels(method, code).inc()
 
     return grpc.unary_unary_rpc_method_handler(
         timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+def _counted_stream(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    behaviour = handler.stream_stream
+    messages = GRPC_STREAM_MESSAGES.labels(method)
+
+    async def counted(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        code = "UNKNOWN"
+        try:
+            async for response in behaviour(requests, context):
+                yield response
+                messages.inc()
+            code = _final_code(context, grpc.StatusCode.OK)
+        except asyncio.CancelledError:
+            code = "CANCELLED"  # the client went away, or the server stopped
+            raise
+        except BaseException:
+            code = _final_code(context, grpc.StatusCode.UNKNOWN)
+            raise
+        finally:
+            GRPC_REQUESTS.labels(method, code).inc()
+
+    return grpc.stream_stream_rpc_method_handler(
+        counted, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
     )
 
 

@@ -12,6 +12,11 @@ is what lets one process take a fleet's heartbeats (bench 1). Database connectio
 django-grpc-framework's business (Service closes stale ones around each call, as Django does around a
 request); token checks touch the database only to reload signing keys, rarely.
 
+StreamHeartbeats carries an MC's beats on one long-lived stream: authenticated when it opens, then each beat
+served exactly as its unary call (FastHeartbeat, ComprehensiveHeartbeat) would be, token check and rate limit
+included, on the loop when it needs no I/O; a refused beat ends the stream with that call's status. It saves
+what a call costs around the beat (a new HTTP/2 stream, headers, the interceptor chain): bench 1.
+
 Errors are mapped here and nowhere else: darktower.errors to their status codes with their (fixed, short)
 messages (a rate limit's RESOURCE_EXHAUSTED with `retry-after` trailing metadata, in seconds); an unreachable
 database to UNAVAILABLE; anything else to INTERNAL with a generic message, logged with its traceback here, so
@@ -23,14 +28,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from accounts.tokens import TokenClaims, token_verify, token_verify_cached
 from controllers.grpc.ratelimit import limit_for
@@ -65,6 +71,8 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.DomainError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
+Metadata = Sequence[tuple[str, str | bytes]]
+
 _claims: contextvars.ContextVar[TokenClaims | None] = contextvars.ContextVar("grpc_token_claims", default=None)
 
 
@@ -89,7 +97,7 @@ def status_for(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, "internal error"
 
 
-def _bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str:
+def _bearer_token(metadata: Metadata) -> str:
     values = [value for key, value in metadata if key == "authorization"]
     if not values:
         raise errors.Unauthenticated("missing bearer token")
@@ -101,7 +109,7 @@ def _bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str:
     return token.strip()
 
 
-def authenticate(metadata: Sequence[tuple[str, str | bytes]], scope: str | None) -> TokenClaims:
+def authenticate(metadata: Metadata, scope: str | None) -> TokenClaims:
     """The verified claims of the call's service token, which must hold `scope` (no scope: nobody may call)."""
     claims = token_verify(_bearer_token(metadata), audience=settings.JWT_SERVICE_AUDIENCE)
     _require_scope(claims, scope)
@@ -138,7 +146,7 @@ class WorkerContext:
     touching the event loop's context from another thread (abort raises Refused, which the loop turns into
     the call's status)."""
 
-    def __init__(self, metadata: Sequence[tuple[str, str | bytes]]) -> None:
+    def __init__(self, metadata: Metadata) -> None:
         self._metadata = tuple(metadata)
 
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
@@ -149,22 +157,24 @@ class WorkerContext:
 
 
 InMemory = Callable[[Any], Any]
+Behaviour = Callable[[Any, Any], Any]
 # The request of a call whose message bytes do not parse.
 MALFORMED = object()
 
 
-def _guard(method: str, handler: grpc.RpcMethodHandler, executor: Executor,
-           in_memory: InMemory | None) -> grpc.RpcMethodHandler:
-    """`handler` (a servicer method, blocking) behind authentication, the method's rate limit and error
-    mapping, as a coroutine. A method with an `in_memory` path is first tried on the event loop, without I/O:
-    a cached token and a beat the recorder coalesces; any other case, and every other method, runs in a worker
-    thread of `executor`, so that nothing on the loop ever waits for the database or Redis."""
-    service = method.lstrip("/").partition("/")[0]
-    scope = SERVICE_SCOPES.get(service)
-    limit = limit_for(method)
-    behaviour = handler.unary_unary
-    parse = handler.request_deserializer
+@dataclass(frozen=True)
+class BeatStream:
+    """A stream method whose messages each carry one beat of a unary method: the message's `oneof` field names
+    the kind, `beats` maps each kind to (the unary method's path, its blocking servicer method). Every beat of
+    a stream must name the same member (`member_field` of the beat); `response` wraps each answer."""
 
+    oneof: str
+    beats: Mapping[str, tuple[str, Behaviour]]
+    member_field: str
+    response: type[Message]
+
+
+def _tolerant(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
         # grpc.aio would end a call whose message does not parse with UNKNOWN and an error log; it is the
         # client's mistake: INVALID_ARGUMENT, after authentication like any other refusal.
@@ -173,81 +183,176 @@ def _guard(method: str, handler: grpc.RpcMethodHandler, executor: Executor,
         except DecodeError:
             return MALFORMED
 
-    def serve_in_memory(request: Any, metadata: Sequence[tuple[str, str | bytes]]) -> tuple[TokenClaims | None, Any]:
+    return deserialize
+
+
+def _refuse_in_worker(method: str, exc: Exception) -> NoReturn:
+    # The servicer, and with it django-grpc-framework's end-of-call connection handling, never runs: give back
+    # the connection a signing-key lookup may have opened, as the end of a request does.
+    close_old_connections()
+    raise refusal(method, exc) from None
+
+
+class _Guard:
+    """One method of our services (`behaviour`, a blocking servicer method) behind authentication, the method's
+    rate limit and error mapping. A method with an `in_memory` path is first tried on the event loop, without
+    I/O: a cached token and a beat the recorder coalesces; any other case, and every other method, runs in a
+    worker thread of `executor`, so that nothing on the loop ever waits for the database or Redis."""
+
+    def __init__(self, method: str, behaviour: Behaviour, executor: Executor, in_memory: InMemory | None) -> None:
+        self.method = method
+        self.scope = SERVICE_SCOPES.get(method.lstrip("/").partition("/")[0])
+        self._behaviour = behaviour
+        self._executor = executor
+        self._in_memory = in_memory
+        self._limit = limit_for(method)
+
+    async def serve(self, request: Any, metadata: Metadata) -> Any:
+        """The answer to `request`; Refused with what the client gets instead."""
+        claims = None
+        if self._in_memory is not None:
+            try:
+                claims, answer = self._serve_in_memory(request, metadata)
+            except Exception as exc:  # mapped by refusal; never shown to the client
+                raise refusal(self.method, exc) from None
+            if answer is not None:
+                return answer
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._serve_in_worker, request, metadata, claims
+        )
+
+    async def authenticate(self, metadata: Metadata) -> None:
+        """Refused unless the call's token holds the method's scope (on the loop when the token is cached)."""
+        try:
+            claims = token_verify_cached(_bearer_token(metadata), audience=settings.JWT_SERVICE_AUDIENCE)
+            if claims is not None:
+                _require_scope(claims, self.scope)
+                return
+        except Exception as exc:  # mapped by refusal; never shown to the client
+            raise refusal(self.method, exc) from None
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._authenticate_in_worker, metadata)
+
+    def _authenticate_in_worker(self, metadata: Metadata) -> None:
+        try:
+            authenticate(metadata, self.scope)
+        except Exception as exc:  # mapped by refusal; never shown to the client
+            _refuse_in_worker(self.method, exc)
+        close_old_connections()
+
+    def _serve_in_memory(self, request: Any, metadata: Metadata) -> tuple[TokenClaims | None, Any]:
         """(claims, answer): (None, None) when the token needs I/O to verify, (claims, None) when the call
         does. The claims returned have passed the scope and the rate limit already."""
-        assert in_memory is not None
+        assert self._in_memory is not None
         if request is MALFORMED:
             return None, None
         claims = token_verify_cached(_bearer_token(metadata), audience=settings.JWT_SERVICE_AUDIENCE)
         if claims is None:
             return None, None
-        _require_scope(claims, scope)
-        if limit is not None:
-            limit(claims.subject, request)
-        return claims, in_memory(request)
+        _require_scope(claims, self.scope)
+        if self._limit is not None:
+            self._limit(claims.subject, request)
+        return claims, self._in_memory(request)
 
-    def serve_in_worker(request: Any, metadata: Sequence[tuple[str, str | bytes]],
-                        claims: TokenClaims | None) -> Any:
+    def _serve_in_worker(self, request: Any, metadata: Metadata,
+                         claims: TokenClaims | None) -> Any:
         context = WorkerContext(metadata)
         try:
             if claims is None:
-                claims = authenticate(metadata, scope)
+                claims = authenticate(metadata, self.scope)
                 if request is MALFORMED:
                     raise errors.InvalidInput("malformed request message")
-                if limit is not None:
-                    limit(claims.subject, request)
+                if self._limit is not None:
+                    self._limit(claims.subject, request)
         except Exception as exc:  # mapped by refusal; never shown to the client
-            # The servicer, and with it django-grpc-framework's end-of-call connection handling, never runs:
-            # give back the connection a signing-key lookup may have opened, as the end of a request does.
-            close_old_connections()
-            raise refusal(method, exc) from None
+            _refuse_in_worker(self.method, exc)
         token = _claims.set(claims)
         try:
-            return behaviour(request, context)
+            return self._behaviour(request, context)
         except Refused:
             raise
         except Exception as exc:  # mapped and logged in status_for; never shown to the client
-            raise refusal(method, exc) from None
+            raise refusal(self.method, exc) from None
         finally:
             _claims.reset(token)
 
+
+async def _end(context: grpc.aio.ServicerContext, refused: Refused) -> NoReturn:
+    if refused.trailing:
+        context.set_trailing_metadata(refused.trailing)
+    await context.abort(refused.code, refused.details)
+    raise AssertionError("unreachable: abort raises")
+
+
+def _guarded_unary(guard: _Guard, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        metadata = context.invocation_metadata() or ()
-        claims = None
         try:
-            if in_memory is not None:
-                try:
-                    claims, answer = serve_in_memory(request, metadata)
-                except Exception as exc:  # mapped by refusal; never shown to the client
-                    raise refusal(method, exc) from None
-                if answer is not None:
-                    return answer
-            return await asyncio.get_running_loop().run_in_executor(
-                executor, serve_in_worker, request, metadata, claims
-            )
+            return await guard.serve(request, context.invocation_metadata() or ())
         except Refused as refused:
-            if refused.trailing:
-                context.set_trailing_metadata(refused.trailing)
-            await context.abort(refused.code, refused.details)
+            await _end(context, refused)
 
     return grpc.unary_unary_rpc_method_handler(
-        guarded, request_deserializer=deserialize, response_serializer=handler.response_serializer
+        guarded, request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard],
+                    handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A stream of beats, each served by its unary method's guard, answered in order. The stream is
+    authenticated when it opens; a refused beat ends it with the status its unary call would get."""
+    opening = next(iter(guards.values()))
+    kinds = ", ".join(spec.beats)
+
+    async def stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        metadata = context.invocation_metadata() or ()
+        member: str | None = None
+        try:
+            await opening.authenticate(metadata)
+            async for message in requests:
+                try:
+                    if message is MALFORMED:
+                        raise errors.InvalidInput("malformed request message")
+                    kind = message.WhichOneof(spec.oneof)
+                    if kind is None:
+                        raise errors.InvalidInput(f"{spec.oneof}: must be one of {kinds}")
+                    beat = getattr(message, kind)
+                    named = getattr(beat, spec.member_field)
+                    if member is None:
+                        member = named
+                    elif named != member:
+                        raise errors.InvalidInput(
+                            f"{spec.member_field}: every beat on a stream must name the member of its first beat"
+                        )
+                except errors.InvalidInput as exc:
+                    raise refusal(method, exc) from None
+                yield spec.response(**{kind: await guards[kind].serve(beat, metadata)})
+        except Refused as refused:
+            await _end(context, refused)
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream, request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
     )
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary call of our services: authenticate, rate-limit, serve, map errors.
+    """Wraps every call of our services: authenticate, rate-limit, serve, map errors.
 
-    The servicers block (Django's ORM); each call runs in a worker thread of `executor`, except the calls of
-    `in_memory` methods that need no I/O, answered on the event loop. The guarded handler of each method is
-    built once and reused.
+    The servicers block (Django's ORM); each unary call runs in a worker thread of `executor`, except the calls
+    of `in_memory` methods that need no I/O, answered on the event loop. A `streams` method is a stream of
+    beats, each served as its unary method's call would be. The guarded handler of each method is built once
+    and reused.
     """
 
-    def __init__(self, executor: Executor, in_memory: Mapping[str, InMemory] | None = None) -> None:
+    def __init__(self, executor: Executor, in_memory: Mapping[str, InMemory] | None = None,
+                 streams: Mapping[str, BeatStream] | None = None) -> None:
         self._executor = executor
         self._in_memory = dict(in_memory or {})
+        self._streams = dict(streams or {})
         self._guarded: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def _guard(self, method: str, behaviour: Behaviour) -> _Guard:
+        return _Guard(method, behaviour, self._executor, self._in_memory.get(method))
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
@@ -261,10 +366,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return None  # UNIMPLEMENTED; not cached, so random method names cannot grow the cache
         if method.lstrip("/").partition("/")[0] in EXEMPT_SERVICES:
             guarded = handler
+        elif method in self._streams and handler.stream_stream is not None:
+            spec = self._streams[method]
+            guards = {kind: self._guard(path, behaviour) for kind, (path, behaviour) in spec.beats.items()}
+            guarded = _guarded_stream(method, spec, guards, handler)
         elif handler.unary_unary is None:
             # Fail closed: a streaming method added later answers UNIMPLEMENTED until it is guarded here too.
             guarded = None
         else:
-            guarded = _guard(method, handler, self._executor, self._in_memory.get(method))
+            guarded = _guarded_unary(self._guard(method, handler.unary_unary), handler)
         self._guarded[method] = guarded
         return guarded

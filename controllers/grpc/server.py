@@ -22,7 +22,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from controllers.grpc.interceptors import GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDLER_REGISTRY_SERVICE, ServiceInterceptor
-from controllers.grpc.services import IN_MEMORY_METHODS, GlobalControllerService, MediaHandlerRegistryService
+from controllers.grpc.services import (
+    BEAT_STREAMS,
+    IN_MEMORY_METHODS,
+    GlobalControllerService,
+    MediaHandlerRegistryService,
+)
 from controllers.heartbeats import RECORDERS
 from dark_tower.internal.v1 import internal_pb2_grpc
 from darktower.metrics import MetricsInterceptor
@@ -38,6 +43,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Room for an 8 KiB token and the rest: an over-long token must reach token_verify and be refused there
 # (UNAUTHENTICATED), not be cut off by the transport's default 8 KiB metadata limit.
 MAX_METADATA_BYTES = 16 * 1024
+# Calls and streams that may wait for the event loop to take them in (see _build).
+MAX_PENDING_CALLS = 100_000
 # How long a thread waits for the event loop to do something it asked for (set a health status).
 LOOP_CALL_TIMEOUT = 10.0
 
@@ -132,10 +139,15 @@ class GrpcServer:
             # grpcio turns SO_REUSEPORT on by default on Linux: a second server on the same port would bind
             # silently and take half the connections. Only several processes of one deployment may share a port.
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            # grpc core cancels calls and streams that arrive faster than the event loop takes them in once more
+            # than 1,000 wait (3,000: refused at once). A fleet reconnecting its heartbeat streams after a
+            # restart is such a burst (20,000 MCs: 20,000 streams within seconds); the loop takes them all in.
+            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         ]
         server = grpc.aio.server(
             # Metrics first, so that they see the status code the service interceptor aborted with.
-            interceptors=[MetricsInterceptor(), ServiceInterceptor(self.executor, IN_MEMORY_METHODS)],
+            interceptors=[MetricsInterceptor(), ServiceInterceptor(self.executor, IN_MEMORY_METHODS, BEAT_STREAMS)],
             options=options,
         )
         internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(

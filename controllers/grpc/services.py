@@ -15,7 +15,12 @@ from django.conf import settings
 from django_grpc_framework.services import Service
 from google.protobuf.message import Message
 
-from controllers.grpc.interceptors import GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDLER_REGISTRY_SERVICE, current_client_id
+from controllers.grpc.interceptors import (
+    GLOBAL_CONTROLLER_SERVICE,
+    MEDIA_HANDLER_REGISTRY_SERVICE,
+    BeatStream,
+    current_client_id,
+)
 from controllers.heartbeats import HeartbeatRecorder, controller_heartbeats, handler_load_reports, unix_now
 from controllers.models import HealthStatus
 from controllers.services.registration import (
@@ -95,7 +100,10 @@ def _load_report(request: pb.SendLoadReportRequest) -> Beat:
 
 
 class GlobalControllerService(Service):
-    """dark_tower.internal.v1.GlobalControllerService: meeting controllers register, beat, end meetings."""
+    """dark_tower.internal.v1.GlobalControllerService: meeting controllers register, beat, end meetings.
+
+    StreamHeartbeats has no method here: the service interceptor serves each beat of a stream with FastHeartbeat
+    or ComprehensiveHeartbeat (BEAT_STREAMS below)."""
 
     def RegisterMC(self, request: pb.RegisterMCRequest, context: grpc.ServicerContext) -> pb.RegisterMCResponse:
         registration = controller_register(
@@ -192,5 +200,23 @@ IN_MEMORY_METHODS: dict[str, Callable[[Any], Message | None]] = {
     ),
     f"/{MEDIA_HANDLER_REGISTRY_SERVICE}/SendLoadReport": _in_memory(
         handler_load_reports, _load_report, pb.SendLoadReportResponse
+    ),
+}
+
+
+_controller_servicer = GlobalControllerService.as_servicer()
+# StreamHeartbeats: an MC's beats on one stream, each served as the unary call of its kind would be (the same
+# servicer method, rate limit and in-memory path above).
+BEAT_STREAMS: dict[str, BeatStream] = {
+    f"/{GLOBAL_CONTROLLER_SERVICE}/StreamHeartbeats": BeatStream(
+        oneof="beat",
+        beats={
+            "fast": (f"/{GLOBAL_CONTROLLER_SERVICE}/FastHeartbeat", _controller_servicer.FastHeartbeat),
+            "comprehensive": (
+                f"/{GLOBAL_CONTROLLER_SERVICE}/ComprehensiveHeartbeat", _controller_servicer.ComprehensiveHeartbeat
+            ),
+        },
+        member_field="controller_id",
+        response=pb.HeartbeatStreamResponse,
     ),
 }

@@ -113,6 +113,22 @@ class NotifyMeetingEndedResponse(_message.Message):
     acknowledged: bool
     def __init__(self, acknowledged: _Optional[bool] = ...) -> None: ...
 
+class HeartbeatStreamRequest(_message.Message):
+    __slots__ = ("fast", "comprehensive")
+    FAST_FIELD_NUMBER: _ClassVar[int]
+    COMPREHENSIVE_FIELD_NUMBER: _ClassVar[int]
+    fast: FastHeartbeatRequest
+    comprehensive: ComprehensiveHeartbeatRequest
+    def __init__(self, fast: _Optional[_Union[FastHeartbeatRequest, _Mapping]] = ..., comprehensive: _Optional[_Union[ComprehensiveHeartbeatRequest, _Mapping]] = ...) -> None: ...
+
+class HeartbeatStreamResponse(_message.Message):
+    __slots__ = ("fast", "comprehensive")
+    FAST_FIELD_NUMBER: _ClassVar[int]
+    COMPREHENSIVE_FIELD_NUMBER: _ClassVar[int]
+    fast: FastHeartbeatResponse
+    comprehensive: ComprehensiveHeartbeatResponse
+    def __init__(self, fast: _Optional[_Union[FastHeartbeatResponse, _Mapping]] = ..., comprehensive: _Optional[_Union[ComprehensiveHeartbeatResponse, _Mapping]] = ...) -> None: ...
+
 class RegisterMHRequest(_message.Message):
     __slots__ = ("handler_id", "region", "webtransport_endpoint", "grpc_endpoint", "max_streams")
     HANDLER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -1,0 +1,237 @@
+"""StreamHeartbeats over the real server: an MC's beats on one stream, each served as its unary call would be."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+
+import grpc
+import pytest
+from django.conf import settings
+
+from accounts import blacklist
+from accounts.tokens import token_revoke, token_verify
+from controllers.grpc.ratelimit import beat_buckets
+from controllers.heartbeats import controller_heartbeats
+from controllers.models import HealthStatus, MeetingController
+from dark_tower.internal.v1 import internal_pb2 as pb
+from dark_tower.internal.v1 import internal_pb2_grpc
+from darktower.metrics import REGISTRY
+from tests.factories import make_controller
+from tests.grpc.conftest import bearer, endpoint_token, issue
+from tests.grpc.test_event_loop_path import every_worker_busy
+
+METHOD = "/dark_tower.internal.v1.GlobalControllerService/StreamHeartbeats"
+
+
+class Stream:
+    """One StreamHeartbeats call driven a beat at a time, as an MC does."""
+
+    def __init__(self, stub, metadata) -> None:  # type: ignore[no-untyped-def]
+        self._beats: queue.Queue[pb.HeartbeatStreamRequest | None] = queue.Queue()
+        self.call = stub.StreamHeartbeats(iter(self._beats.get, None), metadata=metadata, timeout=30)
+
+    def send(self, **beat) -> pb.HeartbeatStreamResponse:  # type: ignore[no-untyped-def]
+        self._beats.put(pb.HeartbeatStreamRequest(**beat))
+        return next(self.call)
+
+    def refused(self, message: pb.HeartbeatStreamRequest | None = None) -> grpc.RpcError:
+        """The status the stream ends with after `message` (None: right after opening)."""
+        if message is not None:
+            self._beats.put(message)
+        with pytest.raises(grpc.RpcError) as raised:
+            next(self.call)
+        return raised.value
+
+    def close(self) -> None:
+        self._beats.put(None)
+        assert list(self.call) == []
+        assert self.call.code() == grpc.StatusCode.OK
+
+
+def fast(controller_id: str = "mc-s-1", *, health: int = pb.HEALTHY, current: int = 3) -> pb.FastHeartbeatRequest:
+    return pb.FastHeartbeatRequest(controller_id=controller_id, health=health, capacity=pb.ControllerCapacity(
+        max_meetings=10, current_meetings=current, max_participants=100, current_participants=current * 10))
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def wait_for(condition, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def revocation_lookups_stay_fresh(monkeypatch):
+    # Beats come seconds apart on a slow machine; a stale lookup would (rightly) go to a worker.
+    monkeypatch.setattr(blacklist, "LOOKUP_CACHE_SECONDS", 300.0)
+
+
+def test_beats_are_acknowledged_in_order_by_kind_and_written(mc_stub, auth):
+    make_controller(controller_id="mc-s-1", health=HealthStatus.PENDING)
+    messages_before = sample("darktower_grpc_stream_messages_total", method=METHOD)
+    streams_before = sample("darktower_grpc_requests_total", method=METHOD, code="OK")
+    stream = Stream(mc_stub, auth)
+
+    before = int(time.time())
+    first = stream.send(fast=fast(current=1))
+    # The first beat makes the controller healthy: written, with its transition, before the answer.
+    assert first.WhichOneof("ack") == "fast" and first.fast.acknowledged
+    assert before <= first.fast.timestamp <= int(time.time())
+    assert MeetingController.objects.get(pk="mc-s-1").health_status == HealthStatus.HEALTHY
+    for current in range(2, 7):
+        assert stream.send(fast=fast(current=current)).fast.acknowledged
+    comprehensive = stream.send(comprehensive=pb.ComprehensiveHeartbeatRequest(
+        controller_id="mc-s-1", health=pb.HEALTHY, capacity=fast(current=7).capacity, cpu_usage_percent=41.5,
+        memory_usage_percent=52.0,
+    ))
+    assert comprehensive.WhichOneof("ack") == "comprehensive" and comprehensive.comprehensive.acknowledged
+    stream.close()
+
+    controller_heartbeats.flush()
+    controller = MeetingController.objects.get(pk="mc-s-1")
+    assert (controller.current_meetings, controller.current_participants, controller.cpu_usage_percent) == (
+        7, 70, 41.5,
+    )
+    wait_for(lambda: sample("darktower_grpc_requests_total", method=METHOD, code="OK") == streams_before + 1)
+    assert sample("darktower_grpc_stream_messages_total", method=METHOD) == messages_before + 7
+
+
+def test_a_stream_without_a_usable_token_ends_before_any_beat(mc_stub, grpc_server):
+    missing = Stream(mc_stub, ()).refused()
+    assert (missing.code(), missing.details()) == (grpc.StatusCode.UNAUTHENTICATED, "missing bearer token")
+
+    forged = Stream(mc_stub, bearer(issue()[:-4] + "AAAA")).refused()
+    assert forged.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    media_only = Stream(mc_stub, bearer(issue(scopes=("mh:register",)))).refused()
+    assert (media_only.code(), media_only.details()) == (
+        grpc.StatusCode.PERMISSION_DENIED, "token lacks the mc:register scope",
+    )
+
+
+@pytest.mark.parametrize(
+    ("beat", "code", "details"),
+    [
+        ({}, grpc.StatusCode.INVALID_ARGUMENT, "beat: must be one of fast, comprehensive"),
+        ({"fast": fast("mc-s-2")}, grpc.StatusCode.INVALID_ARGUMENT,
+         "controller_id: every beat on a stream must name the member of its first beat"),
+        ({"fast": pb.FastHeartbeatRequest(controller_id="mc-s-1", capacity=pb.ControllerCapacity(max_meetings=0))},
+         grpc.StatusCode.INVALID_ARGUMENT, None),
+        ({"comprehensive": pb.ComprehensiveHeartbeatRequest(controller_id="mc-s-1", cpu_usage_percent=101)},
+         grpc.StatusCode.INVALID_ARGUMENT, None),
+    ],
+    ids=["no-beat", "other-controller", "zero-maximum", "cpu-over-100"],
+)
+def test_a_refused_beat_ends_the_stream_with_its_unary_status(mc_stub, auth, beat, code, details):
+    make_controller(controller_id="mc-s-1", health=HealthStatus.HEALTHY)
+    make_controller(controller_id="mc-s-2", health=HealthStatus.HEALTHY)
+    stream = Stream(mc_stub, auth)
+    assert stream.send(fast=fast()).fast.acknowledged
+
+    error = stream.refused(pb.HeartbeatStreamRequest(**beat))
+
+    assert error.code() == code
+    if details is not None:
+        assert error.details() == details
+    else:
+        # The same words as the unary call of that kind.
+        kind = next(iter(beat))
+        unary = mc_stub.FastHeartbeat if kind == "fast" else mc_stub.ComprehensiveHeartbeat
+        with pytest.raises(grpc.RpcError) as alone:
+            unary(beat[kind], metadata=auth)
+        assert (alone.value.code(), alone.value.details()) == (code, error.details())
+
+
+def test_a_beat_of_an_unknown_controller_ends_the_stream_not_found(mc_stub, auth):
+    error = Stream(mc_stub, auth).refused(pb.HeartbeatStreamRequest(fast=fast("mc-s-nobody")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_malformed_bytes_on_a_stream_are_invalid_argument(channel, auth):
+    call = channel.stream_stream(METHOD)(iter([b"\xff\xff\xff"]), metadata=auth, timeout=10)
+    with pytest.raises(grpc.RpcError) as raised:
+        list(call)
+    assert (raised.value.code(), raised.value.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "malformed request message",
+    )
+
+
+def test_a_revoked_token_ends_the_stream_at_its_next_beat(mc_stub, service_credential):
+    make_controller(controller_id="mc-s-1", health=HealthStatus.HEALTHY)
+    token = endpoint_token(service_credential)
+    stream = Stream(mc_stub, bearer(token))
+    assert stream.send(fast=fast()).fast.acknowledged
+
+    token_revoke(token_verify(token, audience=settings.JWT_SERVICE_AUDIENCE))
+    blacklist.blacklist_cache_clear()  # as LOOKUP_CACHE_SECONDS passing would
+    error = stream.refused(pb.HeartbeatStreamRequest(fast=fast()))
+
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED, "token revoked")
+
+
+def test_an_expired_token_ends_the_stream_at_its_next_beat(mc_stub, grpc_server, settings):
+    settings.JWT_CLOCK_SKEW_SECONDS = 0
+    make_controller(controller_id="mc-s-1", health=HealthStatus.HEALTHY)
+    stream = Stream(mc_stub, bearer(issue(lifetime_seconds=2)))
+    assert stream.send(fast=fast()).fast.acknowledged
+
+    time.sleep(3.1)
+    error = stream.refused(pb.HeartbeatStreamRequest(fast=fast()))
+
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_beats_on_a_stream_share_the_unary_calls_rate_limit(mc_stub, auth, settings):
+    settings.GRPC_HEARTBEAT_BURST = 3
+    settings.FAST_HEARTBEAT_INTERVAL_MS = settings.COMPREHENSIVE_HEARTBEAT_INTERVAL_MS = 3_600_000
+    beat_buckets.clear()
+    make_controller(controller_id="mc-s-1", health=HealthStatus.HEALTHY)
+    try:
+        assert mc_stub.FastHeartbeat(fast(), metadata=auth).acknowledged
+        stream = Stream(mc_stub, auth)
+        assert stream.send(fast=fast()).fast.acknowledged
+        assert stream.send(fast=fast()).fast.acknowledged
+
+        error = stream.refused(pb.HeartbeatStreamRequest(fast=fast()))
+    finally:
+        beat_buckets.clear()
+
+    assert (error.code(), error.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many heartbeats")
+    assert int(dict(error.trailing_metadata())["retry-after"]) >= 1
+
+
+def test_beats_on_a_stream_are_answered_while_every_worker_is_busy(mc_stub, auth, grpc_server):
+    make_controller(controller_id="mc-s-1", health=HealthStatus.HEALTHY)
+    stream = Stream(mc_stub, auth)
+    assert stream.send(fast=fast()).fast.acknowledged  # the member and the token are known from here on
+
+    with every_worker_busy(grpc_server):
+        for current in range(5):
+            assert stream.send(fast=fast(current=current)).fast.acknowledged
+    stream.close()
+
+
+def test_many_streams_open_at_once_are_all_served(grpc_server, auth):
+    # grpc core cancels calls beyond 1,000 waiting for the event loop unless told otherwise (server.py).
+    count = 1500
+    for index in range(count):
+        make_controller(controller_id=f"mc-many-{index}", health=HealthStatus.HEALTHY)
+
+    async def fleet() -> list[grpc.StatusCode]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_server.port}") as aio_channel:
+            stub = internal_pb2_grpc.GlobalControllerServiceStub(aio_channel)
+            calls = [stub.StreamHeartbeats(metadata=auth, timeout=60) for _ in range(count)]
+            await asyncio.gather(*(call.write(pb.HeartbeatStreamRequest(fast=fast(f"mc-many-{index}")))
+                                   for index, call in enumerate(calls)))
+            answers = await asyncio.gather(*(call.read() for call in calls))
+            assert all(answer.fast.acknowledged for answer in answers)
+            await asyncio.gather(*(call.done_writing() for call in calls))
+            return list(await asyncio.gather(*(call.code() for call in calls)))
+
+    assert asyncio.run(fleet()) == [grpc.StatusCode.OK] * count
