@@ -22,6 +22,7 @@ help:
 	@echo "make lint        ruff"
 	@echo "make proto       regenerate dark_tower/ (Python gRPC code) from proto/"
 	@echo "make bench       the benchmarks (bench/), each on a scratch database; rewrites bench/RESULTS.md"
+	@echo "                 (builds bench/build/stream_client, C++, installing gRPC C++ from Debian if missing)"
 	@echo "make clean-data  delete .data (the embedded databases) once nothing runs on it"
 
 $(PY):
@@ -70,6 +71,26 @@ proto: | $(PY)
 
 # Benchmarks (bench/, issue 7): each creates and drops its own scratch database on the same PostgreSQL server,
 # prints a table and writes bench/results/<name>.json; then bench/RESULTS.md is rendered. Never part of `make test`.
-.PHONY: bench
-bench: $(STAMP)
+.PHONY: bench bench-client-deps
+STREAM_CLIENT := bench/build/stream_client
+bench: $(STAMP) $(STREAM_CLIENT)
 	$(DEVENV) exec -- $(PY) -m bench.run_all
+
+# Bench 1's fleet of heartbeat streams comes from a C++ client (bench/stream_client.cc says why), built against
+# gRPC C++ from Debian's packages: installed here when missing (as root), or named for whoever can install them.
+STREAM_CLIENT_PROTO := bench/build/dark_tower/internal/v1/internal
+$(STREAM_CLIENT): bench/stream_client.cc $(PROTO_FILES)
+	@pkg-config --exists grpc++ protobuf && command -v grpc_cpp_plugin >/dev/null || $(MAKE) --no-print-directory bench-client-deps
+	@mkdir -p bench/build
+	protoc -Iproto --cpp_out=bench/build --grpc_out=bench/build \
+	  --plugin=protoc-gen-grpc="$$(command -v grpc_cpp_plugin)" $(PROTO_FILES)
+	$(CXX) -O2 -std=c++17 -Ibench/build bench/stream_client.cc $(STREAM_CLIENT_PROTO).pb.cc \
+	  $(STREAM_CLIENT_PROTO).grpc.pb.cc -o $@ $$(pkg-config --cflags --libs grpc++ protobuf) -lpthread
+
+BENCH_CLIENT_PACKAGES := g++ pkg-config protobuf-compiler protobuf-compiler-grpc libgrpc++-dev libprotobuf-dev
+bench-client-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q $(BENCH_CLIENT_PACKAGES); \
+	else \
+	  echo "bench/stream_client.cc needs gRPC C++: install $(BENCH_CLIENT_PACKAGES) (Debian names)" >&2; exit 1; \
+	fi

@@ -36,6 +36,7 @@ from django.db.models import Q
 from django.db.models.functions import Now
 
 from audit.models import OutboxEvent
+from darktower.db import server_bound_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def _collect_errors(replies: list[Any], spans: list[tuple[int, int, int]], error
 
 def capacity_rows(controller_ids: Collection[str]) -> dict[str, tuple[str, ...]]:
     """Each existing controller's hash values (CAPACITY_FIELDS order) from its row as it is now: one query."""
-    with connection.cursor() as cursor:
+    with server_bound_cursor() as cursor:
         cursor.execute(_CAPACITY_SQL, [list(controller_ids)])
         return {row[0]: tuple(str(value) for value in row[1:]) for row in cursor.fetchall()}
 

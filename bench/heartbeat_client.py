@@ -5,6 +5,10 @@ the rate is the server's capacity at that concurrency. Open loop (--rate R): cal
 R per second whatever the answers do, and each latency counts from the call's scheduled start (so a server that
 falls behind shows it in p99 instead of hiding it by slowing the client down).
 
+Prints "measuring" when the measured window starts (the bench times the server's CPU over it), then the JSON.
+The beats of a fleet over StreamHeartbeats are bench/stream_client.cc's: this client's own CPU per call is
+already more than the server's.
+
 Controller ids are <prefix>-000000 ... (--count of them), in random order. The bearer token, if any, comes from
 the BENCH_TOKEN environment variable (not the command line, which other users can read). Prints one JSON line.
 """
@@ -112,6 +116,11 @@ async def open_loop(stubs, pool, metadata, recorder: Recorder, *, rate: float, i
     await asyncio.gather(*tasks)
 
 
+def measuring() -> None:
+    """Tell the bench that the measured window starts now (it times the server's CPU over that window)."""
+    print("measuring", flush=True)
+
+
 async def run(args: argparse.Namespace) -> dict:
     token = os.environ.get("BENCH_TOKEN", "")
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -132,6 +141,7 @@ async def run(args: argparse.Namespace) -> dict:
             await asyncio.sleep(max(0.0, warm_until - time.perf_counter()))
             recorder.started = time.perf_counter()
             recorder.recording = True
+            measuring()
 
         marker = asyncio.create_task(mark())
         if args.rate > 0:

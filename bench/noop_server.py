@@ -3,8 +3,9 @@
 Same generated servicer on grpcio's thread-pool server, no Django, no interceptor, no database: the
 ceiling a heartbeat handler on this machine can approach (the faster of the two here, so the ratios use it).
 With --aio, the same on a grpc.aio server (one event loop, no thread pool), the design `manage.py grpcserver`
-uses. Prints `listening on <port>`, serves
-until SIGTERM or SIGINT.
+uses, which also answers StreamHeartbeats: every beat acknowledged at once (the thread-pool server cannot hold a
+fleet's streams: each would take a thread for its lifetime). Prints `listening on <port>`, serves until SIGTERM
+or SIGINT.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from concurrent import futures
 
 import grpc
@@ -36,9 +38,19 @@ class AioNoOp(internal_pb2_grpc.GlobalControllerServiceServicer):
     ) -> pb.FastHeartbeatResponse:
         return pb.FastHeartbeatResponse(acknowledged=True, timestamp=int(time.time()))
 
+    async def StreamHeartbeats(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[pb.HeartbeatStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.HeartbeatStreamResponse]:
+        async for _ in request_iterator:
+            yield pb.HeartbeatStreamResponse(fast=pb.FastHeartbeatResponse(acknowledged=True,
+                                                                           timestamp=int(time.time())))
+
 
 async def serve_aio(bind: str) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # grpcserver's limit on calls waiting for the loop (controllers/grpc/server.py), so that a fleet's streams
+    # opening at once are not cancelled here either.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.server.max_pending_requests", 100_000),
+                                      ("grpc.server.max_pending_requests_hard_limit", 100_000)])
     internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(AioNoOp(), server)
     port = server.add_insecure_port(bind)
     stop = asyncio.Event()

@@ -38,7 +38,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections
 from google.protobuf.message import DecodeError, Message
 
-from accounts.tokens import TokenClaims, token_verify, token_verify_cached
+from accounts.tokens import TokenClaims, token_current_cached, token_verify, token_verify_cached
 from controllers.grpc.ratelimit import limit_for
 from darktower import errors
 
@@ -207,12 +207,13 @@ class _Guard:
         self._in_memory = in_memory
         self._limit = limit_for(method)
 
-    async def serve(self, request: Any, metadata: Metadata) -> Any:
-        """The answer to `request`; Refused with what the client gets instead."""
+    async def serve(self, request: Any, metadata: Metadata, opened: TokenClaims | None = None) -> Any:
+        """The answer to `request`; Refused with what the client gets instead. `opened`: the claims the call's
+        stream was opened with (authenticate), checked for expiry and revocation instead of verified again."""
         claims = None
         if self._in_memory is not None:
             try:
-                claims, answer = self._serve_in_memory(request, metadata)
+                claims, answer = self._serve_in_memory(request, metadata, opened)
             except Exception as exc:  # mapped by refusal; never shown to the client
                 raise refusal(self.method, exc) from None
             if answer is not None:
@@ -221,34 +222,44 @@ class _Guard:
             self._executor, self._serve_in_worker, request, metadata, claims
         )
 
-    async def authenticate(self, metadata: Metadata) -> None:
-        """Refused unless the call's token holds the method's scope (on the loop when the token is cached)."""
+    async def authenticate(self, metadata: Metadata) -> TokenClaims:
+        """The call's claims, holding the method's scope (on the loop when the token is cached); else Refused."""
         try:
             claims = token_verify_cached(_bearer_token(metadata), audience=settings.JWT_SERVICE_AUDIENCE)
             if claims is not None:
                 _require_scope(claims, self.scope)
-                return
+                return claims
         except Exception as exc:  # mapped by refusal; never shown to the client
             raise refusal(self.method, exc) from None
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._authenticate_in_worker, metadata)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._authenticate_in_worker, metadata
+        )
 
-    def _authenticate_in_worker(self, metadata: Metadata) -> None:
+    def _authenticate_in_worker(self, metadata: Metadata) -> TokenClaims:
         try:
-            authenticate(metadata, self.scope)
+            claims = authenticate(metadata, self.scope)
         except Exception as exc:  # mapped by refusal; never shown to the client
             _refuse_in_worker(self.method, exc)
         close_old_connections()
+        return claims
 
-    def _serve_in_memory(self, request: Any, metadata: Metadata) -> tuple[TokenClaims | None, Any]:
+    def _serve_in_memory(self, request: Any, metadata: Metadata,
+                         opened: TokenClaims | None) -> tuple[TokenClaims | None, Any]:
         """(claims, answer): (None, None) when the token needs I/O to verify, (claims, None) when the call
         does. The claims returned have passed the scope and the rate limit already."""
         assert self._in_memory is not None
         if request is MALFORMED:
             return None, None
-        claims = token_verify_cached(_bearer_token(metadata), audience=settings.JWT_SERVICE_AUDIENCE)
-        if claims is None:
-            return None, None
-        _require_scope(claims, self.scope)
+        if opened is not None:
+            # The stream's token held the scope when it opened; only expiry and revocation can change.
+            if not token_current_cached(opened):
+                return None, None
+            claims = opened
+        else:
+            claims = token_verify_cached(_bearer_token(metadata), audience=settings.JWT_SERVICE_AUDIENCE)
+            if claims is None:
+                return None, None
+            _require_scope(claims, self.scope)
         if self._limit is not None:
             self._limit(claims.subject, request)
         return claims, self._in_memory(request)
@@ -307,7 +318,7 @@ def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard],
         metadata = context.invocation_metadata() or ()
         member: str | None = None
         try:
-            await opening.authenticate(metadata)
+            opened = await opening.authenticate(metadata)
             async for message in requests:
                 try:
                     if message is MALFORMED:
@@ -325,7 +336,7 @@ def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard],
                         )
                 except errors.InvalidInput as exc:
                     raise refusal(method, exc) from None
-                yield spec.response(**{kind: await guards[kind].serve(beat, metadata)})
+                yield spec.response(**{kind: await guards[kind].serve(beat, metadata, opened)})
         except Refused as refused:
             await _end(context, refused)
 

@@ -44,6 +44,7 @@ from controllers.services.transitions import (
     changed_cte_sql,
     transitions_record,
 )
+from darktower.db import server_bound_cursor
 from darktower.errors import NotFound
 from meetings.models import LeaveReason
 
@@ -377,9 +378,10 @@ def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[BeatOutcome
     for column, _ in kind.beat_columns:
         params[column] = [beat.values.get(column) for beat in beats]
     reported = {beat.member_id: str(beat.reported) for beat in beats}
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_BEATS_STATEMENTS[kind.table], params)
-        outcomes = {row[0]: BeatOutcome(*row) for row in cursor.fetchall()}
+    with transaction.atomic():
+        with server_bound_cursor() as cursor:
+            cursor.execute(_BEATS_STATEMENTS[kind.table], params)
+            outcomes = {row[0]: BeatOutcome(*row) for row in cursor.fetchall()}
         recovering = [
             RecoveryReport(outcome.member_id, report)
             for outcome in outcomes.values()

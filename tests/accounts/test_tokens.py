@@ -23,7 +23,14 @@ from accounts import blacklist
 from accounts.blacklist import blacklist_cache_clear
 from accounts.models import SigningKey
 from accounts.signing import signing_cache_clear, signing_key_active, signing_key_rotate
-from accounts.tokens import token_cache_clear, token_issue, token_revoke, token_verify, token_verify_cached
+from accounts.tokens import (
+    token_cache_clear,
+    token_current_cached,
+    token_issue,
+    token_revoke,
+    token_verify,
+    token_verify_cached,
+)
 from darktower.errors import Unauthenticated
 from darktower.redis import redis_client
 
@@ -305,3 +312,33 @@ def test_cached_verification_never_accepts_an_expired_token(settings):
 @pytest.mark.parametrize("raw", ["", "x" * 8193])
 def test_cached_verification_defers_empty_and_oversized_tokens(raw):
     assert token_verify_cached(raw, audience=AUD) is None
+
+
+# --- token_current_cached: a heartbeat stream's check of the claims it was opened with, at every beat
+
+
+def test_current_claims_stay_current_until_revoked_or_their_lookup_ages(monkeypatch):
+    token = signed()
+    verified = token_verify(token, audience=AUD)
+    assert token_current_cached(verified)
+
+    monkeypatch.setattr(blacklist, "LOOKUP_CACHE_SECONDS", 0.0)
+    assert not token_current_cached(verified)  # Redis must say whether it was revoked since
+    monkeypatch.undo()
+
+    token_revoke(verified)
+    assert not token_current_cached(verified)
+    blacklist_cache_clear()
+    assert not token_current_cached(verified)
+    refused(token, "revoked")
+
+
+def test_current_claims_expire_with_their_token(settings):
+    settings.JWT_CLOCK_SKEW_SECONDS = 0
+    now = int(time.time())
+    verified = token_verify(signed(claims(iat=now - 10, nbf=now - 10, exp=now + 1)), audience=AUD)
+    assert token_current_cached(verified)
+
+    time.sleep(1.1)
+
+    assert not token_current_cached(verified)

@@ -73,15 +73,24 @@ def test_heartbeat_ingestion_compares_with_the_noop_server(results):
     payload = load(results[0], "heartbeat_ingestion")
 
     runs = payload["data"]["runs"]
-    assert {"noop closed", "noop open", "aio noop closed"} <= set(runs)
+    assert {"noop closed", "noop open", "aio noop closed", "aio noop streams closed", "aio noop streams open"} <= set(
+        runs)
     servers = [label for label in runs if label.startswith("grpcserver")]
     assert len([label for label in servers if label.endswith("closed")]) >= 2
     assert any(label.endswith("open") for label in servers)
     assert any(runs[label]["processes"] == 2 for label in servers)
+    # The fleet over StreamHeartbeats (the C++ client): every beat of every stream answered.
+    streamed = [label for label in servers if label.endswith("streams open")]
+    assert streamed
+    for label in [*streamed, "aio noop streams open"]:
+        assert set(runs[label]["codes"]) == {"OK"}
+        assert runs[label]["streams"] == payload["data"]["controllers"]
     for label, run in runs.items():
         assert run["codes"] == {"OK": run["calls"]}, label
         assert run["ok"] > 0
     for label in servers:
+        if label.endswith("closed streams"):
+            continue  # its --in-flight streams beat for their MCs only
         assert runs[label]["rows_written"] == payload["data"]["controllers"], label
     assert payload["data"]["psycopg_single_row_updates_per_second"] > 0
 

@@ -19,6 +19,7 @@ from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
 from darktower.metrics import REGISTRY
 from tests.factories import make_controller
+from tests.faults.processes import wait_for
 from tests.grpc.conftest import bearer, endpoint_token, issue
 from tests.grpc.test_event_loop_path import every_worker_busy
 
@@ -59,13 +60,6 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def wait_for(condition, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 @pytest.fixture(autouse=True)
 def revocation_lookups_stay_fresh(monkeypatch):
     # Beats come seconds apart on a slow machine; a stale lookup would (rightly) go to a worker.
@@ -98,7 +92,8 @@ def test_beats_are_acknowledged_in_order_by_kind_and_written(mc_stub, auth):
     assert (controller.current_meetings, controller.current_participants, controller.cpu_usage_percent) == (
         7, 70, 41.5,
     )
-    wait_for(lambda: sample("darktower_grpc_requests_total", method=METHOD, code="OK") == streams_before + 1)
+    wait_for(lambda: sample("darktower_grpc_requests_total", method=METHOD, code="OK") == streams_before + 1,
+             timeout=5, what="the stream counted")
     assert sample("darktower_grpc_stream_messages_total", method=METHOD) == messages_before + 7
 
 

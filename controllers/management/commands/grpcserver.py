@@ -12,7 +12,6 @@ and exits 1, for the process manager to restart the set.
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from controllers.grpc.collector import ScheduledCollector
 from controllers.grpc.server import build_server
 
 CHILD_STOP_TIMEOUT_SECONDS = 30.0
@@ -73,11 +73,10 @@ class Command(BaseCommand):
             grpc_server = build_server(bind=options["bind"], workers=workers, reuse_port=options["reuse_port"])
         except OSError as exc:
             raise CommandError(str(exc)) from None
-        # What is loaded by now (Django, the apps, grpc, the contract: ~100,000 objects) lives as long as the
-        # process. Out of the cyclic collector's sight, a full collection no longer walks it: measured under
-        # bench 1, full collections took 50-170 ms every ~15 s, stalling every call on the event loop meanwhile.
-        gc.collect()
-        gc.freeze()
+        # Full collections of a process holding a fleet's heartbeat streams stall its event loop for hundreds of
+        # milliseconds: collections are scheduled instead (controllers.grpc.collector).
+        collector = ScheduledCollector(full_seconds=settings.GRPC_GC_FULL_SECONDS)
+        collector.start()
         grpc_server.start()
         host = options["bind"].rpartition(":")[0]
         self.stdout.write(
@@ -90,6 +89,7 @@ class Command(BaseCommand):
         self.stdout.write(f"stopping: finishing calls in flight (up to {settings.GRPC_SHUTDOWN_GRACE_SECONDS:g} s)")
         self.stdout.flush()
         grpc_server.stop()
+        collector.stop()
         self.stdout.write("gRPC server stopped")
 
     def _supervise(self, processes: int, options: dict[str, Any], stop: threading.Event) -> None:
