@@ -9,7 +9,8 @@ few channels, with at most `max_in_flight` calls outstanding at once.
 The fleet is not uniform: load drifts as a bounded random walk; a `stale_share` of the members goes silent after
 a few beats (the stale sweep should mark them unhealthy); a `draining_share` starts reporting DRAINING. A member
 whose heartbeat answers NOT_FOUND registers again, as the contract asks. An expired or revoked token
-(UNAUTHENTICATED) is fetched again once.
+(UNAUTHENTICATED) is fetched again once. With `streams`, each MC sends its beats over one StreamHeartbeats
+stream, opened again after it ends (a refused beat, a new token).
 
 No token or secret is ever printed: the summary shows call rates, status codes and latencies only.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import math
 import random
@@ -69,6 +71,8 @@ class FleetConfig:
     report_interval: float = 10.0
     id_prefix: str = "sim"
     seed: int | None = None
+    # MCs send their beats over StreamHeartbeats (one stream each) instead of a call per beat.
+    streams: bool = False
     startup_wait: float = 60.0  # how long to wait for the token endpoint and the gRPC server to come up
 
     def __post_init__(self) -> None:
@@ -290,6 +294,42 @@ class Load:
 # --- the fleet ------------------------------------------------------------------------------------------------
 
 
+class StreamedBeats:
+    """An MC's heartbeat stream, used like one unary call per beat: opened at the first beat, and again after it
+    ended (a refused beat ends it) or when the token changed. A beat that fails raises AioRpcError with the
+    stream's status, as its call would."""
+
+    def __init__(self, stub: internal_pb2_grpc.GlobalControllerServiceStub) -> None:
+        self._stub = stub
+        self._call: Any = None
+        self._metadata: Any = None
+
+    async def send(self, kind: str, request: Any, *, metadata: Any, timeout: float) -> Any:
+        if self._call is None or self._call.done() or metadata != self._metadata:
+            if self._call is not None:
+                self._call.cancel()
+            self._call, self._metadata = self._stub.StreamHeartbeats(metadata=metadata), metadata
+        call = self._call
+        try:
+            answer = await asyncio.wait_for(self._exchange(call, kind, request), timeout)
+        except TimeoutError:
+            # A beat written and not answered: the stream's order is lost, so it is dropped.
+            call.cancel()
+            self._call = None
+            raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                       "no answer to the beat in time") from None
+        return getattr(answer, kind)
+
+    @staticmethod
+    async def _exchange(call: Any, kind: str, request: Any) -> Any:
+        await call.write(pb.HeartbeatStreamRequest(**{kind: request}))
+        answer = await call.read()
+        if answer is grpc.aio.EOF:  # the server ended the stream with OK: it should not, but say so as a call would
+            raise grpc.aio.AioRpcError(await call.code(), await call.initial_metadata(),
+                                       await call.trailing_metadata(), await call.details())
+        return answer
+
+
 @dataclass(frozen=True)
 class Member:
     index: int
@@ -447,6 +487,14 @@ class Fleet:
         if answer is None:
             return
         self.state.registered += 1
+        if self.config.streams:
+            stream = StreamedBeats(stub)
+            send_fast: Callable[..., Awaitable[Any]] = functools.partial(stream.send, "fast")
+            send_comprehensive: Callable[..., Awaitable[Any]] = functools.partial(stream.send, "comprehensive")
+            fast_method, comprehensive_method = "StreamHeartbeats/fast", "StreamHeartbeats/comprehensive"
+        else:
+            send_fast, send_comprehensive = stub.FastHeartbeat, stub.ComprehensiveHeartbeat
+            fast_method, comprehensive_method = "FastHeartbeat", "ComprehensiveHeartbeat"
         fast = (answer.fast_heartbeat_interval_ms or 10_000) / 1000
         comprehensive = (answer.comprehensive_heartbeat_interval_ms or 30_000) / 1000
         loop = asyncio.get_running_loop()
@@ -469,13 +517,13 @@ class Fleet:
             )
             if next_comprehensive <= next_fast:
                 next_comprehensive += comprehensive
-                answer = await self._call("ComprehensiveHeartbeat", stub.ComprehensiveHeartbeat,
+                answer = await self._call(comprehensive_method, send_comprehensive,
                                           pb.ComprehensiveHeartbeatRequest(
                                               controller_id=member.member_id, capacity=capacity, health=health,
                                               cpu_usage_percent=load.cpu, memory_usage_percent=load.memory))
             else:
                 next_fast += fast
-                answer = await self._call("FastHeartbeat", stub.FastHeartbeat, pb.FastHeartbeatRequest(
+                answer = await self._call(fast_method, send_fast, pb.FastHeartbeatRequest(
                     controller_id=member.member_id, capacity=capacity, health=health))
             beats += 1
             if answer == grpc.StatusCode.NOT_FOUND:

@@ -289,7 +289,8 @@ def process_table(*, root: Path, env: Mapping[str, str], python: str, grpc_bind:
     if (root / "darktower/celery.py").exists() and any(root.glob("*/tasks.py")):
         table.append(ProcessSpec("celery", (python, "-m", "celery", *celery.split())))
     if env.get("SIMULATE") and (commands / "simulate_fleet.py").exists():
-        table.append(ProcessSpec("simulate", (python, "manage.py", "simulate_fleet", "--controllers", env["SIMULATE"])))
+        table.append(ProcessSpec("simulate", (python, "manage.py", "simulate_fleet", "--controllers", env["SIMULATE"],
+                                             "--streams")))
     return table
 
 

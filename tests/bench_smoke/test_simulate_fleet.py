@@ -68,6 +68,47 @@ def test_fleet_registers_beats_goes_silent_and_drains(grpc_server, live_server, 
     assert all(text not in "\n".join(lines) for text in (credential.client_secret, "Bearer"))
 
 
+def test_a_fleet_on_heartbeat_streams_beats_and_drains(grpc_server, live_server, credential):
+    fleet = Fleet(config(grpc_server, live_server.url, credential, handlers=0, streams=True),
+                  write=lambda line: None)
+
+    summary = asyncio.run(fleet.run())
+
+    assert summary.total.errors == {}
+    assert summary.state.registered == 12
+    methods = summary.total.by_method
+    assert methods["StreamHeartbeats/fast"] > 12 and methods["StreamHeartbeats/comprehensive"] >= 9
+    assert "FastHeartbeat" not in methods and "ComprehensiveHeartbeat" not in methods
+    for recorder in RECORDERS:
+        recorder.flush()
+    controllers = MeetingController.objects.filter(controller_id__startswith="sim-mc-")
+    assert controllers.filter(health_status=HealthStatus.DRAINING).count() == 3
+    assert controllers.filter(health_status=HealthStatus.HEALTHY).count() == 9
+
+
+def test_a_deleted_controller_on_a_stream_registers_again(grpc_server, live_server, credential):
+    async def run() -> Fleet:
+        fleet = Fleet(config(grpc_server, live_server.url, credential, controllers=1, handlers=0, duration=None,
+                             stale_share=0.0, draining_share=0.0, streams=True), write=lambda line: None)
+        task = asyncio.create_task(fleet.run())
+        while fleet.state.registered < 1 or fleet.stats.methods["StreamHeartbeats/fast"] < 1:
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(lambda: MeetingController.objects.all().delete())
+        for recorder in RECORDERS:
+            recorder.clear()  # what a restarted GC process would know
+        while fleet.state.reregistered < 1 or fleet.stats.methods["StreamHeartbeats/fast"] < 3:
+            await asyncio.sleep(0.05)
+        fleet.stop()
+        await task
+        return fleet
+
+    fleet = asyncio.run(asyncio.wait_for(run(), timeout=20))
+
+    assert fleet.stats.codes["NOT_FOUND"] >= 1  # the beat refused ended the stream; the next one opened another
+    assert fleet.stats.methods["RegisterMC"] == 2
+    assert MeetingController.objects.get().health_status == HealthStatus.HEALTHY
+
+
 def test_a_deleted_controller_registers_again(grpc_server, live_server, credential):
     async def run() -> Fleet:
         fleet = Fleet(config(grpc_server, live_server.url, credential, controllers=1, handlers=0, duration=None,

@@ -230,3 +230,16 @@ def test_many_streams_open_at_once_are_all_served(grpc_server, auth):
             return list(await asyncio.gather(*(call.code() for call in calls)))
 
     assert asyncio.run(fleet()) == [grpc.StatusCode.OK] * count
+
+
+def test_stopping_the_server_ends_open_streams_after_its_grace(mc_stub, auth, grpc_server):
+    make_controller(controller_id="mc-s-1", health=HealthStatus.HEALTHY)
+    stream = Stream(mc_stub, auth)
+    assert stream.send(fast=fast()).fast.acknowledged
+
+    started = time.monotonic()
+    grpc_server.stop(grace=0.5)
+
+    assert time.monotonic() - started < 10
+    error = stream.refused()
+    assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)

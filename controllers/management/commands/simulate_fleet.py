@@ -1,5 +1,5 @@
 """`manage.py simulate_fleet --controllers N [--handlers M] [--regions a,b] [--duration S] [--stale-share 0.05]
-[--target HOST:PORT] [--api URL]`: a simulated fleet over real gRPC (controllers.simulator).
+[--target HOST:PORT] [--api URL] [--streams]`: a simulated fleet over real gRPC (controllers.simulator).
 
 Credentials: --client-id / --client-secret, else SIMULATE_CLIENT_ID / SIMULATE_CLIENT_SECRET; with neither and
 DEBUG on (`SIMULATE=N make run`), a throwaway credential is created for the run and revoked when it ends. The
@@ -46,6 +46,8 @@ class Command(BaseCommand):
         parser.add_argument("--report-interval", type=float, default=10.0, help="seconds between summaries")
         parser.add_argument("--id-prefix", default="sim", help="member ids are <prefix>-mc-<region>-<n>")
         parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable fleet")
+        parser.add_argument("--streams", action="store_true",
+                            help="MCs beat over StreamHeartbeats, one stream each, instead of a call per beat")
 
     def handle(self, *args: Any, **options: Any) -> None:
         client_id, client_secret = options["client_id"], options["client_secret"]
@@ -65,7 +67,7 @@ class Command(BaseCommand):
                 duration=options["duration"], stale_share=options["stale_share"],
                 draining_share=options["draining_share"], max_in_flight=options["max_in_flight"],
                 channels=options["channels"], report_interval=options["report_interval"],
-                id_prefix=options["id_prefix"], seed=options["seed"],
+                id_prefix=options["id_prefix"], seed=options["seed"], streams=options["streams"],
             )
             summary = asyncio.run(self._run(Fleet(config, write=self._write)))
         except SimulatorError as exc:
