@@ -90,7 +90,7 @@ $(STREAM_CLIENT): bench/stream_client.cc $(PROTO_FILES)
 BENCH_CLIENT_PACKAGES := g++ pkg-config protobuf-compiler protobuf-compiler-grpc libgrpc++-dev libprotobuf-dev
 bench-client-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  apt-get install -y -q $(BENCH_CLIENT_PACKAGES); \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q $(BENCH_CLIENT_PACKAGES); \
 	else \
 	  echo "bench/stream_client.cc needs gRPC C++: install $(BENCH_CLIENT_PACKAGES) (Debian names)" >&2; exit 1; \
 	fi
