@@ -142,22 +142,12 @@ class BeatStream {
         if (!ok) return Finish();
         started_ = true;
         call_->Read(&response_, Tag(kRead));
-        if (queued_writes_ > 0) {
-          --queued_writes_;
-          Write();
-        } else if (closing_) {
-          HalfClose();
-        }
+        WriteNext();
         return false;
       case kWritten:
         writing_ = false;
         if (!ok) return false;  // the stream is gone: the outstanding read fails too, and finishes it
-        if (queued_writes_ > 0) {
-          --queued_writes_;
-          Write();
-        } else if (closing_) {
-          HalfClose();
-        }
+        WriteNext();
         return false;
       case kRead: {
         if (!ok) return Finish();
@@ -185,6 +175,15 @@ class BeatStream {
   size_t unanswered() const { return finished_ ? 0 : unanswered_.size(); }
 
  private:
+  // The stream may write again: the next waiting beat, or the end of its writes once closing.
+  void WriteNext() {
+    if (queued_writes_ > 0) {
+      --queued_writes_;
+      Write();
+    } else if (closing_) {
+      HalfClose();
+    }
+  }
   void Write() {
     writing_ = true;
     call_->Write(request_, Tag(kWritten));
