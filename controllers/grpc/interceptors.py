@@ -307,8 +307,23 @@ def _guarded_unary(guard: _Guard, handler: grpc.RpcMethodHandler) -> grpc.RpcMet
     )
 
 
-def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard],
-                    handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+class OpenStream:
+    """A stream being served: whether it is waiting for its client's next beat, and whether the server is
+    stopping (then it ends after the beat it is serving, if any)."""
+
+    __slots__ = ("closing", "task", "waiting")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.waiting = False
+        self.closing = False
+
+
+SHUTTING_DOWN = "server shutting down; open a new stream"
+
+
+def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard], handler: grpc.RpcMethodHandler,
+                    open_streams: set[OpenStream]) -> grpc.RpcMethodHandler:
     """A stream of beats, each served by its unary method's guard, answered in order. The stream is
     authenticated when it opens; a refused beat ends it with the status its unary call would get."""
     opening = next(iter(guards.values()))
@@ -317,9 +332,22 @@ def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard],
     async def stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         metadata = context.invocation_metadata() or ()
         member: str | None = None
+        state = OpenStream(asyncio.current_task())  # type: ignore[arg-type]
+        open_streams.add(state)
         try:
             opened = await opening.authenticate(metadata)
-            async for message in requests:
+            beats = aiter(requests)
+            while not state.closing:
+                state.waiting = True
+                try:
+                    message = await anext(beats)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if not state.closing:
+                        raise
+                    break  # end_streams: the server is stopping
+                state.waiting = False
                 try:
                     if message is MALFORMED:
                         raise errors.InvalidInput("malformed request message")
@@ -337,8 +365,11 @@ def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard],
                 except errors.InvalidInput as exc:
                     raise refusal(method, exc) from None
                 yield spec.response(**{kind: await guards[kind].serve(beat, metadata, opened)})
+            raise Refused(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         except Refused as refused:
             await _end(context, refused)
+        finally:
+            open_streams.discard(state)
 
     return grpc.stream_stream_rpc_method_handler(
         stream, request_deserializer=_tolerant(handler.request_deserializer),
@@ -361,6 +392,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self._in_memory = dict(in_memory or {})
         self._streams = dict(streams or {})
         self._guarded: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._open_streams: set[OpenStream] = set()
 
     def _guard(self, method: str, behaviour: Behaviour) -> _Guard:
         return _Guard(method, behaviour, self._executor, self._in_memory.get(method))
@@ -380,7 +412,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         elif method in self._streams and handler.stream_stream is not None:
             spec = self._streams[method]
             guards = {kind: self._guard(path, behaviour) for kind, (path, behaviour) in spec.beats.items()}
-            guarded = _guarded_stream(method, spec, guards, handler)
+            guarded = _guarded_stream(method, spec, guards, handler, self._open_streams)
         elif handler.unary_unary is None:
             # Fail closed: a streaming method added later answers UNIMPLEMENTED until it is guarded here too.
             guarded = None
@@ -388,3 +420,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             guarded = _guarded_unary(self._guard(method, handler.unary_unary), handler)
         self._guarded[method] = guarded
         return guarded
+
+    def end_streams(self) -> int:
+        """A stopping server's open streams end with UNAVAILABLE: at once when waiting for a beat, else right
+        after answering the beat in hand; their clients reconnect, to another server. Call on the event loop,
+        after the server stopped taking new calls. Returns how many were open."""
+        for state in list(self._open_streams):
+            state.closing = True
+            if state.waiting:
+                state.task.cancel()
+        return len(self._open_streams)

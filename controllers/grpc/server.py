@@ -145,9 +145,10 @@ class GrpcServer:
             ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
             ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         ]
+        self.service_interceptor = ServiceInterceptor(self.executor, IN_MEMORY_METHODS, BEAT_STREAMS)
         server = grpc.aio.server(
             # Metrics first, so that they see the status code the service interceptor aborted with.
-            interceptors=[MetricsInterceptor(), ServiceInterceptor(self.executor, IN_MEMORY_METHODS, BEAT_STREAMS)],
+            interceptors=[MetricsInterceptor(), self.service_interceptor],
             options=options,
         )
         internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(
@@ -181,13 +182,23 @@ class GrpcServer:
         self._stopped = True
         grace = settings.GRPC_SHUTDOWN_GRACE_SECONDS if grace is None else grace
         self.health.enter_graceful_shutdown()
-        self._call(self.server.stop(grace))
+        self._call(self._stop_serving(grace))
         self.watch.stop()
         self._close_loop()
         for recorder in RECORDERS:
             written = recorder.stop()
             if written:
                 logger.info("wrote %d pending %s beats at shutdown", written, recorder.kind.target_type)
+
+    async def _stop_serving(self, grace: float) -> None:
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        await asyncio.sleep(0)  # new calls are refused from here on
+        # Heartbeat streams would last the whole grace, then be cancelled: they end now, so that their MCs
+        # reconnect to another server at once.
+        ended = self.service_interceptor.end_streams()
+        if ended:
+            logger.info("ending %d heartbeat streams", ended)
+        await stopping
 
     def _close_loop(self) -> None:
         self.executor.shutdown(wait=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import threading
 import time
 
 import grpc
@@ -232,14 +233,32 @@ def test_many_streams_open_at_once_are_all_served(grpc_server, auth):
     assert asyncio.run(fleet()) == [grpc.StatusCode.OK] * count
 
 
-def test_stopping_the_server_ends_open_streams_after_its_grace(mc_stub, auth, grpc_server):
+def test_a_stopping_server_ends_open_streams_at_once_with_unavailable(mc_stub, auth, grpc_server):
     make_controller(controller_id="mc-s-1", health=HealthStatus.HEALTHY)
-    stream = Stream(mc_stub, auth)
-    assert stream.send(fast=fast()).fast.acknowledged
+    make_controller(controller_id="mc-s-2", health=HealthStatus.HEALTHY)
+    waiting = Stream(mc_stub, auth)
+    assert waiting.send(fast=fast()).fast.acknowledged
+    # A stream whose beat is being served when the server stops: answered first, then ended.
+    busy = Stream(mc_stub, auth)
+    assert busy.send(fast=fast("mc-s-2")).fast.acknowledged
+    with every_worker_busy(grpc_server) as release:
+        busy._beats.put(pb.HeartbeatStreamRequest(fast=fast("mc-s-2", health=pb.DEGRADED)))  # needs a worker
+        time.sleep(0.3)
+        started = time.monotonic()
+        stopping = threading.Thread(target=grpc_server.stop, kwargs={"grace": 30})
+        stopping.start()
 
-    started = time.monotonic()
-    grpc_server.stop(grace=0.5)
+        error = waiting.refused()
+        assert (error.code(), error.details()) == (
+            grpc.StatusCode.UNAVAILABLE, "server shutting down; open a new stream",
+        )
+        assert time.monotonic() - started < 5  # not the 30 s grace
+        release.set()
+        answer = next(busy.call)
+    stopping.join(30)
 
-    assert time.monotonic() - started < 10
-    error = stream.refused()
-    assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    assert answer.fast.acknowledged
+    assert MeetingController.objects.get(pk="mc-s-2").health_status == HealthStatus.DEGRADED
+    error = busy.refused()
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert not stopping.is_alive() and time.monotonic() - started < 10
