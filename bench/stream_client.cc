@@ -22,10 +22,8 @@
 #include <deque>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "dark_tower/internal/v1/internal.grpc.pb.h"
@@ -61,16 +59,13 @@ Clock::duration Span(double seconds) {
 class Recorder {
  public:
   void Start() {
-    std::lock_guard<std::mutex> lock(mutex_);
     started_ = Clock::now();
     recording_ = true;
   }
   void Stop() {
-    std::lock_guard<std::mutex> lock(mutex_);
     recording_ = false;
   }
   void Add(const std::string& code, double seconds, Clock::time_point scheduled) {
-    std::lock_guard<std::mutex> lock(mutex_);
     if (!recording_) return;
     ++codes_[code];
     latencies_.push_back(seconds);
@@ -89,7 +84,6 @@ class Recorder {
   const std::vector<double>& latencies() const { return latencies_; }
 
  private:
-  std::mutex mutex_;
   bool recording_ = false;
   Clock::time_point started_;
   std::map<std::string, long> codes_;

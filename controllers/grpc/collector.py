@@ -39,7 +39,6 @@ class ScheduledCollector:
     def start(self) -> None:
         gc.collect()
         gc.freeze()
-        self._thresholds = gc.get_threshold()
         gc.set_threshold(self._thresholds[0], self._thresholds[1], NEVER)
         if self.full_seconds > 0:
             self._thread.start()

@@ -225,15 +225,21 @@ class _Guard:
     async def authenticate(self, metadata: Metadata) -> TokenClaims:
         """The call's claims, holding the method's scope (on the loop when the token is cached); else Refused."""
         try:
-            claims = token_verify_cached(_bearer_token(metadata), audience=settings.JWT_SERVICE_AUDIENCE)
-            if claims is not None:
-                _require_scope(claims, self.scope)
-                return claims
+            claims = self._cached_claims(metadata)
         except Exception as exc:  # mapped by refusal; never shown to the client
             raise refusal(self.method, exc) from None
+        if claims is not None:
+            return claims
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, self._authenticate_in_worker, metadata
         )
+
+    def _cached_claims(self, metadata: Metadata) -> TokenClaims | None:
+        """The call's claims holding the method's scope when that needs no I/O; None when it does."""
+        claims = token_verify_cached(_bearer_token(metadata), audience=settings.JWT_SERVICE_AUDIENCE)
+        if claims is not None:
+            _require_scope(claims, self.scope)
+        return claims
 
     def _authenticate_in_worker(self, metadata: Metadata) -> TokenClaims:
         try:
@@ -256,10 +262,9 @@ class _Guard:
                 return None, None
             claims = opened
         else:
-            claims = token_verify_cached(_bearer_token(metadata), audience=settings.JWT_SERVICE_AUDIENCE)
+            claims = self._cached_claims(metadata)
             if claims is None:
                 return None, None
-            _require_scope(claims, self.scope)
         if self._limit is not None:
             self._limit(claims.subject, request)
         return claims, self._in_memory(request)

@@ -24,8 +24,8 @@ from grpc_reflection.v1alpha import reflection
 from controllers.grpc.interceptors import GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDLER_REGISTRY_SERVICE, ServiceInterceptor
 from controllers.grpc.services import (
     BEAT_STREAMS,
+    CONTROLLER_SERVICER,
     IN_MEMORY_METHODS,
-    GlobalControllerService,
     MediaHandlerRegistryService,
 )
 from controllers.heartbeats import RECORDERS
@@ -152,7 +152,7 @@ class GrpcServer:
             options=options,
         )
         internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(
-            GlobalControllerService.as_servicer(), server
+            CONTROLLER_SERVICER, server
         )
         internal_pb2_grpc.add_MediaHandlerRegistryServiceServicer_to_server(
             MediaHandlerRegistryService.as_servicer(), server

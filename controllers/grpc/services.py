@@ -204,16 +204,17 @@ IN_MEMORY_METHODS: dict[str, Callable[[Any], Message | None]] = {
 }
 
 
-_controller_servicer = GlobalControllerService.as_servicer()
+# The servicer the server registers (controllers.grpc.server); the stream's beats are served by its methods.
+CONTROLLER_SERVICER = GlobalControllerService.as_servicer()
 # StreamHeartbeats: an MC's beats on one stream, each served as the unary call of its kind would be (the same
 # servicer method, rate limit and in-memory path above).
 BEAT_STREAMS: dict[str, BeatStream] = {
     f"/{GLOBAL_CONTROLLER_SERVICE}/StreamHeartbeats": BeatStream(
         oneof="beat",
         beats={
-            "fast": (f"/{GLOBAL_CONTROLLER_SERVICE}/FastHeartbeat", _controller_servicer.FastHeartbeat),
+            "fast": (f"/{GLOBAL_CONTROLLER_SERVICE}/FastHeartbeat", CONTROLLER_SERVICER.FastHeartbeat),
             "comprehensive": (
-                f"/{GLOBAL_CONTROLLER_SERVICE}/ComprehensiveHeartbeat", _controller_servicer.ComprehensiveHeartbeat
+                f"/{GLOBAL_CONTROLLER_SERVICE}/ComprehensiveHeartbeat", CONTROLLER_SERVICER.ComprehensiveHeartbeat
             ),
         },
         member_field="controller_id",

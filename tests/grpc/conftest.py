@@ -9,6 +9,8 @@ Tokens that the endpoint would never issue (forged, expired, other audiences) co
 from __future__ import annotations
 
 import base64
+import contextlib
+import threading
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlencode
@@ -19,11 +21,14 @@ from django.conf import settings
 from django.db import connections
 from django.test import Client
 
+from accounts import blacklist
 from accounts.services.service_tokens import CreatedServiceCredential, service_credential_create
 from accounts.tokens import token_issue
 from controllers.grpc.server import GrpcServer, build_server
 from controllers.heartbeats import RECORDERS
 from dark_tower.internal.v1 import internal_pb2_grpc
+
+WORKERS = 4  # the grpc_server fixture's worker threads
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +46,7 @@ def grpc_server(transactional_db) -> Iterator[GrpcServer]:
     db_settings["CONN_MAX_AGE"] = 0
     for recorder in RECORDERS:
         recorder.clear()
-    server = build_server(bind="127.0.0.1:0", workers=4)
+    server = build_server(bind="127.0.0.1:0", workers=WORKERS)
     server.start()
     yield server
     server.stop(grace=2)
@@ -103,3 +108,30 @@ def service_credential(grpc_server) -> CreatedServiceCredential:
 def auth(service_credential) -> tuple[tuple[str, str]]:
     """Metadata with a token from the token endpoint holding both registration scopes."""
     return bearer(endpoint_token(service_credential))
+
+
+@pytest.fixture
+def fresh_revocation_lookups(monkeypatch):
+    """Revocation lookups that stay fresh for the test: its calls come seconds apart on a slow machine, and a
+    stale lookup would (rightly) send a heartbeat to a worker thread instead of answering it on the loop."""
+    monkeypatch.setattr(blacklist, "LOOKUP_CACHE_SECONDS", 300.0)
+
+
+@contextlib.contextmanager
+def every_worker_busy(server: GrpcServer) -> Iterator[threading.Event]:
+    """Every worker thread of `server` blocked until the yielded event is set (at the latest when this ends)."""
+    release = threading.Event()
+    started = threading.Barrier(WORKERS + 1)
+
+    def block() -> None:
+        started.wait()
+        release.wait(30)
+
+    blocked = [server.executor.submit(block) for _ in range(WORKERS)]
+    started.wait(10)
+    try:
+        yield release
+    finally:
+        release.set()
+        for future in blocked:
+            future.result(10)

@@ -7,47 +7,15 @@ that changes state is committed by a worker before its answer, whatever the loop
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
-
 import grpc
 import pytest
 
-from accounts import blacklist
-from controllers.grpc.server import GrpcServer
 from controllers.heartbeats import controller_heartbeats
 from controllers.models import HealthStatus, HealthTransition, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
-from tests.grpc.conftest import bearer, endpoint_token
+from tests.grpc.conftest import bearer, endpoint_token, every_worker_busy
 
-WORKERS = 4  # the grpc_server fixture's
-
-
-@pytest.fixture(autouse=True)
-def revocation_lookups_stay_fresh(monkeypatch):
-    # The test's calls come seconds apart on a slow machine; a stale lookup would (rightly) go to a worker.
-    monkeypatch.setattr(blacklist, "LOOKUP_CACHE_SECONDS", 300.0)
-
-
-@contextlib.contextmanager
-def every_worker_busy(server: GrpcServer) -> Iterator[threading.Event]:
-    """Every worker thread of `server` blocked until the yielded event is set (at the latest when this ends)."""
-    release = threading.Event()
-    started = threading.Barrier(WORKERS + 1)
-
-    def block() -> None:
-        started.wait()
-        release.wait(30)
-
-    blocked = [server.executor.submit(block) for _ in range(WORKERS)]
-    started.wait(10)
-    try:
-        yield release
-    finally:
-        release.set()
-        for future in blocked:
-            future.result(10)
+pytestmark = pytest.mark.usefixtures("fresh_revocation_lookups")
 
 
 def register_request(controller_id: str) -> pb.RegisterMCRequest:

@@ -21,8 +21,9 @@ from dark_tower.internal.v1 import internal_pb2_grpc
 from darktower.metrics import REGISTRY
 from tests.factories import make_controller
 from tests.faults.processes import wait_for
-from tests.grpc.conftest import bearer, endpoint_token, issue
-from tests.grpc.test_event_loop_path import every_worker_busy
+from tests.grpc.conftest import bearer, endpoint_token, every_worker_busy, issue
+
+pytestmark = pytest.mark.usefixtures("fresh_revocation_lookups")
 
 METHOD = "/dark_tower.internal.v1.GlobalControllerService/StreamHeartbeats"
 
@@ -59,12 +60,6 @@ def fast(controller_id: str = "mc-s-1", *, health: int = pb.HEALTHY, current: in
 
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-@pytest.fixture(autouse=True)
-def revocation_lookups_stay_fresh(monkeypatch):
-    # Beats come seconds apart on a slow machine; a stale lookup would (rightly) go to a worker.
-    monkeypatch.setattr(blacklist, "LOOKUP_CACHE_SECONDS", 300.0)
 
 
 def test_beats_are_acknowledged_in_order_by_kind_and_written(mc_stub, auth):
