@@ -337,7 +337,10 @@ def _beats_statement(kind: MemberKind) -> str:
         )
     ctes = changed_cte_sql(
         kind.component,
-        where=f"t.{kind.pk} = b.id",
+        # The ANY repeats the join on purpose: given only `= b.id`, the planner hashes the whole table for the
+        # snapshot and again for the UPDATE (two sequential scans per flush, ~12 ms each at 20,000 MCs); the
+        # ANY lets it probe the primary key for the batch's rows, and the UPDATE then follows by key too.
+        where=f"t.{kind.pk} = b.id AND t.{kind.pk} = ANY(%(ids)s::text[])",
         snapshot_from=f", unnest(%(ids)s::text[], %(reported)s::text[], %(ages)s::double precision[], {arrays}) "
         f"AS b(id, reported, age, {names})",
         snapshot_columns=", b.reported, b.age" + "".join(f", b.{column}" for column in columns),
