@@ -21,6 +21,7 @@ audit row in the same transaction. A beat that changes no state writes no audit 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -307,8 +308,7 @@ def _beats_statement(kind: MemberKind) -> str:
     and two flushes cannot deadlock; the stale sweep skips locked rows. Rows that no longer exist are absent.
     """
     columns = [column for column, _ in kind.beat_columns]
-    arrays = ", ".join(f"%({column})s::{pg_type}[]" for column, pg_type in kind.beat_columns)
-    names = ", ".join(columns)
+    record = ", ".join(f"{column} {pg_type}" for column, pg_type in kind.beat_columns)
     extra_set = "".join(f", {column} = coalesce(s.{column}, t.{column})" for column in columns)
     extra_set += ", last_heartbeat_at = now()"
     # The hold-down needs consecutive good beats: an UNHEALTHY report restarts the count, and for a member that
@@ -340,9 +340,13 @@ def _beats_statement(kind: MemberKind) -> str:
         # The ANY repeats the join on purpose: given only `= b.id`, the planner hashes the whole table for the
         # snapshot and again for the UPDATE (two sequential scans per flush, ~12 ms each at 20,000 MCs); the
         # ANY lets it probe the primary key for the batch's rows, and the UPDATE then follows by key too.
-        where=f"t.{kind.pk} = b.id AND t.{kind.pk} = ANY(%(ids)s::text[])",
-        snapshot_from=f", unnest(%(ids)s::text[], %(reported)s::text[], %(ages)s::double precision[], {arrays}) "
-        f"AS b(id, reported, age, {names})",
+        where=f"t.{kind.pk} = b.id "
+        f"AND t.{kind.pk} = ANY(ARRAY(SELECT jsonb_array_elements(%(beats)s::jsonb) ->> 'id'))",
+        # The batch is one JSON document (json.dumps is C): psycopg dumps a Python list for an array parameter
+        # element by element in Python, 2.3x the CPU for a flush of 500 beats (7.6 ms against 3.2), all of it
+        # holding the GIL that the event loop serving beats in the same process waits for.
+        snapshot_from=f", jsonb_to_recordset(%(beats)s::jsonb) AS b(id text, reported text, age double precision, "
+        f"{record})",
         snapshot_columns=", b.reported, b.age" + "".join(f", b.{column}" for column in columns),
         set_status=_health_after_sql("s.from_status", "s.reported"),
         extra_set=extra_set,
@@ -369,17 +373,17 @@ def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[BeatOutcome
     beats = sorted(beats, key=lambda beat: beat.member_id)
     received = time.monotonic()
     params: dict[str, Any] = {
-        "ids": [beat.member_id for beat in beats],
-        "reported": [str(beat.reported) for beat in beats],
-        # Seconds since each beat was received, on this process's clock; the statement subtracts them from now().
-        "ages": [max(0.0, received - beat.received_at) for beat in beats],
+        # A beat's values hold its kind's beat columns (one left out is NULL: unchanged). age: seconds since the
+        # beat was received, on this process's clock; the statement subtracts it from now().
+        "beats": json.dumps([
+            dict(beat.values, id=beat.member_id, reported=str(beat.reported), age=max(0.0, received - beat.received_at))
+            for beat in beats
+        ]),
         "component_type": kind.component.type,
         "actor_type": ActorType.SERVICE.value,
         "actor_user_id": None,
         "drain_deadline": settings.DRAIN_DEFAULT_DEADLINE_SECONDS,
     }
-    for column, _ in kind.beat_columns:
-        params[column] = [beat.values.get(column) for beat in beats]
     reported = {beat.member_id: str(beat.reported) for beat in beats}
     with transaction.atomic():
         with server_bound_cursor() as cursor:
