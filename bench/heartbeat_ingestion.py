@@ -14,7 +14,7 @@ connections). Rows:
 - `grpcserver --processes 2`: two servers sharing the port (SO_REUSEPORT), one per core, as README's production
   section runs it;
 - raw psycopg: single-row UPDATE per statement (autocommit, synchronous commit) and the set-based
-  UPDATE ... FROM unnest() of 1,000 rows that the heartbeat flush uses, on one connection.
+  UPDATE ... FROM unnest() of 1,000 rows (the shape of the heartbeat flush), on one connection.
 
 Server CPU per call is the server processes' CPU time during the measured window divided by the calls answered.
 After each grpcserver run the bench counts the rows whose last_heartbeat_at moved during the run: the flush wrote.
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         + f"; the bare no-op server {runs['noop lower']['p99_ms']:,.1f} ms.",
         f"grpcserver (production layout) vs raw single-row UPDATEs on one connection: "
         f"{production['rate'] / single:.1f}x; heartbeats are coalesced in memory and flushed with one "
-        "UPDATE ... FROM unnest() per interval, so the database is not what limits them.",
+        "set-based UPDATE per interval, so the database is not what limits their rate.",
         "Rows written: in every grpcserver run, " + ", ".join(
             f"{run['rows_written']:,}" for run in [*gc_closed.values(), *gc_open.values(), *gc_lower.values(),
                                                    *gc_streams_open.values()])

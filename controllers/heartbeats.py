@@ -1,10 +1,10 @@
 """The heartbeat hot path: coalesce beats in memory, write them in one set-based statement per interval.
 
 A region of 20,000 MCs sends about 2,700 heartbeats a second. One UPDATE per heartbeat is bound by Python and
-commit costs (measured on this 2-core machine: ~1,600-1,950 calls/s); one `UPDATE ... FROM unnest(...)` for every
-member that beat during the last HEARTBEAT_FLUSH_INTERVAL_MS costs about as much as a single row. So a beat
-that changes nothing but counters and liveness is kept in memory (the latest values per member; a fast
-heartbeat does not erase the CPU and memory of a comprehensive one still waiting) and acknowledged at once;
+commit costs (measured on this 2-core machine: ~1,600-1,950 calls/s); one set-based UPDATE (the batch as one JSON
+document) for every member that beat during the last HEARTBEAT_FLUSH_INTERVAL_MS costs about as much as a single
+row. So a beat that changes nothing but counters and liveness is kept in memory (the latest values per member;
+a fast heartbeat does not erase the CPU and memory of a comprehensive one still waiting) and acknowledged at once;
 a flush thread writes the batch (controllers.services.registration.beats_record, `last_heartbeat_at` = the
 database's now()).
 
