@@ -310,7 +310,8 @@ def _beats_statement(kind: MemberKind) -> str:
     columns = [column for column, _ in kind.beat_columns]
     record = ", ".join(f"{column} {pg_type}" for column, pg_type in kind.beat_columns)
     extra_set = "".join(f", {column} = coalesce(s.{column}, t.{column})" for column in columns)
-    extra_set += ", last_heartbeat_at = now()"
+    # updated_at set here skips the row trigger's function (accounts.models.updated_at_trigger, unless_set).
+    extra_set += ", last_heartbeat_at = now(), updated_at = now()"
     # The hold-down needs consecutive good beats: an UNHEALTHY report restarts the count, and for a member that
     # is unhealthy already also its hold-down (a state change does both through the bookkeeping trigger).
     extra_set += (

@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import ApiKey, OAuthProvider, ServiceCredential
+from controllers.services.registration import CONTROLLERS, HANDLERS, Beat, beats_record
 from meetings.models import Recording
 from tests.factories import make_controller, make_handler, make_meeting, make_user
 from tests.foundation.sqlutil import sql, sql_value
@@ -86,3 +87,18 @@ def test_every_table_with_updated_at_has_the_trigger():
 
     assert set(TRIGGERED) <= with_trigger
     assert with_column == with_trigger
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("table", "kind"), [("meeting_controllers", CONTROLLERS), ("media_handlers", HANDLERS)])
+def test_the_members_trigger_runs_its_function_only_when_updated_at_is_not_now_already(table, kind):
+    # The heartbeat flush stamps updated_at itself; the WHEN spares PostgreSQL a PL/pgSQL call per row.
+    definition = sql_value("SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = %s::regclass "
+                           "AND tgname LIKE 'pgtrigger_%%_touch_updated_at_%%'", [table])
+    assert "WHEN ((new.updated_at IS DISTINCT FROM now()))" in definition
+    pk_column, _ = TRIGGERED[table]
+    pk = _row_with_old_updated_at(table)
+
+    beats_record(kind=kind, beats=[Beat(pk, "healthy", {})])
+
+    assert sql_value(f"SELECT updated_at = now() FROM {table} WHERE {pk_column} = %s", [pk]) is True
