@@ -17,10 +17,10 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 
-def updated_at_trigger(table: str, *, unless_set: bool = False) -> pgtrigger.Trigger:
+def updated_at_trigger(table: str, *, skip_when_now: bool = False) -> pgtrigger.Trigger:
     """BEFORE UPDATE trigger that bumps updated_at, so raw SQL updates bump it too (not auto_now).
 
-    unless_set: the function runs only when the new row's updated_at is not now() already, a WHEN that
+    skip_when_now: the function runs only when the new row's updated_at is not now() already, a WHEN that
     PostgreSQL evaluates without calling it. Every updated row still ends with updated_at = now(); a statement
     that sets it to now() itself just saves the call. For the members tables: the heartbeat flush updates
     thousands of rows a second, and the call was a quarter of PostgreSQL's CPU per row."""
@@ -29,7 +29,7 @@ def updated_at_trigger(table: str, *, unless_set: bool = False) -> pgtrigger.Tri
         when=pgtrigger.Before,
         operation=pgtrigger.Update,
         condition=(
-            pgtrigger.Condition("NEW.updated_at IS DISTINCT FROM now()") if unless_set else None
+            pgtrigger.Condition("NEW.updated_at IS DISTINCT FROM now()") if skip_when_now else None
         ),
         func="NEW.updated_at = now(); RETURN NEW;",
     )

@@ -244,7 +244,7 @@ class MeetingController(models.Model):
             ),
         ]
         triggers = [
-            updated_at_trigger("meeting_controllers", unless_set=True),
+            updated_at_trigger("meeting_controllers", skip_when_now=True),
             health_bookkeeping_trigger("meeting_controllers", drain_columns=True),
         ]
 
@@ -347,7 +347,7 @@ class MediaHandler(models.Model):
             ),
         ]
         triggers = [
-            updated_at_trigger("media_handlers", unless_set=True),
+            updated_at_trigger("media_handlers", skip_when_now=True),
             health_bookkeeping_trigger("media_handlers", drain_columns=False),
         ]
 

@@ -310,7 +310,7 @@ def _beats_statement(kind: MemberKind) -> str:
     columns = [column for column, _ in kind.beat_columns]
     record = ", ".join(f"{column} {pg_type}" for column, pg_type in kind.beat_columns)
     extra_set = "".join(f", {column} = coalesce(s.{column}, t.{column})" for column in columns)
-    # updated_at set here skips the row trigger's function (accounts.models.updated_at_trigger, unless_set).
+    # Stamping updated_at here spares the row trigger its function call (accounts.models.updated_at_trigger).
     extra_set += ", last_heartbeat_at = now(), updated_at = now()"
     # The hold-down needs consecutive good beats: an UNHEALTHY report restarts the count, and for a member that
     # is unhealthy already also its hold-down (a state change does both through the bookkeeping trigger).
