@@ -47,27 +47,38 @@ CAPACITY_KEY = "controller:{controller_id}:capacity"
 CAPACITY_TTL_SECONDS = 300  # seed 002: 5 minutes
 # The sweep and the drain deadline write `controller`, the operator's mark-unhealthy `meeting_controller`.
 CONTROLLER_AGGREGATES = frozenset({"controller", "meeting_controller"})
-# The hash's fields (seed 002), in the order of _CAPACITY_SQL's columns after the id and of the script's rows.
+# The hash's fields (seed 002), in the order of _CAPACITY_VALUES and of the script's rows.
 CAPACITY_FIELDS = (
     "max_meetings", "current_meetings", "max_participants", "current_participants", "health", "last_update",
 )
 # By primary key; last_update is the last heartbeat in whole Unix seconds (the database's clock). The values
 # come as the hash's strings: converting them in Python was a tenth of a heartbeat flush's CPU.
-_CAPACITY_SQL = """
-SELECT controller_id, ARRAY[max_meetings::text, current_meetings::text, max_participants::text,
-       current_participants::text, health_status::text, floor(extract(epoch FROM last_heartbeat_at))::bigint::text]
-FROM meeting_controllers WHERE controller_id = ANY(%s)
-"""
+_CAPACITY_VALUES = """ARRAY[max_meetings::text, current_meetings::text, max_participants::text,
+       current_participants::text, health_status::text, floor(extract(epoch FROM last_heartbeat_at))::bigint::text]"""
+_CAPACITY_SQL = f"SELECT controller_id, {_CAPACITY_VALUES} FROM meeting_controllers WHERE controller_id = ANY(%s)"  # noqa: S608
+# The heartbeat flush's form: the ids in and the hashes out as one JSON document each ([id, values] per id, in
+# the order given; values null when the controller is gone), which go to the script as they are. Building,
+# packing and parsing a value per controller in Python was half of a flush's CPU, all of it holding the GIL
+# the event loop serving beats waits for. LATERAL: one primary-key probe per id, never a scan of the fleet.
+_CAPACITY_DOCUMENT_SQL = f"""
+SELECT coalesce(json_agg(json_build_array(i.id, c.hash_values) ORDER BY i.n), '[]')::text
+FROM jsonb_array_elements_text(%s::jsonb) WITH ORDINALITY AS i(id, n)
+LEFT JOIN LATERAL (SELECT {_CAPACITY_VALUES} AS hash_values FROM meeting_controllers WHERE controller_id = i.id) c
+  ON true
+"""  # noqa: S608 (constants only)
 # Controllers per script call: a call blocks Redis while it runs (~1 ms per 1,000 hashes).
 CAPACITY_SCRIPT_BATCH = 1000
-# KEYS: the hashes. ARGV[1]: the TTL; ARGV[2]: a JSON list with, per key, its six field values (strings) or null
-# when the controller is gone. pcall: a key of the wrong type fails alone. Returns how many keys failed.
+# ARGV[1]: the TTL; ARGV[2], ARGV[3]: what comes before and after the id in a hash's key (CAPACITY_KEY);
+# ARGV[4]: the document of _CAPACITY_DOCUMENT_SQL. The keys are named by the document, not by KEYS: the hashes
+# live on the deployment's one Redis (not a Cluster), and redis-py packs each key in Python (~2 µs each).
+# pcall: a key of the wrong type fails alone. Returns how many keys failed.
 _CAPACITY_SCRIPT = """
 local ttl = tonumber(ARGV[1])
-local rows = cjson.decode(ARGV[2])
+local rows = cjson.decode(ARGV[4])
 local failed = 0
-for i, key in ipairs(KEYS) do
-  local row = rows[i]
+for _, entry in ipairs(rows) do
+  local key = ARGV[2] .. entry[1] .. ARGV[3]
+  local row = entry[2]
   local reply
   if row == cjson.null then
     reply = redis.pcall('DEL', key)
@@ -202,17 +213,14 @@ def capacity_cache_refresh(*, controller_ids: Collection[str], client: redis.Red
     that is gone) with one script call per CAPACITY_SCRIPT_BATCH. Returns how many keys Redis refused (a key of
     another type); connection errors and timeouts propagate: the caller decides whether to fail open."""
     ids = list(controller_ids)
-    if not ids:
-        return 0
-    rows = capacity_rows(ids)
     script = client.register_script(_CAPACITY_SCRIPT)
+    key_prefix, _, key_suffix = CAPACITY_KEY.partition("{controller_id}")
     failed = 0
     for start in range(0, len(ids), CAPACITY_SCRIPT_BATCH):
-        chunk = ids[start:start + CAPACITY_SCRIPT_BATCH]
-        failed += int(script(
-            keys=[CAPACITY_KEY.format(controller_id=controller_id) for controller_id in chunk],
-            args=[CAPACITY_TTL_SECONDS, json.dumps([rows.get(controller_id) for controller_id in chunk])],
-        ))
+        with server_bound_cursor() as cursor:
+            cursor.execute(_CAPACITY_DOCUMENT_SQL, [json.dumps(ids[start:start + CAPACITY_SCRIPT_BATCH])])
+            (hashes,) = cursor.fetchone()
+        failed += int(script(args=[CAPACITY_TTL_SECONDS, key_prefix, key_suffix, hashes]))
     return failed
 
 

@@ -3,7 +3,9 @@ by the heartbeat flush and by synchronous beat writes, failing open when Redis d
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import socket
 import time
 import uuid
@@ -11,7 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from django.db import connection
 
+from audit import relay
 from audit.relay import CAPACITY_TTL_SECONDS, capacity_cache_refresh, outbox_relay
 from controllers import heartbeats
 from controllers.heartbeats import HeartbeatRecorder
@@ -211,3 +215,61 @@ def test_a_redis_that_never_answers_costs_a_flush_one_socket_timeout_then_is_ski
     assert 0.2 <= first < 2.0
     assert first_connections >= 1 and second_connections == 0
     assert MeetingController.objects.get(pk=controller_id).current_meetings == 2
+
+
+def test_a_refresh_larger_than_a_script_batch_writes_every_hash_in_batches(redis_client, monkeypatch):
+    monkeypatch.setattr(relay, "CAPACITY_SCRIPT_BATCH", 2)
+    kept = [_controller(redis_client, max_meetings=number) for number in range(1, 5)]
+    gone = f"mc-cache-gone-{uuid.uuid4().hex[:12]}"
+    redis_client.hset(_key(gone), "health", "healthy")
+
+    assert capacity_cache_refresh(controller_ids=[*kept[:2], gone, *kept[2:]], client=redis_client) == 0
+
+    assert [_hash(redis_client, controller_id)["max_meetings"] for controller_id in kept] == ["1", "2", "3", "4"]
+    assert not redis_client.exists(_key(gone))
+
+
+class _Explaining:
+    """A cursor that records the plan of each statement before running it."""
+
+    def __init__(self, cursor, plans: list[str]) -> None:
+        self._cursor, self._plans = cursor, plans
+
+    def execute(self, query, params=None):
+        self._plans.append("\n".join(row[0] for row in self._cursor.execute("EXPLAIN " + query, params).fetchall()))
+        return self._cursor.execute(query, params)
+
+    def fetchone(self):
+        return self._cursor.fetchone()
+
+
+def test_a_refresh_probes_its_controllers_by_key_instead_of_reading_the_fleet(redis_client, monkeypatch):
+    # bench 1's fleet, a flush's 300 of them: given a join, the planner may hash the whole table instead.
+    template = _controller(redis_client)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO meeting_controllers SELECT copy.* FROM meeting_controllers m, generate_series(1, 19999) i, "
+            "jsonb_populate_record(NULL::meeting_controllers, "
+            "to_jsonb(m) || jsonb_build_object('controller_id', %s || lpad(i::text, 5, '0'))) copy "
+            "WHERE m.controller_id = %s",
+            [f"{template}-", template],
+        )
+        cursor.execute("ANALYZE meeting_controllers")
+    plans: list[str] = []
+    real = relay.server_bound_cursor
+
+    @contextlib.contextmanager
+    def explaining():
+        with real() as cursor:
+            yield _Explaining(cursor, plans)
+
+    monkeypatch.setattr(relay, "server_bound_cursor", explaining)
+    ids = [f"{template}-{number:05d}" for number in range(1, 20000, 67)]
+
+    assert capacity_cache_refresh(controller_ids=ids, client=redis_client) == 0
+
+    [plan] = plans
+    assert "Seq Scan on meeting_controllers" not in plan, plan
+    assert re.search(r"Index Scan using meeting_controllers_\S+ on meeting_controllers", plan), plan
+    assert _hash(redis_client, ids[-1])["max_meetings"] == str(MeetingController.objects.get(pk=template).max_meetings)
+    redis_client.delete(*(_key(controller_id) for controller_id in ids))
