@@ -5,7 +5,7 @@ commit costs (measured on this 2-core machine: ~1,600-1,950 calls/s); one set-ba
 document) for every member that beat during the last HEARTBEAT_FLUSH_INTERVAL_MS costs about as much as a single
 row. So a beat that changes nothing but counters and liveness is kept in memory (the latest values per member;
 a fast heartbeat does not erase the CPU and memory of a comprehensive one still waiting) and acknowledged at once;
-a flush thread writes the batch (controllers.services.registration.beats_record, `last_heartbeat_at` = the
+a flush thread writes the batch (controllers.services.registration.beats_flush, `last_heartbeat_at` = the
 database's now()).
 
 A beat is written synchronously, alone and before it is acknowledged, when it may change the member's health:
@@ -57,6 +57,7 @@ from controllers.services.registration import (
     RECOVERING_STATES,
     Beat,
     MemberKind,
+    beats_flush,
     beats_record,
     health_after,
     members_health,
@@ -176,28 +177,30 @@ class HeartbeatRecorder:
         with self._write_lock:
             with self._lock:
                 batch, self._pending = self._pending, {}
+                known = {member_id: self._known.get(member_id) for member_id in batch}
             if not batch:
                 return 0
             try:
-                outcomes = beats_record(kind=self.kind, beats=list(batch.values()))
+                written = beats_flush(kind=self.kind, beats=list(batch.values()), known=known)
             except (OperationalError, InterfaceError):
                 self._requeue(batch)
                 raise
             except DatabaseError:
                 logger.exception("heartbeat flush refused; dropped %d %s beats", len(batch), self.kind.target_type)
                 return 0
-            written = {outcome.member_id: outcome.to_status for outcome in outcomes}
+            # Only what differs from `known` comes back (a steady fleet's flush: nothing).
             with self._lock:
-                for member_id in batch:
-                    if member_id not in written:
-                        self._known.pop(member_id, None)
-                    elif member_id in self._known:
-                        self._known[member_id] = written[member_id]
-            self._refresh_capacity(written)
+                for member_id in written.missing:
+                    self._known.pop(member_id, None)
+                for outcome in written.outcomes:
+                    if outcome.member_id in self._known:
+                        self._known[outcome.member_id] = outcome.to_status
+            self._refresh_capacity(batch)
         return len(batch)
 
     def _refresh_capacity(self, member_ids: Collection[str]) -> None:
-        """Refresh the capacity hashes of the controllers just written; fail open (see the module docstring).
+        """Refresh the capacity hashes of the controllers of a write (one without a row loses its hash); fail open
+        (see the module docstring).
         Called under _write_lock, so a newer write's hash is never overwritten by an older one's."""
         if self.kind is not CONTROLLERS or not member_ids or time.monotonic() < self._cache_paused_until:
             return

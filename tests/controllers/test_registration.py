@@ -7,6 +7,7 @@ import time
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from audit.models import AuditLog
 from controllers.models import HealthStatus, HealthTransition, MediaHandler, MeetingController
@@ -15,6 +16,7 @@ from controllers.services.registration import (
     CONTROLLERS,
     HANDLERS,
     Beat,
+    beats_flush,
     beats_record,
     controller_heartbeat,
     controller_register,
@@ -235,6 +237,34 @@ def test_batch_writes_every_member_and_skips_unknown_ones():
         f"mc-{number}": number * 10 for number in range(5)
     }
     assert not AuditLog.objects.filter(target_type="meeting_controller").exists()
+
+
+@pytest.mark.parametrize("kind", [CONTROLLERS, HANDLERS], ids=["controllers", "handlers"])
+def test_a_flush_learns_only_what_differs_from_the_states_it_knows(kind):
+    make = make_controller if kind is CONTROLLERS else make_handler
+    steady, unaware, moving, recovering = (
+        make(health=HealthStatus.HEALTHY), make(health=HealthStatus.DRAINING), make(health=HealthStatus.HEALTHY),
+        make(health=HealthStatus.UNHEALTHY, unhealthy_since=timezone.now()),  # in its hold-down: stays
+    )
+    known = {steady.pk: "healthy", unaware.pk: "healthy", moving.pk: "healthy", recovering.pk: "unhealthy",
+             "ghost": "healthy"}
+    beats = [Beat(member_id, HealthStatus.HEALTHY, {}) for member_id in (steady.pk, unaware.pk, recovering.pk)]
+    beats += [Beat(moving.pk, HealthStatus.UNHEALTHY, {}), Beat("ghost", HealthStatus.HEALTHY, {})]
+
+    written = beats_flush(kind=kind, beats=beats, known=known)
+
+    # The steady member is written but not returned; the one an operator drained comes back with its state.
+    assert {(outcome.member_id, outcome.from_status, outcome.to_status) for outcome in written.outcomes} == {
+        (unaware.pk, "draining", "draining"), (moving.pk, "healthy", "unhealthy"),
+        (recovering.pk, "unhealthy", "unhealthy"),
+    }
+    assert written.missing == ["ghost"]
+    rows = type(steady).objects.filter(pk__in=[steady.pk, unaware.pk, moving.pk, recovering.pk])
+    assert all(row.last_heartbeat_at > steady.last_heartbeat_at for row in rows)
+    # Without states known (beats_record), every member that exists comes back.
+    assert {outcome.member_id for outcome in beats_record(kind=kind, beats=beats)} == {
+        steady.pk, unaware.pk, moving.pk, recovering.pk,
+    }
 
 
 class _Explaining:
