@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import pytest
@@ -26,6 +25,7 @@ from controllers.services.registration import (
 )
 from darktower.errors import NotFound
 from tests.factories import make_controller, make_handler
+from tests.plans import copy_members, record_plans
 
 pytestmark = pytest.mark.django_db
 
@@ -267,40 +267,12 @@ def test_a_flush_learns_only_what_differs_from_the_states_it_knows(kind):
     }
 
 
-class _Explaining:
-    """A cursor that records the plan of each statement before running it."""
-
-    def __init__(self, cursor, plans):
-        self._cursor, self._plans = cursor, plans
-
-    def execute(self, query, params=None):
-        self._plans.append("\n".join(row[0] for row in self._cursor.execute("EXPLAIN " + query, params).fetchall()))
-        return self._cursor.execute(query, params)
-
-    def fetchall(self):
-        return self._cursor.fetchall()
-
-
 @pytest.mark.parametrize("kind", [CONTROLLERS, HANDLERS], ids=["controllers", "handlers"])
 def test_a_flush_probes_its_members_by_key_instead_of_reading_the_fleet(kind, monkeypatch):
     # A fleet of 20,000 (bench 1's), a flush of 300 of them: the planner once read the whole table twice here.
     member = make_controller() if kind is CONTROLLERS else make_handler()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {kind.table} SELECT copy.* FROM {kind.table} m, generate_series(1, 19999) i, "
-            f"jsonb_populate_record(NULL::{kind.table}, "
-            f"to_jsonb(m) || jsonb_build_object('{kind.pk}', 'member-' || lpad(i::text, 5, '0'))) copy",
-        )
-        cursor.execute(f"ANALYZE {kind.table}")
-    plans = []
-    real = registration.server_bound_cursor
-
-    @contextlib.contextmanager
-    def explaining():
-        with real() as cursor:
-            yield _Explaining(cursor, plans)
-
-    monkeypatch.setattr(registration, "server_bound_cursor", explaining)
+    copy_members(kind.table, kind.pk, member.pk, prefix="member-", count=19999)
+    plans = record_plans(monkeypatch, registration)
     ids = [f"member-{number:05d}" for number in range(1, 20000, 67)]
     outcomes = beats_record(kind=kind, beats=[Beat(member_id, HealthStatus.HEALTHY, {}) for member_id in ids])
 

@@ -3,7 +3,6 @@ by the heartbeat flush and by synchronous beat writes, failing open when Redis d
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import socket
@@ -13,7 +12,6 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from django.db import connection
 
 from audit import relay
 from audit.relay import CAPACITY_TTL_SECONDS, capacity_cache_refresh, outbox_relay
@@ -23,6 +21,7 @@ from controllers.models import HealthStatus, MeetingController
 from controllers.services.operations import controller_drain, controller_undrain
 from controllers.services.registration import CONTROLLERS, HANDLERS, Beat, controller_register
 from tests.factories import make_controller, make_handler
+from tests.plans import copy_members, record_plans
 
 pytestmark = pytest.mark.django_db
 
@@ -229,41 +228,11 @@ def test_a_refresh_larger_than_a_script_batch_writes_every_hash_in_batches(redis
     assert not redis_client.exists(_key(gone))
 
 
-class _Explaining:
-    """A cursor that records the plan of each statement before running it."""
-
-    def __init__(self, cursor, plans: list[str]) -> None:
-        self._cursor, self._plans = cursor, plans
-
-    def execute(self, query, params=None):
-        self._plans.append("\n".join(row[0] for row in self._cursor.execute("EXPLAIN " + query, params).fetchall()))
-        return self._cursor.execute(query, params)
-
-    def fetchone(self):
-        return self._cursor.fetchone()
-
-
 def test_a_refresh_probes_its_controllers_by_key_instead_of_reading_the_fleet(redis_client, monkeypatch):
     # bench 1's fleet, a flush's 300 of them: given a join, the planner may hash the whole table instead.
     template = _controller(redis_client)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "INSERT INTO meeting_controllers SELECT copy.* FROM meeting_controllers m, generate_series(1, 19999) i, "
-            "jsonb_populate_record(NULL::meeting_controllers, "
-            "to_jsonb(m) || jsonb_build_object('controller_id', %s || lpad(i::text, 5, '0'))) copy "
-            "WHERE m.controller_id = %s",
-            [f"{template}-", template],
-        )
-        cursor.execute("ANALYZE meeting_controllers")
-    plans: list[str] = []
-    real = relay.server_bound_cursor
-
-    @contextlib.contextmanager
-    def explaining():
-        with real() as cursor:
-            yield _Explaining(cursor, plans)
-
-    monkeypatch.setattr(relay, "server_bound_cursor", explaining)
+    copy_members("meeting_controllers", "controller_id", template, prefix=f"{template}-", count=19999)
+    plans = record_plans(monkeypatch, relay)
     ids = [f"{template}-{number:05d}" for number in range(1, 20000, 67)]
 
     assert capacity_cache_refresh(controller_ids=ids, client=redis_client) == 0
