@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from django.conf import settings
 
 from accounts.blacklist import blacklist_add, blacklist_cached, blacklist_contains
 from accounts.signing import signing_key_active, signing_public_key
+from darktower.conf import hot_setting
 from darktower.errors import Unauthenticated
 from darktower.metrics import TOKEN_VALIDATIONS
 
@@ -46,6 +48,11 @@ class TokenClaims:
     issued_at: datetime
     expires_at: datetime
     claims: dict[str, Any] = field(repr=False)
+    # expires_at as a Unix timestamp: a heartbeat stream compares it at every beat (token_current_cached).
+    expires_at_unix: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "expires_at_unix", self.expires_at.timestamp())
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,7 @@ def token_verify_cached(raw: str, *, audience: str) -> TokenClaims | None:
     process, has not expired, and its revocation lookup is cached as "not revoked". None in every other case,
     including every refusal: then token_verify must decide (it may read signing keys or ask Redis), so an event
     loop calls this and hands the None cases to a worker thread."""
-    if not raw or len(raw) > settings.JWT_MAX_TOKEN_BYTES:
+    if not raw or len(raw) > hot_setting("JWT_MAX_TOKEN_BYTES"):
         return None
     key = _cache_key(raw, audience)
     with _verified_lock:
@@ -203,7 +210,7 @@ def token_current_cached(claims: TokenClaims) -> bool:
     """Whether the claims of a token verified earlier still hold, decided without I/O: not expired, and its
     revocation lookup cached as "not revoked". False when that needs I/O too: then token_verify decides. A
     heartbeat stream checks its token with this at every beat, instead of verifying it again."""
-    if datetime.now(UTC) > claims.expires_at + timedelta(seconds=settings.JWT_CLOCK_SKEW_SECONDS):
+    if time.time() > claims.expires_at_unix + hot_setting("JWT_CLOCK_SKEW_SECONDS"):
         return False
     if blacklist_cached(claims.jti) is not False:
         return False

@@ -267,6 +267,8 @@ def _final_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> 
 def _timed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     behaviour = handler.unary_unary
     latency = GRPC_LATENCY.labels(method)
+    # The method's counter per status code: labels() takes a lock and builds a key, on every heartbeat call.
+    requests: dict[str, Counter] = {}
 
     async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
@@ -280,7 +282,10 @@ def _timed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler
             raise
         finally:
             latency.observe(time.perf_counter() - started)
-            GRPC_REQUESTS.labels(method, code).inc()
+            counter = requests.get(code)
+            if counter is None:
+                counter = requests[code] = GRPC_REQUESTS.labels(method, code)
+            counter.inc()
 
     return grpc.unary_unary_rpc_method_handler(
         timed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer

@@ -41,6 +41,7 @@ from google.protobuf.message import DecodeError, Message
 from accounts.tokens import TokenClaims, token_current_cached, token_verify, token_verify_cached
 from controllers.grpc.ratelimit import limit_for
 from darktower import errors
+from darktower.conf import hot_setting
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ class _Guard:
 
     def _cached_claims(self, metadata: Metadata) -> TokenClaims | None:
         """The call's claims holding the method's scope when that needs no I/O; None when it does."""
-        claims = token_verify_cached(_bearer_token(metadata), audience=settings.JWT_SERVICE_AUDIENCE)
+        claims = token_verify_cached(_bearer_token(metadata), audience=hot_setting("JWT_SERVICE_AUDIENCE"))
         if claims is not None:
             _require_scope(claims, self.scope)
         return claims

@@ -35,6 +35,7 @@ from django.conf import settings
 from controllers.validation import id_ok
 from dark_tower.internal.v1 import internal_pb2
 from darktower.api.ratelimit import RateLimit, ratelimit_hit
+from darktower.conf import hot_setting
 from darktower.errors import Throttled
 from darktower.metrics import RATE_LIMIT_REJECTIONS
 
@@ -49,11 +50,11 @@ def _method(service: str, method: str) -> str:
 
 
 def _controller_beats_per_second() -> float:
-    return 1000 / settings.FAST_HEARTBEAT_INTERVAL_MS + 1000 / settings.COMPREHENSIVE_HEARTBEAT_INTERVAL_MS
+    return 1000 / hot_setting("FAST_HEARTBEAT_INTERVAL_MS") + 1000 / hot_setting("COMPREHENSIVE_HEARTBEAT_INTERVAL_MS")
 
 
 def _handler_reports_per_second() -> float:
-    return 1000 / settings.MH_LOAD_REPORT_INTERVAL_MS
+    return 1000 / hot_setting("MH_LOAD_REPORT_INTERVAL_MS")
 
 
 class BeatBuckets:
@@ -119,8 +120,8 @@ def _beat_limit(endpoint: str, id_field: str, beats_per_second: Callable[[], flo
         if not id_ok(member_id):
             return
         wait = beat_buckets.take(
-            (endpoint, subject, member_id), rate=settings.GRPC_HEARTBEAT_RATE_FACTOR * beats_per_second(),
-            burst=settings.GRPC_HEARTBEAT_BURST,
+            (endpoint, subject, member_id), rate=hot_setting("GRPC_HEARTBEAT_RATE_FACTOR") * beats_per_second(),
+            burst=hot_setting("GRPC_HEARTBEAT_BURST"),
         )
         if wait:
             rejections.inc()

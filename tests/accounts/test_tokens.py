@@ -333,6 +333,18 @@ def test_current_claims_stay_current_until_revoked_or_their_lookup_ages(monkeypa
     refused(token, "revoked")
 
 
+def test_current_claims_allow_the_clock_skew_past_expiry_and_no_more(settings):
+    settings.JWT_CLOCK_SKEW_SECONDS = 60
+    now = int(time.time())
+    verified = token_verify(signed(claims(iat=now - 100, nbf=now - 100, exp=now - 5)), audience=AUD)
+    assert verified.expires_at_unix == now - 5
+    assert token_current_cached(verified)  # 5 s past expiry, within the skew
+
+    settings.JWT_CLOCK_SKEW_SECONDS = 4
+
+    assert not token_current_cached(verified)
+
+
 def test_current_claims_expire_with_their_token(settings):
     settings.JWT_CLOCK_SKEW_SECONDS = 0
     now = int(time.time())
