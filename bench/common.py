@@ -295,13 +295,11 @@ def fmt(value: Any) -> str:
 
 
 def load_note(before: float, after: float) -> str:
-    """The machine's 1-minute load average around a run, and what it means on this machine's cores."""
+    """The machine's 1-minute load average around a run, and what it counts."""
     cpus = os.cpu_count() or 1
-    text = f"Machine load average (1 min) before / after: {before:.2f} / {after:.2f} on {cpus} CPUs"
-    if max(before, after) > cpus:
-        return (text + ": other work was competing for the CPUs during this run, so these figures are lower bounds "
-                "for an idle machine, and the latencies upper bounds.")
-    return text + "; other work on the machine shifts these figures by 10-30 %."
+    return (f"Machine load average (1 min) before / after: {before:.2f} / {after:.2f} on {cpus} CPUs. It counts this "
+            "bench's own processes (client, servers, PostgreSQL) and, before the run, the previous bench's load "
+            "still decaying (one-minute time constant); other work on the machine shifts these figures by 10-30 %.")
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -465,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         "heartbeat costs PostgreSQL and Redis CPU on the same 2 cores (the flush's UPDATE and capacity "
         "refresh), which the no-op server does not pay.",
         f"Machine load average (1 min) before / after the grpcserver runs: {load_before[0]:.2f} / "
-        f"{load_after[0]:.2f}; other work on the machine shifts these figures by 10-30 %.",
+        f"{load_after[0]:.2f}. It counts this bench's own earlier runs (the no-op's) and processes (client, servers, "
+        "PostgreSQL); other work on the machine shifts these figures by 10-30 %.",
     ]
     finish(result, args, postgres=postgres)
     return 0

@@ -17,8 +17,8 @@ Produced by `make bench` (`python -m bench.run_all`, which runs each `python -m 
 `python -m bench.report`). Every figure was measured on this machine in the run named under its table, next to
 the limit it is compared with, measured in the same run. Raw figures, plans and machine details:
 `bench/results/<name>.json`. Figures vary by 10-30 % from run to run on this shared 2-core machine, more
-while other work runs on it: benches 1, 2 and 4 record the 1-minute load average of their run (2 means the
-two cores were busy with other work already).
+while other work runs on it. Benches 1, 2 and 4 record the 1-minute load average around their run; it counts
+the bench's own processes too, so a figure above 2 does not by itself mean that other work was running.
 """
 
 
