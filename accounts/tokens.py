@@ -171,14 +171,13 @@ def _verify(raw: str, audience: str) -> TokenClaims:
     cache_key = _cache_key(raw, audience)
     with _verified_lock:
         claims = _verified.get(cache_key)
-    now = datetime.now(UTC)
     if claims is None:
         claims = _to_claims(_decode(raw, audience), audience)
         with _verified_lock:
             if len(_verified) >= _VERIFIED_CACHE_MAX:
                 _verified.clear()
             _verified[cache_key] = claims
-    elif now > claims.expires_at + timedelta(seconds=settings.JWT_CLOCK_SKEW_SECONDS):
+    elif _expired(claims):
         with _verified_lock:
             _verified.pop(cache_key, None)
         raise Unauthenticated("token expired")
@@ -189,6 +188,11 @@ def _verify(raw: str, audience: str) -> TokenClaims:
 
 def _cache_key(raw: str, audience: str) -> tuple[bytes, str]:
     return hashlib.sha256(raw.encode()).digest(), audience
+
+
+def _expired(claims: TokenClaims) -> bool:
+    """Past its expiry by more than the clock skew allowed (a float comparison: streams check it at every beat)."""
+    return time.time() > claims.expires_at_unix + hot_setting("JWT_CLOCK_SKEW_SECONDS")
 
 
 def token_verify_cached(raw: str, *, audience: str) -> TokenClaims | None:
@@ -210,7 +214,7 @@ def token_current_cached(claims: TokenClaims) -> bool:
     """Whether the claims of a token verified earlier still hold, decided without I/O: not expired, and its
     revocation lookup cached as "not revoked". False when that needs I/O too: then token_verify decides. A
     heartbeat stream checks its token with this at every beat, instead of verifying it again."""
-    if time.time() > claims.expires_at_unix + hot_setting("JWT_CLOCK_SKEW_SECONDS"):
+    if _expired(claims):
         return False
     if blacklist_cached(claims.jti) is not False:
         return False

@@ -391,17 +391,13 @@ def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[BeatOutcome
     that exists (a member id without a row is left out), from its state before to its state after. Every
     transition has its controller_health_transitions row and an audit row (actor_type service).
     """
-    return _beats_write(kind, beats, {}).outcomes
+    return beats_flush(kind=kind, beats=beats, known={}).outcomes
 
 
 def beats_flush(*, kind: MemberKind, beats: Sequence[Beat], known: Mapping[str, str | None]) -> FlushOutcome:
     """beats_record for a caller that tracks the state of each member (`known`: member id -> the state it
     believes, None when it does not know): the outcomes are only those of the members that moved, wait for the
     recovery gate, or are not in the state known; the members without a row are listed apart."""
-    return _beats_write(kind, beats, known)
-
-
-def _beats_write(kind: MemberKind, beats: Sequence[Beat], known: Mapping[str, str | None]) -> FlushOutcome:
     if not beats:
         return FlushOutcome([], [])
     beats = sorted(beats, key=lambda beat: beat.member_id)
