@@ -32,7 +32,7 @@ from accounts.blacklist import blacklist_add, blacklist_cached, blacklist_contai
 from accounts.signing import signing_key_active, signing_public_key
 from darktower.conf import hot_setting
 from darktower.errors import Unauthenticated
-from darktower.metrics import TOKEN_VALIDATIONS
+from darktower.metrics import TOKEN_VALIDATIONS, tally_count
 
 ALGORITHM = "EdDSA"
 _REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
@@ -95,6 +95,10 @@ def token_issue(
 
 _verified_lock = threading.Lock()
 _verified: dict[tuple[bytes, str], TokenClaims] = {}
+# (raw token, audience, claims) of the last token_verify_cached hit: a fleet's calls mostly carry one credential,
+# and comparing the token text is cheaper than hashing it and taking the lock (bench 1). Replaced whole, never
+# mutated, so a reader in another thread sees one consistent tuple.
+_last_verified: tuple[str, str, TokenClaims] | None = None
 
 
 def _decode(raw: str, audience: str) -> dict[str, Any]:
@@ -159,7 +163,7 @@ def token_verify(raw: str, *, audience: str) -> TokenClaims:
     except Unauthenticated as exc:
         TOKEN_VALIDATIONS.labels(_outcome(exc.message)).inc()
         raise
-    _VALID.inc()
+    tally_count(_VALID)
     return claims
 
 
@@ -200,14 +204,20 @@ def token_verify_cached(raw: str, *, audience: str) -> TokenClaims | None:
     process, has not expired, and its revocation lookup is cached as "not revoked". None in every other case,
     including every refusal: then token_verify must decide (it may read signing keys or ask Redis), so an event
     loop calls this and hands the None cases to a worker thread."""
+    global _last_verified
     if not raw or len(raw) > hot_setting("JWT_MAX_TOKEN_BYTES"):
         return None
-    key = _cache_key(raw, audience)
-    with _verified_lock:
-        claims = _verified.get(key)
-    if claims is None or not token_current_cached(claims):
-        return None
-    return claims
+    last = _last_verified
+    if last is not None and last[0] == raw and last[1] == audience:
+        claims = last[2]
+    else:
+        key = _cache_key(raw, audience)
+        with _verified_lock:
+            claims = _verified.get(key)
+        if claims is None:
+            return None
+        _last_verified = (raw, audience, claims)
+    return claims if token_current_cached(claims) else None
 
 
 def token_current_cached(claims: TokenClaims) -> bool:
@@ -218,7 +228,7 @@ def token_current_cached(claims: TokenClaims) -> bool:
         return False
     if blacklist_cached(claims.jti) is not False:
         return False
-    _VALID.inc()
+    tally_count(_VALID)
     return True
 
 
@@ -231,5 +241,7 @@ def token_revoke(claims: TokenClaims, *, reason: str = "revoked") -> None:
 
 def token_cache_clear() -> None:
     """Forget verified tokens (tests that change keys or settings under a running process)."""
+    global _last_verified
     with _verified_lock:
         _verified.clear()
+        _last_verified = None

@@ -30,7 +30,7 @@ from controllers.grpc.services import (
 )
 from controllers.heartbeats import RECORDERS
 from dark_tower.internal.v1 import internal_pb2_grpc
-from darktower.metrics import MetricsInterceptor
+from darktower.metrics import MetricsInterceptor, TallyPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,7 @@ class GrpcServer:
             raise
         self.health = Health(servicer, self._loop)
         self.watch = DatabaseWatch(self.health)
+        self.tallies = TallyPublisher()
         self._stopped = False
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -171,6 +172,7 @@ class GrpcServer:
         return server, port, health_servicer
 
     def start(self) -> None:
+        self.tallies.start()
         self._call(self.server.start())
         self.watch.start()
 
@@ -185,6 +187,7 @@ class GrpcServer:
         self._call(self._stop_serving(grace))
         self.watch.stop()
         self._close_loop()
+        self.tallies.stop()
         for recorder in RECORDERS:
             written = recorder.stop()
             if written:

@@ -309,6 +309,34 @@ def test_cached_verification_never_accepts_an_expired_token(settings):
     refused(token, "expired")
 
 
+def test_the_last_cached_hit_answers_only_for_its_own_token_and_audience():
+    first, second = signed(), signed()
+    first_jti, second_jti = token_verify(first, audience=AUD).jti, token_verify(second, audience=AUD).jti
+
+    # Alternating tokens: each hit replaces the remembered one, and none answers with the other's claims.
+    for _ in range(2):
+        assert token_verify_cached(first, audience=AUD).jti == first_jti
+        assert token_verify_cached(first, audience=AUD).jti == first_jti
+        assert token_verify_cached(second, audience=AUD).jti == second_jti
+    assert token_verify_cached(second, audience="another-audience") is None
+    assert token_verify_cached(second + "x", audience=AUD) is None
+
+
+def test_the_last_cached_hit_is_still_checked_for_revocation_and_forgotten_with_the_cache():
+    token = signed()
+    verified = token_verify(token, audience=AUD)
+    assert token_verify_cached(token, audience=AUD) is not None  # remembered as the last hit
+
+    token_revoke(verified)
+    assert token_verify_cached(token, audience=AUD) is None
+
+    other = signed()
+    token_verify(other, audience=AUD)
+    assert token_verify_cached(other, audience=AUD) is not None
+    token_cache_clear()
+    assert token_verify_cached(other, audience=AUD) is None
+
+
 @pytest.mark.parametrize("raw", ["", "x" * 8193])
 def test_cached_verification_defers_empty_and_oversized_tokens(raw):
     assert token_verify_cached(raw, audience=AUD) is None

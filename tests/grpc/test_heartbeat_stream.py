@@ -18,7 +18,7 @@ from controllers.heartbeats import controller_heartbeats
 from controllers.models import HealthStatus, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
-from darktower.metrics import REGISTRY
+from darktower.metrics import REGISTRY, TALLIES
 from tests.factories import make_controller
 from tests.faults.processes import wait_for
 from tests.grpc.conftest import bearer, endpoint_token, every_worker_busy, issue
@@ -59,6 +59,8 @@ def fast(controller_id: str = "mc-s-1", *, health: int = pb.HEALTHY, current: in
 
 
 def sample(name: str, **labels: str) -> float:
+    # What a scrape shows once the server's tally publisher has run (within TALLY_PUBLISH_SECONDS).
+    TALLIES.publish()
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 

@@ -7,7 +7,7 @@ import pytest
 from django.conf import settings
 
 from dark_tower.internal.v1 import internal_pb2 as pb
-from darktower.metrics import REGISTRY
+from darktower.metrics import REGISTRY, TALLIES, TALLY_PUBLISH_SECONDS
 from tests.faults.processes import wait_for
 from tests.grpc.conftest import bearer, issue
 
@@ -17,6 +17,8 @@ REQUEST = pb.RegisterMCRequest(id="mc-metrics-1", region="us-east-1", grpc_endpo
 
 
 def sample(name: str, **labels: str) -> float:
+    # What a scrape shows once the server's tally publisher has run (within TALLY_PUBLISH_SECONDS).
+    TALLIES.publish()
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
@@ -38,3 +40,15 @@ def test_real_calls_are_counted_by_method_and_code_and_tokens_by_outcome(mc_stub
     assert sample("darktower_grpc_request_duration_seconds_count", method=REGISTER_MC) == timed + 2
     assert sample("darktower_token_validations_total", outcome="valid") == valid + 1
     assert sample("darktower_token_validations_total", outcome="expired") == expired + 1
+
+
+def test_the_server_publishes_its_tallies_by_itself(grpc_server, mc_stub, auth):
+    """No test hand-publishes here: the server's publisher thread adds the call within TALLY_PUBLISH_SECONDS."""
+    TALLIES.publish()
+    before = REGISTRY.get_sample_value("darktower_grpc_requests_total", {"method": REGISTER_MC, "code": "OK"}) or 0.0
+
+    assert mc_stub.RegisterMC(REQUEST, metadata=auth).accepted
+
+    assert TALLIES.publishing
+    wait_for(lambda: REGISTRY.get_sample_value("darktower_grpc_requests_total", {"method": REGISTER_MC, "code": "OK"})
+             == before + 1, timeout=TALLY_PUBLISH_SECONDS + 5, what="the call published")
