@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.test import override_settings
 
+import darktower.conf
 from darktower.conf import hot_setting
 
 
@@ -34,8 +35,6 @@ def test_a_cached_hot_setting_follows_the_settings_fixture(settings):
 def test_a_value_read_while_the_setting_changes_is_not_kept(monkeypatch):
     """The change (another thread's override) lands between the read and the store: the old value it read is
     answered once, as any read racing a change may be, but not cached."""
-    import darktower.conf
-
     class ChangingMidRead:
         def __getattr__(self, name: str) -> int:
             old = settings.GRPC_HEARTBEAT_BURST

@@ -27,8 +27,15 @@ from accounts.tokens import token_issue
 from controllers.grpc.server import GrpcServer, build_server
 from controllers.heartbeats import RECORDERS
 from dark_tower.internal.v1 import internal_pb2_grpc
+from darktower.metrics import REGISTRY, TALLIES
 
 WORKERS = 4  # the grpc_server fixture's worker threads
+
+
+def metric_sample(name: str, **labels: str) -> float:
+    """A sample as a scrape shows it once the server's tally publisher has run (within TALLY_PUBLISH_SECONDS)."""
+    TALLIES.publish()
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture(autouse=True)

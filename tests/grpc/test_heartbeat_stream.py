@@ -18,10 +18,9 @@ from controllers.heartbeats import controller_heartbeats
 from controllers.models import HealthStatus, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
-from darktower.metrics import REGISTRY, TALLIES
 from tests.factories import make_controller
 from tests.faults.processes import wait_for
-from tests.grpc.conftest import bearer, endpoint_token, every_worker_busy, issue
+from tests.grpc.conftest import bearer, endpoint_token, every_worker_busy, issue, metric_sample
 
 pytestmark = pytest.mark.usefixtures("fresh_revocation_lookups")
 
@@ -58,16 +57,10 @@ def fast(controller_id: str = "mc-s-1", *, health: int = pb.HEALTHY, current: in
         max_meetings=10, current_meetings=current, max_participants=100, current_participants=current * 10))
 
 
-def sample(name: str, **labels: str) -> float:
-    # What a scrape shows once the server's tally publisher has run (within TALLY_PUBLISH_SECONDS).
-    TALLIES.publish()
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
 def test_beats_are_acknowledged_in_order_by_kind_and_written(mc_stub, auth):
     make_controller(controller_id="mc-s-1", health=HealthStatus.PENDING)
-    messages_before = sample("darktower_grpc_stream_messages_total", method=METHOD)
-    streams_before = sample("darktower_grpc_requests_total", method=METHOD, code="OK")
+    messages_before = metric_sample("darktower_grpc_stream_messages_total", method=METHOD)
+    streams_before = metric_sample("darktower_grpc_requests_total", method=METHOD, code="OK")
     stream = Stream(mc_stub, auth)
 
     before = int(time.time())
@@ -90,9 +83,9 @@ def test_beats_are_acknowledged_in_order_by_kind_and_written(mc_stub, auth):
     assert (controller.current_meetings, controller.current_participants, controller.cpu_usage_percent) == (
         7, 70, 41.5,
     )
-    wait_for(lambda: sample("darktower_grpc_requests_total", method=METHOD, code="OK") == streams_before + 1,
+    wait_for(lambda: metric_sample("darktower_grpc_requests_total", method=METHOD, code="OK") == streams_before + 1,
              timeout=5, what="the stream counted")
-    assert sample("darktower_grpc_stream_messages_total", method=METHOD) == messages_before + 7
+    assert metric_sample("darktower_grpc_stream_messages_total", method=METHOD) == messages_before + 7
 
 
 def test_a_stream_without_a_usable_token_ends_before_any_beat(mc_stub, grpc_server):
