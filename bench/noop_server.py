@@ -2,10 +2,10 @@
 
 Same generated servicer on grpcio's thread-pool server, no Django, no interceptor, no database: the
 ceiling a heartbeat handler on this machine can approach (the faster of the two here, so the ratios use it).
-With --aio, the same on a grpc.aio server (one event loop, no thread pool), the design `manage.py grpcserver`
-uses, which also answers StreamHeartbeats: every beat acknowledged at once (the thread-pool server cannot hold a
-fleet's streams: each would take a thread for its lifetime). Prints `listening on <port>`, serves until SIGTERM
-or SIGINT.
+With --aio, the same on a grpc.aio server (one uvloop event loop, no thread pool), the design `manage.py
+grpcserver` uses, which also answers StreamHeartbeats: every beat acknowledged at once (the thread-pool server
+cannot hold a fleet's streams: each would take a thread for its lifetime). Prints `listening on <port>`, serves
+until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from concurrent import futures
 
 import grpc
+import uvloop
 
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aio", action="store_true", help="a grpc.aio server instead of the thread pool")
     args = parser.parse_args(argv)
     if args.aio:
-        asyncio.run(serve_aio(args.bind))
+        uvloop.run(serve_aio(args.bind))
         return 0
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=args.workers), options=[("grpc.so_reuseport", 0)])
     internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(NoOp(), server)

@@ -15,6 +15,7 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
+import uvloop
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from grpc_health.v1 import _async as health_async
@@ -116,7 +117,11 @@ class GrpcServer:
     and the database watch. Used from ordinary threads: start(), stop(), `port`, `health`."""
 
     def __init__(self, *, bind: str, workers: int, reuse_port: bool) -> None:
-        self._loop = asyncio.new_event_loop()
+        # uvloop (libuv) instead of asyncio's default selector loop: every call crosses the loop several times
+        # (grpc.aio hands each completion from its poller thread to the loop), and uvloop's dispatch costs less
+        # CPU per crossing. Bench 1, same run shape: server CPU per unary call 274 -> 249-254 µs, closed-loop
+        # ratio 63 % -> 68-76 %, open-loop p99 at 2,700 calls/s 19.8 -> 8.9-12.3 ms.
+        self._loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
         self._thread.start()
         self.executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-worker")
