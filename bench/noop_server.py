@@ -1,6 +1,6 @@
 """The reference of bench 1: a bare grpcio server that answers FastHeartbeat and does nothing else.
 
-Same generated servicer on grpcio's thread-pool server, no Django, no interceptor, no database: the
+Same generated servicer on grpcio's thread-pool server, no Django, no guard or metrics, no database: the
 ceiling a heartbeat handler on this machine can approach (the faster of the two here, so the ratios use it).
 With --aio, the same on a grpc.aio server (one uvloop event loop, no thread pool), the design `manage.py
 grpcserver` uses, which also answers StreamHeartbeats: every beat acknowledged at once (the thread-pool server

@@ -1,4 +1,4 @@
-"""Prometheus metrics: the metric objects, a gRPC server interceptor, a Django middleware and GET /metrics.
+"""Prometheus metrics: the metric objects, a gRPC handler wrapper, a Django middleware and GET /metrics.
 
 Multiprocess-safe: when PROMETHEUS_MULTIPROC_DIR is set (gunicorn workers, several grpcserver processes,
 Celery workers), prometheus-client keeps every process's samples in memory-mapped files in that directory and
@@ -14,8 +14,8 @@ published once a second (Tallies, below): a scrape shows them up to TALLY_PUBLIS
 What the fleet looks like (controllers by region and health, outbox lag) is not counted by any process: a
 collector asks the database at scrape time, so every process that serves /metrics reports the same truth.
 
-Label values are bounded: gRPC methods only once the server knows them (an unknown method never reaches the
-interceptor's wrapper), HTTP routes are URL patterns (`resolver_match.route`), never raw paths.
+Label values are bounded: gRPC methods only once the server knows them (an unknown method has no handler to
+wrap), HTTP routes are URL patterns (`resolver_match.route`), never raw paths.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -312,40 +312,23 @@ class TallyPublisher:
 # --- gRPC ---------------------------------------------------------------------------------------------------
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class CallMetrics:
     """Counts and times every unary call by method and final status code, on a grpc.aio server; counts every
     bidirectional stream by method and final status code, and the messages it answered (a stream's duration
     is its client's business, so it is not timed).
 
-    Put it first in the server's interceptors so that it wraps the authentication and error-mapping
-    interceptor and sees the code that interceptor aborted with. Server-streaming methods (health Watch) and
-    blocking handlers pass through unrecorded (every unary handler of our server is a coroutine, every
-    bidirectional one an async generator). The wrapped handler of each method is built once.
+    A handler wrapper (controllers.grpc.server.WrappedHandlers calls `wrap` once per method): put it first, so
+    that it wraps the authentication and error mapping (controllers.grpc.guard) and sees the code they ended a
+    call with. Server-streaming methods (health Watch) and blocking handlers pass through unrecorded (every
+    unary handler of our server is a coroutine, every bidirectional one an async generator).
     """
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        method: str = handler_call_details.method
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if inspect.iscoroutinefunction(handler.unary_unary):
-            wrap = _timed
-        elif inspect.isasyncgenfunction(handler.stream_stream):
-            wrap = _counted_stream
-        else:
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = wrap(method, handler)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+            return _timed(method, handler)
+        if inspect.isasyncgenfunction(handler.stream_stream):
+            return _counted_stream(method, handler)
+        return handler
 
 
 def _final_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> str:

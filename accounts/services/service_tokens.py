@@ -34,7 +34,7 @@ from audit.models import ActorType, AuditLog, AuditResult
 from audit.services import audit_record, database_now
 from darktower.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 
-# Scopes a service credential may hold; the gRPC interceptor requires mc:register for
+# Scopes a service credential may hold; the gRPC service guard requires mc:register for
 # GlobalControllerService and mh:register for MediaHandlerRegistryService.
 SERVICE_SCOPES = frozenset({"mc:register", "mh:register"})
 

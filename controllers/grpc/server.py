@@ -1,6 +1,6 @@
-"""Assembly of the gRPC server: our two services behind the metrics and service interceptors, health checking
-and reflection, on a grpc.aio server (controllers.grpc.interceptors says what runs on its loop and what in its
-worker threads).
+"""Assembly of the gRPC server: our two services behind the call metrics and the service guard, health checking
+and reflection, on a grpc.aio server (controllers.grpc.guard says what runs on its loop and what in its worker
+threads).
 
 The management command `grpcserver` runs it; the tests start the very same server on a loopback port.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from concurrent import futures
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import uvloop
@@ -20,9 +20,9 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from controllers.grpc.interceptors import GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDLER_REGISTRY_SERVICE, ServiceInterceptor
+from controllers.grpc.guard import GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDLER_REGISTRY_SERVICE, ServiceGuard
 from controllers.grpc.services import (
     BEAT_STREAMS,
     CONTROLLER_SERVICER,
@@ -31,7 +31,7 @@ from controllers.grpc.services import (
 )
 from controllers.heartbeats import RECORDERS
 from dark_tower.internal.v1 import internal_pb2_grpc
-from darktower.metrics import MetricsInterceptor, TallyPublisher
+from darktower.metrics import CallMetrics, TallyPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,54 @@ MAX_PENDING_CALLS = 100_000
 LOOP_CALL_TIMEOUT = 10.0
 
 T = TypeVar("T")
+
+
+class HandlerWrapper(Protocol):
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
+        """The handler that serves `method` in place of `handler`; None: the method is not served
+        (UNIMPLEMENTED)."""
+
+
+class WrappedHandlers(grpc.GenericRpcHandler):
+    """The server's one generic handler: the services registered on it (it takes the generated
+    add_*Servicer_to_server calls as a server would), each method's handler wrapped by `wrappers` (the first
+    outermost) on its first call and kept.
+
+    What grpc.aio server interceptors are for, without their cost per call: grpc.aio awaits every interceptor
+    on every call to find its handler (a coroutine per interceptor per call, and what they await), where this
+    is a dict lookup. Bench 1, 2x8 closed loop, three runs each way: server CPU per unary call 252 -> 233 µs
+    (the two interceptors this replaces).
+    """
+
+    def __init__(self, wrappers: Sequence[HandlerWrapper]) -> None:
+        self._wrappers = tuple(reversed(wrappers))
+        self._generic: list[grpc.GenericRpcHandler] = []
+        self._methods: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self._generic.extend(generic_rpc_handlers)
+
+    def add_registered_method_handlers(self, service_name: str,
+                                       method_handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        """The generated code registers each method here as well; its generic handler already serves them."""
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        if method in self._methods:
+            return self._methods[method]
+        handler = next(
+            (found for generic in self._generic if (found := generic.service(handler_call_details)) is not None),
+            None,
+        )
+        if handler is None:
+            return None  # UNIMPLEMENTED; not kept, so that random method names cannot grow the dict
+        wrapped: grpc.RpcMethodHandler | None = handler
+        for wrapper in self._wrappers:
+            wrapped = wrapper.wrap(method, wrapped)
+            if wrapped is None:
+                break
+        self._methods[method] = wrapped
+        return wrapped
 
 
 class DatabaseWatch:
@@ -151,23 +199,23 @@ class GrpcServer:
             ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
             ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         ]
-        self.service_interceptor = ServiceInterceptor(self.executor, IN_MEMORY_METHODS, BEAT_STREAMS)
-        server = grpc.aio.server(
-            # Metrics first, so that they see the status code the service interceptor aborted with.
-            interceptors=[MetricsInterceptor(), self.service_interceptor],
-            options=options,
-        )
-        internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(
-            CONTROLLER_SERVICER, server
-        )
+        self.service_guard = ServiceGuard(self.executor, IN_MEMORY_METHODS, BEAT_STREAMS)
+        # Metrics outermost, so that they see the status code the guard ended a call with.
+        handlers = WrappedHandlers([CallMetrics(), self.service_guard])
+        internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(CONTROLLER_SERVICER, handlers)
         internal_pb2_grpc.add_MediaHandlerRegistryServiceServicer_to_server(
-            MediaHandlerRegistryService.as_servicer(), server
+            MediaHandlerRegistryService.as_servicer(), handlers
         )
         health_servicer = health_async.HealthServicer()
         for name in HEALTH_NAMES:
             await health_servicer.set(name, NOT_SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, handlers)
+        # What reflection.enable_server_reflection registers on a grpc.aio server, registered on `handlers`.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+            handlers,
+        )
+        server = grpc.aio.server(handlers=[handlers], options=options)
         try:
             port = server.add_insecure_port(bind)
         except RuntimeError as exc:
@@ -203,7 +251,7 @@ class GrpcServer:
         await asyncio.sleep(0)  # new calls are refused from here on
         # Heartbeat streams would last the whole grace, then be cancelled: they end now, so that their MCs
         # reconnect to another server at once.
-        ended = self.service_interceptor.end_streams()
+        ended = self.service_guard.end_streams()
         if ended:
             logger.info("ending %d heartbeat streams", ended)
         await stopping

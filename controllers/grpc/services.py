@@ -2,7 +2,7 @@
 
 Thin, on django-grpc-framework's Service (which closes stale database connections around each call): validate
 the message (controllers.validation), call one service, build the answer. Authentication and error mapping
-are the interceptor's (controllers.grpc.interceptors).
+are the guard's (controllers.grpc.guard).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from django.conf import settings
 from django_grpc_framework.services import Service
 from google.protobuf.message import Message
 
-from controllers.grpc.interceptors import (
+from controllers.grpc.guard import (
     GLOBAL_CONTROLLER_SERVICE,
     MEDIA_HANDLER_REGISTRY_SERVICE,
     BeatStream,
@@ -102,7 +102,7 @@ def _load_report(request: pb.SendLoadReportRequest) -> Beat:
 class GlobalControllerService(Service):
     """dark_tower.internal.v1.GlobalControllerService: meeting controllers register, beat, end meetings.
 
-    StreamHeartbeats has no method here: the service interceptor serves each beat of a stream with FastHeartbeat
+    StreamHeartbeats has no method here: the service guard serves each beat of a stream with FastHeartbeat
     or ComprehensiveHeartbeat (BEAT_STREAMS below)."""
 
     def RegisterMC(self, request: pb.RegisterMCRequest, context: grpc.ServicerContext) -> pb.RegisterMCResponse:

@@ -1,4 +1,4 @@
-"""What the event loop answers by itself and what waits for a worker thread (controllers.grpc.interceptors).
+"""What the event loop answers by itself and what waits for a worker thread (controllers.grpc.guard).
 
 A heartbeat that needs no I/O (a token this process verified, a known member, no state change) is answered on
 the loop, so heartbeats keep flowing while every worker is busy with registrations or a slow database; a beat

@@ -1,4 +1,4 @@
-"""What a blocking servicer sees of its call in a worker thread (controllers.grpc.interceptors.WorkerContext):
+"""What a blocking servicer sees of its call in a worker thread (controllers.grpc.guard.WorkerContext):
 the call's metadata, and an abort that ends the call with its status, as on grpcio's thread-pool server."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from controllers.grpc.interceptors import GLOBAL_CONTROLLER_SERVICE, ServiceInterceptor
+from controllers.grpc.guard import GLOBAL_CONTROLLER_SERVICE, ServiceGuard
 from tests.grpc.conftest import bearer, issue
 from tests.metrics.test_grpc import AioServer
 
@@ -29,7 +29,7 @@ def refuse(request: bytes, context) -> bytes:  # type: ignore[no-untyped-def]
 def channel() -> Iterator[grpc.Channel]:
     executor = futures.ThreadPoolExecutor(max_workers=1)
     # Methods of a real service, so that its scope applies; blocking behaviours, so that they run in the worker.
-    server = AioServer([ServiceInterceptor(executor)], service=GLOBAL_CONTROLLER_SERVICE,
+    server = AioServer([ServiceGuard(executor)], service=GLOBAL_CONTROLLER_SERVICE,
                        behaviours={"ProbeHeader": probe_header, "Refuse": refuse})
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:

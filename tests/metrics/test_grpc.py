@@ -1,5 +1,5 @@
-"""The gRPC interceptor on a tiny real grpc.aio server with generic handlers, alone and in front of our auth
-interceptor."""
+"""The gRPC call metrics on a tiny real grpc.aio server with generic handlers, alone and in front of our service
+guard, wrapped as the real server wraps its services (controllers.grpc.server.WrappedHandlers)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from concurrent import futures
 import grpc
 import pytest
 
-from controllers.grpc.interceptors import ServiceInterceptor
-from darktower.metrics import REGISTRY, MetricsInterceptor
+from controllers.grpc.guard import ServiceGuard
+from controllers.grpc.server import HandlerWrapper, WrappedHandlers
+from darktower.metrics import REGISTRY, CallMetrics
 from tests.faults.processes import wait_for
 
 SERVICE = "bench.test.Echo"
@@ -41,24 +42,25 @@ ECHO_BEHAVIOURS = {"Ok": ok, "NotFound": not_found, "Crash": crash, "SetCode": s
 
 
 class AioServer:
-    """A grpc.aio server with generic handlers (by default the ones above), on an event loop of its own thread
-    (as the real one runs)."""
+    """A grpc.aio server with generic handlers (by default the ones above) behind `wrappers`, on an event loop of
+    its own thread (as the real one runs)."""
 
-    def __init__(self, interceptors: list[grpc.aio.ServerInterceptor], *, service: str = SERVICE,
+    def __init__(self, wrappers: list[HandlerWrapper], *, service: str = SERVICE,
                  behaviours: dict | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server, self.port = self.call(self._start(interceptors, service, behaviours or ECHO_BEHAVIOURS))
+        self.server, self.port = self.call(self._start(wrappers, service, behaviours or ECHO_BEHAVIOURS))
 
     def call(self, coroutine):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(10)
 
-    async def _start(self, interceptors: list[grpc.aio.ServerInterceptor], service: str,
+    async def _start(self, wrappers: list[HandlerWrapper], service: str,
                      behaviours: dict) -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        wrapped = WrappedHandlers(wrappers)
         handlers = {name: grpc.unary_unary_rpc_method_handler(behaviour) for name, behaviour in behaviours.items()}
-        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, handlers)])
+        wrapped.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, handlers)])
+        server = grpc.aio.server(handlers=[wrapped], options=[("grpc.so_reuseport", 0)])
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         return server, port
@@ -72,7 +74,7 @@ class AioServer:
 
 @pytest.fixture
 def channel() -> Iterator[grpc.Channel]:
-    server = AioServer([MetricsInterceptor()])
+    server = AioServer([CallMetrics()])
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield channel
     server.stop()
@@ -130,9 +132,9 @@ def test_unknown_methods_create_no_series(channel):
     assert calls(method, "UNIMPLEMENTED") == 0
 
 
-def test_sees_the_code_our_auth_interceptor_aborts_with():
+def test_sees_the_code_our_service_guard_ends_a_call_with():
     executor = futures.ThreadPoolExecutor(max_workers=1)
-    server = AioServer([MetricsInterceptor(), ServiceInterceptor(executor)])
+    server = AioServer([CallMetrics(), ServiceGuard(executor)])
     method = f"/{SERVICE}/Ok"
     before = calls(method, "UNAUTHENTICATED")
     try:

@@ -15,7 +15,7 @@ request); token checks touch the database only to reload signing keys, rarely.
 StreamHeartbeats carries an MC's beats on one long-lived stream: authenticated when it opens, then each beat
 served exactly as its unary call (FastHeartbeat, ComprehensiveHeartbeat) would be, token check and rate limit
 included, on the loop when it needs no I/O; a refused beat ends the stream with that call's status. It saves
-what a call costs around the beat (a new HTTP/2 stream, headers, the interceptor chain): bench 1.
+what a call costs around the beat (a new HTTP/2 stream, headers, the handler lookup): bench 1.
 
 Errors are mapped here and nowhere else: darktower.errors to their status codes with their (fixed, short)
 messages (a rate limit's RESOURCE_EXHAUSTED with `retry-after` trailing metadata, in seconds); an unreachable
@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -383,13 +383,13 @@ def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard],
     )
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every call of our services: authenticate, rate-limit, serve, map errors.
+class ServiceGuard:
+    """Wraps every method handler of our services (controllers.grpc.server.WrappedHandlers calls `wrap` once per
+    method): authenticate, rate-limit, serve, map errors.
 
     The servicers block (Django's ORM); each unary call runs in a worker thread of `executor`, except the calls
     of `in_memory` methods that need no I/O, answered on the event loop. A `streams` method is a stream of
-    beats, each served as its unary method's call would be. The guarded handler of each method is built once
-    and reused.
+    beats, each served as its unary method's call would be. Health checking and reflection pass through.
     """
 
     def __init__(self, executor: Executor, in_memory: Mapping[str, InMemory] | None = None,
@@ -397,35 +397,23 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         self._executor = executor
         self._in_memory = dict(in_memory or {})
         self._streams = dict(streams or {})
-        self._guarded: dict[str, grpc.RpcMethodHandler | None] = {}
         self._open_streams: set[OpenStream] = set()
 
     def _guard(self, method: str, behaviour: Behaviour) -> _Guard:
         return _Guard(method, behaviour, self._executor, self._in_memory.get(method))
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        method: str = handler_call_details.method
-        if method in self._guarded:
-            return self._guarded[method]
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # UNIMPLEMENTED; not cached, so random method names cannot grow the cache
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
+        """The guarded handler of `method`; None (UNIMPLEMENTED) for a method this guard cannot guard."""
         if method.lstrip("/").partition("/")[0] in EXEMPT_SERVICES:
-            guarded = handler
-        elif method in self._streams and handler.stream_stream is not None:
+            return handler
+        if method in self._streams and handler.stream_stream is not None:
             spec = self._streams[method]
             guards = {kind: self._guard(path, behaviour) for kind, (path, behaviour) in spec.beats.items()}
-            guarded = _guarded_stream(method, spec, guards, handler, self._open_streams)
-        elif handler.unary_unary is None:
+            return _guarded_stream(method, spec, guards, handler, self._open_streams)
+        if handler.unary_unary is None:
             # Fail closed: a streaming method added later answers UNIMPLEMENTED until it is guarded here too.
-            guarded = None
-        else:
-            guarded = _guarded_unary(self._guard(method, handler.unary_unary), handler)
-        self._guarded[method] = guarded
-        return guarded
+            return None
+        return _guarded_unary(self._guard(method, handler.unary_unary), handler)
 
     def end_streams(self) -> int:
         """A stopping server's open streams end with UNAVAILABLE: at once when waiting for a beat, else right
