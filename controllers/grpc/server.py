@@ -58,6 +58,10 @@ class HandlerWrapper(Protocol):
         (UNIMPLEMENTED)."""
 
 
+# WrappedHandlers keeps None for a method its wrappers refuse: a lookup's "not kept yet" is this instead.
+_NOT_KEPT: Any = object()
+
+
 class WrappedHandlers(grpc.GenericRpcHandler):
     """The server's one generic handler: the services registered on it (it takes the generated
     add_*Servicer_to_server calls as a server would), each method's handler wrapped by `wrappers` (the first
@@ -83,8 +87,9 @@ class WrappedHandlers(grpc.GenericRpcHandler):
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
-        if method in self._methods:
-            return self._methods[method]
+        kept = self._methods.get(method, _NOT_KEPT)
+        if kept is not _NOT_KEPT:
+            return kept
         handler = next(
             (found for generic in self._generic if (found := generic.service(handler_call_details)) is not None),
             None,

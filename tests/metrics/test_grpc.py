@@ -10,6 +10,7 @@ from concurrent import futures
 
 import grpc
 import pytest
+import uvloop
 
 from controllers.grpc.guard import ServiceGuard
 from controllers.grpc.server import HandlerWrapper, WrappedHandlers
@@ -47,7 +48,7 @@ class AioServer:
 
     def __init__(self, wrappers: list[HandlerWrapper], *, service: str = SERVICE,
                  behaviours: dict | None = None) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server, self.port = self.call(self._start(wrappers, service, behaviours or ECHO_BEHAVIOURS))
