@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.models import AuditLog
@@ -286,6 +287,77 @@ def test_a_flush_probes_its_members_by_key_instead_of_reading_the_fleet(kind, mo
     assert f"Seq Scan on {kind.table}" not in plan, plan
     assert f"{kind.table}_pkey" in plan, plan
     assert member.pk not in {outcome.member_id for outcome in outcomes}
+
+
+@pytest.mark.parametrize("kind", [CONTROLLERS, HANDLERS], ids=["controllers", "handlers"])
+def test_a_steady_flush_probes_its_members_by_key_and_returns_nothing(kind, monkeypatch):
+    # Every beat of a steady fleet's flush takes the compare-and-set path (no row lock first): it too must
+    # probe the primary key for the batch instead of reading the fleet.
+    member = (make_controller if kind is CONTROLLERS else make_handler)(health=HealthStatus.HEALTHY)
+    copy_members(kind.table, kind.pk, member.pk, prefix="member-", count=19999)
+    plans = record_plans(monkeypatch, registration)
+    ids = [f"member-{number:05d}" for number in range(1, 20000, 67)]
+    values = {"current_meetings": 3} if kind is CONTROLLERS else {"current_streams": 3}
+
+    written = beats_flush(
+        kind=kind, beats=[Beat(member_id, HealthStatus.HEALTHY, values) for member_id in ids],
+        known=dict.fromkeys(ids, "healthy"),
+    )
+
+    assert (written.outcomes, written.missing) == ([], [])
+    [plan] = plans
+    assert f"Seq Scan on {kind.table}" not in plan, plan
+    assert f"{kind.table}_pkey" in plan, plan
+    column = next(iter(values))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {kind.table} WHERE {column} = 3 "
+                       "AND last_heartbeat_at > now() - interval '1 minute'")
+        assert cursor.fetchone()[0] == len(ids) == 299
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_steady_beat_that_waited_for_a_concurrent_drain_is_written_from_the_drained_state():
+    # The process knows mc-race healthy, so its beat is flushed by compare-and-set; an operator drains the MC
+    # in a transaction that commits while the flush waits for the row. The flush must then see `draining` (not
+    # write the beat as if still healthy) and tell its caller.
+    make_controller(controller_id="mc-race", health=HealthStatus.HEALTHY, current_meetings=1)
+    results = {}
+
+    def flush():
+        try:
+            results["written"] = beats_flush(
+                kind=CONTROLLERS, beats=[Beat("mc-race", HealthStatus.HEALTHY, {"current_meetings": 7})],
+                known={"mc-race": "healthy"},
+            )
+        except Exception as exc:  # reported by the assertion below
+            results["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=flush)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE meeting_controllers SET health_status = 'draining' WHERE controller_id = 'mc-race'")
+        thread.start()
+        deadline = time.monotonic() + 10
+        waiting = 0
+        while not waiting and time.monotonic() < deadline:
+            # A transaction sees one snapshot of pg_stat_activity unless it asks for a fresh one.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                           "AND datname = current_database()")
+            waiting = cursor.fetchone()[0]
+            time.sleep(0.02)
+        assert waiting == 1, "the flush never waited for the row"
+    thread.join(timeout=30)
+
+    assert "error" not in results, results
+    written = results["written"]
+    assert [(o.member_id, o.from_status, o.to_status) for o in written.outcomes] == [
+        ("mc-race", "draining", "draining")
+    ]
+    controller = MeetingController.objects.get(pk="mc-race")
+    assert (controller.health_status, controller.current_meetings) == ("draining", 7)
+    assert not HealthTransition.objects.filter(component_id="mc-race", reason="heartbeat").exists()
 
 
 def test_media_handler_registration_and_load_report():

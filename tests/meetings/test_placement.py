@@ -19,6 +19,7 @@ from controllers.models import HealthStatus, MeetingController
 from controllers.services.registration import (
     CONTROLLERS,
     Beat,
+    beats_flush,
     beats_record,
     controller_heartbeat,
     meeting_ended_notify,
@@ -88,8 +89,18 @@ def test_placement_counts_in_flight_and_the_next_heartbeat_reconciles(owner):
     assert Meeting.objects.get(pk=result.meeting_id).assigned_controller_id is None
 
 
+def _write_alone(beat: Beat) -> None:
+    beats_record(kind=CONTROLLERS, beats=[beat])
+
+
+def _flush_known_healthy(beat: Beat) -> None:
+    # A process that knows the MC healthy flushes its beat by compare-and-set (no row lock first).
+    assert beats_flush(kind=CONTROLLERS, beats=[beat], known={beat.member_id: "healthy"}).outcomes == []
+
+
 @pytest.mark.django_db
-def test_a_report_keeps_in_flight_the_assignments_made_after_it_was_received(owner):
+@pytest.mark.parametrize("write", [_write_alone, _flush_known_healthy], ids=["alone", "steady-flush"])
+def test_a_report_keeps_in_flight_the_assignments_made_after_it_was_received(owner, write):
     # A coalesced beat is written up to a flush interval after it arrived: a meeting assigned in between is not
     # in its report, so it must stay in flight instead of being forgotten until the next heartbeat.
     mc("mc-a", current_meetings=4, assigned_since_heartbeat=2)
@@ -99,13 +110,11 @@ def test_a_report_keeps_in_flight_the_assignments_made_after_it_was_received(own
             assigned_at=Now() - timedelta(seconds=seconds_ago),
         )
     received_five_seconds_ago = time.monotonic() - 5
-    beats_record(kind=CONTROLLERS, beats=[
-        Beat("mc-a", HealthStatus.HEALTHY, {"current_meetings": 5}, received_five_seconds_ago),
-    ])
+    write(Beat("mc-a", HealthStatus.HEALTHY, {"current_meetings": 5}, received_five_seconds_ago))
     assert (row("mc-a").current_meetings, row("mc-a").assigned_since_heartbeat) == (5, 1)
 
     # A report received now covers both.
-    beats_record(kind=CONTROLLERS, beats=[Beat("mc-a", HealthStatus.HEALTHY, {"current_meetings": 6})])
+    write(Beat("mc-a", HealthStatus.HEALTHY, {"current_meetings": 6}))
     assert (row("mc-a").current_meetings, row("mc-a").assigned_since_heartbeat) == (6, 0)
 
 
