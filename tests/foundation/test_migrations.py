@@ -272,3 +272,41 @@ def test_rows_written_under_the_first_controllers_migration_survive_the_history_
         assert sql_value("SELECT count(*) FROM meeting_assignments WHERE meeting_controller_id = 'mc-plain'") == 1
     finally:
         MigrationExecutor(connection).migrate(leaves)
+
+
+def _member_indexes() -> dict[str, str]:
+    rows = sql(
+        "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
+        "WHERE indrelid IN ('meeting_controllers'::regclass, 'media_handlers'::regclass)"
+    )
+    return dict(rows)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_member_tables_lose_their_id_pattern_indexes_and_get_them_back_on_rollback():
+    # Every beat writes its row outside HOT, so each index of these tables costs an insert per beat: the
+    # pattern index Django adds beside a CharField primary key serves no query here (0010).
+    pattern = {
+        "meeting_controllers_controller_id_bb18010b_like": "(controller_id varchar_pattern_ops)",
+        "media_handlers_handler_id_ed63c37f_like": "(handler_id varchar_pattern_ops)",
+    }
+    assert not [index for index in _member_indexes() if index.endswith("_like")]
+    executor = MigrationExecutor(connection)
+    leaves = executor.loader.graph.leaf_nodes()
+    try:
+        sql(
+            "INSERT INTO meeting_controllers (controller_id, region, endpoint, grpc_endpoint, max_meetings, "
+            "max_participants) VALUES ('mc-pattern', 'us-east-1', 'grpc://a:1', 'grpc://a:1', 1, 1)"
+        )
+        executor = _migrate(executor, [("controllers", "0009_members_updated_at_skip_when_now")])
+        indexes = _member_indexes()
+        for name, definition in pattern.items():
+            assert indexes[name].endswith(definition)
+        executor = _migrate(executor, leaves)
+        assert not [index for index in _member_indexes() if index.endswith("_like")]
+        assert sql_value("SELECT count(*) FROM meeting_controllers WHERE controller_id = 'mc-pattern'") == 1
+        # The primary keys still serve lookups by id.
+        assert {"meeting_controllers_pkey", "media_handlers_pkey"} <= set(_member_indexes())
+    finally:
+        MigrationExecutor(connection).migrate(leaves)
+        sql("DELETE FROM meeting_controllers WHERE controller_id = 'mc-pattern'")
