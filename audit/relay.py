@@ -6,7 +6,8 @@ processed or record its error. Every event goes to the stream `darktower:events`
 controller (aggregate type `controller`, or `meeting_controller` as operator actions spell it) also refresh its
 capacity hash `controller:{id}:capacity` (seed 002) from the controller's row as it is now, so out-of-order or
 repeated events cannot leave an old state behind. The heartbeat flush refreshes the same hashes
-(`capacity_cache_refresh`), so a steadily healthy controller's hash never expires.
+(`capacity_cache_write` with the hashes its statement returns, `capacity_cache_refresh` for the rest), so a
+steadily healthy controller's hash never expires.
 
 The relay writes each hash with its own pipelined commands (a command error fails only its event); the
 heartbeat flush writes a whole batch with one Lua script call, which measured about 3.5 times faster than a
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -47,14 +48,25 @@ CAPACITY_KEY = "controller:{controller_id}:capacity"
 CAPACITY_TTL_SECONDS = 300  # seed 002: 5 minutes
 # The sweep and the drain deadline write `controller`, the operator's mark-unhealthy `meeting_controller`.
 CONTROLLER_AGGREGATES = frozenset({"controller", "meeting_controller"})
-# The hash's fields (seed 002), in the order of _CAPACITY_VALUES and of the script's rows.
+# The hash's fields (seed 002), in the order of capacity_values_sql and of the script's rows.
 CAPACITY_FIELDS = (
     "max_meetings", "current_meetings", "max_participants", "current_participants", "health", "last_update",
 )
-# By primary key; last_update is the last heartbeat in whole Unix seconds (the database's clock). The values
-# come as the hash's strings: converting them in Python was a tenth of a heartbeat flush's CPU.
-_CAPACITY_VALUES = """ARRAY[max_meetings::text, current_meetings::text, max_participants::text,
-       current_participants::text, health_status::text, floor(extract(epoch FROM last_heartbeat_at))::bigint::text]"""
+
+
+def capacity_values_sql(row: str) -> str:
+    """The hash's values of the controller row named `row` in a query, as one text array in CAPACITY_FIELDS
+    order; last_update is the last heartbeat in whole Unix seconds (the database's clock). The values come as
+    the hash's strings: converting them in Python was a tenth of a heartbeat flush's CPU."""
+    return (
+        f"ARRAY[{row}.max_meetings::text, {row}.current_meetings::text, {row}.max_participants::text, "
+        f"{row}.current_participants::text, {row}.health_status::text, "
+        f"floor(extract(epoch FROM {row}.last_heartbeat_at))::bigint::text]"
+    )
+
+
+_CAPACITY_VALUES = capacity_values_sql("meeting_controllers")
+# By primary key.
 _CAPACITY_SQL = f"SELECT controller_id, {_CAPACITY_VALUES} FROM meeting_controllers WHERE controller_id = ANY(%s)"  # noqa: S608
 # The heartbeat flush's form: the ids in and the hashes out as one JSON document each ([id, values] per id, in
 # the order given; values null when the controller is gone), which go to the script as they are. Building,
@@ -66,12 +78,13 @@ FROM jsonb_array_elements_text(%s::jsonb) WITH ORDINALITY AS i(id, n)
 LEFT JOIN LATERAL (SELECT {_CAPACITY_VALUES} AS hash_values FROM meeting_controllers WHERE controller_id = i.id) c
   ON true
 """  # noqa: S608 (constants only)
-# Controllers per script call: a call blocks Redis while it runs (~1 ms per 1,000 hashes).
+# Controllers per script call (and per document): a call blocks Redis while it runs (~1 ms per 1,000 hashes).
 CAPACITY_SCRIPT_BATCH = 1000
 # ARGV[1]: the TTL; ARGV[2], ARGV[3]: what comes before and after the id in a hash's key (CAPACITY_KEY);
-# ARGV[4]: the document of _CAPACITY_DOCUMENT_SQL. The keys are named by the document, not by KEYS: the hashes
-# live on the deployment's one Redis (not a Cluster), and redis-py packs each key in Python (~2 µs each).
-# pcall: a key of the wrong type fails alone. Returns how many keys failed.
+# ARGV[4]: a capacity document ([id, values or null] per controller, values as capacity_values_sql orders them),
+# as _CAPACITY_DOCUMENT_SQL or the heartbeat flush's statement builds it. The keys are named by the document,
+# not by KEYS: the hashes live on the deployment's one Redis (not a Cluster), and redis-py packs each key in
+# Python (~2 µs each). pcall: a key of the wrong type fails alone. Returns how many keys failed.
 _CAPACITY_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local rows = cjson.decode(ARGV[4])
@@ -213,15 +226,23 @@ def capacity_cache_refresh(*, controller_ids: Collection[str], client: redis.Red
     that is gone) with one script call per CAPACITY_SCRIPT_BATCH. Returns how many keys Redis refused (a key of
     another type); connection errors and timeouts propagate: the caller decides whether to fail open."""
     ids = list(controller_ids)
-    script = client.register_script(_CAPACITY_SCRIPT)
-    key_prefix, _, key_suffix = CAPACITY_KEY.partition("{controller_id}")
-    failed = 0
+    documents = []
     for start in range(0, len(ids), CAPACITY_SCRIPT_BATCH):
         with server_bound_cursor() as cursor:
             cursor.execute(_CAPACITY_DOCUMENT_SQL, [json.dumps(ids[start:start + CAPACITY_SCRIPT_BATCH])])
-            (hashes,) = cursor.fetchone()
-        failed += int(script(args=[CAPACITY_TTL_SECONDS, key_prefix, key_suffix, hashes]))
-    return failed
+            documents.append(cursor.fetchone()[0])
+    return capacity_cache_write(documents=documents, client=client)
+
+
+def capacity_cache_write(*, documents: Iterable[str], client: redis.Redis) -> int:
+    """Write the hashes of capacity documents the database built (one script call each, so at most
+    CAPACITY_SCRIPT_BATCH controllers per document). Returns how many keys Redis refused; connection errors and
+    timeouts propagate."""
+    script = client.register_script(_CAPACITY_SCRIPT)
+    key_prefix, _, key_suffix = CAPACITY_KEY.partition("{controller_id}")
+    return sum(
+        int(script(args=[CAPACITY_TTL_SECONDS, key_prefix, key_suffix, document])) for document in documents
+    )
 
 
 def _stream_fields(event: OutboxEvent) -> dict[str, str]:

@@ -31,11 +31,12 @@ What an acknowledged heartbeat guarantees if this process dies:
   operator marked the MC unhealthy and its next beat counts toward recovery) commits with the flush.
 
 The Redis capacity hash of each controller (seed 002 `controller:{id}:capacity`, TTL 5 minutes "refreshed on
-heartbeat") is written after every database write of beats, flush or synchronous: one query for the rows as they
-now are and one script call doing HSET + EXPIRE per hash (Redis 6.2 has no per-field TTL; audit.relay says why a
-script and not a pipeline). It is a cache: when Redis does not answer (socket timeout
-REDIS_SOCKET_TIMEOUT_SECONDS) the beats are written all the same, one warning is logged, and refreshes pause for
-CAPACITY_CACHE_RETRY_SECONDS, so an outage costs a flush at most one timeout per pause.
+heartbeat") is written after every database write of beats, flush or synchronous, by a script call doing HSET +
+EXPIRE per hash (Redis 6.2 has no per-field TTL; audit.relay says why a script and not a pipeline). The values of
+a steady beat's row come back with the flush's statement; the rows of the other beats (state changes, the
+recovery gate, members gone) are read as they are after the commit. It is a cache: when Redis does not answer
+(socket timeout REDIS_SOCKET_TIMEOUT_SECONDS) the beats are written all the same, one warning is logged, and
+refreshes pause for CAPACITY_CACHE_RETRY_SECONDS, so an outage costs a flush at most one timeout per pause.
 """
 
 from __future__ import annotations
@@ -44,13 +45,13 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import redis
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
 
-from audit.relay import capacity_cache_refresh
+from audit.relay import capacity_cache_refresh, capacity_cache_write
 from controllers.services.registration import (
     CONTROLLERS,
     HANDLERS,
@@ -195,17 +196,25 @@ class HeartbeatRecorder:
                 for outcome in written.outcomes:
                     if outcome.member_id in self._known:
                         self._known[outcome.member_id] = outcome.to_status
-            self._refresh_capacity(batch)
+            # The steady members' hashes came with the write; the others' are read back by key.
+            self._refresh_capacity(
+                [*(outcome.member_id for outcome in written.outcomes), *written.missing], written.capacity_documents
+            )
         return len(batch)
 
-    def _refresh_capacity(self, member_ids: Collection[str]) -> None:
-        """Refresh the capacity hashes of the controllers of a write (one without a row loses its hash); fail open
-        (see the module docstring).
+    def _refresh_capacity(self, member_ids: Collection[str], documents: Sequence[str] = ()) -> None:
+        """Refresh the capacity hashes of the controllers of a write: `documents` as the write returned them, then
+        `member_ids` from their rows (one without a row loses its hash); fail open (see the module docstring).
         Called under _write_lock, so a newer write's hash is never overwritten by an older one's."""
-        if self.kind is not CONTROLLERS or not member_ids or time.monotonic() < self._cache_paused_until:
+        if self.kind is not CONTROLLERS or not (member_ids or documents):
+            return
+        if time.monotonic() < self._cache_paused_until:
             return
         try:
-            refused = capacity_cache_refresh(controller_ids=member_ids, client=redis_client())
+            client = redis_client()
+            refused = capacity_cache_write(documents=documents, client=client)
+            if member_ids:
+                refused += capacity_cache_refresh(controller_ids=member_ids, client=client)
         except (redis.RedisError, DatabaseError) as exc:
             # DatabaseError: the rows' read failed after their write committed; the beats are safe either way.
             self._cache_paused_until = time.monotonic() + CAPACITY_CACHE_RETRY_SECONDS
@@ -217,8 +226,7 @@ class HeartbeatRecorder:
                 )
             return
         if refused:
-            logger.warning("capacity cache: Redis refused %d of %d hashes (a key of another type?)",
-                           refused, len(member_ids))
+            logger.warning("capacity cache: Redis refused %d hashes (a key of another type?)", refused)
         if self._cache_failing:
             self._cache_failing = False
             logger.warning("capacity cache refresh recovered")

@@ -8,7 +8,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 import redis
@@ -18,6 +18,7 @@ from audit.relay import CAPACITY_TTL_SECONDS, capacity_cache_refresh, outbox_rel
 from controllers import heartbeats
 from controllers.heartbeats import HeartbeatRecorder
 from controllers.models import HealthStatus, MeetingController
+from controllers.services import registration
 from controllers.services.operations import controller_drain, controller_undrain
 from controllers.services.registration import CONTROLLERS, HANDLERS, Beat, controller_register
 from tests.factories import make_controller, make_handler
@@ -242,3 +243,36 @@ def test_a_refresh_probes_its_controllers_by_key_instead_of_reading_the_fleet(re
     assert re.search(r"Index Scan using meeting_controllers_\S+ on meeting_controllers", plan), plan
     assert _hash(redis_client, ids[-1])["max_meetings"] == str(MeetingController.objects.get(pk=template).max_meetings)
     redis_client.delete(*(_key(controller_id) for controller_id in ids))
+
+
+def test_a_flush_writes_steady_hashes_from_its_statement_and_reads_the_others_back(recorder, redis_client, operator,
+                                                                                   monkeypatch):
+    # Steady beats' hashes come back with the write, in documents of at most CAPACITY_SCRIPT_BATCH controllers
+    # (one script call each); a member an operator drained meanwhile, and one whose row is gone, are refreshed
+    # from the database after the commit.
+    monkeypatch.setattr(registration, "CAPACITY_SCRIPT_BATCH", 2)
+    steady = [_controller(redis_client, health=HealthStatus.HEALTHY, max_meetings=number) for number in range(1, 6)]
+    drained = _controller(redis_client, health=HealthStatus.HEALTHY)
+    gone = _controller(redis_client, health=HealthStatus.HEALTHY)
+    for controller_id in (*steady, drained, gone):
+        recorder.remember(controller_id, HealthStatus.HEALTHY)
+        recorder.record(Beat(controller_id, HealthStatus.HEALTHY, {"current_meetings": 1}))
+    redis_client.hset(_key(gone), "health", "healthy")
+    controller_drain(controller_id=drained, actor_user_id=operator.user_id)
+    MeetingController.objects.filter(pk=gone).delete()
+    statement_documents: list[str] = []
+
+    def recording_write(*, documents: Iterable[str], client: redis.Redis) -> int:
+        documents = list(documents)
+        statement_documents.extend(documents)
+        return relay.capacity_cache_write(documents=documents, client=client)
+
+    monkeypatch.setattr(heartbeats, "capacity_cache_write", recording_write)
+
+    assert recorder.flush() == 7
+
+    assert len(statement_documents) == 3  # the five steady hashes, two per document
+    assert [_hash(redis_client, controller_id)["max_meetings"] for controller_id in steady] == ["1", "2", "3", "4", "5"]
+    assert {_hash(redis_client, controller_id)["current_meetings"] for controller_id in steady} == {"1"}
+    assert _hash(redis_client, drained)["health"] == "draining"
+    assert not redis_client.exists(_key(gone))
