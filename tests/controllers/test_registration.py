@@ -338,13 +338,13 @@ def test_a_steady_beat_that_waited_for_a_concurrent_drain_is_written_from_the_dr
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("UPDATE meeting_controllers SET health_status = 'draining' WHERE controller_id = 'mc-race'")
         thread.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         waiting = 0
         while not waiting and time.monotonic() < deadline:
             # A transaction sees one snapshot of pg_stat_activity unless it asks for a fresh one.
             cursor.execute("SELECT pg_stat_clear_snapshot()")
             cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                           "AND datname = current_database()")
+                           "AND datname = current_database() AND query LIKE 'WITH batch AS MATERIALIZED%'")
             waiting = cursor.fetchone()[0]
             time.sleep(0.02)
         assert waiting == 1, "the flush never waited for the row"
