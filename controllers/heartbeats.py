@@ -55,12 +55,11 @@ from audit.relay import capacity_cache_refresh, capacity_cache_write
 from controllers.services.registration import (
     CONTROLLERS,
     HANDLERS,
-    RECOVERING_STATES,
     Beat,
     MemberKind,
+    beat_is_steady,
     beats_flush,
     beats_record,
-    health_after,
     members_health,
 )
 from darktower.errors import NotFound
@@ -80,10 +79,6 @@ def _merge(older: Beat | None, newer: Beat) -> Beat:
     values = dict(older.values)
     values.update({column: value for column, value in newer.values.items() if value is not None})
     return Beat(newer.member_id, newer.reported, values, newer.received_at)
-
-
-def _needs_write(known: str, beat: Beat) -> bool:
-    return known in RECOVERING_STATES or health_after(known, beat.reported) != known
 
 
 class HeartbeatRecorder:
@@ -114,7 +109,7 @@ class HeartbeatRecorder:
             known = self._known.get(beat.member_id)
         if known is None:
             known = self._lookup(beat.member_id)
-        if _needs_write(known, beat):
+        if not beat_is_steady(known, beat.reported):
             self._write_now(beat)
             return
         with self._lock:
@@ -127,7 +122,7 @@ class HeartbeatRecorder:
         self._ensure_running()
         with self._lock:
             known = self._known.get(beat.member_id)
-            if known is None or _needs_write(known, beat):
+            if not beat_is_steady(known, beat.reported):
                 return False
             self._pending[beat.member_id] = _merge(self._pending.get(beat.member_id), beat)
         return True
@@ -206,15 +201,12 @@ class HeartbeatRecorder:
         """Refresh the capacity hashes of the controllers of a write: `documents` as the write returned them, then
         `member_ids` from their rows (one without a row loses its hash); fail open (see the module docstring).
         Called under _write_lock, so a newer write's hash is never overwritten by an older one's."""
-        if self.kind is not CONTROLLERS or not (member_ids or documents):
-            return
-        if time.monotonic() < self._cache_paused_until:
+        if self.kind is not CONTROLLERS or not (member_ids or documents) or time.monotonic() < self._cache_paused_until:
             return
         try:
             client = redis_client()
             refused = capacity_cache_write(documents=documents, client=client)
-            if member_ids:
-                refused += capacity_cache_refresh(controller_ids=member_ids, client=client)
+            refused += capacity_cache_refresh(controller_ids=member_ids, client=client)
         except (redis.RedisError, DatabaseError) as exc:
             # DatabaseError: the rows' read failed after their write committed; the beats are safe either way.
             self._cache_paused_until = time.monotonic() + CAPACITY_CACHE_RETRY_SECONDS
