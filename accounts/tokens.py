@@ -67,12 +67,13 @@ class IssuedToken:
 def token_issue(
     *,
     subject: str,
-    audience: str,
+    audience: str | None,
     scopes: Iterable[str],
     lifetime_seconds: int,
     extra_claims: dict[str, Any] | None = None,
 ) -> IssuedToken:
-    """Sign a token with the active key."""
+    """Sign a token with the active key. `audience` None leaves out `aud`: Dark Tower's own services validate
+    tokens with jsonwebtoken's defaults, which refuse any token that names an audience."""
     signer = signing_key_active()
     now = datetime.now(UTC).replace(microsecond=0)
     expires_at = now + timedelta(seconds=lifetime_seconds)
@@ -82,7 +83,7 @@ def token_issue(
         **(extra_claims or {}),
         "iss": settings.JWT_ISSUER,
         "sub": subject,
-        "aud": audience,
+        **({"aud": audience} if audience is not None else {}),
         "iat": now,
         "nbf": now,
         "exp": expires_at,

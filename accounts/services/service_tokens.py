@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -258,3 +259,39 @@ def service_token_issue(
             metadata={"jti": issued.jti, "scope": issued.scope, "expires_at": issued.expires_at.isoformat()},
         )
     return issued
+
+
+# --- The GC's own token, for its calls to MCs -------------------------------------------------------------
+
+# What an MC requires of the GC's AssignMeetingWithMh call (Dark Tower's MC auth layer): this scope, this
+# service_type, and no `aud` claim.
+GC_SERVICE_TYPE = "global-controller"
+GC_TO_MC_SCOPE = "service.write.mc"
+# Renewed this long before it expires, so that a token never expires in flight or on an MC whose clock is ahead.
+_GC_TOKEN_RENEW_SECONDS = 60
+
+_gc_token_lock = threading.Lock()
+_gc_token: IssuedToken | None = None
+
+
+def gc_service_token() -> str:
+    """The token this GC presents to MCs: subject GC_ID, scope service.write.mc, service_type global-controller,
+    no audience, GC_SERVICE_TOKEN_LIFETIME_SECONDS long, signed with the active key and reused by this process
+    until it nears expiry. The GC is its own token issuer, so no credential or round trip is involved."""
+    global _gc_token
+    with _gc_token_lock:
+        token = _gc_token
+        if token is None or (token.expires_at - timezone.now()).total_seconds() < _GC_TOKEN_RENEW_SECONDS:
+            token = _gc_token = token_issue(
+                subject=settings.GC_ID, audience=None, scopes=[GC_TO_MC_SCOPE],
+                lifetime_seconds=settings.GC_SERVICE_TOKEN_LIFETIME_SECONDS,
+                extra_claims={"service_type": GC_SERVICE_TYPE},
+            )
+        return token.token
+
+
+def gc_service_token_forget() -> None:
+    """Drop the cached GC token (a signing key rotation or revocation, tests)."""
+    global _gc_token
+    with _gc_token_lock:
+        _gc_token = None
