@@ -276,6 +276,9 @@ DEFAULT_REGION = env_str("DEFAULT_REGION", "us-east-1")
 PLACEMENT_CANDIDATES = env_int("PLACEMENT_CANDIDATES", 5, minimum=1, maximum=100)
 PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE = env_int("PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE", 0, minimum=0)
 PLACEMENT_LARGE_MEETING_THRESHOLD = env_int("PLACEMENT_LARGE_MEETING_THRESHOLD", 100, minimum=1)
+# Whether a new assignment is first offered to the MC (AssignMeetingWithMh, as Dark Tower's MCs require: they
+# refuse clients of a meeting they were not told of). Off only for a fleet whose MCs do not serve that call.
+MC_ASSIGN_CALLS = env_bool("MC_ASSIGN_CALLS", True)
 # The GC's AssignMeetingWithMh call to an MC (controllers.mc_client): a join waits for it, so it is short.
 MC_ASSIGN_TIMEOUT_SECONDS = env_float("MC_ASSIGN_TIMEOUT_SECONDS", 2.0, minimum=0.05, maximum=30.0)
 MC_CHANNELS_MAX = env_int("MC_CHANNELS_MAX", 512, minimum=1)

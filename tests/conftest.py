@@ -14,6 +14,13 @@ def fast_passwords(settings):
 
 
 @pytest.fixture(autouse=True)
+def mc_assign_calls(request, settings):
+    # The MCs that factories make have no server behind their endpoints: placement asks an MC only in tests
+    # marked mc_calls, which run MCs that answer (tests/interop/original.py).
+    settings.MC_ASSIGN_CALLS = request.node.get_closest_marker("mc_calls") is not None
+
+
+@pytest.fixture(autouse=True)
 def fresh_token_caches():
     # Signing keys live in the test's (rolled back) transaction; the per-process caches must not outlive it.
     from accounts.blacklist import blacklist_cache_clear

@@ -122,6 +122,12 @@ class ParticipantSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class MediaHandlerAssignment(serializers.Serializer):
+    handler_id = serializers.CharField()
+    webtransport_endpoint = serializers.CharField()
+    grpc_endpoint = serializers.CharField()
+
+
 class JoinResponse(serializers.Serializer):
     meeting = MeetingSerializer()
     participant = ParticipantSerializer()
@@ -129,6 +135,10 @@ class JoinResponse(serializers.Serializer):
     region = serializers.CharField()
     grpc_endpoint = serializers.CharField()
     webtransport_endpoint = serializers.CharField(allow_null=True)
+    media_handlers = MediaHandlerAssignment(
+        many=True, help_text="The media handlers the meeting controller was given for this meeting (empty when it "
+        "was assigned without asking it)."
+    )
     meeting_token = serializers.CharField(
         help_text="EdDSA JWT for the meeting controller (claims meeting_id, participant_id, role; 5 minutes)."
     )

@@ -3,6 +3,7 @@ its MC from the Global Controller, then connects to the MC with the meeting toke
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 
@@ -13,10 +14,10 @@ from accounts.models import User
 from accounts.tokens import IssuedToken, token_issue
 from audit.models import ActorType
 from audit.services import AuditEntry, audit_record, audit_record_many
-from darktower.errors import Conflict, Gone, NotFound, PermissionDenied
+from darktower.errors import Conflict, Gone, NoCapacity, NotFound, PermissionDenied
 from meetings.models import LeaveReason, Meeting, MeetingParticipant, MeetingStatus
 from meetings.selectors import meeting_by_ref_locked
-from meetings.services.assignment import Assignment, meeting_assign_in_transaction
+from meetings.services.assignment import Assignment, PlacementNeeded, meeting_assign_in_transaction, meeting_place
 
 ROLE_HOST = "host"
 ROLE_PARTICIPANT = "participant"
@@ -81,6 +82,11 @@ def _present(meeting_id: uuid.UUID, user: User | None) -> tuple[int, MeetingPart
     return count, MeetingParticipant.from_db(connection.alias, _PARTICIPANT_ATTNAMES, columns)
 
 
+# Join attempts around a placement: the first finds that the meeting needs an MC, the second (after
+# meeting_place) finds it placed; a third covers an assignment ended in between (a drain, an MC going away).
+_JOIN_ROUNDS = 3
+
+
 def meeting_join(
     *,
     meeting_ref: str,
@@ -90,6 +96,38 @@ def meeting_join(
     ip_address: str | None = None,
     user_agent: str | None = None,
     client_version: str | None = None,
+) -> JoinResult:
+    """Admit a participant (see _join_once). When the meeting has no usable MC in `region` and the MC must be
+    asked (MC_ASSIGN_CALLS), the join's transaction is given up before anything is written, meeting_place asks
+    MCs with no transaction open, and the join runs again to find the assignment made: the checks (meeting
+    ended, full, not for guests) come first every time, so a refused join never places a meeting."""
+    placed: Assignment | None = None
+    for _ in range(_JOIN_ROUNDS):
+        try:
+            result = _join_once(
+                meeting_ref=meeting_ref, region=region, user=user, display_name=display_name,
+                ip_address=ip_address, user_agent=user_agent, client_version=client_version,
+            )
+        except PlacementNeeded as needed:
+            placed = meeting_place(meeting_id=needed.meeting_id, region=region,
+                                   actor_user_id=user.pk if user else None, max_participants=needed.max_participants)
+            continue
+        if placed is not None and result.assignment.assignment_id == placed.assignment_id:
+            # The placement this join made: the answer says so (rule, media handlers) rather than "reused".
+            result = dataclasses.replace(result, assignment=placed)
+        return result
+    raise NoCapacity(f"No meeting controller is available in region {region}.")
+
+
+def _join_once(
+    *,
+    meeting_ref: str,
+    region: str,
+    user: User | None,
+    display_name: str | None,
+    ip_address: str | None,
+    user_agent: str | None,
+    client_version: str | None,
 ) -> JoinResult:
     """Admit a participant (a user, or a guest when `user` is None), assign the meeting an MC in `region`,
     and issue the meeting token the MC accepts.
@@ -123,6 +161,7 @@ def meeting_join(
             raise Conflict("The meeting is full.")
 
         audit_entries: list[AuditEntry] = []
+        # PlacementNeeded leaves before anything is written: the rollback only gives back the meeting row's lock.
         assignment = meeting_assign_in_transaction(
             meeting_id=meeting.pk, region=region, actor_user_id=user.pk if user else None,
             max_participants=meeting.max_participants, audit_entries=audit_entries,
