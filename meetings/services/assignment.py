@@ -540,6 +540,20 @@ def _placement_lock(meeting_id: uuid.UUID, region: str, wait_seconds: float) -> 
         raise
 
 
+def placement_lock_try(meeting_id: uuid.UUID, region: str) -> bool:
+    """Take the placement lock of (meeting, region) if nobody holds it (a drain move that tells the target MC
+    holds it until the move commits, so no join places the meeting elsewhere meanwhile)."""
+    params = {"lock_class": _PLACEMENT_LOCK_CLASS, "meeting_id": str(meeting_id), "region": region}
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT pg_try_advisory_lock({_LOCK_KEY_SQL})", params)
+        return bool(cursor.fetchone()[0])
+
+
+def placement_lock_release(meeting_id: uuid.UUID, region: str) -> None:
+    """Give back a placement lock taken by placement_lock_try."""
+    _placement_unlock(meeting_id, region)
+
+
 def _placement_unlock(meeting_id: uuid.UUID, region: str) -> None:
     params = {"lock_class": _PLACEMENT_LOCK_CLASS, "meeting_id": str(meeting_id), "region": region}
     try:

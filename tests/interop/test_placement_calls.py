@@ -16,6 +16,7 @@ from django.utils import timezone
 from accounts.services.service_tokens import gc_service_token_forget
 from audit.models import AuditLog, OutboxEvent
 from controllers.models import MeetingController
+from controllers.services.drain import drain_begin, drains_enforce
 from meetings.models import MeetingAssignment
 from meetings.services.assignment import meeting_place
 from tests.factories import make_controller, make_handler, make_meeting, make_user
@@ -36,7 +37,7 @@ def fresh_gc_token():
 def roomy_join_limits(settings):
     settings.RATE_LIMIT_JOIN_PER_IP = 100_000
     settings.RATE_LIMIT_JOIN_PER_PRINCIPAL = 100_000
-    settings.MC_ASSIGN_TIMEOUT_SECONDS = 1.0
+    settings.MC_ASSIGN_TIMEOUT_SECONDS = 5.0  # a first call fetches the JWKS; a loaded machine is slow
 
 
 @pytest.fixture
@@ -245,3 +246,40 @@ def test_meeting_place_refuses_to_run_inside_a_transaction(start_mcs, handlers):
 
     with transaction.atomic(), pytest.raises(TransactionManagementError):
         meeting_place(meeting_id=guest_meeting().pk, region=REGION)
+
+
+def _drained_to(start_mcs, handlers, *, target_state=None):
+    source, target = start_mcs(1)[0], start_mcs(1, **(target_state or {}))[0]
+    loaded(target, 10)  # the meeting goes to the source first
+    meeting = guest_meeting()
+    placed = meeting_place(meeting_id=meeting.pk, region=REGION, rng=FirstChoice())
+    assert placed.controller_id == source.controller_id
+    drain_begin(controller_id=source.controller_id, deadline_seconds=0, target_controller_id=target.controller_id)
+    (enforced,) = drains_enforce()
+    return meeting, source, target, enforced
+
+
+def test_a_drain_move_tells_the_target_mc_first(start_mcs, handlers):
+    meeting, source, target, enforced = _drained_to(start_mcs, handlers)
+    (call,) = target.calls
+    assert call.meeting_id == str(meeting.pk)
+    assert call.mh_assignments == source.calls[0].mh_assignments
+    assert len(enforced.moved) == 1 and enforced.ended == []
+    moved = MeetingAssignment.objects.get(meeting=meeting, ended_at__isnull=True)
+    assert moved.meeting_controller_id == target.controller_id
+    assert moved.media_handler_ids == [mh_id for mh_id, _, _ in call.mh_assignments]
+    meeting.refresh_from_db()
+    assert meeting.assigned_controller_id == target.controller_id
+
+
+def test_a_drain_target_that_refuses_gets_nothing_and_the_meeting_is_ended(start_mcs, handlers):
+    meeting, _source, target, enforced = _drained_to(start_mcs, handlers, target_state={"draining": True})
+    assert len(target.calls) == 1
+    assert enforced.moved == [] and len(enforced.ended) == 1
+    assert not MeetingAssignment.objects.filter(meeting=meeting, ended_at__isnull=True).exists()
+    # The next join places it again, asking an MC: here the target, once it stopped draining.
+    target.state.draining = False
+    response = guest_join(meeting)
+    assert response.status_code == 201, response.content
+    assert response.json()["controller_id"] == target.controller_id
+    assert len(target.calls) == 2
