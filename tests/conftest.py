@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.factories import make_user
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The processes tests start (gunicorn, grpcserver, Celery workers) inherit this: like the tests themselves
+    # (mc_assign_calls below), they place meetings without asking MCs that have no server behind them.
+    os.environ.setdefault("MC_ASSIGN_CALLS", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """`manage.py simulate_fleet --controllers N [--handlers M] [--regions a,b] [--duration S] [--stale-share 0.05]
-[--target HOST:PORT] [--api URL] [--streams]`: a simulated fleet over real gRPC (controllers.simulator).
+[--target HOST:PORT] [--api URL] [--streams] [--serve-assignments]`: a simulated fleet over real gRPC
+(controllers.simulator).
 
 Credentials: --client-id / --client-secret, else SIMULATE_CLIENT_ID / SIMULATE_CLIENT_SECRET; with neither and
 DEBUG on (`SIMULATE=N make run`), a throwaway credential is created for the run and revoked when it ends. The
@@ -48,6 +49,8 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable fleet")
         parser.add_argument("--streams", action="store_true",
                             help="MCs beat over StreamHeartbeats, one stream each, instead of a call per beat")
+        parser.add_argument("--serve-assignments", action="store_true",
+                            help="each MC serves AssignMeetingWithMh on a loopback port of its own (at most 1000)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         client_id, client_secret = options["client_id"], options["client_secret"]
@@ -68,6 +71,7 @@ class Command(BaseCommand):
                 draining_share=options["draining_share"], max_in_flight=options["max_in_flight"],
                 channels=options["channels"], report_interval=options["report_interval"],
                 id_prefix=options["id_prefix"], seed=options["seed"], streams=options["streams"],
+                serve_assignments=options["serve_assignments"],
             )
             summary = asyncio.run(self._run(Fleet(config, write=self._write)))
         except SimulatorError as exc:
