@@ -317,8 +317,11 @@ REST_FRAMEWORK = {
 # --- API: rate limits (seed 002 Redis key ratelimit:{endpoint}:{identifier}:{window}) ----------------
 
 RATE_LIMIT_WINDOW_SECONDS = env_int("RATE_LIMIT_WINDOW_SECONDS", 60, minimum=1, maximum=86400)
+# Failed logins per window (successes count nowhere): per account and address, per account (from every address:
+# an attacker needs six addresses to lock an account out, and gets 30 guesses a window), per address.
+RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP = env_int("RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP", 5, minimum=1)
+RATE_LIMIT_LOGIN_PER_EMAIL = env_int("RATE_LIMIT_LOGIN_PER_EMAIL", 30, minimum=1)
 RATE_LIMIT_LOGIN_PER_IP = env_int("RATE_LIMIT_LOGIN_PER_IP", 20, minimum=1)
-RATE_LIMIT_LOGIN_PER_EMAIL = env_int("RATE_LIMIT_LOGIN_PER_EMAIL", 5, minimum=1)
 RATE_LIMIT_TOKEN_PER_CLIENT = env_int("RATE_LIMIT_TOKEN_PER_CLIENT", 30, minimum=1)
 RATE_LIMIT_TOKEN_PER_IP = env_int("RATE_LIMIT_TOKEN_PER_IP", 60, minimum=1)
 RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL = env_int("RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL", 30, minimum=1)
