@@ -240,6 +240,28 @@ JWT_SERVICE_TOKEN_LIFETIME_SECONDS = env_int("JWT_SERVICE_TOKEN_LIFETIME_SECONDS
 JWT_USER_TOKEN_LIFETIME_SECONDS = env_int("JWT_USER_TOKEN_LIFETIME_SECONDS", 3600, minimum=60, maximum=86400)
 JWT_MEETING_TOKEN_LIFETIME_SECONDS = env_int("JWT_MEETING_TOKEN_LIFETIME_SECONDS", 300, minimum=30, maximum=3600)
 JWT_CLOCK_SKEW_SECONDS = env_int("JWT_CLOCK_SKEW_SECONDS", 30, minimum=0, maximum=300)
+# The longest life (exp - iat) a token of each kind may claim to be verified: a token signed by a valid key but
+# living longer is refused. At least the lifetime we issue that kind with (by default exactly it).
+JWT_SERVICE_TOKEN_MAX_LIFETIME_SECONDS = env_int(
+    "JWT_SERVICE_TOKEN_MAX_LIFETIME_SECONDS", JWT_SERVICE_TOKEN_LIFETIME_SECONDS,
+    minimum=JWT_SERVICE_TOKEN_LIFETIME_SECONDS, maximum=86400,
+)
+JWT_USER_TOKEN_MAX_LIFETIME_SECONDS = env_int(
+    "JWT_USER_TOKEN_MAX_LIFETIME_SECONDS", JWT_USER_TOKEN_LIFETIME_SECONDS,
+    minimum=JWT_USER_TOKEN_LIFETIME_SECONDS, maximum=86400,
+)
+JWT_MEETING_TOKEN_MAX_LIFETIME_SECONDS = env_int(
+    "JWT_MEETING_TOKEN_MAX_LIFETIME_SECONDS", JWT_MEETING_TOKEN_LIFETIME_SECONDS,
+    minimum=JWT_MEETING_TOKEN_LIFETIME_SECONDS, maximum=3600,
+)
+# Meeting tokens of guests (role "guest"); guests get the meeting lifetime today.
+JWT_GUEST_TOKEN_MAX_LIFETIME_SECONDS = env_int(
+    "JWT_GUEST_TOKEN_MAX_LIFETIME_SECONDS", JWT_MEETING_TOKEN_LIFETIME_SECONDS,
+    minimum=JWT_MEETING_TOKEN_LIFETIME_SECONDS, maximum=3600,
+)
+# How long a process uses its cached signing keys before reading them again: the longest a revoked key
+# (manage.py revoke_signing_key) keeps being accepted by a process other than the one that revoked it.
+SIGNING_KEY_CACHE_SECONDS = env_int("SIGNING_KEY_CACHE_SECONDS", 30, minimum=1, maximum=3600)
 JWT_MAX_TOKEN_BYTES = 8192
 SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY") or SECRET_KEY
 
