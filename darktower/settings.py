@@ -273,6 +273,9 @@ GRPC_PROCESSES = env_int("GRPC_PROCESSES", 1, minimum=1, maximum=256)
 GRPC_MAX_RECEIVE_MESSAGE_BYTES = env_int("GRPC_MAX_RECEIVE_MESSAGE_BYTES", 64 * 1024, minimum=1024)
 GRPC_SHUTDOWN_GRACE_SECONDS = env_float("GRPC_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0)
 GRPC_GC_FULL_SECONDS = env_float("GRPC_GC_FULL_SECONDS", 3600.0, minimum=0)
+# A StreamHeartbeats stream with no beat for this long is ended (DEADLINE_EXCEEDED; the MC opens a new one): an
+# idle stream must not keep a token alive past its revocation. Twice the stale threshold by default.
+GRPC_STREAM_IDLE_TIMEOUT_SECONDS = env_float("GRPC_STREAM_IDLE_TIMEOUT_SECONDS", 60.0, minimum=0.001)
 # gRPC rate limits (controllers.grpc.ratelimit): registrations in Redis per RATE_LIMIT_WINDOW_SECONDS, per caller
 # and member and per caller; heartbeats in process, a token bucket per caller and member.
 GRPC_RATE_LIMIT_REGISTER_PER_MEMBER = env_int("GRPC_RATE_LIMIT_REGISTER_PER_MEMBER", 10, minimum=1)
