@@ -268,6 +268,13 @@ SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY") or SECRET_
 # --- Controllers: heartbeats, health, placement -------------------------------------------------
 
 GRPC_BIND = env_str("GRPC_BIND", "127.0.0.1:50051")
+# TLS for the gRPC server (PEM files): certificate chain and key; with a client CA, every client must present a
+# certificate it signed (mutual TLS). With DEBUG off, a plaintext bind on a non-loopback address refuses to start
+# unless GRPC_ALLOW_PLAINTEXT says a TLS-terminating proxy or a private link carries the traffic.
+GRPC_TLS_CERT_FILE = env_str("GRPC_TLS_CERT_FILE", "")
+GRPC_TLS_KEY_FILE = env_str("GRPC_TLS_KEY_FILE", "")
+GRPC_TLS_CLIENT_CA_FILE = env_str("GRPC_TLS_CLIENT_CA_FILE", "")
+GRPC_ALLOW_PLAINTEXT = env_bool("GRPC_ALLOW_PLAINTEXT", False)
 GRPC_WORKERS = env_int("GRPC_WORKERS", 8, minimum=1, maximum=256)
 GRPC_PROCESSES = env_int("GRPC_PROCESSES", 1, minimum=1, maximum=256)
 GRPC_MAX_RECEIVE_MESSAGE_BYTES = env_int("GRPC_MAX_RECEIVE_MESSAGE_BYTES", 64 * 1024, minimum=1024)
