@@ -28,7 +28,7 @@ from accounts.services.service_tokens import (
     service_credential_rotate_secret,
 )
 from accounts.services.users import ALL_SCOPES, normalize_email, user_scopes
-from accounts.signing import public_jwk, signing_key_rotate
+from accounts.signing import public_jwk, signing_key_revoke, signing_key_rotate
 from darktower.admin_tools import confirmed_action
 
 
@@ -277,13 +277,15 @@ class ServiceCredentialAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
 
 @admin.register(SigningKey)
 class SigningKeyAdmin(admin.ModelAdmin):
-    """Public information only; the private key never leaves the database. Rotate from the list's button."""
+    """Public information only; the private key never leaves the database. Rotate from the list's button; revoke
+    a compromised key with the list's action."""
 
     list_display = ("kid", "algorithm", "is_active", "created_at", "retired_at", "publish_until")
     list_filter = ("is_active",)
     fields = ("kid", "algorithm", "public_jwk", "is_active", "created_at", "retired_at", "publish_until")
     readonly_fields = ("public_jwk",)
     ordering = ("-created_at",)
+    actions = ("revoke_action",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -296,6 +298,26 @@ class SigningKeyAdmin(admin.ModelAdmin):
 
     def has_rotate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("accounts.change_signingkey")
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        # Ends every token of the key, the fleet's and users' alike: the same permission as rotation.
+        return request.user.has_perm("accounts.change_signingkey")
+
+    @admin.action(description="Revoke selected keys (every token they signed stops working)", permissions=["revoke"])
+    def revoke_action(self, request: HttpRequest, queryset: QuerySet[SigningKey]) -> HttpResponse | None:
+        def perform(key: SigningKey) -> str:
+            revoked = signing_key_revoke(kid=key.kid, actor_user_id=request.user.pk)
+            replaced = f"; {revoked.replacement_kid} is the active key now" if revoked.replacement_kid else ""
+            return f"{key.kid}: revoked, its tokens are refused{replaced}."
+
+        return confirmed_action(
+            modeladmin=self, request=request, queryset=queryset, action="revoke_action",
+            title="Revoke signing keys",
+            description="For a compromised key. Each key leaves the JWKS at once and every token it signed is "
+            "refused: here at once, by every other process within SIGNING_KEY_CACHE_SECONDS. Revoking the "
+            "active key makes a new one active first; services and users fetch new tokens.",
+            perform=perform,
+        )
 
     @admin.display(description="public JWK")
     def public_jwk(self, obj: SigningKey) -> str:

@@ -240,17 +240,49 @@ JWT_SERVICE_TOKEN_LIFETIME_SECONDS = env_int("JWT_SERVICE_TOKEN_LIFETIME_SECONDS
 JWT_USER_TOKEN_LIFETIME_SECONDS = env_int("JWT_USER_TOKEN_LIFETIME_SECONDS", 3600, minimum=60, maximum=86400)
 JWT_MEETING_TOKEN_LIFETIME_SECONDS = env_int("JWT_MEETING_TOKEN_LIFETIME_SECONDS", 300, minimum=30, maximum=3600)
 JWT_CLOCK_SKEW_SECONDS = env_int("JWT_CLOCK_SKEW_SECONDS", 30, minimum=0, maximum=300)
+# The longest life (exp - iat) a token of each kind may claim to be verified: a token signed by a valid key but
+# living longer is refused. At least the lifetime we issue that kind with (by default exactly it).
+JWT_SERVICE_TOKEN_MAX_LIFETIME_SECONDS = env_int(
+    "JWT_SERVICE_TOKEN_MAX_LIFETIME_SECONDS", JWT_SERVICE_TOKEN_LIFETIME_SECONDS,
+    minimum=JWT_SERVICE_TOKEN_LIFETIME_SECONDS, maximum=86400,
+)
+JWT_USER_TOKEN_MAX_LIFETIME_SECONDS = env_int(
+    "JWT_USER_TOKEN_MAX_LIFETIME_SECONDS", JWT_USER_TOKEN_LIFETIME_SECONDS,
+    minimum=JWT_USER_TOKEN_LIFETIME_SECONDS, maximum=86400,
+)
+JWT_MEETING_TOKEN_MAX_LIFETIME_SECONDS = env_int(
+    "JWT_MEETING_TOKEN_MAX_LIFETIME_SECONDS", JWT_MEETING_TOKEN_LIFETIME_SECONDS,
+    minimum=JWT_MEETING_TOKEN_LIFETIME_SECONDS, maximum=3600,
+)
+# Meeting tokens of guests (role "guest"); guests get the meeting lifetime today.
+JWT_GUEST_TOKEN_MAX_LIFETIME_SECONDS = env_int(
+    "JWT_GUEST_TOKEN_MAX_LIFETIME_SECONDS", JWT_MEETING_TOKEN_LIFETIME_SECONDS,
+    minimum=JWT_MEETING_TOKEN_LIFETIME_SECONDS, maximum=3600,
+)
+# How long a process uses its cached signing keys before reading them again: the longest a revoked key
+# (manage.py revoke_signing_key) keeps being accepted by a process other than the one that revoked it.
+SIGNING_KEY_CACHE_SECONDS = env_int("SIGNING_KEY_CACHE_SECONDS", 30, minimum=1, maximum=3600)
 JWT_MAX_TOKEN_BYTES = 8192
 SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY") or SECRET_KEY
 
 # --- Controllers: heartbeats, health, placement -------------------------------------------------
 
 GRPC_BIND = env_str("GRPC_BIND", "127.0.0.1:50051")
+# TLS for the gRPC server (PEM files): certificate chain and key; with a client CA, every client must present a
+# certificate it signed (mutual TLS). With DEBUG off, a plaintext bind on a non-loopback address refuses to start
+# unless GRPC_ALLOW_PLAINTEXT says a TLS-terminating proxy or a private link carries the traffic.
+GRPC_TLS_CERT_FILE = env_str("GRPC_TLS_CERT_FILE", "")
+GRPC_TLS_KEY_FILE = env_str("GRPC_TLS_KEY_FILE", "")
+GRPC_TLS_CLIENT_CA_FILE = env_str("GRPC_TLS_CLIENT_CA_FILE", "")
+GRPC_ALLOW_PLAINTEXT = env_bool("GRPC_ALLOW_PLAINTEXT", False)
 GRPC_WORKERS = env_int("GRPC_WORKERS", 8, minimum=1, maximum=256)
 GRPC_PROCESSES = env_int("GRPC_PROCESSES", 1, minimum=1, maximum=256)
 GRPC_MAX_RECEIVE_MESSAGE_BYTES = env_int("GRPC_MAX_RECEIVE_MESSAGE_BYTES", 64 * 1024, minimum=1024)
 GRPC_SHUTDOWN_GRACE_SECONDS = env_float("GRPC_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0)
 GRPC_GC_FULL_SECONDS = env_float("GRPC_GC_FULL_SECONDS", 3600.0, minimum=0)
+# A StreamHeartbeats stream with no beat for this long is ended (DEADLINE_EXCEEDED; the MC opens a new one): an
+# idle stream must not keep a token alive past its revocation. Twice the stale threshold by default.
+GRPC_STREAM_IDLE_TIMEOUT_SECONDS = env_float("GRPC_STREAM_IDLE_TIMEOUT_SECONDS", 60.0, minimum=0.001)
 # gRPC rate limits (controllers.grpc.ratelimit): registrations in Redis per RATE_LIMIT_WINDOW_SECONDS, per caller
 # and member and per caller; heartbeats in process, a token bucket per caller and member.
 GRPC_RATE_LIMIT_REGISTER_PER_MEMBER = env_int("GRPC_RATE_LIMIT_REGISTER_PER_MEMBER", 10, minimum=1)
@@ -317,8 +349,11 @@ REST_FRAMEWORK = {
 # --- API: rate limits (seed 002 Redis key ratelimit:{endpoint}:{identifier}:{window}) ----------------
 
 RATE_LIMIT_WINDOW_SECONDS = env_int("RATE_LIMIT_WINDOW_SECONDS", 60, minimum=1, maximum=86400)
+# Failed logins per window (successes count nowhere): per account and address, per account (from every address:
+# an attacker needs six addresses to lock an account out, and gets 30 guesses a window), per address.
+RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP = env_int("RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP", 5, minimum=1)
+RATE_LIMIT_LOGIN_PER_EMAIL = env_int("RATE_LIMIT_LOGIN_PER_EMAIL", 30, minimum=1)
 RATE_LIMIT_LOGIN_PER_IP = env_int("RATE_LIMIT_LOGIN_PER_IP", 20, minimum=1)
-RATE_LIMIT_LOGIN_PER_EMAIL = env_int("RATE_LIMIT_LOGIN_PER_EMAIL", 5, minimum=1)
 RATE_LIMIT_TOKEN_PER_CLIENT = env_int("RATE_LIMIT_TOKEN_PER_CLIENT", 30, minimum=1)
 RATE_LIMIT_TOKEN_PER_IP = env_int("RATE_LIMIT_TOKEN_PER_IP", 60, minimum=1)
 RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL = env_int("RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL", 30, minimum=1)

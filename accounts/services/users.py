@@ -120,19 +120,25 @@ def user_logout(*, claims: TokenClaims | None, user_id: object) -> None:
 
 
 def login_throttle_fallback(*, email_hash_hex: str, ip_address: str | None) -> None:
-    """The login limit when Redis is unreachable: count failed logins in the audit trail over the last window.
+    """The login limits when Redis is unreachable: count failed logins in the audit trail over the last window.
 
     Fail closed would lock every user out during a Redis outage; fail open would lift brute-force protection
     exactly when an attacker may have caused the outage. Failed logins are already audited in the same
-    database, so they are counted instead: per account from idx_audit_target (target_type, target_id), per
-    address from idx_audit_created_at (one window of rows). Only failures count here, where Redis counts
-    every attempt; a user who signs in correctly is never held back by the fallback.
+    database, so they are counted instead, with the same limits as in Redis: per account and address and per
+    account from idx_audit_target (target_type, target_id), per address from idx_audit_created_at (one window
+    of rows). Like Redis, only failures count: a user who signs in correctly is never held back by them.
     """
     window = settings.RATE_LIMIT_WINDOW_SECONDS
     recent = AuditLog.objects.filter(
         event_type=LOGIN_EVENT, result=AuditResult.FAILURE, created_at__gte=Now() - timedelta(seconds=window)
     )
-    by_account = recent.filter(target_type=LOGIN_TARGET_TYPE, target_id=email_hash_hex).count()
+    account = recent.filter(target_type=LOGIN_TARGET_TYPE, target_id=email_hash_hex)
+    by_account = account.count()
+    by_account_and_address = account.filter(ip_address=ip_address).count() if ip_address else 0
     by_address = recent.filter(ip_address=ip_address).count() if ip_address else 0
-    if by_account >= settings.RATE_LIMIT_LOGIN_PER_EMAIL or by_address >= settings.RATE_LIMIT_LOGIN_PER_IP:
+    if (
+        by_account_and_address >= settings.RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP
+        or by_account >= settings.RATE_LIMIT_LOGIN_PER_EMAIL
+        or by_address >= settings.RATE_LIMIT_LOGIN_PER_IP
+    ):
         raise Throttled("Too many failed logins; retry later.", retry_after_seconds=max(1, math.ceil(window)))

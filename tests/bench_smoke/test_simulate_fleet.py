@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from accounts.services.service_tokens import service_credential_create
-from controllers.grpc.server import GrpcServer
+from controllers.grpc.server import GrpcServer, ServerTls
 from controllers.heartbeats import RECORDERS
 from controllers.models import HealthStatus, MediaHandler, MeetingController
 from controllers.simulator import Fleet, FleetConfig, SimulatorError
+from tests.grpc.tls import make_tls_files, tls_grpc_server
 
 pytestmark = pytest.mark.slow
 
@@ -110,6 +112,33 @@ def test_a_deleted_controller_registers_again(grpc_server, live_server, credenti
     assert fleet.stats.codes["NOT_FOUND"] >= 1
     assert fleet.stats.methods["RegisterMC"] == 2
     assert MeetingController.objects.get().health_status == HealthStatus.HEALTHY
+
+
+def test_a_fleet_over_mutual_tls(live_server, credential, tmp_path):
+    files = make_tls_files(tmp_path)
+    tls = ServerTls(certificate_chain=files.read("server_cert"), private_key=files.read("server_key"),
+                    client_ca=files.read("ca"))
+    with tls_grpc_server(tls) as server:
+        mutual = config(server, live_server.url, credential, controllers=2, handlers=1, duration=2.5,
+                        stale_share=0.0, draining_share=0.0, streams=True, tls_ca_file=str(files.ca),
+                        tls_client_cert_file=str(files.client_cert), tls_client_key_file=str(files.client_key))
+        summary = asyncio.run(Fleet(mutual, write=lambda line: None).run())
+
+        assert summary.total.errors == {}
+        assert summary.state.registered == 3
+        assert summary.total.by_method["StreamHeartbeats/fast"] >= 2
+        # Without its client certificate the fleet cannot reach the server; without TLS neither.
+        for missing in ({"tls_client_cert_file": None, "tls_client_key_file": None},
+                        {"tls_ca_file": None, "tls_client_cert_file": None, "tls_client_key_file": None}):
+            refused = dataclasses.replace(mutual, controllers=1, handlers=0, startup_wait=1.5, **missing)
+            with pytest.raises(SimulatorError, match="unreachable"):
+                asyncio.run(Fleet(refused, write=lambda line: None).run())
+
+
+def test_a_client_certificate_needs_its_key():
+    with pytest.raises(SimulatorError, match="go together"):
+        FleetConfig(target="127.0.0.1:1", api="http://127.0.0.1:1", client_id="svc", client_secret="x",
+                    tls_client_cert_file="client.pem")
 
 
 def test_refused_credentials_stop_the_run(grpc_server, live_server, credential):
