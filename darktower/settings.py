@@ -368,6 +368,13 @@ WHITENOISE_AUTOREFRESH = DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+# Reverse proxies (CIDRs) whose X-Forwarded-For is believed: only when the peer is one of them, and then the
+# right-most address that is not one of them is the client (darktower/client_address.py). Empty: no proxy.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+try:
+    TRUSTED_PROXIES_PARSED = tuple(ipaddress.ip_network(net, strict=False) for net in TRUSTED_PROXIES)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from None
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRUST_X_FORWARDED_PROTO", False) else None
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
@@ -377,8 +384,8 @@ CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 # Set for several processes (gunicorn workers, grpcserver processes): prometheus-client reads it from the
 # environment itself; darktower.metrics aggregates that directory's files at scrape time.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", None) or None
-# Who may scrape GET /metrics (it shows the fleet's layout): client addresses (REMOTE_ADDR) in these networks;
-# anyone else gets a 404.
+# Who may scrape GET /metrics (it shows the fleet's layout): client addresses (behind a trusted proxy, the client's
+# from X-Forwarded-For) in these networks; anyone else gets a 404.
 METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
 try:
     METRICS_ALLOWED_NETWORKS_PARSED = tuple(ipaddress.ip_network(net, strict=False) for net in METRICS_ALLOWED_NETWORKS)
