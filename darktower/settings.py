@@ -241,7 +241,16 @@ JWT_USER_TOKEN_LIFETIME_SECONDS = env_int("JWT_USER_TOKEN_LIFETIME_SECONDS", 360
 JWT_MEETING_TOKEN_LIFETIME_SECONDS = env_int("JWT_MEETING_TOKEN_LIFETIME_SECONDS", 300, minimum=30, maximum=3600)
 JWT_CLOCK_SKEW_SECONDS = env_int("JWT_CLOCK_SKEW_SECONDS", 30, minimum=0, maximum=300)
 JWT_MAX_TOKEN_BYTES = 8192
-SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY") or SECRET_KEY
+# Its own secret: derived from SECRET_KEY, rotating that would make every stored private key unreadable. Only
+# development falls back to SECRET_KEY. A deployment that ran on that fallback sets it to its SECRET_KEY's value.
+SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY")
+if not SIGNING_KEY_ENCRYPTION_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SIGNING_KEY_ENCRYPTION_KEY is required when DEBUG is off (or SIGNING_KEY_ENCRYPTION_KEY_FILE); it "
+            "encrypts the token signing keys at rest and must not change with SECRET_KEY."
+        )
+    SIGNING_KEY_ENCRYPTION_KEY = SECRET_KEY
 
 # --- Controllers: heartbeats, health, placement -------------------------------------------------
 
@@ -375,7 +384,24 @@ try:
     TRUSTED_PROXIES_PARSED = tuple(ipaddress.ip_network(net, strict=False) for net in TRUSTED_PROXIES)
 except ValueError as exc:
     raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from None
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRUST_X_FORWARDED_PROTO", False) else None
+# X-Forwarded-Proto says whether the client spoke HTTPS to the proxy: believed only behind a trusted proxy (which
+# must overwrite the header), never from clients that reach this process directly.
+_TRUST_X_FORWARDED_PROTO = env_bool("TRUST_X_FORWARDED_PROTO", bool(TRUSTED_PROXIES))
+if _TRUST_X_FORWARDED_PROTO and not TRUSTED_PROXIES:
+    raise ImproperlyConfigured("TRUST_X_FORWARDED_PROTO needs TRUSTED_PROXIES: only a trusted proxy's header counts.")
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _TRUST_X_FORWARDED_PROTO else None
+# Production answers HTTPS only: plain HTTP is redirected, and browsers are told (HSTS) to use nothing else for a
+# year, this host's subdomains included. Development (DEBUG on, make run) serves plain HTTP and sends no HSTS.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# Probes and scrapes answer plain HTTP too: load balancers, orchestrators and Prometheus reach the process
+# directly, without TLS (/metrics keeps its own allow-list); none of them carries a cookie or a credential.
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+# The preload token is consent to browsers' built-in HSTS lists; it takes effect only once the domain is submitted.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+# Admin sessions: 8 hours, not Django's two weeks.
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600, minimum=60, maximum=14 * 86400)
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 
