@@ -122,6 +122,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    # Swagger UI's files for /api/docs/, served from here (WhiteNoise): a CDN's script would run on the admin's origin.
+    "drf_spectacular_sidecar",
     "django_grpc_framework",
     "django_celery_beat",
     "pgtrigger",
@@ -343,6 +345,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Meetings, the join flow, recordings, API keys and the controller fleet.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from drf-spectacular-sidecar's static files, not from a public CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # Several models have a `status`; name each choice set after its model instead of a hash.
     "ENUM_NAME_OVERRIDES": {
         "MeetingStatusEnum": "meetings.models.MeetingStatus",
