@@ -8,15 +8,19 @@ and would let any caller pick its own rate-limit bucket, audit address or /metri
 
 A malformed entry ends the walk at the nearest hop known good (the last trusted proxy reached): a trusted proxy
 never writes one, so it came from further out.
+
+X-Forwarded-Proto follows the same rule: ForwardedProtoMiddleware drops it from requests whose peer is not a
+trusted proxy, so SECURE_PROXY_SSL_HEADER never believes a client that reached the process directly.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest, HttpResponse
 
 # An address is at most 45 characters (IPv4-mapped IPv6); a longer entry is not parsed.
 _MAX_ENTRY = 64
@@ -59,3 +63,21 @@ def client_address(meta: Mapping[str, Any]) -> str | None:
             return str(hop)
         nearest = hop
     return str(nearest)
+
+
+def peer_is_trusted_proxy(meta: Mapping[str, Any]) -> bool:
+    peer = _address(str(meta.get("REMOTE_ADDR") or ""))
+    return peer is not None and _trusted(peer, settings.TRUSTED_PROXIES_PARSED)
+
+
+class ForwardedProtoMiddleware:
+    """Drops X-Forwarded-Proto unless the peer is a trusted proxy. Before SecurityMiddleware, which reads it
+    (through SECURE_PROXY_SSL_HEADER) for the HTTPS redirect."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "HTTP_X_FORWARDED_PROTO" in request.META and not peer_is_trusted_proxy(request.META):
+            del request.META["HTTP_X_FORWARDED_PROTO"]
+        return self.get_response(request)

@@ -137,6 +137,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: it times everything below it and sees the final status (darktower/metrics.py).
     "darktower.metrics.MetricsMiddleware",
+    # Before SecurityMiddleware: X-Forwarded-Proto counts only from a trusted proxy (darktower/client_address.py).
+    "darktower.client_address.ForwardedProtoMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Before anything reads the body: /api/ bodies over DATA_UPLOAD_MAX_MEMORY_SIZE answer 413 JSON.
     "darktower.api.middleware.ApiBodyLimitMiddleware",

@@ -155,3 +155,16 @@ def test_metrics_through_an_untrusted_local_proxy_stays_as_before(client):
 def test_malformed_headers_never_make_a_500(api, behind_proxy, forwarded_for):
     response = _login(api, peer="10.0.0.2", forwarded_for=forwarded_for)
     assert response.status_code == 401
+
+
+def test_x_forwarded_proto_counts_only_from_a_trusted_proxy(client, settings, behind_proxy):
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    settings.SECURE_SSL_REDIRECT = True
+
+    # Through the proxy, which saw HTTPS: served.
+    assert client.get("/admin/login/", REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_PROTO="https").status_code == 200
+    # Through the proxy over plain HTTP: redirected.
+    assert client.get("/admin/login/", REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_PROTO="http").status_code == 301
+    # Straight to the process, claiming HTTPS: the claim is dropped and the request redirected.
+    response = client.get("/admin/login/", REMOTE_ADDR="198.51.100.9", HTTP_X_FORWARDED_PROTO="https")
+    assert response.status_code == 301 and response["Location"].startswith("https://")
