@@ -245,8 +245,8 @@ JWT_USER_TOKEN_LIFETIME_SECONDS = env_int("JWT_USER_TOKEN_LIFETIME_SECONDS", 360
 JWT_MEETING_TOKEN_LIFETIME_SECONDS = env_int("JWT_MEETING_TOKEN_LIFETIME_SECONDS", 300, minimum=30, maximum=3600)
 JWT_CLOCK_SKEW_SECONDS = env_int("JWT_CLOCK_SKEW_SECONDS", 30, minimum=0, maximum=300)
 JWT_MAX_TOKEN_BYTES = 8192
-# Its own secret: derived from SECRET_KEY, rotating that would make every stored private key unreadable. Only
-# development falls back to SECRET_KEY. A deployment that ran on that fallback sets it to its SECRET_KEY's value.
+# A secret of its own: were it SECRET_KEY, rotating SECRET_KEY would make every stored private key unreadable. Only
+# development falls back to SECRET_KEY; a deployment that ran on that fallback sets it to its SECRET_KEY's value.
 SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY")
 if not SIGNING_KEY_ENCRYPTION_KEY:
     if not DEBUG:
