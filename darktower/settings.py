@@ -122,6 +122,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    # Swagger UI's files for /api/docs/, served from here (WhiteNoise): a CDN's script would run on the admin's origin.
+    "drf_spectacular_sidecar",
     "django_grpc_framework",
     "django_celery_beat",
     "pgtrigger",
@@ -135,6 +137,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: it times everything below it and sees the final status (darktower/metrics.py).
     "darktower.metrics.MetricsMiddleware",
+    # Before SecurityMiddleware: X-Forwarded-Proto counts only from a trusted proxy (darktower/client_address.py).
+    "darktower.client_address.ForwardedProtoMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Before anything reads the body: /api/ bodies over DATA_UPLOAD_MAX_MEMORY_SIZE answer 413 JSON.
     "darktower.api.middleware.ApiBodyLimitMiddleware",
@@ -263,7 +267,16 @@ JWT_GUEST_TOKEN_MAX_LIFETIME_SECONDS = env_int(
 # (manage.py revoke_signing_key) keeps being accepted by a process other than the one that revoked it.
 SIGNING_KEY_CACHE_SECONDS = env_int("SIGNING_KEY_CACHE_SECONDS", 30, minimum=1, maximum=3600)
 JWT_MAX_TOKEN_BYTES = 8192
-SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY") or SECRET_KEY
+# A secret of its own: were it SECRET_KEY, rotating SECRET_KEY would make every stored private key unreadable. Only
+# development falls back to SECRET_KEY; a deployment that ran on that fallback sets it to its SECRET_KEY's value.
+SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY")
+if not SIGNING_KEY_ENCRYPTION_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SIGNING_KEY_ENCRYPTION_KEY is required when DEBUG is off (or SIGNING_KEY_ENCRYPTION_KEY_FILE); it "
+            "encrypts the token signing keys at rest and must not change with SECRET_KEY."
+        )
+    SIGNING_KEY_ENCRYPTION_KEY = SECRET_KEY
 
 # --- Controllers: heartbeats, health, placement -------------------------------------------------
 
@@ -369,6 +382,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Meetings, the join flow, recordings, API keys and the controller fleet.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from drf-spectacular-sidecar's static files, not from a public CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # Several models have a `status`; name each choice set after its model instead of a hash.
     "ENUM_NAME_OVERRIDES": {
         "MeetingStatusEnum": "meetings.models.MeetingStatus",
@@ -403,7 +420,31 @@ WHITENOISE_AUTOREFRESH = DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRUST_X_FORWARDED_PROTO", False) else None
+# Reverse proxies (CIDRs) whose X-Forwarded-For is believed: only when the peer is one of them, and then the
+# right-most address that is not one of them is the client (darktower/client_address.py). Empty: no proxy.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+try:
+    TRUSTED_PROXIES_PARSED = tuple(ipaddress.ip_network(net, strict=False) for net in TRUSTED_PROXIES)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from None
+# X-Forwarded-Proto says whether the client spoke HTTPS to the proxy: believed only behind a trusted proxy (which
+# must overwrite the header), never from clients that reach this process directly.
+_TRUST_X_FORWARDED_PROTO = env_bool("TRUST_X_FORWARDED_PROTO", bool(TRUSTED_PROXIES))
+if _TRUST_X_FORWARDED_PROTO and not TRUSTED_PROXIES:
+    raise ImproperlyConfigured("TRUST_X_FORWARDED_PROTO needs TRUSTED_PROXIES: only a trusted proxy's header counts.")
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _TRUST_X_FORWARDED_PROTO else None
+# Production answers HTTPS only: plain HTTP is redirected, and browsers are told (HSTS) to use nothing else for a
+# year, this host's subdomains included. Development (DEBUG on, make run) serves plain HTTP and sends no HSTS.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# Probes and scrapes answer plain HTTP too: load balancers, orchestrators and Prometheus reach the process
+# directly, without TLS (/metrics keeps its own allow-list); none of them carries a cookie or a credential.
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+# The preload token is consent to browsers' built-in HSTS lists; it takes effect only once the domain is submitted.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+# Admin sessions: 8 hours, not Django's two weeks.
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600, minimum=60, maximum=14 * 86400)
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 
@@ -412,8 +453,8 @@ CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 # Set for several processes (gunicorn workers, grpcserver processes): prometheus-client reads it from the
 # environment itself; darktower.metrics aggregates that directory's files at scrape time.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", None) or None
-# Who may scrape GET /metrics (it shows the fleet's layout): client addresses (REMOTE_ADDR) in these networks;
-# anyone else gets a 404.
+# Who may scrape GET /metrics (it shows the fleet's layout): client addresses (behind a trusted proxy, the client's
+# from X-Forwarded-For) in these networks; anyone else gets a 404.
 METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
 try:
     METRICS_ALLOWED_NETWORKS_PARSED = tuple(ipaddress.ip_network(net, strict=False) for net in METRICS_ALLOWED_NETWORKS)
