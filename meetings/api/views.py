@@ -14,7 +14,7 @@ from rest_framework.response import Response
 
 from accounts.services.users import MEETINGS_CREATE, MEETINGS_READ, MEETINGS_WRITE, RECORDINGS_READ, RECORDINGS_WRITE
 from darktower.api.idempotency import guest_principal
-from darktower.api.ratelimit import RateLimit, join_limits, meeting_create_limits
+from darktower.api.ratelimit import RateLimit, join_limits, meeting_create_limits, meeting_update_limits
 from darktower.api.schema import error_responses
 from darktower.api.serializers import EmptyRequest
 from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
@@ -142,11 +142,16 @@ class MeetingListCreateView(ApiListView):
     patch=extend_schema(
         operation_id="meetings_update", tags=TAGS, summary="Change a meeting's settings (host only)",
         parameters=[MEETING_REF], request=MeetingUpdateRequest,
-        responses={200: MeetingSerializer, **error_responses(400, 401, 403, 404, 410, 413, 415)},
+        responses={200: MeetingSerializer, **error_responses(400, 401, 403, 404, 410, 413, 415, 429)},
     ),
 )
 class MeetingDetailView(ApiView):
     required_scopes = {"GET": MEETINGS_READ, "PATCH": MEETINGS_WRITE}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "PATCH":
+            return meeting_update_limits(principal=self.principal.identifier)
+        return []
 
     def get(self, request: Request, meeting_ref: str) -> Response:
         meeting = selectors.meetings_by_ref(meeting_ref).first()
