@@ -22,6 +22,8 @@ from darktower.errors import NotFound
 from meetings import selectors
 from meetings.api.filters import MeetingFilter, RecordingFilter
 from meetings.api.serializers import (
+    BanSerializer,
+    DenyRequest,
     GuestTokenRequest,
     JoinRequest,
     JoinResponse,
@@ -34,7 +36,8 @@ from meetings.api.serializers import (
     RecordingShareResponse,
     RecordingUpdateRequest,
 )
-from meetings.models import Meeting, MeetingParticipant, Recording
+from meetings.models import Meeting, MeetingBan, MeetingParticipant, Recording
+from meetings.services.admission import meeting_ban_lift, participant_admit, participant_deny
 from meetings.services.meetings import meeting_create, meeting_end, meeting_update
 from meetings.services.participants import JoinResult, meeting_join, participant_leave, participant_token_reissue
 from meetings.services.recordings import recording_share, recording_start, recording_update
@@ -286,6 +289,93 @@ class ParticipantLeaveView(ApiView):
             leave_reason=data["leave_reason"],
         )
         return Response(ParticipantSerializer(participant).data)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="meetings_waiting_list", tags=TAGS,
+        summary="The waiting room: who waits to be admitted (host only)",
+        responses={200: ParticipantSerializer(many=True), **error_responses(401, 403, 404)},
+    )
+)
+class WaitingListView(ApiListView):
+    required_scopes = {"GET": MEETINGS_READ}
+    serializer_class = ParticipantSerializer
+    filter_backends: list[Any] = []
+
+    def get_queryset(self) -> QuerySet[MeetingParticipant]:
+        if getattr(self, "swagger_fake_view", False):
+            return MeetingParticipant.objects.none()
+        return selectors.participants_waiting(meeting_id=self.kwargs["meeting_id"], viewer_id=self.principal.user.pk)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="meetings_participants_admit", tags=TAGS,
+        summary="Admit a waiting participant: it takes a seat (host only)", request=None,
+        responses={200: ParticipantSerializer, **error_responses(401, 403, 404, 409, 410, 422)},
+    )
+)
+class ParticipantAdmitView(ApiView):
+    required_scopes = {"POST": MEETINGS_WRITE}
+
+    def post(self, request: Request, meeting_id: uuid.UUID, participant_id: uuid.UUID) -> Response:
+        _validated(EmptyRequest, request)
+        participant = participant_admit(
+            meeting_id=meeting_id, participant_id=participant_id, actor_user_id=self.principal.user.pk
+        )
+        return Response(ParticipantSerializer(participant).data)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="meetings_participants_deny", tags=TAGS,
+        summary="Turn a waiting participant away, banning it if asked (host only)", request=DenyRequest,
+        responses={200: ParticipantSerializer, **error_responses(400, 401, 403, 404, 409, 410, 413, 415, 422)},
+    )
+)
+class ParticipantDenyView(ApiView):
+    required_scopes = {"POST": MEETINGS_WRITE}
+
+    def post(self, request: Request, meeting_id: uuid.UUID, participant_id: uuid.UUID) -> Response:
+        data = _validated(DenyRequest, request)
+        participant = participant_deny(
+            meeting_id=meeting_id, participant_id=participant_id, actor_user_id=self.principal.user.pk,
+            ban=data["ban"],
+        )
+        return Response(ParticipantSerializer(participant).data)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="meetings_bans_list", tags=TAGS, summary="Who the host removed and may not rejoin (host only)",
+        responses={200: BanSerializer(many=True), **error_responses(401, 403, 404)},
+    )
+)
+class BanListView(ApiListView):
+    required_scopes = {"GET": MEETINGS_READ}
+    serializer_class = BanSerializer
+    filter_backends: list[Any] = []
+
+    def get_queryset(self) -> QuerySet[MeetingBan]:
+        if getattr(self, "swagger_fake_view", False):
+            return MeetingBan.objects.none()
+        return selectors.meeting_bans(meeting_id=self.kwargs["meeting_id"], viewer_id=self.principal.user.pk)
+
+
+@extend_schema_view(
+    delete=extend_schema(
+        operation_id="meetings_bans_lift", tags=TAGS,
+        summary="Lift a ban: that participant may join again (host only)",
+        responses={204: None, **error_responses(401, 403, 404, 410)},
+    )
+)
+class BanDetailView(ApiView):
+    required_scopes = {"DELETE": MEETINGS_WRITE}
+
+    def delete(self, request: Request, meeting_id: uuid.UUID, ban_id: uuid.UUID) -> Response:
+        meeting_ban_lift(meeting_id=meeting_id, ban_id=ban_id, actor_user_id=self.principal.user.pk)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 @extend_schema_view(
