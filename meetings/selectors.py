@@ -72,11 +72,17 @@ def _meeting_host(meeting_id: uuid.UUID) -> uuid.UUID | None:
 
 
 def participants_for_meeting(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[MeetingParticipant]:
-    """Present and past participants, in join order (idx_participants_meeting_id), for the host and anyone
-    who joined the meeting; PermissionDenied for everyone else."""
-    participants = MeetingParticipant.objects.filter(meeting_id=meeting_id).order_by("joined_at", "id")
-    if _meeting_host(meeting_id) != viewer_id and not participants.filter(user_id=viewer_id).exists():
-        raise PermissionDenied("Only the host and the meeting's participants may list its participants.")
+    """Admitted participants, present and past, in join order (idx_participants_meeting_id), for the host and
+    for users present and admitted now: a participant who left or was removed, or waits to be admitted, may not;
+    PermissionDenied for everyone else. The waiting room is the host's (participants_waiting)."""
+    participants = MeetingParticipant.objects.filter(
+        meeting_id=meeting_id, status=ParticipantStatus.ADMITTED
+    ).order_by("joined_at", "id")
+    if (
+        _meeting_host(meeting_id) != viewer_id
+        and not participants.filter(user_id=viewer_id, left_at__isnull=True).exists()
+    ):
+        raise PermissionDenied("Only the host and the meeting's present participants may list its participants.")
     return participants
 
 

@@ -117,7 +117,20 @@ class DrainRequest(StrictSerializer):
 # --- Responses ------------------------------------------------------------------------------------
 
 
+# What a joiner needs to know before and while joining: which meeting, whether and when it runs, how it may be
+# joined (signed in or as a guest, through a waiting room, not while locked) and what it does with their media
+# (end-to-end encryption, recording). Everything else is the host's: who hosts it (a user id), its seat and
+# guest limits, which MC and region run it (the fleet's layout; a joiner gets its MC in the join's answer), and
+# its bookkeeping times.
+MEETING_JOINER_FIELDS = (
+    "meeting_id", "meeting_code", "display_name", "status", "scheduled_start_time", "actual_start_time", "ended_at",
+    "require_auth", "allow_guests", "waiting_room_enabled", "locked", "enable_e2e_encryption", "allow_recording",
+)
+
+
 class MeetingSerializer(serializers.ModelSerializer):
+    """A meeting as its host sees it (every answer to the host's own requests)."""
+
     host_user_id = serializers.UUIDField(source="created_by_user_id", read_only=True, allow_null=True)
 
     class Meta:
@@ -129,6 +142,28 @@ class MeetingSerializer(serializers.ModelSerializer):
             "actual_start_time", "ended_at", "assigned_controller_id", "assigned_region", "created_at", "updated_at",
         ]
         read_only_fields = fields
+
+
+def meeting_for_joiner(data: dict) -> dict:
+    """A host's view of a meeting (MeetingSerializer's output) trimmed to MEETING_JOINER_FIELDS."""
+    return {name: data[name] for name in MEETING_JOINER_FIELDS}
+
+
+class MeetingViewSerializer(MeetingSerializer):
+    """The schema of a meeting that any caller may read: the host gets every field, anyone else only
+    MEETING_JOINER_FIELDS (meeting_for_joiner). The host-only fields are therefore optional here."""
+
+    host_user_id = serializers.UUIDField(source="created_by_user_id", required=False, allow_null=True)
+    max_participants = serializers.IntegerField(required=False)
+    max_guests = serializers.IntegerField(required=False)
+    waiting_room_applies_to_users = serializers.BooleanField(required=False)
+    assigned_controller_id = serializers.CharField(required=False, allow_null=True)
+    assigned_region = serializers.CharField(required=False, allow_null=True)
+    created_at = serializers.DateTimeField(required=False)
+    updated_at = serializers.DateTimeField(required=False)
+
+    class Meta(MeetingSerializer.Meta):
+        read_only_fields = list(MEETING_JOINER_FIELDS)
 
 
 class ParticipantSerializer(serializers.ModelSerializer):
@@ -158,7 +193,7 @@ class BanSerializer(serializers.ModelSerializer):
 
 
 class JoinResponse(serializers.Serializer):
-    meeting = MeetingSerializer()
+    meeting = MeetingViewSerializer(help_text="Every field for the host; what a joiner needs for anyone else.")
     participant = ParticipantSerializer()
     controller_id = serializers.CharField(help_text="The meeting controller to connect to.")
     region = serializers.CharField()

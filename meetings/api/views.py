@@ -31,15 +31,23 @@ from meetings.api.serializers import (
     MeetingCreateRequest,
     MeetingSerializer,
     MeetingUpdateRequest,
+    MeetingViewSerializer,
     ParticipantSerializer,
     RecordingSerializer,
     RecordingShareResponse,
     RecordingUpdateRequest,
+    meeting_for_joiner,
 )
 from meetings.models import Meeting, MeetingBan, MeetingParticipant, Recording
 from meetings.services.admission import meeting_ban_lift, participant_admit, participant_deny
 from meetings.services.meetings import meeting_create, meeting_end, meeting_update
-from meetings.services.participants import JoinResult, meeting_join, participant_leave, participant_token_reissue
+from meetings.services.participants import (
+    ROLE_HOST,
+    JoinResult,
+    meeting_join,
+    participant_leave,
+    participant_token_reissue,
+)
 from meetings.services.recordings import recording_share, recording_start, recording_update
 
 MEETING_REF = OpenApiParameter(
@@ -83,9 +91,10 @@ def _join_response(result: JoinResult) -> Response:
         "token_type": "Bearer",
         "expires_in": result.token.expires_in,
     }
-    return Response(
-        _JOIN_RESPONSE.to_representation(body), status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
-    )
+    data = _JOIN_RESPONSE.to_representation(body)
+    if result.participant.role != ROLE_HOST:
+        data["meeting"] = meeting_for_joiner(data["meeting"])
+    return Response(data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
 class JoinReplayMixin:
@@ -140,7 +149,8 @@ class MeetingListCreateView(ApiListView):
 @extend_schema_view(
     get=extend_schema(
         operation_id="meetings_retrieve", tags=TAGS, summary="Get a meeting by id or code",
-        parameters=[MEETING_REF], responses={200: MeetingSerializer, **error_responses(401, 403, 404)},
+        description="The host gets every field; anyone else what a joiner needs (no host id, limits or MC).",
+        parameters=[MEETING_REF], responses={200: MeetingViewSerializer, **error_responses(401, 403, 404)},
     ),
     patch=extend_schema(
         operation_id="meetings_update", tags=TAGS, summary="Change a meeting's settings (host only)",
@@ -160,7 +170,10 @@ class MeetingDetailView(ApiView):
         meeting = selectors.meetings_by_ref(meeting_ref).first()
         if meeting is None:
             raise NotFound("No such meeting.")
-        return Response(MeetingSerializer(meeting).data)
+        data = MeetingSerializer(meeting).data
+        if meeting.created_by_user_id != self.principal.user.pk:
+            data = meeting_for_joiner(data)
+        return Response(data)
 
     def patch(self, request: Request, meeting_ref: str) -> Response:
         changes = _validated(MeetingUpdateRequest, request)
@@ -255,7 +268,7 @@ class GuestTokenView(JoinReplayMixin, ApiView):
 @extend_schema_view(
     get=extend_schema(
         operation_id="meetings_participants_list", tags=TAGS,
-        summary="Present and past participants (host and participants only)",
+        summary="Admitted participants, present and past (the host, and participants while present)",
         responses={200: ParticipantSerializer(many=True), **error_responses(401, 403, 404)},
     )
 )
