@@ -228,6 +228,7 @@ class MeetingBan(models.Model):
 
     class Meta:
         db_table = "meeting_bans"
+        db_table_comment = "Principals the host removed from a meeting; their joins are refused until the host lifts it"
         constraints = [
             # One ban per principal and meeting; also the index of the join's ban check.
             models.UniqueConstraint(fields=["meeting", "principal"], name="uq_meeting_bans_meeting_principal"),

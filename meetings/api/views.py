@@ -205,7 +205,10 @@ class MeetingEndView(ApiView):
         description=(
             "201 with a new participant. A signed-in user who is still present in the meeting (a reload) gets 200 "
             "with their open participant and a fresh token instead, and takes no second seat. A replay with the "
-            "same Idempotency-Key answers the stored participant and MC with a freshly issued meeting token."
+            "same Idempotency-Key answers the stored participant and MC with a freshly issued meeting token. "
+            "In a meeting with a waiting room the participant may join as `waiting` (no seat, `waiting_room` claim "
+            "in its token) until the host admits it. 403: banned by the host, or the meeting is locked; 409: no "
+            "seat (or guest seat) left."
         ),
         responses={
             201: JoinResponse, 200: JoinResponse,

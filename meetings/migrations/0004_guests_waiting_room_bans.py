@@ -34,6 +34,7 @@ class Migration(migrations.Migration):
             ],
             options={
                 'db_table': 'meeting_bans',
+                'db_table_comment': 'Principals the host removed from a meeting; their joins are refused until the host lifts it',
             },
         ),
         migrations.RemoveConstraint(
