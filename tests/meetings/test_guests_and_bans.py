@@ -230,3 +230,25 @@ def test_admit_and_deny_of_unknown_participants(as_user, host, other, controller
     present = join(as_user(other), meeting).json()["participant"]["participant_id"]  # admitted: users don't wait
     assert_error(action(as_user(host), meeting, "00000000-0000-0000-0000-000000000000", "admit"), 404, "not_found")
     assert_error(action(as_user(host), meeting, present, "deny"), 409, "conflict")
+
+
+def test_an_admitted_guest_gets_a_token_without_the_waiting_room_by_replaying_its_join(api, as_user, host, controller):
+    # A guest cannot sign in to join again: the replay of its own Idempotency-Key reissues its token, which says
+    # what the participant is now.
+    meeting = make_meeting(host=host, allow_guests=True, waiting_room_enabled=True)
+    url = f"{MEETINGS}/{meeting.pk}/guest-token"
+    first = api.post(url, {"display_name": "G"}, format="json", HTTP_IDEMPOTENCY_KEY="knock-1")
+    assert claims(first)["waiting_room"] is True
+    action(as_user(host), meeting, first.json()["participant"]["participant_id"], "admit")
+    again = api.post(url, {"display_name": "G"}, format="json", HTTP_IDEMPOTENCY_KEY="knock-1")
+    assert again["Idempotent-Replayed"] == "true"
+    assert claims(again)["waiting_room"] is False
+    assert claims(again)["participant_id"] == first.json()["participant"]["participant_id"]
+
+
+def test_an_ended_meeting_admits_denies_and_lifts_nothing(as_user, host, other, controller):
+    meeting = make_meeting(host=host, waiting_room_enabled=True, waiting_room_applies_to_users=True)
+    waiting = join(as_user(other), meeting).json()["participant"]["participant_id"]
+    assert as_user(host).post(f"{MEETINGS}/{meeting.pk}/end", format="json").status_code == 200
+    assert_error(action(as_user(host), meeting, waiting, "admit"), 410, "gone")
+    assert_error(action(as_user(host), meeting, waiting, "deny"), 410, "gone")
