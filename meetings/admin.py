@@ -10,7 +10,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from darktower.admin_tools import EstimatedCountPaginator
-from meetings.models import Meeting, MeetingAssignment, MeetingParticipant, Recording
+from meetings.models import Meeting, MeetingAssignment, MeetingBan, MeetingParticipant, Recording
 
 
 class _ReadOnlyMixin:
@@ -23,13 +23,28 @@ class _ReadOnlyMixin:
 
 class ParticipantInline(_ReadOnlyMixin, admin.TabularInline):
     model = MeetingParticipant
-    fields = ("display_name", "user", "role", "joined_at", "left_at", "leave_reason", "client_version")
+    fields = ("display_name", "user", "role", "status", "joined_at", "left_at", "leave_reason", "client_version")
     extra = 0
     can_delete = False
     show_change_link = False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[MeetingParticipant]:
         return super().get_queryset(request).select_related("user").order_by("joined_at")
+
+
+class BanInline(_ReadOnlyMixin, admin.TabularInline):
+    """The host's bans. The principal is not shown: for a guest it is the client's address (personal data); the
+    host lifts bans over the API (meeting_ban_lift), never here."""
+
+    model = MeetingBan
+    fields = ("display_name", "participant_id", "banned_by_user", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[MeetingBan]:
+        return super().get_queryset(request).select_related("banned_by_user").order_by("created_at")
 
 
 class RecordingInline(_ReadOnlyMixin, admin.TabularInline):
@@ -52,7 +67,7 @@ class MeetingAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ("meeting_code", "display_name")
     ordering = ("-created_at",)
     show_full_result_count = False
-    inlines = (ParticipantInline, RecordingInline)
+    inlines = (ParticipantInline, BanInline, RecordingInline)
 
 
 class ActiveAssignmentFilter(admin.SimpleListFilter):

@@ -13,7 +13,7 @@ from django.db.models.functions import Cast, NullIf
 
 from controllers.models import MediaHandler, MeetingController
 from darktower.errors import NotFound, PermissionDenied
-from meetings.models import Meeting, MeetingParticipant, Recording
+from meetings.models import Meeting, MeetingBan, MeetingParticipant, ParticipantStatus, Recording
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:
@@ -72,12 +72,34 @@ def _meeting_host(meeting_id: uuid.UUID) -> uuid.UUID | None:
 
 
 def participants_for_meeting(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[MeetingParticipant]:
-    """Present and past participants, in join order (idx_participants_meeting_id), for the host and anyone
-    who joined the meeting; PermissionDenied for everyone else."""
-    participants = MeetingParticipant.objects.filter(meeting_id=meeting_id).order_by("joined_at", "id")
-    if _meeting_host(meeting_id) != viewer_id and not participants.filter(user_id=viewer_id).exists():
-        raise PermissionDenied("Only the host and the meeting's participants may list its participants.")
+    """Admitted participants, present and past, in join order (idx_participants_meeting_id), for the host and
+    for users present and admitted now: a participant who left or was removed, or waits to be admitted, may not;
+    PermissionDenied for everyone else. The waiting room is the host's (participants_waiting)."""
+    participants = MeetingParticipant.objects.filter(
+        meeting_id=meeting_id, status=ParticipantStatus.ADMITTED
+    ).order_by("joined_at", "id")
+    if (
+        _meeting_host(meeting_id) != viewer_id
+        and not participants.filter(user_id=viewer_id, left_at__isnull=True).exists()
+    ):
+        raise PermissionDenied("Only the host and the meeting's present participants may list its participants.")
     return participants
+
+
+def participants_waiting(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[MeetingParticipant]:
+    """The meeting's waiting room, in join order (idx_participants_present), for its host only."""
+    if _meeting_host(meeting_id) != viewer_id:
+        raise PermissionDenied("Only the host may see this meeting's waiting room.")
+    return MeetingParticipant.objects.filter(
+        meeting_id=meeting_id, status=ParticipantStatus.WAITING, left_at__isnull=True
+    ).order_by("joined_at", "id")
+
+
+def meeting_bans(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[MeetingBan]:
+    """The meeting's bans, oldest first (uq_meeting_bans_meeting_principal), for its host only."""
+    if _meeting_host(meeting_id) != viewer_id:
+        raise PermissionDenied("Only the host may see this meeting's bans.")
+    return MeetingBan.objects.filter(meeting_id=meeting_id).order_by("created_at", "ban_id")
 
 
 def recordings_visible_to(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[Recording]:

@@ -18,6 +18,19 @@ urlpatterns = [
         views.ParticipantLeaveView.as_view(), name="participant-leave",
     ),
     path(
+        "api/v1/meetings/<uuid:meeting_id>/participants/<uuid:participant_id>/admit",
+        views.ParticipantAdmitView.as_view(), name="participant-admit",
+    ),
+    path(
+        "api/v1/meetings/<uuid:meeting_id>/participants/<uuid:participant_id>/deny",
+        views.ParticipantDenyView.as_view(), name="participant-deny",
+    ),
+    path("api/v1/meetings/<uuid:meeting_id>/waiting", views.WaitingListView.as_view(), name="meeting-waiting"),
+    path("api/v1/meetings/<uuid:meeting_id>/bans", views.BanListView.as_view(), name="meeting-bans"),
+    path(
+        "api/v1/meetings/<uuid:meeting_id>/bans/<uuid:ban_id>", views.BanDetailView.as_view(), name="meeting-ban",
+    ),
+    path(
         "api/v1/meetings/<uuid:meeting_id>/recordings", views.MeetingRecordingsView.as_view(),
         name="meeting-recordings",
     ),

@@ -219,6 +219,14 @@ def meeting_create_limits(*, principal: str) -> list[RateLimit]:
     ]
 
 
+def meeting_update_limits(*, principal: str) -> list[RateLimit]:
+    """Changes of a meeting's settings, per caller: every PATCH counts, refused ones too, so that probing other
+    meetings costs the same budget."""
+    return [
+        RateLimit("api:meetings:update", principal, settings.RATE_LIMIT_MEETING_UPDATE_PER_PRINCIPAL, window_seconds())
+    ]
+
+
 def join_limits(*, principal: str | None, ip_address: str) -> list[RateLimit]:
     """Joins (and guest tokens) per caller and per address; guests have only an address."""
     limits = [RateLimit("api:meetings:join", f"ip:{ip_address}", settings.RATE_LIMIT_JOIN_PER_IP, window_seconds())]

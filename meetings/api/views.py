@@ -14,7 +14,7 @@ from rest_framework.response import Response
 
 from accounts.services.users import MEETINGS_CREATE, MEETINGS_READ, MEETINGS_WRITE, RECORDINGS_READ, RECORDINGS_WRITE
 from darktower.api.idempotency import guest_principal
-from darktower.api.ratelimit import RateLimit, join_limits, meeting_create_limits
+from darktower.api.ratelimit import RateLimit, join_limits, meeting_create_limits, meeting_update_limits
 from darktower.api.schema import error_responses
 from darktower.api.serializers import EmptyRequest
 from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
@@ -22,6 +22,8 @@ from darktower.errors import NotFound
 from meetings import selectors
 from meetings.api.filters import MeetingFilter, RecordingFilter
 from meetings.api.serializers import (
+    BanSerializer,
+    DenyRequest,
     GuestTokenRequest,
     JoinRequest,
     JoinResponse,
@@ -29,14 +31,23 @@ from meetings.api.serializers import (
     MeetingCreateRequest,
     MeetingSerializer,
     MeetingUpdateRequest,
+    MeetingViewSerializer,
     ParticipantSerializer,
     RecordingSerializer,
     RecordingShareResponse,
     RecordingUpdateRequest,
+    meeting_for_joiner,
 )
-from meetings.models import Meeting, MeetingParticipant, Recording
+from meetings.models import Meeting, MeetingBan, MeetingParticipant, Recording
+from meetings.services.admission import meeting_ban_lift, participant_admit, participant_deny
 from meetings.services.meetings import meeting_create, meeting_end, meeting_update
-from meetings.services.participants import JoinResult, meeting_join, participant_leave, participant_token_reissue
+from meetings.services.participants import (
+    ROLE_HOST,
+    JoinResult,
+    meeting_join,
+    participant_leave,
+    participant_token_reissue,
+)
 from meetings.services.recordings import recording_share, recording_start, recording_update
 
 MEETING_REF = OpenApiParameter(
@@ -80,9 +91,10 @@ def _join_response(result: JoinResult) -> Response:
         "token_type": "Bearer",
         "expires_in": result.token.expires_in,
     }
-    return Response(
-        _JOIN_RESPONSE.to_representation(body), status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
-    )
+    data = _JOIN_RESPONSE.to_representation(body)
+    if result.participant.role != ROLE_HOST:
+        data["meeting"] = meeting_for_joiner(data["meeting"])
+    return Response(data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
 class JoinReplayMixin:
@@ -137,22 +149,31 @@ class MeetingListCreateView(ApiListView):
 @extend_schema_view(
     get=extend_schema(
         operation_id="meetings_retrieve", tags=TAGS, summary="Get a meeting by id or code",
-        parameters=[MEETING_REF], responses={200: MeetingSerializer, **error_responses(401, 403, 404)},
+        description="The host gets every field; anyone else what a joiner needs (no host id, limits or MC).",
+        parameters=[MEETING_REF], responses={200: MeetingViewSerializer, **error_responses(401, 403, 404)},
     ),
     patch=extend_schema(
         operation_id="meetings_update", tags=TAGS, summary="Change a meeting's settings (host only)",
         parameters=[MEETING_REF], request=MeetingUpdateRequest,
-        responses={200: MeetingSerializer, **error_responses(400, 401, 403, 404, 410, 413, 415)},
+        responses={200: MeetingSerializer, **error_responses(400, 401, 403, 404, 410, 413, 415, 429)},
     ),
 )
 class MeetingDetailView(ApiView):
     required_scopes = {"GET": MEETINGS_READ, "PATCH": MEETINGS_WRITE}
 
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "PATCH":
+            return meeting_update_limits(principal=self.principal.identifier)
+        return []
+
     def get(self, request: Request, meeting_ref: str) -> Response:
         meeting = selectors.meetings_by_ref(meeting_ref).first()
         if meeting is None:
             raise NotFound("No such meeting.")
-        return Response(MeetingSerializer(meeting).data)
+        data = MeetingSerializer(meeting).data
+        if meeting.created_by_user_id != self.principal.user.pk:
+            data = meeting_for_joiner(data)
+        return Response(data)
 
     def patch(self, request: Request, meeting_ref: str) -> Response:
         changes = _validated(MeetingUpdateRequest, request)
@@ -184,7 +205,10 @@ class MeetingEndView(ApiView):
         description=(
             "201 with a new participant. A signed-in user who is still present in the meeting (a reload) gets 200 "
             "with their open participant and a fresh token instead, and takes no second seat. A replay with the "
-            "same Idempotency-Key answers the stored participant and MC with a freshly issued meeting token."
+            "same Idempotency-Key answers the stored participant and MC with a freshly issued meeting token. "
+            "In a meeting with a waiting room the participant may join as `waiting` (no seat, `waiting_room` claim "
+            "in its token) until the host admits it. 403: banned by the host, or the meeting is locked; 409: no "
+            "seat (or guest seat) left."
         ),
         responses={
             201: JoinResponse, 200: JoinResponse,
@@ -247,7 +271,7 @@ class GuestTokenView(JoinReplayMixin, ApiView):
 @extend_schema_view(
     get=extend_schema(
         operation_id="meetings_participants_list", tags=TAGS,
-        summary="Present and past participants (host and participants only)",
+        summary="Admitted participants, present and past (the host, and participants while present)",
         responses={200: ParticipantSerializer(many=True), **error_responses(401, 403, 404)},
     )
 )
@@ -281,6 +305,93 @@ class ParticipantLeaveView(ApiView):
             leave_reason=data["leave_reason"],
         )
         return Response(ParticipantSerializer(participant).data)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="meetings_waiting_list", tags=TAGS,
+        summary="The waiting room: who waits to be admitted (host only)",
+        responses={200: ParticipantSerializer(many=True), **error_responses(401, 403, 404)},
+    )
+)
+class WaitingListView(ApiListView):
+    required_scopes = {"GET": MEETINGS_READ}
+    serializer_class = ParticipantSerializer
+    filter_backends: list[Any] = []
+
+    def get_queryset(self) -> QuerySet[MeetingParticipant]:
+        if getattr(self, "swagger_fake_view", False):
+            return MeetingParticipant.objects.none()
+        return selectors.participants_waiting(meeting_id=self.kwargs["meeting_id"], viewer_id=self.principal.user.pk)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="meetings_participants_admit", tags=TAGS,
+        summary="Admit a waiting participant: it takes a seat (host only)", request=None,
+        responses={200: ParticipantSerializer, **error_responses(401, 403, 404, 409, 410, 422)},
+    )
+)
+class ParticipantAdmitView(ApiView):
+    required_scopes = {"POST": MEETINGS_WRITE}
+
+    def post(self, request: Request, meeting_id: uuid.UUID, participant_id: uuid.UUID) -> Response:
+        _validated(EmptyRequest, request)
+        participant = participant_admit(
+            meeting_id=meeting_id, participant_id=participant_id, actor_user_id=self.principal.user.pk
+        )
+        return Response(ParticipantSerializer(participant).data)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="meetings_participants_deny", tags=TAGS,
+        summary="Turn a waiting participant away, banning it if asked (host only)", request=DenyRequest,
+        responses={200: ParticipantSerializer, **error_responses(400, 401, 403, 404, 409, 410, 413, 415, 422)},
+    )
+)
+class ParticipantDenyView(ApiView):
+    required_scopes = {"POST": MEETINGS_WRITE}
+
+    def post(self, request: Request, meeting_id: uuid.UUID, participant_id: uuid.UUID) -> Response:
+        data = _validated(DenyRequest, request)
+        participant = participant_deny(
+            meeting_id=meeting_id, participant_id=participant_id, actor_user_id=self.principal.user.pk,
+            ban=data["ban"],
+        )
+        return Response(ParticipantSerializer(participant).data)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="meetings_bans_list", tags=TAGS, summary="Who the host removed and may not rejoin (host only)",
+        responses={200: BanSerializer(many=True), **error_responses(401, 403, 404)},
+    )
+)
+class BanListView(ApiListView):
+    required_scopes = {"GET": MEETINGS_READ}
+    serializer_class = BanSerializer
+    filter_backends: list[Any] = []
+
+    def get_queryset(self) -> QuerySet[MeetingBan]:
+        if getattr(self, "swagger_fake_view", False):
+            return MeetingBan.objects.none()
+        return selectors.meeting_bans(meeting_id=self.kwargs["meeting_id"], viewer_id=self.principal.user.pk)
+
+
+@extend_schema_view(
+    delete=extend_schema(
+        operation_id="meetings_bans_lift", tags=TAGS,
+        summary="Lift a ban: that participant may join again (host only)",
+        responses={204: None, **error_responses(401, 403, 404, 410)},
+    )
+)
+class BanDetailView(ApiView):
+    required_scopes = {"DELETE": MEETINGS_WRITE}
+
+    def delete(self, request: Request, meeting_id: uuid.UUID, ban_id: uuid.UUID) -> Response:
+        meeting_ban_lift(meeting_id=meeting_id, ban_id=ban_id, actor_user_id=self.principal.user.pk)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 @extend_schema_view(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
+import uuid
 
 import pytest
 from django.contrib import admin
@@ -191,6 +192,16 @@ def test_meeting_change_page_has_inlines_read_only(client, superuser):
     assert "access_token" not in html
     search = client.get(reverse("admin:meetings_meeting_changelist"), {"q": "adm-inline"}).content.decode()
     assert "adm-inline" in search
+
+
+def test_meeting_change_page_shows_bans_without_the_guests_address(client, superuser):
+    meeting = make_meeting(host=make_user(), meeting_code="adm-bans")
+    meeting.bans.create(principal="guest:198.51.100.23", participant_id=uuid.uuid4(), display_name="Heckler")
+    client.force_login(superuser)
+
+    html = client.get(reverse("admin:meetings_meeting_change", args=[meeting.pk])).content.decode()
+
+    assert "Heckler" in html and "198.51.100.23" not in html
 
 
 def test_audit_log_read_only_for_superusers(client, superuser):
