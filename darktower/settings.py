@@ -324,6 +324,8 @@ RATE_LIMIT_TOKEN_PER_IP = env_int("RATE_LIMIT_TOKEN_PER_IP", 60, minimum=1)
 RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL = env_int("RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL", 30, minimum=1)
 RATE_LIMIT_JOIN_PER_PRINCIPAL = env_int("RATE_LIMIT_JOIN_PER_PRINCIPAL", 60, minimum=1)
 RATE_LIMIT_JOIN_PER_IP = env_int("RATE_LIMIT_JOIN_PER_IP", 120, minimum=1)
+# Recording writes (start, update, share, unshare, rotate) per user or API key per window, one budget for all.
+RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL = env_int("RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL", 60, minimum=1)
 # Retry-After of a 503 no_controller_available.
 NO_CAPACITY_RETRY_AFTER_SECONDS = env_int("NO_CAPACITY_RETRY_AFTER_SECONDS", 5, minimum=1, maximum=3600)
 # Object-storage bucket new recordings are written to (recordings.storage_bucket).

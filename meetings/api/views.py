@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from accounts.services.users import MEETINGS_CREATE, MEETINGS_READ, MEETINGS_WRITE, RECORDINGS_READ, RECORDINGS_WRITE
 from darktower.api.idempotency import guest_principal
-from darktower.api.ratelimit import RateLimit, join_limits, meeting_create_limits
+from darktower.api.ratelimit import RateLimit, join_limits, meeting_create_limits, recording_write_limits
 from darktower.api.schema import error_responses
 from darktower.api.serializers import EmptyRequest
 from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
@@ -301,13 +301,18 @@ class ParticipantLeaveView(ApiView):
     post=extend_schema(
         operation_id="meetings_recordings_start", tags=["recordings"],
         summary="Start recording (host only; allow_recording must be on)", request=None,
-        responses={201: RecordingSerializer, **error_responses(401, 403, 404, 409, 410, 422)},
+        responses={201: RecordingSerializer, **error_responses(401, 403, 404, 409, 410, 422, 429)},
     ),
 )
 class MeetingRecordingsView(ApiListView):
     required_scopes = {"GET": RECORDINGS_READ, "POST": RECORDINGS_WRITE}
     serializer_class = RecordingSerializer
     filterset_class = RecordingFilter
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "POST":
+            return recording_write_limits(principal=self.principal.identifier)
+        return []
 
     def get_queryset(self) -> QuerySet[Recording]:
         if getattr(self, "swagger_fake_view", False):
@@ -328,11 +333,16 @@ class MeetingRecordingsView(ApiListView):
     patch=extend_schema(
         operation_id="recordings_update", tags=["recordings"],
         summary="Advance a recording's status and record its file details", request=RecordingUpdateRequest,
-        responses={200: RecordingSerializer, **error_responses(400, 401, 403, 404, 409, 413, 415)},
+        responses={200: RecordingSerializer, **error_responses(400, 401, 403, 404, 409, 413, 415, 429)},
     ),
 )
 class RecordingDetailView(ApiView):
     required_scopes = {"GET": RECORDINGS_READ, "PATCH": RECORDINGS_WRITE}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "PATCH":
+            return recording_write_limits(principal=self.principal.identifier)
+        return []
 
     def get(self, request: Request, recording_id: uuid.UUID) -> Response:
         recording = selectors.recording_visible_to(recording_id=recording_id, viewer_id=self.principal.user.pk)
@@ -372,11 +382,14 @@ SHARE_DESCRIPTION = (
         operation_id="recordings_share", tags=["recordings"],
         summary="Share a ready recording: a public link that ends (host only)", description=SHARE_DESCRIPTION,
         request=RecordingShareRequest,
-        responses={200: RecordingShareResponse, **error_responses(400, 401, 403, 404, 409, 413, 415, 422)},
+        responses={200: RecordingShareResponse, **error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429)},
     )
 )
 class RecordingShareView(RecordingShareTokenMixin, ApiView):
     required_scopes = {"POST": RECORDINGS_WRITE}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return recording_write_limits(principal=self.principal.identifier)
 
     def post(self, request: Request, recording_id: uuid.UUID) -> Response:
         data = _validated(RecordingShareRequest, request)
@@ -392,11 +405,14 @@ class RecordingShareView(RecordingShareTokenMixin, ApiView):
         operation_id="recordings_share_rotate", tags=["recordings"],
         summary="Replace a shared recording's link: the old token stops working at once (host only)",
         description=SHARE_DESCRIPTION, request=RecordingShareRequest,
-        responses={200: RecordingShareResponse, **error_responses(400, 401, 403, 404, 409, 413, 415, 422)},
+        responses={200: RecordingShareResponse, **error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429)},
     )
 )
 class RecordingShareRotateView(RecordingShareTokenMixin, ApiView):
     required_scopes = {"POST": RECORDINGS_WRITE}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return recording_write_limits(principal=self.principal.identifier)
 
     def post(self, request: Request, recording_id: uuid.UUID) -> Response:
         data = _validated(RecordingShareRequest, request)
@@ -411,11 +427,14 @@ class RecordingShareRotateView(RecordingShareTokenMixin, ApiView):
     post=extend_schema(
         operation_id="recordings_unshare", tags=["recordings"],
         summary="End a recording's share link at once (host only; nothing to end is not an error)", request=None,
-        responses={200: RecordingSerializer, **error_responses(401, 403, 404, 409, 413, 415, 422)},
+        responses={200: RecordingSerializer, **error_responses(401, 403, 404, 409, 413, 415, 422, 429)},
     )
 )
 class RecordingUnshareView(ApiView):
     required_scopes = {"POST": RECORDINGS_WRITE}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return recording_write_limits(principal=self.principal.identifier)
 
     def post(self, request: Request, recording_id: uuid.UUID) -> Response:
         _validated(EmptyRequest, request)
