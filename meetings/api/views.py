@@ -360,7 +360,7 @@ def _share_response(request: Request, shared: SharedRecording) -> Response:
         "access_token": shared.token,
         "share_url": request.build_absolute_uri(reverse("recording-shared", args=[shared.token])),
     }
-    return Response(body)
+    return Response(body, headers=NO_STORE)
 
 
 class RecordingShareTokenMixin:
@@ -371,6 +371,9 @@ class RecordingShareTokenMixin:
     idempotency_redact = ("access_token", "share_url")
 
 
+# The share answer carries a secret; the public link's answer must not outlive an unshare or a rotation in a
+# cache between the client and us.
+NO_STORE = {"Cache-Control": "no-store"}
 SHARE_DESCRIPTION = (
     "The token (and the link) is in this response only: the server keeps its SHA-256 hash, never the token. "
     "A replay with the same Idempotency-Key answers access_token and share_url null."
@@ -456,4 +459,4 @@ class SharedRecordingView(ApiView):
 
     def get(self, request: Request, token: str) -> Response:
         recording = selectors.recording_by_share_token(token=token)
-        return Response(SharedRecordingSerializer(recording).data)
+        return Response(SharedRecordingSerializer(recording).data, headers=NO_STORE)

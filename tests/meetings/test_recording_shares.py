@@ -44,6 +44,7 @@ def _audit_text() -> str:
 def test_only_a_hash_of_the_token_is_stored(as_user, host, ready):
     response = share(as_user(host), ready)
     assert response.status_code == 200, response.content
+    assert response["Cache-Control"] == "no-store"
     token = response.json()["access_token"]
     row = Recording.objects.filter(pk=ready.pk).values().get()
     assert token not in json.dumps(row, default=str)
@@ -75,6 +76,8 @@ def test_the_public_link_opens_the_recording(api, as_user, host, ready):
     body = response.json()
     assert body["recording_id"] == str(ready.pk) and body["share_expires_at"]
     assert "access_token" not in body and "share_token_hash" not in body
+    # No cache between the client and us may keep answering once the link is unshared or rotated.
+    assert response["Cache-Control"] == "no-store"
 
 
 def test_unknown_and_expired_links_answer_the_same_404(api, as_user, host, ready):
@@ -140,7 +143,7 @@ def test_rotate_issues_a_new_token_and_kills_the_old_one_at_once(api, as_user, h
     response = client.post(f"/api/v1/recordings/{ready.pk}/share/rotate", format="json")
     assert response.status_code == 200, response.content
     new = response.json()["access_token"]
-    assert new and new != old
+    assert new and new != old and response["Cache-Control"] == "no-store"
     assert_error(api.get(PUBLIC.format(old)), 404, "not_found")
     assert api.get(PUBLIC.format(new)).status_code == 200
     assert AuditLog.objects.filter(event_type="recording_share_rotated", target_id=str(ready.pk)).count() == 1
