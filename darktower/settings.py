@@ -373,10 +373,18 @@ RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL = env_int("RATE_LIMIT_MEETING_CREATE_PER
 RATE_LIMIT_MEETING_UPDATE_PER_PRINCIPAL = env_int("RATE_LIMIT_MEETING_UPDATE_PER_PRINCIPAL", 60, minimum=1)
 RATE_LIMIT_JOIN_PER_PRINCIPAL = env_int("RATE_LIMIT_JOIN_PER_PRINCIPAL", 60, minimum=1)
 RATE_LIMIT_JOIN_PER_IP = env_int("RATE_LIMIT_JOIN_PER_IP", 120, minimum=1)
+# Recording writes (start, update, share, unshare, rotate) per user or API key per window, one budget for all.
+RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL = env_int("RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL", 60, minimum=1)
 # Retry-After of a 503 no_controller_available.
 NO_CAPACITY_RETRY_AFTER_SECONDS = env_int("NO_CAPACITY_RETRY_AFTER_SECONDS", 5, minimum=1, maximum=3600)
 # Object-storage bucket new recordings are written to (recordings.storage_bucket).
 RECORDINGS_STORAGE_BUCKET = env_str("RECORDINGS_STORAGE_BUCKET", "darktower-recordings")
+# Lifetime of a recording's share link: the default when the share asks for none, and the most it may ask for.
+RECORDING_SHARE_MAX_SECONDS = env_int("RECORDING_SHARE_MAX_SECONDS", 30 * 86400, minimum=60, maximum=365 * 86400)
+RECORDING_SHARE_DEFAULT_SECONDS = env_int(
+    "RECORDING_SHARE_DEFAULT_SECONDS", min(7 * 86400, RECORDING_SHARE_MAX_SECONDS), minimum=60,
+    maximum=RECORDING_SHARE_MAX_SECONDS,
+)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Dark Tower Global Controller API",

@@ -6,7 +6,9 @@ Tables and columns follow seed 002 ("PostgreSQL Schema", tables 3, 4 and 5) plus
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.contrib.postgres.functions import RandomUUID
@@ -277,10 +279,16 @@ class Recording(models.Model):
     error_message = models.TextField(null=True, blank=True, db_comment="Why processing failed (status failed)")
 
     is_public = models.BooleanField(
-        default=False, db_default=False, db_comment="Shared: reachable with access_token without signing in"
+        default=False, db_default=False,
+        db_comment="Shared: its link opens it without signing in until share_expires_at",
     )
-    access_token = models.CharField(
-        max_length=255, null=True, blank=True, db_comment="Opaque share token for the public link"
+    share_token_hash = models.CharField(
+        max_length=64, null=True, blank=True,
+        db_comment="SHA-256 (hex) of the share link's token; the token itself is never stored. NULL: not shared",
+    )
+    share_expires_at = models.DateTimeField(
+        null=True, blank=True,
+        db_comment="The share link answers until this time (exclusive). NULL: not shared",
     )
 
     created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
@@ -288,7 +296,18 @@ class Recording(models.Model):
 
     class Meta:
         db_table = "recordings"
+        # The admin's unshare and rotate actions (superusers, or staff granted it).
+        permissions = [("manage_share_recording", "Can unshare recordings and rotate their share links")]
         constraints = [
+            # A share is whole (a token hash and an end) or absent; an expired share keeps both until it is
+            # unshared or shared afresh, and the public lookup compares share_expires_at.
+            models.CheckConstraint(
+                condition=Q(is_public=True, share_token_hash__isnull=False, share_expires_at__isnull=False)
+                | Q(is_public=False, share_token_hash__isnull=True, share_expires_at__isnull=True),
+                name="recordings_share_complete",
+            ),
+            # The public link's lookup by token hash.
+            models.UniqueConstraint(fields=["share_token_hash"], name="uq_recordings_share_token_hash"),
             models.CheckConstraint(condition=Q(status__in=RecordingStatus.values), name="recordings_status_valid"),
             models.CheckConstraint(
                 condition=Q(file_size_bytes__isnull=True) | Q(file_size_bytes__gte=0),
@@ -311,6 +330,16 @@ class Recording(models.Model):
 
     def __repr__(self) -> str:
         return f"<Recording {self.recording_id} {self.status}>"
+
+    @staticmethod
+    def share_token_digest(token: str) -> str:
+        """What share_token_hash stores for a link's token: SHA-256, hex. A token is 256 random bits, so a fast
+        unsalted hash suffices: nothing can be guessed from it, and the public lookup finds it by index."""
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def share_is_live(self, now: datetime) -> bool:
+        """Its link opens it at `now` (shared, and before share_expires_at)."""
+        return bool(self.is_public and self.share_expires_at is not None and now < self.share_expires_at)
 
 
 class MeetingAssignment(models.Model):

@@ -6,10 +6,13 @@ door that lists them applies the same rule."""
 
 from __future__ import annotations
 
+import hmac
 import uuid
+from datetime import datetime
 
 from django.db.models import F, FloatField, QuerySet
 from django.db.models.functions import Cast, NullIf
+from django.utils import timezone
 
 from controllers.models import MediaHandler, MeetingController
 from darktower.errors import NotFound, PermissionDenied
@@ -116,6 +119,22 @@ def recording_visible_to(*, recording_id: uuid.UUID, viewer_id: uuid.UUID) -> Re
         raise NotFound("No such recording.")
     if recording.meeting.created_by_user_id != viewer_id:
         raise PermissionDenied("Only the meeting's host may see its recordings.")
+    return recording
+
+
+def recording_by_share_token(*, token: str, now: datetime | None = None) -> Recording:
+    """The recording a public share link opens: the presented token's hash found by the unique index on
+    share_token_hash, shared and not expired at `now` (default: the current time). An unknown, unshared,
+    rotated-away or expired token is the same NotFound, so the answer says nothing about whether a link
+    ever existed. The lookup compares hashes, not tokens: timing reveals nothing about a stored token."""
+    digest = Recording.share_token_digest(token)
+    recording = Recording.objects.filter(share_token_hash=digest, is_public=True).first()
+    if (
+        recording is None
+        or not hmac.compare_digest(recording.share_token_hash or "", digest)
+        or not recording.share_is_live(now or timezone.now())
+    ):
+        raise NotFound("No such shared recording.")
     return recording
 
 

@@ -235,3 +235,12 @@ def join_limits(*, principal: str | None, ip_address: str) -> list[RateLimit]:
             RateLimit("api:meetings:join", principal, settings.RATE_LIMIT_JOIN_PER_PRINCIPAL, window_seconds())
         )
     return limits
+
+
+def recording_write_limits(*, principal: str) -> list[RateLimit]:
+    """Recording writes (start, update, share, unshare, rotate) per caller, one budget for all of them."""
+    return [
+        RateLimit(
+            "api:recordings:write", principal, settings.RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL, window_seconds()
+        )
+    ]

@@ -104,6 +104,14 @@ class RecordingUpdateRequest(StrictSerializer):
     error_message = StrictCharField(max_length=2000, required=False)
 
 
+class RecordingShareRequest(StrictSerializer):
+    expires_in_seconds = StrictIntegerField(
+        min_value=1, max_value=INT32_MAX, required=False,
+        help_text="Lifetime of the link: default RECORDING_SHARE_DEFAULT_SECONDS, at most RECORDING_SHARE_MAX_SECONDS "
+        "(400 beyond it). On rotate, default: the link keeps its end.",
+    )
+
+
 class DrainRequest(StrictSerializer):
     deadline_seconds = StrictIntegerField(
         min_value=0, max_value=7 * 86400, required=False,
@@ -216,16 +224,35 @@ class RecordingSerializer(serializers.ModelSerializer):
         fields = [
             "recording_id", "meeting_id", "started_by_user_id", "status", "started_at", "ended_at",
             "duration_seconds", "file_size_bytes", "storage_bucket", "storage_path", "video_codec", "audio_codec",
-            "resolution", "error_message", "is_public", "created_at", "updated_at",
+            "resolution", "error_message", "is_public", "share_expires_at", "created_at", "updated_at",
         ]
         read_only_fields = fields
+        extra_kwargs = {
+            "is_public": {"help_text": "Shared; the link opens it until share_expires_at (later: expired)."},
+            "share_expires_at": {"help_text": "When the share link stops opening it; null when not shared."},
+        }
 
 
 class RecordingShareResponse(RecordingSerializer):
-    access_token = serializers.CharField(read_only=True, help_text="Opaque token of the public link.")
+    """The recording with its new link: the token is shown here once and never again (only its hash is kept)."""
+
+    access_token = serializers.CharField(read_only=True, help_text="Token of the public link; shown once.")
+    share_url = serializers.CharField(read_only=True, help_text="The public link (GET, no sign-in); shown once.")
 
     class Meta(RecordingSerializer.Meta):
-        fields = [*RecordingSerializer.Meta.fields, "access_token"]
+        fields = [*RecordingSerializer.Meta.fields, "access_token", "share_url"]
+        read_only_fields = fields
+
+
+class SharedRecordingSerializer(serializers.ModelSerializer):
+    """What a public share link shows: the recording's file, not its meeting or its host."""
+
+    class Meta:
+        model = Recording
+        fields = [
+            "recording_id", "status", "started_at", "ended_at", "duration_seconds", "file_size_bytes",
+            "storage_bucket", "storage_path", "video_codec", "audio_codec", "resolution", "share_expires_at",
+        ]
         read_only_fields = fields
 
 

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from django.db.models import QuerySet
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.request import Request
@@ -14,7 +15,13 @@ from rest_framework.response import Response
 
 from accounts.services.users import MEETINGS_CREATE, MEETINGS_READ, MEETINGS_WRITE, RECORDINGS_READ, RECORDINGS_WRITE
 from darktower.api.idempotency import guest_principal
-from darktower.api.ratelimit import RateLimit, join_limits, meeting_create_limits, meeting_update_limits
+from darktower.api.ratelimit import (
+    RateLimit,
+    join_limits,
+    meeting_create_limits,
+    meeting_update_limits,
+    recording_write_limits,
+)
 from darktower.api.schema import error_responses
 from darktower.api.serializers import EmptyRequest
 from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
@@ -34,8 +41,10 @@ from meetings.api.serializers import (
     MeetingViewSerializer,
     ParticipantSerializer,
     RecordingSerializer,
+    RecordingShareRequest,
     RecordingShareResponse,
     RecordingUpdateRequest,
+    SharedRecordingSerializer,
     meeting_for_joiner,
 )
 from meetings.models import Meeting, MeetingBan, MeetingParticipant, Recording
@@ -48,7 +57,14 @@ from meetings.services.participants import (
     participant_leave,
     participant_token_reissue,
 )
-from meetings.services.recordings import recording_share, recording_start, recording_update
+from meetings.services.recordings import (
+    SharedRecording,
+    recording_share,
+    recording_share_rotate,
+    recording_start,
+    recording_unshare,
+    recording_update,
+)
 
 MEETING_REF = OpenApiParameter(
     "meeting_ref", str, OpenApiParameter.PATH, description="The meeting's id (UUID) or its meeting_code."
@@ -402,13 +418,18 @@ class BanDetailView(ApiView):
     post=extend_schema(
         operation_id="meetings_recordings_start", tags=["recordings"],
         summary="Start recording (host only; allow_recording must be on)", request=None,
-        responses={201: RecordingSerializer, **error_responses(401, 403, 404, 409, 410, 422)},
+        responses={201: RecordingSerializer, **error_responses(401, 403, 404, 409, 410, 422, 429)},
     ),
 )
 class MeetingRecordingsView(ApiListView):
     required_scopes = {"GET": RECORDINGS_READ, "POST": RECORDINGS_WRITE}
     serializer_class = RecordingSerializer
     filterset_class = RecordingFilter
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "POST":
+            return recording_write_limits(principal=self.principal.identifier)
+        return []
 
     def get_queryset(self) -> QuerySet[Recording]:
         if getattr(self, "swagger_fake_view", False):
@@ -429,11 +450,16 @@ class MeetingRecordingsView(ApiListView):
     patch=extend_schema(
         operation_id="recordings_update", tags=["recordings"],
         summary="Advance a recording's status and record its file details", request=RecordingUpdateRequest,
-        responses={200: RecordingSerializer, **error_responses(400, 401, 403, 404, 409, 413, 415)},
+        responses={200: RecordingSerializer, **error_responses(400, 401, 403, 404, 409, 413, 415, 429)},
     ),
 )
 class RecordingDetailView(ApiView):
     required_scopes = {"GET": RECORDINGS_READ, "PATCH": RECORDINGS_WRITE}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "PATCH":
+            return recording_write_limits(principal=self.principal.identifier)
+        return []
 
     def get(self, request: Request, recording_id: uuid.UUID) -> Response:
         recording = selectors.recording_visible_to(recording_id=recording_id, viewer_id=self.principal.user.pk)
@@ -445,30 +471,109 @@ class RecordingDetailView(ApiView):
         return Response(RecordingSerializer(recording).data)
 
 
+def _share_response(request: Request, shared: SharedRecording) -> Response:
+    body = {
+        **RecordingSerializer(shared.recording).data,
+        "access_token": shared.token,
+        "share_url": request.build_absolute_uri(reverse("recording-shared", args=[shared.token])),
+    }
+    return Response(body, headers=NO_STORE)
+
+
+class RecordingShareTokenMixin:
+    """Share and rotate answer the link's token once. The idempotency ledger stores the response without it
+    (only its hash exists anywhere), so a replay answers the same share with access_token and share_url null:
+    rotate again for a new token."""
+
+    idempotency_redact = ("access_token", "share_url")
+
+
+# The share answer carries a secret; the public link's answer must not outlive an unshare or a rotation in a
+# cache between the client and us.
+NO_STORE = {"Cache-Control": "no-store"}
+SHARE_DESCRIPTION = (
+    "The token (and the link) is in this response only: the server keeps its SHA-256 hash, never the token. "
+    "A replay with the same Idempotency-Key answers access_token and share_url null."
+)
+
+
 @extend_schema_view(
     post=extend_schema(
         operation_id="recordings_share", tags=["recordings"],
-        summary="Create the public link token of a ready recording",
-        request=None, responses={200: RecordingShareResponse, **error_responses(401, 403, 404, 409, 422)},
+        summary="Share a ready recording: a public link that ends (host only)", description=SHARE_DESCRIPTION,
+        request=RecordingShareRequest,
+        responses={200: RecordingShareResponse, **error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429)},
     )
 )
-class RecordingShareView(ApiView):
-    """Sharing is itself idempotent (the recording keeps one access token once shared), so the idempotency
-    ledger stores the response without the token and a replay reads the recording's current one: the same
-    share, never a secret at rest in idempotency_keys (null if the recording is no longer public)."""
-
+class RecordingShareView(RecordingShareTokenMixin, ApiView):
     required_scopes = {"POST": RECORDINGS_WRITE}
-    idempotency_redact = ("access_token",)
 
-    def replayed_body(self, request: Request, status_code: int, body: Any) -> Any:
-        if status_code >= 300 or not isinstance(body, dict):
-            return body
-        recording = selectors.recording_visible_to(
-            recording_id=self.kwargs["recording_id"], viewer_id=self.principal.user.pk
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return recording_write_limits(principal=self.principal.identifier)
+
+    def post(self, request: Request, recording_id: uuid.UUID) -> Response:
+        data = _validated(RecordingShareRequest, request)
+        shared = recording_share(
+            recording_id=recording_id, actor_user_id=self.principal.user.pk,
+            expires_in_seconds=data.get("expires_in_seconds"),
         )
-        return {**body, "access_token": recording.access_token if recording.is_public else None}
+        return _share_response(request, shared)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="recordings_share_rotate", tags=["recordings"],
+        summary="Replace a shared recording's link: the old token stops working at once (host only)",
+        description=SHARE_DESCRIPTION, request=RecordingShareRequest,
+        responses={200: RecordingShareResponse, **error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429)},
+    )
+)
+class RecordingShareRotateView(RecordingShareTokenMixin, ApiView):
+    required_scopes = {"POST": RECORDINGS_WRITE}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return recording_write_limits(principal=self.principal.identifier)
+
+    def post(self, request: Request, recording_id: uuid.UUID) -> Response:
+        data = _validated(RecordingShareRequest, request)
+        shared = recording_share_rotate(
+            recording_id=recording_id, actor_user_id=self.principal.user.pk,
+            expires_in_seconds=data.get("expires_in_seconds"),
+        )
+        return _share_response(request, shared)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="recordings_unshare", tags=["recordings"],
+        summary="End a recording's share link at once (host only; nothing to end is not an error)", request=None,
+        responses={200: RecordingSerializer, **error_responses(401, 403, 404, 409, 413, 415, 422, 429)},
+    )
+)
+class RecordingUnshareView(ApiView):
+    required_scopes = {"POST": RECORDINGS_WRITE}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return recording_write_limits(principal=self.principal.identifier)
 
     def post(self, request: Request, recording_id: uuid.UUID) -> Response:
         _validated(EmptyRequest, request)
-        recording = recording_share(recording_id=recording_id, actor_user_id=self.principal.user.pk)
-        return Response(RecordingShareResponse(recording).data)
+        recording = recording_unshare(recording_id=recording_id, actor_user_id=self.principal.user.pk)
+        return Response(RecordingSerializer(recording).data)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="recordings_shared_retrieve", tags=["recordings"], auth=[],
+        summary="Open a shared recording by its link's token (no sign-in)",
+        description="An unknown, expired, unshared or replaced token answers the same 404.",
+        responses={200: SharedRecordingSerializer, **error_responses(404)},
+    )
+)
+class SharedRecordingView(ApiView):
+    public = True
+    authentication_classes = []
+
+    def get(self, request: Request, token: str) -> Response:
+        recording = selectors.recording_by_share_token(token=token)
+        return Response(SharedRecordingSerializer(recording).data, headers=NO_STORE)

@@ -20,6 +20,8 @@ from accounts.services.service_tokens import secret_hash, service_credential_cre
 from accounts.signing import signing_key_active
 from audit.models import AuditLog, OutboxEvent
 from audit.services import audit_record
+from meetings.models import Recording
+from meetings.services.recordings import recording_share
 from tests.admin.conftest import PASSWORD
 from tests.factories import make_api_key, make_meeting, make_recording, make_user
 
@@ -286,7 +288,9 @@ def test_oauth_provider_tokens_never_shown(client, superuser):
 
 def test_recording_access_token_never_shown(client, superuser):
     meeting = make_meeting(host=make_user(), meeting_code="rec-share")
-    recording = make_recording(meeting=meeting, is_public=True, access_token="share-token-SECRET-42")
+    recording = make_recording(meeting=meeting, status="ready")
+    token = recording_share(recording_id=recording.pk, actor_user_id=meeting.created_by_user_id).token
+    digest = Recording.objects.get(pk=recording.pk).share_token_hash
     client.force_login(superuser)
 
     pages = [
@@ -299,7 +303,7 @@ def test_recording_access_token_never_shown(client, superuser):
         html = page.content.decode()
         assert page.status_code == 200
         assert str(recording.pk) in html or "rec-share" in html
-        assert "share-token-SECRET-42" not in html and "access_token" not in html
+        assert token not in html and digest not in html and "share_token_hash" not in html
 
 
 def test_meeting_status_filter_and_search_by_code_and_name(client, superuser):

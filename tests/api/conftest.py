@@ -18,6 +18,7 @@ def roomy_rate_limits(settings):
     settings.RATE_LIMIT_MEETING_UPDATE_PER_PRINCIPAL = 100_000
     settings.RATE_LIMIT_JOIN_PER_PRINCIPAL = 100_000
     settings.RATE_LIMIT_JOIN_PER_IP = 100_000
+    settings.RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL = 100_000
 
 
 @pytest.fixture
