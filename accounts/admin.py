@@ -20,16 +20,17 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 
 from accounts.models import ApiKey, OAuthProvider, ServiceCredential, SigningKey, User
-from accounts.services.api_keys import api_key_create, api_key_revoke
+from accounts.services.api_keys import api_key_check, api_key_create, api_key_revoke
 from accounts.services.service_tokens import (
     SERVICE_SCOPES,
     service_credential_create,
     service_credential_revoke,
     service_credential_rotate_secret,
 )
-from accounts.services.users import ALL_SCOPES, normalize_email, user_scopes
+from accounts.services.users import ALL_SCOPES, normalize_email
 from accounts.signing import public_jwk, signing_key_rotate
 from darktower.admin_tools import confirmed_action
+from darktower.errors import DomainError
 
 
 class _EmailFormMixin:
@@ -124,13 +125,27 @@ class ApiKeyCreateForm(forms.ModelForm):
         fields = ("user", "name", "expires_at")
 
     def clean(self) -> dict[str, Any]:
+        """The service's own rules (api_key_check), shown as form errors; the service checks them again when
+        it creates the key."""
         cleaned = super().clean()
         user, scopes = cleaned.get("user"), cleaned.get("scopes")
-        if user and scopes:
-            beyond = sorted(set(scopes) - user_scopes(user))
-            if beyond:
-                self.add_error("scopes", f"Not one of the user's scopes: {', '.join(beyond)}.")
+        if user and scopes and not self.errors:
+            try:
+                api_key_check(user=user, scopes=scopes, expires_at=cleaned.get("expires_at"))
+            except DomainError as error:
+                _add_domain_error(self, error)
         return cleaned
+
+
+def _add_domain_error(form: forms.Form, error: DomainError) -> None:
+    """A service's refusal on the form: field errors on their fields, the rest above the form."""
+    placed = False
+    for name, field_messages in error.fields.items():
+        if name in form.fields:
+            form.add_error(name, field_messages)
+            placed = True
+    if not placed:
+        form.add_error(None, error.message)
 
 
 @admin.register(ApiKey)

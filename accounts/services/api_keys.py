@@ -41,16 +41,10 @@ def api_key_hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
 
-def api_key_create(
-    *,
-    user: User,
-    name: str,
-    scopes: Iterable[str],
-    expires_at: datetime | None = None,
-    actor_user_id: uuid.UUID | None = None,
-) -> CreatedApiKey:
-    """A new key for `user` with a subset of the user's own scopes. The audit row names `actor_user_id` (an
-    operator creating it in the admin), by default the owner (the REST API: users create their own keys)."""
+def api_key_check(*, user: User, scopes: Iterable[str], expires_at: datetime | None = None) -> list[str]:
+    """The rules a new key of `user` must meet, whichever door asks (api_key_create checks them again when it
+    creates the key; the admin's add form calls this to show them as form errors): at least one scope, only
+    scopes the user has now, an expiry in the future. Returns the scopes, sorted; raises InvalidInput."""
     requested = sorted(set(scopes))
     if not requested:
         raise InvalidInput("An API key needs at least one scope.", fields={"scopes": ["Give at least one scope."]})
@@ -59,10 +53,24 @@ def api_key_create(
     if beyond:
         raise InvalidInput(
             "An API key may only carry scopes its user has.",
-            fields={"scopes": [f"Not one of your scopes: {', '.join(beyond)}."]},
+            fields={"scopes": [f"Not one of the user's scopes: {', '.join(beyond)}."]},
         )
     if expires_at is not None and expires_at <= timezone.now():
         raise InvalidInput("expires_at must be in the future.", fields={"expires_at": ["Must be in the future."]})
+    return requested
+
+
+def api_key_create(
+    *,
+    user: User,
+    name: str,
+    scopes: Iterable[str],
+    expires_at: datetime | None = None,
+    actor_user_id: uuid.UUID | None = None,
+) -> CreatedApiKey:
+    """A new key for `user` that meets `api_key_check`. The audit row names `actor_user_id` (an operator
+    creating it in the admin), by default the owner (the REST API: users create their own keys)."""
+    requested = api_key_check(user=user, scopes=scopes, expires_at=expires_at)
 
     prefix = f"{KEY_SCHEME}_{secrets.token_hex(PREFIX_BYTES)}"
     raw_key = f"{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"

@@ -1,0 +1,140 @@
+"""The rules of API keys, whichever door creates them (POST /api/v1/api-keys for oneself, the admin's add form for
+anyone): one service decides (accounts.services.api_keys). A key's scopes are capped by its owner's current
+scopes on every request, so an operator who loses the permission loses it in every key at once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from importlib import import_module
+
+import pytest
+from django.apps import apps
+from django.contrib.auth.models import Group
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts.models import ApiKey, User
+from controllers.models import MeetingController
+from tests.factories import make_api_key, make_controller, make_user, user_token
+
+pytestmark = pytest.mark.django_db
+
+KEYS = "/api/v1/api-keys"
+_groups = import_module("accounts.migrations.0003_operator_groups")
+
+
+def _in_group(user: User, name: str) -> User:
+    _groups.operator_groups_sync(apps)  # idempotent; a transactional test elsewhere may have flushed the groups
+    user.groups.add(Group.objects.get(name=name))
+    return user
+
+
+def _key_client(raw_key: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"ApiKey {raw_key}")
+    return client
+
+
+def _drain(client: APIClient, controller_id: str):
+    return client.post(f"/api/v1/controllers/{controller_id}/drain", {"deadline_seconds": 600}, format="json")
+
+
+def _demote_by_group(user: User) -> None:
+    user.groups.clear()
+
+
+def _demote_by_staff(user: User) -> None:
+    User.objects.filter(pk=user.pk).update(is_staff=False)
+
+
+@pytest.mark.parametrize("demote", [_demote_by_group, _demote_by_staff], ids=["leaves the group", "loses staff"])
+def test_a_demoted_operators_key_loses_controllers_write_at_once(operator, demote):
+    key = make_api_key(user=operator, scopes=["controllers:read", "controllers:write"])
+    client = _key_client(key.raw_key)
+    make_controller(controller_id="mc-a")
+    make_controller(controller_id="mc-b")
+    assert _drain(client, "mc-a").status_code == 200
+
+    demote(operator)
+
+    response = _drain(client, "mc-b")
+    assert response.status_code == 403, response.content
+    assert response.json()["error"]["code"] == "permission_denied"
+    assert "controllers:write" not in client.get("/api/v1/me").json()["scopes"]
+    # The key itself is unchanged: the cap is applied per request, from the owner's current permissions.
+    assert ApiKey.objects.get(pk=key.api_key.pk).scopes == ["controllers:read", "controllers:write"]
+    assert MeetingController.objects.get(pk="mc-b").health_status == "healthy"
+
+
+def test_a_viewer_keeps_reading_after_losing_the_operator_group(operator):
+    key = make_api_key(user=operator, scopes=["controllers:read", "controllers:write"])
+    operator.groups.clear()
+    _in_group(operator, _groups.VIEWER)
+    client = _key_client(key.raw_key)
+    assert client.get("/api/v1/controllers").status_code == 200
+    assert client.get("/api/v1/me").json()["scopes"] == ["controllers:read"]
+
+
+# Both doors --------------------------------------------------------------------------------------------------
+
+def _create(door: str, *, user: User, scopes: list[str], expires_at=None) -> tuple[bool, int, str]:
+    """Ask for a key of `user` through a door: (created, status, what the page or body says)."""
+    before = ApiKey.objects.filter(user=user).count()
+    if door == "rest":
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {user_token(user)}")
+        body = {"name": "k", "scopes": scopes, **({"expires_at": expires_at.isoformat()} if expires_at else {})}
+        response = client.post(KEYS, body, format="json")
+        text = response.content.decode()
+    else:
+        client = Client()
+        client.force_login(make_user(is_staff=True, is_superuser=True))
+        form = {"user": str(user.pk), "name": "k", "scopes": scopes}
+        if expires_at:
+            local = timezone.localtime(expires_at)
+            form.update({"expires_at_0": local.strftime("%Y-%m-%d"), "expires_at_1": local.strftime("%H:%M:%S")})
+        response = client.post(reverse("admin:accounts_apikey_add"), form)
+        text = response.content.decode()
+    created = ApiKey.objects.filter(user=user).count() - before
+    assert created in (0, 1)
+    return bool(created), response.status_code, text
+
+
+DOORS = ["rest", "admin"]
+REFUSED_STATUS = {"rest": 400, "admin": 200}  # the admin shows its form again, with the error
+
+
+def _regular():
+    return make_user()
+
+
+def _viewer():
+    return _in_group(make_user(is_staff=True), _groups.VIEWER)
+
+
+# case, owner, scopes, expires in, what the refusal says
+REFUSALS = [
+    ("fleet scope for a regular user", _regular, ["controllers:read"], None, "controllers:read"),
+    ("write scope for an operator viewer", _viewer, ["controllers:write"], None, "controllers:write"),
+    ("staff without a group", lambda: make_user(is_staff=True), ["controllers:read"], None, "controllers:read"),
+    ("an expiry in the past", _regular, ["meetings:read"], timedelta(hours=-1), "future"),
+]
+
+
+@pytest.mark.parametrize("door", DOORS)
+@pytest.mark.parametrize(("case", "owner", "scopes", "expires_in", "says"), REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_key_creation_rules_hold_through_both_doors(door, case, owner, scopes, expires_in, says):
+    expires_at = timezone.now() + expires_in if expires_in is not None else None
+    created, status, text = _create(door, user=owner(), scopes=scopes, expires_at=expires_at)
+    assert not created
+    assert status == REFUSED_STATUS[door]
+    assert says in text
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_an_operator_gets_a_fleet_key_through_both_doors(door, operator):
+    created, _, text = _create(door, user=operator, scopes=["controllers:read", "controllers:write"],
+                                    expires_at=timezone.now() + timedelta(days=1))
+    assert created, text[:2000]
