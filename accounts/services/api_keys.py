@@ -10,7 +10,7 @@ import hashlib
 import secrets
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -34,7 +34,7 @@ MAX_KEY_LENGTH = 128
 @dataclass(frozen=True)
 class CreatedApiKey:
     api_key: ApiKey
-    raw_key: str  # returned to the caller once, never stored or logged
+    raw_key: str = field(repr=False)  # returned to the caller once, never stored or logged
 
 
 def api_key_hash(raw_key: str) -> str:
