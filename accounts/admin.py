@@ -174,6 +174,15 @@ class ApiKeyAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # keys are created and revoked, never edited
 
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None) -> Any:
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except DomainError as error:
+            # The form checked the same rules a moment before the service did (under its lock): another
+            # request took the user's last place in between. Nothing was created; say so on the form's page.
+            self.message_user(request, error.message, messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
     def has_revoke_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("accounts.delete_apikey")
 

@@ -4,12 +4,15 @@ scopes on every request, so an operator who loses the permission loses it in eve
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from importlib import import_module
 
 import pytest
 from django.apps import apps
 from django.contrib.auth.models import Group
+from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -17,6 +20,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey, User
 from controllers.models import MeetingController
+from darktower.errors import Conflict
 from tests.factories import make_api_key, make_controller, make_user, user_token
 
 pytestmark = pytest.mark.django_db
@@ -138,3 +142,77 @@ def test_an_operator_gets_a_fleet_key_through_both_doors(door, operator):
     created, _, text = _create(door, user=operator, scopes=["controllers:read", "controllers:write"],
                                     expires_at=timezone.now() + timedelta(days=1))
     assert created, text[:2000]
+
+
+# The per-user cap on active keys -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("door", DOORS)
+def test_active_keys_per_user_are_capped_through_both_doors(door, settings):
+    settings.API_KEYS_MAX_ACTIVE_PER_USER = 3
+    owner = make_user()
+    kept = [make_api_key(user=owner) for _ in range(3)]
+
+    created, status, text = _create(door, user=owner, scopes=["meetings:read"])
+
+    assert not created
+    assert status == {"rest": 409, "admin": 200}[door]
+    assert "3 active API keys" in text and "revoke" in text
+    if door == "rest":
+        assert '"code":"conflict"' in text
+    # Revoked and expired keys do not count: each frees a place.
+    ApiKey.objects.filter(pk=kept[0].api_key.pk).update(is_active=False)
+    assert _create(door, user=owner, scopes=["meetings:read"])[0]
+    ApiKey.objects.filter(pk=kept[1].api_key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert _create(door, user=owner, scopes=["meetings:read"])[0]
+    assert not _create(door, user=owner, scopes=["meetings:read"])[0]
+    # The cap is per user: another user has its own.
+    assert _create(door, user=make_user(), scopes=["meetings:read"])[0]
+
+
+def test_the_cap_holds_in_the_service_itself(settings):
+    settings.API_KEYS_MAX_ACTIVE_PER_USER = 1
+    owner = make_user()
+    make_api_key(user=owner)
+    with pytest.raises(Conflict) as refused:
+        make_api_key(user=owner)
+    assert "1 active API keys" in refused.value.message
+    assert ApiKey.objects.filter(user=owner).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_creations_cannot_both_take_the_last_place(settings):
+    # Another request is creating the user's last allowed key: it holds the user's creation lock and has
+    # inserted its row, not yet committed. A creation that starts now must wait for it and then be refused;
+    # without the lock it would count the committed keys only (none) and make a second.
+    settings.API_KEYS_MAX_ACTIVE_PER_USER = 1
+    owner = make_user()
+    results = {}
+
+    def create():
+        try:
+            results["created"] = make_api_key(user=owner)
+        except Exception as exc:  # reported by the assertions below
+            results["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=create)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM users WHERE user_id = %s FOR NO KEY UPDATE", [owner.pk])
+        ApiKey.objects.create(user=owner, key_hash="0" * 64, key_prefix="dt_00000000", name="first",
+                              scopes=["meetings:read"])
+        thread.start()
+        deadline = time.monotonic() + 30
+        waiting = 0
+        while not waiting and time.monotonic() < deadline:
+            # A transaction sees one snapshot of pg_stat_activity unless it asks for a fresh one.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                           "AND datname = current_database() AND query LIKE '%%FOR NO KEY UPDATE%%'")
+            waiting = cursor.fetchone()[0]
+            time.sleep(0.02)
+        assert waiting == 1, "the second creation never waited for the first"
+    thread.join(timeout=30)
+
+    assert isinstance(results.get("error"), Conflict), results
+    assert ApiKey.objects.filter(user=owner).count() == 1

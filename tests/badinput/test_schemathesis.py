@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 EXAMPLES_PER_OPERATION = 12
 RATE_LIMITS = ("RATE_LIMIT_LOGIN_PER_IP", "RATE_LIMIT_LOGIN_PER_EMAIL", "RATE_LIMIT_TOKEN_PER_CLIENT",
                "RATE_LIMIT_TOKEN_PER_IP", "RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL", "RATE_LIMIT_JOIN_PER_PRINCIPAL",
-               "RATE_LIMIT_JOIN_PER_IP")
+               "RATE_LIMIT_JOIN_PER_IP", "RATE_LIMIT_API_KEY_CREATE_PER_PRINCIPAL")
 
 
 def test_the_api_never_fails_and_always_answers_as_documented(live_server, transactional_db, settings):
