@@ -216,3 +216,47 @@ def test_two_concurrent_creations_cannot_both_take_the_last_place(settings):
 
     assert isinstance(results.get("error"), Conflict), results
     assert ApiKey.objects.filter(user=owner).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_admin_loses_the_race_for_the_last_place_with_a_message_not_an_error(settings):
+    # The add form's check passes (the other creation has not committed); the service then waits for the
+    # user's lock, counts again and refuses: the admin answers with its form page and a message, never a 500.
+    settings.API_KEYS_MAX_ACTIVE_PER_USER = 1
+    owner = make_user()
+    client = Client()
+    client.force_login(make_user(is_staff=True, is_superuser=True))
+    results = {}
+
+    def post():
+        try:
+            results["response"] = client.post(reverse("admin:accounts_apikey_add"),
+                                              {"user": str(owner.pk), "name": "k", "scopes": ["meetings:read"]})
+        except Exception as exc:  # reported by the assertions below
+            results["error"] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=post)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM users WHERE user_id = %s FOR NO KEY UPDATE", [owner.pk])
+        ApiKey.objects.create(user=owner, key_hash="0" * 64, key_prefix="dt_00000000", name="first",
+                              scopes=["meetings:read"])
+        thread.start()
+        deadline = time.monotonic() + 30
+        waiting = 0
+        while not waiting and time.monotonic() < deadline:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                           "AND datname = current_database() AND query LIKE '%%FOR NO KEY UPDATE%%'")
+            waiting = cursor.fetchone()[0]
+            time.sleep(0.02)
+        assert waiting == 1, "the admin's creation never waited for the other one"
+    thread.join(timeout=30)
+
+    assert "error" not in results, results
+    response = results["response"]
+    assert response.status_code == 302 and response["Location"].endswith(reverse("admin:accounts_apikey_add"))
+    page = client.get(response["Location"]).content.decode()
+    assert "At most 1 active API keys" in page
+    assert ApiKey.objects.filter(user=owner).count() == 1
