@@ -51,18 +51,22 @@ LOGIN_EVENT = "user_login"
 LOGIN_TARGET_TYPE = "login_email"
 
 
-def user_scopes(user: User) -> frozenset[str]:
+def user_scopes(user: User, *, among: frozenset[str] = ALL_SCOPES) -> frozenset[str]:
     """The one mapping from a user to scopes. User tokens carry these; API keys get a subset of them, and
-    both are re-checked against this on every request, so a user who loses staff, a group or a permission
-    loses the scopes it granted at once. The fleet scopes come from `user.has_perms` (the authentication
-    backends, as in the admin): for a staff user who is not a superuser that reads its permissions and its
-    groups' once per request (cached on the user object); nobody else costs a query."""
+    both are re-checked against this on every request (`among` the credential's own scopes), so a user who
+    loses staff, a group or a permission loses the scopes it granted at once. The fleet scopes come from
+    `user.has_perms` (the authentication backends, as in the admin): for a staff user who is not a superuser
+    that reads its permissions and its groups' (two queries, cached on the user object), and only when a
+    fleet scope is among those asked about; nobody else costs a query."""
     if not user.is_active:
         return frozenset()
-    if not user.is_staff:
-        return REGULAR_USER_SCOPES
-    fleet = {scope for scope, permissions in FLEET_SCOPE_PERMISSIONS.items() if user.has_perms(permissions)}
-    return REGULAR_USER_SCOPES | fleet
+    scopes = REGULAR_USER_SCOPES & among
+    if user.is_staff:
+        scopes |= {
+            scope for scope, permissions in FLEET_SCOPE_PERMISSIONS.items()
+            if scope in among and user.has_perms(permissions)
+        }
+    return scopes
 
 
 def normalize_email(email: str) -> str:

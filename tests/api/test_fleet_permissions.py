@@ -15,6 +15,8 @@ from importlib import import_module
 import pytest
 from django.apps import apps
 from django.contrib.auth.models import Group, Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -127,3 +129,21 @@ def test_login_scopes_follow_the_admin_permissions(actor):
     may_read, may_write = ACTORS[actor]
     scopes = user_scopes(_actor(actor))
     assert ("controllers:read" in scopes, "controllers:write" in scopes) == (may_read, may_write)
+
+
+def _queries(client, path):
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(path).status_code == 200
+    return len(queries)
+
+
+def test_permissions_are_read_only_for_a_credential_with_a_fleet_scope(operator):
+    # Every request re-checks its credential's scopes; the fleet's permissions cost two queries (the user's and
+    # its groups'), paid only by a credential that carries a fleet scope, never by anyone else's requests.
+    regular = _queries(_client(make_user(), "login token"), "/api/v1/me")
+    assert _queries(_client(_actor("staff without a group"), "login token"), "/api/v1/me") == regular
+    assert _queries(_client(_actor("superuser"), "login token"), "/api/v1/me") == regular
+    narrowed = APIClient()
+    narrowed.credentials(HTTP_AUTHORIZATION=f"Bearer {user_token(operator, scopes=['meetings:read'])}")
+    assert _queries(narrowed, "/api/v1/me") == regular
+    assert _queries(_client(operator, "login token"), "/api/v1/me") == regular + 2
