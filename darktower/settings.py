@@ -371,6 +371,9 @@ RATE_LIMIT_TOKEN_PER_CLIENT = env_int("RATE_LIMIT_TOKEN_PER_CLIENT", 30, minimum
 RATE_LIMIT_TOKEN_PER_IP = env_int("RATE_LIMIT_TOKEN_PER_IP", 60, minimum=1)
 RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL = env_int("RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL", 30, minimum=1)
 RATE_LIMIT_MEETING_UPDATE_PER_PRINCIPAL = env_int("RATE_LIMIT_MEETING_UPDATE_PER_PRINCIPAL", 60, minimum=1)
+RATE_LIMIT_API_KEY_CREATE_PER_PRINCIPAL = env_int("RATE_LIMIT_API_KEY_CREATE_PER_PRINCIPAL", 10, minimum=1)
+# API keys a user may hold at once (active: not revoked, not expired), whoever creates them (REST or admin).
+API_KEYS_MAX_ACTIVE_PER_USER = env_int("API_KEYS_MAX_ACTIVE_PER_USER", 20, minimum=1, maximum=1000)
 RATE_LIMIT_JOIN_PER_PRINCIPAL = env_int("RATE_LIMIT_JOIN_PER_PRINCIPAL", 60, minimum=1)
 RATE_LIMIT_JOIN_PER_IP = env_int("RATE_LIMIT_JOIN_PER_IP", 120, minimum=1)
 # Recording writes (start, update, share, unshare, rotate) per user or API key per window, one budget for all.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -62,7 +62,7 @@ def _oauth_response(body: dict[str, Any], *, status: int = 200, headers: dict[st
 @dataclass(frozen=True)
 class _ClientAuth:
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)  # never in a log line or a traceback
 
 
 def _parameters(request: HttpRequest) -> dict[str, str]:

@@ -22,7 +22,7 @@ from accounts.api.serializers import (
 from accounts.models import ApiKey
 from accounts.services.api_keys import api_key_create, api_key_revoke, api_keys_for_user
 from accounts.services.users import email_hash, login_throttle_fallback, user_login, user_logout
-from darktower.api.ratelimit import login_limits, ratelimit_reserve
+from darktower.api.ratelimit import RateLimit, api_key_create_limits, login_limits, ratelimit_reserve
 from darktower.api.schema import error_responses
 from darktower.api.serializers import EmptyRequest
 from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
@@ -106,9 +106,13 @@ class MeView(ApiView):
     ),
     post=extend_schema(
         operation_id="api_keys_create", tags=["api-keys"], summary="Create an API key; the key is shown once",
-        description="A replay of this request (same Idempotency-Key) answers with `key` null: it is never stored.",
+        description=(
+            "A replay of this request (same Idempotency-Key) answers with `key` null: it is never stored. A user "
+            "holds at most API_KEYS_MAX_ACTIVE_PER_USER active keys (409 `conflict` above it: revoke one first), "
+            "and creation is rate limited per user (429 with Retry-After)."
+        ),
         request=ApiKeyCreateRequest,
-        responses={201: ApiKeyCreatedResponse, **error_responses(400, 401, 403, 409, 413, 415, 422)},
+        responses={201: ApiKeyCreatedResponse, **error_responses(400, 401, 403, 409, 413, 415, 422, 429)},
     ),
 )
 class ApiKeyListCreateView(ApiListView):
@@ -118,6 +122,11 @@ class ApiKeyListCreateView(ApiListView):
     serializer_class = ApiKeySerializer
     filter_backends: list[Any] = []
     idempotency_redact = ("key",)
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "POST":
+            return api_key_create_limits(principal=self.principal.identifier)
+        return []
 
     def get_queryset(self) -> QuerySet[ApiKey]:
         if getattr(self, "swagger_fake_view", False):

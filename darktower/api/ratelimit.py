@@ -227,6 +227,14 @@ def meeting_update_limits(*, principal: str) -> list[RateLimit]:
     ]
 
 
+def api_key_create_limits(*, principal: str) -> list[RateLimit]:
+    """New API keys per caller (a user token: keys cannot mint keys); the active-key cap bounds how many a
+    user holds, this how fast it churns through them."""
+    return [
+        RateLimit("api:api-keys:create", principal, settings.RATE_LIMIT_API_KEY_CREATE_PER_PRINCIPAL, window_seconds())
+    ]
+
+
 def join_limits(*, principal: str | None, ip_address: str) -> list[RateLimit]:
     """Joins (and guest tokens) per caller and per address; guests have only an address."""
     limits = [RateLimit("api:meetings:join", f"ip:{ip_address}", settings.RATE_LIMIT_JOIN_PER_IP, window_seconds())]
