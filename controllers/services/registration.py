@@ -39,6 +39,7 @@ from audit.services import AuditEntry, audit_record, audit_record_many, outbox_e
 from controllers.models import HealthStatus, TransitionReason
 from controllers.services.capacity import release_cte_sql, unassign_cte_sql
 from controllers.services.health import RecoveryReport, heartbeat_recovery
+from controllers.services.ownership import member_access_refuse, member_claim_audit
 from controllers.services.transitions import (
     CONTROLLER,
     HANDLER,
@@ -48,7 +49,7 @@ from controllers.services.transitions import (
     transitions_record,
 )
 from darktower.db import server_bound_cursor
-from darktower.errors import NotFound
+from darktower.errors import NotFound, PermissionDenied
 from meetings.models import LeaveReason
 
 # What the member reports about itself; PENDING means "no opinion" (proto3's default value).
@@ -134,6 +135,9 @@ class Beat:
     # time.monotonic() when the GC received it: a coalesced beat is written up to a flush interval later, and the
     # assignments made in between are not in its report (in-flight accounting, see _beats_statement).
     received_at: float = field(default_factory=time.monotonic)
+    # The credential that sent it (the token's subject): written only while that credential owns the member.
+    # None: the GC's own code, which needs no owner.
+    client_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,16 +179,19 @@ class Registration:
 # --- registration ----------------------------------------------------------------------------------------
 
 # The row lock first, so the audit row can say which state re-registration left (ON CONFLICT cannot return
-# the old row before PostgreSQL 18). A concurrent first registration of the same id is serialised by the
-# unique index; the loser updates the winner's row and reports created = false.
-_LOCK_SQL = "SELECT health_status FROM {table} WHERE {pk} = %(id)s FOR UPDATE"
+# the old row before PostgreSQL 18), and whether the caller may register it: a row owned by another credential
+# is left as it is. A concurrent first registration of the same id is serialised by the unique index; the loser
+# updates the winner's row and reports created = false if both are one credential, and updates nothing (no row
+# returned: refused) if not. An unowned row (older than ownership) is claimed by its first registration.
+_LOCK_SQL = "SELECT health_status, owner_client_id FROM {table} WHERE {pk} = %(id)s FOR UPDATE"
 
 _REGISTER_SQL = """
 INSERT INTO {table} AS t ({pk}, region, endpoint, grpc_endpoint, webtransport_endpoint, {capacity_columns},
-                         health_status, last_heartbeat_at)
+                         health_status, last_heartbeat_at, owner_client_id)
 VALUES (%(id)s, %(region)s, %(endpoint)s, %(grpc_endpoint)s, %(webtransport_endpoint)s, {capacity_values},
-        'pending', now())
+        'pending', now(), %(client_id)s)
 ON CONFLICT ({pk}) DO UPDATE SET
+    owner_client_id = coalesce(t.owner_client_id, EXCLUDED.owner_client_id),
     region = EXCLUDED.region,
     endpoint = EXCLUDED.endpoint,
     grpc_endpoint = EXCLUDED.grpc_endpoint,
@@ -201,6 +208,7 @@ ON CONFLICT ({pk}) DO UPDATE SET
         WHEN t.health_status = 'pending' THEN t.hold_down_until
     END,
     last_heartbeat_at = now()
+WHERE %(client_id)s::text IS NULL OR t.owner_client_id IS NULL OR t.owner_client_id = %(client_id)s::text
 RETURNING t.health_status, (t.xmax = 0) AS created, t.hold_down_until
 """
 
@@ -221,7 +229,7 @@ def _register(
     params: dict[str, Any] = {
         "id": member_id, "region": region, "endpoint": endpoint, "grpc_endpoint": grpc_endpoint,
         "webtransport_endpoint": webtransport_endpoint, "hold_down": settings.UNHEALTHY_HOLD_DOWN_SECONDS,
-        **capacity, **insert_only,
+        "client_id": actor_client_id, **capacity, **insert_only,
     }
     inserted = [*capacity, *insert_only]
     sql = _REGISTER_SQL.format(
@@ -231,47 +239,83 @@ def _register(
         capacity_updates=", ".join(f"{column} = EXCLUDED.{column}" for column in capacity),
         operator_drain=_OPERATOR_DRAIN_SQL if kind.component is CONTROLLER else "false",
     )
+    refused: PermissionDenied | None = None
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_LOCK_SQL.format(table=kind.table, pk=kind.pk), {"id": member_id})
         previous = cursor.fetchone()
-        cursor.execute(sql, params)
-        health_status, created, hold_down_until = cursor.fetchone()
-        from_status = previous[0] if previous else None
-        if from_status != health_status:
-            transitions_record([
-                Transition(
-                    component_type=kind.component.type, component_id=member_id, region=region,
-                    from_status=from_status, to_status=health_status, reason=TransitionReason.REGISTERED,
-                    actor_type=ActorType.SERVICE,
-                    metadata={
-                        "client_id": actor_client_id,
-                        "hold_down_until": hold_down_until.isoformat() if hold_down_until else None,
-                    },
-                )
-            ])
-        event_type = f"{kind.event_prefix}_registered" if created else f"{kind.event_prefix}_reregistered"
-        # Announced like every other state change, so the relay refreshes the controller's capacity hash at once.
-        outbox_enqueue(
-            aggregate_type=kind.event_prefix, aggregate_id=member_id, event_type=event_type,
-            payload={"id": member_id, "region": region, "from_status": from_status, "to_status": health_status},
-        )
-        audit_record(
-            event_type=event_type,
-            action="register",
-            actor_type=ActorType.SERVICE,
-            target_type=kind.target_type,
-            target_id=member_id,
-            metadata={
-                "client_id": actor_client_id,
-                "region": region,
-                "from_status": from_status,
-                "to_status": health_status,
-                "hold_down_until": hold_down_until.isoformat() if hold_down_until else None,
-                "grpc_endpoint": grpc_endpoint,
-                "webtransport_endpoint": webtransport_endpoint,
-                **capacity,
-            },
-        )
+        written = None
+        if not _owned_by_another(previous, actor_client_id):
+            cursor.execute(sql, params)
+            written = cursor.fetchone()
+        if written is None:
+            # Another credential's member, or one that another credential inserted while this call waited.
+            if previous is None:
+                cursor.execute(_LOCK_SQL.format(table=kind.table, pk=kind.pk), {"id": member_id})
+                previous = cursor.fetchone()
+            assert actor_client_id is not None and previous is not None
+            refused = member_access_refuse(kind=kind, member_id=member_id, client_id=actor_client_id,
+                                           owner_client_id=previous[1], action="register")
+        else:
+            registration = _registered(kind=kind, member_id=member_id, region=region, previous=previous,
+                                       written=written, grpc_endpoint=grpc_endpoint,
+                                       webtransport_endpoint=webtransport_endpoint, capacity=capacity,
+                                       actor_client_id=actor_client_id)
+    if refused is not None:
+        raise refused
+    return registration
+
+
+def _owned_by_another(previous: tuple[str, str | None] | None, client_id: str | None) -> bool:
+    """Whether a locked member row (health_status, owner_client_id) belongs to a credential other than the
+    caller's (None: the GC's own code, which is not a credential and owns nothing)."""
+    return previous is not None and client_id is not None and previous[1] not in (None, client_id)
+
+
+def _registered(
+    *, kind: MemberKind, member_id: str, region: str, previous: tuple[str, str | None] | None,
+    written: tuple[str, bool, datetime | None], grpc_endpoint: str | None, webtransport_endpoint: str | None,
+    capacity: dict[str, int], actor_client_id: str | None,
+) -> Registration:
+    """The transition, outbox and audit rows of a registration the UPSERT wrote (in its transaction)."""
+    health_status, created, hold_down_until = written
+    from_status = previous[0] if previous else None
+    if previous is not None and previous[1] is None and actor_client_id is not None:
+        member_claim_audit(kind=kind, member_id=member_id, client_id=actor_client_id, via="register")
+    if from_status != health_status:
+        transitions_record([
+            Transition(
+                component_type=kind.component.type, component_id=member_id, region=region,
+                from_status=from_status, to_status=health_status, reason=TransitionReason.REGISTERED,
+                actor_type=ActorType.SERVICE,
+                metadata={
+                    "client_id": actor_client_id,
+                    "hold_down_until": hold_down_until.isoformat() if hold_down_until else None,
+                },
+            )
+        ])
+    event_type = f"{kind.event_prefix}_registered" if created else f"{kind.event_prefix}_reregistered"
+    # Announced like every other state change, so the relay refreshes the controller's capacity hash at once.
+    outbox_enqueue(
+        aggregate_type=kind.event_prefix, aggregate_id=member_id, event_type=event_type,
+        payload={"id": member_id, "region": region, "from_status": from_status, "to_status": health_status},
+    )
+    audit_record(
+        event_type=event_type,
+        action="register",
+        actor_type=ActorType.SERVICE,
+        target_type=kind.target_type,
+        target_id=member_id,
+        metadata={
+            "client_id": actor_client_id,
+            "region": region,
+            "from_status": from_status,
+            "to_status": health_status,
+            "hold_down_until": hold_down_until.isoformat() if hold_down_until else None,
+            "grpc_endpoint": grpc_endpoint,
+            "webtransport_endpoint": webtransport_endpoint,
+            **capacity,
+        },
+    )
     return Registration(member_id, region, created, from_status, health_status, hold_down_until)
 
 
@@ -350,6 +394,12 @@ def _beat_set(kind: MemberKind, *, beat: str, from_status: str) -> str:
     return assignments
 
 
+# A beat is written only while its sender owns the member. One that another credential now owns (an operator
+# moved the member since this process last loaded it) is left out like a member without a row: the caller drops
+# what it knew of the member, and the sender's next beat loads the owner and is refused.
+_OWNED = "(b.client_id IS NULL OR t.owner_client_id = b.client_id)"
+
+
 def _beats_statement(kind: MemberKind) -> str:
     """One statement for a batch, recording its own transitions (controllers.services.transitions).
 
@@ -379,7 +429,7 @@ def _beats_statement(kind: MemberKind) -> str:
         # snapshot and again for the UPDATE (two sequential scans per flush, ~12 ms each at 20,000 MCs); the
         # ANY lets it probe the primary key for the batch's rows, and the UPDATE then follows by key too.
         where=f"t.{pk} = b.id AND t.{pk} = ANY(ARRAY("  # noqa: S608 (constants only)
-        "SELECT b.id FROM batch b WHERE NOT EXISTS (SELECT FROM steady w WHERE w.id = b.id)))",
+        f"SELECT b.id FROM batch b WHERE NOT EXISTS (SELECT FROM steady w WHERE w.id = b.id))) AND {_OWNED}",
         snapshot_from=", batch b",
         snapshot_columns=", b.reported, b.known, b.age" + "".join(f", b.{column}" for column in columns),
         set_status=_health_after_sql("s.from_status", "s.reported"),
@@ -405,11 +455,11 @@ def _beats_statement(kind: MemberKind) -> str:
     # GIL that the event loop serving beats in the same process waits for.
     return (
         "WITH batch AS MATERIALIZED (SELECT * FROM jsonb_to_recordset(%(beats)s::jsonb) AS b(id text, "  # noqa: S608
-        f"reported text, known text, steady boolean, age double precision, {record})), "
+        f"reported text, known text, steady boolean, age double precision, client_id text, {record})), "
         f"steady AS (UPDATE {kind.table} t SET health_status = t.health_status"
         f"{_beat_set(kind, beat='b', from_status='t.health_status')} FROM batch b "
         f"WHERE t.{pk} = b.id AND t.{pk} = ANY(ARRAY(SELECT b.id FROM batch b WHERE b.steady)) "
-        f"AND b.steady AND t.health_status = b.known RETURNING t.{pk} AS id{steady_returning}), "
+        f"AND b.steady AND t.health_status = b.known AND {_OWNED} RETURNING t.{pk} AS id{steady_returning}), "
         # A steady fleet's flush returns no row: building hundreds of rows in Python, only to learn that nothing
         # changed, was a sixth of its CPU, holding the GIL the event loop serving beats waits for.
         f"{ctes} SELECT id, region, from_status, to_status, NULL::text FROM changed "
@@ -454,6 +504,7 @@ def beats_flush(*, kind: MemberKind, beats: Sequence[Beat], known: Mapping[str, 
         # standard json module took 1.0 ms of CPU for 400 beats, orjson 0.06 ms.
         "beats": orjson.dumps([
             dict(beat.values, id=beat.member_id, reported=beat.reported, known=known.get(beat.member_id),
+                 client_id=beat.client_id,
                  steady=beat_is_steady(known.get(beat.member_id), beat.reported),
                  age=max(0.0, received - beat.received_at))
             for beat in beats
@@ -551,16 +602,19 @@ def _one_beat(kind: MemberKind, beat: Beat) -> BeatOutcome:
     return outcomes[0]
 
 
-def members_health(*, kind: MemberKind, member_ids: Sequence[str] | None = None) -> dict[str, str]:
-    """The health state of the given members that exist, or of every member (the heartbeat cache's refresh)."""
-    sql = f"SELECT {kind.pk}, health_status FROM {kind.table}"  # noqa: S608
+def members_health(
+    *, kind: MemberKind, member_ids: Sequence[str] | None = None
+) -> dict[str, tuple[str, str | None]]:
+    """(health state, owner's client id) of the given members that exist, or of every member (the heartbeat
+    cache's refresh)."""
+    sql = f"SELECT {kind.pk}, health_status, owner_client_id FROM {kind.table}"  # noqa: S608
     params: dict[str, Any] = {}
     if member_ids is not None:
         sql += f" WHERE {kind.pk} = ANY(%(ids)s)"
         params["ids"] = list(member_ids)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return dict(cursor.fetchall())
+        return {member_id: (state, owner) for member_id, state, owner in cursor.fetchall()}
 
 
 # --- meetings ended by their controller ---------------------------------------------------------------------

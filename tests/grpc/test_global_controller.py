@@ -81,8 +81,9 @@ def test_heartbeats_make_a_new_controller_healthy_at_once_and_coalesce_the_rest(
     assert AuditLog.objects.filter(target_id="mc-e2e-1").count() == 2  # registered, became healthy
 
 
-def test_reported_degraded_and_draining_are_stored_before_the_answer(mc_stub, auth):
-    make_controller(controller_id="mc-e2e-1", health=HealthStatus.HEALTHY)
+def test_reported_degraded_and_draining_are_stored_before_the_answer(mc_stub, auth, service_credential):
+    make_controller(controller_id="mc-e2e-1", health=HealthStatus.HEALTHY,
+                    owner_client_id=service_credential.credential.client_id)
 
     mc_stub.FastHeartbeat(pb.FastHeartbeatRequest(controller_id="mc-e2e-1", health=pb.DEGRADED), metadata=auth)
     assert MeetingController.objects.get(pk="mc-e2e-1").health_status == "degraded"

@@ -1,0 +1,150 @@
+"""A member belongs to the service credential that registered it: another credential, even one holding the same
+scope, may not re-register it, beat for it, report its load or end the meetings it hosts."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from accounts.services.service_tokens import service_credential_create
+from audit.models import AuditLog, AuditResult
+from controllers.heartbeats import controller_heartbeats
+from controllers.models import HealthStatus, MeetingController
+from dark_tower.internal.v1 import internal_pb2 as pb
+from tests.grpc.conftest import bearer, endpoint_token
+from tests.grpc.test_heartbeat_stream import Stream
+
+pytestmark = pytest.mark.usefixtures("fresh_revocation_lookups")
+
+MC = "mc-own-1"
+MH = "mh-own-1"
+
+
+@pytest.fixture
+def other_credential(grpc_server):
+    """Another fleet's credential, with the same scopes as `service_credential`."""
+    return service_credential_create(name="another fleet", scopes=["mc:register", "mh:register"])
+
+
+@pytest.fixture
+def other_auth(other_credential):
+    return bearer(endpoint_token(other_credential))
+
+
+def register_mc(stub, metadata, *, endpoint: str = "mc1.fleet-a.internal", controller_id: str = MC):
+    return stub.RegisterMC(pb.RegisterMCRequest(
+        id=controller_id, region="us-east-1", grpc_endpoint=f"grpc://{endpoint}:50052",
+        webtransport_endpoint=f"https://{endpoint}:4433", max_meetings=100, max_participants=1000,
+    ), metadata=metadata, timeout=10)
+
+
+def fast(*, health: int = pb.HEALTHY, current: int = 3) -> pb.FastHeartbeatRequest:
+    return pb.FastHeartbeatRequest(controller_id=MC, health=health, capacity=pb.ControllerCapacity(
+        max_meetings=100, current_meetings=current, max_participants=1000, current_participants=current * 10))
+
+
+def comprehensive(*, health: int = pb.HEALTHY, cpu: float = 10.0) -> pb.ComprehensiveHeartbeatRequest:
+    return pb.ComprehensiveHeartbeatRequest(controller_id=MC, health=health, cpu_usage_percent=cpu,
+                                            memory_usage_percent=20.0)
+
+
+def row(controller_id: str = MC) -> tuple:
+    controller = MeetingController.objects.get(pk=controller_id)
+    return (controller.grpc_endpoint, controller.webtransport_endpoint, controller.health_status,
+            controller.current_meetings, controller.cpu_usage_percent, controller.owner_client_id)
+
+
+def refused(call) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    return raised.value
+
+
+def failures(target_id: str, action: str) -> list[AuditLog]:
+    return list(AuditLog.objects.filter(target_id=target_id, action=action, result=AuditResult.FAILURE))
+
+
+@pytest.fixture
+def healthy_mc(mc_stub, auth, service_credential) -> str:
+    """MC registered by `service_credential`, healthy, its state and owner known to the server."""
+    register_mc(mc_stub, auth)
+    assert mc_stub.FastHeartbeat(fast(), metadata=auth, timeout=10).acknowledged
+    controller_heartbeats.flush()
+    assert MeetingController.objects.get(pk=MC).health_status == HealthStatus.HEALTHY
+    return MC
+
+
+# --- meeting controllers: registration and beats -------------------------------------------------------------
+
+def test_the_registering_credential_owns_the_controller(mc_stub, auth, service_credential):
+    register_mc(mc_stub, auth)
+    assert MeetingController.objects.get(pk=MC).owner_client_id == service_credential.credential.client_id
+    # Its own re-registration is still accepted (a restart).
+    assert register_mc(mc_stub, auth, endpoint="mc1b.fleet-a.internal").message == "re-registered"
+    assert MeetingController.objects.get(pk=MC).grpc_endpoint == "grpc://mc1b.fleet-a.internal:50052"
+
+
+def test_another_credential_cannot_reregister_a_controller(mc_stub, healthy_mc, other_auth, other_credential,
+                                                           service_credential):
+    before = row()
+
+    error = refused(lambda: register_mc(mc_stub, other_auth, endpoint="evil.example"))
+
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.PERMISSION_DENIED, "meeting controller is registered by another credential",
+    )
+    assert row() == before
+    assert before[0] == "grpc://mc1.fleet-a.internal:50052"
+    (audit,) = failures(MC, "register")
+    assert (audit.actor_type, audit.target_type, audit.metadata["client_id"], audit.metadata["owner_client_id"]) == (
+        "service", "meeting_controller", other_credential.credential.client_id,
+        service_credential.credential.client_id,
+    )
+    assert "evil" not in str(audit.metadata)  # the refused endpoints are not kept as if they were the MC's
+    assert not AuditLog.objects.filter(target_id=MC, action="register", result=AuditResult.SUCCESS,
+                                       metadata__client_id=other_credential.credential.client_id).exists()
+
+
+@pytest.mark.parametrize("health", [pb.HEALTHY, pb.DEGRADED, pb.DRAINING, pb.UNHEALTHY],
+                         ids=["steady", "degraded", "draining", "unhealthy"])
+def test_another_credential_cannot_beat_for_a_controller(mc_stub, healthy_mc, other_auth, other_credential, health):
+    before = row()
+
+    fast_error = refused(lambda: mc_stub.FastHeartbeat(fast(health=health, current=9), metadata=other_auth,
+                                                        timeout=10))
+    full_error = refused(lambda: mc_stub.ComprehensiveHeartbeat(comprehensive(health=health, cpu=99.0),
+                                                                metadata=other_auth, timeout=10))
+
+    for error in (fast_error, full_error):
+        assert (error.code(), error.details()) == (
+            grpc.StatusCode.PERMISSION_DENIED, "meeting controller is registered by another credential",
+        )
+    controller_heartbeats.flush()
+    assert row() == before
+    audits = failures(MC, "heartbeat")
+    assert len(audits) == 2
+    assert {audit.metadata["client_id"] for audit in audits} == {other_credential.credential.client_id}
+
+
+@pytest.mark.parametrize("health", [pb.HEALTHY, pb.DRAINING], ids=["steady", "draining"])
+def test_another_credential_cannot_beat_for_a_controller_on_a_stream(mc_stub, healthy_mc, other_auth, health):
+    before = row()
+
+    error = Stream(mc_stub, other_auth).refused(pb.HeartbeatStreamRequest(fast=fast(health=health, current=9)))
+
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.PERMISSION_DENIED, "meeting controller is registered by another credential",
+    )
+    controller_heartbeats.flush()
+    assert row() == before
+    assert len(failures(MC, "heartbeat")) == 1
+
+
+def test_the_owner_keeps_beating_after_a_refused_stranger(mc_stub, healthy_mc, auth, other_auth):
+    refused(lambda: mc_stub.FastHeartbeat(fast(current=9), metadata=other_auth, timeout=10))
+    assert mc_stub.FastHeartbeat(fast(current=5), metadata=auth, timeout=10).acknowledged
+    stream = Stream(mc_stub, auth)
+    assert stream.send(fast=fast(current=6)).fast.acknowledged
+    stream.close()
+    controller_heartbeats.flush()
+    assert MeetingController.objects.get(pk=MC).current_meetings == 6
