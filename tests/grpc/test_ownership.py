@@ -8,8 +8,8 @@ import pytest
 
 from accounts.services.service_tokens import service_credential_create
 from audit.models import AuditLog, AuditResult
-from controllers.heartbeats import controller_heartbeats
-from controllers.models import HealthStatus, MeetingController
+from controllers.heartbeats import controller_heartbeats, handler_load_reports
+from controllers.models import HealthStatus, MediaHandler, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from tests.grpc.conftest import bearer, endpoint_token
 from tests.grpc.test_heartbeat_stream import Stream
@@ -148,3 +148,67 @@ def test_the_owner_keeps_beating_after_a_refused_stranger(mc_stub, healthy_mc, a
     stream.close()
     controller_heartbeats.flush()
     assert MeetingController.objects.get(pk=MC).current_meetings == 6
+
+
+# --- media handlers: registration and load reports ----------------------------------------------------------
+
+def register_mh(stub, metadata, *, endpoint: str = "mh1.fleet-a.internal"):
+    return stub.RegisterMH(pb.RegisterMHRequest(
+        handler_id=MH, region="us-east-1", grpc_endpoint=f"grpc://{endpoint}:50053",
+        webtransport_endpoint=f"https://{endpoint}:4433", max_streams=500,
+    ), metadata=metadata, timeout=10)
+
+
+def load_report(*, health: int = pb.HEALTHY, streams: int = 3) -> pb.SendLoadReportRequest:
+    return pb.SendLoadReportRequest(handler_id=MH, health=health, current_streams=streams, cpu_usage_percent=10.0,
+                                    memory_usage_percent=20.0, bandwidth_usage_percent=30.0)
+
+
+def handler_row() -> tuple:
+    handler = MediaHandler.objects.get(pk=MH)
+    return (handler.grpc_endpoint, handler.webtransport_endpoint, handler.health_status, handler.current_streams,
+            handler.cpu_usage_percent, handler.max_streams)
+
+
+@pytest.fixture
+def healthy_mh(mh_stub, auth) -> str:
+    register_mh(mh_stub, auth)
+    assert mh_stub.SendLoadReport(load_report(), metadata=auth, timeout=10).acknowledged
+    handler_load_reports.flush()
+    assert MediaHandler.objects.get(pk=MH).health_status == HealthStatus.HEALTHY
+    return MH
+
+
+def test_another_credential_cannot_reregister_a_media_handler(mh_stub, healthy_mh, other_auth, other_credential,
+                                                              service_credential):
+    before = handler_row()
+
+    error = refused(lambda: register_mh(mh_stub, other_auth, endpoint="evil.example"))
+
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.PERMISSION_DENIED, "media handler is registered by another credential",
+    )
+    assert handler_row() == before
+    (audit,) = failures(MH, "register")
+    assert (audit.target_type, audit.metadata["client_id"], audit.metadata["owner_client_id"]) == (
+        "media_handler", other_credential.credential.client_id, service_credential.credential.client_id,
+    )
+
+
+@pytest.mark.parametrize("health", [pb.HEALTHY, pb.DRAINING], ids=["steady", "draining"])
+def test_another_credential_cannot_report_load_for_a_media_handler(mh_stub, healthy_mh, auth, other_auth, health):
+    before = handler_row()
+
+    error = refused(lambda: mh_stub.SendLoadReport(load_report(health=health, streams=99), metadata=other_auth,
+                                                   timeout=10))
+
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.PERMISSION_DENIED, "media handler is registered by another credential",
+    )
+    handler_load_reports.flush()
+    assert handler_row() == before
+    assert len(failures(MH, "heartbeat")) == 1
+    # The owner's reports still land.
+    assert mh_stub.SendLoadReport(load_report(streams=7), metadata=auth, timeout=10).acknowledged
+    handler_load_reports.flush()
+    assert MediaHandler.objects.get(pk=MH).current_streams == 7
