@@ -11,6 +11,8 @@ from audit.models import AuditLog, AuditResult
 from controllers.heartbeats import controller_heartbeats, handler_load_reports
 from controllers.models import HealthStatus, MediaHandler, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
+from meetings.models import Meeting, MeetingAssignment
+from tests.factories import make_controller, make_meeting, make_user
 from tests.grpc.conftest import bearer, endpoint_token
 from tests.grpc.test_heartbeat_stream import Stream
 
@@ -212,3 +214,23 @@ def test_another_credential_cannot_report_load_for_a_media_handler(mh_stub, heal
     assert mh_stub.SendLoadReport(load_report(streams=7), metadata=auth, timeout=10).acknowledged
     handler_load_reports.flush()
     assert MediaHandler.objects.get(pk=MH).current_streams == 7
+
+
+# --- NotifyMeetingEnded --------------------------------------------------------------------------------------
+
+def test_notify_meeting_ended_for_a_meeting_on_another_fleets_controller_is_refused(mc_stub, auth, other_credential):
+    controller = make_controller(controller_id="mc-theirs", current_meetings=1,
+                                 owner_client_id=other_credential.credential.client_id)
+    meeting = make_meeting(host=make_user(), status="active")
+    MeetingAssignment.objects.create(meeting=meeting, meeting_controller=controller, region="us-east-1",
+                                     assigned_by_gc_id="gc-test")
+
+    error = refused(lambda: mc_stub.NotifyMeetingEnded(pb.NotifyMeetingEndedRequest(
+        meeting_id=str(meeting.meeting_id), region="us-east-1"), metadata=auth, timeout=10))
+
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.PERMISSION_DENIED, "the meeting is not hosted by this credential's meeting controllers",
+    )
+    assert MeetingAssignment.objects.get(meeting=meeting).ended_at is None
+    assert Meeting.objects.get(pk=meeting.pk).status == "active"
+    assert len(failures(str(meeting.meeting_id), "end_assignment")) == 1
