@@ -3,16 +3,27 @@ scope, may not re-register it, beat for it, report its load or end the meetings 
 
 from __future__ import annotations
 
+import threading
+from io import StringIO
+
 import grpc
 import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection, transaction
+from django.test import Client
+from django.urls import reverse
 
-from accounts.services.service_tokens import service_credential_create
+from accounts.services.service_tokens import service_credential_create, service_credential_revoke
 from audit.models import AuditLog, AuditResult
 from controllers.heartbeats import controller_heartbeats, handler_load_reports
 from controllers.models import HealthStatus, MediaHandler, MeetingController
+from controllers.services.ownership import member_claim
+from controllers.services.registration import CONTROLLERS
 from dark_tower.internal.v1 import internal_pb2 as pb
 from meetings.models import Meeting, MeetingAssignment
+from tests.admin.conftest import operator_groups, operator_user, viewer_user  # noqa: F401 (fixtures)
 from tests.factories import make_controller, make_meeting, make_user
+from tests.faults.processes import wait_for
 from tests.grpc.conftest import bearer, endpoint_token
 from tests.grpc.test_heartbeat_stream import Stream
 
@@ -234,3 +245,162 @@ def test_notify_meeting_ended_for_a_meeting_on_another_fleets_controller_is_refu
     assert MeetingAssignment.objects.get(meeting=meeting).ended_at is None
     assert Meeting.objects.get(pk=meeting.pk).status == "active"
     assert len(failures(str(meeting.meeting_id), "end_assignment")) == 1
+
+
+# --- transfer by an operator ---------------------------------------------------------------------------------
+
+def beat_refused_after_flush(stub, metadata) -> grpc.RpcError:  # type: ignore[no-untyped-def]
+    """The old owner's beats after a transfer, as a GC process that learnt of it only through its flush sees them:
+    one may still be acknowledged from memory (and is then discarded, never written); after the next flush every
+    one is refused."""
+    try:
+        stub.FastHeartbeat(fast(current=41), metadata=metadata, timeout=10)
+    except grpc.RpcError as error:
+        return error
+    controller_heartbeats.flush()
+    return refused(lambda: stub.FastHeartbeat(fast(current=42), metadata=metadata, timeout=10))
+
+
+def test_transfer_members_command_moves_a_controller_to_another_credential(
+    mc_stub, healthy_mc, auth, other_auth, other_credential, service_credential
+):
+    old, new = service_credential.credential.client_id, other_credential.credential.client_id
+    out = StringIO()
+
+    call_command("transfer_members", "--to", new, MC, stdout=out)
+
+    assert f"{MC}: {old} -> {new}" in out.getvalue()
+    assert MeetingController.objects.get(pk=MC).owner_client_id == new
+    error = beat_refused_after_flush(mc_stub, auth)
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert MeetingController.objects.get(pk=MC).current_meetings == 3  # the old owner's beats were not written
+    assert mc_stub.FastHeartbeat(fast(current=8), metadata=other_auth, timeout=10).acknowledged
+    assert register_mc(mc_stub, other_auth, endpoint="mc1.fleet-b.internal").accepted
+    controller_heartbeats.flush()
+    assert row()[0::3] == ("grpc://mc1.fleet-b.internal:50052", 8)
+    refused(lambda: register_mc(mc_stub, auth))
+    (audit,) = AuditLog.objects.filter(target_id=MC, event_type="controller_transferred")
+    assert (audit.actor_type, audit.metadata) == ("system", {"from_client_id": old, "to_client_id": new})
+
+
+def test_transfer_members_command_moves_every_member_of_a_credential(mh_stub, healthy_mh, auth, other_auth,
+                                                                     other_credential, service_credential):
+    call_command("transfer_members", "--handlers", "--to", other_credential.credential.client_id,
+                 "--from", service_credential.credential.client_id, stdout=StringIO())
+
+    assert MediaHandler.objects.get(pk=MH).owner_client_id == other_credential.credential.client_id
+    assert mh_stub.SendLoadReport(load_report(streams=5), metadata=other_auth, timeout=10).acknowledged
+    assert refused(lambda: register_mh(mh_stub, auth)).code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_transfer_members_command_refuses_a_revoked_target_and_unknown_members(healthy_mc, other_credential,
+                                                                              service_credential):
+    with pytest.raises(CommandError, match="unknown meeting controller: mc-nobody"):
+        call_command("transfer_members", "--to", other_credential.credential.client_id, MC, "mc-nobody",
+                     stdout=StringIO())
+    service_credential_revoke(client_id=other_credential.credential.client_id)
+    with pytest.raises(CommandError, match="active service credential"):
+        call_command("transfer_members", "--to", other_credential.credential.client_id, MC, stdout=StringIO())
+    assert MeetingController.objects.get(pk=MC).owner_client_id == service_credential.credential.client_id
+    assert not AuditLog.objects.filter(event_type="controller_transferred").exists()
+
+
+def test_an_operator_transfers_controllers_in_the_admin(mc_stub, healthy_mc, auth, other_auth, other_credential,
+                                                        operator_user, viewer_user):  # noqa: F811 (fixtures)
+    new = other_credential.credential.client_id
+    url = reverse("admin:controllers_meetingcontroller_changelist")
+    form = {"action": "transfer_owner_action", "_selected_action": [MC]}
+    client = Client()
+    client.force_login(viewer_user)
+    client.post(url, {**form, "post": "yes", "to_client_id": new})
+    assert MeetingController.objects.get(pk=MC).owner_client_id != new  # the viewer group may not
+
+    client.force_login(operator_user)
+    confirm = client.post(url, form)
+    assert confirm.status_code == 200 and b'name="to_client_id"' in confirm.content
+    assert MeetingController.objects.get(pk=MC).owner_client_id != new  # nothing before confirmation
+    done = client.post(url, {**form, "post": "yes", "to_client_id": new})
+
+    assert done.status_code == 302
+    assert MeetingController.objects.get(pk=MC).owner_client_id == new
+    audit = AuditLog.objects.get(target_id=MC, event_type="controller_transferred")
+    assert (audit.actor_type, audit.actor_user_id) == ("user", operator_user.pk)
+    assert beat_refused_after_flush(mc_stub, auth).code() == grpc.StatusCode.PERMISSION_DENIED
+    assert mc_stub.FastHeartbeat(fast(current=8), metadata=other_auth, timeout=10).acknowledged
+
+
+# --- rows older than ownership -------------------------------------------------------------------------------
+
+def test_an_unowned_controller_is_claimed_by_its_first_registration_only(mc_stub, auth, other_auth,
+                                                                         service_credential):
+    make_controller(controller_id=MC, health=HealthStatus.HEALTHY, grpc_endpoint="grpc://legacy:50052")
+
+    assert register_mc(mc_stub, auth).accepted
+    assert refused(lambda: register_mc(mc_stub, other_auth, endpoint="evil.example")).code() == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+
+    assert row()[0] == "grpc://mc1.fleet-a.internal:50052"
+    assert MeetingController.objects.get(pk=MC).owner_client_id == service_credential.credential.client_id
+    (claim,) = AuditLog.objects.filter(target_id=MC, event_type="controller_claimed")
+    assert claim.metadata == {"client_id": service_credential.credential.client_id, "via": "register"}
+
+
+def test_an_unowned_controller_is_claimed_by_its_first_beat(mc_stub, auth, other_auth, service_credential):
+    make_controller(controller_id=MC, health=HealthStatus.HEALTHY)
+
+    assert mc_stub.FastHeartbeat(fast(current=4), metadata=auth, timeout=10).acknowledged
+    assert refused(lambda: mc_stub.FastHeartbeat(fast(health=pb.DRAINING), metadata=other_auth,
+                                                 timeout=10)).code() == grpc.StatusCode.PERMISSION_DENIED
+
+    controller_heartbeats.flush()
+    assert row()[2:5] == (HealthStatus.HEALTHY, 4, None)
+    assert AuditLog.objects.filter(target_id=MC, event_type="controller_claimed").count() == 1
+
+
+def test_two_credentials_racing_for_an_unowned_row_one_wins(grpc_server, service_credential, other_credential):
+    make_controller(controller_id=MC)
+    first, second = service_credential.credential.client_id, other_credential.credential.client_id
+    claimed, release, owners = threading.Event(), threading.Event(), {}
+
+    def claim_and_hold() -> None:
+        with transaction.atomic():
+            owners[first] = member_claim(kind=CONTROLLERS, member_id=MC, client_id=first, via="register")
+            claimed.set()
+            release.wait(30)
+        connection.close()
+
+    def claim() -> None:
+        owners[second] = member_claim(kind=CONTROLLERS, member_id=MC, client_id=second, via="register")
+        connection.close()
+
+    holder = threading.Thread(target=claim_and_hold)
+    holder.start()
+    assert claimed.wait(30)
+    racer = threading.Thread(target=claim)
+    racer.start()
+    wait_for(lambda: waiting_for_a_row_lock() == 1, timeout=30, what="the second claim waiting for the row")
+    release.set()
+    holder.join(30)
+    racer.join(30)
+
+    assert owners == {first: first, second: first}
+    assert MeetingController.objects.get(pk=MC).owner_client_id == first
+    assert list(AuditLog.objects.filter(target_id=MC, event_type="controller_claimed")
+                .values_list("metadata__client_id", flat=True)) == [first]
+
+
+def waiting_for_a_row_lock() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                       "AND query LIKE 'UPDATE meeting_controllers SET owner_client_id%%'")
+        return cursor.fetchone()[0]
+
+
+def test_a_revoked_credentials_members_are_not_taken_over(mc_stub, healthy_mc, other_auth, service_credential):
+    service_credential_revoke(client_id=service_credential.credential.client_id)
+
+    assert refused(lambda: register_mc(mc_stub, other_auth, endpoint="evil.example")).code() == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert MeetingController.objects.get(pk=MC).owner_client_id == service_credential.credential.client_id
