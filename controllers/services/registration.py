@@ -11,6 +11,10 @@ exceptions that keep a restart from escaping a decision (issue 8):
   with its deadline and target: a restart mid-drain does not cancel the operator's drain. A controller that
   reported DRAINING itself comes back `pending` (it restarted after its own graceful drain).
 
+A member belongs to the credential that registered it (`owner_client_id`, controllers.services.ownership):
+registration by another credential changes nothing and is refused (PermissionDenied, a failure audit row), an
+unowned row (older than ownership) is claimed by it, and a beat is written only while its sender owns the member.
+
 Heartbeats (MCs) and load reports (MHs) are both "beats" here, written by one set-based statement for one or
 many members (`beats_record`; `beats_flush` for a caller that tracks their states): the gRPC hot path coalesces
 them in memory and writes a batch every HEARTBEAT_FLUSH_INTERVAL_MS (controllers/heartbeats.py), a beat that
