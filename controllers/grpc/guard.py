@@ -163,7 +163,8 @@ class WorkerContext:
         raise Refused(code, details)
 
 
-InMemory = Callable[[Any], Any]
+# (request, the caller's client id) -> the answer, or None when the call needs I/O.
+InMemory = Callable[[Any, str], Any]
 Behaviour = Callable[[Any, Any], Any]
 # The request of a call whose message bytes do not parse.
 MALFORMED = object()
@@ -274,7 +275,7 @@ class _Guard:
                 return None, None
         if self._limit is not None:
             self._limit(claims.subject, request)
-        return claims, self._in_memory(request)
+        return claims, self._in_memory(request, claims.subject)
 
     def _serve_in_worker(self, request: Any, metadata: Metadata,
                          claims: TokenClaims | None) -> Any:

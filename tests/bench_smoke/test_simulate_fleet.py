@@ -171,3 +171,23 @@ def test_command_runs_with_a_throwaway_credential(grpc_server, live_server, sett
     from accounts.models import ServiceCredential
 
     assert ServiceCredential.objects.get().is_active is False
+
+
+def test_a_second_throwaway_run_takes_over_the_first_runs_members(grpc_server, live_server, settings, capsys):
+    settings.DEBUG = True
+    settings.SIMULATE_CLIENT_ID = None
+    settings.SIMULATE_CLIENT_SECRET = None
+    arguments = ("simulate_fleet", "--controllers", "2", "--duration", "2", "--target",
+                 f"127.0.0.1:{grpc_server.port}", "--api", live_server.url, "--report-interval", "1")
+
+    call_command(*arguments)
+    capsys.readouterr()
+    call_command(*arguments)
+
+    out = capsys.readouterr().out
+    assert "registered 2/2" in out
+    from accounts.models import ServiceCredential
+    from controllers.models import MeetingController
+
+    second = ServiceCredential.objects.order_by("-created_at").first()
+    assert set(MeetingController.objects.values_list("owner_client_id", flat=True)) == {second.client_id}

@@ -17,6 +17,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.services.service_tokens import service_credential_create, service_credential_revoke
+from controllers.models import MediaHandler, MeetingController
+from controllers.services.ownership import members_transfer
+from controllers.services.registration import CONTROLLERS, HANDLERS
 from controllers.simulator import Fleet, FleetConfig, SimulatorError, format_window
 
 
@@ -67,6 +70,13 @@ class Command(BaseCommand):
                                                   scopes=["mc:register", "mh:register"])
             client_id, client_secret = throwaway.credential.client_id, throwaway.client_secret
             self.stdout.write(f"created throwaway service credential {client_id} (revoked at exit)")
+            # The members an earlier run registered belong to its (revoked) credential: hand them to this one, as an
+            # operator would, or every registration would be refused.
+            prefix = f"{options['id_prefix']}-"
+            for kind, model in ((CONTROLLERS, MeetingController), (HANDLERS, MediaHandler)):
+                earlier = list(model.objects.filter(pk__startswith=prefix).values_list("pk", flat=True))
+                if earlier:
+                    members_transfer(kind=kind, to_client_id=client_id, member_ids=earlier)
         try:
             config = FleetConfig(
                 target=options["target"], api=options["api"], client_id=client_id, client_secret=client_secret,
