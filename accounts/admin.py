@@ -1,13 +1,15 @@
 """Users, their OAuth links and API keys; the fleet's service credentials; our signing keys.
 
 Secrets never reach a page: provider tokens, key and secret hashes and private keys are excluded from every
-form and list. A new API key or client secret is shown once, in a message, right after it is created by its
-service (api_key_create, service_credential_create).
+form and list. A new API key or client secret is shown once, on the page that answers the request that made it
+(api_key_create, service_credential_create, service_credential_rotate_secret), marked no-store; never through
+django.contrib.messages, whose cookie is signed but not encrypted.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from django import forms
@@ -17,19 +19,22 @@ from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.cache import add_never_cache_headers
 
 from accounts.models import ApiKey, OAuthProvider, ServiceCredential, SigningKey, User
-from accounts.services.api_keys import api_key_create, api_key_revoke
+from accounts.services.api_keys import api_key_check, api_key_create, api_key_revoke
 from accounts.services.service_tokens import (
     SERVICE_SCOPES,
     service_credential_create,
     service_credential_revoke,
     service_credential_rotate_secret,
 )
-from accounts.services.users import ALL_SCOPES, normalize_email, user_scopes
-from accounts.signing import public_jwk, signing_key_rotate
+from accounts.services.users import ALL_SCOPES, normalize_email
+from accounts.signing import public_jwk, signing_key_revoke, signing_key_rotate
 from darktower.admin_tools import confirmed_action
+from darktower.errors import DomainError
 
 
 class _EmailFormMixin:
@@ -93,11 +98,56 @@ class OAuthProviderAdmin(admin.ModelAdmin):
         return False
 
 
+@dataclass(frozen=True)
+class ShownSecret:
+    """A secret to show once, and which credential it belongs to."""
+
+    label: str
+    secret: str = field(repr=False)
+
+
+# The request attribute that carries a secret made by create_through_service to response_add: it lives as long
+# as the request, in memory only.
+_SHOWN_ONCE = "dt_secrets_shown_once"
+
+
+def secrets_page(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, *, title: str, description: str, secrets: list[ShownSecret]
+) -> TemplateResponse:
+    """The page that shows new secrets once, as the answer to the request that made them. No cache or browser
+    history may keep it (no-store); nothing of it goes into a message, a cookie or the session."""
+    opts = modeladmin.model._meta
+    context = {
+        **modeladmin.admin_site.each_context(request), "title": title, "description": description,
+        "secrets": secrets, "opts": opts,
+    }
+    request.current_app = modeladmin.admin_site.name
+    response = TemplateResponse(request, "admin/accounts/secrets_shown_once.html", context)
+    add_never_cache_headers(response)
+    return response
+
+
 class _CreateThroughServiceMixin:
-    """The add form's object is created by a service (which also writes the audit row), not by form.save()."""
+    """The add form's object is created by a service (which also writes the audit row), not by form.save(); the
+    secret the service returns is shown on the page that answers the add form (`show_once`)."""
+
+    shown_once_title = ""
+    shown_once_description = ""
 
     def create_through_service(self, request: HttpRequest, form: forms.ModelForm) -> Any:
         raise NotImplementedError
+
+    def show_once(self, request: HttpRequest, shown: ShownSecret) -> None:
+        setattr(request, _SHOWN_ONCE, [shown])
+
+    def response_add(self, request: HttpRequest, obj: Any, post_url_continue: str | None = None) -> HttpResponse:
+        shown = getattr(request, _SHOWN_ONCE, None)
+        if not shown:
+            return super().response_add(request, obj, post_url_continue)  # type: ignore[misc]
+        return secrets_page(
+            self, request, title=self.shown_once_title, description=self.shown_once_description,  # type: ignore[arg-type]
+            secrets=shown,
+        )
 
     def save_form(self, request: HttpRequest, form: forms.ModelForm, change: bool) -> Any:
         if change:
@@ -124,13 +174,27 @@ class ApiKeyCreateForm(forms.ModelForm):
         fields = ("user", "name", "expires_at")
 
     def clean(self) -> dict[str, Any]:
+        """The service's own rules (api_key_check), shown as form errors; the service checks them again when
+        it creates the key."""
         cleaned = super().clean()
         user, scopes = cleaned.get("user"), cleaned.get("scopes")
-        if user and scopes:
-            beyond = sorted(set(scopes) - user_scopes(user))
-            if beyond:
-                self.add_error("scopes", f"Not one of the user's scopes: {', '.join(beyond)}.")
+        if user and scopes and not self.errors:
+            try:
+                api_key_check(user=user, scopes=scopes, expires_at=cleaned.get("expires_at"))
+            except DomainError as error:
+                _add_domain_error(self, error)
         return cleaned
+
+
+def _add_domain_error(form: forms.Form, error: DomainError) -> None:
+    """A service's refusal on the form: field errors on their fields, the rest above the form."""
+    placed = False
+    for name, field_messages in error.fields.items():
+        if name in form.fields:
+            form.add_error(name, field_messages)
+            placed = True
+    if not placed:
+        form.add_error(None, error.message)
 
 
 @admin.register(ApiKey)
@@ -144,6 +208,8 @@ class ApiKeyAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
     fields = ("key_prefix", "name", "user", "scopes", "is_active", "expires_at", "last_used_at", "created_at")
     actions = ("revoke_action",)
     ordering = ("-created_at",)
+    shown_once_title = "New API key"
+    shown_once_description = "Only its hash is stored. Send it as `Authorization: ApiKey <key>`."
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is None:
@@ -159,6 +225,15 @@ class ApiKeyAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # keys are created and revoked, never edited
 
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None) -> Any:
+        try:
+            return super().add_view(request, form_url, extra_context)
+        except DomainError as error:
+            # The form checked the same rules a moment before the service did (under its lock): another
+            # request took the user's last place in between. Nothing was created; say so on the form's page.
+            self.message_user(request, error.message, messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
     def has_revoke_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("accounts.delete_apikey")
 
@@ -172,8 +247,7 @@ class ApiKeyAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
             user=data["user"], name=data["name"], scopes=data["scopes"], expires_at=data.get("expires_at"),
             actor_user_id=request.user.pk,
         )
-        messages.warning(request, f"API key {created.api_key.key_prefix}: copy it now, it is not shown again: "
-                                  f"{created.raw_key}")
+        self.show_once(request, ShownSecret(label=str(created.api_key), secret=created.raw_key))
         return created.api_key
 
     @admin.action(description="Revoke selected API keys", permissions=["revoke"])
@@ -206,6 +280,8 @@ class ServiceCredentialAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
     fields = ("client_id", "name", "scopes", "is_active", "last_used_at", "created_at", "updated_at")
     actions = ("rotate_secret_action", "revoke_action")
     ordering = ("-created_at",)
+    shown_once_title = "New service credential"
+    shown_once_description = "Only its hash is stored. The client authenticates with its client id and this secret."
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is None:
@@ -235,11 +311,7 @@ class ServiceCredentialAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
         created = service_credential_create(
             name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"], actor_user_id=request.user.pk
         )
-        messages.warning(
-            request,
-            f"Client {created.credential.client_id}: copy the client secret now, it is not shown again: "
-            f"{created.client_secret}",
-        )
+        self.show_once(request, ShownSecret(label=created.credential.client_id, secret=created.client_secret))
         return created.credential
 
     @admin.action(description="Revoke selected credentials (and their live tokens)", permissions=["revoke"])
@@ -259,31 +331,39 @@ class ServiceCredentialAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
     def rotate_secret_action(
         self, request: HttpRequest, queryset: QuerySet[ServiceCredential]
     ) -> HttpResponse | None:
+        shown: list[ShownSecret] = []
+
         def perform(credential: ServiceCredential) -> str:
             rotated = service_credential_rotate_secret(client_id=credential.client_id, actor_user_id=request.user.pk)
-            return (
-                f"Client {credential.client_id}: the old secret no longer works; copy the new client secret now, "
-                f"it is not shown again: {rotated.client_secret}"
-            )
+            shown.append(ShownSecret(label=credential.client_id, secret=rotated.client_secret))
+            return f"Client {credential.client_id}: the old secret no longer works; the new one is below."
 
-        return confirmed_action(
+        response = confirmed_action(
             modeladmin=self, request=request, queryset=queryset, action="rotate_secret_action",
             title="Rotate client secrets",
             description="Each client gets a new secret, shown once on the next page. The old secret is refused at "
             "once; tokens already issued keep working until they expire (revoke to cut them off too).",
             perform=perform,
         )
+        if response is not None or not shown:
+            return response
+        return secrets_page(
+            self, request, title="New client secrets", secrets=shown,
+            description="Each client's old secret is refused from now on.",
+        )
 
 
 @admin.register(SigningKey)
 class SigningKeyAdmin(admin.ModelAdmin):
-    """Public information only; the private key never leaves the database. Rotate from the list's button."""
+    """Public information only; the private key never leaves the database. Rotate from the list's button; revoke
+    a compromised key with the list's action."""
 
     list_display = ("kid", "algorithm", "is_active", "created_at", "retired_at", "publish_until")
     list_filter = ("is_active",)
     fields = ("kid", "algorithm", "public_jwk", "is_active", "created_at", "retired_at", "publish_until")
     readonly_fields = ("public_jwk",)
     ordering = ("-created_at",)
+    actions = ("revoke_action",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -296,6 +376,26 @@ class SigningKeyAdmin(admin.ModelAdmin):
 
     def has_rotate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("accounts.change_signingkey")
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        # Ends every token of the key, the fleet's and users' alike: the same permission as rotation.
+        return request.user.has_perm("accounts.change_signingkey")
+
+    @admin.action(description="Revoke selected keys (every token they signed stops working)", permissions=["revoke"])
+    def revoke_action(self, request: HttpRequest, queryset: QuerySet[SigningKey]) -> HttpResponse | None:
+        def perform(key: SigningKey) -> str:
+            revoked = signing_key_revoke(kid=key.kid, actor_user_id=request.user.pk)
+            replaced = f"; {revoked.replacement_kid} is the active key now" if revoked.replacement_kid else ""
+            return f"{key.kid}: revoked, its tokens are refused{replaced}."
+
+        return confirmed_action(
+            modeladmin=self, request=request, queryset=queryset, action="revoke_action",
+            title="Revoke signing keys",
+            description="For a compromised key. Each key leaves the JWKS at once and every token it signed is "
+            "refused: here at once, by every other process within SIGNING_KEY_CACHE_SECONDS. Revoking the "
+            "active key makes a new one active first; services and users fetch new tokens.",
+            perform=perform,
+        )
 
     @admin.display(description="public JWK")
     def public_jwk(self, obj: SigningKey) -> str:

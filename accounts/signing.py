@@ -4,8 +4,13 @@ The private half is stored encrypted (Fernet, key derived from SIGNING_KEY_ENCRY
 the `kid` is the key's RFC 7638 JWK thumbprint. Exactly one key is active (a partial unique index
 enforces it); a rotated key stays published in the JWKS until every token it signed has expired.
 
-Processes cache the keys for KEY_CACHE_SECONDS so that verifying a token costs no query; an unknown
+Processes cache the keys for SIGNING_KEY_CACHE_SECONDS so that verifying a token costs no query; an unknown
 `kid` forces one reload (rate-limited), which is how a freshly rotated key reaches every process.
+
+A compromised key is revoked (`signing_key_revoke`): it leaves the JWKS at once, and every token it signed is
+refused by this process at once and by every other one within SIGNING_KEY_CACHE_SECONDS, when its key cache
+reloads; a token a process verified earlier is re-checked against the key cache too (accounts.tokens), so the
+bound holds for remembered tokens and open heartbeat streams alike.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -26,13 +32,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
-from django.db.models.functions import Now
+from django.db.models.functions import Coalesce, Now
 
 from accounts.models import SigningKey
 from audit.models import ActorType
 from audit.services import audit_record, database_now
+from darktower.errors import NotFound
 
-KEY_CACHE_SECONDS = 30.0
 # An unknown kid reloads the keys at most this often, so garbage kids cannot hammer the database.
 UNKNOWN_KID_RELOAD_SECONDS = 1.0
 
@@ -104,6 +110,36 @@ def signing_key_rotate(*, actor_user_id: uuid.UUID | None = None) -> SigningKey:
     return key
 
 
+@dataclass(frozen=True)
+class SigningKeyRevoked:
+    kid: str
+    # The key made active in its place, when the revoked key was the active one.
+    replacement_kid: str | None
+
+
+def signing_key_revoke(*, kid: str, actor_user_id: uuid.UUID | None = None) -> SigningKeyRevoked:
+    """End every token `kid` signed: the key stops being published now (publish_until), so no process verifies
+    its tokens once its key cache has reloaded (this one at once, the others within SIGNING_KEY_CACHE_SECONDS).
+    The active key is first replaced by a new one, so that signing never stops. Revoking a revoked key again
+    changes nothing but is audited again, like any operator's attempt."""
+    with transaction.atomic():
+        key = SigningKey.objects.select_for_update().filter(kid=kid).first()
+        if key is None:
+            raise NotFound("No such signing key.")
+        replacement = signing_key_rotate(actor_user_id=actor_user_id).kid if key.is_active else None
+        now = database_now()
+        SigningKey.objects.filter(kid=kid).update(
+            is_active=False, retired_at=Coalesce("retired_at", now), publish_until=now
+        )
+        audit_record(
+            event_type="signing_key_revoked", action="revoke",
+            actor_type=ActorType.USER if actor_user_id else ActorType.SYSTEM, actor_user_id=actor_user_id,
+            target_type="signing_key", target_id=kid, metadata={"replacement": replacement},
+        )
+    _cache.invalidate()
+    return SigningKeyRevoked(kid=kid, replacement_kid=replacement)
+
+
 def _signing_key_create_first() -> SigningKey:
     """The first key of a fresh database. Two processes racing here: the unique index lets one win."""
     try:
@@ -131,18 +167,21 @@ class ActiveSigner:
 
 
 class _KeyCache:
-    """Per-process cache of the active private key and the published public keys."""
+    """Per-process cache of the active private key and the published public keys, reloaded when older than
+    SIGNING_KEY_CACHE_SECONDS (by `clock`, injectable for tests)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
-        self._loaded_at = float("-inf")
+        # Until when the loaded keys may be used without a reload (by `clock`); replaced whole at each load.
+        self._fresh_until = float("-inf")
         self._last_forced = float("-inf")
         self._signer: ActiveSigner | None = None
         self._public: dict[str, Ed25519PublicKey] = {}
 
     def invalidate(self) -> None:
         with self._lock:
-            self._loaded_at = float("-inf")
+            self._fresh_until = float("-inf")
 
     def _load(self) -> None:
         keys = signing_keys_published()
@@ -152,23 +191,30 @@ class _KeyCache:
         public[active.kid] = private.public_key()
         self._signer = ActiveSigner(kid=active.kid, private_key=private)
         self._public = public
-        self._loaded_at = time.monotonic()
+        self._fresh_until = self._clock() + settings.SIGNING_KEY_CACHE_SECONDS
 
     def signer(self) -> ActiveSigner:
         with self._lock:
-            if time.monotonic() - self._loaded_at > KEY_CACHE_SECONDS or self._signer is None:
+            if self._clock() > self._fresh_until or self._signer is None:
                 self._load()
             return self._signer
 
     def public_key(self, kid: str) -> Ed25519PublicKey | None:
         with self._lock:
-            now = time.monotonic()
-            if now - self._loaded_at > KEY_CACHE_SECONDS:
+            now = self._clock()
+            if now > self._fresh_until:
                 self._load()
             elif kid not in self._public and now - self._last_forced > UNKNOWN_KID_RELOAD_SECONDS:
                 self._last_forced = now
                 self._load()
             return self._public.get(kid)
+
+    def published_cached(self, kid: str) -> bool | None:
+        """Whether `kid` is published, decided without I/O nor the lock (a heartbeat asks at every beat): None
+        when the cache is due for a reload, which only public_key may do."""
+        if self._clock() > self._fresh_until:
+            return None
+        return kid in self._public
 
 
 _cache = _KeyCache()
@@ -182,6 +228,12 @@ def signing_key_active() -> ActiveSigner:
 def signing_public_key(kid: str) -> Ed25519PublicKey | None:
     """The published public key named `kid`, or None when there is no such key (or it is no longer published)."""
     return _cache.public_key(kid)
+
+
+def signing_key_published_cached(kid: str) -> bool | None:
+    """Whether `kid` is still published, by this process's key cache, without I/O; None when the cache must
+    reload first (signing_public_key does)."""
+    return _cache.published_cached(kid)
 
 
 def signing_cache_clear() -> None:

@@ -3,12 +3,15 @@
 Every token carries `kid`, `iss`, `sub`, `aud`, `iat`, `nbf`, `exp`, `jti` and `scope`. Verification
 is strict and happens in this order, cheapest first: size (over JWT_MAX_TOKEN_BYTES is refused before any
 parsing), header (`alg` must be EdDSA, `kid` a known published key), signature, registered claims (`exp` and
-`nbf` with JWT_CLOCK_SKEW_SECONDS of leeway, `iss`, `aud`), then the revocation blacklist.
+`nbf` with JWT_CLOCK_SKEW_SECONDS of leeway, `iss`, `aud`), its life (`exp - iat` at most its kind's
+JWT_*_MAX_LIFETIME_SECONDS: a key that signs a ten-year token is misused, whoever holds it), then the
+revocation blacklist.
 
 Messages of Unauthenticated are short and fixed; no token text ever reaches an exception, a log or a repr.
 A verified token is remembered (by its SHA-256) until it expires, so an MC presenting the same service
-token on every heartbeat pays for the signature check once; expiry and revocation are still checked on
-every use.
+token on every heartbeat pays for the signature check once; expiry, revocation and its key's publication are
+still checked on every use, the last against the process's signing-key cache (a dictionary lookup, refreshed
+every SIGNING_KEY_CACHE_SECONDS), so a revoked key's remembered tokens stop working within that time.
 
 Every verification is counted in darktower_token_validations by outcome: `valid`, or the rejection's short
 reason (`expired`, `revoked`, `too_large`, ...; a fixed set, the messages below).
@@ -29,7 +32,7 @@ import jwt
 from django.conf import settings
 
 from accounts.blacklist import blacklist_add, blacklist_cached, blacklist_contains
-from accounts.signing import signing_key_active, signing_public_key
+from accounts.signing import signing_key_active, signing_key_published_cached, signing_public_key
 from darktower.conf import hot_setting
 from darktower.errors import Unauthenticated
 from darktower.metrics import TOKEN_VALIDATIONS, tally_count
@@ -48,6 +51,8 @@ class TokenClaims:
     issued_at: datetime
     expires_at: datetime
     claims: dict[str, Any] = field(repr=False)
+    # The signing key's id: a remembered token is accepted only while its key is published.
+    kid: str = field(default="", compare=False)
     # expires_at as a Unix timestamp: a heartbeat stream compares it at every beat (token_current_cached).
     expires_at_unix: float = field(init=False, repr=False, compare=False)
 
@@ -102,7 +107,8 @@ _verified: dict[tuple[bytes, str], TokenClaims] = {}
 _last_verified: tuple[str, str, TokenClaims] | None = None
 
 
-def _decode(raw: str, audience: str) -> dict[str, Any]:
+def _decode(raw: str, audience: str) -> tuple[str, dict[str, Any]]:
+    """(kid, payload) of a token whose header, signature and registered claims hold."""
     try:
         header = jwt.get_unverified_header(raw)
     except jwt.PyJWTError:
@@ -116,7 +122,7 @@ def _decode(raw: str, audience: str) -> dict[str, Any]:
     if public_key is None:
         raise Unauthenticated("unknown signing key")
     try:
-        return jwt.decode(
+        return kid, jwt.decode(
             raw, public_key, algorithms=[ALGORITHM], audience=audience, issuer=settings.JWT_ISSUER,
             leeway=settings.JWT_CLOCK_SKEW_SECONDS, options={"require": _REQUIRED_CLAIMS},
         )
@@ -134,10 +140,28 @@ def _decode(raw: str, audience: str) -> dict[str, Any]:
         raise Unauthenticated("invalid token") from None
 
 
-def _to_claims(payload: dict[str, Any], audience: str) -> TokenClaims:
+def _longest_life(payload: dict[str, Any], audience: str) -> int:
+    """The longest exp - iat a token for `audience` may claim: its kind's maximum (a meeting token of a guest
+    has its own); for an audience of no kind we issue, the longest of them."""
+    if audience == settings.JWT_SERVICE_AUDIENCE:
+        return settings.JWT_SERVICE_TOKEN_MAX_LIFETIME_SECONDS
+    if audience == settings.JWT_API_AUDIENCE:
+        return settings.JWT_USER_TOKEN_MAX_LIFETIME_SECONDS
+    if audience == settings.JWT_MEETING_AUDIENCE:
+        if payload.get("role") == "guest":
+            return settings.JWT_GUEST_TOKEN_MAX_LIFETIME_SECONDS
+        return settings.JWT_MEETING_TOKEN_MAX_LIFETIME_SECONDS
+    return max(settings.JWT_SERVICE_TOKEN_MAX_LIFETIME_SECONDS, settings.JWT_USER_TOKEN_MAX_LIFETIME_SECONDS,
+               settings.JWT_MEETING_TOKEN_MAX_LIFETIME_SECONDS, settings.JWT_GUEST_TOKEN_MAX_LIFETIME_SECONDS)
+
+
+def _to_claims(kid: str, payload: dict[str, Any], audience: str) -> TokenClaims:
     scope = payload.get("scope", "")
     if not isinstance(scope, str) or not isinstance(payload["sub"], str) or not isinstance(payload["jti"], str):
         raise Unauthenticated("invalid token")
+    # PyJWT has checked that both are numbers.
+    if float(payload["exp"]) - float(payload["iat"]) > _longest_life(payload, audience):
+        raise Unauthenticated("token lifetime too long")
     return TokenClaims(
         subject=payload["sub"],
         audience=audience,
@@ -146,6 +170,7 @@ def _to_claims(payload: dict[str, Any], audience: str) -> TokenClaims:
         issued_at=datetime.fromtimestamp(payload["iat"], UTC),
         expires_at=datetime.fromtimestamp(payload["exp"], UTC),
         claims=payload,
+        kid=kid,
     )
 
 
@@ -177,18 +202,27 @@ def _verify(raw: str, audience: str) -> TokenClaims:
     with _verified_lock:
         claims = _verified.get(cache_key)
     if claims is None:
-        claims = _to_claims(_decode(raw, audience), audience)
+        claims = _to_claims(*_decode(raw, audience), audience)
         with _verified_lock:
             if len(_verified) >= _VERIFIED_CACHE_MAX:
                 _verified.clear()
             _verified[cache_key] = claims
     elif _expired(claims):
-        with _verified_lock:
-            _verified.pop(cache_key, None)
+        _forget(cache_key)
         raise Unauthenticated("token expired")
+    elif signing_public_key(claims.kid) is None:
+        _forget(cache_key)
+        raise Unauthenticated("unknown signing key")
     if blacklist_contains(claims.jti):
         raise Unauthenticated("token revoked")
     return claims
+
+
+def _forget(cache_key: tuple[bytes, str]) -> None:
+    global _last_verified
+    with _verified_lock:
+        _verified.pop(cache_key, None)
+        _last_verified = None
 
 
 def _cache_key(raw: str, audience: str) -> tuple[bytes, str]:
@@ -222,10 +256,13 @@ def token_verify_cached(raw: str, *, audience: str) -> TokenClaims | None:
 
 
 def token_current_cached(claims: TokenClaims) -> bool:
-    """Whether the claims of a token verified earlier still hold, decided without I/O: not expired, and its
-    revocation lookup cached as "not revoked". False when that needs I/O too: then token_verify decides. A
-    heartbeat stream checks its token with this at every beat, instead of verifying it again."""
+    """Whether the claims of a token verified earlier still hold, decided without I/O: not expired, its signing
+    key still published by the process's key cache, and its revocation lookup cached as "not revoked". False
+    when that needs I/O too: then token_verify decides. A heartbeat stream checks its token with this at every
+    beat, instead of verifying it again."""
     if _expired(claims):
+        return False
+    if signing_key_published_cached(claims.kid) is not True:
         return False
     if blacklist_cached(claims.jti) is not False:
         return False

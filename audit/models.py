@@ -29,13 +29,16 @@ class AuditLog(models.Model):
 
     The database primary key is (id, created_at), as partitioning requires; Django is told `id` alone
     is the key, which holds because ids come from one sequence. Rows are never updated or deleted
-    one by one: retention drops whole partitions.
+    one by one: retention drops whole partitions. The database refuses UPDATE, DELETE and TRUNCATE (audit migration
+    0006), except the foreign key's own ON DELETE SET NULL of actor_user_id.
     """
 
     id = models.BigAutoField(primary_key=True)
     event_type = models.CharField(max_length=50, db_comment="e.g. user_login, meeting_created, controller_registered")
+    # DO_NOTHING: the database's ON DELETE SET NULL clears the column when a user is deleted. Django's SET_NULL
+    # would issue that UPDATE itself, at the top level, which the append-only trigger refuses.
     actor_user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, null=True, blank=True,
         related_name="+", db_constraint=False, db_column="actor_user_id",
         db_comment="References users(user_id) ON DELETE SET NULL (constraint created in SQL)",
     )

@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     # Production rendering: DEBUG off (no debug cursor outside the capture, cached templates). Set before Django.
     os.environ["DEBUG"] = "0"
     os.environ["SECRET_KEY"] = secrets.token_urlsafe(48)
+    os.environ["SIGNING_KEY_ENCRYPTION_KEY"] = secrets.token_urlsafe(48)
+    # The test client speaks plain HTTP: no redirect to https.
+    os.environ["SECURE_SSL_REDIRECT"] = "0"
     os.environ["LOG_LEVEL"] = "WARNING"
 
     result = Result(

@@ -131,6 +131,8 @@ def gunicorn(scratch: Scratch, work: Path, redis_url: str, *, workers: int, thre
     metrics_dir.mkdir()
     env = scratch.env(
         DEBUG="0", SECRET_KEY=secrets.token_urlsafe(48), LOG_LEVEL="WARNING", ALLOWED_HOSTS="127.0.0.1",
+        # Plain HTTP on loopback, as behind a TLS-terminating proxy: no redirect to https.
+        SECURE_SSL_REDIRECT="0",
         SIGNING_KEY_ENCRYPTION_KEY=str(settings.SIGNING_KEY_ENCRYPTION_KEY), REDIS_URL=redis_url,
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), RATE_LIMIT_JOIN_PER_IP="100000000",
         RATE_LIMIT_JOIN_PER_PRINCIPAL="100000000", HEARTBEAT_STALE_THRESHOLD_SECONDS="3600",

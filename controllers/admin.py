@@ -39,6 +39,8 @@ from controllers.selectors import (
 )
 from controllers.services import operations
 from controllers.services.operations import handler_drain, handler_mark_unhealthy, handler_undrain
+from controllers.services.ownership import members_transfer
+from controllers.services.registration import CONTROLLERS, HANDLERS
 from controllers.services.transitions import Changed
 from darktower.admin_tools import (
     EstimatedCountPaginator,
@@ -113,6 +115,37 @@ class FleetAdminMixin:
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # members register themselves over gRPC
 
+    # A fleet's move to another credential is an operator's fleet action like a drain (operator group).
+    def has_transfer_owner_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("controllers.drain_meetingcontroller")
+
+    @admin.action(description="Move selected members to another service credential", permissions=["transfer_owner"])
+    def transfer_owner_action(self, request: HttpRequest, queryset: QuerySet[Any]) -> HttpResponse | None:
+        kind = HANDLERS if self.component_type == ComponentType.HANDLER else CONTROLLERS
+        to_client_id = request.POST.get("to_client_id", "").strip()
+        if request.POST.get("post") == "yes" and not to_client_id:
+            self.message_user(request, "Name the client id of the new owner.", messages.ERROR)  # type: ignore[attr-defined]
+            return None
+
+        def perform(obj: Any) -> str:
+            moved = members_transfer(kind=kind, to_client_id=to_client_id, member_ids=[obj.pk],
+                                     actor_user_id=request.user.pk)
+            if not moved:
+                return f"{obj.pk}: already owned by {to_client_id}."
+            return f"{obj.pk}: {moved[0].from_client_id or '(unowned)'} -> {to_client_id}."
+
+        return confirmed_action(
+            modeladmin=self, request=request, queryset=queryset, action="transfer_owner_action",  # type: ignore[arg-type]
+            title="Move members to another service credential",
+            description="From now on only the new credential may re-register these members, beat for them and end "
+            "their meetings; the old one is refused (by each gRPC process from its next heartbeat flush).",
+            perform=perform,
+            extra_fields=[{
+                "name": "to_client_id", "label": "New owner (client id)", "type": "text", "min": None, "value": "",
+                "help": "An active service credential holding the members' registration scope.",
+            }],
+        )
+
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Health changes only through the actions (compare-and-set services); a form save would write back
         # every column over the heartbeats that arrived since the page was rendered.
@@ -168,9 +201,13 @@ class MeetingControllerAdmin(FleetAdminMixin, admin.ModelAdmin):
     list_filter = (ControllerRegionFilter, "health_status")
     search_fields = ("controller_id", "grpc_endpoint", "webtransport_endpoint")
     ordering = ("region", "controller_id")
-    actions = ("drain_action", "undrain_action", "mark_unhealthy_action", "end_assignments_action")
+    actions = (
+        "drain_action", "undrain_action", "mark_unhealthy_action", "end_assignments_action", "transfer_owner_action",
+    )
     fieldsets = (
-        (None, {"fields": ("controller_id", "region", "health_status", "health_changed_at", "version")}),
+        (None, {"fields": (
+            "controller_id", "region", "health_status", "health_changed_at", "version", "owner_client_id",
+        )}),
         ("Endpoints", {"fields": ("grpc_endpoint", "webtransport_endpoint", "endpoint")}),
         ("Load", {"fields": (
             "current_meetings", "max_meetings", "current_participants", "max_participants",
@@ -348,7 +385,7 @@ class MediaHandlerAdmin(FleetAdminMixin, admin.ModelAdmin):
     list_filter = (HandlerRegionFilter, "health_status")
     search_fields = ("handler_id", "grpc_endpoint", "webtransport_endpoint")
     ordering = ("region", "handler_id")
-    actions = ("drain_action", "undrain_action", "mark_unhealthy_action")
+    actions = ("drain_action", "undrain_action", "mark_unhealthy_action", "transfer_owner_action")
     readonly_fields = ("transitions_timeline",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[MediaHandler]:

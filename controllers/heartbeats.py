@@ -16,6 +16,15 @@ synchronous: in particular not a long silence (the flush applies every beat to t
 has it, so a member the sweep marked meanwhile goes through the recovery gate all the same), because a rule that
 wrote more per call the slower the server answered would turn an overload into a collapse.
 
+Owners: a member belongs to the credential that registered it (controllers.services.ownership). The process keeps
+each member's owner beside its known state, so the in-memory path refuses nothing and queries nothing: a beat from
+the owner it knows is coalesced, any other beat takes the slow path, which loads the member (claiming it if it has
+no owner yet) and answers PERMISSION_DENIED, with an audit row, when another credential owns it. After an
+operator moves a member to another credential, this process learns it the way it learns of an operator's drain:
+the next flush of a beat from the old owner does not write it (the flush's compare-and-set includes the owner) and
+drops what the process knew of the member; the old owner's next beat is refused. Beats acknowledged in between
+(at most one flush interval) are discarded.
+
 Unknown members: a cache of known ids (loaded from the database by the flush thread, and asked of the database
 for an id it lacks, so a member registered by another process works at once) answers NOT_FOUND when the
 database has no row either. A member deleted by an operator is dropped from the cache by the next flush that
@@ -52,6 +61,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
 
 from audit.relay import capacity_cache_refresh, capacity_cache_write
+from controllers.services.ownership import member_access_refuse, member_claim
 from controllers.services.registration import (
     CONTROLLERS,
     HANDLERS,
@@ -78,7 +88,7 @@ def _merge(older: Beat | None, newer: Beat) -> Beat:
         return newer
     values = dict(older.values)
     values.update({column: value for column, value in newer.values.items() if value is not None})
-    return Beat(newer.member_id, newer.reported, values, newer.received_at)
+    return Beat(newer.member_id, newer.reported, values, newer.received_at, newer.client_id)
 
 
 class HeartbeatRecorder:
@@ -91,6 +101,7 @@ class HeartbeatRecorder:
         # older beat of the same member, so the newest report is always the one that lands last.
         self._write_lock = threading.Lock()
         self._known: dict[str, str] = {}  # member id -> the health state this process last saw
+        self._owners: dict[str, str | None] = {}  # member id -> the client id owning it, as last loaded
         self._pending: dict[str, Beat] = {}
         self._loaded = False
         self._thread: threading.Thread | None = None
@@ -102,13 +113,15 @@ class HeartbeatRecorder:
     # --- the request path ----------------------------------------------------------------------------------
 
     def record(self, beat: Beat) -> None:
-        """Take one validated beat; NotFound when the member is not registered."""
+        """Take one validated beat; NotFound when the member is not registered, PermissionDenied (audited) when
+        another credential owns it."""
         if self.record_in_memory(beat):
             return
         with self._lock:
             known = self._known.get(beat.member_id)
-        if known is None:
-            known = self._lookup(beat.member_id)
+            owner = self._owners.get(beat.member_id)
+        if known is None or (beat.client_id is not None and owner != beat.client_id):
+            known = self._lookup(beat)
         if not beat_is_steady(known, beat.reported):
             self._write_now(beat)
             return
@@ -122,22 +135,35 @@ class HeartbeatRecorder:
         self._ensure_running()
         with self._lock:
             known = self._known.get(beat.member_id)
-            if not beat_is_steady(known, beat.reported):
+            if not beat_is_steady(known, beat.reported) or self._owners.get(beat.member_id) != beat.client_id:
                 return False
             self._pending[beat.member_id] = _merge(self._pending.get(beat.member_id), beat)
         return True
 
-    def remember(self, member_id: str, health_status: str) -> None:
-        """A registration in this process: its state is known without a query."""
+    def remember(self, member_id: str, health_status: str, owner: str | None = None) -> None:
+        """A registration in this process: its state (and, given, its owner) is known without a query."""
         with self._lock:
             self._known[member_id] = health_status
+            if owner is not None:
+                self._owners[member_id] = owner
 
-    def _lookup(self, member_id: str) -> str:
+    def _lookup(self, beat: Beat) -> str:
+        """Load the member's state and owner; claim it for the beat's sender if it has no owner; refuse the beat
+        (audited) if another credential owns it."""
+        member_id, client_id = beat.member_id, beat.client_id
         found = members_health(kind=self.kind, member_ids=[member_id]).get(member_id)
         if found is None:
             raise NotFound(f"unknown {self.kind.target_type.replace('_', ' ')}; register first")
+        state, owner = found
+        if owner is None and client_id is not None:
+            owner = member_claim(kind=self.kind, member_id=member_id, client_id=client_id, via="heartbeat")
         with self._lock:
-            return self._known.setdefault(member_id, found)
+            self._owners[member_id] = owner
+            known = self._known.setdefault(member_id, state)
+        if client_id is not None and owner != client_id:
+            raise member_access_refuse(kind=self.kind, member_id=member_id, client_id=client_id,
+                                       owner_client_id=owner, action="heartbeat")
+        return known
 
     def _write_now(self, beat: Beat) -> None:
         with self._write_lock:
@@ -154,6 +180,7 @@ class HeartbeatRecorder:
             with self._lock:
                 if not outcomes:
                     self._known.pop(beat.member_id, None)
+                    self._owners.pop(beat.member_id, None)
                 else:
                     self._known[beat.member_id] = outcomes[0].to_status
             self._refresh_capacity([outcome.member_id for outcome in outcomes])
@@ -188,6 +215,7 @@ class HeartbeatRecorder:
             with self._lock:
                 for member_id in written.missing:
                     self._known.pop(member_id, None)
+                    self._owners.pop(member_id, None)
                 for outcome in written.outcomes:
                     if outcome.member_id in self._known:
                         self._known[outcome.member_id] = outcome.to_status
@@ -249,8 +277,9 @@ class HeartbeatRecorder:
     def _load(self) -> None:
         members = members_health(kind=self.kind)
         with self._lock:
-            for member_id, health_status in members.items():
+            for member_id, (health_status, owner) in members.items():
                 self._known.setdefault(member_id, health_status)
+                self._owners.setdefault(member_id, owner)
         self._loaded = True
 
     def _run(self) -> None:
@@ -298,6 +327,7 @@ class HeartbeatRecorder:
         """Forget every known id and pending beat (tests reset the database under a running process)."""
         with self._write_lock, self._lock:
             self._known.clear()
+            self._owners.clear()
             self._pending.clear()
             self._loaded = False
             self._cache_paused_until = 0.0

@@ -31,6 +31,25 @@ def percent_checks(table: str, columns: list[str]) -> list[models.CheckConstrain
     ]
 
 
+def owner_field() -> models.CharField:
+    """The client id of the service credential a member belongs to (controllers.services.ownership; the migration
+    that adds it says who claims a NULL).
+
+    A plain column, not a foreign key to service_credentials: it is compared with the subject of the token a
+    member presents, and what a foreign key's ON DELETE could do is worse than nothing. Credentials are revoked
+    (is_active false), never deleted (the admin offers no delete); a revoked or vanished credential keeps its
+    members under a client id that no token will carry again, so no other credential can take them over until an
+    operator moves them. SET NULL would hand them to whoever claims them first, and CASCADE would delete a fleet.
+    No index: no hot query filters by owner (a beat checks it on the row it updates, or from memory), and every
+    beat updates its row outside HOT, which would cost an index insert per beat.
+    """
+    return models.CharField(
+        max_length=64, null=True, blank=True,
+        db_comment="Client id of the service credential that registered this member (its owner); only it may "
+        "re-register it, beat for it and end its meetings. NULL: not claimed yet (rows older than ownership)",
+    )
+
+
 class LegacyHealth(models.TextChoices):
     """The three states of seed 002, kept for the first migration's history."""
 
@@ -170,6 +189,8 @@ class MeetingController(models.Model):
         default=0, db_default=0,
         db_comment="Assignments since assignments_window_start (PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE cap)",
     )
+
+    owner_client_id = owner_field()
 
     version = models.CharField(max_length=50, null=True, blank=True, db_comment="Software version the MC runs")
     created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
@@ -317,6 +338,7 @@ class MediaHandler(models.Model):
         models.TextField(), null=True, blank=True, default=default_codecs, db_default=["VP9", "AV1", "H264", "Opus"],
         db_comment="Codec names this handler forwards or transcodes",
     )
+    owner_client_id = owner_field()
 
     created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
     updated_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)

@@ -18,6 +18,9 @@ the GC's token (signed by a key of the GC's JWKS, no audience, scope service.wri
 global-controller) and accepts a meeting while it is not draining and has room, counting it in its load; it
 refuses otherwise (DRAINING, AT_CAPACITY). Handlers report load as usual, and the GC chooses them per meeting.
 
+gRPC goes over TLS when `tls` is set or a CA file is given (the system's trust store otherwise), with a client
+certificate for a server that asks for one (mutual TLS).
+
 No token or secret is ever printed: the summary shows call rates, status codes and latencies only.
 """
 
@@ -85,8 +88,20 @@ class FleetConfig:
     # MCs serve MeetingControllerService.AssignMeetingWithMh, each on a loopback port of its own.
     serve_assignments: bool = False
     startup_wait: float = 60.0  # how long to wait for the token endpoint and the gRPC server to come up
+    # gRPC over TLS: on when `tls` or any file is given. The CA (PEM) the server's certificate must chain to (None:
+    # the system's trust store); a client certificate and key (PEM) for servers that require one.
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_client_cert_file: str | None = None
+    tls_client_key_file: str | None = None
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or any((self.tls_ca_file, self.tls_client_cert_file, self.tls_client_key_file))
 
     def __post_init__(self) -> None:
+        if bool(self.tls_client_cert_file) != bool(self.tls_client_key_file):
+            raise SimulatorError("a TLS client certificate and its key go together")
         if self.controllers < 0 or self.handlers < 0 or self.controllers + self.handlers == 0:
             raise SimulatorError("simulate at least one controller or handler")
         if not self.regions:
@@ -439,14 +454,37 @@ class Fleet:
             for index in range(count)
         ]
 
+    def _channel_credentials(self) -> grpc.ChannelCredentials | None:
+        config = self.config
+        if not config.uses_tls:
+            return None
+
+        def read(path: str | None) -> bytes | None:
+            if not path:
+                return None
+            try:
+                with open(path, "rb") as pem:
+                    return pem.read()
+            except OSError as exc:
+                raise SimulatorError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(config.tls_ca_file), private_key=read(config.tls_client_key_file),
+            certificate_chain=read(config.tls_client_cert_file),
+        )
+
+    def _channel(self, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+        # Channels with equal arguments share one connection (and one server process behind SO_REUSEPORT): a
+        # subchannel pool of its own gives each channel its own connection.
+        options = [("grpc.use_local_subchannel_pool", 1)]
+        if credentials is None:
+            return grpc.aio.insecure_channel(self.config.target, options=options)
+        return grpc.aio.secure_channel(self.config.target, credentials, options=options)
+
     async def run(self) -> Summary:
+        credentials = self._channel_credentials()
         await self.tokens.get()  # fail fast on bad credentials
-        channels = [
-            # Channels with equal arguments share one connection (and one server process behind SO_REUSEPORT):
-            # a subchannel pool of its own gives each channel its own connection.
-            grpc.aio.insecure_channel(self.config.target, options=[("grpc.use_local_subchannel_pool", 1)])
-            for _ in range(self.config.channels)
-        ]
+        channels = [self._channel(credentials) for _ in range(self.config.channels)]
         try:
             await self._wait_for_server(channels[0])
             tasks = [

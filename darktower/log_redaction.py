@@ -19,6 +19,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
     # Our own credential formats: API keys (dt_<prefix>_<secret>) and service client secrets (dtsec_...).
     (re.compile(r"\bdtsec_[A-Za-z0-9_-]+"), "[redacted-secret]"),
+    # Recording share-link tokens (dtshr_...), e.g. in the path Django logs for a 404.
+    (re.compile(r"\bdtshr_[A-Za-z0-9_-]+"), "[redacted-share-token]"),
     (re.compile(r"\bdt_[A-Za-z0-9]+_[A-Za-z0-9_-]+"), "[redacted-api-key]"),
     (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "[redacted-email]"),
 )

@@ -48,6 +48,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from darktower.client_address import client_address
+
 logger = logging.getLogger(__name__)
 
 # The `_created` series (a timestamp per labelled child) doubles the series count and no dashboard reads it.
@@ -193,16 +195,16 @@ def scrape_registry() -> CollectorRegistry:
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """GET /metrics in the Prometheus text format, for clients in METRICS_ALLOWED_NETWORKS only (it shows the
     fleet's layout); to anyone else the page does not exist."""
-    if not _scraper_allowed(request.META.get("REMOTE_ADDR", "")):
+    if not _scraper_allowed(client_address(request.META)):
         raise Http404
     return HttpResponse(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_LATEST)
 
 
-def _scraper_allowed(remote_addr: str) -> bool:
-    try:
-        address = ipaddress.ip_address(remote_addr)
-    except ValueError:
+def _scraper_allowed(client: str | None) -> bool:
+    """The client's address (behind a trusted proxy, the one it forwarded for) is in METRICS_ALLOWED_NETWORKS."""
+    if client is None:
         return False
+    address = ipaddress.ip_address(client)
     return any(address in network for network in settings.METRICS_ALLOWED_NETWORKS_PARSED)
 
 

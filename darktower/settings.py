@@ -122,6 +122,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    # Swagger UI's files for /api/docs/, served from here (WhiteNoise): a CDN's script would run on the admin's origin.
+    "drf_spectacular_sidecar",
     "django_grpc_framework",
     "django_celery_beat",
     "pgtrigger",
@@ -135,6 +137,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: it times everything below it and sees the final status (darktower/metrics.py).
     "darktower.metrics.MetricsMiddleware",
+    # Before SecurityMiddleware: X-Forwarded-Proto counts only from a trusted proxy (darktower/client_address.py).
+    "darktower.client_address.ForwardedProtoMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Before anything reads the body: /api/ bodies over DATA_UPLOAD_MAX_MEMORY_SIZE answer 413 JSON.
     "darktower.api.middleware.ApiBodyLimitMiddleware",
@@ -242,17 +246,58 @@ JWT_USER_TOKEN_LIFETIME_SECONDS = env_int("JWT_USER_TOKEN_LIFETIME_SECONDS", 360
 GC_SERVICE_TOKEN_LIFETIME_SECONDS = env_int("GC_SERVICE_TOKEN_LIFETIME_SECONDS", 600, minimum=120, maximum=3600)
 JWT_MEETING_TOKEN_LIFETIME_SECONDS = env_int("JWT_MEETING_TOKEN_LIFETIME_SECONDS", 300, minimum=30, maximum=3600)
 JWT_CLOCK_SKEW_SECONDS = env_int("JWT_CLOCK_SKEW_SECONDS", 30, minimum=0, maximum=300)
+# The longest life (exp - iat) a token of each kind may claim to be verified: a token signed by a valid key but
+# living longer is refused. At least the lifetime we issue that kind with (by default exactly it).
+JWT_SERVICE_TOKEN_MAX_LIFETIME_SECONDS = env_int(
+    "JWT_SERVICE_TOKEN_MAX_LIFETIME_SECONDS", JWT_SERVICE_TOKEN_LIFETIME_SECONDS,
+    minimum=JWT_SERVICE_TOKEN_LIFETIME_SECONDS, maximum=86400,
+)
+JWT_USER_TOKEN_MAX_LIFETIME_SECONDS = env_int(
+    "JWT_USER_TOKEN_MAX_LIFETIME_SECONDS", JWT_USER_TOKEN_LIFETIME_SECONDS,
+    minimum=JWT_USER_TOKEN_LIFETIME_SECONDS, maximum=86400,
+)
+JWT_MEETING_TOKEN_MAX_LIFETIME_SECONDS = env_int(
+    "JWT_MEETING_TOKEN_MAX_LIFETIME_SECONDS", JWT_MEETING_TOKEN_LIFETIME_SECONDS,
+    minimum=JWT_MEETING_TOKEN_LIFETIME_SECONDS, maximum=3600,
+)
+# Meeting tokens of guests (role "guest"); guests get the meeting lifetime today.
+JWT_GUEST_TOKEN_MAX_LIFETIME_SECONDS = env_int(
+    "JWT_GUEST_TOKEN_MAX_LIFETIME_SECONDS", JWT_MEETING_TOKEN_LIFETIME_SECONDS,
+    minimum=JWT_MEETING_TOKEN_LIFETIME_SECONDS, maximum=3600,
+)
+# How long a process uses its cached signing keys before reading them again: the longest a revoked key
+# (manage.py revoke_signing_key) keeps being accepted by a process other than the one that revoked it.
+SIGNING_KEY_CACHE_SECONDS = env_int("SIGNING_KEY_CACHE_SECONDS", 30, minimum=1, maximum=3600)
 JWT_MAX_TOKEN_BYTES = 8192
-SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY") or SECRET_KEY
+# A secret of its own: were it SECRET_KEY, rotating SECRET_KEY would make every stored private key unreadable. Only
+# development falls back to SECRET_KEY; a deployment that ran on that fallback sets it to its SECRET_KEY's value.
+SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY")
+if not SIGNING_KEY_ENCRYPTION_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SIGNING_KEY_ENCRYPTION_KEY is required when DEBUG is off (or SIGNING_KEY_ENCRYPTION_KEY_FILE); it "
+            "encrypts the token signing keys at rest and must not change with SECRET_KEY."
+        )
+    SIGNING_KEY_ENCRYPTION_KEY = SECRET_KEY
 
 # --- Controllers: heartbeats, health, placement -------------------------------------------------
 
 GRPC_BIND = env_str("GRPC_BIND", "127.0.0.1:50051")
+# TLS for the gRPC server (PEM files): certificate chain and key; with a client CA, every client must present a
+# certificate it signed (mutual TLS). With DEBUG off, a plaintext bind on a non-loopback address refuses to start
+# unless GRPC_ALLOW_PLAINTEXT says a TLS-terminating proxy or a private link carries the traffic.
+GRPC_TLS_CERT_FILE = env_str("GRPC_TLS_CERT_FILE", "")
+GRPC_TLS_KEY_FILE = env_str("GRPC_TLS_KEY_FILE", "")
+GRPC_TLS_CLIENT_CA_FILE = env_str("GRPC_TLS_CLIENT_CA_FILE", "")
+GRPC_ALLOW_PLAINTEXT = env_bool("GRPC_ALLOW_PLAINTEXT", False)
 GRPC_WORKERS = env_int("GRPC_WORKERS", 8, minimum=1, maximum=256)
 GRPC_PROCESSES = env_int("GRPC_PROCESSES", 1, minimum=1, maximum=256)
 GRPC_MAX_RECEIVE_MESSAGE_BYTES = env_int("GRPC_MAX_RECEIVE_MESSAGE_BYTES", 64 * 1024, minimum=1024)
 GRPC_SHUTDOWN_GRACE_SECONDS = env_float("GRPC_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0)
 GRPC_GC_FULL_SECONDS = env_float("GRPC_GC_FULL_SECONDS", 3600.0, minimum=0)
+# A StreamHeartbeats stream with no beat for this long is ended (DEADLINE_EXCEEDED; the MC opens a new one): an
+# idle stream must not keep a token alive past its revocation. Twice the stale threshold by default.
+GRPC_STREAM_IDLE_TIMEOUT_SECONDS = env_float("GRPC_STREAM_IDLE_TIMEOUT_SECONDS", 60.0, minimum=0.001)
 # gRPC rate limits (controllers.grpc.ratelimit): registrations in Redis per RATE_LIMIT_WINDOW_SECONDS, per caller
 # and member and per caller; heartbeats in process, a token bucket per caller and member.
 GRPC_RATE_LIMIT_REGISTER_PER_MEMBER = env_int("GRPC_RATE_LIMIT_REGISTER_PER_MEMBER", 10, minimum=1)
@@ -326,23 +371,42 @@ REST_FRAMEWORK = {
 # --- API: rate limits (seed 002 Redis key ratelimit:{endpoint}:{identifier}:{window}) ----------------
 
 RATE_LIMIT_WINDOW_SECONDS = env_int("RATE_LIMIT_WINDOW_SECONDS", 60, minimum=1, maximum=86400)
+# Failed logins per window (successes count nowhere): per account and address, per account (from every address:
+# an attacker needs six addresses to lock an account out, and gets 30 guesses a window), per address.
+RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP = env_int("RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP", 5, minimum=1)
+RATE_LIMIT_LOGIN_PER_EMAIL = env_int("RATE_LIMIT_LOGIN_PER_EMAIL", 30, minimum=1)
 RATE_LIMIT_LOGIN_PER_IP = env_int("RATE_LIMIT_LOGIN_PER_IP", 20, minimum=1)
-RATE_LIMIT_LOGIN_PER_EMAIL = env_int("RATE_LIMIT_LOGIN_PER_EMAIL", 5, minimum=1)
 RATE_LIMIT_TOKEN_PER_CLIENT = env_int("RATE_LIMIT_TOKEN_PER_CLIENT", 30, minimum=1)
 RATE_LIMIT_TOKEN_PER_IP = env_int("RATE_LIMIT_TOKEN_PER_IP", 60, minimum=1)
 RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL = env_int("RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL", 30, minimum=1)
+RATE_LIMIT_MEETING_UPDATE_PER_PRINCIPAL = env_int("RATE_LIMIT_MEETING_UPDATE_PER_PRINCIPAL", 60, minimum=1)
+RATE_LIMIT_API_KEY_CREATE_PER_PRINCIPAL = env_int("RATE_LIMIT_API_KEY_CREATE_PER_PRINCIPAL", 10, minimum=1)
+# API keys a user may hold at once (active: not revoked, not expired), whoever creates them (REST or admin).
+API_KEYS_MAX_ACTIVE_PER_USER = env_int("API_KEYS_MAX_ACTIVE_PER_USER", 20, minimum=1, maximum=1000)
 RATE_LIMIT_JOIN_PER_PRINCIPAL = env_int("RATE_LIMIT_JOIN_PER_PRINCIPAL", 60, minimum=1)
 RATE_LIMIT_JOIN_PER_IP = env_int("RATE_LIMIT_JOIN_PER_IP", 120, minimum=1)
+# Recording writes (start, update, share, unshare, rotate) per user or API key per window, one budget for all.
+RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL = env_int("RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL", 60, minimum=1)
 # Retry-After of a 503 no_controller_available.
 NO_CAPACITY_RETRY_AFTER_SECONDS = env_int("NO_CAPACITY_RETRY_AFTER_SECONDS", 5, minimum=1, maximum=3600)
 # Object-storage bucket new recordings are written to (recordings.storage_bucket).
 RECORDINGS_STORAGE_BUCKET = env_str("RECORDINGS_STORAGE_BUCKET", "darktower-recordings")
+# Lifetime of a recording's share link: the default when the share asks for none, and the most it may ask for.
+RECORDING_SHARE_MAX_SECONDS = env_int("RECORDING_SHARE_MAX_SECONDS", 30 * 86400, minimum=60, maximum=365 * 86400)
+RECORDING_SHARE_DEFAULT_SECONDS = env_int(
+    "RECORDING_SHARE_DEFAULT_SECONDS", min(7 * 86400, RECORDING_SHARE_MAX_SECONDS), minimum=60,
+    maximum=RECORDING_SHARE_MAX_SECONDS,
+)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Dark Tower Global Controller API",
     "DESCRIPTION": "Meetings, the join flow, recordings, API keys and the controller fleet.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from drf-spectacular-sidecar's static files, not from a public CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # Several models have a `status`; name each choice set after its model instead of a hash.
     "ENUM_NAME_OVERRIDES": {
         "MeetingStatusEnum": "meetings.models.MeetingStatus",
@@ -377,7 +441,31 @@ WHITENOISE_AUTOREFRESH = DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("TRUST_X_FORWARDED_PROTO", False) else None
+# Reverse proxies (CIDRs) whose X-Forwarded-For is believed: only when the peer is one of them, and then the
+# right-most address that is not one of them is the client (darktower/client_address.py). Empty: no proxy.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+try:
+    TRUSTED_PROXIES_PARSED = tuple(ipaddress.ip_network(net, strict=False) for net in TRUSTED_PROXIES)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from None
+# X-Forwarded-Proto says whether the client spoke HTTPS to the proxy: believed only behind a trusted proxy (which
+# must overwrite the header), never from clients that reach this process directly.
+_TRUST_X_FORWARDED_PROTO = env_bool("TRUST_X_FORWARDED_PROTO", bool(TRUSTED_PROXIES))
+if _TRUST_X_FORWARDED_PROTO and not TRUSTED_PROXIES:
+    raise ImproperlyConfigured("TRUST_X_FORWARDED_PROTO needs TRUSTED_PROXIES: only a trusted proxy's header counts.")
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _TRUST_X_FORWARDED_PROTO else None
+# Production answers HTTPS only: plain HTTP is redirected, and browsers are told (HSTS) to use nothing else for a
+# year, this host's subdomains included. Development (DEBUG on, make run) serves plain HTTP and sends no HSTS.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# Probes and scrapes answer plain HTTP too: load balancers, orchestrators and Prometheus reach the process
+# directly, without TLS (/metrics keeps its own allow-list); none of them carries a cookie or a credential.
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^ready$", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+# The preload token is consent to browsers' built-in HSTS lists; it takes effect only once the domain is submitted.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)
+# Admin sessions: 8 hours, not Django's two weeks.
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600, minimum=60, maximum=14 * 86400)
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 
@@ -386,8 +474,8 @@ CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 # Set for several processes (gunicorn workers, grpcserver processes): prometheus-client reads it from the
 # environment itself; darktower.metrics aggregates that directory's files at scrape time.
 PROMETHEUS_MULTIPROC_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", None) or None
-# Who may scrape GET /metrics (it shows the fleet's layout): client addresses (REMOTE_ADDR) in these networks;
-# anyone else gets a 404.
+# Who may scrape GET /metrics (it shows the fleet's layout): client addresses (behind a trusted proxy, the client's
+# from X-Forwarded-For) in these networks; anyone else gets a 404.
 METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
 try:
     METRICS_ALLOWED_NETWORKS_PARSED = tuple(ipaddress.ip_network(net, strict=False) for net in METRICS_ALLOWED_NETWORKS)

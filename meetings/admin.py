@@ -1,16 +1,21 @@
 """Meetings with their participants and recordings, assignments and recordings: read-mostly (rows change
-through the meeting services and the controllers, never by a form save)."""
+through the meeting services and the controllers, never by a form save; the recordings' share actions call the
+recording services)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
 
-from darktower.admin_tools import EstimatedCountPaginator
-from meetings.models import Meeting, MeetingAssignment, MeetingParticipant, Recording
+from darktower.admin_tools import EstimatedCountPaginator, confirmed_action
+from darktower.errors import DomainError
+from meetings.models import Meeting, MeetingAssignment, MeetingBan, MeetingParticipant, Recording
+from meetings.services.recordings import MANAGE_SHARE_PERMISSION, recording_share_rotate, recording_unshare
 
 
 class _ReadOnlyMixin:
@@ -23,13 +28,28 @@ class _ReadOnlyMixin:
 
 class ParticipantInline(_ReadOnlyMixin, admin.TabularInline):
     model = MeetingParticipant
-    fields = ("display_name", "user", "role", "joined_at", "left_at", "leave_reason", "client_version")
+    fields = ("display_name", "user", "role", "status", "joined_at", "left_at", "leave_reason", "client_version")
     extra = 0
     can_delete = False
     show_change_link = False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[MeetingParticipant]:
         return super().get_queryset(request).select_related("user").order_by("joined_at")
+
+
+class BanInline(_ReadOnlyMixin, admin.TabularInline):
+    """The host's bans. The principal is not shown: for a guest it is the client's address (personal data); the
+    host lifts bans over the API (meeting_ban_lift), never here."""
+
+    model = MeetingBan
+    fields = ("display_name", "participant_id", "banned_by_user", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[MeetingBan]:
+        return super().get_queryset(request).select_related("banned_by_user").order_by("created_at")
 
 
 class RecordingInline(_ReadOnlyMixin, admin.TabularInline):
@@ -52,7 +72,7 @@ class MeetingAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ("meeting_code", "display_name")
     ordering = ("-created_at",)
     show_full_result_count = False
-    inlines = (ParticipantInline, RecordingInline)
+    inlines = (ParticipantInline, BanInline, RecordingInline)
 
 
 class ActiveAssignmentFilter(admin.SimpleListFilter):
@@ -87,10 +107,12 @@ class MeetingAssignmentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
 
 @admin.register(Recording)
 class RecordingAdmin(_ReadOnlyMixin, admin.ModelAdmin):
-    """The share token is not among the fields: it is a bearer secret for the public link."""
+    """Only the share token's hash is stored, and it is not among the fields either. Staff allowed to
+    (meetings.manage_share_recording; superusers) end a share link or replace it, each confirmed and audited;
+    a replaced link's new token is shown once, on the page that answers the action."""
 
     list_display = ("recording_id", "meeting", "status", "started_at", "ended_at", "duration_seconds",
-                    "file_size_bytes", "is_public")
+                    "file_size_bytes", "is_public", "share_expires_at")
     list_filter = ("status", "is_public")
     list_select_related = ("meeting",)
     search_fields = ("meeting__meeting_code", "=recording_id")
@@ -98,4 +120,53 @@ class RecordingAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     show_full_result_count = False
     fields = ("recording_id", "meeting", "started_by_user", "status", "error_message", "started_at", "ended_at",
               "duration_seconds", "file_size_bytes", "storage_bucket", "storage_path", "video_codec", "audio_codec",
-              "resolution", "is_public", "created_at", "updated_at")
+              "resolution", "is_public", "share_expires_at", "created_at", "updated_at")
+    actions = ("unshare_action", "rotate_share_action")
+
+    def has_manage_share_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(MANAGE_SHARE_PERMISSION)
+
+    @admin.action(description="Unshare selected recordings (their links stop working)", permissions=["manage_share"])
+    def unshare_action(self, request: HttpRequest, queryset: QuerySet[Recording]) -> HttpResponse | None:
+        def perform(obj: Recording) -> str:
+            recording = recording_unshare(recording_id=obj.pk, actor_user_id=request.user.pk, operator=True)
+            return f"{recording.pk}: not shared."
+
+        return confirmed_action(
+            modeladmin=self, request=request, queryset=queryset, action="unshare_action",
+            title="Unshare recordings",
+            description="The share links of these recordings stop working at once. Their hosts can share them "
+            "again, with a new link.",
+            perform=perform,
+        )
+
+    @admin.action(description="Rotate selected recordings' share links", permissions=["manage_share"])
+    def rotate_share_action(self, request: HttpRequest, queryset: QuerySet[Recording]) -> HttpResponse | None:
+        if request.POST.get("post") != "yes":
+            return confirmed_action(
+                modeladmin=self, request=request, queryset=queryset, action="rotate_share_action",
+                title="Rotate share links",
+                description="Each recording gets a new share link, shown once on the next page, with the same end. "
+                "The old links stop working at once. Recordings that are not shared are left alone.",
+                perform=lambda obj: "",
+            )
+        rotated: list[tuple[Recording, str]] = []
+        for obj in queryset:
+            try:
+                shared = recording_share_rotate(recording_id=obj.pk, actor_user_id=request.user.pk, operator=True)
+            except DomainError as error:
+                self.message_user(request, f"{obj.pk}: {error}", messages.ERROR)
+                continue
+            link = request.build_absolute_uri(reverse("recording-shared", args=[shared.token]))
+            rotated.append((shared.recording, link))
+        if not rotated:
+            return None
+        request.current_app = self.admin_site.name
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "New share links",
+            "opts": self.model._meta,
+            "rotated": rotated,
+        }
+        # The links are in this page only: a message would carry them in the messages cookie.
+        return TemplateResponse(request, "admin/meetings/recording/share_rotated.html", context)

@@ -19,7 +19,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from accounts.models import User
-from audit.models import ActorType, AuditLog
+from audit.models import ActorType
 from audit.services import audit_record, database_now
 from controllers.models import HealthStatus, MediaHandler, MeetingController
 from meetings.models import (
@@ -34,7 +34,7 @@ from meetings.models import (
 
 # Published on purpose (README, the command output); seed_demo runs only with DEBUG on.
 DEMO_PASSWORD = "darktower-demo"
-# Marks the audit rows this module writes, so that reset can find them.
+# Marks the audit rows this module writes. Reset keeps them: the audit trail is append-only.
 DEMO_AUDIT_SOURCE = "seed_demo"
 DEMO_GC_ID = "gc-demo"
 _NAMESPACE = uuid.UUID("5d0c6f8e-3c4b-4f0e-9a57-d4e1f2a3b4c5")
@@ -190,7 +190,8 @@ class DemoSummary:
 
 
 def demo_data_load(*, reset: bool = False) -> DemoSummary:
-    """Load the demo set (idempotent). With reset, first delete every demo row, then load it afresh."""
+    """Load the demo set (idempotent). With reset, first delete every demo row but the audit trail, then load it
+    afresh."""
     with transaction.atomic():
         with connection.cursor() as cursor:
             # Two loads at once (two `make run`s on one database) would race on the natural keys.
@@ -202,9 +203,9 @@ def demo_data_load(*, reset: bool = False) -> DemoSummary:
 
 
 def _demo_delete() -> int:
-    """Delete the rows this module owns, found by their natural keys. Children go by CASCADE."""
-    deleted = AuditLog.objects.filter(metadata__source=DEMO_AUDIT_SOURCE).delete()[0]
-    deleted += Meeting.objects.filter(meeting_code__in=[m.code for m in MEETINGS]).delete()[0]
+    """Delete the rows this module owns, found by their natural keys. Children go by CASCADE. Their audit rows
+    stay (audit_logs refuses DELETE); a deleted user's rows lose their actor by the foreign key's SET NULL."""
+    deleted = Meeting.objects.filter(meeting_code__in=[m.code for m in MEETINGS]).delete()[0]
     deleted += MeetingController.objects.filter(controller_id__in=[c.controller_id for c in CONTROLLERS]).delete()[0]
     deleted += MediaHandler.objects.filter(handler_id__in=[h.handler_id for h in HANDLERS]).delete()[0]
     deleted += User.objects.filter(email__in=DEMO_USERS).delete()[0]

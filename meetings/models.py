@@ -6,7 +6,9 @@ Tables and columns follow seed 002 ("PostgreSQL Schema", tables 3, 4 and 5) plus
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from datetime import datetime
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -30,6 +32,19 @@ class LeaveReason(models.TextChoices):
     KICKED = "kicked"
     CONNECTION_LOST = "connection_lost"
     MEETING_ENDED = "meeting_ended"
+    # The host turned a waiting participant away (not a ban unless the host bans too).
+    DENIED = "denied"
+
+
+class ParticipantStatus(models.TextChoices):
+    """A participant takes a seat only once admitted: joiners of a meeting with a waiting room wait."""
+
+    WAITING = "waiting"
+    ADMITTED = "admitted"
+
+
+# Guests a meeting admits at once unless its host says otherwise (meetings.max_guests).
+DEFAULT_MAX_GUESTS = 10
 
 
 class RecordingStatus(models.TextChoices):
@@ -65,6 +80,17 @@ class Meeting(models.Model):
     allow_guests = models.BooleanField(
         default=False, db_default=False, db_comment="Guests may obtain a guest token (ignored when require_auth)"
     )
+    waiting_room_applies_to_users = models.BooleanField(
+        default=False, db_default=False,
+        db_comment="With waiting_room_enabled, signed-in users (not the host) wait too; guests always wait",
+    )
+    max_guests = models.IntegerField(
+        default=DEFAULT_MAX_GUESTS, db_default=DEFAULT_MAX_GUESTS,
+        db_comment="Seats guests may hold at once (admitted and present), within max_participants; 0: none",
+    )
+    locked = models.BooleanField(
+        default=False, db_default=False, db_comment="The host locked the meeting: no new joins but the host's"
+    )
 
     status = models.CharField(
         max_length=20, choices=MeetingStatus.choices, default=MeetingStatus.SCHEDULED, db_default="scheduled",
@@ -93,6 +119,7 @@ class Meeting(models.Model):
                 condition=Q(status__in=MeetingStatus.values), name="meetings_status_valid"
             ),
             models.CheckConstraint(condition=Q(max_participants__gte=1), name="meetings_max_participants_positive"),
+            models.CheckConstraint(condition=Q(max_guests__gte=0), name="meetings_max_guests_nonnegative"),
             models.CheckConstraint(
                 condition=Q(status="ended", ended_at__isnull=False) | ~Q(status="ended"),
                 name="meetings_ended_has_ended_at",
@@ -124,12 +151,16 @@ class MeetingParticipant(models.Model):
         max_length=20, default="participant", db_default="participant",
         db_comment="host, participant or guest; carried in the meeting token",
     )
+    status = models.CharField(
+        max_length=20, choices=ParticipantStatus.choices, default=ParticipantStatus.ADMITTED, db_default="admitted",
+        db_comment="waiting (in the waiting room: no seat) or admitted (holds a seat while present)",
+    )
 
     joined_at = models.DateTimeField(default=timezone.now, db_default=Now())
     left_at = models.DateTimeField(null=True, blank=True)
     leave_reason = models.CharField(
         max_length=50, choices=LeaveReason.choices, null=True, blank=True,
-        db_comment="voluntary, kicked, connection_lost or meeting_ended; NULL while present",
+        db_comment="voluntary, kicked, connection_lost, meeting_ended or denied; NULL while present",
     )
 
     ip_address = models.GenericIPAddressField(
@@ -156,6 +187,9 @@ class MeetingParticipant(models.Model):
                 condition=Q(role__in=["host", "participant", "guest"]), name="meeting_participants_role_valid"
             ),
             models.CheckConstraint(
+                condition=Q(status__in=ParticipantStatus.values), name="meeting_participants_status_valid"
+            ),
+            models.CheckConstraint(
                 condition=Q(total_duration_seconds__gte=0), name="meeting_participants_duration_nonnegative"
             ),
         ]
@@ -171,6 +205,52 @@ class MeetingParticipant(models.Model):
 
     def __str__(self) -> str:
         return self.display_name
+
+
+class MeetingBan(models.Model):
+    """Someone the host removed from a meeting: their joins are refused until the host lifts the ban.
+
+    `principal` names who is banned, as the join knows the caller: `user:<uuid>` for a signed-in user, or
+    `guest:<client address>` for a guest. A guest has no identity of its own and picks its display name freely,
+    so a guest ban holds the address it joined from (every guest behind that address until the host lifts it).
+    """
+
+    ban_id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
+    # No index of its own: uq_meeting_bans_meeting_principal leads with meeting_id.
+    meeting = models.ForeignKey(Meeting, on_delete=models.CASCADE, related_name="bans", db_index=False)
+    principal = models.CharField(
+        max_length=100, db_comment="user:<user id> or guest:<client address> (personal data for guests)"
+    )
+    participant_id = models.UUIDField(db_comment="The participant session the host removed")
+    display_name = models.CharField(max_length=255, db_comment="That participant's display name, for the host")
+    banned_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        db_column="banned_by_user_id", db_comment="The host who banned; NULL once the user is deleted",
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
+
+    class Meta:
+        db_table = "meeting_bans"
+        db_table_comment = "Principals the host removed from a meeting; their joins are refused until the host lifts it"
+        constraints = [
+            # One ban per principal and meeting; also the index of the join's ban check.
+            models.UniqueConstraint(fields=["meeting", "principal"], name="uq_meeting_bans_meeting_principal"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.display_name} banned from {self.meeting_id}"
+
+    def __repr__(self) -> str:
+        return f"<MeetingBan {self.pk} {self.meeting_id}>"
+
+    @property
+    def kind(self) -> str:
+        return self.principal.split(":", 1)[0]
+
+    @property
+    def user_id(self) -> str | None:
+        kind, _, value = self.principal.partition(":")
+        return value if kind == "user" else None
 
 
 class Recording(models.Model):
@@ -200,10 +280,16 @@ class Recording(models.Model):
     error_message = models.TextField(null=True, blank=True, db_comment="Why processing failed (status failed)")
 
     is_public = models.BooleanField(
-        default=False, db_default=False, db_comment="Shared: reachable with access_token without signing in"
+        default=False, db_default=False,
+        db_comment="Shared: its link opens it without signing in until share_expires_at",
     )
-    access_token = models.CharField(
-        max_length=255, null=True, blank=True, db_comment="Opaque share token for the public link"
+    share_token_hash = models.CharField(
+        max_length=64, null=True, blank=True,
+        db_comment="SHA-256 (hex) of the share link's token; the token itself is never stored. NULL: not shared",
+    )
+    share_expires_at = models.DateTimeField(
+        null=True, blank=True,
+        db_comment="The share link answers until this time (exclusive). NULL: not shared",
     )
 
     created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
@@ -211,7 +297,18 @@ class Recording(models.Model):
 
     class Meta:
         db_table = "recordings"
+        # The admin's unshare and rotate actions (superusers, or staff granted it).
+        permissions = [("manage_share_recording", "Can unshare recordings and rotate their share links")]
         constraints = [
+            # A share is whole (a token hash and an end) or absent; an expired share keeps both until it is
+            # unshared or shared afresh, and the public lookup compares share_expires_at.
+            models.CheckConstraint(
+                condition=Q(is_public=True, share_token_hash__isnull=False, share_expires_at__isnull=False)
+                | Q(is_public=False, share_token_hash__isnull=True, share_expires_at__isnull=True),
+                name="recordings_share_complete",
+            ),
+            # The public link's lookup by token hash.
+            models.UniqueConstraint(fields=["share_token_hash"], name="uq_recordings_share_token_hash"),
             models.CheckConstraint(condition=Q(status__in=RecordingStatus.values), name="recordings_status_valid"),
             models.CheckConstraint(
                 condition=Q(file_size_bytes__isnull=True) | Q(file_size_bytes__gte=0),
@@ -234,6 +331,16 @@ class Recording(models.Model):
 
     def __repr__(self) -> str:
         return f"<Recording {self.recording_id} {self.status}>"
+
+    @staticmethod
+    def share_token_digest(token: str) -> str:
+        """What share_token_hash stores for a link's token: SHA-256, hex. A token is 256 random bits, so a fast
+        unsalted hash suffices: nothing can be guessed from it, and the public lookup finds it by index."""
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def share_is_live(self, now: datetime) -> bool:
+        """Its link opens it at `now` (shared, and before share_expires_at)."""
+        return bool(self.is_public and self.share_expires_at is not None and now < self.share_expires_at)
 
 
 class MeetingAssignment(models.Model):

@@ -6,14 +6,17 @@ door that lists them applies the same rule."""
 
 from __future__ import annotations
 
+import hmac
 import uuid
+from datetime import datetime
 
 from django.db.models import F, FloatField, QuerySet
 from django.db.models.functions import Cast, NullIf
+from django.utils import timezone
 
 from controllers.models import MediaHandler, MeetingController
 from darktower.errors import NotFound, PermissionDenied
-from meetings.models import Meeting, MeetingParticipant, Recording
+from meetings.models import Meeting, MeetingBan, MeetingParticipant, ParticipantStatus, Recording
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:
@@ -72,12 +75,34 @@ def _meeting_host(meeting_id: uuid.UUID) -> uuid.UUID | None:
 
 
 def participants_for_meeting(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[MeetingParticipant]:
-    """Present and past participants, in join order (idx_participants_meeting_id), for the host and anyone
-    who joined the meeting; PermissionDenied for everyone else."""
-    participants = MeetingParticipant.objects.filter(meeting_id=meeting_id).order_by("joined_at", "id")
-    if _meeting_host(meeting_id) != viewer_id and not participants.filter(user_id=viewer_id).exists():
-        raise PermissionDenied("Only the host and the meeting's participants may list its participants.")
+    """Admitted participants, present and past, in join order (idx_participants_meeting_id), for the host and
+    for users present and admitted now: a participant who left or was removed, or waits to be admitted, may not;
+    PermissionDenied for everyone else. The waiting room is the host's (participants_waiting)."""
+    participants = MeetingParticipant.objects.filter(
+        meeting_id=meeting_id, status=ParticipantStatus.ADMITTED
+    ).order_by("joined_at", "id")
+    if (
+        _meeting_host(meeting_id) != viewer_id
+        and not participants.filter(user_id=viewer_id, left_at__isnull=True).exists()
+    ):
+        raise PermissionDenied("Only the host and the meeting's present participants may list its participants.")
     return participants
+
+
+def participants_waiting(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[MeetingParticipant]:
+    """The meeting's waiting room, in join order (idx_participants_present), for its host only."""
+    if _meeting_host(meeting_id) != viewer_id:
+        raise PermissionDenied("Only the host may see this meeting's waiting room.")
+    return MeetingParticipant.objects.filter(
+        meeting_id=meeting_id, status=ParticipantStatus.WAITING, left_at__isnull=True
+    ).order_by("joined_at", "id")
+
+
+def meeting_bans(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[MeetingBan]:
+    """The meeting's bans, oldest first (uq_meeting_bans_meeting_principal), for its host only."""
+    if _meeting_host(meeting_id) != viewer_id:
+        raise PermissionDenied("Only the host may see this meeting's bans.")
+    return MeetingBan.objects.filter(meeting_id=meeting_id).order_by("created_at", "ban_id")
 
 
 def recordings_visible_to(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[Recording]:
@@ -94,6 +119,22 @@ def recording_visible_to(*, recording_id: uuid.UUID, viewer_id: uuid.UUID) -> Re
         raise NotFound("No such recording.")
     if recording.meeting.created_by_user_id != viewer_id:
         raise PermissionDenied("Only the meeting's host may see its recordings.")
+    return recording
+
+
+def recording_by_share_token(*, token: str, now: datetime | None = None) -> Recording:
+    """The recording a public share link opens: the presented token's hash found by the unique index on
+    share_token_hash, shared and not expired at `now` (default: the current time). An unknown, unshared,
+    rotated-away or expired token is the same NotFound, so the answer says nothing about whether a link
+    ever existed. The lookup compares hashes, not tokens: timing reveals nothing about a stored token."""
+    digest = Recording.share_token_digest(token)
+    recording = Recording.objects.filter(share_token_hash=digest, is_public=True).first()
+    if (
+        recording is None
+        or not hmac.compare_digest(recording.share_token_hash or "", digest)
+        or not recording.share_is_live(now or timezone.now())
+    ):
+        raise NotFound("No such shared recording.")
     return recording
 
 

@@ -18,6 +18,19 @@ urlpatterns = [
         views.ParticipantLeaveView.as_view(), name="participant-leave",
     ),
     path(
+        "api/v1/meetings/<uuid:meeting_id>/participants/<uuid:participant_id>/admit",
+        views.ParticipantAdmitView.as_view(), name="participant-admit",
+    ),
+    path(
+        "api/v1/meetings/<uuid:meeting_id>/participants/<uuid:participant_id>/deny",
+        views.ParticipantDenyView.as_view(), name="participant-deny",
+    ),
+    path("api/v1/meetings/<uuid:meeting_id>/waiting", views.WaitingListView.as_view(), name="meeting-waiting"),
+    path("api/v1/meetings/<uuid:meeting_id>/bans", views.BanListView.as_view(), name="meeting-bans"),
+    path(
+        "api/v1/meetings/<uuid:meeting_id>/bans/<uuid:ban_id>", views.BanDetailView.as_view(), name="meeting-ban",
+    ),
+    path(
         "api/v1/meetings/<uuid:meeting_id>/recordings", views.MeetingRecordingsView.as_view(),
         name="meeting-recordings",
     ),
@@ -26,6 +39,15 @@ urlpatterns = [
     path("api/v1/meetings/<str:meeting_ref>", views.MeetingDetailView.as_view(), name="meeting-detail"),
     path("api/v1/recordings/<uuid:recording_id>", views.RecordingDetailView.as_view(), name="recording-detail"),
     path("api/v1/recordings/<uuid:recording_id>/share", views.RecordingShareView.as_view(), name="recording-share"),
+    path(
+        "api/v1/recordings/<uuid:recording_id>/share/rotate", views.RecordingShareRotateView.as_view(),
+        name="recording-share-rotate",
+    ),
+    path(
+        "api/v1/recordings/<uuid:recording_id>/unshare", views.RecordingUnshareView.as_view(),
+        name="recording-unshare",
+    ),
+    path("api/v1/shared-recordings/<str:token>", views.SharedRecordingView.as_view(), name="recording-shared"),
     path("api/v1/controllers", fleet.ControllerListView.as_view(), name="controllers"),
     path("api/v1/controllers/<str:controller_id>/drain", fleet.ControllerDrainView.as_view(), name="controller-drain"),
     path(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from importlib import import_module
 
 import pytest
 
@@ -54,4 +55,12 @@ def outsider(db):
 
 @pytest.fixture
 def operator(db):
-    return make_user(display_name="Operator", is_staff=True)
+    """Staff in the "operator" group: the fleet's REST scopes follow the admin's permissions, not is_staff."""
+    from django.apps import apps
+    from django.contrib.auth.models import Group
+
+    groups = import_module("accounts.migrations.0003_operator_groups")
+    groups.operator_groups_sync(apps)  # idempotent; a transactional test elsewhere may have flushed the groups
+    user = make_user(display_name="Operator", is_staff=True)
+    user.groups.add(Group.objects.get(name=groups.OPERATOR))
+    return user

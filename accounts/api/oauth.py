@@ -15,7 +15,7 @@ import base64
 import binascii
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -66,7 +66,7 @@ def _oauth_response(body: dict[str, Any], *, status: int = 200, headers: dict[st
 @dataclass(frozen=True)
 class _ClientAuth:
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)  # never in a log line or a traceback
 
 
 def _parameters(request: HttpRequest) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from django.db.models import QuerySet
@@ -23,7 +22,7 @@ from accounts.api.serializers import (
 from accounts.models import ApiKey
 from accounts.services.api_keys import api_key_create, api_key_revoke, api_keys_for_user
 from accounts.services.users import email_hash, login_throttle_fallback, user_login, user_logout
-from darktower.api.ratelimit import RateLimit, login_limits
+from darktower.api.ratelimit import RateLimit, api_key_create_limits, login_limits, ratelimit_reserve
 from darktower.api.schema import error_responses
 from darktower.api.serializers import EmptyRequest
 from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
@@ -31,20 +30,14 @@ from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
 USER_TOKEN_ONLY = frozenset({"user"})
 
 
-def _login_email(request: Request) -> str:
-    """The email as sent, for the per-account limit; anything that is not a string limits as the empty one."""
-    data = request.data
-    email = data.get("email") if isinstance(data, dict) else None
-    return email if isinstance(email, str) else ""
-
-
 @extend_schema_view(
     post=extend_schema(
         operation_id="auth_login", tags=["auth"], auth=[], summary="Sign in with email and password",
         description=(
-            "Returns an EdDSA user access token (audience darktower-api) carrying the user's scopes. Rate limited "
-            "per client address and per account. Idempotency-Key is not honoured here: replaying would mean storing "
-            "access tokens, and a repeated login creates nothing."
+            "Returns an EdDSA user access token (audience darktower-api) carrying the user's scopes. Failed logins "
+            "are limited per account and address, per account and per address; a successful login counts nowhere. "
+            "Idempotency-Key is not honoured here: replaying would mean storing access tokens, and a repeated login "
+            "creates nothing."
         ),
         request=LoginRequest, responses={200: AccessTokenResponse, **error_responses(400, 401, 413, 415, 429)},
     )
@@ -54,20 +47,23 @@ class LoginView(ApiView):
     authentication_classes = []
     idempotent = False
 
-    def rate_limits(self, request: Request) -> list[RateLimit]:
-        return login_limits(ip_address=client_ip(request), email_hash=email_hash(_login_email(request)))
-
-    def rate_limit_fallback(self, request: Request) -> Callable[[], None]:
-        hashed = email_hash(_login_email(request))
-        return lambda: login_throttle_fallback(email_hash_hex=hashed, ip_address=peer_ip(request))
-
     def post(self, request: Request) -> Response:
         serializer = LoginRequest(data=request.data)
         serializer.is_valid(raise_exception=True)
-        result = user_login(
-            email=serializer.validated_data["email"], password=serializer.validated_data["password"],
-            ip_address=peer_ip(request), user_agent=request.META.get("HTTP_USER_AGENT", "")[:1000] or None,
+        email = serializer.validated_data["email"]
+        hashed = email_hash(email)
+        address = peer_ip(request)
+        # Only failures count: the attempt takes its unit before the password is checked (so concurrent guesses
+        # cannot pass a limit together) and a successful login gives it back.
+        refund = ratelimit_reserve(
+            login_limits(ip_address=client_ip(request), email_hash=hashed),
+            on_unavailable=lambda: login_throttle_fallback(email_hash_hex=hashed, ip_address=address),
         )
+        result = user_login(
+            email=email, password=serializer.validated_data["password"],
+            ip_address=address, user_agent=request.META.get("HTTP_USER_AGENT", "")[:1000] or None,
+        )
+        refund()
         token = result.token
         body = {"access_token": token.token, "token_type": "Bearer", "expires_in": token.expires_in,
                 "scope": token.scope}
@@ -110,9 +106,13 @@ class MeView(ApiView):
     ),
     post=extend_schema(
         operation_id="api_keys_create", tags=["api-keys"], summary="Create an API key; the key is shown once",
-        description="A replay of this request (same Idempotency-Key) answers with `key` null: it is never stored.",
+        description=(
+            "A replay of this request (same Idempotency-Key) answers with `key` null: it is never stored. A user "
+            "holds at most API_KEYS_MAX_ACTIVE_PER_USER active keys (409 `conflict` above it: revoke one first), "
+            "and creation is rate limited per user (429 with Retry-After)."
+        ),
         request=ApiKeyCreateRequest,
-        responses={201: ApiKeyCreatedResponse, **error_responses(400, 401, 403, 409, 413, 415, 422)},
+        responses={201: ApiKeyCreatedResponse, **error_responses(400, 401, 403, 409, 413, 415, 422, 429)},
     ),
 )
 class ApiKeyListCreateView(ApiListView):
@@ -122,6 +122,11 @@ class ApiKeyListCreateView(ApiListView):
     serializer_class = ApiKeySerializer
     filter_backends: list[Any] = []
     idempotency_redact = ("key",)
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "POST":
+            return api_key_create_limits(principal=self.principal.identifier)
+        return []
 
     def get_queryset(self) -> QuerySet[ApiKey]:
         if getattr(self, "swagger_fake_view", False):

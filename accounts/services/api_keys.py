@@ -10,9 +10,10 @@ import hashlib
 import secrets
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.db.models.functions import Now
@@ -22,7 +23,7 @@ from accounts.models import ApiKey, User
 from accounts.services.users import user_scopes
 from audit.models import ActorType
 from audit.services import audit_record
-from darktower.errors import InvalidInput, NotFound, Unauthenticated
+from darktower.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 
 KEY_SCHEME = "dt"
 PREFIX_BYTES = 4  # 8 hex characters: enough to tell a user's keys apart, far too few to guess a key
@@ -34,11 +35,43 @@ MAX_KEY_LENGTH = 128
 @dataclass(frozen=True)
 class CreatedApiKey:
     api_key: ApiKey
-    raw_key: str  # returned to the caller once, never stored or logged
+    raw_key: str = field(repr=False)  # returned to the caller once, never stored or logged
 
 
 def api_key_hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def api_key_check(*, user: User, scopes: Iterable[str], expires_at: datetime | None = None) -> list[str]:
+    """The rules a new key of `user` must meet, whichever door asks (api_key_create checks them again when it
+    creates the key, under a lock; the admin's add form calls this to show them as form errors): at least one
+    scope, only scopes the user has now, an expiry in the future (InvalidInput), and fewer active keys than
+    API_KEYS_MAX_ACTIVE_PER_USER (Conflict: the request is fine, the user's keys are what stands in the way,
+    and revoking one resolves it). Returns the scopes, sorted."""
+    requested = sorted(set(scopes))
+    if not requested:
+        raise InvalidInput("An API key needs at least one scope.", fields={"scopes": ["Give at least one scope."]})
+    allowed = user_scopes(user)
+    beyond = [scope for scope in requested if scope not in allowed]
+    if beyond:
+        raise InvalidInput(
+            "An API key may only carry scopes its user has.",
+            fields={"scopes": [f"Not one of the user's scopes: {', '.join(beyond)}."]},
+        )
+    if expires_at is not None and expires_at <= timezone.now():
+        raise InvalidInput("expires_at must be in the future.", fields={"expires_at": ["Must be in the future."]})
+    limit = settings.API_KEYS_MAX_ACTIVE_PER_USER
+    active = _active_keys(user.pk).count()
+    if active >= limit:
+        raise Conflict(f"At most {limit} active API keys per user, and this one holds {active}: revoke one first.")
+    return requested
+
+
+def _active_keys(user_id: uuid.UUID) -> QuerySet[ApiKey]:
+    """Not revoked and not expired by the database's clock."""
+    return ApiKey.objects.filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=Now()), user_id=user_id, is_active=True
+    )
 
 
 def api_key_create(
@@ -49,24 +82,16 @@ def api_key_create(
     expires_at: datetime | None = None,
     actor_user_id: uuid.UUID | None = None,
 ) -> CreatedApiKey:
-    """A new key for `user` with a subset of the user's own scopes. The audit row names `actor_user_id` (an
-    operator creating it in the admin), by default the owner (the REST API: users create their own keys)."""
-    requested = sorted(set(scopes))
-    if not requested:
-        raise InvalidInput("An API key needs at least one scope.", fields={"scopes": ["Give at least one scope."]})
-    allowed = user_scopes(user)
-    beyond = [scope for scope in requested if scope not in allowed]
-    if beyond:
-        raise InvalidInput(
-            "An API key may only carry scopes its user has.",
-            fields={"scopes": [f"Not one of your scopes: {', '.join(beyond)}."]},
-        )
-    if expires_at is not None and expires_at <= timezone.now():
-        raise InvalidInput("expires_at must be in the future.", fields={"expires_at": ["Must be in the future."]})
-
+    """A new key for `user` that meets `api_key_check`. The audit row names `actor_user_id` (an operator
+    creating it in the admin), by default the owner (the REST API: users create their own keys)."""
     prefix = f"{KEY_SCHEME}_{secrets.token_hex(PREFIX_BYTES)}"
     raw_key = f"{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
     with transaction.atomic():
+        # One creation at a time per user, so that two concurrent requests cannot both take the last place
+        # under the cap. FOR NO KEY UPDATE: rows inserted elsewhere that reference the user (which take FOR KEY
+        # SHARE on it) are not held up.
+        list(User.objects.select_for_update(no_key=True).filter(pk=user.pk).values_list("pk", flat=True))
+        requested = api_key_check(user=user, scopes=scopes, expires_at=expires_at)
         api_key = ApiKey.objects.create(
             user=user, key_hash=api_key_hash(raw_key), key_prefix=prefix, name=name, scopes=requested,
             expires_at=expires_at,

@@ -37,16 +37,36 @@ REGULAR_USER_SCOPES = frozenset({MEETINGS_CREATE, MEETINGS_READ, MEETINGS_WRITE,
 STAFF_SCOPES = REGULAR_USER_SCOPES | {CONTROLLERS_READ, CONTROLLERS_WRITE}
 ALL_SCOPES = STAFF_SCOPES
 
+# Each fleet scope needs the Django permissions that gate the same use in the admin, so that one group or user
+# permission decides both doors: reading the fleet needs the admin's view permissions on controllers and media
+# handlers; drain and undrain need its drain action, which the admin offers only on a fleet the user can view.
+# Like the admin, they are for active staff only (the "operator viewer" and "operator" groups, migration
+# accounts 0003, hold them; a superuser has every permission).
+FLEET_SCOPE_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    CONTROLLERS_READ: ("controllers.view_meetingcontroller", "controllers.view_mediahandler"),
+    CONTROLLERS_WRITE: ("controllers.view_meetingcontroller", "controllers.drain_meetingcontroller"),
+}
+
 LOGIN_EVENT = "user_login"
 LOGIN_TARGET_TYPE = "login_email"
 
 
-def user_scopes(user: User) -> frozenset[str]:
+def user_scopes(user: User, *, among: frozenset[str] = ALL_SCOPES) -> frozenset[str]:
     """The one mapping from a user to scopes. User tokens carry these; API keys get a subset of them, and
-    both are re-checked against this on every request, so a user who loses staff loses its scopes at once."""
+    both are re-checked against this on every request (`among` the credential's own scopes), so a user who
+    loses staff, a group or a permission loses the scopes it granted at once. The fleet scopes come from
+    `user.has_perms` (the authentication backends, as in the admin): for a staff user who is not a superuser
+    that reads its permissions and its groups' (two queries, cached on the user object), and only when a
+    fleet scope is among those asked about; nobody else costs a query."""
     if not user.is_active:
         return frozenset()
-    return STAFF_SCOPES if user.is_staff else REGULAR_USER_SCOPES
+    scopes = REGULAR_USER_SCOPES & among
+    if user.is_staff:
+        scopes |= {
+            scope for scope, permissions in FLEET_SCOPE_PERMISSIONS.items()
+            if scope in among and user.has_perms(permissions)
+        }
+    return scopes
 
 
 def normalize_email(email: str) -> str:
@@ -120,19 +140,25 @@ def user_logout(*, claims: TokenClaims | None, user_id: object) -> None:
 
 
 def login_throttle_fallback(*, email_hash_hex: str, ip_address: str | None) -> None:
-    """The login limit when Redis is unreachable: count failed logins in the audit trail over the last window.
+    """The login limits when Redis is unreachable: count failed logins in the audit trail over the last window.
 
     Fail closed would lock every user out during a Redis outage; fail open would lift brute-force protection
     exactly when an attacker may have caused the outage. Failed logins are already audited in the same
-    database, so they are counted instead: per account from idx_audit_target (target_type, target_id), per
-    address from idx_audit_created_at (one window of rows). Only failures count here, where Redis counts
-    every attempt; a user who signs in correctly is never held back by the fallback.
+    database, so they are counted instead, with the same limits as in Redis: per account and address and per
+    account from idx_audit_target (target_type, target_id), per address from idx_audit_created_at (one window
+    of rows). Like Redis, only failures count: a user who signs in correctly is never held back by them.
     """
     window = settings.RATE_LIMIT_WINDOW_SECONDS
     recent = AuditLog.objects.filter(
         event_type=LOGIN_EVENT, result=AuditResult.FAILURE, created_at__gte=Now() - timedelta(seconds=window)
     )
-    by_account = recent.filter(target_type=LOGIN_TARGET_TYPE, target_id=email_hash_hex).count()
+    account = recent.filter(target_type=LOGIN_TARGET_TYPE, target_id=email_hash_hex)
+    by_account = account.count()
+    by_account_and_address = account.filter(ip_address=ip_address).count() if ip_address else 0
     by_address = recent.filter(ip_address=ip_address).count() if ip_address else 0
-    if by_account >= settings.RATE_LIMIT_LOGIN_PER_EMAIL or by_address >= settings.RATE_LIMIT_LOGIN_PER_IP:
+    if (
+        by_account_and_address >= settings.RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP
+        or by_account >= settings.RATE_LIMIT_LOGIN_PER_EMAIL
+        or by_address >= settings.RATE_LIMIT_LOGIN_PER_IP
+    ):
         raise Throttled("Too many failed logins; retry later.", retry_after_seconds=max(1, math.ceil(window)))

@@ -15,7 +15,11 @@ request); token checks touch the database only to reload signing keys, rarely.
 StreamHeartbeats carries an MC's beats on one long-lived stream: authenticated when it opens, then each beat
 served exactly as its unary call (FastHeartbeat, ComprehensiveHeartbeat) would be, token check and rate limit
 included, on the loop when it needs no I/O; a refused beat ends the stream with that call's status. It saves
-what a call costs around the beat (a new HTTP/2 stream, headers, the handler lookup): bench 1.
+what a call costs around the beat (a new HTTP/2 stream, headers, the handler lookup): bench 1. A stream does not
+outlive its token: the server ends it with UNAUTHENTICATED at the token's expiry (with the clock skew allowed)
+even when no beat comes, and with DEADLINE_EXCEEDED after GRPC_STREAM_IDLE_TIMEOUT_SECONDS without a beat
+(UNAUTHENTICATED instead when the process knows the token was revoked), so a revoked token's stream ends at its
+next beat or within the idle timeout. One timer per stream watches both; a beat only notes its time.
 
 Errors are mapped here and nowhere else: darktower.errors to their status codes with their (fixed, short)
 messages (a rate limit's RESOURCE_EXHAUSTED with `retry-after` trailing metadata, in seconds); an unreachable
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -38,6 +43,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections
 from google.protobuf.message import DecodeError, Message
 
+from accounts.blacklist import blacklist_cached
 from accounts.tokens import TokenClaims, token_current_cached, token_verify, token_verify_cached
 from controllers.grpc.ratelimit import limit_for
 from darktower import errors
@@ -157,7 +163,8 @@ class WorkerContext:
         raise Refused(code, details)
 
 
-InMemory = Callable[[Any], Any]
+# (request, the caller's client id) -> the answer, or None when the call needs I/O.
+InMemory = Callable[[Any, str], Any]
 Behaviour = Callable[[Any, Any], Any]
 # The request of a call whose message bytes do not parse.
 MALFORMED = object()
@@ -268,7 +275,7 @@ class _Guard:
                 return None, None
         if self._limit is not None:
             self._limit(claims.subject, request)
-        return claims, self._in_memory(request)
+        return claims, self._in_memory(request, claims.subject)
 
     def _serve_in_worker(self, request: Any, metadata: Metadata,
                          claims: TokenClaims | None) -> Any:
@@ -314,18 +321,72 @@ def _guarded_unary(guard: _Guard, handler: grpc.RpcMethodHandler) -> grpc.RpcMet
 
 
 class OpenStream:
-    """A stream being served: whether it is waiting for its client's next beat, and whether the server is
-    stopping (then it ends after the beat it is serving, if any)."""
+    """A stream being served: whether it is waiting for its client's next beat, and whether it must end (the
+    server stopping, its token expiring, its client silent): then it ends after the beat it is serving, if any,
+    with `ending` (None: the server is stopping). `beat_at`: the event loop's time of its last beat."""
 
-    __slots__ = ("closing", "task", "waiting")
+    __slots__ = ("beat_at", "closing", "ending", "task", "waiting")
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    def __init__(self, task: asyncio.Task[Any], now: float = 0.0) -> None:
         self.task = task
         self.waiting = False
         self.closing = False
+        self.ending: Refused | None = None
+        self.beat_at = now
+
+    def end(self, refused: Refused) -> None:
+        """End the stream with `refused`: at once when it waits for a beat, else after the one it serves."""
+        if self.closing:
+            return
+        self.ending = refused
+        self.closing = True
+        if self.waiting:
+            self.task.cancel()
 
 
 SHUTTING_DOWN = "server shutting down; open a new stream"
+IDLE = "no beat within GRPC_STREAM_IDLE_TIMEOUT_SECONDS; open a new stream"
+
+
+class _StreamDeadlines:
+    """Ends a stream at its token's expiry (UNAUTHENTICATED) or after GRPC_STREAM_IDLE_TIMEOUT_SECONDS without a
+    beat (DEADLINE_EXCEEDED: the client went quiet, not the server away; UNAUTHENTICATED when this process
+    already knows the token was revoked). One timer per stream, re-armed when it fires early; the beats
+    themselves only note their time, so a steady stream costs nothing more per beat."""
+
+    __slots__ = ("_claims", "_handle", "_idle", "_loop", "_state")
+
+    def __init__(self, state: OpenStream, claims: TokenClaims, loop: asyncio.AbstractEventLoop) -> None:
+        self._state, self._claims, self._loop = state, claims, loop
+        self._idle = float(hot_setting("GRPC_STREAM_IDLE_TIMEOUT_SECONDS"))
+        self._handle: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _expires_in(self) -> float:
+        # Wall clock, as the token's exp is; the skew allowed is the one every verification allows.
+        return self._claims.expires_at_unix + hot_setting("JWT_CLOCK_SKEW_SECONDS") - time.time()
+
+    def _arm(self) -> None:
+        idle_in = self._state.beat_at + self._idle - self._loop.time()
+        self._handle = self._loop.call_later(max(0.0, min(self._expires_in(), idle_in)), self._check)
+
+    def _check(self) -> None:
+        state = self._state
+        if state.closing:
+            return
+        if self._expires_in() < 0:
+            state.end(Refused(grpc.StatusCode.UNAUTHENTICATED, "token expired"))
+        elif self._loop.time() - state.beat_at >= self._idle:
+            if blacklist_cached(self._claims.jti):
+                state.end(Refused(grpc.StatusCode.UNAUTHENTICATED, "token revoked"))
+            else:
+                state.end(Refused(grpc.StatusCode.DEADLINE_EXCEEDED, IDLE))
+        else:
+            self._arm()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard], handler: grpc.RpcMethodHandler,
@@ -338,10 +399,14 @@ def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard],
     async def stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         metadata = context.invocation_metadata() or ()
         member: str | None = None
-        state = OpenStream(asyncio.current_task())  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        state = OpenStream(asyncio.current_task(), loop.time())  # type: ignore[arg-type]
         open_streams.add(state)
+        deadlines: _StreamDeadlines | None = None
         try:
             opened = await opening.authenticate(metadata)
+            state.beat_at = loop.time()
+            deadlines = _StreamDeadlines(state, opened, loop)
             beats = aiter(requests)
             while not state.closing:
                 state.waiting = True
@@ -352,8 +417,9 @@ def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard],
                 except asyncio.CancelledError:
                     if not state.closing:
                         raise
-                    break  # end_streams: the server is stopping
+                    break  # end_streams (the server is stopping) or the stream's deadlines
                 state.waiting = False
+                state.beat_at = loop.time()
                 try:
                     if message is MALFORMED:
                         raise errors.InvalidInput("malformed request message")
@@ -371,10 +437,12 @@ def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard],
                 except errors.InvalidInput as exc:
                     raise refusal(method, exc) from None
                 yield spec.response(**{kind: await guards[kind].serve(beat, metadata, opened)})
-            raise Refused(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            raise state.ending or Refused(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         except Refused as refused:
             await _end(context, refused)
         finally:
+            if deadlines is not None:
+                deadlines.cancel()
             open_streams.discard(state)
 
     return grpc.stream_stream_rpc_method_handler(
@@ -420,7 +488,8 @@ class ServiceGuard:
         after answering the beat in hand; their clients reconnect, to another server. Call on the event loop,
         after the server stopped taking new calls. Returns how many were open."""
         for state in list(self._open_streams):
-            state.closing = True
-            if state.waiting:
-                state.task.cancel()
+            if not state.closing:
+                state.closing = True
+                if state.waiting:
+                    state.task.cancel()
         return len(self._open_streams)

@@ -3,20 +3,30 @@ and reflection, on a grpc.aio server (controllers.grpc.guard says what runs on i
 threads).
 
 The management command `grpcserver` runs it; the tests start the very same server on a loopback port.
+
+Transport: TLS when GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE are set, mutual TLS (a client certificate signed by
+GRPC_TLS_CLIENT_CA_FILE required on every connection) when that is set too. Service tokens are bearer
+credentials: in plaintext anyone on the path can take one, so with DEBUG off the command refuses a plaintext
+bind on any address but loopback (or a unix socket) unless GRPC_ALLOW_PLAINTEXT says a TLS-terminating proxy or
+a private link carries the traffic (`plaintext_refusal`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import threading
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
 import uvloop
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, close_old_connections, connection
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -50,6 +60,70 @@ MAX_PENDING_CALLS = 100_000
 LOOP_CALL_TIMEOUT = 10.0
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's certificate chain and private key (PEM), and the CA that client certificates must chain to
+    (None: no client certificate asked for)."""
+
+    certificate_chain: bytes = field(repr=False)
+    private_key: bytes = field(repr=False)
+    client_ca: bytes | None = field(default=None, repr=False)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.certificate_chain)], root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
+
+
+def _read_pem(setting: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ImproperlyConfigured(f"cannot read {setting} ({path}): {exc.strerror or exc}") from None
+
+
+def server_tls_from_settings() -> ServerTls | None:
+    """The TLS material GRPC_TLS_* name, read now; None for plaintext. ImproperlyConfigured when the settings
+    are incomplete or a file cannot be read."""
+    cert, key = settings.GRPC_TLS_CERT_FILE or "", settings.GRPC_TLS_KEY_FILE or ""
+    client_ca = settings.GRPC_TLS_CLIENT_CA_FILE or ""
+    if bool(cert) != bool(key):
+        raise ImproperlyConfigured("GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE go together: set both or neither")
+    if client_ca and not cert:
+        raise ImproperlyConfigured("GRPC_TLS_CLIENT_CA_FILE needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE too")
+    if not cert:
+        return None
+    return ServerTls(
+        certificate_chain=_read_pem("GRPC_TLS_CERT_FILE", cert), private_key=_read_pem("GRPC_TLS_KEY_FILE", key),
+        client_ca=_read_pem("GRPC_TLS_CLIENT_CA_FILE", client_ca) if client_ca else None,
+    )
+
+
+def _is_local(bind: str) -> bool:
+    """Whether `bind` (HOST:PORT, [V6]:PORT or unix:PATH) is reachable from this machine only."""
+    if bind.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = bind.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname or an empty host (every address): possibly public
+
+
+def plaintext_refusal(*, bind: str, tls: ServerTls | None, debug: bool, allow_plaintext: bool) -> str | None:
+    """Why the server must not start on `bind` without TLS, or None when it may."""
+    if tls is not None or debug or allow_plaintext or _is_local(bind):
+        return None
+    return (
+        f"refusing to serve plaintext gRPC on {bind} with DEBUG off: service tokens would cross the network in the "
+        "clear; set GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE, bind a loopback address, or set "
+        "GRPC_ALLOW_PLAINTEXT=1 when a TLS-terminating proxy or a private link carries the traffic"
+    )
 
 
 class HandlerWrapper(Protocol):
@@ -169,7 +243,7 @@ class GrpcServer:
     """A grpc.aio server on an event loop of its own thread, its worker threads for the blocking servicers,
     and the database watch. Used from ordinary threads: start(), stop(), `port`, `health`."""
 
-    def __init__(self, *, bind: str, workers: int, reuse_port: bool) -> None:
+    def __init__(self, *, bind: str, workers: int, reuse_port: bool, tls: ServerTls | None = None) -> None:
         # uvloop (libuv) instead of asyncio's default selector loop: every call crosses the loop several times
         # (grpc.aio hands each completion from its poller thread to the loop), and uvloop's dispatch costs less
         # CPU per crossing. Bench 1, same run shape: server CPU per unary call 274 -> 249-254 µs, closed-loop
@@ -179,7 +253,7 @@ class GrpcServer:
         self._thread.start()
         self.executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc-worker")
         try:
-            self.server, self.port, servicer = self._call(self._build(bind, reuse_port))
+            self.server, self.port, servicer = self._call(self._build(bind, reuse_port, tls))
         except BaseException:
             self._close_loop()
             raise
@@ -191,7 +265,8 @@ class GrpcServer:
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    async def _build(self, bind: str, reuse_port: bool) -> tuple[grpc.aio.Server, int, health_async.HealthServicer]:
+    async def _build(self, bind: str, reuse_port: bool,
+                     tls: ServerTls | None) -> tuple[grpc.aio.Server, int, health_async.HealthServicer]:
         options = [
             ("grpc.max_receive_message_length", settings.GRPC_MAX_RECEIVE_MESSAGE_BYTES),
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
@@ -222,7 +297,7 @@ class GrpcServer:
         )
         server = grpc.aio.server(handlers=[handlers], options=options)
         try:
-            port = server.add_insecure_port(bind)
+            port = server.add_secure_port(bind, tls.credentials()) if tls else server.add_insecure_port(bind)
         except RuntimeError as exc:
             raise OSError(f"cannot bind gRPC server to {bind}") from exc
         if port == 0:
@@ -268,6 +343,6 @@ class GrpcServer:
         self._loop.close()
 
 
-def build_server(*, bind: str, workers: int, reuse_port: bool = False) -> GrpcServer:
-    """A server bound to `bind` (port 0 picks a free one), not yet started."""
-    return GrpcServer(bind=bind, workers=workers, reuse_port=reuse_port)
+def build_server(*, bind: str, workers: int, reuse_port: bool = False, tls: ServerTls | None = None) -> GrpcServer:
+    """A server bound to `bind` (port 0 picks a free one), over TLS when `tls` is given, not yet started."""
+    return GrpcServer(bind=bind, workers=workers, reuse_port=reuse_port, tls=tls)

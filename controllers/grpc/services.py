@@ -40,7 +40,7 @@ from controllers.validation import (
     validate_uuid,
 )
 from dark_tower.internal.v1 import internal_pb2 as pb
-from darktower.errors import InvalidInput
+from darktower.errors import InvalidInput, Unauthenticated
 
 # The wire enum's numbers (part of the contract) to our stored states.
 _HEALTH = {
@@ -78,25 +78,37 @@ def _capacity(request: Any) -> dict[str, int | float | None]:
     }
 
 
-def _fast_beat(request: pb.FastHeartbeatRequest) -> Beat:
-    return Beat(validate_id(request.controller_id, field="controller_id"), _health(request.health), _capacity(request))
+def _fast_beat(request: pb.FastHeartbeatRequest, client_id: str) -> Beat:
+    return Beat(validate_id(request.controller_id, field="controller_id"), _health(request.health), _capacity(request),
+                client_id=client_id)
 
 
-def _comprehensive_beat(request: pb.ComprehensiveHeartbeatRequest) -> Beat:
+def _comprehensive_beat(request: pb.ComprehensiveHeartbeatRequest, client_id: str) -> Beat:
     values = _capacity(request)
     values["cpu_usage_percent"] = validate_percent(request.cpu_usage_percent, field="cpu_usage_percent")
     values["memory_usage_percent"] = validate_percent(request.memory_usage_percent, field="memory_usage_percent")
-    return Beat(validate_id(request.controller_id, field="controller_id"), _health(request.health), values)
+    return Beat(validate_id(request.controller_id, field="controller_id"), _health(request.health), values,
+                client_id=client_id)
 
 
-def _load_report(request: pb.SendLoadReportRequest) -> Beat:
+def _load_report(request: pb.SendLoadReportRequest, client_id: str) -> Beat:
     values: dict[str, int | float | None] = {
         "current_streams": validate_capacity(request.current_streams, field="current_streams"),
         "cpu_usage_percent": validate_percent(request.cpu_usage_percent, field="cpu_usage_percent"),
         "memory_usage_percent": validate_percent(request.memory_usage_percent, field="memory_usage_percent"),
         "bandwidth_usage_percent": validate_percent(request.bandwidth_usage_percent, field="bandwidth_usage_percent"),
     }
-    return Beat(validate_id(request.handler_id, field="handler_id"), _health(request.health), values)
+    return Beat(validate_id(request.handler_id, field="handler_id"), _health(request.health), values,
+                client_id=client_id)
+
+
+def _caller() -> str:
+    """The calling credential's client id; the guard has authenticated every call that reaches a servicer, so a
+    missing one is a bug, refused rather than served as the GC itself."""
+    client_id = current_client_id()
+    if client_id is None:
+        raise Unauthenticated("missing bearer token")
+    return client_id
 
 
 class GlobalControllerService(Service):
@@ -116,9 +128,9 @@ class GlobalControllerService(Service):
             ),
             max_meetings=validate_capacity(request.max_meetings, field="max_meetings", minimum=1),
             max_participants=validate_capacity(request.max_participants, field="max_participants", minimum=1),
-            actor_client_id=current_client_id(),
+            actor_client_id=_caller(),
         )
-        controller_heartbeats.remember(registration.member_id, registration.health_status)
+        controller_heartbeats.remember(registration.member_id, registration.health_status, _caller())
         return pb.RegisterMCResponse(
             accepted=True,
             message="registered" if registration.created else "re-registered",
@@ -129,13 +141,13 @@ class GlobalControllerService(Service):
     def FastHeartbeat(
         self, request: pb.FastHeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.FastHeartbeatResponse:
-        controller_heartbeats.record(_fast_beat(request))
+        controller_heartbeats.record(_fast_beat(request, _caller()))
         return pb.FastHeartbeatResponse(acknowledged=True, timestamp=unix_now())
 
     def ComprehensiveHeartbeat(
         self, request: pb.ComprehensiveHeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.ComprehensiveHeartbeatResponse:
-        controller_heartbeats.record(_comprehensive_beat(request))
+        controller_heartbeats.record(_comprehensive_beat(request, _caller()))
         return pb.ComprehensiveHeartbeatResponse(acknowledged=True, timestamp=unix_now())
 
     def NotifyMeetingEnded(
@@ -144,7 +156,7 @@ class GlobalControllerService(Service):
         meeting_ended_notify(
             meeting_id=validate_uuid(request.meeting_id, field="meeting_id"),
             region=validate_region(request.region),
-            actor_client_id=current_client_id(),
+            actor_client_id=_caller(),
         )
         return pb.NotifyMeetingEndedResponse(acknowledged=True)
 
@@ -161,9 +173,9 @@ class MediaHandlerRegistryService(Service):
                 request.webtransport_endpoint, field="webtransport_endpoint", schemes=WEBTRANSPORT_SCHEMES
             ),
             max_streams=validate_capacity(request.max_streams, field="max_streams", minimum=1),
-            actor_client_id=current_client_id(),
+            actor_client_id=_caller(),
         )
-        handler_load_reports.remember(registration.member_id, registration.health_status)
+        handler_load_reports.remember(registration.member_id, registration.health_status, _caller())
         return pb.RegisterMHResponse(
             accepted=True,
             message="registered" if registration.created else "re-registered",
@@ -173,15 +185,15 @@ class MediaHandlerRegistryService(Service):
     def SendLoadReport(
         self, request: pb.SendLoadReportRequest, context: grpc.ServicerContext
     ) -> pb.SendLoadReportResponse:
-        handler_load_reports.record(_load_report(request))
+        handler_load_reports.record(_load_report(request, _caller()))
         return pb.SendLoadReportResponse(acknowledged=True, timestamp=unix_now())
 
 
 def _in_memory(
-    recorder: HeartbeatRecorder, beat_of: Callable[[Any], Beat], answer: Callable[..., Message]
-) -> Callable[[Any], Message | None]:
-    def serve(request: Any) -> Message | None:
-        if not recorder.record_in_memory(beat_of(request)):
+    recorder: HeartbeatRecorder, beat_of: Callable[[Any, str], Beat], answer: Callable[..., Message]
+) -> Callable[[Any, str], Message | None]:
+    def serve(request: Any, client_id: str) -> Message | None:
+        if not recorder.record_in_memory(beat_of(request, client_id)):
             return None
         return answer(acknowledged=True, timestamp=unix_now())
 
@@ -190,8 +202,9 @@ def _in_memory(
 
 # The heartbeat methods as the event loop serves them when their call needs no I/O (the member is known and its
 # state does not change): the same validation and recorder as the servicer methods above, which serve the calls
-# these answer None to (a lookup, a synchronous write) in a worker thread.
-IN_MEMORY_METHODS: dict[str, Callable[[Any], Message | None]] = {
+# these answer None to (a lookup, a synchronous write, a member this process does not know to be the caller's)
+# in a worker thread. The second argument is the calling credential's client id.
+IN_MEMORY_METHODS: dict[str, Callable[[Any, str], Message | None]] = {
     f"/{GLOBAL_CONTROLLER_SERVICE}/FastHeartbeat": _in_memory(
         controller_heartbeats, _fast_beat, pb.FastHeartbeatResponse
     ),

@@ -11,6 +11,10 @@ exceptions that keep a restart from escaping a decision (issue 8):
   with its deadline and target: a restart mid-drain does not cancel the operator's drain. A controller that
   reported DRAINING itself comes back `pending` (it restarted after its own graceful drain).
 
+A member belongs to the credential that registered it (`owner_client_id`, controllers.services.ownership):
+registration by another credential changes nothing and is refused (PermissionDenied, a failure audit row), an
+unowned row (older than ownership) is claimed by it, and a beat is written only while its sender owns the member.
+
 Heartbeats (MCs) and load reports (MHs) are both "beats" here, written by one set-based statement for one or
 many members (`beats_record`; `beats_flush` for a caller that tracks their states): the gRPC hot path coalesces
 them in memory and writes a batch every HEARTBEAT_FLUSH_INTERVAL_MS (controllers/heartbeats.py), a beat that
@@ -33,12 +37,13 @@ import orjson
 from django.conf import settings
 from django.db import connection, transaction
 
-from audit.models import ActorType
+from audit.models import ActorType, AuditResult
 from audit.relay import CAPACITY_SCRIPT_BATCH, capacity_values_sql
 from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue
 from controllers.models import HealthStatus, TransitionReason
 from controllers.services.capacity import release_cte_sql, unassign_cte_sql
 from controllers.services.health import RecoveryReport, heartbeat_recovery
+from controllers.services.ownership import member_access_refuse, member_claim_audit
 from controllers.services.transitions import (
     CONTROLLER,
     HANDLER,
@@ -48,7 +53,7 @@ from controllers.services.transitions import (
     transitions_record,
 )
 from darktower.db import server_bound_cursor
-from darktower.errors import NotFound
+from darktower.errors import NotFound, PermissionDenied
 from meetings.models import LeaveReason
 
 # What the member reports about itself; PENDING means "no opinion" (proto3's default value).
@@ -134,6 +139,9 @@ class Beat:
     # time.monotonic() when the GC received it: a coalesced beat is written up to a flush interval later, and the
     # assignments made in between are not in its report (in-flight accounting, see _beats_statement).
     received_at: float = field(default_factory=time.monotonic)
+    # The credential that sent it (the token's subject): written only while that credential owns the member.
+    # None: the GC's own code, which needs no owner.
+    client_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -175,16 +183,19 @@ class Registration:
 # --- registration ----------------------------------------------------------------------------------------
 
 # The row lock first, so the audit row can say which state re-registration left (ON CONFLICT cannot return
-# the old row before PostgreSQL 18). A concurrent first registration of the same id is serialised by the
-# unique index; the loser updates the winner's row and reports created = false.
-_LOCK_SQL = "SELECT health_status FROM {table} WHERE {pk} = %(id)s FOR UPDATE"
+# the old row before PostgreSQL 18), and whether the caller may register it: a row owned by another credential
+# is left as it is. A concurrent first registration of the same id is serialised by the unique index; the loser
+# updates the winner's row and reports created = false if both are one credential, and updates nothing (no row
+# returned: refused) if not. An unowned row (older than ownership) is claimed by its first registration.
+_LOCK_SQL = "SELECT health_status, owner_client_id FROM {table} WHERE {pk} = %(id)s FOR UPDATE"
 
 _REGISTER_SQL = """
 INSERT INTO {table} AS t ({pk}, region, endpoint, grpc_endpoint, webtransport_endpoint, {capacity_columns},
-                         health_status, last_heartbeat_at)
+                         health_status, last_heartbeat_at, owner_client_id)
 VALUES (%(id)s, %(region)s, %(endpoint)s, %(grpc_endpoint)s, %(webtransport_endpoint)s, {capacity_values},
-        'pending', now())
+        'pending', now(), %(client_id)s)
 ON CONFLICT ({pk}) DO UPDATE SET
+    owner_client_id = coalesce(t.owner_client_id, EXCLUDED.owner_client_id),
     region = EXCLUDED.region,
     endpoint = EXCLUDED.endpoint,
     grpc_endpoint = EXCLUDED.grpc_endpoint,
@@ -201,6 +212,7 @@ ON CONFLICT ({pk}) DO UPDATE SET
         WHEN t.health_status = 'pending' THEN t.hold_down_until
     END,
     last_heartbeat_at = now()
+WHERE %(client_id)s::text IS NULL OR t.owner_client_id IS NULL OR t.owner_client_id = %(client_id)s::text
 RETURNING t.health_status, (t.xmax = 0) AS created, t.hold_down_until
 """
 
@@ -221,7 +233,7 @@ def _register(
     params: dict[str, Any] = {
         "id": member_id, "region": region, "endpoint": endpoint, "grpc_endpoint": grpc_endpoint,
         "webtransport_endpoint": webtransport_endpoint, "hold_down": settings.UNHEALTHY_HOLD_DOWN_SECONDS,
-        **capacity, **insert_only,
+        "client_id": actor_client_id, **capacity, **insert_only,
     }
     inserted = [*capacity, *insert_only]
     sql = _REGISTER_SQL.format(
@@ -231,47 +243,83 @@ def _register(
         capacity_updates=", ".join(f"{column} = EXCLUDED.{column}" for column in capacity),
         operator_drain=_OPERATOR_DRAIN_SQL if kind.component is CONTROLLER else "false",
     )
+    refused: PermissionDenied | None = None
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_LOCK_SQL.format(table=kind.table, pk=kind.pk), {"id": member_id})
         previous = cursor.fetchone()
-        cursor.execute(sql, params)
-        health_status, created, hold_down_until = cursor.fetchone()
-        from_status = previous[0] if previous else None
-        if from_status != health_status:
-            transitions_record([
-                Transition(
-                    component_type=kind.component.type, component_id=member_id, region=region,
-                    from_status=from_status, to_status=health_status, reason=TransitionReason.REGISTERED,
-                    actor_type=ActorType.SERVICE,
-                    metadata={
-                        "client_id": actor_client_id,
-                        "hold_down_until": hold_down_until.isoformat() if hold_down_until else None,
-                    },
-                )
-            ])
-        event_type = f"{kind.event_prefix}_registered" if created else f"{kind.event_prefix}_reregistered"
-        # Announced like every other state change, so the relay refreshes the controller's capacity hash at once.
-        outbox_enqueue(
-            aggregate_type=kind.event_prefix, aggregate_id=member_id, event_type=event_type,
-            payload={"id": member_id, "region": region, "from_status": from_status, "to_status": health_status},
-        )
-        audit_record(
-            event_type=event_type,
-            action="register",
-            actor_type=ActorType.SERVICE,
-            target_type=kind.target_type,
-            target_id=member_id,
-            metadata={
-                "client_id": actor_client_id,
-                "region": region,
-                "from_status": from_status,
-                "to_status": health_status,
-                "hold_down_until": hold_down_until.isoformat() if hold_down_until else None,
-                "grpc_endpoint": grpc_endpoint,
-                "webtransport_endpoint": webtransport_endpoint,
-                **capacity,
-            },
-        )
+        written = None
+        if not _owned_by_another(previous, actor_client_id):
+            cursor.execute(sql, params)
+            written = cursor.fetchone()
+        if written is None:
+            # Another credential's member, or one that another credential inserted while this call waited.
+            if previous is None:
+                cursor.execute(_LOCK_SQL.format(table=kind.table, pk=kind.pk), {"id": member_id})
+                previous = cursor.fetchone()
+            assert actor_client_id is not None and previous is not None
+            refused = member_access_refuse(kind=kind, member_id=member_id, client_id=actor_client_id,
+                                           owner_client_id=previous[1], action="register")
+        else:
+            registration = _registered(kind=kind, member_id=member_id, region=region, previous=previous,
+                                       written=written, grpc_endpoint=grpc_endpoint,
+                                       webtransport_endpoint=webtransport_endpoint, capacity=capacity,
+                                       actor_client_id=actor_client_id)
+    if refused is not None:
+        raise refused
+    return registration
+
+
+def _owned_by_another(previous: tuple[str, str | None] | None, client_id: str | None) -> bool:
+    """Whether a locked member row (health_status, owner_client_id) belongs to a credential other than the
+    caller's (None: the GC's own code, which is not a credential and owns nothing)."""
+    return previous is not None and client_id is not None and previous[1] not in (None, client_id)
+
+
+def _registered(
+    *, kind: MemberKind, member_id: str, region: str, previous: tuple[str, str | None] | None,
+    written: tuple[str, bool, datetime | None], grpc_endpoint: str | None, webtransport_endpoint: str | None,
+    capacity: dict[str, int], actor_client_id: str | None,
+) -> Registration:
+    """The transition, outbox and audit rows of a registration the UPSERT wrote (in its transaction)."""
+    health_status, created, hold_down_until = written
+    from_status = previous[0] if previous else None
+    if previous is not None and previous[1] is None and actor_client_id is not None:
+        member_claim_audit(kind=kind, member_id=member_id, client_id=actor_client_id, via="register")
+    if from_status != health_status:
+        transitions_record([
+            Transition(
+                component_type=kind.component.type, component_id=member_id, region=region,
+                from_status=from_status, to_status=health_status, reason=TransitionReason.REGISTERED,
+                actor_type=ActorType.SERVICE,
+                metadata={
+                    "client_id": actor_client_id,
+                    "hold_down_until": hold_down_until.isoformat() if hold_down_until else None,
+                },
+            )
+        ])
+    event_type = f"{kind.event_prefix}_registered" if created else f"{kind.event_prefix}_reregistered"
+    # Announced like every other state change, so the relay refreshes the controller's capacity hash at once.
+    outbox_enqueue(
+        aggregate_type=kind.event_prefix, aggregate_id=member_id, event_type=event_type,
+        payload={"id": member_id, "region": region, "from_status": from_status, "to_status": health_status},
+    )
+    audit_record(
+        event_type=event_type,
+        action="register",
+        actor_type=ActorType.SERVICE,
+        target_type=kind.target_type,
+        target_id=member_id,
+        metadata={
+            "client_id": actor_client_id,
+            "region": region,
+            "from_status": from_status,
+            "to_status": health_status,
+            "hold_down_until": hold_down_until.isoformat() if hold_down_until else None,
+            "grpc_endpoint": grpc_endpoint,
+            "webtransport_endpoint": webtransport_endpoint,
+            **capacity,
+        },
+    )
     return Registration(member_id, region, created, from_status, health_status, hold_down_until)
 
 
@@ -350,6 +398,12 @@ def _beat_set(kind: MemberKind, *, beat: str, from_status: str) -> str:
     return assignments
 
 
+# A beat is written only while its sender owns the member. One that another credential now owns (an operator
+# moved the member since this process last loaded it) is left out like a member without a row: the caller drops
+# what it knew of the member, and the sender's next beat loads the owner and is refused.
+_OWNED = "(b.client_id IS NULL OR t.owner_client_id = b.client_id)"
+
+
 def _beats_statement(kind: MemberKind) -> str:
     """One statement for a batch, recording its own transitions (controllers.services.transitions).
 
@@ -379,7 +433,7 @@ def _beats_statement(kind: MemberKind) -> str:
         # snapshot and again for the UPDATE (two sequential scans per flush, ~12 ms each at 20,000 MCs); the
         # ANY lets it probe the primary key for the batch's rows, and the UPDATE then follows by key too.
         where=f"t.{pk} = b.id AND t.{pk} = ANY(ARRAY("  # noqa: S608 (constants only)
-        "SELECT b.id FROM batch b WHERE NOT EXISTS (SELECT FROM steady w WHERE w.id = b.id)))",
+        f"SELECT b.id FROM batch b WHERE NOT EXISTS (SELECT FROM steady w WHERE w.id = b.id))) AND {_OWNED}",
         snapshot_from=", batch b",
         snapshot_columns=", b.reported, b.known, b.age" + "".join(f", b.{column}" for column in columns),
         set_status=_health_after_sql("s.from_status", "s.reported"),
@@ -405,11 +459,11 @@ def _beats_statement(kind: MemberKind) -> str:
     # GIL that the event loop serving beats in the same process waits for.
     return (
         "WITH batch AS MATERIALIZED (SELECT * FROM jsonb_to_recordset(%(beats)s::jsonb) AS b(id text, "  # noqa: S608
-        f"reported text, known text, steady boolean, age double precision, {record})), "
+        f"reported text, known text, steady boolean, age double precision, client_id text, {record})), "
         f"steady AS (UPDATE {kind.table} t SET health_status = t.health_status"
         f"{_beat_set(kind, beat='b', from_status='t.health_status')} FROM batch b "
         f"WHERE t.{pk} = b.id AND t.{pk} = ANY(ARRAY(SELECT b.id FROM batch b WHERE b.steady)) "
-        f"AND b.steady AND t.health_status = b.known RETURNING t.{pk} AS id{steady_returning}), "
+        f"AND b.steady AND t.health_status = b.known AND {_OWNED} RETURNING t.{pk} AS id{steady_returning}), "
         # A steady fleet's flush returns no row: building hundreds of rows in Python, only to learn that nothing
         # changed, was a sixth of its CPU, holding the GIL the event loop serving beats waits for.
         f"{ctes} SELECT id, region, from_status, to_status, NULL::text FROM changed "
@@ -454,6 +508,7 @@ def beats_flush(*, kind: MemberKind, beats: Sequence[Beat], known: Mapping[str, 
         # standard json module took 1.0 ms of CPU for 400 beats, orjson 0.06 ms.
         "beats": orjson.dumps([
             dict(beat.values, id=beat.member_id, reported=beat.reported, known=known.get(beat.member_id),
+                 client_id=beat.client_id,
                  steady=beat_is_steady(known.get(beat.member_id), beat.reported),
                  age=max(0.0, received - beat.received_at))
             for beat in beats
@@ -551,21 +606,30 @@ def _one_beat(kind: MemberKind, beat: Beat) -> BeatOutcome:
     return outcomes[0]
 
 
-def members_health(*, kind: MemberKind, member_ids: Sequence[str] | None = None) -> dict[str, str]:
-    """The health state of the given members that exist, or of every member (the heartbeat cache's refresh)."""
-    sql = f"SELECT {kind.pk}, health_status FROM {kind.table}"  # noqa: S608
+def members_health(
+    *, kind: MemberKind, member_ids: Sequence[str] | None = None
+) -> dict[str, tuple[str, str | None]]:
+    """(health state, owner's client id) of the given members that exist, or of every member (the heartbeat
+    cache's refresh)."""
+    sql = f"SELECT {kind.pk}, health_status, owner_client_id FROM {kind.table}"  # noqa: S608
     params: dict[str, Any] = {}
     if member_ids is not None:
         sql += f" WHERE {kind.pk} = ANY(%(ids)s)"
         params["ids"] = list(member_ids)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return dict(cursor.fetchall())
+        return {member_id: (state, owner) for member_id, state, owner in cursor.fetchall()}
 
 
 # --- meetings ended by their controller ---------------------------------------------------------------------
 
 END_REASON_MEETING_ENDED = "meeting_ended"
+
+# A caller (a credential; NULL: the GC's own code) may end only an assignment on an MC it owns (a primary-key probe
+# per assignment of the meeting).
+_HOSTED_BY_CALLER_SQL = """%(client_id)s::text IS NULL OR EXISTS (
+    SELECT 1 FROM meeting_controllers c
+    WHERE c.controller_id = a.meeting_controller_id AND c.owner_client_id = %(client_id)s::text)"""
 
 # One statement: end the (meeting, region) assignment if still active, give back what it held on the MC and
 # clear the meeting's pointer to it (controllers.services.capacity).
@@ -578,11 +642,21 @@ WITH meeting AS (
     UPDATE meeting_assignments a SET ended_at = greatest(now(), a.assigned_at), end_reason = %(reason)s
     FROM meeting
     WHERE a.meeting_id = meeting.meeting_id AND a.region = %(region)s AND a.ended_at IS NULL
+      AND ({hosted_by_caller})
     RETURNING a.id, a.meeting_id, a.meeting_controller_id, a.reserved_participants
 ), {released}, {unassigned}
 SELECT (SELECT count(*) FROM meeting), ended.id, ended.meeting_controller_id
 FROM (SELECT 1) one LEFT JOIN ended ON true
-""".format(released=release_cte_sql("ended"), unassigned=unassign_cte_sql("ended"))  # noqa: S608 -- constants only
+""".format(  # noqa: S608 -- constants only
+    released=release_cte_sql("ended"), unassigned=unassign_cte_sql("ended"), hosted_by_caller=_HOSTED_BY_CALLER_SQL,
+)
+
+# After nothing was ended: did the caller's MCs ever host the meeting in that region (a repeated notification,
+# harmless), or is the meeting hosted elsewhere or nowhere (refused)?
+_HOSTED_BEFORE_SQL = f"""
+SELECT EXISTS (SELECT 1 FROM meeting_assignments a
+               WHERE a.meeting_id = %(meeting_id)s AND a.region = %(region)s AND ({_HOSTED_BY_CALLER_SQL}))
+"""  # noqa: S608 -- constants only
 
 _END_MEETING_IF_IDLE_SQL = """
 UPDATE meetings m SET status = 'ended', ended_at = now()
@@ -611,37 +685,67 @@ def meeting_ended_notify(
 ) -> MeetingEndedResult:
     """A controller says a meeting ended in its region: end that assignment, and the meeting itself (status
     ended, present participants closed) once no region runs it. Idempotent; NotFound for an unknown meeting.
+
+    A calling credential (`actor_client_id`) ends only an assignment on one of its own MCs, and so the meeting
+    only when that was the last one active anywhere. A meeting its MCs do not host (another fleet's, or nobody's)
+    in that region: PermissionDenied, a failure audit row, and nothing changes.
     """
     params = {
         "meeting_id": meeting_id, "region": region, "reason": END_REASON_MEETING_ENDED,
-        "leave_reason": LeaveReason.MEETING_ENDED.value,
+        "leave_reason": LeaveReason.MEETING_ENDED.value, "client_id": actor_client_id,
     }
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_END_ASSIGNMENT_SQL, params)
         found, assignment_id, controller_id = cursor.fetchone()
         if not found:
             raise NotFound("unknown meeting")
-        if assignment_id is not None:
-            audit_record(
-                event_type="meeting_assignment_ended", action="end_assignment", actor_type=ActorType.SERVICE,
-                target_type="meeting", target_id=str(meeting_id),
-                metadata={
-                    "assignment_id": assignment_id, "controller_id": controller_id, "region": region,
-                    "reason": END_REASON_MEETING_ENDED, "client_id": actor_client_id,
-                },
-            )
-        cursor.execute(_END_MEETING_IF_IDLE_SQL, params)
-        meeting_ended = cursor.fetchone() is not None
-        if meeting_ended:
-            cursor.execute(_CLOSE_PARTICIPANTS_SQL, params)
-            closed = cursor.rowcount
-            outbox_enqueue(
-                aggregate_type="meeting", aggregate_id=str(meeting_id), event_type="meeting_ended",
-                payload={"meeting_id": str(meeting_id), "controller_ids": [controller_id] if controller_id else []},
-            )
-            audit_record(
-                event_type="meeting_ended", action="end", actor_type=ActorType.SERVICE,
-                target_type="meeting", target_id=str(meeting_id),
-                metadata={"region": region, "participants_closed": closed, "client_id": actor_client_id},
-            )
+        refused = None
+        if assignment_id is None and actor_client_id is not None:
+            cursor.execute(_HOSTED_BEFORE_SQL, params)
+            if not cursor.fetchone()[0]:
+                refused = PermissionDenied("the meeting is not hosted by this credential's meeting controllers")
+                audit_record(
+                    event_type="meeting_end_denied", action="end_assignment", actor_type=ActorType.SERVICE,
+                    result=AuditResult.FAILURE, target_type="meeting", target_id=str(meeting_id),
+                    error_message=str(refused.message), metadata={"region": region, "client_id": actor_client_id},
+                )
+        meeting_ended = False
+        if refused is None:
+            meeting_ended = _meeting_end_if_idle(cursor, params, assignment_id=assignment_id,
+                                                 controller_id=controller_id, actor_client_id=actor_client_id)
+    if refused is not None:
+        raise refused
     return MeetingEndedResult(assignment_ended=assignment_id is not None, meeting_ended=meeting_ended)
+
+
+def _meeting_end_if_idle(
+    cursor: Any, params: dict[str, Any], *, assignment_id: int | None, controller_id: str | None,
+    actor_client_id: str | None,
+) -> bool:
+    """The audit row of the assignment just ended (if any), then end the meeting if no region runs it any more
+    (in meeting_ended_notify's transaction); whether it ended."""
+    meeting_id, region = params["meeting_id"], params["region"]
+    if assignment_id is not None:
+        audit_record(
+            event_type="meeting_assignment_ended", action="end_assignment", actor_type=ActorType.SERVICE,
+            target_type="meeting", target_id=str(meeting_id),
+            metadata={
+                "assignment_id": assignment_id, "controller_id": controller_id, "region": region,
+                "reason": END_REASON_MEETING_ENDED, "client_id": actor_client_id,
+            },
+        )
+    cursor.execute(_END_MEETING_IF_IDLE_SQL, params)
+    if cursor.fetchone() is None:
+        return False
+    cursor.execute(_CLOSE_PARTICIPANTS_SQL, params)
+    closed = cursor.rowcount
+    outbox_enqueue(
+        aggregate_type="meeting", aggregate_id=str(meeting_id), event_type="meeting_ended",
+        payload={"meeting_id": str(meeting_id), "controller_ids": [controller_id] if controller_id else []},
+    )
+    audit_record(
+        event_type="meeting_ended", action="end", actor_type=ActorType.SERVICE,
+        target_type="meeting", target_id=str(meeting_id),
+        metadata={"region": region, "participants_closed": closed, "client_id": actor_client_id},
+    )
+    return True

@@ -81,7 +81,7 @@ class BearerTokenAuthentication(BaseAuthentication):
         user = _active_user(claims.subject)
         if user is None:
             raise exceptions.AuthenticationFailed("Unknown or inactive user.")
-        scopes = frozenset(claims.scopes) & user_scopes(user)
+        scopes = user_scopes(user, among=frozenset(claims.scopes))
         return user, Principal(kind="user", user=user, scopes=scopes, claims=claims)
 
     def authenticate_header(self, request: Request) -> str:
@@ -97,7 +97,7 @@ class ApiKeyAuthentication(BaseAuthentication):
             api_key = api_key_authenticate(raw)
         except Unauthenticated as exc:
             raise exceptions.AuthenticationFailed(exc.message) from None
-        scopes = frozenset(api_key.scopes) & user_scopes(api_key.user)
+        scopes = user_scopes(api_key.user, among=frozenset(api_key.scopes))
         return api_key.user, Principal(kind="api_key", user=api_key.user, scopes=scopes, api_key_id=api_key.pk)
 
     def authenticate_header(self, request: Request) -> str:

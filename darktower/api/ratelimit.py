@@ -5,6 +5,9 @@ Each request INCRs the counter of every limit that applies to it and sets the co
 pipelined round trip; a counter above its limit answers 429 with Retry-After (the seconds left in the
 window). The limits and the window are settings (RATE_LIMIT_*).
 
+Login counts failed attempts only (`ratelimit_reserve`): an attempt takes a unit of every limit at once, and
+only when all have one left (a refused attempt takes none); a successful login gives its unit back.
+
 Redis unreachable: the API keeps serving (fail open) and logs a warning once per outage, because a cache outage must not
 take the control plane down with it. The caller may pass `on_unavailable` to decide otherwise: login does,
 and falls back to counting recent failed logins in the audit trail (see accounts.services.users).
@@ -56,15 +59,7 @@ def ratelimit_hit(limits: Sequence[RateLimit], *, on_unavailable: Callable[[], N
             pipeline.expire(key, limit.window_seconds)
         counts = pipeline.execute()[::2]
     except redis.RedisError as exc:
-        endpoints = sorted({limit.endpoint for limit in limits})
-        _outage_began(exc, endpoints, "not limited" if on_unavailable is None else "uses its fallback")
-        if on_unavailable is None:
-            return
-        try:
-            on_unavailable()
-        except Throttled:
-            _count_rejection(endpoints)
-            raise
+        _unavailable(exc, limits, on_unavailable)
         return
     _outage_ended()
     exceeded = [
@@ -76,6 +71,85 @@ def ratelimit_hit(limits: Sequence[RateLimit], *, on_unavailable: Callable[[], N
         _count_rejection(sorted({endpoint for endpoint, _ in exceeded}))
         retry_after = max(seconds for _, seconds in exceeded)
         raise Throttled("Too many requests; retry later.", retry_after_seconds=max(1, math.ceil(retry_after)))
+
+
+# Takes one unit of every counter, only when none is at its limit; else returns the 1-based indexes of the
+# counters at their limit and takes nothing. Atomic, so concurrent attempts never get past a limit together.
+# KEYS: the counters; ARGV: their limits, then their TTLs.
+_RESERVE_SCRIPT = """
+local n = #KEYS
+local full = {}
+for i = 1, n do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[i]) then full[#full + 1] = i end
+end
+if #full > 0 then return full end
+for i = 1, n do
+  redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], ARGV[n + i])
+end
+return full
+"""
+
+# Gives a unit back to the counters that still exist (an expired window has nothing to give back to).
+_REFUND_SCRIPT = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('DECR', KEYS[i]) end
+end
+return 0
+"""
+
+
+def _noop() -> None:
+    return None
+
+
+def ratelimit_reserve(
+    limits: Sequence[RateLimit], *, on_unavailable: Callable[[], None] | None = None
+) -> Callable[[], None]:
+    """Take one unit of each limit for an attempt whose outcome decides whether it counts; raise Throttled
+    (taking nothing) when any limit is used up. Returns the refund, to call when the attempt turns out not to
+    count (a login that succeeded). With Redis unreachable, `on_unavailable` decides as for `ratelimit_hit`, and
+    the refund does nothing."""
+    if not limits:
+        return _noop
+    now = time.time()
+    windows = [int(now // limit.window_seconds) * limit.window_seconds for limit in limits]
+    keys = [limit.key(window_start) for limit, window_start in zip(limits, windows, strict=True)]
+    arguments = [limit.limit for limit in limits] + [limit.window_seconds for limit in limits]
+    try:
+        full = redis_client().register_script(_RESERVE_SCRIPT)(keys=keys, args=arguments)
+    except redis.RedisError as exc:
+        _unavailable(exc, limits, on_unavailable)
+        return _noop
+    _outage_ended()
+    if full:
+        exceeded = [(limits[int(index) - 1], windows[int(index) - 1]) for index in full]
+        _count_rejection(sorted({limit.endpoint for limit, _ in exceeded}))
+        retry_after = max(window_start + limit.window_seconds - now for limit, window_start in exceeded)
+        raise Throttled("Too many requests; retry later.", retry_after_seconds=max(1, math.ceil(retry_after)))
+
+    def refund() -> None:
+        try:
+            redis_client().register_script(_REFUND_SCRIPT)(keys=keys)
+        except redis.RedisError as exc:
+            # The attempt stays counted until its window ends: one unit, not worth failing a good login for.
+            _outage_began(exc, sorted({limit.endpoint for limit in limits}), "keeps a refund it could not give")
+
+    return refund
+
+
+def _unavailable(
+    exc: redis.RedisError, limits: Sequence[RateLimit], on_unavailable: Callable[[], None] | None
+) -> None:
+    endpoints = sorted({limit.endpoint for limit in limits})
+    _outage_began(exc, endpoints, "not limited" if on_unavailable is None else "uses its fallback")
+    if on_unavailable is None:
+        return
+    try:
+        on_unavailable()
+    except Throttled:
+        _count_rejection(endpoints)
+        raise
 
 
 # The Redis URLs this process found unreachable: one warning when an outage begins and one when it ends, not a
@@ -117,10 +191,17 @@ def window_seconds() -> int:
 
 
 def login_limits(*, ip_address: str, email_hash: str) -> list[RateLimit]:
-    """Brute force: per client address and per account (by the hash of the email, never the email)."""
+    """Failed logins (see `ratelimit_reserve`; a success counts nowhere), per account and address, per account
+    (by the hash of the email, never the email) and per address. The account-and-address limit is the lowest:
+    an attacker's failures from one address lock that address out of the account, not its owner from another;
+    the account's higher limit still stops guessing spread over many addresses, and the address's limit one
+    address guessing across many accounts."""
+    window = window_seconds()
     return [
-        RateLimit("api:auth:login", f"ip:{ip_address}", settings.RATE_LIMIT_LOGIN_PER_IP, window_seconds()),
-        RateLimit("api:auth:login", f"email:{email_hash}", settings.RATE_LIMIT_LOGIN_PER_EMAIL, window_seconds()),
+        RateLimit("api:auth:login", f"email-ip:{email_hash}:{ip_address}",
+                  settings.RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP, window),
+        RateLimit("api:auth:login", f"email:{email_hash}", settings.RATE_LIMIT_LOGIN_PER_EMAIL, window),
+        RateLimit("api:auth:login", f"ip:{ip_address}", settings.RATE_LIMIT_LOGIN_PER_IP, window),
     ]
 
 
@@ -138,6 +219,22 @@ def meeting_create_limits(*, principal: str) -> list[RateLimit]:
     ]
 
 
+def meeting_update_limits(*, principal: str) -> list[RateLimit]:
+    """Changes of a meeting's settings, per caller: every PATCH counts, refused ones too, so that probing other
+    meetings costs the same budget."""
+    return [
+        RateLimit("api:meetings:update", principal, settings.RATE_LIMIT_MEETING_UPDATE_PER_PRINCIPAL, window_seconds())
+    ]
+
+
+def api_key_create_limits(*, principal: str) -> list[RateLimit]:
+    """New API keys per caller (a user token: keys cannot mint keys); the active-key cap bounds how many a
+    user holds, this how fast it churns through them."""
+    return [
+        RateLimit("api:api-keys:create", principal, settings.RATE_LIMIT_API_KEY_CREATE_PER_PRINCIPAL, window_seconds())
+    ]
+
+
 def join_limits(*, principal: str | None, ip_address: str) -> list[RateLimit]:
     """Joins (and guest tokens) per caller and per address; guests have only an address."""
     limits = [RateLimit("api:meetings:join", f"ip:{ip_address}", settings.RATE_LIMIT_JOIN_PER_IP, window_seconds())]
@@ -146,3 +243,12 @@ def join_limits(*, principal: str | None, ip_address: str) -> list[RateLimit]:
             RateLimit("api:meetings:join", principal, settings.RATE_LIMIT_JOIN_PER_PRINCIPAL, window_seconds())
         )
     return limits
+
+
+def recording_write_limits(*, principal: str) -> list[RateLimit]:
+    """Recording writes (start, update, share, unshare, rotate) per caller, one budget for all of them."""
+    return [
+        RateLimit(
+            "api:recordings:write", principal, settings.RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL, window_seconds()
+        )
+    ]

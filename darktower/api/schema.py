@@ -64,7 +64,8 @@ class ApiAutoSchema(AutoSchema):
                         "5xx excepted) is replayed for 24 hours to retries with the same key and body, with header "
                         "`Idempotent-Replayed: true`; a different body answers 422, a concurrent duplicate 409. "
                         "Secrets are never stored: a replay carries a freshly issued meeting token (join, "
-                        "guest-token), the recording's current share token, and `key` null for an API key."
+                        "guest-token), `access_token` and `share_url` null for a recording share, and `key` null "
+                        "for an API key."
                     ),
                 )
             )

@@ -3,7 +3,6 @@ Idempotency-Key handling around POST handlers (see darktower.api.idempotency).""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -30,23 +29,21 @@ from darktower.api.parsers import StrictJSONParser
 from darktower.api.permissions import ScopePermission
 from darktower.api.ratelimit import RateLimit, ratelimit_hit
 from darktower.api.schema import ApiAutoSchema
+from darktower.client_address import client_address
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def client_ip(request: HttpRequest | Request) -> str:
-    """The peer address as the WSGI server saw it. Behind a proxy, have the proxy set REMOTE_ADDR (gunicorn's
-    --forwarded-allow-ips): trusting X-Forwarded-For here would let any client pick its rate-limit bucket."""
-    return request.META.get("REMOTE_ADDR") or "unknown"
+    """The client's address for rate-limit keys and principals (darktower.client_address: REMOTE_ADDR, or behind
+    a proxy in TRUSTED_PROXIES the right-most untrusted X-Forwarded-For hop); "unknown" for a unix-socket peer."""
+    return client_address(request.META) or "unknown"
 
 
 def peer_ip(request: HttpRequest | Request) -> str | None:
-    """The peer address for INET columns (audit, participants); None when it is not an IP address
+    """The same client address for INET columns (audit, participants); None when it is not an IP address
     (a unix-socket peer)."""
-    try:
-        return str(ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")))
-    except ValueError:
-        return None
+    return client_address(request.META)
 
 
 class ApiPagination(LimitOffsetPagination):

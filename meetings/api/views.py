@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from django.db.models import QuerySet
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.request import Request
@@ -14,7 +15,13 @@ from rest_framework.response import Response
 
 from accounts.services.users import MEETINGS_CREATE, MEETINGS_READ, MEETINGS_WRITE, RECORDINGS_READ, RECORDINGS_WRITE
 from darktower.api.idempotency import guest_principal
-from darktower.api.ratelimit import RateLimit, join_limits, meeting_create_limits
+from darktower.api.ratelimit import (
+    RateLimit,
+    join_limits,
+    meeting_create_limits,
+    meeting_update_limits,
+    recording_write_limits,
+)
 from darktower.api.schema import error_responses
 from darktower.api.serializers import EmptyRequest
 from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
@@ -22,6 +29,8 @@ from darktower.errors import NotFound
 from meetings import selectors
 from meetings.api.filters import MeetingFilter, RecordingFilter
 from meetings.api.serializers import (
+    BanSerializer,
+    DenyRequest,
     GuestTokenRequest,
     JoinRequest,
     JoinResponse,
@@ -29,15 +38,33 @@ from meetings.api.serializers import (
     MeetingCreateRequest,
     MeetingSerializer,
     MeetingUpdateRequest,
+    MeetingViewSerializer,
     ParticipantSerializer,
     RecordingSerializer,
+    RecordingShareRequest,
     RecordingShareResponse,
     RecordingUpdateRequest,
+    SharedRecordingSerializer,
+    meeting_for_joiner,
 )
-from meetings.models import Meeting, MeetingParticipant, Recording
+from meetings.models import Meeting, MeetingBan, MeetingParticipant, Recording
+from meetings.services.admission import meeting_ban_lift, participant_admit, participant_deny
 from meetings.services.meetings import meeting_create, meeting_end, meeting_update
-from meetings.services.participants import JoinResult, meeting_join, participant_leave, participant_token_reissue
-from meetings.services.recordings import recording_share, recording_start, recording_update
+from meetings.services.participants import (
+    ROLE_HOST,
+    JoinResult,
+    meeting_join,
+    participant_leave,
+    participant_token_reissue,
+)
+from meetings.services.recordings import (
+    SharedRecording,
+    recording_share,
+    recording_share_rotate,
+    recording_start,
+    recording_unshare,
+    recording_update,
+)
 
 MEETING_REF = OpenApiParameter(
     "meeting_ref", str, OpenApiParameter.PATH, description="The meeting's id (UUID) or its meeting_code."
@@ -85,9 +112,10 @@ def _join_response(result: JoinResult) -> Response:
         "token_type": "Bearer",
         "expires_in": result.token.expires_in,
     }
-    return Response(
-        _JOIN_RESPONSE.to_representation(body), status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK
-    )
+    data = _JOIN_RESPONSE.to_representation(body)
+    if result.participant.role != ROLE_HOST:
+        data["meeting"] = meeting_for_joiner(data["meeting"])
+    return Response(data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
 class JoinReplayMixin:
@@ -142,22 +170,31 @@ class MeetingListCreateView(ApiListView):
 @extend_schema_view(
     get=extend_schema(
         operation_id="meetings_retrieve", tags=TAGS, summary="Get a meeting by id or code",
-        parameters=[MEETING_REF], responses={200: MeetingSerializer, **error_responses(401, 403, 404)},
+        description="The host gets every field; anyone else what a joiner needs (no host id, limits or MC).",
+        parameters=[MEETING_REF], responses={200: MeetingViewSerializer, **error_responses(401, 403, 404)},
     ),
     patch=extend_schema(
         operation_id="meetings_update", tags=TAGS, summary="Change a meeting's settings (host only)",
         parameters=[MEETING_REF], request=MeetingUpdateRequest,
-        responses={200: MeetingSerializer, **error_responses(400, 401, 403, 404, 410, 413, 415)},
+        responses={200: MeetingSerializer, **error_responses(400, 401, 403, 404, 410, 413, 415, 429)},
     ),
 )
 class MeetingDetailView(ApiView):
     required_scopes = {"GET": MEETINGS_READ, "PATCH": MEETINGS_WRITE}
 
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "PATCH":
+            return meeting_update_limits(principal=self.principal.identifier)
+        return []
+
     def get(self, request: Request, meeting_ref: str) -> Response:
         meeting = selectors.meetings_by_ref(meeting_ref).first()
         if meeting is None:
             raise NotFound("No such meeting.")
-        return Response(MeetingSerializer(meeting).data)
+        data = MeetingSerializer(meeting).data
+        if meeting.created_by_user_id != self.principal.user.pk:
+            data = meeting_for_joiner(data)
+        return Response(data)
 
     def patch(self, request: Request, meeting_ref: str) -> Response:
         changes = _validated(MeetingUpdateRequest, request)
@@ -189,7 +226,10 @@ class MeetingEndView(ApiView):
         description=(
             "201 with a new participant. A signed-in user who is still present in the meeting (a reload) gets 200 "
             "with their open participant and a fresh token instead, and takes no second seat. A replay with the "
-            "same Idempotency-Key answers the stored participant and MC with a freshly issued meeting token."
+            "same Idempotency-Key answers the stored participant and MC with a freshly issued meeting token. "
+            "In a meeting with a waiting room the participant may join as `waiting` (no seat, `waiting_room` claim "
+            "in its token) until the host admits it. 403: banned by the host, or the meeting is locked; 409: no "
+            "seat (or guest seat) left."
         ),
         responses={
             201: JoinResponse, 200: JoinResponse,
@@ -252,7 +292,7 @@ class GuestTokenView(JoinReplayMixin, ApiView):
 @extend_schema_view(
     get=extend_schema(
         operation_id="meetings_participants_list", tags=TAGS,
-        summary="Present and past participants (host and participants only)",
+        summary="Admitted participants, present and past (the host, and participants while present)",
         responses={200: ParticipantSerializer(many=True), **error_responses(401, 403, 404)},
     )
 )
@@ -290,19 +330,111 @@ class ParticipantLeaveView(ApiView):
 
 @extend_schema_view(
     get=extend_schema(
+        operation_id="meetings_waiting_list", tags=TAGS,
+        summary="The waiting room: who waits to be admitted (host only)",
+        responses={200: ParticipantSerializer(many=True), **error_responses(401, 403, 404)},
+    )
+)
+class WaitingListView(ApiListView):
+    required_scopes = {"GET": MEETINGS_READ}
+    serializer_class = ParticipantSerializer
+    filter_backends: list[Any] = []
+
+    def get_queryset(self) -> QuerySet[MeetingParticipant]:
+        if getattr(self, "swagger_fake_view", False):
+            return MeetingParticipant.objects.none()
+        return selectors.participants_waiting(meeting_id=self.kwargs["meeting_id"], viewer_id=self.principal.user.pk)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="meetings_participants_admit", tags=TAGS,
+        summary="Admit a waiting participant: it takes a seat (host only)", request=None,
+        responses={200: ParticipantSerializer, **error_responses(401, 403, 404, 409, 410, 422)},
+    )
+)
+class ParticipantAdmitView(ApiView):
+    required_scopes = {"POST": MEETINGS_WRITE}
+
+    def post(self, request: Request, meeting_id: uuid.UUID, participant_id: uuid.UUID) -> Response:
+        _validated(EmptyRequest, request)
+        participant = participant_admit(
+            meeting_id=meeting_id, participant_id=participant_id, actor_user_id=self.principal.user.pk
+        )
+        return Response(ParticipantSerializer(participant).data)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="meetings_participants_deny", tags=TAGS,
+        summary="Turn a waiting participant away, banning it if asked (host only)", request=DenyRequest,
+        responses={200: ParticipantSerializer, **error_responses(400, 401, 403, 404, 409, 410, 413, 415, 422)},
+    )
+)
+class ParticipantDenyView(ApiView):
+    required_scopes = {"POST": MEETINGS_WRITE}
+
+    def post(self, request: Request, meeting_id: uuid.UUID, participant_id: uuid.UUID) -> Response:
+        data = _validated(DenyRequest, request)
+        participant = participant_deny(
+            meeting_id=meeting_id, participant_id=participant_id, actor_user_id=self.principal.user.pk,
+            ban=data["ban"],
+        )
+        return Response(ParticipantSerializer(participant).data)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="meetings_bans_list", tags=TAGS, summary="Who the host removed and may not rejoin (host only)",
+        responses={200: BanSerializer(many=True), **error_responses(401, 403, 404)},
+    )
+)
+class BanListView(ApiListView):
+    required_scopes = {"GET": MEETINGS_READ}
+    serializer_class = BanSerializer
+    filter_backends: list[Any] = []
+
+    def get_queryset(self) -> QuerySet[MeetingBan]:
+        if getattr(self, "swagger_fake_view", False):
+            return MeetingBan.objects.none()
+        return selectors.meeting_bans(meeting_id=self.kwargs["meeting_id"], viewer_id=self.principal.user.pk)
+
+
+@extend_schema_view(
+    delete=extend_schema(
+        operation_id="meetings_bans_lift", tags=TAGS,
+        summary="Lift a ban: that participant may join again (host only)",
+        responses={204: None, **error_responses(401, 403, 404, 410)},
+    )
+)
+class BanDetailView(ApiView):
+    required_scopes = {"DELETE": MEETINGS_WRITE}
+
+    def delete(self, request: Request, meeting_id: uuid.UUID, ban_id: uuid.UUID) -> Response:
+        meeting_ban_lift(meeting_id=meeting_id, ban_id=ban_id, actor_user_id=self.principal.user.pk)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema_view(
+    get=extend_schema(
         operation_id="meetings_recordings_list", tags=["recordings"], summary="A meeting's recordings (host only)",
         responses={200: RecordingSerializer(many=True), **error_responses(400, 401, 403, 404)},
     ),
     post=extend_schema(
         operation_id="meetings_recordings_start", tags=["recordings"],
         summary="Start recording (host only; allow_recording must be on)", request=None,
-        responses={201: RecordingSerializer, **error_responses(401, 403, 404, 409, 410, 422)},
+        responses={201: RecordingSerializer, **error_responses(401, 403, 404, 409, 410, 422, 429)},
     ),
 )
 class MeetingRecordingsView(ApiListView):
     required_scopes = {"GET": RECORDINGS_READ, "POST": RECORDINGS_WRITE}
     serializer_class = RecordingSerializer
     filterset_class = RecordingFilter
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "POST":
+            return recording_write_limits(principal=self.principal.identifier)
+        return []
 
     def get_queryset(self) -> QuerySet[Recording]:
         if getattr(self, "swagger_fake_view", False):
@@ -323,11 +455,16 @@ class MeetingRecordingsView(ApiListView):
     patch=extend_schema(
         operation_id="recordings_update", tags=["recordings"],
         summary="Advance a recording's status and record its file details", request=RecordingUpdateRequest,
-        responses={200: RecordingSerializer, **error_responses(400, 401, 403, 404, 409, 413, 415)},
+        responses={200: RecordingSerializer, **error_responses(400, 401, 403, 404, 409, 413, 415, 429)},
     ),
 )
 class RecordingDetailView(ApiView):
     required_scopes = {"GET": RECORDINGS_READ, "PATCH": RECORDINGS_WRITE}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "PATCH":
+            return recording_write_limits(principal=self.principal.identifier)
+        return []
 
     def get(self, request: Request, recording_id: uuid.UUID) -> Response:
         recording = selectors.recording_visible_to(recording_id=recording_id, viewer_id=self.principal.user.pk)
@@ -339,30 +476,109 @@ class RecordingDetailView(ApiView):
         return Response(RecordingSerializer(recording).data)
 
 
+def _share_response(request: Request, shared: SharedRecording) -> Response:
+    body = {
+        **RecordingSerializer(shared.recording).data,
+        "access_token": shared.token,
+        "share_url": request.build_absolute_uri(reverse("recording-shared", args=[shared.token])),
+    }
+    return Response(body, headers=NO_STORE)
+
+
+class RecordingShareTokenMixin:
+    """Share and rotate answer the link's token once. The idempotency ledger stores the response without it
+    (only its hash exists anywhere), so a replay answers the same share with access_token and share_url null:
+    rotate again for a new token."""
+
+    idempotency_redact = ("access_token", "share_url")
+
+
+# The share answer carries a secret; the public link's answer must not outlive an unshare or a rotation in a
+# cache between the client and us.
+NO_STORE = {"Cache-Control": "no-store"}
+SHARE_DESCRIPTION = (
+    "The token (and the link) is in this response only: the server keeps its SHA-256 hash, never the token. "
+    "A replay with the same Idempotency-Key answers access_token and share_url null."
+)
+
+
 @extend_schema_view(
     post=extend_schema(
         operation_id="recordings_share", tags=["recordings"],
-        summary="Create the public link token of a ready recording",
-        request=None, responses={200: RecordingShareResponse, **error_responses(401, 403, 404, 409, 422)},
+        summary="Share a ready recording: a public link that ends (host only)", description=SHARE_DESCRIPTION,
+        request=RecordingShareRequest,
+        responses={200: RecordingShareResponse, **error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429)},
     )
 )
-class RecordingShareView(ApiView):
-    """Sharing is itself idempotent (the recording keeps one access token once shared), so the idempotency
-    ledger stores the response without the token and a replay reads the recording's current one: the same
-    share, never a secret at rest in idempotency_keys (null if the recording is no longer public)."""
-
+class RecordingShareView(RecordingShareTokenMixin, ApiView):
     required_scopes = {"POST": RECORDINGS_WRITE}
-    idempotency_redact = ("access_token",)
 
-    def replayed_body(self, request: Request, status_code: int, body: Any) -> Any:
-        if status_code >= 300 or not isinstance(body, dict):
-            return body
-        recording = selectors.recording_visible_to(
-            recording_id=self.kwargs["recording_id"], viewer_id=self.principal.user.pk
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return recording_write_limits(principal=self.principal.identifier)
+
+    def post(self, request: Request, recording_id: uuid.UUID) -> Response:
+        data = _validated(RecordingShareRequest, request)
+        shared = recording_share(
+            recording_id=recording_id, actor_user_id=self.principal.user.pk,
+            expires_in_seconds=data.get("expires_in_seconds"),
         )
-        return {**body, "access_token": recording.access_token if recording.is_public else None}
+        return _share_response(request, shared)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="recordings_share_rotate", tags=["recordings"],
+        summary="Replace a shared recording's link: the old token stops working at once (host only)",
+        description=SHARE_DESCRIPTION, request=RecordingShareRequest,
+        responses={200: RecordingShareResponse, **error_responses(400, 401, 403, 404, 409, 413, 415, 422, 429)},
+    )
+)
+class RecordingShareRotateView(RecordingShareTokenMixin, ApiView):
+    required_scopes = {"POST": RECORDINGS_WRITE}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return recording_write_limits(principal=self.principal.identifier)
+
+    def post(self, request: Request, recording_id: uuid.UUID) -> Response:
+        data = _validated(RecordingShareRequest, request)
+        shared = recording_share_rotate(
+            recording_id=recording_id, actor_user_id=self.principal.user.pk,
+            expires_in_seconds=data.get("expires_in_seconds"),
+        )
+        return _share_response(request, shared)
+
+
+@extend_schema_view(
+    post=extend_schema(
+        operation_id="recordings_unshare", tags=["recordings"],
+        summary="End a recording's share link at once (host only; nothing to end is not an error)", request=None,
+        responses={200: RecordingSerializer, **error_responses(401, 403, 404, 409, 413, 415, 422, 429)},
+    )
+)
+class RecordingUnshareView(ApiView):
+    required_scopes = {"POST": RECORDINGS_WRITE}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return recording_write_limits(principal=self.principal.identifier)
 
     def post(self, request: Request, recording_id: uuid.UUID) -> Response:
         _validated(EmptyRequest, request)
-        recording = recording_share(recording_id=recording_id, actor_user_id=self.principal.user.pk)
-        return Response(RecordingShareResponse(recording).data)
+        recording = recording_unshare(recording_id=recording_id, actor_user_id=self.principal.user.pk)
+        return Response(RecordingSerializer(recording).data)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="recordings_shared_retrieve", tags=["recordings"], auth=[],
+        summary="Open a shared recording by its link's token (no sign-in)",
+        description="An unknown, expired, unshared or replaced token answers the same 404.",
+        responses={200: SharedRecordingSerializer, **error_responses(404)},
+    )
+)
+class SharedRecordingView(ApiView):
+    public = True
+    authentication_classes = []
+
+    def get(self, request: Request, token: str) -> Response:
+        recording = selectors.recording_by_share_token(token=token)
+        return Response(SharedRecordingSerializer(recording).data, headers=NO_STORE)

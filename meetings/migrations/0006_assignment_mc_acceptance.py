@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('meetings', '0003_column_comments'),
+        ('meetings', '0005_recording_share_links'),
     ]
 
     # meeting_assignments is on the join path: both columns are nullable without a default, so each ADD COLUMN

@@ -14,7 +14,7 @@ from audit.models import ActorType
 from audit.services import audit_record, outbox_enqueue
 from controllers.services.capacity import release_cte_sql, unassign_cte_sql
 from darktower.errors import Conflict, Gone, NotFound, PermissionDenied
-from meetings.models import LeaveReason, Meeting, MeetingStatus
+from meetings.models import DEFAULT_MAX_GUESTS, LeaveReason, Meeting, MeetingStatus
 
 # No 0/o, 1/l/i: codes are read aloud and typed from screens.
 CODE_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
@@ -24,7 +24,8 @@ CODE_CONSTRAINT = "meetings_meeting_code_key"
 
 UPDATABLE_FIELDS = frozenset({
     "display_name", "max_participants", "enable_e2e_encryption", "require_auth", "allow_recording",
-    "waiting_room_enabled", "allow_guests", "scheduled_start_time",
+    "waiting_room_enabled", "allow_guests", "waiting_room_applies_to_users", "max_guests", "locked",
+    "scheduled_start_time",
 })
 
 
@@ -47,6 +48,9 @@ def meeting_create(
     allow_recording: bool = False,
     waiting_room_enabled: bool = False,
     allow_guests: bool = False,
+    waiting_room_applies_to_users: bool = False,
+    max_guests: int = DEFAULT_MAX_GUESTS,
+    locked: bool = False,
     scheduled_start_time: datetime | None = None,
 ) -> Meeting:
     """A scheduled meeting with a fresh meeting_code; a code collision (the unique index says so) retries
@@ -60,7 +64,8 @@ def meeting_create(
                         max_participants=max_participants, enable_e2e_encryption=enable_e2e_encryption,
                         require_auth=require_auth, allow_recording=allow_recording,
                         waiting_room_enabled=waiting_room_enabled, allow_guests=allow_guests,
-                        scheduled_start_time=scheduled_start_time,
+                        waiting_room_applies_to_users=waiting_room_applies_to_users, max_guests=max_guests,
+                        locked=locked, scheduled_start_time=scheduled_start_time,
                     )
                 break
             except IntegrityError as exc:

@@ -15,8 +15,14 @@ from accounts.tokens import IssuedToken, token_issue
 from audit.models import ActorType
 from audit.services import AuditEntry, audit_record, audit_record_many
 from darktower.errors import Conflict, Gone, NoCapacity, NotFound, PermissionDenied
-from meetings.models import LeaveReason, Meeting, MeetingParticipant, MeetingStatus
+from meetings.models import LeaveReason, Meeting, MeetingParticipant, MeetingStatus, ParticipantStatus
 from meetings.selectors import meeting_by_ref_locked
+from meetings.services.admission import (
+    SEATS_SQL,
+    meeting_ban_in_transaction,
+    participant_principal,
+    seat_refusal,
+)
 from meetings.services.assignment import Assignment, PlacementNeeded, meeting_assign_in_transaction, meeting_place
 
 ROLE_HOST = "host"
@@ -41,23 +47,28 @@ def _meeting_token(participant: MeetingParticipant) -> IssuedToken:
         extra_claims={
             "meeting_id": str(participant.meeting_id), "participant_id": str(participant.participant_id),
             "role": participant.role,
+            # The MC holds a waiting participant in the meeting's waiting room until the host admits it.
+            "waiting_room": participant.status == ParticipantStatus.WAITING,
         },
     )
 
 
-# One statement after the meeting row is locked: the present participants (idx_participants_present) and the
-# user's own open participant, if any. Not part of the locking statement: one that waited for the lock would
-# count with the snapshot it took before, missing the seat the join it waited for has just taken.
+# One statement after the meeting row is locked: the seats taken (admission.SEATS_SQL, idx_participants_present),
+# whether the caller's principal is banned (uq_meeting_bans_meeting_principal), and the user's own open
+# participant, if any. Not part of the locking statement: one that waited for the lock would count with the
+# snapshot it took before, missing the seat (or the ban) the transaction it waited for has just committed.
 _PRESENT_SQL = """
-SELECT present.n, {columns}
-FROM (SELECT count(*) AS n FROM meeting_participants WHERE meeting_id = %(meeting_id)s AND left_at IS NULL) present
+SELECT seats.*, EXISTS (SELECT 1 FROM meeting_bans WHERE meeting_id = %(meeting_id)s AND principal = %(principal)s),
+       {columns}
+FROM ({seats}) seats
 LEFT JOIN LATERAL (
     SELECT * FROM meeting_participants
     WHERE meeting_id = %(meeting_id)s AND left_at IS NULL AND user_id = %(user_id)s
     ORDER BY joined_at, id LIMIT 1
 ) mine ON true
 """.format(  # noqa: S608 -- constants only
-    columns=", ".join(f"mine.{field.column}" for field in MeetingParticipant._meta.concrete_fields)
+    seats=SEATS_SQL.replace("%s", "%(meeting_id)s"),
+    columns=", ".join(f"mine.{field.column}" for field in MeetingParticipant._meta.concrete_fields),
 )
 _PARTICIPANT_ATTNAMES = [field.attname for field in MeetingParticipant._meta.concrete_fields]
 
@@ -71,15 +82,34 @@ RETURNING {", ".join(_MEETING_CHANGED)}
 """  # noqa: S608 -- constants only
 
 
-def _present(meeting_id: uuid.UUID, user: User | None) -> tuple[int, MeetingParticipant | None]:
-    """How many participants are present, and the user's open participant (the earliest), if any."""
+@dataclass(frozen=True)
+class _Present:
+    seats: int
+    guest_seats: int
+    banned: bool
+    participant: MeetingParticipant | None
+
+
+def _present(meeting_id: uuid.UUID, user: User | None, principal: str) -> _Present:
+    """The seats taken (all, and by guests), whether `principal` is banned, and the user's open participant
+    (the earliest), if any."""
     with connection.cursor() as cursor:
-        cursor.execute(_PRESENT_SQL, {"meeting_id": meeting_id, "user_id": user.pk if user is not None else None})
-        count, *columns = cursor.fetchone()
-    if columns[0] is None:
-        return count, None
-    # from_db without field converters: no column of meeting_participants needs one (no JSON).
-    return count, MeetingParticipant.from_db(connection.alias, _PARTICIPANT_ATTNAMES, columns)
+        cursor.execute(_PRESENT_SQL, {
+            "meeting_id": meeting_id, "user_id": user.pk if user is not None else None, "principal": principal,
+        })
+        seats, guest_seats, banned, *columns = cursor.fetchone()
+    participant = None
+    if columns[0] is not None:
+        # from_db without field converters: no column of meeting_participants needs one (no JSON).
+        participant = MeetingParticipant.from_db(connection.alias, _PARTICIPANT_ATTNAMES, columns)
+    return _Present(seats=seats, guest_seats=guest_seats, banned=banned, participant=participant)
+
+
+def _must_wait(meeting: Meeting, role: str) -> bool:
+    """Guests wait in a meeting with a waiting room, users too when the meeting says so; the host never."""
+    if not meeting.waiting_room_enabled or role == ROLE_HOST:
+        return False
+    return role == ROLE_GUEST or meeting.waiting_room_applies_to_users
 
 
 # Join attempts around a placement: the first finds that the meeting needs an MC, the second (after
@@ -133,9 +163,15 @@ def _join_once(
     and issue the meeting token the MC accepts.
 
     The meeting row is locked (FOR NO KEY UPDATE, which does not block the participants' foreign-key
-    checks) for the whole join, so concurrent joins cannot both take the last seat: capacity is counted
-    under the lock, from idx_participants_present. The lock also means nobody else changes the row until we
-    commit: the meeting returned is the locked row with the join's own changes, without reading it again.
+    checks) for the whole join, so concurrent joins cannot both take the last seat (or guest seat): seats are
+    counted under the lock, from idx_participants_present. Admissions and bans take the same lock
+    (meetings.services.admission), so a ban committed before this join's lock is read by it. The lock also
+    means nobody else changes the row until we commit: the meeting returned is the locked row with the join's
+    own changes, without reading it again.
+
+    Refused, for everyone but the host: a banned principal (PermissionDenied), a new join into a locked meeting
+    (PermissionDenied); for those who take a seat at once, a full meeting or no guest seat left (Conflict).
+    Those who must wait (_must_wait) join as `waiting`, take no seat, and get a token saying so.
 
     A signed-in user who is still present (a page reload, a second tab, a retry without Idempotency-Key) gets
     their open participant back with a fresh token: no second row, no second seat, even in a full meeting.
@@ -155,9 +191,23 @@ def _join_once(
             role = ROLE_GUEST
         else:
             role = ROLE_HOST if meeting.created_by_user_id == user.pk else ROLE_PARTICIPANT
-        present, participant = _present(meeting.pk, user)
+        present = _present(
+            meeting.pk, user, participant_principal(user_id=user.pk if user else None, ip_address=ip_address)
+        )
+        participant = present.participant
         created = participant is None
-        if created and present >= meeting.max_participants:
+        waits = _must_wait(meeting, role)
+        if created and role != ROLE_HOST:
+            if present.banned:
+                raise PermissionDenied("The host removed you from this meeting.")
+            if meeting.locked:
+                raise PermissionDenied("The meeting is locked; the host admits no new participants.")
+            refusal = None if waits else seat_refusal(
+                meeting=meeting, seats=present.seats, guest_seats=present.guest_seats, guest=role == ROLE_GUEST
+            )
+            if refusal is not None:
+                raise refusal
+        elif created and present.seats >= meeting.max_participants:
             raise Conflict("The meeting is full.")
 
         audit_entries: list[AuditEntry] = []
@@ -170,6 +220,7 @@ def _join_once(
             participant = MeetingParticipant.objects.create(
                 meeting=meeting, participant_id=uuid.uuid4(), user=user,
                 display_name=display_name or (user.display_name if user else "Guest"), role=role,
+                status=ParticipantStatus.WAITING if waits else ParticipantStatus.ADMITTED,
                 ip_address=ip_address, user_agent=user_agent, client_version=client_version,
             )
         if meeting.status == MeetingStatus.SCHEDULED or not assignment.reused:
@@ -180,7 +231,7 @@ def _join_once(
             target_type="meeting", target_id=str(meeting.pk), ip_address=ip_address, user_agent=user_agent,
             metadata={
                 "participant_id": str(participant.participant_id), "role": participant.role,
-                "controller_id": assignment.controller_id, "region": region,
+                "status": participant.status, "controller_id": assignment.controller_id, "region": region,
             },
         ))
         audit_record_many(audit_entries)
@@ -231,11 +282,16 @@ def participant_leave(
     *, meeting_id: uuid.UUID, participant_id: uuid.UUID, actor_user_id: uuid.UUID, leave_reason: str
 ) -> MeetingParticipant:
     """Close a participant's session with its duration. The participant's own user may leave; the host may
-    close anyone's session, and only the host may give the reason `kicked`."""
-    if leave_reason == LeaveReason.MEETING_ENDED:
-        raise PermissionDenied("meeting_ended is set by ending the meeting.")
+    close anyone's session, and only the host may give the reason `kicked`, which also bans the participant's
+    principal from the meeting (meeting_ban_in_transaction) until the host lifts it; the host's own participant
+    is never banned. A kick locks the meeting row like a join, so that a join waiting for it reads the ban."""
+    if leave_reason not in (LeaveReason.VOLUNTARY, LeaveReason.KICKED, LeaveReason.CONNECTION_LOST):
+        raise PermissionDenied(f"{leave_reason} is set by the meeting's own actions.")
     with transaction.atomic(), connection.cursor() as cursor:
-        host_id = Meeting.objects.filter(pk=meeting_id).values_list("created_by_user_id", flat=True).first()
+        hosts = Meeting.objects.filter(pk=meeting_id)
+        if leave_reason == LeaveReason.KICKED:
+            hosts = hosts.select_for_update(no_key=True)
+        host_id = hosts.values_list("created_by_user_id", flat=True).first()
         participant = MeetingParticipant.objects.filter(meeting_id=meeting_id, participant_id=participant_id).first()
         if participant is None:
             raise NotFound("No such participant in this meeting.")
@@ -254,5 +310,7 @@ def participant_leave(
             target_type="meeting", target_id=str(meeting_id),
             metadata={"participant_id": str(participant_id), "leave_reason": leave_reason},
         )
+        if leave_reason == LeaveReason.KICKED and participant.user_id != host_id:
+            meeting_ban_in_transaction(meeting_id=meeting_id, participant=participant, actor_user_id=actor_user_id)
         participant.refresh_from_db()
         return participant

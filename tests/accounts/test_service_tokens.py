@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 import pytest
 from django.conf import settings
@@ -17,7 +18,8 @@ from accounts.services.service_tokens import (
     service_token_issue,
 )
 from accounts.tokens import token_verify
-from audit.models import AuditLog
+from audit.models import ActorType, AuditLog
+from audit.services import audit_record
 from darktower.errors import InvalidInput, NotFound, Unauthenticated
 from darktower.redis import redis_client
 
@@ -181,10 +183,14 @@ def test_revoking_a_credential_revokes_its_unexpired_tokens_only():
     other, other_secret = _create()
     live = [service_token_issue(client_id=credential.client_id, client_secret=secret, scope=None) for _ in range(2)]
     bystander = service_token_issue(client_id=other.client_id, client_secret=other_secret, scope=None)
-    expired = service_token_issue(client_id=credential.client_id, client_secret=secret, scope=None)
-    # An expired token's row: nothing to blacklist (it is refused for its expiry already).
-    row = AuditLog.objects.get(event_type="service_token_issued", metadata__jti=expired.jti)
-    AuditLog.objects.filter(pk=row.pk).update(metadata={**row.metadata, "expires_at": "2000-01-01T00:00:00+00:00"})
+    # An expired token's row: nothing to blacklist (it is refused for its expiry already). Written as issued, with
+    # its past expiry: audit rows cannot be edited afterwards (audit_logs is append-only).
+    expired_jti = str(uuid.uuid4())
+    audit_record(
+        event_type="service_token_issued", action="issue", actor_type=ActorType.SERVICE,
+        target_type="service_credential", target_id=credential.client_id,
+        metadata={"jti": expired_jti, "scope": "mc:register", "expires_at": "2000-01-01T00:00:00+00:00"},
+    )
     for issued in live:
         token_verify(issued.token, audience=settings.JWT_SERVICE_AUDIENCE)
 
@@ -195,7 +201,7 @@ def test_revoking_a_credential_revokes_its_unexpired_tokens_only():
         with pytest.raises(Unauthenticated, match="revoked"):
             token_verify(issued.token, audience=settings.JWT_SERVICE_AUDIENCE)
     assert token_verify(bystander.token, audience=settings.JWT_SERVICE_AUDIENCE).subject == other.client_id
-    assert not redis_client().exists(f"token:blacklist:{expired.jti}")
+    assert not redis_client().exists(f"token:blacklist:{expired_jti}")
     ttl = redis_client().ttl(f"token:blacklist:{live[0].jti}")
     assert settings.JWT_SERVICE_TOKEN_LIFETIME_SECONDS - 5 <= ttl <= (
         settings.JWT_SERVICE_TOKEN_LIFETIME_SECONDS + settings.JWT_CLOCK_SKEW_SECONDS + 2

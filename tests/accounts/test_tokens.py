@@ -382,3 +382,73 @@ def test_current_claims_expire_with_their_token(settings):
     time.sleep(1.1)
 
     assert not token_current_cached(verified)
+
+
+def test_a_cached_token_is_refused_once_its_key_is_no_longer_published():
+    token = signed()
+    kid = signing_key_active().kid
+    signing_key_rotate()
+    assert token_verify(token, audience=AUD).subject == "svc_test"
+    assert token_verify_cached(token, audience=AUD) is not None
+    SigningKey.objects.filter(kid=kid).update(publish_until="2000-01-01T00:00:00Z")
+    signing_cache_clear()  # this process's key cache reloads (every SIGNING_KEY_CACHE_SECONDS at the latest)
+
+    # The verified-token memo does not outlive the key's publication.
+    assert token_verify_cached(token, audience=AUD) is None
+    refused(token, "unknown signing key")
+    assert token_verify_cached(token, audience=AUD) is None
+
+
+def test_current_claims_need_their_key_still_published():
+    token = signed()
+    kid = signing_key_active().kid
+    verified = token_verify(token, audience=AUD)
+    assert token_current_cached(verified)
+    signing_key_rotate()
+    SigningKey.objects.filter(kid=kid).update(publish_until="2000-01-01T00:00:00Z")
+    signing_cache_clear()
+
+    assert not token_current_cached(verified)
+
+
+@pytest.mark.parametrize(
+    ("audience_setting", "lifetime_setting"),
+    [("JWT_SERVICE_AUDIENCE", "JWT_SERVICE_TOKEN_MAX_LIFETIME_SECONDS"),
+     ("JWT_API_AUDIENCE", "JWT_USER_TOKEN_MAX_LIFETIME_SECONDS"),
+     ("JWT_MEETING_AUDIENCE", "JWT_MEETING_TOKEN_MAX_LIFETIME_SECONDS")],
+)
+def test_a_token_living_longer_than_its_kind_allows_is_refused(audience_setting, lifetime_setting):
+    audience, longest = getattr(settings, audience_setting), getattr(settings, lifetime_setting)
+    now = int(time.time())
+    at_most = signed(claims(aud=audience, iat=now, nbf=now, exp=now + longest))
+    assert token_verify(at_most, audience=audience).audience == audience
+    refused(signed(claims(aud=audience, iat=now, nbf=now, exp=now + longest + 1)), "lifetime", audience=audience)
+    ten_years = signed(claims(aud=audience, iat=now, nbf=now, exp=now + 10 * 365 * 86400))
+    refused(ten_years, "lifetime", audience=audience)
+    assert token_verify_cached(ten_years, audience=audience) is None
+
+
+def test_the_maxima_default_to_the_lifetimes_tokens_are_issued_with():
+    assert settings.JWT_SERVICE_TOKEN_MAX_LIFETIME_SECONDS == settings.JWT_SERVICE_TOKEN_LIFETIME_SECONDS == 3600
+    assert settings.JWT_USER_TOKEN_MAX_LIFETIME_SECONDS == settings.JWT_USER_TOKEN_LIFETIME_SECONDS == 3600
+    assert settings.JWT_MEETING_TOKEN_MAX_LIFETIME_SECONDS == settings.JWT_MEETING_TOKEN_LIFETIME_SECONDS == 300
+    assert settings.JWT_GUEST_TOKEN_MAX_LIFETIME_SECONDS == settings.JWT_MEETING_TOKEN_LIFETIME_SECONDS
+
+
+def test_a_guest_meeting_token_has_its_own_maximum(settings):
+    settings.JWT_GUEST_TOKEN_MAX_LIFETIME_SECONDS = 100
+    audience = settings.JWT_MEETING_AUDIENCE
+    now = int(time.time())
+    lifetime = {"iat": now, "nbf": now, "exp": now + 200}
+    host = signed(claims(aud=audience, role="host", **lifetime))
+    assert token_verify(host, audience=audience).claims["role"] == "host"
+    refused(signed(claims(aud=audience, role="guest", **lifetime)), "lifetime", audience=audience)
+
+
+def test_issued_tokens_of_every_kind_verify_at_the_default_lifetimes():
+    for audience, lifetime in ((settings.JWT_SERVICE_AUDIENCE, settings.JWT_SERVICE_TOKEN_LIFETIME_SECONDS),
+                               (settings.JWT_API_AUDIENCE, settings.JWT_USER_TOKEN_LIFETIME_SECONDS),
+                               (settings.JWT_MEETING_AUDIENCE, settings.JWT_MEETING_TOKEN_LIFETIME_SECONDS)):
+        issued = token_issue(subject="s", audience=audience, scopes=[], lifetime_seconds=lifetime,
+                             extra_claims={"role": "guest"})
+        assert token_verify(issued.token, audience=audience).jti == issued.jti

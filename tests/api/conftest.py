@@ -13,9 +13,12 @@ def roomy_rate_limits(settings):
     # All requests come from 127.0.0.1 within one window; the rate-limit tests set their own limits.
     settings.RATE_LIMIT_LOGIN_PER_IP = 100_000
     settings.RATE_LIMIT_LOGIN_PER_EMAIL = 100_000
+    settings.RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP = 100_000
     settings.RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL = 100_000
+    settings.RATE_LIMIT_MEETING_UPDATE_PER_PRINCIPAL = 100_000
     settings.RATE_LIMIT_JOIN_PER_PRINCIPAL = 100_000
     settings.RATE_LIMIT_JOIN_PER_IP = 100_000
+    settings.RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL = 100_000
 
 
 @pytest.fixture

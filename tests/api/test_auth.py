@@ -46,10 +46,12 @@ def test_login_issues_an_eddsa_user_token_and_records_the_login(api):
     assert "alice" not in str(row.metadata) and "alice" not in (row.target_id or "")
 
 
-def test_staff_tokens_carry_the_controller_scopes(api):
-    make_user(email="op@example.test", is_staff=True)
-    body = login(api, "op@example.test").json()
+def test_operator_tokens_carry_the_controller_scopes(api, operator):
+    body = login(api, operator.email).json()
     assert set(body["scope"].split()) == STAFF_SCOPES
+    # Staff alone grants no fleet scope: the operator groups' permissions do, as in the admin.
+    make_user(email="staff@example.test", is_staff=True)
+    assert set(login(api, "staff@example.test").json()["scope"].split()) == REGULAR_USER_SCOPES
 
 
 @pytest.mark.parametrize("case", ["wrong-password", "unknown-email", "inactive"])
@@ -129,8 +131,8 @@ def test_a_deactivated_user_loses_access_at_once(as_user, host):
     assert_error(client.get(ME), 401, "unauthenticated")
 
 
-def test_scopes_are_capped_by_the_users_current_role(api):
-    former_operator = make_user(is_staff=True)
+def test_scopes_are_capped_by_the_users_current_role(api, operator):
+    former_operator = operator
     token = user_token(former_operator)  # issued while staff: carries controllers:read
     User.objects.filter(pk=former_operator.pk).update(is_staff=False)
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")

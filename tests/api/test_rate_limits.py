@@ -124,6 +124,66 @@ def test_login_is_limited_per_address(api, settings):
     assert_throttled(api.post(LOGIN, {"email": fresh_email(), "password": "x"}, format="json", REMOTE_ADDR=address))
 
 
+def login_as(api, user, address, password="correct-horse-battery"):
+    return api.post(LOGIN, {"email": user.email, "password": password}, format="json", REMOTE_ADDR=address)
+
+
+def test_failed_logins_from_one_address_do_not_lock_the_owner_out_from_another(api, settings):
+    settings.RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP = 5
+    settings.RATE_LIMIT_LOGIN_PER_EMAIL = 8
+    settings.RATE_LIMIT_LOGIN_PER_IP = 1000
+    user = make_user(email=fresh_email())
+    attacker, owner = fresh_ip(), fresh_ip()
+    for _ in range(5):
+        assert_error(login_as(api, user, attacker, "wrong"), 401, "unauthenticated")
+    # The attacker's address is refused for this account, the right password too; its refused attempts count
+    # nowhere (else they would push the account over its own, higher, limit).
+    for _ in range(10):
+        assert_throttled(login_as(api, user, attacker, "wrong"))
+    assert_throttled(login_as(api, user, attacker))
+    assert login_as(api, user, owner).status_code == 200
+    # Failures from the owner's address are counted for that address: 2 more reach neither limit...
+    for _ in range(2):
+        assert_error(login_as(api, user, owner, "wrong"), 401, "unauthenticated")
+    assert login_as(api, user, owner).status_code == 200
+    # ...and the account's own limit (8 failures from anywhere) still stops distributed guessing.
+    for _ in range(1):
+        assert_error(login_as(api, user, fresh_ip(), "wrong"), 401, "unauthenticated")
+    assert_throttled(login_as(api, user, fresh_ip()))
+    keys = [key.decode() for key in redis_client().scan_iter(f"ratelimit:api:auth:login:email-ip:*{attacker}*")]
+    assert len(keys) == 1 and email_hash(user.email) in keys[0] and user.email not in keys[0]
+
+
+def test_successful_logins_count_against_no_login_limit(api, settings):
+    settings.RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP = 2
+    settings.RATE_LIMIT_LOGIN_PER_EMAIL = 2
+    settings.RATE_LIMIT_LOGIN_PER_IP = 2
+    user = make_user(email=fresh_email())
+    address = fresh_ip()
+    for _ in range(6):
+        assert login_as(api, user, address).status_code == 200
+    # Two failures are still allowed after any number of successes; the third attempt is refused.
+    for _ in range(2):
+        assert_error(login_as(api, user, address, "wrong"), 401, "unauthenticated")
+    assert_throttled(login_as(api, user, address))
+
+
+def test_redis_down_failed_logins_from_one_address_do_not_lock_the_owner_out(api, settings, redis_down):
+    settings.RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP = 2
+    settings.RATE_LIMIT_LOGIN_PER_EMAIL = 4
+    settings.RATE_LIMIT_LOGIN_PER_IP = 1000
+    user = make_user(email=fresh_email())
+    attacker, owner = fresh_ip(), fresh_ip()
+    for _ in range(2):
+        assert_error(login_as(api, user, attacker, "wrong"), 401, "unauthenticated")
+    assert_throttled(login_as(api, user, attacker))
+    assert login_as(api, user, owner).status_code == 200
+    for _ in range(2):
+        assert_error(login_as(api, user, fresh_ip(), "wrong"), 401, "unauthenticated")
+    # Four failures on the account from three addresses: the account's limit.
+    assert_throttled(login_as(api, user, owner))
+
+
 def test_redis_down_the_api_fails_open_and_logs(as_user, host, settings, redis_down, caplog):
     settings.RATE_LIMIT_MEETING_CREATE_PER_PRINCIPAL = 1
     client = as_user(host)  # token verification also survives: the blacklist lookup fails open

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from accounts.services.service_tokens import service_credential_create
-from controllers.grpc.server import GrpcServer
+from controllers.grpc.server import GrpcServer, ServerTls
 from controllers.heartbeats import RECORDERS
 from controllers.models import HealthStatus, MediaHandler, MeetingController
 from controllers.simulator import Fleet, FleetConfig, SimulatorError
+from tests.grpc.tls import make_tls_files, tls_grpc_server
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +114,33 @@ def test_a_deleted_controller_registers_again(grpc_server, live_server, credenti
     assert MeetingController.objects.get().health_status == HealthStatus.HEALTHY
 
 
+def test_a_fleet_over_mutual_tls(live_server, credential, tmp_path):
+    files = make_tls_files(tmp_path)
+    tls = ServerTls(certificate_chain=files.read("server_cert"), private_key=files.read("server_key"),
+                    client_ca=files.read("ca"))
+    with tls_grpc_server(tls) as server:
+        mutual = config(server, live_server.url, credential, controllers=2, handlers=1, duration=2.5,
+                        stale_share=0.0, draining_share=0.0, streams=True, tls_ca_file=str(files.ca),
+                        tls_client_cert_file=str(files.client_cert), tls_client_key_file=str(files.client_key))
+        summary = asyncio.run(Fleet(mutual, write=lambda line: None).run())
+
+        assert summary.total.errors == {}
+        assert summary.state.registered == 3
+        assert summary.total.by_method["StreamHeartbeats/fast"] >= 2
+        # Without its client certificate the fleet cannot reach the server; without TLS neither.
+        for missing in ({"tls_client_cert_file": None, "tls_client_key_file": None},
+                        {"tls_ca_file": None, "tls_client_cert_file": None, "tls_client_key_file": None}):
+            refused = dataclasses.replace(mutual, controllers=1, handlers=0, startup_wait=1.5, **missing)
+            with pytest.raises(SimulatorError, match="unreachable"):
+                asyncio.run(Fleet(refused, write=lambda line: None).run())
+
+
+def test_a_client_certificate_needs_its_key():
+    with pytest.raises(SimulatorError, match="go together"):
+        FleetConfig(target="127.0.0.1:1", api="http://127.0.0.1:1", client_id="svc", client_secret="x",
+                    tls_client_cert_file="client.pem")
+
+
 def test_refused_credentials_stop_the_run(grpc_server, live_server, credential):
     bad = config(grpc_server, live_server.url, credential, client_secret="dtsec_wrong")
 
@@ -174,3 +203,23 @@ def test_simulated_mcs_accept_the_gcs_assignments(grpc_server, live_server, cred
     assert assignment.controller_id.startswith("sim-mc-us-east-1-")
     assert assignment.grpc_endpoint.startswith("http://127.0.0.1:")
     assert [h.handler_id for h in assignment.media_handlers] == ["sim-mh-us-east-1-000000"]
+
+
+def test_a_second_throwaway_run_takes_over_the_first_runs_members(grpc_server, live_server, settings, capsys):
+    settings.DEBUG = True
+    settings.SIMULATE_CLIENT_ID = None
+    settings.SIMULATE_CLIENT_SECRET = None
+    arguments = ("simulate_fleet", "--controllers", "2", "--duration", "2", "--target",
+                 f"127.0.0.1:{grpc_server.port}", "--api", live_server.url, "--report-interval", "1")
+
+    call_command(*arguments)
+    capsys.readouterr()
+    call_command(*arguments)
+
+    out = capsys.readouterr().out
+    assert "registered 2/2" in out
+    from accounts.models import ServiceCredential
+    from controllers.models import MeetingController
+
+    second = ServiceCredential.objects.order_by("-created_at").first()
+    assert set(MeetingController.objects.values_list("owner_client_id", flat=True)) == {second.client_id}

@@ -19,7 +19,7 @@ REQUIRED = {
                        "memory_usage_percent", "bandwidth_usage_percent", "max_bitrate_mbps", "supported_codecs"],
     "meetings": ["status", "assigned_controller_id", "assigned_region", "require_auth", "allow_guests"],
     "meeting_participants": ["leave_reason", "ip_address", "total_duration_seconds"],
-    "recordings": ["status", "storage_bucket", "storage_path", "is_public", "access_token"],
+    "recordings": ["status", "storage_bucket", "storage_path", "is_public", "share_token_hash", "share_expires_at"],
     "meeting_assignments": ["ended_at", "assigned_by_gc_id", "region"],
     "audit_logs": ["event_type", "actor_type", "target_type", "target_id", "result", "metadata", "created_at"],
     "outbox_events": ["aggregate_type", "processed_at", "attempts", "failed_at"],

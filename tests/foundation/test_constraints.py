@@ -60,8 +60,6 @@ BAD_VALUES = [
     ("media_handlers", "memory_usage_percent = -1", "media_handlers_memory_usage_percent_range"),
     ("media_handlers", "bandwidth_usage_percent = 'NaN'", "media_handlers_bandwidth_usage_percent_range"),
     ("meeting_assignments", "ended_at = assigned_at - interval '1 second'", "meeting_assignments_ended_after_assigned"),
-    ("audit_logs", "result = 'ok'", "audit_logs_result_valid"),
-    ("audit_logs", "actor_type = 'robot'", "audit_logs_actor_type_valid"),
     ("idempotency_keys", "state = 'done'", "idempotency_keys_state_valid"),
     ("idempotency_keys", "state = 'completed', response_status = NULL", "idempotency_keys_completed_has_response"),
     ("signing_keys", "algorithm = 'RS256'", "signing_keys_algorithm_eddsa"),
@@ -83,8 +81,6 @@ def test_a_bad_value_is_rejected_by_the_database(rows, table, assignment, constr
         ("recordings", "status", RecordingStatus.values),
         ("meeting_controllers", "health_status", HealthStatus.values),
         ("media_handlers", "health_status", HealthStatus.values),
-        ("audit_logs", "result", AuditResult.values),
-        ("audit_logs", "actor_type", ActorType.values),
         ("idempotency_keys", "state", IdempotencyKey.State.values),
         ("meeting_controllers", "cpu_usage_percent", [0, 100, 42.5, None]),
         ("media_handlers", "bandwidth_usage_percent", [0, 100, None]),
@@ -95,6 +91,31 @@ def test_every_value_the_code_may_write_is_accepted(rows, table, column, values)
         sql(f"UPDATE {table} SET {column} = %s", [value])
 
     assert [value for (value,) in sql(f"SELECT DISTINCT {column} FROM {table}")] == [values[-1]]
+
+
+# audit_logs refuses every UPDATE (audit migration 0006): its CHECKs are tested on INSERT.
+_AUDIT_INSERT = (
+    "INSERT INTO audit_logs (event_type, actor_type, action, result) "
+    "VALUES ('constraint-probe', %(actor_type)s, 'a', %(result)s)"
+)
+
+
+@pytest.mark.parametrize(("column", "value", "constraint"), [
+    ("result", "ok", "audit_logs_result_valid"),
+    ("actor_type", "robot", "audit_logs_actor_type_valid"),
+])
+def test_a_bad_audit_value_is_rejected_by_the_database(db, column, value, constraint):
+    row = {"actor_type": "system", "result": "success", column: value}
+    assert violated_constraint(_AUDIT_INSERT, row) == constraint
+
+
+@pytest.mark.parametrize(("column", "values"), [("result", AuditResult.values), ("actor_type", ActorType.values)])
+def test_every_audit_value_the_code_may_write_is_accepted(db, column, values):
+    for value in values:
+        sql(_AUDIT_INSERT, {"actor_type": "system", "result": "success", column: value})
+
+    written = sql(f"SELECT DISTINCT {column} FROM audit_logs WHERE event_type = 'constraint-probe'")
+    assert {value for (value,) in written} == set(values)
 
 
 def test_an_ended_meeting_with_ended_at_is_accepted(rows):

@@ -81,8 +81,9 @@ def test_heartbeats_make_a_new_controller_healthy_at_once_and_coalesce_the_rest(
     assert AuditLog.objects.filter(target_id="mc-e2e-1").count() == 2  # registered, became healthy
 
 
-def test_reported_degraded_and_draining_are_stored_before_the_answer(mc_stub, auth):
-    make_controller(controller_id="mc-e2e-1", health=HealthStatus.HEALTHY)
+def test_reported_degraded_and_draining_are_stored_before_the_answer(mc_stub, auth, service_credential):
+    make_controller(controller_id="mc-e2e-1", health=HealthStatus.HEALTHY,
+                    owner_client_id=service_credential.credential.client_id)
 
     mc_stub.FastHeartbeat(pb.FastHeartbeatRequest(controller_id="mc-e2e-1", health=pb.DEGRADED), metadata=auth)
     assert MeetingController.objects.get(pk="mc-e2e-1").health_status == "degraded"
@@ -130,8 +131,9 @@ def test_heartbeat_after_the_controller_was_deleted_is_not_found(mc_stub, auth):
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_notify_meeting_ended_ends_the_assignment_and_the_meeting_idempotently(mc_stub, auth):
-    controller = make_controller(controller_id="mc-e2e-1", current_meetings=1)
+def test_notify_meeting_ended_ends_the_assignment_and_the_meeting_idempotently(mc_stub, auth, service_credential):
+    controller = make_controller(controller_id="mc-e2e-1", current_meetings=1,
+                                 owner_client_id=service_credential.credential.client_id)
     meeting = make_meeting(host=make_user(), status="active")
     MeetingAssignment.objects.create(
         meeting=meeting, meeting_controller=controller, region="us-east-1", assigned_by_gc_id="gc-test"
@@ -175,8 +177,9 @@ def test_database_outage_answers_unavailable_without_sql(mc_stub, auth, grpc_ser
         cursor.execute("SELECT 1")
 
 
-def test_meeting_status_of_other_regions_keeps_it_running(mc_stub, auth):
-    first = make_controller(controller_id="mc-us", region="us-east-1")
+def test_meeting_status_of_other_regions_keeps_it_running(mc_stub, auth, service_credential):
+    first = make_controller(controller_id="mc-us", region="us-east-1",
+                            owner_client_id=service_credential.credential.client_id)
     second = make_controller(controller_id="mc-eu", region="eu-west-1")
     meeting = make_meeting(host=make_user(), status="active")
     for controller in (first, second):

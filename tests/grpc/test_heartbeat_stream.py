@@ -25,14 +25,15 @@ from tests.grpc.conftest import bearer, endpoint_token, every_worker_busy, issue
 pytestmark = pytest.mark.usefixtures("fresh_revocation_lookups")
 
 METHOD = "/dark_tower.internal.v1.GlobalControllerService/StreamHeartbeats"
+IDLE = "no beat within GRPC_STREAM_IDLE_TIMEOUT_SECONDS; open a new stream"
 
 
 class Stream:
     """One StreamHeartbeats call driven a beat at a time, as an MC does."""
 
-    def __init__(self, stub, metadata) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, stub, metadata, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
         self._beats: queue.Queue[pb.HeartbeatStreamRequest | None] = queue.Queue()
-        self.call = stub.StreamHeartbeats(iter(self._beats.get, None), metadata=metadata, timeout=30)
+        self.call = stub.StreamHeartbeats(iter(self._beats.get, None), metadata=metadata, timeout=timeout)
 
     def send(self, **beat) -> pb.HeartbeatStreamResponse:  # type: ignore[no-untyped-def]
         self._beats.put(pb.HeartbeatStreamRequest(**beat))
@@ -171,6 +172,52 @@ def test_an_expired_token_ends_the_stream_at_its_next_beat(mc_stub, grpc_server,
     error = stream.refused(pb.HeartbeatStreamRequest(fast=fast()))
 
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_an_idle_stream_ends_after_the_idle_timeout(mc_stub, auth, settings):
+    settings.GRPC_STREAM_IDLE_TIMEOUT_SECONDS = 0.3
+    make_controller(controller_id="mc-s-1", health=HealthStatus.HEALTHY)
+    # The client's own deadline is far beyond the idle timeout: the server must be the one ending it.
+    stream = Stream(mc_stub, auth, timeout=20)
+    # Beats closer together than the timeout keep the stream open, however long it lives.
+    opened = time.monotonic()
+    while time.monotonic() - opened < 1.0:
+        assert stream.send(fast=fast()).fast.acknowledged
+
+    error = stream.refused()  # no beat any more
+
+    assert (error.code(), error.details()) == (grpc.StatusCode.DEADLINE_EXCEEDED, IDLE)
+    assert time.monotonic() - opened < 10
+
+
+def test_a_stream_ends_at_its_tokens_expiry_without_a_beat(mc_stub, grpc_server, settings):
+    settings.JWT_CLOCK_SKEW_SECONDS = 0
+    settings.GRPC_STREAM_IDLE_TIMEOUT_SECONDS = 3600
+    make_controller(controller_id="mc-s-1", health=HealthStatus.HEALTHY)
+    token = issue(lifetime_seconds=2)
+    expires_at = token_verify(token, audience=settings.JWT_SERVICE_AUDIENCE).expires_at_unix
+    stream = Stream(mc_stub, bearer(token), timeout=20)
+    assert stream.send(fast=fast()).fast.acknowledged
+
+    error = stream.refused()  # no beat: the server ends it at exp
+
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED, "token expired")
+    assert expires_at <= time.time() < expires_at + 10
+
+
+def test_a_revoked_token_ends_an_idle_stream_within_the_idle_timeout(mc_stub, service_credential, settings):
+    settings.GRPC_STREAM_IDLE_TIMEOUT_SECONDS = 0.5
+    make_controller(controller_id="mc-s-1", health=HealthStatus.HEALTHY)
+    token = endpoint_token(service_credential)
+    stream = Stream(mc_stub, bearer(token), timeout=20)
+    assert stream.send(fast=fast()).fast.acknowledged
+    revoked_at = time.monotonic()
+
+    token_revoke(token_verify(token, audience=settings.JWT_SERVICE_AUDIENCE))
+    error = stream.refused()  # no beat
+
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED, "token revoked")
+    assert time.monotonic() - revoked_at < 10
 
 
 def test_beats_on_a_stream_share_the_unary_calls_rate_limit(mc_stub, auth, settings):

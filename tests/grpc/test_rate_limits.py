@@ -71,8 +71,11 @@ def test_registrations_are_limited_per_caller_and_member_and_per_caller(mc_stub,
     assert 1 <= int(retry_after) <= 3600
     assert AuditLog.objects.filter(target_id="mc-rl-1").count() == 2  # the refused call wrote nothing
     assert rejections("grpc:register_mc") == before + 1
-    # The same member through another credential has counters of its own.
-    assert register_mc(mc_stub, other_caller(), "mc-rl-1").accepted
+    # The same member through another credential has counters of its own: not limited, refused only because the
+    # member is the first caller's.
+    with pytest.raises(grpc.RpcError) as not_owner:
+        register_mc(mc_stub, other_caller(), "mc-rl-1")
+    assert not_owner.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # Every call counts, the refused one too: another member of the first caller is its fourth registration,
     # its last one this window.
     assert register_mc(mc_stub, auth, "mc-rl-2").accepted
@@ -98,7 +101,9 @@ def test_heartbeats_and_load_reports_are_limited_per_caller_and_member(mc_stub, 
     assert rejections("grpc:heartbeat") == before + 1
     # Other members, and the same member through another credential, are not affected.
     assert mc_stub.FastHeartbeat(pb.FastHeartbeatRequest(controller_id="mc-rl-2"), metadata=auth).acknowledged
-    assert mc_stub.FastHeartbeat(fast, metadata=other_caller()).acknowledged
+    with pytest.raises(grpc.RpcError) as not_owner:
+        mc_stub.FastHeartbeat(fast, metadata=other_caller())
+    assert not_owner.value.code() == grpc.StatusCode.PERMISSION_DENIED  # not limited; the member is the first's
     report = pb.SendLoadReportRequest(handler_id="mh-rl-1", health=pb.HEALTHY)
     for _ in range(3):
         assert mh_stub.SendLoadReport(report, metadata=auth).acknowledged

@@ -170,8 +170,20 @@ def test_six_of_ten_stale_is_a_disruption_nobody_there_is_marked(caplog):
         assert [row.region for row in controllers_sweep_stale().disrupted] == ["us-east-1"]
     assert "region us-east-1 disrupted" in caplog.text
     assert AuditLog.objects.filter(event_type="region_disrupted").count() == 1
-    AuditLog.objects.filter(event_type="region_disrupted").update(created_at=ago(seconds=301))
-    controllers_sweep_stale()
+
+
+@pytest.mark.django_db
+def test_a_disruption_is_audited_again_once_its_last_row_is_older_than_the_repeat_interval():
+    # The earlier row is written with its own time: audit rows cannot be backdated (audit_logs is append-only).
+    _controllers("us-east-1", 10, stale=6)
+    AuditLog.objects.create(
+        event_type="region_disrupted", action="stale_sweep", actor_type="system", result="failure",
+        target_type="region", target_id="us-east-1", metadata={"member_type": "meeting_controller"},
+        created_at=ago(seconds=health.DISRUPTION_AUDIT_REPEAT_SECONDS + 1),
+    )
+
+    assert [row.region for row in controllers_sweep_stale().disrupted] == ["us-east-1"]
+
     assert AuditLog.objects.filter(event_type="region_disrupted").count() == 2
 
 

@@ -102,8 +102,8 @@ def test_share_a_ready_recording(as_user, host):
     url = f"/api/v1/recordings/{recording.pk}/share"
     first = as_user(host).post(url).json()
     assert first["is_public"] is True and len(first["access_token"]) >= 40
-    again = as_user(host).post(url).json()
-    assert again["access_token"] == first["access_token"]  # links already handed out stay valid
+    # The token is shown once: sharing again cannot give it back (a live link is replaced by rotating it).
+    assert_error(as_user(host).post(url), 409, "conflict")
     assert AuditLog.objects.filter(event_type="recording_shared").count() == 1
     assert first["access_token"] not in str(list(AuditLog.objects.values_list("metadata", flat=True)))
 
@@ -111,4 +111,4 @@ def test_share_a_ready_recording(as_user, host):
 def test_only_ready_recordings_are_shared(as_user, host):
     recording = make_recording(meeting=make_meeting(host=host), status="processing")
     assert_error(as_user(host).post(f"/api/v1/recordings/{recording.pk}/share"), 409, "conflict")
-    assert Recording.objects.get(pk=recording.pk).access_token is None
+    assert Recording.objects.get(pk=recording.pk).share_token_hash is None

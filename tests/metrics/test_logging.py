@@ -39,7 +39,7 @@ def emitted(**env: str) -> list[str]:
 
 
 def test_production_mode_writes_one_json_object_per_line():
-    lines = emitted(DEBUG="0", SECRET_KEY="x" * 50)
+    lines = emitted(DEBUG="0", SECRET_KEY="x" * 50, SIGNING_KEY_ENCRYPTION_KEY="y" * 50)
 
     records = [json.loads(line) for line in lines]
     assert [(r["level"], r["logger"]) for r in records] == [("WARNING", "darktower.probe"), ("INFO", "darktower.probe")]

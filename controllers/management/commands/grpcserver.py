@@ -8,6 +8,9 @@ With --processes N > 1 this process starts N servers as child processes sharing 
 kernel spreads connections over them: one per core, since each answers heartbeats on one event loop), passes
 SIGTERM and SIGINT on to them and exits 0 once all have stopped cleanly. If one of them dies, it stops the others
 and exits 1, for the process manager to restart the set.
+
+TLS: GRPC_TLS_CERT_FILE / GRPC_TLS_KEY_FILE (and GRPC_TLS_CLIENT_CA_FILE for mutual TLS). With DEBUG off it refuses
+to start on a non-loopback address without TLS, unless GRPC_ALLOW_PLAINTEXT=1 (controllers.grpc.server).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from types import FrameType
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from controllers.grpc.collector import ScheduledCollector
-from controllers.grpc.server import build_server
+from controllers.grpc.server import ServerTls, build_server, plaintext_refusal, server_tls_from_settings
 
 CHILD_STOP_TIMEOUT_SECONDS = 30.0
 
@@ -55,6 +59,14 @@ class Command(BaseCommand):
             raise CommandError("--workers must be at least 1")
         if processes < 1:
             raise CommandError("--processes must be at least 1")
+        try:
+            tls = server_tls_from_settings()
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
+        refused = plaintext_refusal(bind=options["bind"], tls=tls, debug=settings.DEBUG,
+                                    allow_plaintext=settings.GRPC_ALLOW_PLAINTEXT)
+        if refused:
+            raise CommandError(refused)
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -65,12 +77,13 @@ class Command(BaseCommand):
         if processes > 1:
             self._supervise(processes, options, stop)
         else:
-            self._serve(options, stop)
+            self._serve(options, stop, tls)
 
-    def _serve(self, options: dict[str, Any], stop: threading.Event) -> None:
+    def _serve(self, options: dict[str, Any], stop: threading.Event, tls: ServerTls | None) -> None:
         workers = options["workers"]
         try:
-            grpc_server = build_server(bind=options["bind"], workers=workers, reuse_port=options["reuse_port"])
+            grpc_server = build_server(bind=options["bind"], workers=workers, reuse_port=options["reuse_port"],
+                                       tls=tls)
         except OSError as exc:
             raise CommandError(str(exc)) from None
         # Full collections of a process holding a fleet's heartbeat streams stall its event loop for hundreds of
@@ -79,8 +92,10 @@ class Command(BaseCommand):
         collector.start()
         grpc_server.start()
         host = options["bind"].rpartition(":")[0]
+        transport = "plaintext" if tls is None else "TLS" if tls.client_ca is None else "mutual TLS"
         self.stdout.write(
-            f"gRPC server listening on {host}:{grpc_server.port} with {workers} workers (pid {os.getpid()})"
+            f"gRPC server listening on {host}:{grpc_server.port} ({transport}) with {workers} workers "
+            f"(pid {os.getpid()})"
         )
         self.stdout.flush()
         # A timed wait: the main thread must wake up to run the signal handler.

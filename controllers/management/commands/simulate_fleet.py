@@ -1,6 +1,7 @@
 """`manage.py simulate_fleet --controllers N [--handlers M] [--regions a,b] [--duration S] [--stale-share 0.05]
-[--target HOST:PORT] [--api URL] [--streams] [--serve-assignments]`: a simulated fleet over real gRPC
-(controllers.simulator).
+[--target HOST:PORT] [--api URL] [--streams] [--serve-assignments] [--tls] [--tls-ca-file PEM]
+[--tls-client-cert PEM --tls-client-key PEM]`: a simulated fleet over real gRPC (controllers.simulator), over TLS
+(mutual with a client certificate) when asked.
 
 Credentials: --client-id / --client-secret, else SIMULATE_CLIENT_ID / SIMULATE_CLIENT_SECRET; with neither and
 DEBUG on (`SIMULATE=N make run`), a throwaway credential is created for the run and revoked when it ends. The
@@ -17,6 +18,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.services.service_tokens import service_credential_create, service_credential_revoke
+from controllers.models import MediaHandler, MeetingController
+from controllers.services.ownership import members_transfer
+from controllers.services.registration import CONTROLLERS, HANDLERS
 from controllers.simulator import Fleet, FleetConfig, SimulatorError, format_window
 
 
@@ -51,6 +55,13 @@ class Command(BaseCommand):
                             help="MCs beat over StreamHeartbeats, one stream each, instead of a call per beat")
         parser.add_argument("--serve-assignments", action="store_true",
                             help="each MC serves AssignMeetingWithMh on a loopback port of its own (at most 1000)")
+        parser.add_argument("--tls", action="store_true",
+                            help="gRPC over TLS, trusting the system's CAs (implied by the --tls-* files)")
+        parser.add_argument("--tls-ca-file", default=None,
+                            help="PEM CA the gRPC server's certificate must chain to (implies --tls)")
+        parser.add_argument("--tls-client-cert", default=None,
+                            help="PEM client certificate, for a server that requires mutual TLS")
+        parser.add_argument("--tls-client-key", default=None, help="PEM private key of --tls-client-cert")
 
     def handle(self, *args: Any, **options: Any) -> None:
         client_id, client_secret = options["client_id"], options["client_secret"]
@@ -62,6 +73,13 @@ class Command(BaseCommand):
                                                   scopes=["mc:register", "mh:register"])
             client_id, client_secret = throwaway.credential.client_id, throwaway.client_secret
             self.stdout.write(f"created throwaway service credential {client_id} (revoked at exit)")
+            # The members an earlier run registered belong to its (revoked) credential: hand them to this one, as an
+            # operator would, or every registration would be refused.
+            prefix = f"{options['id_prefix']}-"
+            for kind, model in ((CONTROLLERS, MeetingController), (HANDLERS, MediaHandler)):
+                earlier = list(model.objects.filter(pk__startswith=prefix).values_list("pk", flat=True))
+                if earlier:
+                    members_transfer(kind=kind, to_client_id=client_id, member_ids=earlier)
         try:
             config = FleetConfig(
                 target=options["target"], api=options["api"], client_id=client_id, client_secret=client_secret,
@@ -72,6 +90,8 @@ class Command(BaseCommand):
                 channels=options["channels"], report_interval=options["report_interval"],
                 id_prefix=options["id_prefix"], seed=options["seed"], streams=options["streams"],
                 serve_assignments=options["serve_assignments"],
+                tls=options["tls"], tls_ca_file=options["tls_ca_file"],
+                tls_client_cert_file=options["tls_client_cert"], tls_client_key_file=options["tls_client_key"],
             )
             summary = asyncio.run(self._run(Fleet(config, write=self._write)))
         except SimulatorError as exc:
