@@ -73,7 +73,7 @@ def guest_join(meeting, name="Guest"):
 
 
 def guest_meeting():
-    return make_meeting(host=make_user(), allow_guests=True, max_participants=100)
+    return make_meeting(host=make_user(), allow_guests=True, max_participants=100, max_guests=100)
 
 
 def told(mcs):
