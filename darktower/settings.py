@@ -245,6 +245,8 @@ JWT_USER_TOKEN_LIFETIME_SECONDS = env_int("JWT_USER_TOKEN_LIFETIME_SECONDS", 360
 # The token the GC presents to MCs (accounts.services.service_tokens.gc_service_token); reused until it nears expiry.
 GC_SERVICE_TOKEN_LIFETIME_SECONDS = env_int("GC_SERVICE_TOKEN_LIFETIME_SECONDS", 600, minimum=120, maximum=3600)
 JWT_MEETING_TOKEN_LIFETIME_SECONDS = env_int("JWT_MEETING_TOKEN_LIFETIME_SECONDS", 300, minimum=30, maximum=3600)
+# The organization named in meeting and guest tokens (meeting_org_id, home_org_id): one per deployment.
+MEETING_ORG_ID = env_str("MEETING_ORG_ID", "darktower") or "darktower"
 JWT_CLOCK_SKEW_SECONDS = env_int("JWT_CLOCK_SKEW_SECONDS", 30, minimum=0, maximum=300)
 # The longest life (exp - iat) a token of each kind may claim to be verified: a token signed by a valid key but
 # living longer is refused. At least the lifetime we issue that kind with (by default exactly it).

@@ -40,16 +40,34 @@ class JoinResult:
     created: bool = True
 
 
+# What a participant may do in the media session (Dark Tower's MC reads them from the token): members what
+# Dark Tower's own GC grants, guests audio and video.
+MEMBER_CAPABILITIES = ("audio", "video", "screen_share", "chat")
+GUEST_CAPABILITIES = ("video", "audio")
+
+
 def _meeting_token(participant: MeetingParticipant) -> IssuedToken:
+    """The token the MC admits the participant with, in Dark Tower's claim sets: a user's is a meeting token
+    (token_type meeting, participant_type member, role host or participant), a guest's a guest token (token_type,
+    participant_type and role guest, display_name, waiting_room). Neither names an audience, which the MC's
+    validator would refuse; token_type says what they are (accounts.tokens._of_kind). meeting_org_id is the
+    deployment's one organization. participant_id, and waiting_room for users too, are ours beside them."""
+    common: dict[str, object] = {
+        "meeting_id": str(participant.meeting_id), "meeting_org_id": settings.MEETING_ORG_ID,
+        "participant_id": str(participant.participant_id),
+        # The MC holds a waiting participant in the meeting's waiting room until the host admits it.
+        "waiting_room": participant.status == ParticipantStatus.WAITING,
+    }
+    if participant.role == ROLE_GUEST:
+        claims = {**common, "token_type": "guest", "participant_type": "guest", "role": ROLE_GUEST,
+                  "display_name": participant.display_name, "capabilities": list(GUEST_CAPABILITIES)}
+    else:
+        claims = {**common, "token_type": "meeting", "home_org_id": settings.MEETING_ORG_ID,
+                  "participant_type": "member", "role": participant.role,
+                  "capabilities": list(MEMBER_CAPABILITIES)}
     return token_issue(
-        subject=str(participant.participant_id), audience=settings.JWT_MEETING_AUDIENCE, scopes=[],
-        lifetime_seconds=settings.JWT_MEETING_TOKEN_LIFETIME_SECONDS,
-        extra_claims={
-            "meeting_id": str(participant.meeting_id), "participant_id": str(participant.participant_id),
-            "role": participant.role,
-            # The MC holds a waiting participant in the meeting's waiting room until the host admits it.
-            "waiting_room": participant.status == ParticipantStatus.WAITING,
-        },
+        subject=str(participant.participant_id), audience=None, scopes=[],
+        lifetime_seconds=settings.JWT_MEETING_TOKEN_LIFETIME_SECONDS, extra_claims=claims,
     )
 
 

@@ -56,10 +56,11 @@ def test_basic_auth_issues_a_bearer_token(client, credential):
     assert set(body) == {"access_token", "token_type", "expires_in", "scope"}
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == settings.JWT_SERVICE_TOKEN_LIFETIME_SECONDS
-    assert body["scope"] == "mc:register"
+    assert body["scope"] == "mc:register service.write.gc service.write.mh"
     claims = token_verify(body["access_token"], audience=settings.JWT_SERVICE_AUDIENCE)
     assert claims.subject == client_id
-    assert claims.scopes == {"mc:register"}
+    assert claims.scopes == {"mc:register", "service.write.gc", "service.write.mh"}
+    assert claims.service_type == "meeting-controller" and "aud" not in claims.claims
 
 
 def test_form_fields_auth_without_scope_gets_every_allowed_scope(client, credential):
@@ -259,7 +260,7 @@ def test_a_json_request_may_narrow_the_scope_and_name_a_charset(client, credenti
                                                  "client_secret": secret, "scope": "mh:register"}),
                            content_type=f"{JSON}; charset=utf-8")
     assert response.status_code == 200
-    assert response.json()["scope"] == "mh:register"
+    assert response.json()["scope"] == "mh:register service.write.gc service.write.mc"
 
 
 def test_a_json_request_with_basic_auth_is_accepted(client, credential):
