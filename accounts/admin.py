@@ -26,6 +26,7 @@ from django.utils.cache import add_never_cache_headers
 from accounts.models import ApiKey, OAuthProvider, ServiceCredential, SigningKey, User
 from accounts.services.api_keys import api_key_check, api_key_create, api_key_revoke
 from accounts.services.service_tokens import (
+    CLIENT_ID_PATTERN,
     SERVICE_SCOPES,
     service_credential_create,
     service_credential_revoke,
@@ -264,12 +265,25 @@ class ApiKeyAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
 
 class ServiceCredentialCreateForm(forms.ModelForm):
     scopes = forms.MultipleChoiceField(
-        choices=[(scope, scope) for scope in sorted(SERVICE_SCOPES)], widget=forms.CheckboxSelectMultiple
+        choices=[(scope, scope) for scope in sorted(SERVICE_SCOPES)], widget=forms.CheckboxSelectMultiple,
+        help_text="One of them for a fleet of Dark Tower's own MCs or MHs: its tokens then carry that service_type.",
+    )
+    client_id = forms.RegexField(
+        regex=CLIENT_ID_PATTERN, required=False, max_length=64,
+        help_text="Optional: the client id the fleet is configured with (e.g. meeting-controller); "
+        "3 to 64 lower-case letters, digits, '.', '_' or '-'. Empty: a random one.",
     )
 
     class Meta:
         model = ServiceCredential
         fields = ("name",)
+
+    def clean_client_id(self) -> str | None:
+        # The service refuses a taken id too (Conflict); asked here, it is a field error instead of a failed save.
+        client_id = self.cleaned_data.get("client_id") or None
+        if client_id and ServiceCredential.objects.filter(client_id=client_id).exists():
+            raise forms.ValidationError("A service credential with this client id exists already.")
+        return client_id
 
 
 @admin.register(ServiceCredential)
@@ -291,7 +305,7 @@ class ServiceCredentialAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
-            return [(None, {"fields": ("name", "scopes")})]
+            return [(None, {"fields": ("name", "scopes", "client_id")})]
         return super().get_fieldsets(request, obj)
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -309,7 +323,8 @@ class ServiceCredentialAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
 
     def create_through_service(self, request: HttpRequest, form: forms.ModelForm) -> ServiceCredential:
         created = service_credential_create(
-            name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"], actor_user_id=request.user.pk
+            name=form.cleaned_data["name"], scopes=form.cleaned_data["scopes"],
+            client_id=form.cleaned_data.get("client_id"), actor_user_id=request.user.pk,
         )
         self.show_once(request, ShownSecret(label=created.credential.client_id, secret=created.client_secret))
         return created.credential

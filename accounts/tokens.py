@@ -1,9 +1,11 @@
 """Our JWTs: EdDSA (Ed25519) tokens for services (gRPC), users (REST) and meeting joins (the MC).
 
-Every token carries `kid`, `iss`, `sub`, `aud`, `iat`, `nbf`, `exp`, `jti` and `scope`. Verification
-is strict and happens in this order, cheapest first: size (over JWT_MAX_TOKEN_BYTES is refused before any
-parsing), header (`alg` must be EdDSA, `kid` a known published key), signature, registered claims (`exp` and
-`nbf` with JWT_CLOCK_SKEW_SECONDS of leeway, `iss`, `aud`), its life (`exp - iat` at most its kind's
+Every token carries `kid`, `iss`, `sub`, `iat`, `nbf`, `exp`, `jti` and `scope`, and says what kind of token it
+is: user tokens in `aud`; the tokens Dark Tower's own MCs and MHs validate (service, meeting and guest tokens),
+whose validator refuses any `aud`, in `service_type` or `token_type` instead (_of_kind). Verification is strict
+and happens in this order, cheapest first: size (over JWT_MAX_TOKEN_BYTES is refused before any parsing), header
+(`alg` must be EdDSA, `kid` a known published key), signature, registered claims (`exp` and `nbf` with
+JWT_CLOCK_SKEW_SECONDS of leeway, `iss`), its kind, its life (`exp - iat` at most its kind's
 JWT_*_MAX_LIFETIME_SECONDS: a key that signs a ten-year token is misused, whoever holds it), then the
 revocation blacklist.
 
@@ -38,7 +40,11 @@ from darktower.errors import Unauthenticated
 from darktower.metrics import TOKEN_VALIDATIONS, tally_count
 
 ALGORITHM = "EdDSA"
-_REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti"]
+_REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "sub", "jti"]
+# Kinds of token Dark Tower's own services validate (jsonwebtoken's defaults, which refuse any `aud`): they carry
+# no audience and name their kind instead, a meeting or guest token in `token_type`, a service token in
+# `service_type` (with no `token_type`). Our other tokens name their kind in `aud`.
+MEETING_TOKEN_TYPES = frozenset({"meeting", "guest"})
 _VERIFIED_CACHE_MAX = 50_000
 
 
@@ -53,6 +59,8 @@ class TokenClaims:
     claims: dict[str, Any] = field(repr=False)
     # The signing key's id: a remembered token is accepted only while its key is published.
     kid: str = field(default="", compare=False)
+    # A service token's service_type (meeting-controller, media-handler, global-controller), else None.
+    service_type: str | None = field(default=None, compare=False)
     # expires_at as a Unix timestamp: a heartbeat stream compares it at every beat (token_current_cached).
     expires_at_unix: float = field(init=False, repr=False, compare=False)
 
@@ -72,12 +80,13 @@ class IssuedToken:
 def token_issue(
     *,
     subject: str,
-    audience: str,
+    audience: str | None,
     scopes: Iterable[str],
     lifetime_seconds: int,
     extra_claims: dict[str, Any] | None = None,
 ) -> IssuedToken:
-    """Sign a token with the active key."""
+    """Sign a token with the active key. `audience` None leaves out `aud`: Dark Tower's own services validate
+    tokens with jsonwebtoken's defaults, which refuse any token that names an audience."""
     signer = signing_key_active()
     now = datetime.now(UTC).replace(microsecond=0)
     expires_at = now + timedelta(seconds=lifetime_seconds)
@@ -87,7 +96,7 @@ def token_issue(
         **(extra_claims or {}),
         "iss": settings.JWT_ISSUER,
         "sub": subject,
-        "aud": audience,
+        **({"aud": audience} if audience is not None else {}),
         "iat": now,
         "nbf": now,
         "exp": expires_at,
@@ -121,9 +130,9 @@ def _decode(raw: str, audience: str) -> tuple[str, dict[str, Any]]:
     if public_key is None:
         raise Unauthenticated("unknown signing key")
     try:
-        return kid, jwt.decode(
-            raw, public_key, algorithms=[ALGORITHM], audience=audience, issuer=settings.JWT_ISSUER,
-            leeway=settings.JWT_CLOCK_SKEW_SECONDS, options={"require": _REQUIRED_CLAIMS},
+        payload = jwt.decode(
+            raw, public_key, algorithms=[ALGORITHM], issuer=settings.JWT_ISSUER,
+            leeway=settings.JWT_CLOCK_SKEW_SECONDS, options={"require": _REQUIRED_CLAIMS, "verify_aud": False},
         )
     except jwt.ExpiredSignatureError:
         raise Unauthenticated("token expired") from None
@@ -137,6 +146,22 @@ def _decode(raw: str, audience: str) -> tuple[str, dict[str, Any]]:
         raise Unauthenticated(f"token lacks the {exc.claim} claim") from None
     except jwt.PyJWTError:
         raise Unauthenticated("invalid token") from None
+    if not _of_kind(payload, audience):
+        raise Unauthenticated("token audience not accepted")
+    return kid, payload
+
+
+def _of_kind(payload: dict[str, Any], audience: str) -> bool:
+    """Whether the token is of the kind `audience` names: its `aud` is that audience, or it has no `aud` and is a
+    service token (for JWT_SERVICE_AUDIENCE) or a meeting or guest token (for JWT_MEETING_AUDIENCE) by its type
+    claims. A token of one kind is never accepted as another, with or without `aud`."""
+    if "aud" in payload:
+        return payload["aud"] == audience
+    if audience == settings.JWT_SERVICE_AUDIENCE:
+        return isinstance(payload.get("service_type"), str) and "token_type" not in payload
+    if audience == settings.JWT_MEETING_AUDIENCE:
+        return payload.get("token_type") in MEETING_TOKEN_TYPES and "service_type" not in payload
+    return False
 
 
 def _longest_life(payload: dict[str, Any], audience: str) -> int:
@@ -170,6 +195,7 @@ def _to_claims(kid: str, payload: dict[str, Any], audience: str) -> TokenClaims:
         expires_at=datetime.fromtimestamp(payload["exp"], UTC),
         claims=payload,
         kid=kid,
+        service_type=service_type if isinstance(service_type := payload.get("service_type"), str) else None,
     )
 
 

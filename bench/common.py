@@ -126,7 +126,9 @@ class Scratch:
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for a subprocess (manage.py ...) that works on this database."""
-        return {**os.environ, "DEBUG": "1", "DATABASE_URL": self.url, "PYTHONUNBUFFERED": "1", **extra}
+        # MC_ASSIGN_CALLS off: the benches' MCs are rows without a server behind their endpoints.
+        return {**os.environ, "DEBUG": "1", "DATABASE_URL": self.url, "PYTHONUNBUFFERED": "1",
+                "MC_ASSIGN_CALLS": "0", **extra}
 
 
 def _drop(server: Server, name: str) -> None:

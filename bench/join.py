@@ -16,6 +16,11 @@ closed loop: first GET /health, then the joins (half of them to 100 hot meetings
 race each other; one in ten for another region than the meeting's home). Server CPU per request is gunicorn's
 processes' CPU time over the measured window divided by the requests answered (PostgreSQL's is not in it).
 
+A third row repeats the joins with MC_ASSIGN_CALLS on, after the first run's assignments and participants are
+cleared: every first join of a (meeting, region) then asks its MC with AssignMeetingWithMh before answering. The
+MCs' endpoint is one gRPC server in the bench's process that accepts every assignment and counts them (each must
+be told once per pair), and each region has two media handlers with a fresh load report.
+
 Correctness: during the run, every join of one (meeting, region) must name the same MC; after it, in SQL: no
 (meeting, region) with two active assignments, one active assignment per pair the client joined, every MC's
 current_meetings equal to its active assignments and within max_meetings, one participant row per
@@ -66,6 +71,21 @@ SELECT 'mc-' || lpad(i::text, 5, '0'), (%(regions)s::text[])[1 + i %% 4], 'grpc:
        'grpc://10.0.' || (i / 250) || '.' || (i %% 250) || ':50052', 100, 1000, 0, 'healthy', now()
 FROM generate_series(0, %(n)s - 1) i
 """
+_HANDLERS = """
+INSERT INTO media_handlers (handler_id, region, endpoint, grpc_endpoint, webtransport_endpoint, max_streams,
+                            max_bitrate_mbps, health_status, last_heartbeat_at)
+SELECT 'mh-' || lpad(i::text, 3, '0'), (%(regions)s::text[])[1 + i %% 4], 'http://127.0.0.1:50053',
+       'http://127.0.0.1:50053', 'https://127.0.0.1:4434', 100000, 10000, 'healthy', now()
+FROM generate_series(0, 7) i
+"""
+# Between the runs without and with the MC call: no assignment, no participant, idle MCs.
+_RESET = (
+    "TRUNCATE meeting_assignments, meeting_participants",
+    """UPDATE meeting_controllers SET current_meetings = 0, assigned_since_heartbeat = 0, reserved_participants = 0,
+           assignments_in_window = 0, assignments_window_start = NULL, grpc_endpoint = %(endpoint)s""",
+    """UPDATE meetings SET assigned_controller_id = NULL, assigned_region = NULL, status = 'scheduled',
+           actual_start_time = NULL""",
+)
 _MEETINGS = """
 INSERT INTO meetings (display_name, meeting_code, created_by_user_id)
 SELECT 'Bench meeting ' || i, 'bench-' || lpad(i::text, 6, '0'), (%(hosts)s::uuid[])[1 + i %% %(users)s]
@@ -124,10 +144,12 @@ def private_redis(where: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def gunicorn(scratch: Scratch, work: Path, redis_url: str, *, workers: int, threads: int) -> Iterator[Gunicorn]:
+def gunicorn(
+    scratch: Scratch, work: Path, redis_url: str, *, workers: int, threads: int, mc_calls: bool = False
+) -> Iterator[Gunicorn]:
     from django.conf import settings
 
-    metrics_dir = work / "prometheus"
+    metrics_dir = work / ("prometheus-calls" if mc_calls else "prometheus")
     metrics_dir.mkdir()
     env = scratch.env(
         DEBUG="0", SECRET_KEY=secrets.token_urlsafe(48), LOG_LEVEL="WARNING", ALLOWED_HOSTS="127.0.0.1",
@@ -136,6 +158,7 @@ def gunicorn(scratch: Scratch, work: Path, redis_url: str, *, workers: int, thre
         SIGNING_KEY_ENCRYPTION_KEY=str(settings.SIGNING_KEY_ENCRYPTION_KEY), REDIS_URL=redis_url,
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), RATE_LIMIT_JOIN_PER_IP="100000000",
         RATE_LIMIT_JOIN_PER_PRINCIPAL="100000000", HEARTBEAT_STALE_THRESHOLD_SECONDS="3600",
+        MC_ASSIGN_CALLS="1" if mc_calls else "0",
     )
     port = free_port()
     command = [
@@ -143,7 +166,7 @@ def gunicorn(scratch: Scratch, work: Path, redis_url: str, *, workers: int, thre
         "--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--workers", str(workers),
         "--threads", str(threads), "--no-control-socket",
     ]
-    log = work / "gunicorn.log"
+    log = work / ("gunicorn-calls.log" if mc_calls else "gunicorn.log")
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = Gunicorn(process, port, log)
@@ -198,6 +221,38 @@ class SessionSampler(threading.Thread):
         return {state: count / total for state, count in self.counts.most_common()} if total else {}
 
 
+class AcceptingMc:
+    """The fleet's MCs as one gRPC server: accepts every AssignMeetingWithMh and counts them per (meeting)."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+
+        from dark_tower.internal.v1 import internal_pb2 as pb
+        from dark_tower.internal.v1 import internal_pb2_grpc
+
+        self.told: Counter[str] = Counter()
+        mc = self
+
+        class Servicer(internal_pb2_grpc.MeetingControllerServiceServicer):
+            def AssignMeetingWithMh(self, request, context):
+                mc.told[request.meeting_id] += 1
+                return pb.AssignMeetingWithMhResponse(accepted=True)
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)])
+        internal_pb2_grpc.add_MeetingControllerServiceServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop(grace=0)
+
+
 def drive(server: Gunicorn, scratch: Scratch, *, mode: str, plan: Path | None, connections: int, duration: float,
           warmup: float) -> dict:
     command = [PYTHON, "-m", "bench.join_client", "--port", str(server.port), "--mode", mode,
@@ -237,6 +292,7 @@ def _setup(scratch: Scratch, *, controllers: int, meetings: int, users: int, wor
     hosts = [str(person.pk) for person in people]
     with scratch.connect() as conn:
         conn.execute(_CONTROLLERS, {"regions": list(REGIONS), "n": controllers})
+        conn.execute(_HANDLERS, {"regions": list(REGIONS)})
         conn.execute(_MEETINGS, {"n": meetings + 1, "hosts": hosts, "users": users})
         ids = [row[0] for row in conn.execute("SELECT meeting_id::text FROM meetings ORDER BY meeting_code")]
         # A home region per meeting, the regions in turn.
@@ -325,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             from django.conf import settings
 
             settings.REDIS_URL = redis_url  # the probe join's rate-limit counters stay out of the shared Redis
+            settings.MC_ASSIGN_CALLS = False  # the probe join's MCs are rows without a server
             plan, probe_meeting = _setup(
                 scratch, controllers=args.controllers, meetings=args.meetings, users=args.users, work=work
             )
@@ -337,20 +394,41 @@ def main(argv: list[str] | None = None) -> int:
                     "join": drive(server, scratch, mode="join", plan=plan, connections=args.connections,
                                   duration=args.duration, warmup=warmup),
                 }
+            checks, problems = _checks(scratch, runs["join"], probe_meeting)
+            mc = AcceptingMc()
+            try:
+                with scratch.connect() as conn:
+                    for statement in _RESET:
+                        conn.execute(statement, {"endpoint": mc.endpoint})
+                with gunicorn(scratch, work, redis_url, workers=args.workers, threads=args.threads,
+                              mc_calls=True) as server:
+                    runs["join_mc_calls"] = drive(server, scratch, mode="join", plan=plan,
+                                                  connections=args.connections, duration=args.duration,
+                                                  warmup=warmup)
+            finally:
+                mc.stop()
         load_after = os.getloadavg()[0]
-        checks, problems = _checks(scratch, runs["join"], probe_meeting)
+        calls_checks, calls_problems = _checks(scratch, runs["join_mc_calls"], None)
+        # Nothing refuses here, so every assignment was told exactly once, and nothing else was told.
+        made = calls_checks["active assignments"] + calls_checks["ended assignments"]
+        calls_problems["calls other than one per assignment"] = abs(sum(mc.told.values()) - made)
         postgres = server_version(scratch)
 
-    health, join = runs["health"], runs["join"]
+    health, join, called = runs["health"], runs["join"], runs["join_mc_calls"]
     answered_participants = len(join.pop("participant_ids"))
     del join["answers"]
-    for label, run in (("GET /health (trivial DRF view)", health), ("POST .../join", join)):
+    called.pop("participant_ids")
+    del called["answers"]
+    for label, run in (("GET /health (trivial DRF view)", health), ("POST .../join", join),
+                       ("POST .../join, MC asked on first joins", called)):
         errors = {code: count for code, count in run["codes"].items() if code not in ("200", "201")}
         result.add(label, run["rate"], run["p50_ms"], run["p99_ms"], run["p999_ms"],
                    ", ".join(f"{code} {count}" for code, count in errors.items()) or "0",
                    run["server_cpu_ms_per_request"], f"{run['rate'] / health['rate']:.0%}" if health["rate"] else "-")
-    correct = not any(problems.values())
+    correct = not any(problems.values()) and not any(calls_problems.values())
     result.data.update({"runs": runs, "checks": checks, "problems": problems, "correct": correct,
+                        "mc_calls_checks": calls_checks, "mc_calls_problems": calls_problems,
+                        "mc_calls_told": sum(mc.told.values()),
                         "controllers": args.controllers, "meetings": args.meetings, "users": args.users,
                         "workers": args.workers, "threads": args.threads, "connections": args.connections,
                         "load_average": [load_before, load_after], "statements_per_join": statements})
@@ -374,6 +452,14 @@ def main(argv: list[str] | None = None) -> int:
         f"(meeting, region) pairs; {checks['active assignments']:,} active assignments, "
         f"{checks['ended assignments']:,} ended; {answered_participants:,} distinct participants answered, "
         f"{checks['participants']:,} participant rows).",
+        f"With the MC asked (MC_ASSIGN_CALLS on, third row): {called['rate'] / join['rate']:.0%} of the joins' rate "
+        f"without; first joins p50 {called['first_join_p50_ms']:.1f} ms, p99 {called['first_join_p99_ms']:.1f} ms "
+        f"(without: {join['first_join_p50_ms']:.1f} / {join['first_join_p99_ms']:.1f}), later joins p50 "
+        f"{called['repeat_join_p50_ms']:.1f} ms, p99 {called['repeat_join_p99_ms']:.1f} ms. The MCs were told of "
+        f"{sum(mc.told.values()):,} assignments for {called['pairs_total']:,} (meeting, region) pairs: "
+        + ("each once" if not any(calls_problems.values()) else "PROBLEMS: " + ", ".join(
+            f"{label} {value}" for label, value in calls_problems.items() if value))
+        + "; the accepting MC server runs in the bench's process, on the same 2 cores.",
         "Where the join's database sessions spent the measured window (pg_stat_activity sampled every 50 ms): "
         + ", ".join(f"{state} {share:.0%}" for state, share in join["database_sessions"].items()) + ".",
         "Client and server share the machine's 2 cores (and PostgreSQL with them): the client's own CPU caps "

@@ -12,6 +12,12 @@ whose heartbeat answers NOT_FOUND registers again, as the contract asks. An expi
 (UNAUTHENTICATED) is fetched again once. With `streams`, each MC sends its beats over one StreamHeartbeats
 stream, opened again after it ends (a refused beat, a new token).
 
+With `serve_assignments`, every MC also serves MeetingControllerService on a loopback port of its own (the
+grpc_endpoint it registers), as Dark Tower's MCs do: the GC tells it of each meeting it places there. It checks
+the GC's token (signed by a key of the GC's JWKS, no audience, scope service.write.mc, service_type
+global-controller) and accepts a meeting while it is not draining and has room, counting it in its load; it
+refuses otherwise (DRAINING, AT_CAPACITY). Handlers report load as usual, and the GC chooses them per meeting.
+
 gRPC goes over TLS when `tls` is set or a CA file is given (the system's trust store otherwise), with a client
 certificate for a server that asks for one (mutual TLS).
 
@@ -36,11 +42,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import jwt
 
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
 
 TOKEN_PATH = "/api/v1/auth/service/token"
+JWKS_PATH = "/.well-known/jwks.json"
+MAX_SERVING_CONTROLLERS = 1000
 CALL_TIMEOUT_SECONDS = 5.0
 # Fetch a new token when this share of its lifetime has passed.
 TOKEN_REFRESH_AT = 0.8
@@ -76,6 +85,8 @@ class FleetConfig:
     seed: int | None = None
     # MCs send their beats over StreamHeartbeats (one stream each) instead of a call per beat.
     streams: bool = False
+    # MCs serve MeetingControllerService.AssignMeetingWithMh, each on a loopback port of its own.
+    serve_assignments: bool = False
     startup_wait: float = 60.0  # how long to wait for the token endpoint and the gRPC server to come up
     # gRPC over TLS: on when `tls` or any file is given. The CA (PEM) the server's certificate must chain to (None:
     # the system's trust store); a client certificate and key (PEM) for servers that require one.
@@ -100,6 +111,8 @@ class FleetConfig:
                 raise SimulatorError(f"{name} must be within 0..1")
         if self.stale_share + self.draining_share > 1.0:
             raise SimulatorError("stale_share + draining_share must not exceed 1")
+        if self.serve_assignments and self.controllers > MAX_SERVING_CONTROLLERS:
+            raise SimulatorError(f"serve assignments for at most {MAX_SERVING_CONTROLLERS} controllers (a port each)")
         if self.max_in_flight < 1 or self.channels < 1 or self.report_interval <= 0:
             raise SimulatorError("max_in_flight, channels and report_interval must be positive")
 
@@ -261,6 +274,8 @@ class FleetState:
     draining: int = 0
     reregistered: int = 0
     in_flight: int = 0
+    meetings_accepted: int = 0
+    meetings_refused: int = 0
 
 
 @dataclass
@@ -277,6 +292,8 @@ def format_window(window: Window, state: FleetState, config: FleetConfig, *, ela
         f"[{elapsed:6.0f}s] {window.rate:8,.0f} calls/s  p50 {window.p50_ms:6.2f} ms  p99 {window.p99_ms:7.2f} ms  "
         f"errors: {errors}  registered {state.registered:,}/{members:,}  silent {state.silent:,}  "
         f"draining {state.draining:,}  in flight {state.in_flight}"
+        + (f"  meetings accepted {state.meetings_accepted:,} refused {state.meetings_refused:,}"
+           if config.serve_assignments else "")
     )
 
 
@@ -354,6 +371,53 @@ class Member:
     turn: int
 
 
+class GcTokenCheck:
+    """The check an MC makes of the GC's token on AssignMeetingWithMh: a key from the GC's JWKS (cached),
+    EdDSA, unexpired, no audience, scope service.write.mc and service_type global-controller."""
+
+    def __init__(self, jwks_url: str) -> None:
+        self._keys = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=300)
+
+    def __call__(self, metadata: Any) -> bool:
+        header = dict(metadata or ()).get("authorization", "")
+        if not header.startswith("Bearer "):
+            return False
+        token = header[len("Bearer "):]
+        try:
+            key = self._keys.get_signing_key_from_jwt(token)
+            claims = jwt.decode(token, key.key, algorithms=["EdDSA"], options={"require": ["exp"],
+                                "verify_aud": False})
+        except (jwt.PyJWTError, OSError):
+            return False
+        return ("aud" not in claims and "service.write.mc" in str(claims.get("scope", "")).split()
+                and claims.get("service_type") == "global-controller")
+
+
+class _AssignmentServicer(internal_pb2_grpc.MeetingControllerServiceServicer):
+    """One simulated MC's MeetingControllerService."""
+
+    def __init__(self, load: Load, is_draining: Callable[[], bool], check: GcTokenCheck, state: FleetState):
+        self.load, self.is_draining, self.check, self.state = load, is_draining, check, state
+        self.meetings: set[str] = set()
+
+    async def AssignMeetingWithMh(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if not await asyncio.to_thread(self.check, context.invocation_metadata()):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "Invalid token")
+        if self.is_draining():
+            reason = pb.REJECTION_REASON_DRAINING
+        elif self.load.current >= self.load.capacity:
+            reason = pb.REJECTION_REASON_AT_CAPACITY
+        elif not request.mh_assignments or request.meeting_id in self.meetings:
+            reason = pb.REJECTION_REASON_UNHEALTHY
+        else:
+            self.meetings.add(request.meeting_id)
+            self.load.current += 1
+            self.state.meetings_accepted += 1
+            return pb.AssignMeetingWithMhResponse(accepted=True)
+        self.state.meetings_refused += 1
+        return pb.AssignMeetingWithMhResponse(accepted=False, rejection_reason=reason)
+
+
 class Fleet:
     """Runs the simulated fleet until its duration has passed or stop() is called; run() returns the totals."""
 
@@ -370,6 +434,7 @@ class Fleet:
         )
         self._stop = asyncio.Event()
         self._in_flight = asyncio.Semaphore(config.max_in_flight)
+        self._token_check = GcTokenCheck(config.api.rstrip("/") + JWKS_PATH) if config.serve_assignments else None
 
     def stop(self) -> None:
         self._stop.set()
@@ -512,9 +577,27 @@ class Fleet:
         stub = internal_pb2_grpc.GlobalControllerServiceStub(channel)
         rng = _rng(f"{self.config.seed}-{member.member_id}")
         load = Load(rng, capacity=rng.choice((50, 100, 200)))
+        grpc_endpoint = f"grpc://{member.member_id}.{member.region}.sim.internal:50052"
+        server = None
+        reporting = {"draining": False}  # what its beats report, which its answers to the GC follow
+        if self._token_check is not None:
+            server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            servicer = _AssignmentServicer(load, lambda: reporting["draining"], self._token_check, self.state)
+            internal_pb2_grpc.add_MeetingControllerServiceServicer_to_server(servicer, server)
+            grpc_endpoint = f"http://127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+            await server.start()
+        try:
+            await self._run_controller(member, stub, rng, load, grpc_endpoint, reporting)
+        finally:
+            if server is not None:
+                await server.stop(grace=None)
+
+    async def _run_controller(
+        self, member: Member, stub: Any, rng: random.Random, load: Load, grpc_endpoint: str,
+        reporting: dict[str, bool],
+    ) -> None:
         register = pb.RegisterMCRequest(
-            id=member.member_id, region=member.region,
-            grpc_endpoint=f"grpc://{member.member_id}.{member.region}.sim.internal:50052",
+            id=member.member_id, region=member.region, grpc_endpoint=grpc_endpoint,
             webtransport_endpoint=f"https://{member.member_id}.{member.region}.sim.internal:4433",
             max_meetings=load.capacity, max_participants=load.capacity * 10,
         )
@@ -547,6 +630,7 @@ class Fleet:
             draining = member.fate == "draining" and beats >= member.turn
             if draining and beats == member.turn:
                 self.state.draining += 1
+            reporting["draining"] = draining
             health = pb.DRAINING if draining else pb.HEALTHY
             load.drift()
             capacity = pb.ControllerCapacity(

@@ -289,8 +289,10 @@ def process_table(*, root: Path, env: Mapping[str, str], python: str, grpc_bind:
     if (root / "darktower/celery.py").exists() and any(root.glob("*/tasks.py")):
         table.append(ProcessSpec("celery", (python, "-m", "celery", *celery.split())))
     if env.get("SIMULATE") and (commands / "simulate_fleet.py").exists():
+        # Its MCs answer the GC's AssignMeetingWithMh and its handlers report load, so joins get placed.
+        handlers = str(max(1, int(env["SIMULATE"]) // 5)) if env["SIMULATE"].isdigit() else "1"
         table.append(ProcessSpec("simulate", (python, "manage.py", "simulate_fleet", "--controllers", env["SIMULATE"],
-                                             "--streams")))
+                                             "--handlers", handlers, "--streams", "--serve-assignments")))
     return table
 
 

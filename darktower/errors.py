@@ -42,6 +42,17 @@ class NoCapacity(DomainError):
     code = "no_controller_available"
 
 
+class NoMediaHandler(NoCapacity):
+    code = "no_media_handler_available"
+
+
+class PlacementBusy(NoCapacity):
+    """Another request is placing the meeting and has not finished within the time a join may wait for it."""
+
+    code = "placement_in_progress"
+    retry_after_seconds = 1
+
+
 class Throttled(DomainError):
     code = "throttled"
 

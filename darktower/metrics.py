@@ -88,6 +88,14 @@ ASSIGNMENTS = Counter(
     "darktower_assignments", "Meeting assignment outcomes, by placement rule and outcome",
     ["rule", "outcome"], registry=REGISTRY,
 )
+MC_ASSIGN_CALLS = Counter(
+    "darktower_mc_assign_calls", "AssignMeetingWithMh calls to MCs, by outcome (accepted, rejected, failed) and "
+    "reason (the rejection reason or the gRPC status)", ["outcome", "reason"], registry=REGISTRY,
+)
+MC_ASSIGN_LATENCY = Histogram(
+    "darktower_mc_assign_duration_seconds", "AssignMeetingWithMh call latency seen by the GC, by outcome",
+    ["outcome"], buckets=GRPC_BUCKETS, registry=REGISTRY,
+)
 SWEEP_DURATION = Histogram(
     "darktower_sweep_duration_seconds", "Duration of one stale sweep (controllers_sweep_stale)",
     buckets=SWEEP_BUCKETS, registry=REGISTRY,

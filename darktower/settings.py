@@ -242,7 +242,11 @@ JWT_API_AUDIENCE = env_str("JWT_API_AUDIENCE", "darktower-api")
 JWT_MEETING_AUDIENCE = env_str("JWT_MEETING_AUDIENCE", "darktower-mc")
 JWT_SERVICE_TOKEN_LIFETIME_SECONDS = env_int("JWT_SERVICE_TOKEN_LIFETIME_SECONDS", 3600, minimum=60, maximum=86400)
 JWT_USER_TOKEN_LIFETIME_SECONDS = env_int("JWT_USER_TOKEN_LIFETIME_SECONDS", 3600, minimum=60, maximum=86400)
+# The token the GC presents to MCs (accounts.services.service_tokens.gc_service_token); reused until it nears expiry.
+GC_SERVICE_TOKEN_LIFETIME_SECONDS = env_int("GC_SERVICE_TOKEN_LIFETIME_SECONDS", 600, minimum=120, maximum=3600)
 JWT_MEETING_TOKEN_LIFETIME_SECONDS = env_int("JWT_MEETING_TOKEN_LIFETIME_SECONDS", 300, minimum=30, maximum=3600)
+# The organization named in meeting and guest tokens (meeting_org_id, home_org_id): one per deployment.
+MEETING_ORG_ID = env_str("MEETING_ORG_ID", "darktower") or "darktower"
 JWT_CLOCK_SKEW_SECONDS = env_int("JWT_CLOCK_SKEW_SECONDS", 30, minimum=0, maximum=300)
 # The longest life (exp - iat) a token of each kind may claim to be verified: a token signed by a valid key but
 # living longer is refused. At least the lifetime we issue that kind with (by default exactly it).
@@ -319,6 +323,13 @@ DEFAULT_REGION = env_str("DEFAULT_REGION", "us-east-1")
 PLACEMENT_CANDIDATES = env_int("PLACEMENT_CANDIDATES", 5, minimum=1, maximum=100)
 PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE = env_int("PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE", 0, minimum=0)
 PLACEMENT_LARGE_MEETING_THRESHOLD = env_int("PLACEMENT_LARGE_MEETING_THRESHOLD", 100, minimum=1)
+# Whether a new assignment is first offered to the MC (AssignMeetingWithMh, as Dark Tower's MCs require: they
+# refuse clients of a meeting they were not told of). Off only for a fleet whose MCs do not serve that call.
+MC_ASSIGN_CALLS = env_bool("MC_ASSIGN_CALLS", True)
+# The GC's AssignMeetingWithMh call to an MC (controllers.mc_client): a join waits for it, so it is short.
+MC_ASSIGN_TIMEOUT_SECONDS = env_float("MC_ASSIGN_TIMEOUT_SECONDS", 2.0, minimum=0.05, maximum=30.0)
+MC_CHANNELS_MAX = env_int("MC_CHANNELS_MAX", 512, minimum=1)
+MC_TLS_CA_FILE = env_str("MC_TLS_CA_FILE", None) or None
 
 # --- Retention (seed 002 "Data Retention") ------------------------------------------------------
 

@@ -52,6 +52,28 @@ class BanInline(_ReadOnlyMixin, admin.TabularInline):
         return super().get_queryset(request).select_related("banned_by_user").order_by("created_at")
 
 
+class AssignmentInline(_ReadOnlyMixin, admin.TabularInline):
+    """Where the meeting runs: its MC per region and the media handlers that MC was given."""
+
+    model = MeetingAssignment
+    fields = ("region", "meeting_controller", "media_handlers", "assigned_at", "ended_at", "end_reason")
+    readonly_fields = ("media_handlers",)
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[MeetingAssignment]:
+        return super().get_queryset(request).order_by("-assigned_at", "-id")
+
+    @admin.display(description="media handlers")
+    def media_handlers(self, obj: MeetingAssignment) -> str:
+        return media_handlers_text(obj)
+
+
+def media_handlers_text(obj: MeetingAssignment) -> str:
+    return ", ".join(obj.media_handler_ids or ()) or "-"
+
+
 class RecordingInline(_ReadOnlyMixin, admin.TabularInline):
     model = Recording
     fields = ("started_at", "ended_at", "status", "duration_seconds", "file_size_bytes", "is_public")
@@ -72,7 +94,7 @@ class MeetingAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     search_fields = ("meeting_code", "display_name")
     ordering = ("-created_at",)
     show_full_result_count = False
-    inlines = (ParticipantInline, BanInline, RecordingInline)
+    inlines = (AssignmentInline, ParticipantInline, BanInline, RecordingInline)
 
 
 class ActiveAssignmentFilter(admin.SimpleListFilter):
@@ -92,8 +114,8 @@ class ActiveAssignmentFilter(admin.SimpleListFilter):
 
 @admin.register(MeetingAssignment)
 class MeetingAssignmentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ("id", "meeting", "region", "meeting_controller_id", "assigned_at", "ended_at", "end_reason",
-                    "assigned_by_gc_id")
+    list_display = ("id", "meeting", "region", "meeting_controller_id", "media_handlers", "assigned_at", "ended_at",
+                    "end_reason", "assigned_by_gc_id")
     list_filter = (ActiveAssignmentFilter,)
     list_select_related = ("meeting",)
     search_fields = ("meeting__meeting_code", "=meeting_controller__controller_id")
@@ -103,6 +125,10 @@ class MeetingAssignmentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # ending an assignment is the controllers' "end assignments" action
+
+    @admin.display(description="media handlers")
+    def media_handlers(self, obj: MeetingAssignment) -> str:
+        return media_handlers_text(obj)
 
 
 @admin.register(Recording)

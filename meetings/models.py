@@ -11,6 +11,7 @@ import uuid
 from datetime import datetime
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.functions import RandomUUID
 from django.db import models
 from django.db.models import Q
@@ -367,6 +368,15 @@ class MeetingAssignment(models.Model):
         default=0, db_default=0,
         db_comment="Participants this assignment reserves on its MC (a large meeting's expected size, 0 for "
         "others); given back to meeting_controllers.reserved_participants when it ends",
+    )
+    pending_until = models.DateTimeField(
+        null=True, blank=True,
+        db_comment="Set while the GC waits for the MC to accept the meeting (AssignMeetingWithMh); NULL once "
+        "accepted, and for assignments made without asking the MC. Still set after this time: abandoned",
+    )
+    media_handler_ids = ArrayField(
+        models.CharField(max_length=255), null=True, blank=True,
+        db_comment="The media handlers chosen for the meeting and sent to its MC, in the order sent",
     )
 
     class Meta:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 
 import pytest
@@ -9,10 +10,23 @@ import pytest
 from tests.factories import make_user
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The processes tests start (gunicorn, grpcserver, Celery workers) inherit this: like the tests themselves
+    # (mc_assign_calls below), they place meetings without asking MCs that have no server behind them.
+    os.environ.setdefault("MC_ASSIGN_CALLS", "0")
+
+
 @pytest.fixture(autouse=True)
 def fast_passwords(settings):
     # Users get real passwords (factories, demo users); PBKDF2 at Django's default cost takes ~0.2 s each here.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def mc_assign_calls(request, settings):
+    # The MCs that factories make have no server behind their endpoints: placement asks an MC only in tests
+    # marked mc_calls, which run MCs that answer (tests/interop/original.py).
+    settings.MC_ASSIGN_CALLS = request.node.get_closest_marker("mc_calls") is not None
 
 
 @pytest.fixture(autouse=True)

@@ -114,7 +114,8 @@ def test_process_table_grows_with_the_commands_that_exist(tmp_path):
     assert [spec.name for spec in with_tasks] == ["http", "grpc", "celery"]
     assert with_tasks[2].argv[:6] == ("py", "-m", "celery", "-A", "darktower", "worker")
     assert "-B" in with_tasks[2].argv
-    assert simulating[-1].argv == ("py", "manage.py", "simulate_fleet", "--controllers", "40", "--streams")
+    assert simulating[-1].argv == ("py", "manage.py", "simulate_fleet", "--controllers", "40", "--handlers", "8",
+                                   "--streams", "--serve-assignments")
     assert simulating[-1].ready_addr is None
 
 

@@ -3,8 +3,10 @@
 These are plain Django views, not DRF ones, on purpose: a stock OAuth 2.0 client must be able to use the
 token endpoint unchanged, so it speaks RFC 6749 exactly (form-encoded request, section 5.1 success body,
 section 5.2 error body `{"error": "invalid_client", "error_description": ...}`) instead of the rest of the
-API's JSON bodies and `{"error": {"code", "message", "fields"}}` shape. drf-spectacular does not see plain
-views, so `openapi_add_plain_views` (a schema postprocessing hook) documents both in /api/schema/.
+API's JSON bodies and `{"error": {"code", "message", "fields"}}` shape. Dark Tower's own services send the same
+parameters as a JSON object instead (their token manager's request); both bodies go through the same checks.
+drf-spectacular does not see plain views, so `openapi_add_plain_views` (a schema postprocessing hook) documents
+both in /api/schema/.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import inspect
+import json
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
@@ -29,6 +32,7 @@ from darktower.errors import Throttled
 
 GRANT_TYPE = "client_credentials"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+JSON_CONTENT_TYPE = "application/json"
 # RFC 6750 / RFC 7617: the scheme a client must use, named on every 401.
 WWW_AUTHENTICATE = 'Basic realm="darktower-token", charset="UTF-8"'
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -66,12 +70,15 @@ class _ClientAuth:
 
 
 def _parameters(request: HttpRequest) -> dict[str, str]:
-    """The token request's parameters. Section 3.1: none may repeat, and one sent empty counts as omitted.
-    Section 2.3.1: credentials never travel in the URI."""
-    if request.content_type != FORM_CONTENT_TYPE:
-        raise OAuthError("invalid_request", f"The request body must be {FORM_CONTENT_TYPE}.")
+    """The token request's parameters, from a form-encoded body (RFC 6749) or a JSON object of strings (Dark
+    Tower's services). Section 3.1: none may repeat, and one sent empty counts as omitted. Section 2.3.1:
+    credentials never travel in the URI."""
     if "client_secret" in request.GET:
         raise OAuthError("invalid_request", "Client credentials must not be sent in the request URI.")
+    if request.content_type == JSON_CONTENT_TYPE:
+        return _json_parameters(request)
+    if request.content_type != FORM_CONTENT_TYPE:
+        raise OAuthError("invalid_request", f"The request body must be {FORM_CONTENT_TYPE} or {JSON_CONTENT_TYPE}.")
     parameters: dict[str, str] = {}
     for name in _TOKEN_PARAMETERS:
         values = request.POST.getlist(name)
@@ -79,6 +86,34 @@ def _parameters(request: HttpRequest) -> dict[str, str]:
             raise OAuthError("invalid_request", f"The {name} parameter is repeated.")
         if values and values[0] != "":
             parameters[name] = values[0]
+    return parameters
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    for name in _TOKEN_PARAMETERS:
+        if names.count(name) > 1:
+            raise OAuthError("invalid_request", f"The {name} parameter is repeated.")
+    return dict(pairs)
+
+
+def _json_parameters(request: HttpRequest) -> dict[str, str]:
+    """A JSON object whose token parameters are strings; other members are ignored, as unknown form
+    parameters are (section 3.2)."""
+    try:
+        body = json.loads(request.body, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, RecursionError):
+        raise OAuthError("invalid_request", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise OAuthError("invalid_request", "The request body must be a JSON object.")
+    parameters: dict[str, str] = {}
+    for name in _TOKEN_PARAMETERS:
+        value = body.get(name)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise OAuthError("invalid_request", f"The {name} parameter must be a string.")
+        parameters[name] = value
     return parameters
 
 
@@ -117,14 +152,14 @@ def _client_auth(request: HttpRequest, parameters: dict[str, str]) -> _ClientAut
 class ServiceTokenView(View):
     """POST /api/v1/auth/service/token: the client-credentials grant (RFC 6749 section 4.4).
 
-    Request: `grant_type=client_credentials` and an optional space-delimited `scope`, form-encoded; the
-    client authenticates with HTTP Basic or with the `client_id` and `client_secret` fields. Response
-    (section 5.1): `{"access_token", "token_type": "Bearer", "expires_in", "scope"}`; errors (section 5.2):
+    Request: `grant_type=client_credentials` and an optional space-delimited `scope`, form-encoded or as a JSON
+    object of strings; the client authenticates with HTTP Basic or with the `client_id` and `client_secret` fields.
+    Response (section 5.1): `{"access_token", "token_type": "Bearer", "expires_in", "scope"}`; errors (section 5.2):
     `invalid_request`, `unsupported_grant_type` and `invalid_scope` with 400, `invalid_client` with 401 and
-    `WWW-Authenticate: Basic`. `invalid_grant` and `unauthorized_client` cannot arise: with this grant the
-    client's own credentials are the grant (their failures are invalid_client) and every credential may use
-    it. Rate limited per client and per address (RATE_LIMIT_TOKEN_PER_*): 429 `slow_down` with Retry-After.
-    Every response carries `Cache-Control: no-store` and `Pragma: no-cache`.
+    `WWW-Authenticate: Basic`. `invalid_grant` and `unauthorized_client` cannot arise: with this grant the client's
+    own credentials are the grant (their failures are invalid_client) and every credential may use it. Rate limited
+    per client and per address (RATE_LIMIT_TOKEN_PER_*): 429 `slow_down` with Retry-After. Every response carries
+    `Cache-Control: no-store` and `Pragma: no-cache`.
 
     This endpoint deliberately answers in RFC 6749's error shape, not the API's `{"error": {...}}`.
     """
@@ -270,11 +305,14 @@ OPENAPI_PATHS: dict[str, Any] = {
             "tags": ["auth"],
             "summary": "Service access token: OAuth 2.0 client credentials grant (RFC 6749 section 4.4)",
             "description": inspect.cleandoc(ServiceTokenView.__doc__ or ""),
-            # HTTP Basic, or client_id and client_secret in the form body (the empty requirement).
+            # HTTP Basic, or client_id and client_secret in the body (the empty requirement).
             "security": [{"clientBasicAuth": []}, {}],
             "requestBody": {
                 "required": True,
-                "content": {FORM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/ServiceTokenRequest"}}},
+                "content": {
+                    FORM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/ServiceTokenRequest"}},
+                    JSON_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/ServiceTokenRequest"}},
+                },
             },
             "responses": {
                 "200": {

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,11 +39,26 @@ from darktower.errors import Conflict, InvalidInput, NotFound, Unauthenticated
 # GlobalControllerService and mh:register for MediaHandlerRegistryService.
 SERVICE_SCOPES = frozenset({"mc:register", "mh:register"})
 
+# Dark Tower's own services name each other by service_type and authorise calls by their own scopes. A token
+# whose scopes make it one kind of member carries that service_type, Dark Tower's scopes for that kind beside
+# ours, and no audience (their validator refuses any), so an original MC or MH presents it to us and to its peers.
+MC_SERVICE_TYPE = "meeting-controller"
+MH_SERVICE_TYPE = "media-handler"
+SERVICE_TYPE_OF_SCOPE = {"mc:register": MC_SERVICE_TYPE, "mh:register": MH_SERVICE_TYPE}
+ORIGINAL_SCOPES = {
+    MC_SERVICE_TYPE: ("service.write.gc", "service.write.mh"),
+    MH_SERVICE_TYPE: ("service.write.gc", "service.write.mc"),
+}
+# The scope Dark Tower's services need to call the GC, with the service_type of the GC service called.
+ORIGINAL_GC_SCOPE = "service.write.gc"
+
 CLIENT_ID_PREFIX = "svc_"
 SECRET_PREFIX = "dtsec_"
 _CLIENT_ID_BYTES = 12
 _SECRET_BYTES = 32
-CLIENT_ID_PATTERN = re.compile(r"svc_[0-9a-f]{24}")
+# Ours are svc_ and 24 hex digits; an operator may choose one (a fleet configured with a fixed client id), within
+# this pattern, which ours match too.
+CLIENT_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{2,63}")
 # Longer input is refused before hashing: nothing we issue comes close.
 MAX_SECRET_LENGTH = 256
 NAME_MAX_LENGTH = 255
@@ -94,19 +110,32 @@ def _actor(actor_user_id: uuid.UUID | None) -> dict[str, object]:
     return {"actor_type": ActorType.USER if actor_user_id else ActorType.SYSTEM, "actor_user_id": actor_user_id}
 
 
+def service_type_of(scopes: Iterable[str]) -> str | None:
+    """The service_type a token with `scopes` carries: that of its one kind of member, None for both or none."""
+    kinds = {SERVICE_TYPE_OF_SCOPE[scope] for scope in scopes if scope in SERVICE_TYPE_OF_SCOPE}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 def service_credential_create(
-    *, name: str, scopes: Iterable[str], actor_user_id: uuid.UUID | None = None
+    *, name: str, scopes: Iterable[str], client_id: str | None = None, actor_user_id: uuid.UUID | None = None
 ) -> CreatedServiceCredential:
-    """A new active credential allowed `scopes` (all from SERVICE_SCOPES); its secret is returned once."""
+    """A new active credential allowed `scopes` (all from SERVICE_SCOPES); its secret is returned once.
+    `client_id`: the operator's choice (CLIENT_ID_PATTERN, unique: Conflict when taken), else a random one."""
     name = (name or "").strip()
     if not name or len(name) > NAME_MAX_LENGTH:
         raise InvalidInput(
             "A service credential needs a name.", fields={"name": [f"1 to {NAME_MAX_LENGTH} characters."]}
         )
     allowed = _validate_scopes(scopes)
-    client_id = f"{CLIENT_ID_PREFIX}{secrets.token_hex(_CLIENT_ID_BYTES)}"
+    if client_id is not None and not CLIENT_ID_PATTERN.fullmatch(client_id):
+        raise InvalidInput("Invalid client id.", fields={"client_id": [
+            "3 to 64 characters: lower-case letters, digits, '.', '_' or '-', starting with a letter or digit."
+        ]})
+    client_id = client_id or f"{CLIENT_ID_PREFIX}{secrets.token_hex(_CLIENT_ID_BYTES)}"
     client_secret = f"{SECRET_PREFIX}{secrets.token_urlsafe(_SECRET_BYTES)}"
     with transaction.atomic():
+        if ServiceCredential.objects.filter(client_id=client_id).exists():
+            raise Conflict(f"A service credential with client id {client_id} exists already.")
         credential = ServiceCredential.objects.create(
             client_id=client_id, name=name, secret_hash=secret_hash(client_secret), scopes=allowed
         )
@@ -215,10 +244,13 @@ def _audit_refusal(*, client_id: str, reason: str, ip_address: str | None) -> No
 def service_token_issue(
     *, client_id: str, client_secret: str, scope: str | None, ip_address: str | None = None
 ) -> IssuedToken:
-    """A service token (audience JWT_SERVICE_AUDIENCE) for a client authenticated by its secret.
+    """A service token for a client authenticated by its secret.
 
     `scope` is the space-delimited request (RFC 6749 section 3.3): it must be a subset of the
-    credential's scopes (InvalidScope otherwise); absent or empty, every allowed scope is granted.
+    credential's scopes (InvalidScope otherwise); absent or empty, every allowed scope is granted. A token
+    granted one kind of member's scope (mc:register or mh:register) is that kind's, as Dark Tower's services
+    expect it: service_type, their scopes for it beside ours, no audience; one granted both carries the service
+    audience (JWT_SERVICE_AUDIENCE) instead.
     Unknown client, wrong secret and revoked credential are one InvalidClient, so a caller cannot tell
     them apart. Refusals of well-formed client ids are audited too (they are how a leaked or guessed id
     shows up); malformed ids are refused without a query.
@@ -248,9 +280,12 @@ def service_token_issue(
         # Compare-and-set: a revocation that committed since the check above wins, and no token leaves.
         if not ServiceCredential.objects.filter(pk=credential.pk, is_active=True).update(last_used_at=Now()):
             raise InvalidClient("Client authentication failed.")
+        service_type = service_type_of(granted)
         issued = token_issue(
-            subject=client_id, audience=settings.JWT_SERVICE_AUDIENCE, scopes=granted,
+            subject=client_id, audience=None if service_type else settings.JWT_SERVICE_AUDIENCE,
+            scopes=[*granted, *ORIGINAL_SCOPES.get(service_type or "", ())],
             lifetime_seconds=settings.JWT_SERVICE_TOKEN_LIFETIME_SECONDS,
+            extra_claims={"service_type": service_type} if service_type else None,
         )
         audit_record(
             event_type="service_token_issued", action="issue", actor_type=ActorType.SERVICE,
@@ -258,3 +293,39 @@ def service_token_issue(
             metadata={"jti": issued.jti, "scope": issued.scope, "expires_at": issued.expires_at.isoformat()},
         )
     return issued
+
+
+# --- The GC's own token, for its calls to MCs -------------------------------------------------------------
+
+# What an MC requires of the GC's AssignMeetingWithMh call (Dark Tower's MC auth layer): this scope, this
+# service_type, and no `aud` claim.
+GC_SERVICE_TYPE = "global-controller"
+GC_TO_MC_SCOPE = "service.write.mc"
+# Renewed this long before it expires, so that a token never expires in flight or on an MC whose clock is ahead.
+_GC_TOKEN_RENEW_SECONDS = 60
+
+_gc_token_lock = threading.Lock()
+_gc_token: IssuedToken | None = None
+
+
+def gc_service_token() -> str:
+    """The token this GC presents to MCs: subject GC_ID, scope service.write.mc, service_type global-controller,
+    no audience, GC_SERVICE_TOKEN_LIFETIME_SECONDS long, signed with the active key and reused by this process
+    until it nears expiry. The GC is its own token issuer, so no credential or round trip is involved."""
+    global _gc_token
+    with _gc_token_lock:
+        token = _gc_token
+        if token is None or (token.expires_at - timezone.now()).total_seconds() < _GC_TOKEN_RENEW_SECONDS:
+            token = _gc_token = token_issue(
+                subject=settings.GC_ID, audience=None, scopes=[GC_TO_MC_SCOPE],
+                lifetime_seconds=settings.GC_SERVICE_TOKEN_LIFETIME_SECONDS,
+                extra_claims={"service_type": GC_SERVICE_TYPE},
+            )
+        return token.token
+
+
+def gc_service_token_forget() -> None:
+    """Drop the cached GC token (a signing key rotation or revocation, tests)."""
+    global _gc_token
+    with _gc_token_lock:
+        _gc_token = None

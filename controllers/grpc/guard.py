@@ -44,6 +44,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, close_old
 from google.protobuf.message import DecodeError, Message
 
 from accounts.blacklist import blacklist_cached
+from accounts.services.service_tokens import ORIGINAL_GC_SCOPE, SERVICE_TYPE_OF_SCOPE
 from accounts.tokens import TokenClaims, token_current_cached, token_verify, token_verify_cached
 from controllers.grpc.ratelimit import limit_for
 from darktower import errors
@@ -124,8 +125,14 @@ def authenticate(metadata: Metadata, scope: str | None) -> TokenClaims:
 
 
 def _require_scope(claims: TokenClaims, scope: str | None) -> None:
-    if scope is None or scope not in claims.scopes:
-        raise errors.PermissionDenied(f"token lacks the {scope or 'required'} scope")
+    """Our scope, or Dark Tower's rule for the same service: service.write.gc and the service_type of the
+    members the service serves (a token we issue to a single-kind credential carries both)."""
+    if scope is not None and (
+        scope in claims.scopes
+        or (claims.service_type == SERVICE_TYPE_OF_SCOPE.get(scope) and ORIGINAL_GC_SCOPE in claims.scopes)
+    ):
+        return
+    raise errors.PermissionDenied(f"token lacks the {scope or 'required'} scope")
 
 
 class Refused(Exception):

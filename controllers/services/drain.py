@@ -27,6 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -251,8 +252,13 @@ _END_FOR_GOOD_SQL = _END_SQL.format(released=release_cte_sql("ended"), unassigne
 _MOVE_INSERT_SQL = """
 WITH inserted AS (
     INSERT INTO meeting_assignments
-        (meeting_id, meeting_controller_id, region, assigned_at, assigned_by_gc_id, reserved_participants)
-    SELECT meeting_id, %(target)s, region, now(), %(gc_id)s, reserved
+        (meeting_id, meeting_controller_id, region, assigned_at, assigned_by_gc_id, reserved_participants,
+         media_handler_ids)
+    SELECT meeting_id, %(target)s, region, now(), %(gc_id)s, reserved,
+           (SELECT old.media_handler_ids FROM meeting_assignments old
+            WHERE old.meeting_id = moved.meeting_id AND old.region = moved.region
+              AND old.meeting_controller_id = %(controller_id)s
+            ORDER BY old.ended_at DESC NULLS LAST, old.id DESC LIMIT 1)
     FROM unnest(%(meeting_ids)s::uuid[], %(regions)s::text[], %(reserved)s::integer[])
         AS moved(meeting_id, region, reserved)
     ON CONFLICT (meeting_id, region) WHERE ended_at IS NULL DO NOTHING
@@ -277,8 +283,16 @@ WHERE controller_id = %(controller_id)s AND health_status = 'draining'
 
 
 def drains_enforce(*, limit: int = 100) -> list[DrainEnforced]:
-    """Apply the deadline to every draining MC past it (up to `limit` per run), one transaction per MC."""
+    """Apply the deadline to every draining MC past it (up to `limit` per run), one transaction per MC.
+
+    With MC_ASSIGN_CALLS, a meeting moves to the target only once the target has accepted it
+    (AssignMeetingWithMh, with the meeting's media handlers), asked before the MC's transaction with none open;
+    the meetings it refuses are ended instead, and the next join places them. Each MC is then worked on by one
+    run at a time, and each meeting asked about stays locked against placement (meeting_place's lock) until the
+    move commits, so no join places it elsewhere while the target is being told of it."""
     done: list[DrainEnforced] = []
+    if settings.MC_ASSIGN_CALLS:
+        return _drains_enforce_asking(limit=limit)
     while len(done) < limit:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute(_CLAIM_SQL, {"stale": settings.HEARTBEAT_STALE_THRESHOLD_SECONDS})
@@ -286,29 +300,154 @@ def drains_enforce(*, limit: int = 100) -> list[DrainEnforced]:
             if claimed is None:
                 break
             enforced = _enforce_one(cursor, *claimed)
-            if enforced.moved:
-                transaction.on_commit(partial(
-                    ASSIGNMENTS.labels(PlacementRule.DRAIN_MOVE, PlacementOutcome.ASSIGNED).inc, len(enforced.moved)
-                ))
+            _count_moved(enforced)
             done.append(enforced)
+    _log_enforced(done)
+    return done
+
+
+def _count_moved(enforced: DrainEnforced) -> None:
+    if enforced.moved:
+        transaction.on_commit(partial(
+            ASSIGNMENTS.labels(PlacementRule.DRAIN_MOVE, PlacementOutcome.ASSIGNED).inc, len(enforced.moved)
+        ))
+
+
+# Due MCs, oldest deadline first; each is then claimed by controller id.
+_DUE_SQL = """
+SELECT controller_id FROM meeting_controllers
+WHERE health_status = 'draining' AND drain_deadline <= now()
+ORDER BY drain_deadline LIMIT %(limit)s
+"""
+_CLAIM_ONE_SQL = """
+SELECT controller_id, region, drain_target_controller_id, drain_deadline,
+       last_heartbeat_at < now() - make_interval(secs => %(stale)s) AS silent
+FROM meeting_controllers
+WHERE controller_id = %(controller_id)s AND health_status = 'draining' AND drain_deadline <= now()
+FOR UPDATE SKIP LOCKED
+"""
+# The target's endpoint and the room it has (the effective load placement uses), with the draining MC's active
+# assignments in the target's region and their media handlers, oldest first, as many as the room.
+_TO_TELL_SQL = """
+SELECT t.grpc_endpoint, a.meeting_id, a.region,
+       (SELECT coalesce(json_agg(json_build_array(h.handler_id, coalesce(h.webtransport_endpoint, ''),
+                                                  coalesce(h.grpc_endpoint, ''))
+                                 ORDER BY array_position(a.media_handler_ids, h.handler_id)), '[]'::json)
+        FROM media_handlers h WHERE h.handler_id = ANY(a.media_handler_ids))
+FROM meeting_controllers d
+JOIN meeting_controllers t ON t.controller_id = d.drain_target_controller_id
+JOIN LATERAL (
+    SELECT meeting_id, region, media_handler_ids FROM meeting_assignments
+    WHERE meeting_controller_id = d.controller_id AND ended_at IS NULL AND region = t.region
+    ORDER BY assigned_at, id
+    LIMIT greatest(t.max_meetings - t.current_meetings - t.assigned_since_heartbeat, 0)
+) a ON true
+WHERE d.controller_id = %(controller_id)s AND t.health_status = ANY(%(available)s)
+  AND t.last_heartbeat_at > now() - make_interval(secs => %(stale)s)
+"""
+
+
+def _drains_enforce_asking(*, limit: int) -> list[DrainEnforced]:
+    # Imported here: placement (meetings) builds on this app's models and capacity rules.
+    from meetings.services.assignment import (
+        media_handlers_choose,
+        placement_lock_release,
+        placement_lock_try,
+    )
+
+    done: list[DrainEnforced] = []
+    with connection.cursor() as cursor:
+        cursor.execute(_DUE_SQL, {"limit": limit})
+        due = [row[0] for row in cursor.fetchall()]
+    for controller_id in due:
+        if not _drain_lock_try(controller_id):
+            continue  # another run works on it
+        locked: list[tuple[uuid.UUID, str]] = []
+        try:
+            told = _tell_target(controller_id, locked, placement_lock_try, media_handlers_choose)
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(_CLAIM_ONE_SQL, {"controller_id": controller_id,
+                                                "stale": settings.HEARTBEAT_STALE_THRESHOLD_SECONDS})
+                claimed = cursor.fetchone()
+                if claimed is None:
+                    continue
+                enforced = _enforce_one(cursor, *claimed, told=told)
+                _count_moved(enforced)
+                done.append(enforced)
+        finally:
+            for meeting_id, region in locked:
+                placement_lock_release(meeting_id, region)
+            _drain_lock_release(controller_id)
+    _log_enforced(done)
+    return done
+
+
+def _tell_target(controller_id: str, locked: list[tuple[uuid.UUID, str]], lock_try: Any, choose: Any) -> set[uuid.UUID]:
+    """Ask the drain target to take each meeting it has room for; the ones it accepted. A meeting being placed
+    right now is left out (its join decides). The first refusal or failure ends the asking: the target will not
+    take the rest either (full, draining, unhealthy or unreachable), and those meetings are ended instead."""
+    from accounts.services.service_tokens import gc_service_token
+    from controllers.mc_client import MediaHandlerChoice, mc_assign_meeting
+
+    with connection.cursor() as cursor:
+        cursor.execute(_TO_TELL_SQL, {
+            "controller_id": controller_id, "stale": settings.HEARTBEAT_STALE_THRESHOLD_SECONDS,
+            "available": [str(state) for state in AVAILABLE_STATES],
+        })
+        rows = cursor.fetchall()
+    told: set[uuid.UUID] = set()
+    for endpoint, meeting_id, region, handler_rows in rows:
+        if not lock_try(meeting_id, region):
+            continue
+        locked.append((meeting_id, region))
+        handlers = [MediaHandlerChoice(*row) for row in handler_rows] or choose(region)
+        if not handlers:
+            break
+        answer = mc_assign_meeting(endpoint=endpoint, meeting_id=meeting_id, media_handlers=handlers,
+                                   token=gc_service_token(), requesting_gc_id=gc_id())
+        if not answer.accepted:
+            logger.warning("drain target refused meeting %s: %s %s", meeting_id, answer.outcome, answer.reason)
+            break
+        told.add(meeting_id)
+    return told
+
+
+# Advisory lock namespace of "enforcing the drain deadline of MC X".
+_DRAIN_LOCK_CLASS = 0x44540002
+
+
+def _drain_lock_try(controller_id: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", [_DRAIN_LOCK_CLASS, controller_id])
+        return bool(cursor.fetchone()[0])
+
+
+def _drain_lock_release(controller_id: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [_DRAIN_LOCK_CLASS, controller_id])
+
+
+def _log_enforced(done: list[DrainEnforced]) -> None:
     for row in done:
         logger.info(
             "drain deadline of %s: %d moved to %s, %d ended%s", row.controller_id, len(row.moved),
             row.target_controller_id or "-", len(row.ended), ", marked unhealthy" if row.marked_unhealthy else "",
         )
-    return done
 
 
 def _enforce_one(  # type: ignore[no-untyped-def]
-    cursor, controller_id: str, region: str, target: str | None, deadline: datetime, silent: bool
+    cursor, controller_id: str, region: str, target: str | None, deadline: datetime, silent: bool,
+    told: set[uuid.UUID] | None = None,
 ) -> DrainEnforced:
+    """`told`: the meetings the target accepted, when it is asked (MC_ASSIGN_CALLS); only those move."""
     cursor.execute(_ACTIVE_SQL, {"controller_id": controller_id})
     active = cursor.fetchall()
+    movable = [row for row in active if row[1] in told] if told is not None else active
     to_move: list[tuple[int, uuid.UUID, str]] = []
-    if target is not None and active:
+    if target is not None and movable:
         # Assignments are per region; the target takes those of its own region, as many as it has room for.
         by_region: dict[str, list[tuple[int, uuid.UUID, str]]] = {}
-        for row in active:
+        for row in movable:
             by_region.setdefault(row[2], []).append(row)
         for assignment_region, rows in by_region.items():
             cursor.execute(_RESERVE_SQL, {
@@ -327,7 +466,7 @@ def _enforce_one(  # type: ignore[no-untyped-def]
         cursor.execute(_END_FOR_MOVE_SQL, {"ids": sorted(move_ids), "reason": END_REASON_DRAIN_MOVE})
         ended_for_move = {row[0]: row for row in cursor.fetchall()}
         cursor.execute(_MOVE_INSERT_SQL, {
-            "target": target, "gc_id": gc_id(),
+            "target": target, "gc_id": gc_id(), "controller_id": controller_id,
             "meeting_ids": [row[1] for row in ended_for_move.values()],
             "regions": [row[2] for row in ended_for_move.values()],
             "reserved": [row[3] for row in ended_for_move.values()],

@@ -187,6 +187,12 @@ class ParticipantSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class MediaHandlerAssignment(serializers.Serializer):
+    handler_id = serializers.CharField()
+    webtransport_endpoint = serializers.CharField()
+    grpc_endpoint = serializers.CharField()
+
+
 class BanSerializer(serializers.ModelSerializer):
     """A ban as the host sees it: who (a user's id, or a guest's display name), never a guest's address."""
 
@@ -207,6 +213,10 @@ class JoinResponse(serializers.Serializer):
     region = serializers.CharField()
     grpc_endpoint = serializers.CharField()
     webtransport_endpoint = serializers.CharField(allow_null=True)
+    media_handlers = MediaHandlerAssignment(
+        many=True, help_text="The media handlers the meeting controller was given for this meeting (empty when it "
+        "was assigned without asking it)."
+    )
     meeting_token = serializers.CharField(
         help_text="EdDSA JWT for the meeting controller (claims meeting_id, participant_id, role, waiting_room; "
         "5 minutes)."

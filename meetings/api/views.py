@@ -103,6 +103,11 @@ def _join_response(result: JoinResult) -> Response:
         "region": result.assignment.region,
         "grpc_endpoint": result.assignment.grpc_endpoint,
         "webtransport_endpoint": result.assignment.webtransport_endpoint,
+        "media_handlers": [
+            {"handler_id": handler.handler_id, "webtransport_endpoint": handler.webtransport_endpoint,
+             "grpc_endpoint": handler.grpc_endpoint}
+            for handler in result.assignment.media_handlers
+        ],
         "meeting_token": result.token.token,
         "token_type": "Bearer",
         "expires_in": result.token.expires_in,

@@ -43,6 +43,7 @@ claim's WHERE is re-evaluated on the row a concurrent claim committed, so capaci
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from collections.abc import Sequence
@@ -51,18 +52,30 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.transaction import TransactionManagementError
 
-from audit.models import ActorType
+from accounts.services.service_tokens import gc_service_token
+from audit.models import ActorType, AuditResult
 from audit.services import AuditEntry, audit_record_many, outbox_enqueue
+from controllers.mc_client import McAnswer, MediaHandlerChoice, mc_assign_meeting
 from controllers.models import AVAILABLE_STATES, HealthStatus
 from controllers.services.capacity import PlacementOutcome, PlacementRule, release_cte_sql
-from darktower.errors import NoCapacity
+from darktower.errors import NoCapacity, NoMediaHandler, PlacementBusy
 from darktower.metrics import ASSIGNMENTS
 from darktower.process import gc_id
 
 END_REASON_REASSIGNED = "reassigned"
+# The MC refused the meeting or did not answer in time (AssignMeetingWithMh).
+END_REASON_MC_REFUSED = "mc_refused"
+# A pending assignment whose placer went away before the MC answered.
+END_REASON_ABANDONED = "abandoned"
+# MCs asked per placement before answering 503.
+MC_ASSIGN_ATTEMPTS = 3
+# Media handlers chosen per meeting, all active at once.
+MEDIA_HANDLERS_PER_MEETING = 2
+# Advisory lock namespace (the first int4 key) of "placing meeting M in region R".
+_PLACEMENT_LOCK_CLASS = 0x44540001
 MAX_WEIGHT_LOAD = 0.99  # a nearly full MC keeps a small chance, never zero weight
 # Fresh reads of the region after every candidate of a draw filled up: each failed claim means a concurrent
 # join took that MC's last slot (claims wait for each other's commit), so a few rounds find any room left.
@@ -72,6 +85,7 @@ FRESH_READS = 3
 ASSIGNMENT_WINDOW = timedelta(minutes=1)
 
 _rng = random.SystemRandom()
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,6 +122,18 @@ class Assignment:
     webtransport_endpoint: str | None
     reused: bool
     rule: str = PlacementRule.REUSED
+    # The media handlers the MC was told of (empty for assignments made without asking the MC).
+    media_handlers: tuple[MediaHandlerChoice, ...] = ()
+
+
+class PlacementNeeded(Exception):
+    """The meeting has no usable MC in the region and the MC must be asked (MC_ASSIGN_CALLS): the caller leaves
+    its transaction and calls meeting_place, which must not run inside one."""
+
+    def __init__(self, meeting_id: uuid.UUID, max_participants: int | None):
+        super().__init__()
+        self.meeting_id = meeting_id
+        self.max_participants = max_participants
 
 
 def stale_threshold() -> timedelta:
@@ -175,11 +201,25 @@ def weighted_order(candidates: Sequence[Candidate], rng: random.Random | None = 
 # Served by uq_meeting_assignments_active (meeting_id, region) WHERE ended_at IS NULL.
 _ACTIVE_SQL = """
 SELECT a.id, a.meeting_controller_id, mc.grpc_endpoint, mc.webtransport_endpoint, mc.health_status,
-       mc.last_heartbeat_at > now() - make_interval(secs => %(stale)s) AS fresh
+       mc.last_heartbeat_at > now() - make_interval(secs => %(stale)s) AS fresh,
+       a.pending_until IS NOT NULL AS pending,
+       CASE WHEN a.media_handler_ids IS NULL THEN NULL ELSE (
+           SELECT json_agg(json_build_array(h.handler_id, coalesce(h.webtransport_endpoint, ''),
+                                            coalesce(h.grpc_endpoint, ''))
+                           ORDER BY array_position(a.media_handler_ids, h.handler_id))
+           FROM media_handlers h WHERE h.handler_id = ANY(a.media_handler_ids)) END AS media_handlers
 FROM meeting_assignments a
 JOIN meeting_controllers mc ON mc.controller_id = a.meeting_controller_id
 WHERE a.meeting_id = %(meeting_id)s AND a.region = %(region)s AND a.ended_at IS NULL
 """
+# Columns of _ACTIVE_SQL.
+_ID, _CONTROLLER, _GRPC, _WEBTRANSPORT, _HEALTH, _FRESH, _PENDING, _HANDLERS = range(8)
+
+
+def _active_assignment(row: tuple[Any, ...], meeting_id: uuid.UUID, region: str, *, rule: str) -> Assignment:
+    handlers = tuple(MediaHandlerChoice(*handler) for handler in (row[_HANDLERS] or ()))
+    return Assignment(row[_ID], meeting_id, region, row[_CONTROLLER], row[_GRPC], row[_WEBTRANSPORT], reused=True,
+                      rule=rule, media_handlers=handlers)
 
 # greatest(): an assignment committed after this transaction began has assigned_at later than its now().
 _END_SQL = """
@@ -193,8 +233,10 @@ SELECT meeting_controller_id FROM ended
 
 _INSERT_SQL = """
 INSERT INTO meeting_assignments
-    (meeting_id, meeting_controller_id, region, assigned_at, assigned_by_gc_id, reserved_participants)
-VALUES (%(meeting_id)s, %(controller_id)s, %(region)s, now(), %(gc_id)s, %(reserve)s)
+    (meeting_id, meeting_controller_id, region, assigned_at, assigned_by_gc_id, reserved_participants,
+     pending_until, media_handler_ids)
+VALUES (%(meeting_id)s, %(controller_id)s, %(region)s, now(), %(gc_id)s, %(reserve)s,
+        now() + make_interval(secs => %(pending)s), %(media_handler_ids)s)
 ON CONFLICT (meeting_id, region) WHERE ended_at IS NULL DO NOTHING
 RETURNING id
 """
@@ -246,14 +288,19 @@ def _no_capacity(region: str, rule: str) -> NoCapacity:
 def meeting_assign(
     *, meeting_id: uuid.UUID, region: str, actor_user_id: uuid.UUID | None = None, rng: random.Random | None = None
 ) -> Assignment:
-    """The MC that runs `meeting_id` in `region`, assigning one if needed (see the module docstring).
-    Raises NoCapacity when no MC in the region can take the meeting."""
+    """The MC that runs `meeting_id` in `region`, assigning one if needed (see the module docstring), asking
+    the MC first with MC_ASSIGN_CALLS (meeting_place). Raises NoCapacity when no MC in the region can take the
+    meeting."""
     audit_entries: list[AuditEntry] = []
-    with transaction.atomic():
-        assignment = meeting_assign_in_transaction(
-            meeting_id=meeting_id, region=region, actor_user_id=actor_user_id, rng=rng, audit_entries=audit_entries
-        )
-        audit_record_many(audit_entries)
+    try:
+        with transaction.atomic():
+            assignment = meeting_assign_in_transaction(
+                meeting_id=meeting_id, region=region, actor_user_id=actor_user_id, rng=rng,
+                audit_entries=audit_entries,
+            )
+            audit_record_many(audit_entries)
+    except PlacementNeeded:
+        return meeting_place(meeting_id=meeting_id, region=region, actor_user_id=actor_user_id, rng=rng)
     return assignment
 
 
@@ -269,95 +316,371 @@ def meeting_assign_in_transaction(
     """meeting_assign inside the caller's transaction (the join's), without a savepoint of its own: an error
     leaves that transaction to be rolled back, so the caller lets it propagate. `max_participants` is the
     meeting's when the caller has read it already (else it is read here). The audit row of a new assignment is
-    appended to `audit_entries`; the caller writes it in the same transaction."""
+    appended to `audit_entries`; the caller writes it in the same transaction.
+
+    With MC_ASSIGN_CALLS, an assignment that must be made raises PlacementNeeded instead (nothing written):
+    asking the MC must not happen inside the caller's transaction, so the caller calls meeting_place outside it
+    and comes back."""
     if not connection.in_atomic_block:
         raise TransactionManagementError("meeting_assign_in_transaction needs the caller's transaction.")
     params: dict[str, Any] = {
         "meeting_id": meeting_id, "region": region, "stale": stale_threshold().total_seconds(),
     }
     with connection.cursor() as cursor:
-        cursor.execute(_ACTIVE_SQL, params)
-        active = cursor.fetchone()
-        if active is not None and active[4] == HealthStatus.HEALTHY and active[5]:
-            _count(PlacementRule.REUSED, PlacementOutcome.REUSED)
-            return Assignment(active[0], meeting_id, region, active[1], active[2], active[3], reused=True)
-
-        if max_participants is None:
-            cursor.execute("SELECT max_participants FROM meetings WHERE meeting_id = %s", [meeting_id])
-            meeting = cursor.fetchone()
-            max_participants = meeting[0] if meeting is not None else 0
-        reserve = participants_reserved_for(max_participants)
-        candidates = assignment_candidates(region, reserve=reserve)
-        healthy_available = bool(candidates) and candidates[0].health_status == HealthStatus.HEALTHY
-        if active is not None and active[5] and active[4] == HealthStatus.DEGRADED and not healthy_available:
-            # Degraded fallback: a degraded MC that runs the meeting keeps it rather than moving it to another.
-            _count(PlacementRule.DEGRADED_FALLBACK, PlacementOutcome.REUSED)
-            return Assignment(active[0], meeting_id, region, active[1], active[2], active[3], reused=True,
-                              rule=PlacementRule.DEGRADED_FALLBACK)
+        reused, active, candidates, reserve = _reuse_or_candidates(cursor, params, max_participants)
+        if reused is not None:
+            return reused
         if not candidates:
             raise _no_capacity(region, PlacementRule.LEAST_LOADED)
-
-        previous_controller_id = None
-        if active is not None:
-            cursor.execute(_END_SQL, {"id": active[0], "reason": END_REASON_REASSIGNED})
-            ended = cursor.fetchone()
-            if ended is not None:
-                previous_controller_id = ended[0]
-
-        order = weighted_order(candidates, rng)
-        params.update(
-            reserve=reserve, gc_id=gc_id(), available=[str(state) for state in AVAILABLE_STATES],
-            per_minute=settings.PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE, window=ASSIGNMENT_WINDOW.total_seconds(),
-        )
-        cursor.execute(_INSERT_SQL, {**params, "controller_id": order[0].controller_id})
-        inserted = cursor.fetchone()
-        if inserted is None:
-            # A concurrent request assigned the meeting first; its choice stands.
-            cursor.execute(_ACTIVE_SQL, params)
-            winner = cursor.fetchone()
-            if winner is None:
-                raise _no_capacity(region, order[0].rule)
-            _count(PlacementRule.REUSED, PlacementOutcome.REUSED)
-            return Assignment(winner[0], meeting_id, region, winner[1], winner[2], winner[3], reused=True)
-        assignment_id = inserted[0]
-
-        taken = _claim_first_with_room(cursor, order, params)
-        for _ in range(FRESH_READS):
-            if taken is not None:
-                break
-            # Every candidate filled up or went away since the read (other joins committed their claims in
-            # between). Read again before answering 503: the region may have room on an MC that was not among
-            # the first few candidates.
-            fresh = assignment_candidates(region, reserve=reserve)
-            if not fresh:
-                break
-            taken = _claim_first_with_room(cursor, weighted_order(fresh, rng), params)
-        if taken is None:
-            # The insert above rolls back with this.
-            raise _no_capacity(region, order[0].rule)
-        chosen, endpoints = taken
-        if chosen.controller_id != order[0].controller_id:
-            cursor.execute(
-                "UPDATE meeting_assignments SET meeting_controller_id = %s WHERE id = %s",
-                [chosen.controller_id, assignment_id],
-            )
+        if settings.MC_ASSIGN_CALLS:
+            raise PlacementNeeded(meeting_id, max_participants)
+        previous_controller_id = _end_active(cursor, active, END_REASON_REASSIGNED)
+        params.update(reserve=reserve, pending=None, media_handler_ids=None)
+        placed = _insert_and_claim(cursor, params, candidates, rng)
+        if isinstance(placed, Assignment):
+            return placed
+        assignment_id, chosen, endpoints = placed
         cursor.execute(
             "UPDATE meetings SET assigned_controller_id = %s, assigned_region = %s WHERE meeting_id = %s",
             [chosen.controller_id, region, meeting_id],
         )
-        payload = {
-            "meeting_id": str(meeting_id), "region": region, "controller_id": chosen.controller_id,
-            "previous_controller_id": previous_controller_id, "assignment_id": assignment_id,
-            "assigned_by_gc_id": gc_id(), "rule": str(chosen.rule), "reserved_participants": reserve,
-        }
-        outbox_enqueue(aggregate_type="meeting", aggregate_id=str(meeting_id), event_type="meeting_assigned",
-                       payload=payload)
-        audit_entries.append(AuditEntry(
-            event_type="meeting_assigned", action="assign",
-            actor_type=ActorType.USER if actor_user_id else ActorType.SYSTEM, actor_user_id=actor_user_id,
-            target_type="meeting", target_id=str(meeting_id),
-            metadata={key: value for key, value in payload.items() if key != "meeting_id"},
+        audit_entries.append(_assigned_records(
+            meeting_id=meeting_id, region=region, controller_id=chosen.controller_id, rule=chosen.rule,
+            assignment_id=assignment_id, previous_controller_id=previous_controller_id, reserve=reserve,
+            actor_user_id=actor_user_id,
         ))
         _count(chosen.rule, PlacementOutcome.ASSIGNED)
         return Assignment(assignment_id, meeting_id, region, chosen.controller_id, endpoints[0], endpoints[1],
                           reused=False, rule=chosen.rule)
+
+
+def _reuse_or_candidates(
+    cursor: Any, params: dict[str, Any], max_participants: int | None
+) -> tuple[Assignment | None, tuple[Any, ...] | None, list[Candidate], int]:
+    """Steps 1-2 of the module docstring: the active assignment if it stands (reused, or kept by a degraded MC
+    when no healthy one exists), else the active row (to be ended), the candidates and the reservation."""
+    meeting_id, region = params["meeting_id"], params["region"]
+    cursor.execute(_ACTIVE_SQL, params)
+    active = cursor.fetchone()
+    usable = active is not None and active[_FRESH] and not active[_PENDING]
+    if usable and active[_HEALTH] == HealthStatus.HEALTHY:
+        _count(PlacementRule.REUSED, PlacementOutcome.REUSED)
+        return _active_assignment(active, meeting_id, region, rule=PlacementRule.REUSED), active, [], 0
+    if max_participants is None:
+        cursor.execute("SELECT max_participants FROM meetings WHERE meeting_id = %s", [meeting_id])
+        meeting = cursor.fetchone()
+        max_participants = meeting[0] if meeting is not None else 0
+    reserve = participants_reserved_for(max_participants)
+    candidates = assignment_candidates(region, reserve=reserve)
+    healthy_available = bool(candidates) and candidates[0].health_status == HealthStatus.HEALTHY
+    if usable and active[_HEALTH] == HealthStatus.DEGRADED and not healthy_available:
+        # Degraded fallback: a degraded MC that runs the meeting keeps it rather than moving it to another.
+        _count(PlacementRule.DEGRADED_FALLBACK, PlacementOutcome.REUSED)
+        return _active_assignment(active, meeting_id, region, rule=PlacementRule.DEGRADED_FALLBACK), active, [], 0
+    return None, active, candidates, reserve
+
+
+def _end_active(cursor: Any, active: tuple[Any, ...] | None, reason: str) -> str | None:
+    """End the active assignment that no longer stands, giving back what it held; its MC's id if it ended here."""
+    if active is None:
+        return None
+    cursor.execute(_END_SQL, {"id": active[_ID], "reason": reason})
+    ended = cursor.fetchone()
+    return ended[0] if ended is not None else None
+
+
+def _insert_and_claim(
+    cursor: Any, params: dict[str, Any], candidates: Sequence[Candidate], rng: random.Random | None
+) -> Assignment | tuple[int, Candidate, tuple[str, str | None]]:
+    """Steps 3-4: insert the assignment for the weighted choice and claim an MC's slot (compare-and-set, falling
+    back along the draw and to fresh reads). A concurrent request's assignment, when it inserted first, is
+    returned as it stands (reused); NoCapacity when every candidate filled up."""
+    meeting_id, region = params["meeting_id"], params["region"]
+    order = weighted_order(candidates, rng)
+    params.update(
+        gc_id=gc_id(), available=[str(state) for state in AVAILABLE_STATES],
+        per_minute=settings.PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE, window=ASSIGNMENT_WINDOW.total_seconds(),
+    )
+    cursor.execute(_INSERT_SQL, {**params, "controller_id": order[0].controller_id})
+    inserted = cursor.fetchone()
+    if inserted is None:
+        # A concurrent request assigned the meeting first; its choice stands.
+        cursor.execute(_ACTIVE_SQL, params)
+        winner = cursor.fetchone()
+        if winner is None:
+            raise _no_capacity(region, order[0].rule)
+        _count(PlacementRule.REUSED, PlacementOutcome.REUSED)
+        return _active_assignment(winner, meeting_id, region, rule=PlacementRule.REUSED)
+    assignment_id = inserted[0]
+
+    taken = _claim_first_with_room(cursor, order, params)
+    for _ in range(FRESH_READS):
+        if taken is not None:
+            break
+        # Every candidate filled up or went away since the read (other joins committed their claims in
+        # between). Read again before answering 503: the region may have room on an MC that was not among
+        # the first few candidates.
+        fresh = [c for c in assignment_candidates(region, reserve=params["reserve"])
+                 if c.controller_id not in params.get("exclude", ())]
+        if not fresh:
+            break
+        taken = _claim_first_with_room(cursor, weighted_order(fresh, rng), params)
+    if taken is None:
+        # The insert above rolls back with this.
+        raise _no_capacity(region, order[0].rule)
+    chosen, endpoints = taken
+    if chosen.controller_id != order[0].controller_id:
+        cursor.execute(
+            "UPDATE meeting_assignments SET meeting_controller_id = %s WHERE id = %s",
+            [chosen.controller_id, assignment_id],
+        )
+    return assignment_id, chosen, endpoints
+
+
+def _assigned_records(
+    *,
+    meeting_id: uuid.UUID,
+    region: str,
+    controller_id: str,
+    rule: str,
+    assignment_id: int,
+    previous_controller_id: str | None,
+    reserve: int,
+    actor_user_id: uuid.UUID | None,
+    asked: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """The meeting_assigned outbox event (written here) and its audit row (returned, for the caller to write in
+    the same transaction). `asked`: how the MC came to accept it, when MCs were asked."""
+    payload = {
+        "meeting_id": str(meeting_id), "region": region, "controller_id": controller_id,
+        "previous_controller_id": previous_controller_id, "assignment_id": assignment_id,
+        "assigned_by_gc_id": gc_id(), "rule": str(rule), "reserved_participants": reserve, **(asked or {}),
+    }
+    outbox_enqueue(aggregate_type="meeting", aggregate_id=str(meeting_id), event_type="meeting_assigned",
+                   payload=payload)
+    return AuditEntry(
+        event_type="meeting_assigned", action="assign",
+        actor_type=ActorType.USER if actor_user_id else ActorType.SYSTEM, actor_user_id=actor_user_id,
+        target_type="meeting", target_id=str(meeting_id),
+        metadata={key: value for key, value in payload.items() if key != "meeting_id"},
+    )
+
+
+# --- Placement that asks the MC (MC_ASSIGN_CALLS) -------------------------------------------------------------
+
+# The MC's answer decides: accepted -> the pending row stands; otherwise it is ended and its slot given back.
+_ACCEPT_SQL = """
+UPDATE meeting_assignments SET pending_until = NULL
+WHERE id = %(id)s AND ended_at IS NULL AND pending_until IS NOT NULL
+RETURNING id
+"""
+# An MC that refused (or did not answer) is taken out of placement until its next heartbeat reports its counts:
+# its in-flight count is raised to fill it, and the heartbeat's reconciliation (which counts only real
+# assignments) brings it back. Every GC process sees it at once.
+_HOLD_FULL_SQL = """
+UPDATE meeting_controllers
+SET assigned_since_heartbeat = greatest(assigned_since_heartbeat, max_meetings - current_meetings)
+WHERE controller_id = %s
+"""
+
+_HANDLERS_SQL = """
+SELECT handler_id, coalesce(webtransport_endpoint, ''), coalesce(grpc_endpoint, ''), current_streams, max_streams
+FROM media_handlers
+WHERE region = %(region)s AND health_status = 'healthy'
+  AND last_heartbeat_at > now() - make_interval(secs => %(stale)s)
+  AND current_streams < max_streams
+ORDER BY current_streams::double precision / max_streams::double precision, last_heartbeat_at DESC, handler_id
+LIMIT %(limit)s
+"""
+
+
+def media_handlers_choose(region: str, *, rng: random.Random | None = None) -> list[MediaHandlerChoice]:
+    """Up to MEDIA_HANDLERS_PER_MEETING media handlers for a new meeting in `region`: drawn from the
+    PLACEMENT_CANDIDATES least-loaded healthy ones with a fresh load report and a free stream, each with weight
+    1 - min(load, 0.99) (the MC draw's rule). Empty when the region has none."""
+    rng = rng or _rng
+    with connection.cursor() as cursor:
+        cursor.execute(_HANDLERS_SQL, {"region": region, "stale": stale_threshold().total_seconds(),
+                                       "limit": settings.PLACEMENT_CANDIDATES})
+        rows = cursor.fetchall()
+    remaining = [(MediaHandlerChoice(*row[:3]), 1.0 - min(row[3] / row[4], MAX_WEIGHT_LOAD)) for row in rows]
+    chosen: list[MediaHandlerChoice] = []
+    while remaining and len(chosen) < MEDIA_HANDLERS_PER_MEETING:
+        index = rng.choices(range(len(remaining)), weights=[weight for _, weight in remaining])[0]
+        chosen.append(remaining.pop(index)[0])
+    return chosen
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """One MC asked during a placement."""
+
+    controller_id: str
+    answer: McAnswer
+
+
+# The advisory lock's two int4 keys: the namespace and a hash of (meeting, region). A hash collision only makes
+# two placements wait for each other.
+_LOCK_KEY_SQL = "%(lock_class)s, hashtext(%(meeting_id)s::text || '/' || %(region)s)"
+
+
+def _placement_lock(meeting_id: uuid.UUID, region: str, wait_seconds: float) -> None:
+    """Take this session's advisory lock on placing `meeting_id` in `region`, waiting at most `wait_seconds`
+    for the request that holds it (PlacementBusy after that). Session-level, so it outlives the transactions
+    of the placement; placement_unlock gives it back, and a process that dies gives it back with its session."""
+    params = {"lock_class": _PLACEMENT_LOCK_CLASS, "meeting_id": str(meeting_id), "region": region,
+              "timeout": f"{max(1, int(wait_seconds * 1000))}ms"}
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %(timeout)s, true)", params)
+            cursor.execute(f"SELECT pg_advisory_lock({_LOCK_KEY_SQL})", params)
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == "55P03":  # lock_not_available: the wait ran out
+            raise PlacementBusy("The meeting is being placed on a meeting controller; retry shortly.") from None
+        raise
+
+
+def placement_lock_try(meeting_id: uuid.UUID, region: str) -> bool:
+    """Take the placement lock of (meeting, region) if nobody holds it (a drain move that tells the target MC
+    holds it until the move commits, so no join places the meeting elsewhere meanwhile)."""
+    params = {"lock_class": _PLACEMENT_LOCK_CLASS, "meeting_id": str(meeting_id), "region": region}
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT pg_try_advisory_lock({_LOCK_KEY_SQL})", params)
+        return bool(cursor.fetchone()[0])
+
+
+def placement_lock_release(meeting_id: uuid.UUID, region: str) -> None:
+    """Give back a placement lock taken by placement_lock_try."""
+    _placement_unlock(meeting_id, region)
+
+
+def _placement_unlock(meeting_id: uuid.UUID, region: str) -> None:
+    params = {"lock_class": _PLACEMENT_LOCK_CLASS, "meeting_id": str(meeting_id), "region": region}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT pg_advisory_unlock({_LOCK_KEY_SQL})", params)
+    except DatabaseError:
+        # The connection is gone, and with its session the lock: nothing is left to give back.
+        logger.warning("placement lock not released: the database connection failed", exc_info=True)
+
+
+def meeting_place(
+    *,
+    meeting_id: uuid.UUID,
+    region: str,
+    actor_user_id: uuid.UUID | None = None,
+    max_participants: int | None = None,
+    rng: random.Random | None = None,
+) -> Assignment:
+    """The MC that runs `meeting_id` in `region`, asking a new one to take it when needed (MC_ASSIGN_CALLS).
+
+    Exactly one request at a time places a meeting in a region: it holds an advisory lock on (meeting, region)
+    while it works, and concurrent requests for the same meeting wait for it (at most the time it may take,
+    then PlacementBusy) and then find its assignment. Requests for other meetings never wait for it.
+
+    Under the lock: an active assignment that stands is returned as it is. Otherwise media handlers are chosen
+    (none: NoMediaHandler, and no MC is asked), and up to MC_ASSIGN_ATTEMPTS MCs are tried in turn, each in
+    three steps with no transaction open across the call:
+    1. one transaction ends the assignment that no longer stands, inserts a pending one for the chosen MC and
+       claims its slot, exactly as an assignment without a call does;
+    2. AssignMeetingWithMh to that MC (controllers.mc_client), within MC_ASSIGN_TIMEOUT_SECONDS;
+    3. one transaction records the answer: accepted -> the assignment stands (meeting pointer, meeting_assigned
+       outbox event and audit row naming the attempts); refused, failed or timed out -> the pending row is
+       ended (mc_refused), its slot given back, the MC held full until its next heartbeat, a failure audit row
+       written, and the next MC is tried. Every MC refused: NoCapacity.
+    An MC is told of a meeting at most once per placement, and never of one another MC has accepted.
+    """
+    if connection.in_atomic_block:
+        raise TransactionManagementError("meeting_place asks an MC and must not run inside a transaction.")
+    wait = settings.MC_ASSIGN_TIMEOUT_SECONDS * MC_ASSIGN_ATTEMPTS + 1.0
+    _placement_lock(meeting_id, region, wait)
+    try:
+        return _place_locked(meeting_id=meeting_id, region=region, actor_user_id=actor_user_id,
+                             max_participants=max_participants, rng=rng)
+    finally:
+        _placement_unlock(meeting_id, region)
+
+
+def _place_locked(
+    *,
+    meeting_id: uuid.UUID,
+    region: str,
+    actor_user_id: uuid.UUID | None,
+    max_participants: int | None,
+    rng: random.Random | None,
+) -> Assignment:
+    asked: list[_Asked] = []
+    handlers: list[MediaHandlerChoice] | None = None
+    previous_controller_id: str | None = None
+    for attempt in range(1, MC_ASSIGN_ATTEMPTS + 1):
+        params: dict[str, Any] = {
+            "meeting_id": meeting_id, "region": region, "stale": stale_threshold().total_seconds(),
+        }
+        with transaction.atomic(), connection.cursor() as cursor:
+            reused, active, candidates, reserve = _reuse_or_candidates(cursor, params, max_participants)
+            if reused is not None:
+                return reused
+            excluded = {entry.controller_id for entry in asked}
+            candidates = [c for c in candidates if c.controller_id not in excluded]
+            if handlers is None:
+                handlers = media_handlers_choose(region, rng=rng)
+            if not handlers:
+                raise NoMediaHandler(f"No media handler is available in region {region}.")
+            if not candidates:
+                break
+            # We hold the placement lock: a pending row here was left by a placer that went away.
+            ended = _end_active(
+                cursor, active, END_REASON_ABANDONED if active is not None and active[_PENDING]
+                else END_REASON_REASSIGNED,
+            )
+            previous_controller_id = previous_controller_id or ended
+            params.update(reserve=reserve, exclude=excluded, media_handler_ids=[h.handler_id for h in handlers],
+                          pending=settings.MC_ASSIGN_TIMEOUT_SECONDS + 1.0)
+            placed = _insert_and_claim(cursor, params, candidates, rng)
+            if isinstance(placed, Assignment):  # cannot happen under the lock unless another GC skips it
+                return placed
+            assignment_id, chosen, endpoints = placed
+
+        answer = mc_assign_meeting(
+            endpoint=endpoints[0], meeting_id=meeting_id, media_handlers=handlers, token=gc_service_token(),
+            requesting_gc_id=gc_id(),
+        )
+        asked.append(_Asked(chosen.controller_id, answer))
+        with transaction.atomic(), connection.cursor() as cursor:
+            if answer.accepted:
+                cursor.execute(_ACCEPT_SQL, {"id": assignment_id})
+                if cursor.fetchone() is not None:
+                    cursor.execute(
+                        "UPDATE meetings SET assigned_controller_id = %s, assigned_region = %s WHERE meeting_id = %s",
+                        [chosen.controller_id, region, meeting_id],
+                    )
+                    audit_record_many([_assigned_records(
+                        meeting_id=meeting_id, region=region, controller_id=chosen.controller_id, rule=chosen.rule,
+                        assignment_id=assignment_id, previous_controller_id=previous_controller_id, reserve=reserve,
+                        actor_user_id=actor_user_id, asked=_asked_summary(asked, handlers),
+                    )])
+                    _count(chosen.rule, PlacementOutcome.ASSIGNED)
+                    return Assignment(assignment_id, meeting_id, region, chosen.controller_id, endpoints[0],
+                                      endpoints[1], reused=False, rule=chosen.rule, media_handlers=tuple(handlers))
+                # Ended while the MC answered (the meeting ended, the MC went away): place again.
+                continue
+            _end_active(cursor, (assignment_id,), END_REASON_MC_REFUSED)
+            cursor.execute(_HOLD_FULL_SQL, [chosen.controller_id])
+            audit_record_many([AuditEntry(
+                event_type="meeting_assignment_refused", action="assign", result=AuditResult.FAILURE,
+                actor_type=ActorType.USER if actor_user_id else ActorType.SYSTEM, actor_user_id=actor_user_id,
+                target_type="meeting", target_id=str(meeting_id),
+                error_message=f"{answer.outcome}: {answer.reason}",
+                metadata={"region": region, "controller_id": chosen.controller_id, "attempt": attempt,
+                          "outcome": str(answer.outcome), "reason": answer.reason},
+            )])
+    raise _no_capacity(region, PlacementRule.LEAST_LOADED)
+
+
+def _asked_summary(asked: Sequence[_Asked], handlers: Sequence[MediaHandlerChoice]) -> dict[str, Any]:
+    return {
+        "attempts": len(asked),
+        "refused": [{"controller_id": entry.controller_id, "outcome": str(entry.answer.outcome),
+                     "reason": entry.answer.reason} for entry in asked if not entry.answer.accepted],
+        "media_handler_ids": [handler.handler_id for handler in handlers],
+    }

@@ -3,6 +3,7 @@ its MC from the Global Controller, then connects to the MC with the meeting toke
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 
@@ -13,7 +14,7 @@ from accounts.models import User
 from accounts.tokens import IssuedToken, token_issue
 from audit.models import ActorType
 from audit.services import AuditEntry, audit_record, audit_record_many
-from darktower.errors import Conflict, Gone, NotFound, PermissionDenied
+from darktower.errors import Conflict, Gone, NoCapacity, NotFound, PermissionDenied
 from meetings.models import LeaveReason, Meeting, MeetingParticipant, MeetingStatus, ParticipantStatus
 from meetings.selectors import meeting_by_ref_locked
 from meetings.services.admission import (
@@ -22,7 +23,7 @@ from meetings.services.admission import (
     participant_principal,
     seat_refusal,
 )
-from meetings.services.assignment import Assignment, meeting_assign_in_transaction
+from meetings.services.assignment import Assignment, PlacementNeeded, meeting_assign_in_transaction, meeting_place
 
 ROLE_HOST = "host"
 ROLE_PARTICIPANT = "participant"
@@ -39,16 +40,34 @@ class JoinResult:
     created: bool = True
 
 
+# What a participant may do in the media session (Dark Tower's MC reads them from the token): members what
+# Dark Tower's own GC grants, guests audio and video.
+MEMBER_CAPABILITIES = ("audio", "video", "screen_share", "chat")
+GUEST_CAPABILITIES = ("video", "audio")
+
+
 def _meeting_token(participant: MeetingParticipant) -> IssuedToken:
+    """The token the MC admits the participant with, in Dark Tower's claim sets: a user's is a meeting token
+    (token_type meeting, participant_type member, role host or participant), a guest's a guest token (token_type,
+    participant_type and role guest, display_name, waiting_room). Neither names an audience, which the MC's
+    validator would refuse; token_type says what they are (accounts.tokens._of_kind). meeting_org_id is the
+    deployment's one organization. participant_id, and waiting_room for users too, are ours beside them."""
+    common: dict[str, object] = {
+        "meeting_id": str(participant.meeting_id), "meeting_org_id": settings.MEETING_ORG_ID,
+        "participant_id": str(participant.participant_id),
+        # The MC holds a waiting participant in the meeting's waiting room until the host admits it.
+        "waiting_room": participant.status == ParticipantStatus.WAITING,
+    }
+    if participant.role == ROLE_GUEST:
+        claims = {**common, "token_type": "guest", "participant_type": "guest", "role": ROLE_GUEST,
+                  "display_name": participant.display_name, "capabilities": list(GUEST_CAPABILITIES)}
+    else:
+        claims = {**common, "token_type": "meeting", "home_org_id": settings.MEETING_ORG_ID,
+                  "participant_type": "member", "role": participant.role,
+                  "capabilities": list(MEMBER_CAPABILITIES)}
     return token_issue(
-        subject=str(participant.participant_id), audience=settings.JWT_MEETING_AUDIENCE, scopes=[],
-        lifetime_seconds=settings.JWT_MEETING_TOKEN_LIFETIME_SECONDS,
-        extra_claims={
-            "meeting_id": str(participant.meeting_id), "participant_id": str(participant.participant_id),
-            "role": participant.role,
-            # The MC holds a waiting participant in the meeting's waiting room until the host admits it.
-            "waiting_room": participant.status == ParticipantStatus.WAITING,
-        },
+        subject=str(participant.participant_id), audience=None, scopes=[],
+        lifetime_seconds=settings.JWT_MEETING_TOKEN_LIFETIME_SECONDS, extra_claims=claims,
     )
 
 
@@ -111,6 +130,11 @@ def _must_wait(meeting: Meeting, role: str) -> bool:
     return role == ROLE_GUEST or meeting.waiting_room_applies_to_users
 
 
+# Join attempts around a placement: the first finds that the meeting needs an MC, the second (after
+# meeting_place) finds it placed; a third covers an assignment ended in between (a drain, an MC going away).
+_JOIN_ROUNDS = 3
+
+
 def meeting_join(
     *,
     meeting_ref: str,
@@ -120,6 +144,38 @@ def meeting_join(
     ip_address: str | None = None,
     user_agent: str | None = None,
     client_version: str | None = None,
+) -> JoinResult:
+    """Admit a participant (see _join_once). When the meeting has no usable MC in `region` and the MC must be
+    asked (MC_ASSIGN_CALLS), the join's transaction is given up before anything is written, meeting_place asks
+    MCs with no transaction open, and the join runs again to find the assignment made: the checks (meeting
+    ended, full, not for guests) come first every time, so a refused join never places a meeting."""
+    placed: Assignment | None = None
+    for _ in range(_JOIN_ROUNDS):
+        try:
+            result = _join_once(
+                meeting_ref=meeting_ref, region=region, user=user, display_name=display_name,
+                ip_address=ip_address, user_agent=user_agent, client_version=client_version,
+            )
+        except PlacementNeeded as needed:
+            placed = meeting_place(meeting_id=needed.meeting_id, region=region,
+                                   actor_user_id=user.pk if user else None, max_participants=needed.max_participants)
+            continue
+        if placed is not None and result.assignment.assignment_id == placed.assignment_id:
+            # The placement this join made: the answer says so (rule, media handlers) rather than "reused".
+            result = dataclasses.replace(result, assignment=placed)
+        return result
+    raise NoCapacity(f"No meeting controller is available in region {region}.")
+
+
+def _join_once(
+    *,
+    meeting_ref: str,
+    region: str,
+    user: User | None,
+    display_name: str | None,
+    ip_address: str | None,
+    user_agent: str | None,
+    client_version: str | None,
 ) -> JoinResult:
     """Admit a participant (a user, or a guest when `user` is None), assign the meeting an MC in `region`,
     and issue the meeting token the MC accepts.
@@ -173,6 +229,7 @@ def meeting_join(
             raise Conflict("The meeting is full.")
 
         audit_entries: list[AuditEntry] = []
+        # PlacementNeeded leaves before anything is written: the rollback only gives back the meeting row's lock.
         assignment = meeting_assign_in_transaction(
             meeting_id=meeting.pk, region=region, actor_user_id=user.pk if user else None,
             max_participants=meeting.max_participants, audit_entries=audit_entries,

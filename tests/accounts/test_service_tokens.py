@@ -107,7 +107,9 @@ def test_issued_token_is_not_valid_for_another_audience():
 
 @pytest.mark.parametrize(
     ("requested", "granted"),
-    [("mc:register", "mc:register"), ("  mh:register  ", "mh:register"),
+    # One kind of member: Dark Tower's scopes for that kind beside ours (and its service_type).
+    [("mc:register", "mc:register service.write.gc service.write.mh"),
+     ("  mh:register  ", "mh:register service.write.gc service.write.mc"),
      ("mh:register mc:register mh:register", "mc:register mh:register")],
 )
 def test_issue_grants_a_requested_subset(requested, granted):
@@ -151,7 +153,7 @@ def test_wrong_secret_unknown_client_and_revoked_are_one_invalid_client():
         (credential.client_id, secret[:-1]),
         (other.client_id, secret),  # another client's secret
         ("svc_" + "0" * 24, secret),  # well-formed, unknown
-        ("not-a-client-id", secret),
+        ("Not a client id!", secret),
         (credential.client_id, "x" * 10_000),
     ]
     messages = set()

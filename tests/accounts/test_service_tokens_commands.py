@@ -102,3 +102,34 @@ def test_rotate_signing_key_prints_the_new_active_kid():
     retired = SigningKey.objects.get(kid=old)
     assert not retired.is_active and retired.publish_until is not None
     assert signing_key_active().kid == new
+
+
+def test_an_operator_chooses_the_client_id_a_fleet_is_configured_with(client):
+    lines, _, _ = create("--name", "dark tower mcs", "--scopes", "mc:register", "--client-id", "meeting-controller")
+    assert lines["client_id"] == "meeting-controller"
+    assert ServiceCredential.objects.get(client_id="meeting-controller").scopes == ["mc:register"]
+    assert token_status(client, "meeting-controller", lines["client_secret"]) == 200
+
+
+@pytest.mark.parametrize(("client_id", "message"), [
+    ("meeting-controller", "exists already"), ("Meeting Controller", "Invalid client id"), ("mc", "Invalid client id"),
+])
+def test_a_taken_or_malformed_client_id_is_refused(client_id, message):
+    create("--name", "first", "--scopes", "mc:register", "--client-id", "meeting-controller")
+    with pytest.raises(CommandError, match=message):
+        create("--name", "second", "--scopes", "mc:register", "--client-id", client_id)
+    assert ServiceCredential.objects.count() == 1
+
+
+def test_the_admin_add_form_takes_a_client_id_and_refuses_a_taken_one(client, django_user_model):
+    from django.urls import reverse
+
+    admin = django_user_model.objects.create_superuser("root@example.test", "pw")
+    client.force_login(admin)
+    url = reverse("admin:accounts_servicecredential_add")
+    created = client.post(url, {"name": "mh fleet", "scopes": ["mh:register"], "client_id": "media-handler"})
+    assert created.status_code == 200 and b"media-handler" in created.content  # the secret page
+    assert ServiceCredential.objects.filter(client_id="media-handler").exists()
+    again = client.post(url, {"name": "other", "scopes": ["mh:register"], "client_id": "media-handler"})
+    assert again.status_code == 200 and b"exists already" in again.content
+    assert ServiceCredential.objects.count() == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import uuid
 from urllib.parse import quote, urlencode
 
@@ -12,6 +13,7 @@ from django.conf import settings
 
 from accounts.services.service_tokens import service_credential_create, service_credential_revoke
 from accounts.tokens import token_verify
+from audit.models import AuditLog
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("roomy_token_rate_limits")]
 
@@ -54,10 +56,11 @@ def test_basic_auth_issues_a_bearer_token(client, credential):
     assert set(body) == {"access_token", "token_type", "expires_in", "scope"}
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == settings.JWT_SERVICE_TOKEN_LIFETIME_SECONDS
-    assert body["scope"] == "mc:register"
+    assert body["scope"] == "mc:register service.write.gc service.write.mh"
     claims = token_verify(body["access_token"], audience=settings.JWT_SERVICE_AUDIENCE)
     assert claims.subject == client_id
-    assert claims.scopes == {"mc:register"}
+    assert claims.scopes == {"mc:register", "service.write.gc", "service.write.mh"}
+    assert claims.service_type == "meeting-controller" and "aud" not in claims.claims
 
 
 def test_form_fields_auth_without_scope_gets_every_allowed_scope(client, credential):
@@ -125,8 +128,8 @@ def test_a_client_id_field_naming_another_client_beside_basic_is_invalid_request
     assert_oauth_error(response, 400, "invalid_request")
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "text/plain", "multipart/form-data; boundary=x"])
-def test_a_body_that_is_not_form_encoded_is_invalid_request(client, credential, content_type):
+@pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data; boundary=x", "application/xml"])
+def test_a_body_that_is_neither_form_encoded_nor_json_is_invalid_request(client, credential, content_type):
     response = post(client, body='{"grant_type": "client_credentials"}', content_type=content_type,
                     HTTP_AUTHORIZATION=basic(*credential))
     assert_oauth_error(response, 400, "invalid_request")
@@ -227,6 +230,87 @@ def test_mh_scope_on_an_mc_only_credential_is_invalid_scope(client):
     assert_oauth_error(response, 400, "invalid_scope")
 
 
+# --- JSON bodies (Dark Tower's own token manager) ----------------------------------------------------------
+
+JSON = "application/json"
+
+
+def post_json(client, body, **extra):
+    data = body if isinstance(body, str) else json.dumps(body)
+    return client.post(URL, data=data, content_type=JSON, **extra)
+
+
+def test_the_original_token_managers_json_request_gets_a_token(client, credential):
+    client_id, secret = credential
+    response = post_json(client, {"grant_type": "client_credentials", "client_id": client_id,
+                                  "client_secret": secret})
+    assert response.status_code == 200, response.content
+    assert response["Cache-Control"] == "no-store"
+    body = response.json()
+    # The original's OAuthTokenResponse requires access_token, token_type and expires_in.
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == settings.JWT_SERVICE_TOKEN_LIFETIME_SECONDS
+    assert body["scope"] == "mc:register mh:register"
+    assert token_verify(body["access_token"], audience=settings.JWT_SERVICE_AUDIENCE).subject == client_id
+
+
+def test_a_json_request_may_narrow_the_scope_and_name_a_charset(client, credential):
+    client_id, secret = credential
+    response = client.post(URL, data=json.dumps({"grant_type": "client_credentials", "client_id": client_id,
+                                                 "client_secret": secret, "scope": "mh:register"}),
+                           content_type=f"{JSON}; charset=utf-8")
+    assert response.status_code == 200
+    assert response.json()["scope"] == "mh:register service.write.gc service.write.mc"
+
+
+def test_a_json_request_with_basic_auth_is_accepted(client, credential):
+    response = post_json(client, {"grant_type": "client_credentials"}, HTTP_AUTHORIZATION=basic(*credential))
+    assert response.status_code == 200
+
+
+def test_a_json_wrong_secret_is_invalid_client_and_audited(client, credential):
+    client_id, _ = credential
+    response = post_json(client, {"grant_type": "client_credentials", "client_id": client_id,
+                                  "client_secret": "dtsec_wrong"})
+    assert_oauth_error(response, 401, "invalid_client")
+    refusal = AuditLog.objects.get(event_type="service_token_refused", target_id=client_id)
+    assert refusal.error_message == "bad secret"
+
+
+@pytest.mark.parametrize("body", [
+    "{not json", "[]", '"client_credentials"', "null", "",
+    '{"grant_type": "client_credentials", "grant_type": "client_credentials"}',
+    '{"grant_type": ["client_credentials"]}',
+    '{"grant_type": "client_credentials", "scope": 5}',
+])
+def test_a_malformed_json_request_is_invalid_request(client, credential, body):
+    response = post_json(client, body, HTTP_AUTHORIZATION=basic(*credential))
+    assert_oauth_error(response, 400, "invalid_request")
+
+
+def test_json_grant_type_rules_are_the_forms(client, credential):
+    client_id, secret = credential
+    base = {"client_id": client_id, "client_secret": secret}
+    assert_oauth_error(post_json(client, base), 400, "invalid_request")
+    assert_oauth_error(post_json(client, {**base, "grant_type": "password"}), 400, "unsupported_grant_type")
+    assert_oauth_error(post_json(client, {**base, "grant_type": "client_credentials", "scope": "controllers:write"}),
+                       400, "invalid_scope")
+
+
+def test_json_secret_beside_basic_is_invalid_request(client, credential):
+    client_id, secret = credential
+    response = post_json(client, {"grant_type": "client_credentials", "client_secret": secret},
+                         HTTP_AUTHORIZATION=basic(client_id, secret))
+    assert_oauth_error(response, 400, "invalid_request")
+
+
+def test_json_secret_in_the_query_string_is_invalid_request(client, credential):
+    client_id, secret = credential
+    response = client.post(f"{URL}?client_secret={secret}", data=json.dumps(
+        {"grant_type": "client_credentials", "client_id": client_id}), content_type=JSON)
+    assert_oauth_error(response, 400, "invalid_request")
+
+
 # --- rate limits ---------------------------------------------------------------------------------------
 
 
@@ -255,6 +339,19 @@ def test_token_requests_are_limited_per_client(client, credential, settings):
     response = post(client, {"grant_type": "client_credentials"},
                     HTTP_AUTHORIZATION=basic(other.credential.client_id, other.client_secret))
     assert response.status_code == 200
+
+
+def test_json_token_requests_share_the_per_client_limit(client, credential, settings):
+    settings.RATE_LIMIT_TOKEN_PER_CLIENT = 2
+    settings.RATE_LIMIT_WINDOW_SECONDS = 3600
+    client_id, secret = credential
+    body = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
+    assert post(client, {"grant_type": "client_credentials"}, HTTP_AUTHORIZATION=basic(client_id, secret),
+                REMOTE_ADDR=_fresh_address()).status_code == 200
+    assert post_json(client, body, REMOTE_ADDR=_fresh_address()).status_code == 200
+    response = post_json(client, body, REMOTE_ADDR=_fresh_address())
+    assert_oauth_error(response, 429, "slow_down")
+    assert 1 <= int(response["Retry-After"]) <= 3600
 
 
 def test_token_requests_are_limited_per_address_even_without_credentials(client, credential, settings):

@@ -38,17 +38,43 @@ def verify_with_jwks(live_server, token):
 
 @pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post"])
 def test_authlib_obtains_a_token_that_pyjwkclient_verifies(live_server, credential, method):
+    # Both registration scopes: a token of no single kind of member, which names the service audience.
     client_id, secret = credential
-    token = fetch(live_server, client_id, secret, method=method, scope="mc:register")
+    token = fetch(live_server, client_id, secret, method=method, scope="mc:register mh:register")
     assert token["token_type"] == "Bearer"
-    assert token["scope"] == "mc:register"
+    assert token["scope"] == "mc:register mh:register"
     assert token["expires_in"] == settings.JWT_SERVICE_TOKEN_LIFETIME_SECONDS
     claims = verify_with_jwks(live_server, token["access_token"])
     assert claims["sub"] == client_id
-    assert claims["scope"] == "mc:register"
+    assert claims["scope"] == "mc:register mh:register"
     assert {"kid", "alg"} <= set(jwt.get_unverified_header(token["access_token"]))
     assert jwt.get_unverified_header(token["access_token"])["alg"] == "EdDSA"
     assert {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "scope"} <= set(claims)
+
+
+@pytest.mark.parametrize(("scope", "service_type", "original"), [
+    ("mc:register", "meeting-controller", "service.write.gc service.write.mh"),
+    ("mh:register", "media-handler", "service.write.gc service.write.mc"),
+])
+def test_a_single_kind_token_is_dark_towers_and_verifies_without_an_audience(
+    live_server, credential, scope, service_type, original
+):
+    # As Dark Tower's validator takes it: JWKS, EdDSA, exp, and no audience configured (any aud is refused).
+    client_id, secret = credential
+    token = fetch(live_server, client_id, secret, method="client_secret_basic", scope=scope)
+    assert token["scope"] == f"{scope} {original}"
+    jwks = jwt.PyJWKClient(live_server.url + JWKS_PATH, cache_keys=False)
+    claims = jwt.decode(token["access_token"], jwks.get_signing_key_from_jwt(token["access_token"]).key,
+                        algorithms=["EdDSA"], options={"require": ["exp"]})
+    assert "aud" not in claims
+    assert claims["service_type"] == service_type
+    assert set(claims["scope"].split()) == {scope, *original.split()}
+    assert isinstance(claims["exp"], int) and isinstance(claims["iat"], int) and claims["sub"] == client_id
+    # Ours accepts it as a service token, and as nothing else.
+    assert token_verify(token["access_token"], audience=settings.JWT_SERVICE_AUDIENCE).service_type == service_type
+    for other in (settings.JWT_API_AUDIENCE, settings.JWT_MEETING_AUDIENCE):
+        with pytest.raises(Unauthenticated, match="audience"):
+            token_verify(token["access_token"], audience=other)
 
 
 def test_authlib_sees_rfc_errors(live_server, credential):

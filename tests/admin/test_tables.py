@@ -320,3 +320,20 @@ def test_meeting_status_filter_and_search_by_code_and_name(client, superuser):
     assert codes(q="retro-q4") == ["retro-q4"]
     assert codes(q="standup") == ["plan-2027", "standup-eu"]  # by name
     assert codes(q="standup", status__exact="scheduled") == ["plan-2027"]
+
+
+def test_a_meetings_page_shows_its_mc_and_media_handlers(client, superuser):
+    from meetings.models import MeetingAssignment
+    from tests.factories import make_controller
+
+    meeting = make_meeting(host=make_user(), meeting_code="adm-mhs")
+    controller = make_controller(controller_id="mc-adm-mhs")
+    MeetingAssignment.objects.create(meeting=meeting, meeting_controller=controller, region="us-east-1",
+                                     assigned_by_gc_id="gc-test", media_handler_ids=["mh-adm-1", "mh-adm-2"])
+    client.force_login(superuser)
+
+    page = client.get(reverse("admin:meetings_meeting_change", args=[meeting.pk])).content.decode()
+    listing = client.get(reverse("admin:meetings_meetingassignment_changelist")).content.decode()
+
+    for html in (page, listing):
+        assert "mc-adm-mhs" in html and "mh-adm-1, mh-adm-2" in html

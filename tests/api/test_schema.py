@@ -104,8 +104,10 @@ def test_operations_document_their_errors_and_security(schema):
 def test_the_oauth_token_endpoint_and_jwks_are_documented_as_rfcs(schema):
     token = schema["paths"]["/api/v1/auth/service/token"]["post"]
     assert token["operationId"] == "auth_service_token"
-    assert set(token["requestBody"]["content"]) == {FORM_CONTENT_TYPE}
+    # Form-encoded (RFC 6749) or the same parameters as a JSON object (Dark Tower's own token manager).
+    assert set(token["requestBody"]["content"]) == {FORM_CONTENT_TYPE, "application/json"}
     request = token["requestBody"]["content"][FORM_CONTENT_TYPE]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert token["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(f"/{request}")
     assert schema["components"]["schemas"][request]["properties"]["grant_type"]["enum"] == ["client_credentials"]
     # HTTP Basic or the form's client_id / client_secret (the empty requirement).
     assert token["security"] == [{"clientBasicAuth": []}, {}]

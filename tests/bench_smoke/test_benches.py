@@ -99,11 +99,17 @@ def test_join_compares_with_the_trivial_endpoint_and_finds_no_double_assignment(
     payload = load(results[0], "join")
 
     runs = payload["data"]["runs"]
-    assert [row[0] for row in payload["rows"]] == ["GET /health (trivial DRF view)", "POST .../join"]
+    assert [row[0] for row in payload["rows"]] == [
+        "GET /health (trivial DRF view)", "POST .../join", "POST .../join, MC asked on first joins",
+    ]
     assert runs["health"]["codes"] == {"200": runs["health"]["calls"]}
     assert set(runs["join"]["codes"]) <= {"200", "201"} and runs["join"]["ok"] > 0
+    assert set(runs["join_mc_calls"]["codes"]) <= {"200", "201"} and runs["join_mc_calls"]["ok"] > 0
     assert payload["data"]["correct"] is True
     assert set(payload["data"]["problems"].values()) == {0}
+    # With the MC asked: every assignment told once, and every check of the first run holds too.
+    assert set(payload["data"]["mc_calls_problems"].values()) == {0}
+    assert payload["data"]["mc_calls_told"] == payload["data"]["mc_calls_checks"]["active assignments"] > 0
     assert payload["data"]["checks"]["active assignments"] >= runs["join"]["pairs_total"] > 0
     first, repeated = payload["data"]["statements_per_join"]
     assert first > repeated > 0

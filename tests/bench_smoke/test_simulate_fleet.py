@@ -173,6 +173,38 @@ def test_command_runs_with_a_throwaway_credential(grpc_server, live_server, sett
     assert ServiceCredential.objects.get().is_active is False
 
 
+@pytest.mark.mc_calls
+def test_simulated_mcs_accept_the_gcs_assignments(grpc_server, live_server, credential):
+    """With serve_assignments, a join's placement asks one of the simulated MCs, which accepts it."""
+    from meetings.services.assignment import meeting_place
+    from tests.factories import make_meeting
+
+    fleet = Fleet(config(grpc_server, live_server.url, credential, controllers=3, handlers=1, regions=("us-east-1",),
+                         duration=None, stale_share=0.0, draining_share=0.0, serve_assignments=True),
+                  write=lambda line: None)
+    meeting = make_meeting(allow_guests=True)
+
+    async def run():
+        task = asyncio.create_task(fleet.run())
+        # Healthy MCs and a handler with a load report, as placement needs them.
+        while (await asyncio.to_thread(lambda: (
+            MeetingController.objects.filter(health_status=HealthStatus.HEALTHY).count(),
+            MediaHandler.objects.filter(health_status=HealthStatus.HEALTHY).count(),
+        ))) != (3, 1):
+            await asyncio.sleep(0.05)
+        assignment = await asyncio.to_thread(meeting_place, meeting_id=meeting.pk, region="us-east-1")
+        fleet.stop()
+        await task
+        return assignment
+
+    assignment = asyncio.run(asyncio.wait_for(run(), timeout=30))
+
+    assert fleet.state.meetings_accepted == 1 and fleet.state.meetings_refused == 0
+    assert assignment.controller_id.startswith("sim-mc-us-east-1-")
+    assert assignment.grpc_endpoint.startswith("http://127.0.0.1:")
+    assert [h.handler_id for h in assignment.media_handlers] == ["sim-mh-us-east-1-000000"]
+
+
 def test_a_second_throwaway_run_takes_over_the_first_runs_members(grpc_server, live_server, settings, capsys):
     settings.DEBUG = True
     settings.SIMULATE_CLIENT_ID = None

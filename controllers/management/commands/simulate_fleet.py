@@ -1,6 +1,7 @@
 """`manage.py simulate_fleet --controllers N [--handlers M] [--regions a,b] [--duration S] [--stale-share 0.05]
-[--target HOST:PORT] [--api URL] [--streams] [--tls] [--tls-ca-file PEM] [--tls-client-cert PEM --tls-client-key PEM]`:
-a simulated fleet over real gRPC (controllers.simulator), over TLS (mutual with a client certificate) when asked.
+[--target HOST:PORT] [--api URL] [--streams] [--serve-assignments] [--tls] [--tls-ca-file PEM]
+[--tls-client-cert PEM --tls-client-key PEM]`: a simulated fleet over real gRPC (controllers.simulator), over TLS
+(mutual with a client certificate) when asked.
 
 Credentials: --client-id / --client-secret, else SIMULATE_CLIENT_ID / SIMULATE_CLIENT_SECRET; with neither and
 DEBUG on (`SIMULATE=N make run`), a throwaway credential is created for the run and revoked when it ends. The
@@ -52,6 +53,8 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable fleet")
         parser.add_argument("--streams", action="store_true",
                             help="MCs beat over StreamHeartbeats, one stream each, instead of a call per beat")
+        parser.add_argument("--serve-assignments", action="store_true",
+                            help="each MC serves AssignMeetingWithMh on a loopback port of its own (at most 1000)")
         parser.add_argument("--tls", action="store_true",
                             help="gRPC over TLS, trusting the system's CAs (implied by the --tls-* files)")
         parser.add_argument("--tls-ca-file", default=None,
@@ -86,6 +89,7 @@ class Command(BaseCommand):
                 draining_share=options["draining_share"], max_in_flight=options["max_in_flight"],
                 channels=options["channels"], report_interval=options["report_interval"],
                 id_prefix=options["id_prefix"], seed=options["seed"], streams=options["streams"],
+                serve_assignments=options["serve_assignments"],
                 tls=options["tls"], tls_ca_file=options["tls_ca_file"],
                 tls_client_cert_file=options["tls_client_cert"], tls_client_key_file=options["tls_client_key"],
             )

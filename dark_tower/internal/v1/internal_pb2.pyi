@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -13,11 +14,22 @@ class HealthStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEGRADED: _ClassVar[HealthStatus]
     UNHEALTHY: _ClassVar[HealthStatus]
     DRAINING: _ClassVar[HealthStatus]
+
+class RejectionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REJECTION_REASON_UNSPECIFIED: _ClassVar[RejectionReason]
+    REJECTION_REASON_AT_CAPACITY: _ClassVar[RejectionReason]
+    REJECTION_REASON_DRAINING: _ClassVar[RejectionReason]
+    REJECTION_REASON_UNHEALTHY: _ClassVar[RejectionReason]
 PENDING: HealthStatus
 HEALTHY: HealthStatus
 DEGRADED: HealthStatus
 UNHEALTHY: HealthStatus
 DRAINING: HealthStatus
+REJECTION_REASON_UNSPECIFIED: RejectionReason
+REJECTION_REASON_AT_CAPACITY: RejectionReason
+REJECTION_REASON_DRAINING: RejectionReason
+REJECTION_REASON_UNHEALTHY: RejectionReason
 
 class ControllerCapacity(_message.Message):
     __slots__ = ("max_meetings", "current_meetings", "max_participants", "current_participants")
@@ -176,3 +188,31 @@ class SendLoadReportResponse(_message.Message):
     acknowledged: bool
     timestamp: int
     def __init__(self, acknowledged: _Optional[bool] = ..., timestamp: _Optional[int] = ...) -> None: ...
+
+class MhAssignment(_message.Message):
+    __slots__ = ("mh_id", "webtransport_endpoint", "grpc_endpoint")
+    MH_ID_FIELD_NUMBER: _ClassVar[int]
+    WEBTRANSPORT_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    GRPC_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    mh_id: str
+    webtransport_endpoint: str
+    grpc_endpoint: str
+    def __init__(self, mh_id: _Optional[str] = ..., webtransport_endpoint: _Optional[str] = ..., grpc_endpoint: _Optional[str] = ...) -> None: ...
+
+class AssignMeetingWithMhRequest(_message.Message):
+    __slots__ = ("meeting_id", "mh_assignments", "requesting_gc_id")
+    MEETING_ID_FIELD_NUMBER: _ClassVar[int]
+    MH_ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTING_GC_ID_FIELD_NUMBER: _ClassVar[int]
+    meeting_id: str
+    mh_assignments: _containers.RepeatedCompositeFieldContainer[MhAssignment]
+    requesting_gc_id: str
+    def __init__(self, meeting_id: _Optional[str] = ..., mh_assignments: _Optional[_Iterable[_Union[MhAssignment, _Mapping]]] = ..., requesting_gc_id: _Optional[str] = ...) -> None: ...
+
+class AssignMeetingWithMhResponse(_message.Message):
+    __slots__ = ("accepted", "rejection_reason")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_REASON_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    rejection_reason: RejectionReason
+    def __init__(self, accepted: _Optional[bool] = ..., rejection_reason: _Optional[_Union[RejectionReason, str]] = ...) -> None: ...

@@ -387,3 +387,75 @@ class MediaHandlerRegistryService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class MeetingControllerServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.AssignMeetingWithMh = channel.unary_unary(
+                '/dark_tower.internal.v1.MeetingControllerService/AssignMeetingWithMh',
+                request_serializer=dark__tower_dot_internal_dot_v1_dot_internal__pb2.AssignMeetingWithMhRequest.SerializeToString,
+                response_deserializer=dark__tower_dot_internal_dot_v1_dot_internal__pb2.AssignMeetingWithMhResponse.FromString,
+                _registered_method=True)
+
+
+class MeetingControllerServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def AssignMeetingWithMh(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MeetingControllerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'AssignMeetingWithMh': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignMeetingWithMh,
+                    request_deserializer=dark__tower_dot_internal_dot_v1_dot_internal__pb2.AssignMeetingWithMhRequest.FromString,
+                    response_serializer=dark__tower_dot_internal_dot_v1_dot_internal__pb2.AssignMeetingWithMhResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'dark_tower.internal.v1.MeetingControllerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('dark_tower.internal.v1.MeetingControllerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class MeetingControllerService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def AssignMeetingWithMh(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dark_tower.internal.v1.MeetingControllerService/AssignMeetingWithMh',
+            dark__tower_dot_internal_dot_v1_dot_internal__pb2.AssignMeetingWithMhRequest.SerializeToString,
+            dark__tower_dot_internal_dot_v1_dot_internal__pb2.AssignMeetingWithMhResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
