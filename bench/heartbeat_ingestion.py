@@ -62,11 +62,15 @@ STREAM_CHANNELS = 40
 
 _REGISTER = """
 INSERT INTO meeting_controllers
-    (controller_id, region, endpoint, grpc_endpoint, max_meetings, max_participants, health_status, last_heartbeat_at)
+    (controller_id, region, endpoint, grpc_endpoint, max_meetings, max_participants, health_status, last_heartbeat_at,
+     owner_client_id)
 SELECT %(prefix)s || '-' || lpad(i::text, 6, '0'), (%(regions)s::text[])[1 + i %% 4], 'grpc://10.0.0.1:50052',
-       'grpc://10.0.0.1:50052', 100, 1000, 'healthy', now()
+       'grpc://10.0.0.1:50052', 100, 1000, 'healthy', now(), %(owner)s
 FROM generate_series(0, %(n)s - 1) i
 """
+# The fleet's credential: its MCs are owned by it, as RegisterMC leaves them. Rows without an owner would each be
+# claimed by their first beat (an UPDATE and an audit row), which measures a one-off migration, not steady beats.
+CLIENT_ID = "svc-bench"
 
 
 @dataclass
@@ -286,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         cores = os.cpu_count() or 1
         configs = args.configs or list(dict.fromkeys([(cores, default_workers), (1, default_workers)]))
         with scratch.connect() as conn:
-            conn.execute(_REGISTER, {"prefix": PREFIX, "regions": list(REGIONS), "n": args.controllers})
-        token = token_issue(subject="svc-bench", audience=settings.JWT_SERVICE_AUDIENCE, scopes=["mc:register"],
+            conn.execute(_REGISTER, {"prefix": PREFIX, "regions": list(REGIONS), "n": args.controllers,
+                                     "owner": CLIENT_ID})
+        token = token_issue(subject=CLIENT_ID, audience=settings.JWT_SERVICE_AUDIENCE, scopes=["mc:register"],
                             lifetime_seconds=3600).token
         closed = {"count": args.controllers, "in_flight": args.in_flight, "rate": 0.0, "duration": args.duration}
         opened = {"count": args.controllers, "in_flight": 1024, "rate": args.rate, "duration": args.duration}
