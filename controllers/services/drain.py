@@ -27,19 +27,21 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
 
+from accounts.services.service_tokens import gc_service_token
 from audit.models import ActorType
 from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue, outbox_enqueue_many
+from controllers.mc_client import MediaHandlerChoice, mc_assign_meeting
 from controllers.models import AVAILABLE_STATES, HealthStatus, TransitionReason
 from controllers.services.capacity import PlacementOutcome, PlacementRule, release_cte_sql, unassign_cte_sql
 from controllers.services.transitions import CONTROLLER, Changed, changed_cte_sql
 from darktower.errors import Conflict, InvalidInput, NotFound
 from darktower.metrics import ASSIGNMENTS
 from darktower.process import gc_id
+from meetings.services.assignment import media_handlers_choose, placement_lock_release, placement_lock_try
 
 logger = logging.getLogger(__name__)
 
@@ -348,13 +350,6 @@ WHERE d.controller_id = %(controller_id)s AND t.health_status = ANY(%(available)
 
 
 def _drains_enforce_asking(*, limit: int) -> list[DrainEnforced]:
-    # Imported here: placement (meetings) builds on this app's models and capacity rules.
-    from meetings.services.assignment import (
-        media_handlers_choose,
-        placement_lock_release,
-        placement_lock_try,
-    )
-
     done: list[DrainEnforced] = []
     with connection.cursor() as cursor:
         cursor.execute(_DUE_SQL, {"limit": limit})
@@ -364,7 +359,7 @@ def _drains_enforce_asking(*, limit: int) -> list[DrainEnforced]:
             continue  # another run works on it
         locked: list[tuple[uuid.UUID, str]] = []
         try:
-            told = _tell_target(controller_id, locked, placement_lock_try, media_handlers_choose)
+            told = _tell_target(controller_id, locked)
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(_CLAIM_ONE_SQL, {"controller_id": controller_id,
                                                 "stale": settings.HEARTBEAT_STALE_THRESHOLD_SECONDS})
@@ -382,13 +377,10 @@ def _drains_enforce_asking(*, limit: int) -> list[DrainEnforced]:
     return done
 
 
-def _tell_target(controller_id: str, locked: list[tuple[uuid.UUID, str]], lock_try: Any, choose: Any) -> set[uuid.UUID]:
+def _tell_target(controller_id: str, locked: list[tuple[uuid.UUID, str]]) -> set[uuid.UUID]:
     """Ask the drain target to take each meeting it has room for; the ones it accepted. A meeting being placed
     right now is left out (its join decides). The first refusal or failure ends the asking: the target will not
     take the rest either (full, draining, unhealthy or unreachable), and those meetings are ended instead."""
-    from accounts.services.service_tokens import gc_service_token
-    from controllers.mc_client import MediaHandlerChoice, mc_assign_meeting
-
     with connection.cursor() as cursor:
         cursor.execute(_TO_TELL_SQL, {
             "controller_id": controller_id, "stale": settings.HEARTBEAT_STALE_THRESHOLD_SECONDS,
@@ -397,10 +389,10 @@ def _tell_target(controller_id: str, locked: list[tuple[uuid.UUID, str]], lock_t
         rows = cursor.fetchall()
     told: set[uuid.UUID] = set()
     for endpoint, meeting_id, region, handler_rows in rows:
-        if not lock_try(meeting_id, region):
+        if not placement_lock_try(meeting_id, region):
             continue
         locked.append((meeting_id, region))
-        handlers = [MediaHandlerChoice(*row) for row in handler_rows] or choose(region)
+        handlers = [MediaHandlerChoice(*row) for row in handler_rows] or media_handlers_choose(region)
         if not handlers:
             break
         answer = mc_assign_meeting(endpoint=endpoint, meeting_id=meeting_id, media_handlers=handlers,

@@ -550,11 +550,7 @@ def placement_lock_try(meeting_id: uuid.UUID, region: str) -> bool:
 
 
 def placement_lock_release(meeting_id: uuid.UUID, region: str) -> None:
-    """Give back a placement lock taken by placement_lock_try."""
-    _placement_unlock(meeting_id, region)
-
-
-def _placement_unlock(meeting_id: uuid.UUID, region: str) -> None:
+    """Give back a placement lock (meeting_place's, or one taken by placement_lock_try)."""
     params = {"lock_class": _PLACEMENT_LOCK_CLASS, "meeting_id": str(meeting_id), "region": region}
     try:
         with connection.cursor() as cursor:
@@ -598,7 +594,7 @@ def meeting_place(
         return _place_locked(meeting_id=meeting_id, region=region, actor_user_id=actor_user_id,
                              max_participants=max_participants, rng=rng)
     finally:
-        _placement_unlock(meeting_id, region)
+        placement_lock_release(meeting_id, region)
 
 
 def _place_locked(
