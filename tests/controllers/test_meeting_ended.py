@@ -8,9 +8,9 @@ import pytest
 
 from audit.models import AuditLog, OutboxEvent
 from controllers.models import MeetingController
-from meetings.services.meetings import meeting_end
 from darktower.errors import NotFound, PermissionDenied
 from meetings.models import Meeting, MeetingAssignment, MeetingParticipant
+from meetings.services.meetings import meeting_end
 from tests.factories import make_controller, make_meeting, make_user
 
 pytestmark = pytest.mark.django_db
