@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import DurationField, ExpressionWrapper, F, IntegerField, QuerySet
+from django.db.models import DurationField, ExpressionWrapper, F, FloatField, IntegerField, QuerySet
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Now
+from django.db.models.functions import Cast, Now, NullIf
 from django.urls import reverse
 
 from controllers.models import ComponentType, HealthStatus, HealthTransition, MediaHandler, MeetingController
@@ -224,3 +224,16 @@ def transitions_recent_by_region(
     for row in rows:
         by_region.setdefault(row.region, []).append(row)
     return by_region
+
+
+def controllers_listing() -> QuerySet[MeetingController]:
+    """Meeting controllers with their load ratio (computed by the database), by region."""
+    return MeetingController.objects.annotate(
+        # The load placement judges: the last report plus assignments made since (in-flight accounting).
+        load=Cast(F("current_meetings") + F("assigned_since_heartbeat"), FloatField())
+        / Cast(NullIf(F("max_meetings"), 0), FloatField()),
+    ).order_by("region", "controller_id")
+
+
+def media_handlers_listing() -> QuerySet[MediaHandler]:
+    return MediaHandler.objects.order_by("region", "handler_id")

@@ -7,7 +7,6 @@ from collections import Counter
 
 from celery import shared_task
 
-from controllers.services.drain import drains_enforce
 from controllers.services.health import controllers_sweep_stale
 from darktower.celery import JobTask
 from darktower.metrics import SWEEP_DURATION, SWEEP_MARKED
@@ -28,14 +27,4 @@ def sweep_stale() -> dict[str, object]:
         "skipped": result.skipped,
         "cut_off": result.cut_off,
         "sweep_gap_seconds": result.gap.seconds if result.gap else None,
-    }
-
-
-@shared_task(base=JobTask, name="controllers.tasks.enforce_drain_deadlines", time_limit=120)
-def enforce_drain_deadlines() -> dict[str, object]:
-    done = drains_enforce()
-    return {
-        "controllers": [row.controller_id for row in done],
-        "moved": sum(len(row.moved) for row in done),
-        "ended": sum(len(row.ended) for row in done),
     }

@@ -37,8 +37,8 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from audit.models import ActorType
-from audit.relay import CAPACITY_SCRIPT_BATCH, capacity_values_sql
 from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue
+from controllers.capacity_cache import CAPACITY_SCRIPT_BATCH, capacity_values_sql
 from controllers.models import HealthStatus, TransitionReason
 from controllers.services.health import RecoveryReport, heartbeat_recovery
 from controllers.services.ownership import member_access_refuse, member_claim_audit
@@ -162,7 +162,8 @@ class FlushOutcome:
     # The members without a row.
     missing: list[str]
     # Controllers: the capacity hashes of the members written and not among the outcomes, as documents for
-    # audit.relay.capacity_cache_write (the outcomes' and the missing members' hashes are the caller's to refresh).
+    # controllers.capacity_cache.capacity_cache_write (the outcomes' and the missing members' hashes are the
+    # caller's to refresh).
     capacity_documents: list[str] = field(default_factory=list)
 
 
