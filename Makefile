@@ -19,7 +19,7 @@ help:
 	@echo "make migrate     apply migrations"
 	@echo "make seed        load the demo data (manage.py seed_demo)"
 	@echo "make shell       Django shell"
-	@echo "make lint        ruff"
+	@echo "make lint        ruff, import contracts (lint-imports)"
 	@echo "make proto       regenerate dark_tower/ (Python gRPC code) from proto/"
 	@echo "make bench       the benchmarks (bench/), each on a scratch database; rewrites bench/RESULTS.md"
 	@echo "                 (builds bench/build/stream_client, C++, installing gRPC C++ from Debian if missing)"
@@ -56,6 +56,7 @@ shell: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean-data: $(STAMP)
 	$(DEVENV) clean-data
