@@ -1,0 +1,65 @@
+"""Fixtures of the deploy/ tests: promtool (Debian's prometheus package) and the shipped files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from darktower.devenv import ROOT
+
+DEPLOY = ROOT / "deploy"
+RULES_DIR = DEPLOY / "prometheus" / "rules"
+UNIT_TESTS_DIR = DEPLOY / "prometheus" / "tests"
+DASHBOARD = DEPLOY / "grafana" / "darktower.json"
+
+
+def rules_files() -> list[Path]:
+    return sorted(RULES_DIR.glob("*.yml"))
+
+
+def unit_test_files() -> list[Path]:
+    return sorted(UNIT_TESTS_DIR.glob("*.yml"))
+
+
+def rules() -> list[dict]:
+    """Every rule of every rules file, recording and alerting."""
+    return [rule for path in rules_files() for group in yaml.safe_load(path.read_text())["groups"]
+            for rule in group["rules"]]
+
+
+def alerts() -> list[dict]:
+    return [rule for rule in rules() if "alert" in rule]
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """promtool, from Debian's prometheus package: installed with apt-get when missing; fails (never skips) when
+    that is impossible."""
+    found = shutil.which("promtool")
+    if found:
+        return found
+    apt = shutil.which("apt-get")
+    if apt is None:
+        pytest.fail("promtool is missing and apt-get is not available: install Debian's prometheus package.")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in ([apt, "update"], [apt, "install", "-y", "--no-install-recommends", "prometheus"]):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+        if result.returncode != 0:
+            pytest.fail(
+                f"promtool is missing and `{' '.join(command)}` failed (exit {result.returncode}); the deploy tests "
+                f"need Debian's prometheus package.\n{result.stderr[-2000:]}"
+            )
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.fail("apt-get installed prometheus but promtool is not on PATH.")
+    return found
+
+
+def run_promtool(promtool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
