@@ -1,4 +1,5 @@
-"""Fixtures of the deploy/ tests: promtool (Debian's prometheus package) and the shipped files."""
+"""Fixtures of the deploy/ tests: promtool (Debian's prometheus package), the shipped files, and the running gRPC
+server of tests/grpc."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ import pytest
 import yaml
 
 from darktower.devenv import ROOT
+from tests.grpc.conftest import (  # noqa: F401 (fixtures, found by their names)
+    auth,
+    channel,
+    grpc_server,
+    mc_stub,
+    roomy_grpc_rate_limits,
+    service_credential,
+)
 
 DEPLOY = ROOT / "deploy"
 RULES_DIR = DEPLOY / "prometheus" / "rules"
