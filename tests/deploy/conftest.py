@@ -3,6 +3,7 @@ server of tests/grpc."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -72,3 +73,34 @@ def promtool() -> str:
 def run_promtool(promtool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([promtool, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           check=False)
+
+
+# What Grafana puts in place of the dashboard's template variables when every region is selected.
+TEMPLATE_VALUES = {"${region}": ".*", "$region": ".*"}
+
+
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def dashboard_panels() -> list[dict]:
+    """The panels that draw something (rows excluded), nested in collapsed rows or not."""
+    found = []
+    for panel in dashboard()["panels"]:
+        if panel["type"] == "row":
+            found += panel.get("panels", [])
+        else:
+            found.append(panel)
+    return found
+
+
+def dashboard_exprs() -> dict[str, str]:
+    """Every query of the dashboard's panels, its template variables replaced, by panel title and refId."""
+    exprs = {}
+    for panel in dashboard_panels():
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for variable, value in TEMPLATE_VALUES.items():
+                expr = expr.replace(variable, value)
+            exprs[f"dashboard {panel['title']} {target['refId']}"] = expr
+    return exprs

@@ -1,5 +1,5 @@
-"""Every metric a shipped rule reads exists in what a running GC exports, so that renaming a metric (or a label, or
-a route a rule selects) breaks this test instead of an operator's pager.
+"""Every metric a shipped rule or dashboard panel reads exists in what a running GC exports, so that renaming a
+metric (or a label, or a route a query selects) breaks this test instead of an operator's pager.
 
 The servers run as in production, in this process: the HTTP app (pytest-django's live server) and the gRPC server
 (tests/grpc's fixture). A little traffic makes the labelled series appear: an MC registers and beats, a user
@@ -20,7 +20,7 @@ from audit.tasks import relay_outbox
 from controllers.tasks import sweep_stale
 from dark_tower.internal.v1 import internal_pb2 as pb
 from darktower.metrics import TALLIES
-from tests.deploy.conftest import rules
+from tests.deploy.conftest import dashboard, dashboard_exprs, rules
 from tests.factories import make_meeting, make_user, user_token
 
 pytestmark = pytest.mark.slow
@@ -86,8 +86,13 @@ def problems(expr: str, exported: Exported, recorded: set[str]) -> list[str]:
 
 
 def shipped_exprs() -> dict[str, str]:
-    """Every PromQL expression shipped in deploy/, by where it is."""
-    return {rule.get("alert") or rule["record"]: rule["expr"] for rule in rules()}
+    """Every PromQL expression shipped in deploy/ (rules, dashboard queries and variables), by where it is."""
+    exprs = {rule.get("alert") or rule["record"]: rule["expr"] for rule in rules()}
+    exprs.update(dashboard_exprs())
+    for variable in dashboard()["templating"]["list"]:
+        if variable["type"] == "query":
+            exprs[f"dashboard variable {variable['name']}"] = variable["definition"]
+    return exprs
 
 
 def recorded_names() -> set[str]:
@@ -134,7 +139,7 @@ def exported(live_server, grpc_server, mc_stub, auth) -> Exported:
         return Exported.parse(response.read().decode())
 
 
-def test_every_metric_a_rule_reads_is_exported(exported):
+def test_every_metric_a_rule_or_a_dashboard_panel_reads_is_exported(exported):
     recorded = recorded_names()
     found = {where: problems(expr, exported, recorded) for where, expr in shipped_exprs().items()}
 
