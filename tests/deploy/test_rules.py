@@ -1,11 +1,13 @@
 """The shipped Prometheus rules: promtool accepts every rules file, every unit test passes, and every alert is
-tested both firing and quiet, and carries what an operator needs (severity, summary, description, runbook)."""
+tested both firing and quiet, carries what an operator needs (severity, summary, description, runbook) and has its
+entry in the README's "Alerts and dashboards" section."""
 
 from __future__ import annotations
 
 import yaml
 
-from tests.deploy.conftest import UNIT_TESTS_DIR, alerts, rules_files, run_promtool, unit_test_files
+from darktower.devenv import ROOT
+from tests.deploy.conftest import UNIT_TESTS_DIR, alerts, rules, rules_files, run_promtool, unit_test_files
 
 
 def test_promtool_checks_every_rules_file(promtool):
@@ -50,3 +52,22 @@ def test_every_alert_says_what_to_do():
         annotations = alert["annotations"]
         assert annotations["summary"] and annotations["description"], alert["alert"]
         assert annotations["runbook"] == f"README.md, Alerts and dashboards: {alert['alert']}"
+
+
+def _readme_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    assert "\n## Alerts and dashboards\n" in readme
+    return readme.split("\n## Alerts and dashboards\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_every_alert_has_a_runbook_entry_in_the_readme():
+    section = _readme_section()
+    for alert in alerts():
+        assert f"| `{alert['alert']}` | {alert['labels']['severity']} |" in section, alert["alert"]
+
+
+def test_the_readme_names_every_recording_rule():
+    section = _readme_section()
+    for rule in rules():
+        if "record" in rule:
+            assert f"`{rule['record']}`" in section, rule["record"]
