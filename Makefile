@@ -20,6 +20,7 @@ help:
 	@echo "make seed        load the demo data (manage.py seed_demo)"
 	@echo "make shell       Django shell"
 	@echo "make lint        ruff, import contracts (lint-imports)"
+	@echo "make squawk      squawk over the SQL of every migration newer than the baseline (tools/squawk_migrations.py)"
 	@echo "make proto       regenerate dark_tower/ (Python gRPC code) from proto/"
 	@echo "make bench       the benchmarks (bench/), each on a scratch database; rewrites bench/RESULTS.md"
 	@echo "                 (builds bench/build/stream_client, C++, installing gRPC C++ from Debian if missing)"
@@ -60,6 +61,12 @@ lint: $(STAMP)
 
 clean-data: $(STAMP)
 	$(DEVENV) clean-data
+
+# squawk over `sqlmigrate` of each migration newer than the baseline; tests/foundation/test_squawk_migrations.py
+# runs the same check in `make test`.
+.PHONY: squawk
+squawk: $(STAMP)
+	$(DEVENV) exec -- $(PY) tools/squawk_migrations.py
 
 # The gRPC contract: proto/dark_tower/**.proto -> the importable package dark_tower/ (checked in).
 # tests/grpc/test_proto_generated.py runs this with PROTO_OUT=<tmp> and fails when the checked-in code is stale.

@@ -10,6 +10,7 @@ from django.conf import settings
 from audit.partitions import audit_partitions_drop_older_than, audit_partitions_ensure
 from audit.relay import outbox_relay
 from darktower.celery import JobTask
+from darktower.metrics import OUTBOX_POISONED
 
 logger = logging.getLogger(__name__)
 
@@ -17,6 +18,8 @@ logger = logging.getLogger(__name__)
 @shared_task(base=JobTask, name="audit.tasks.relay_outbox", time_limit=60)
 def relay_outbox() -> dict[str, int]:
     result = outbox_relay()
+    if result.poisoned:
+        OUTBOX_POISONED.inc(len(result.poisoned))
     return {"processed": len(result.processed), "failed": len(result.failed), "poisoned": len(result.poisoned)}
 
 

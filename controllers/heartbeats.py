@@ -73,6 +73,7 @@ from controllers.services.registration import (
     members_health,
 )
 from darktower.errors import NotFound
+from darktower.metrics import HEARTBEAT_FLUSH_DURATION, HEARTBEAT_FLUSHES
 from darktower.redis import redis_client
 
 logger = logging.getLogger(__name__)
@@ -203,13 +204,16 @@ class HeartbeatRecorder:
                 known = {member_id: self._known.get(member_id) for member_id in batch}
             if not batch:
                 return 0
+            started = time.perf_counter()
             try:
                 written = beats_flush(kind=self.kind, beats=list(batch.values()), known=known)
             except (OperationalError, InterfaceError):
                 self._requeue(batch)
+                HEARTBEAT_FLUSHES.labels(self.kind.target_type, "failed").inc()
                 raise
             except DatabaseError:
                 logger.exception("heartbeat flush refused; dropped %d %s beats", len(batch), self.kind.target_type)
+                HEARTBEAT_FLUSHES.labels(self.kind.target_type, "refused").inc()
                 return 0
             # Only what differs from `known` comes back (a steady fleet's flush: nothing).
             with self._lock:
@@ -223,6 +227,8 @@ class HeartbeatRecorder:
             self._refresh_capacity(
                 [*(outcome.member_id for outcome in written.outcomes), *written.missing], written.capacity_documents
             )
+            HEARTBEAT_FLUSHES.labels(self.kind.target_type, "written").inc()
+            HEARTBEAT_FLUSH_DURATION.labels(self.kind.target_type).observe(time.perf_counter() - started)
         return len(batch)
 
     def _refresh_capacity(self, member_ids: Collection[str], documents: Sequence[str] = ()) -> None:
@@ -337,6 +343,10 @@ class HeartbeatRecorder:
 controller_heartbeats = HeartbeatRecorder(CONTROLLERS)
 handler_load_reports = HeartbeatRecorder(HANDLERS)
 RECORDERS = (controller_heartbeats, handler_load_reports)
+# Exported at 0 from the start, so that an alert's increase() sees the first refused or failed flush.
+for _recorder in RECORDERS:
+    for _outcome in ("written", "failed", "refused"):
+        HEARTBEAT_FLUSHES.labels(_recorder.kind.target_type, _outcome)
 
 
 def unix_now() -> int:

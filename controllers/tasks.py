@@ -7,9 +7,9 @@ from collections import Counter
 
 from celery import shared_task
 
-from controllers.services.health import controllers_sweep_stale
+from controllers.services.health import SweepResult, controllers_sweep_stale
 from darktower.celery import JobTask
-from darktower.metrics import SWEEP_DURATION, SWEEP_MARKED
+from darktower.metrics import SWEEP_DISRUPTED_REGIONS, SWEEP_DURATION, SWEEP_MARKED, SWEEP_RUNS
 
 
 @shared_task(base=JobTask, name="controllers.tasks.sweep_stale", time_limit=60)
@@ -21,6 +21,9 @@ def sweep_stale() -> dict[str, object]:
         SWEEP_DURATION.observe(time.perf_counter() - started)
     for target_type, count in Counter(row.target_type for row in result.marked).items():
         SWEEP_MARKED.labels(target_type).inc(count)
+    SWEEP_RUNS.labels(_sweep_result(result)).inc()
+    for row in result.disrupted:
+        SWEEP_DISRUPTED_REGIONS.labels(row.target_type, row.region).inc()
     return {
         "marked": [row.id for row in result.marked],
         "disrupted_regions": sorted({row.region for row in result.disrupted}),
@@ -28,3 +31,11 @@ def sweep_stale() -> dict[str, object]:
         "cut_off": result.cut_off,
         "sweep_gap_seconds": result.gap.seconds if result.gap else None,
     }
+
+
+def _sweep_result(result: SweepResult) -> str:
+    if result.skipped:
+        return "skipped"
+    if result.gap is not None:
+        return "sweep_gap"
+    return "cut_off" if result.cut_off else "swept"

@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
+import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.http import Http404, HttpRequest, HttpResponse
@@ -49,6 +50,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from darktower.client_address import client_address
+from darktower.redis import redis_client
 from darktower.registry import database_gauges
 
 logger = logging.getLogger(__name__)
@@ -105,6 +107,32 @@ SWEEP_MARKED = Counter(
     "darktower_sweep_marked", "Members the stale sweep marked unhealthy, by target type",
     ["target_type"], registry=REGISTRY,
 )
+SWEEP_RUNS = Counter(
+    "darktower_sweep_runs", "Stale sweeps, by result: swept, skipped (another sweep held the lock), sweep_gap (the "
+    "first after a gap: nobody marked), cut_off (every region the guard can judge disrupted: nobody marked)",
+    ["result"], registry=REGISTRY,
+)
+# Every result is exported from the start, at 0: an alert's increase() needs a sample before the first increment,
+# and the one sweep that finds a gap is often the first sweep of a restarted worker.
+for _result in ("swept", "skipped", "sweep_gap", "cut_off"):
+    SWEEP_RUNS.labels(_result)
+SWEEP_DISRUPTED_REGIONS = Counter(
+    "darktower_sweep_disrupted_regions", "Sweeps that found a region disrupted (the guard marked nobody there), by "
+    "target type and region", ["target_type", "region"], registry=REGISTRY,
+)
+HEARTBEAT_FLUSHES = Counter(
+    "darktower_heartbeat_flushes", "Heartbeat flushes of a non-empty batch, by member kind and outcome: written, "
+    "failed (database unreachable: the beats wait for the next flush), refused (the batch was dropped)",
+    ["kind", "outcome"], registry=REGISTRY,
+)
+HEARTBEAT_FLUSH_DURATION = Histogram(
+    "darktower_heartbeat_flush_duration_seconds", "Duration of one written heartbeat flush, by member kind",
+    ["kind"], buckets=SWEEP_BUCKETS, registry=REGISTRY,
+)
+OUTBOX_POISONED = Counter(
+    "darktower_outbox_poisoned", "Outbox events that reached OUTBOX_MAX_ATTEMPTS and will not be retried (poison)",
+    registry=REGISTRY,
+)
 RATE_LIMIT_REJECTIONS = Counter(
     "darktower_rate_limit_rejections", "Requests refused by a rate limit, by endpoint",
     ["endpoint"], registry=REGISTRY,
@@ -146,6 +174,22 @@ class DatabaseCollector(Collector):
         yield from metrics
 
 
+class RedisCollector(Collector):
+    """darktower_metrics_redis_up: whether the scrape could ping Redis, as GET /ready asks it (a scrape waits at
+    most REDIS_SOCKET_TIMEOUT_SECONDS for it)."""
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("darktower_metrics_redis_up", "1 when the scrape could ping Redis")
+        try:
+            redis_client().ping()
+        except redis.RedisError as exc:
+            logger.warning("metrics scrape: Redis unavailable (%s)", type(exc).__name__)
+            up.add_metric([], 0)
+        else:
+            up.add_metric([], 1)
+        yield up
+
+
 class _OwnRegistry(Collector):
     """This process's REGISTRY, as a collector of the scrape's registry (single-process mode)."""
 
@@ -154,13 +198,15 @@ class _OwnRegistry(Collector):
 
 
 def scrape_registry() -> CollectorRegistry:
-    """A fresh registry for one scrape: every process's samples (multiprocess) or this one's, plus the database."""
+    """A fresh registry for one scrape: every process's samples (multiprocess) or this one's, plus the database
+    and Redis."""
     registry = CollectorRegistry(auto_describe=False)
     if multiprocess_dir():
         MultiProcessCollector(registry, path=multiprocess_dir())
     else:
         registry.register(_OwnRegistry())
     registry.register(DatabaseCollector())
+    registry.register(RedisCollector())
     return registry
 
 

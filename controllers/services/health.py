@@ -9,11 +9,12 @@ Per table, one statement finds the stale rows (locking them, skipping rows a hea
 counts each affected region's live fleet. A region is disrupted when more than DISRUPTION_MAX_STALE_SHARE of
 its live members went stale at once and it has at least DISRUPTION_MIN_REGION_SIZE of them: that looks like a
 network partition or a fault on our side, not like that many machines dying, so (as Kubernetes' node lifecycle
-controller does) nobody there is marked and an operator is told. When every region that the guard can judge is
-disrupted at once, for controllers and handlers alike, the GC itself is cut off: nobody is marked anywhere and an
-error-level event is raised. Each member the guard spared gets a `disruption-guard` transition (from = to = its
-state, which the table's CHECK admits for this hold reason), written when the region's `region_disrupted` audit
-row is (once per DISRUPTION_AUDIT_REPEAT_SECONDS, not every sweep of a long disruption).
+controller does) nobody there is marked and an operator is told. When a region is disrupted and the GC hears
+no region at all, of any size and in either table (in each, more than that share of the live members are stale),
+the GC itself is cut off: nobody is marked anywhere and an error-level event is raised. Each member the guard
+spared gets a `disruption-guard` transition (from = to = its state, which the table's CHECK admits for this hold
+reason), written when the region's `region_disrupted` audit row is (once per DISRUPTION_AUDIT_REPEAT_SECONDS, not
+every sweep of a long disruption).
 A second statement marks the rest and writes their transitions (reason `stale`) in the same statement.
 
 The sweep must not punish members for its own absence: when it has not run for more than
@@ -112,7 +113,8 @@ class SweepGap:
 class SweepResult:
     marked: list[MarkedUnhealthy] = field(default_factory=list)
     disrupted: list[DisruptedRegion] = field(default_factory=list)
-    # Every region the guard can judge was disrupted at once: the GC is cut off, nobody was marked anywhere.
+    # A region was disrupted and no region of any size, in either table, was heard from: the GC is cut off,
+    # nobody was marked anywhere.
     cut_off: bool = False
     gap: SweepGap | None = None
     # Unhealthy members whose recovery restarted because they fell silent again, per target type.
@@ -176,13 +178,18 @@ UNION ALL
 SELECT 'disrupted', region, stale, live FROM region_stats WHERE disrupted
 """
 
-# Regions the guard can judge at all (at least DISRUPTION_MIN_REGION_SIZE live members). Read only when a
-# region is disrupted, to tell "one region is cut off" from "we are cut off from everyone".
-_GUARDED_REGIONS_SQL = """
-SELECT count(*) FROM (
-    SELECT region FROM {table} WHERE health_status = ANY(%(live_states)s)
-    GROUP BY region HAVING count(*) >= %(min_region_size)s
-) guarded
+# Whether the GC still hears a region of this table: one, of any size, where at most DISRUPTION_MAX_STALE_SHARE
+# of the live members are stale (the per-region guard's share, without its minimum size). Read only when a region
+# is disrupted, to tell "one region went dark" from "we are cut off from everyone". Locks nothing: a member whose
+# heartbeat holds its row right now counts as stale here, which can only make the sweep more careful.
+_HEARD_FROM_SQL = """
+SELECT EXISTS (
+    SELECT 1 FROM {table} member
+    LEFT JOIN ({stale}) stale ON stale.id = member.{pk}
+    WHERE member.health_status = ANY(%(live_states)s)
+    GROUP BY member.region
+    HAVING count(stale.id) <= count(*) * %(max_share)s
+)
 """
 
 # The candidates are locked by this transaction since _CANDIDATES_SQL; the snapshot's FOR UPDATE re-takes
@@ -323,7 +330,6 @@ def _sweep(  # type: ignore[no-untyped-def]
     cursor, result: SweepResult, thresholds: dict[str, int], cases: str, params: dict[str, object]
 ) -> None:
     candidates: dict[str, list[str]] = {}
-    guarded: dict[str, int] = {}
     for target in SWEEP_TARGETS:
         stale = _STALE_SQL.format(table=target.table, pk=target.pk, threshold_cases=cases)
         cursor.execute(_CANDIDATES_SQL.format(stale=stale, table=target.table), params)
@@ -334,15 +340,7 @@ def _sweep(  # type: ignore[no-untyped-def]
             else:
                 result.disrupted.append(DisruptedRegion(target.target_type, value, stale_count, live))
     if result.disrupted:
-        # Cut off = the guard fires in every region it can judge, in both tables: one table or one region
-        # still reporting in means the GC can hear the fleet, and the per-region guard is the right answer.
-        for target in SWEEP_TARGETS:
-            cursor.execute(_GUARDED_REGIONS_SQL.format(table=target.table), params)
-            guarded[target.target_type] = cursor.fetchone()[0]
-        result.cut_off = all(
-            guarded_count == sum(1 for row in result.disrupted if row.target_type == target_type)
-            for target_type, guarded_count in guarded.items()
-        )
+        result.cut_off = not _hears_anyone(cursor, cases, params)
     for target in SWEEP_TARGETS:
         cursor.execute(
             _RESTART_HOLD_DOWN_SQL.format(table=target.table),
@@ -371,6 +369,22 @@ def _sweep(  # type: ignore[no-untyped-def]
             },
         )
         result.marked += [MarkedUnhealthy(target.target_type, *row) for row in cursor.fetchall()]
+
+
+def _hears_anyone(cursor, cases: str, params: dict[str, object]) -> bool:  # type: ignore[no-untyped-def]
+    """Whether any region of either table, whatever its size, is still heard from (see _HEARD_FROM_SQL).
+
+    The GC is cut off only when it hears (almost) nobody. Counting only the regions the guard can judge would
+    call one big region going dark a cut-off while small regions keep beating, and a table with no such region
+    (a fleet without media handlers) would agree vacuously: the silent members of every other region would then
+    stay placeable for as long as the big region is dark.
+    """
+    for target in SWEEP_TARGETS:
+        stale = _STALE_SQL.format(table=target.table, pk=target.pk, threshold_cases=cases)
+        cursor.execute(_HEARD_FROM_SQL.format(table=target.table, pk=target.pk, stale=stale), params)
+        if cursor.fetchone()[0]:
+            return True
+    return False
 
 
 def _record_guarded(  # type: ignore[no-untyped-def]
@@ -441,7 +455,7 @@ def _record(result: SweepResult, thresholds: dict[str, int], newly_disrupted: li
                 result=AuditResult.FAILURE,
                 target_type="sweep",
                 target_id="controllers_sweep_stale",
-                error_message="every region the guard can judge is disrupted at once; none marked anywhere",
+                error_message="no region of any size is heard from; none marked anywhere",
                 metadata={
                     "regions": sorted({row.region for row in result.disrupted}),
                     "stale": sum(row.stale for row in result.disrupted),
@@ -493,7 +507,7 @@ def _log(result: SweepResult) -> None:
         )
     if result.cut_off:
         logger.error(
-            "every region the guard can judge is disrupted at once (%s): the GC looks cut off; none marked anywhere",
+            "no region of any size is heard from (disrupted: %s): the GC looks cut off; none marked anywhere",
             ", ".join(sorted({row.region for row in result.disrupted})),
         )
     for row in result.disrupted:
