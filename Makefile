@@ -19,7 +19,7 @@ help:
 	@echo "make migrate     apply migrations"
 	@echo "make seed        load the demo data (manage.py seed_demo)"
 	@echo "make shell       Django shell"
-	@echo "make lint        ruff"
+	@echo "make lint        ruff, import contracts (lint-imports)"
 	@echo "make squawk      squawk over the SQL of every migration newer than the baseline (tools/squawk_migrations.py)"
 	@echo "make proto       regenerate dark_tower/ (Python gRPC code) from proto/"
 	@echo "make bench       the benchmarks (bench/), each on a scratch database; rewrites bench/RESULTS.md"
@@ -57,6 +57,7 @@ shell: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean-data: $(STAMP)
 	$(DEVENV) clean-data

@@ -12,14 +12,13 @@ import uuid
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
 from django.db.models import QuerySet, Subquery
 from django.db.models.expressions import RawSQL
 from django.http import HttpRequest, HttpResponse
 from django_celery_beat.admin import PeriodicTaskAdmin as CeleryBeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
-from accounts.models import User
-from accounts.services.users import normalize_email
 from audit.models import AuditLog, OutboxEvent
 from audit.services import outbox_events_retry
 from darktower.admin_tools import (
@@ -60,7 +59,10 @@ class ActorFilter(TextInputFilter):
         try:
             return queryset.filter(actor_user_id=uuid.UUID(value))
         except ValueError:
-            user = User.objects.filter(email=normalize_email(value)).values("pk")[:1]
+            # Audit sits below accounts: the user model through settings, the address normalised as
+            # UserManager.create_user stores it.
+            users = get_user_model().objects
+            user = users.filter(email=users.normalize_email(value).lower()).values("pk")[:1]
             return queryset.filter(actor_user_id=Subquery(user))
 
 

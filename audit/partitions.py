@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from django.conf import settings
 from django.db import connection, transaction
 
 from darktower.errors import InvalidInput
@@ -99,3 +100,8 @@ def audit_partitions_drop_older_than(*, months: int, dry_run: bool = False) -> l
             cursor.execute(f"DROP TABLE {quoted}")
         dropped.append(name)
     return dropped
+
+
+def audit_partitions_prune(*, dry_run: bool = False) -> list[str]:
+    """`manage.py prune`'s step: drop the partitions past RETENTION_AUDIT_MONTHS (names dropped, or would be)."""
+    return audit_partitions_drop_older_than(months=settings.RETENTION_AUDIT_MONTHS, dry_run=dry_run)

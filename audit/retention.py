@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from darktower.retention import RETENTION_BATCH_SIZE, delete_in_batches
+from darktower.db import RETENTION_BATCH_SIZE, delete_in_batches
 
 
 def idempotency_keys_prune_expired(*, dry_run: bool = False, batch_size: int = RETENTION_BATCH_SIZE) -> int:

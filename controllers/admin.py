@@ -36,6 +36,7 @@ from controllers.selectors import (
     fleet_summary_by_region,
     handlers_for_dashboard,
     handlers_live_status,
+    transitions_recent_by_region,
 )
 from controllers.services import operations
 from controllers.services.operations import handler_drain, handler_mark_unhealthy, handler_undrain
@@ -48,7 +49,6 @@ from darktower.admin_tools import (
     capacity_bar,
     confirmed_action,
     health_badge,
-    transitions_recent_by_region,
 )
 
 # The poll asks for the rows on screen only; a page never shows more than list_per_page.

@@ -41,11 +41,11 @@ What an acknowledged heartbeat guarantees if this process dies:
 
 The Redis capacity hash of each controller (seed 002 `controller:{id}:capacity`, TTL 5 minutes "refreshed on
 heartbeat") is written after every database write of beats, flush or synchronous, by a script call doing HSET +
-EXPIRE per hash (Redis 6.2 has no per-field TTL; audit.relay says why a script and not a pipeline). The values of
-a steady beat's row come back with the flush's statement; the rows of the other beats (state changes, the
-recovery gate, members gone) are read as they are after the commit. It is a cache: when Redis does not answer
-(socket timeout REDIS_SOCKET_TIMEOUT_SECONDS) the beats are written all the same, one warning is logged, and
-refreshes pause for CAPACITY_CACHE_RETRY_SECONDS, so an outage costs a flush at most one timeout per pause.
+EXPIRE per hash (Redis 6.2 has no per-field TTL; controllers.capacity_cache says why a script and not a
+pipeline). The values of a steady beat's row come back with the flush's statement; the rows of the other beats
+(state changes, the recovery gate, members gone) are read as they are after the commit. It is a cache: when Redis
+does not answer (socket timeout REDIS_SOCKET_TIMEOUT_SECONDS) the beats are written all the same, one warning is
+logged, and refreshes pause for CAPACITY_CACHE_RETRY_SECONDS, so an outage costs a flush at most one timeout per pause.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ import redis
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
 
-from audit.relay import capacity_cache_refresh, capacity_cache_write
+from controllers.capacity_cache import capacity_cache_refresh, capacity_cache_write
 from controllers.services.ownership import member_access_refuse, member_claim
 from controllers.services.registration import (
     CONTROLLERS,

@@ -7,7 +7,6 @@ from collections import Counter
 
 from celery import shared_task
 
-from controllers.services.drain import drains_enforce
 from controllers.services.health import SweepResult, controllers_sweep_stale
 from darktower.celery import JobTask
 from darktower.metrics import SWEEP_DISRUPTED_REGIONS, SWEEP_DURATION, SWEEP_MARKED, SWEEP_RUNS
@@ -40,13 +39,3 @@ def _sweep_result(result: SweepResult) -> str:
     if result.gap is not None:
         return "sweep_gap"
     return "cut_off" if result.cut_off else "swept"
-
-
-@shared_task(base=JobTask, name="controllers.tasks.enforce_drain_deadlines", time_limit=120)
-def enforce_drain_deadlines() -> dict[str, object]:
-    done = drains_enforce()
-    return {
-        "controllers": [row.controller_id for row in done],
-        "moved": sum(len(row.moved) for row in done),
-        "ended": sum(len(row.ended) for row in done),
-    }

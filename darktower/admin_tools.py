@@ -6,9 +6,7 @@ filter, bars and badges.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
@@ -18,7 +16,6 @@ from django.db import connection
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
@@ -159,61 +156,3 @@ def confirmed_action(
         except DomainError as error:
             modeladmin.message_user(request, f"{obj}: {error}", messages.ERROR)
     return None
-
-
-@dataclass(frozen=True)
-class RecentTransition:
-    """One health transition as the dashboard's per-region timeline shows it."""
-
-    region: str
-    created_at: datetime
-    component_type: str
-    component_id: str
-    from_status: str | None
-    to_status: str
-    reason: str
-    actor_type: str
-
-    @property
-    def url(self) -> str:
-        model = "meetingcontroller" if self.component_type == "controller" else "mediahandler"
-        return reverse(f"admin:controllers_{model}_change", args=[self.component_id])
-
-
-# Per region, the newest transitions that changed a state within the window: a LATERAL probe per region on
-# idx_health_transitions_region (region, created_at), read backwards and stopped at the limit, so a burst of
-# thousands of transitions in one region costs the same as a quiet hour. The regions come from the summary
-# the page has already computed. Hold records (sweep-gap, disruption-guard: from = to) are left out, as in the
-# summary's count.
-_RECENT_TRANSITIONS_SQL = """
-SELECT r.region, t.created_at, t.component_type, t.component_id, t.from_status, t.to_status, t.reason,
-       t.actor_type
-FROM unnest(%(regions)s::text[]) AS r(region)
-CROSS JOIN LATERAL (
-    SELECT created_at, id, component_type, component_id, from_status, to_status, reason, actor_type
-    FROM controller_health_transitions
-    WHERE region = r.region AND created_at >= now() - make_interval(secs => %(window)s)
-      AND from_status IS DISTINCT FROM to_status
-    ORDER BY created_at DESC, id DESC
-    LIMIT %(limit)s
-) t
-ORDER BY r.region, t.created_at DESC, t.id DESC
-"""
-
-
-def transitions_recent_by_region(
-    *, regions: Sequence[str], window: timedelta, limit: int
-) -> dict[str, list[RecentTransition]]:
-    """The last `limit` state changes of each region within `window`, newest first: one query."""
-    if not regions:
-        return {}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _RECENT_TRANSITIONS_SQL,
-            {"regions": list(regions), "window": window.total_seconds(), "limit": limit},
-        )
-        rows = [RecentTransition(*row) for row in cursor.fetchall()]
-    by_region: dict[str, list[RecentTransition]] = {}
-    for row in rows:
-        by_region.setdefault(row.region, []).append(row)
-    return by_region

@@ -1,12 +1,13 @@
-"""Small PostgreSQL helpers for models, migrations and hot statements."""
+"""Small PostgreSQL helpers for models, migrations, hot statements and batched deletes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.db.backends.ddl_references import Statement
 from django.db.migrations.operations.base import Operation
 
@@ -101,3 +102,35 @@ def server_bound_cursor() -> Iterator[psycopg.Cursor]:
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         yield cursor
+
+
+# Rows per DELETE: each batch is its own short transaction, so a year of backlog never holds locks for
+# long, and a crash loses at most one batch of progress.
+RETENTION_BATCH_SIZE = 1000
+
+
+def delete_in_batches(
+    *, table: str, pk: str, where: str, params: dict[str, Any], batch_size: int = RETENTION_BATCH_SIZE,
+    dry_run: bool = False,
+) -> int:
+    """Delete the rows of `table` matching `where`, batch by batch; return how many (or would be, dry run).
+
+    `table`, `pk` and `where` are constants of the calling module, never input. Rows another transaction
+    holds are skipped (FOR UPDATE SKIP LOCKED) and left for the next run instead of waited for.
+    """
+    with connection.cursor() as cursor:
+        if dry_run:
+            cursor.execute(f"SELECT count(*) FROM {table} WHERE {where}", params)  # noqa: S608
+            return cursor.fetchone()[0]
+        sql = (
+            f"DELETE FROM {table} WHERE {pk} IN "  # noqa: S608
+            f"(SELECT {pk} FROM {table} WHERE {where} LIMIT %(batch_size)s FOR UPDATE SKIP LOCKED)"
+        )
+        total = 0
+        while True:
+            with transaction.atomic():
+                cursor.execute(sql, {**params, "batch_size": batch_size})
+                deleted = cursor.rowcount
+            total += deleted
+            if deleted < batch_size:
+                return total

@@ -51,6 +51,7 @@ from prometheus_client.registry import Collector
 
 from darktower.client_address import client_address
 from darktower.redis import redis_client
+from darktower.registry import database_gauges
 
 logger = logging.getLogger(__name__)
 
@@ -150,23 +151,9 @@ def multiprocess_dir() -> str | None:
 
 # --- scrape-time collectors ---------------------------------------------------------------------------------
 
-# One statement for both tables: a GROUP BY over rows the scrape reads anyway (tens of thousands at most).
-_FLEET_SQL = """
-SELECT 'meeting_controller', region, health_status, count(*) FROM meeting_controllers GROUP BY region, health_status
-UNION ALL
-SELECT 'media_handler', region, health_status, count(*) FROM media_handlers GROUP BY region, health_status
-"""
-# The oldest pending row by id through the partial index idx_outbox_events_pending (ids follow commit order
-# closely enough for a lag gauge), and how many are pending.
-_OUTBOX_SQL = """
-SELECT (SELECT extract(epoch FROM now() - created_at) FROM outbox_events
-        WHERE processed_at IS NULL AND failed_at IS NULL ORDER BY id LIMIT 1),
-       (SELECT count(*) FROM outbox_events WHERE processed_at IS NULL AND failed_at IS NULL)
-"""
-
-
 class DatabaseCollector(Collector):
-    """Fleet size by kind, region and health, and outbox lag, read from the database at scrape time.
+    """The gauges the apps registered (darktower.registry.database_gauges: fleet size by kind, region and
+    health; outbox lag), read from the database at scrape time.
 
     When the database does not answer, the scrape still succeeds with darktower_metrics_database_up 0 (and
     without these series) so that the process metrics stay visible exactly when they matter.
@@ -176,10 +163,7 @@ class DatabaseCollector(Collector):
         up = GaugeMetricFamily("darktower_metrics_database_up", "1 when the scrape could read the database")
         try:
             with connection.cursor() as cursor:
-                cursor.execute(_FLEET_SQL)
-                fleet = cursor.fetchall()
-                cursor.execute(_OUTBOX_SQL)
-                lag, pending = cursor.fetchone()
+                metrics = [metric for gauges in database_gauges() for metric in gauges(cursor)]
         except DatabaseError as exc:
             logger.warning("metrics scrape: database unavailable (%s)", type(exc).__name__)
             up.add_metric([], 0)
@@ -187,18 +171,7 @@ class DatabaseCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        members = GaugeMetricFamily(
-            "darktower_fleet_members", "Registered controllers and handlers, by kind, region and health",
-            labels=["kind", "region", "health"],
-        )
-        for kind, region, health, count in fleet:
-            members.add_metric([kind, region, health], count)
-        yield members
-        yield GaugeMetricFamily(
-            "darktower_outbox_lag_seconds", "Age of the oldest unprocessed outbox event (0 when none)",
-            value=float(lag or 0.0),
-        )
-        yield GaugeMetricFamily("darktower_outbox_pending", "Unprocessed outbox events", value=float(pending))
+        yield from metrics
 
 
 class RedisCollector(Collector):

@@ -369,6 +369,14 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
     "EXCEPTION_HANDLER": "darktower.api.errors.exception_handler",
 }
+# Who may call the API's views (darktower.api.views.ApiView): classes of the accounts app, by dotted path, so
+# that darktower/ imports no app. Views outside ApiView authenticate nobody (the default above).
+API_AUTHENTICATION_CLASSES = [
+    "accounts.api.authentication.BearerTokenAuthentication",
+    "accounts.api.authentication.ApiKeyAuthentication",
+]
+# The model of the idempotency_keys table that darktower.api.idempotency stores POST responses in.
+IDEMPOTENCY_KEY_MODEL = "audit.IdempotencyKey"
 
 # --- API: rate limits (seed 002 Redis key ratelimit:{endpoint}:{identifier}:{window}) ----------------
 

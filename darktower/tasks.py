@@ -1,4 +1,4 @@
-"""The daily retention run (darktower.retention): every app's retention rules in one task."""
+"""The daily retention run (darktower.retention): every retention job the apps registered, in one task."""
 
 from __future__ import annotations
 

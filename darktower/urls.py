@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/docs/", SwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("", include("accounts.urls")),
     path("", include("meetings.urls")),
+    path("", include("controllers.urls")),
     # Last: any other /api/ path (a bad UUID in a path included) answers a JSON 404, DEBUG or not.
     re_path(r"^api/", api_not_found),
 ]

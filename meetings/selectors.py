@@ -10,11 +10,9 @@ import hmac
 import uuid
 from datetime import datetime
 
-from django.db.models import F, FloatField, QuerySet
-from django.db.models.functions import Cast, NullIf
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from controllers.models import MediaHandler, MeetingController
 from darktower.errors import NotFound, PermissionDenied
 from meetings.models import Meeting, MeetingBan, MeetingParticipant, ParticipantStatus, Recording
 
@@ -136,16 +134,3 @@ def recording_by_share_token(*, token: str, now: datetime | None = None) -> Reco
     ):
         raise NotFound("No such shared recording.")
     return recording
-
-
-def controllers_listing() -> QuerySet[MeetingController]:
-    """Meeting controllers with their load ratio (computed by the database), by region."""
-    return MeetingController.objects.annotate(
-        # The load placement judges: the last report plus assignments made since (in-flight accounting).
-        load=Cast(F("current_meetings") + F("assigned_since_heartbeat"), FloatField())
-        / Cast(NullIf(F("max_meetings"), 0), FloatField()),
-    ).order_by("region", "controller_id")
-
-
-def media_handlers_listing() -> QuerySet[MediaHandler]:
-    return MediaHandler.objects.order_by("region", "handler_id")

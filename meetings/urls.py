@@ -1,10 +1,10 @@
-"""Routes of the meetings API, the recordings and the fleet listings (included at the site root)."""
+"""Routes of the meetings API and the recordings (included at the site root)."""
 
 from __future__ import annotations
 
 from django.urls import path
 
-from meetings.api import fleet, views
+from meetings.api import views
 
 urlpatterns = [
     path("api/v1/meetings", views.MeetingListCreateView.as_view(), name="meetings"),
@@ -48,11 +48,4 @@ urlpatterns = [
         name="recording-unshare",
     ),
     path("api/v1/shared-recordings/<str:token>", views.SharedRecordingView.as_view(), name="recording-shared"),
-    path("api/v1/controllers", fleet.ControllerListView.as_view(), name="controllers"),
-    path("api/v1/controllers/<str:controller_id>/drain", fleet.ControllerDrainView.as_view(), name="controller-drain"),
-    path(
-        "api/v1/controllers/<str:controller_id>/undrain", fleet.ControllerUndrainView.as_view(),
-        name="controller-undrain",
-    ),
-    path("api/v1/media-handlers", fleet.MediaHandlerListView.as_view(), name="media-handlers"),
 ]

@@ -1,10 +1,10 @@
-"""Retention of API keys (seed 002: "until revoked/expired"): expired keys go after a grace period."""
+"""Retention of API keys (kept until revoked or expired): expired keys go after a grace period."""
 
 from __future__ import annotations
 
 from django.conf import settings
 
-from darktower.retention import RETENTION_BATCH_SIZE, delete_in_batches
+from darktower.db import RETENTION_BATCH_SIZE, delete_in_batches
 
 
 def api_keys_prune_expired(*, dry_run: bool = False, batch_size: int = RETENTION_BATCH_SIZE) -> int:

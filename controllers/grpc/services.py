@@ -22,12 +22,12 @@ from controllers.grpc.guard import (
     current_client_id,
 )
 from controllers.heartbeats import HeartbeatRecorder, controller_heartbeats, handler_load_reports, unix_now
+from controllers.hooks import meeting_end_reported
 from controllers.models import HealthStatus
 from controllers.services.registration import (
     Beat,
     controller_register,
     handler_register,
-    meeting_ended_notify,
 )
 from controllers.validation import (
     GRPC_SCHEMES,
@@ -153,7 +153,7 @@ class GlobalControllerService(Service):
     def NotifyMeetingEnded(
         self, request: pb.NotifyMeetingEndedRequest, context: grpc.ServicerContext
     ) -> pb.NotifyMeetingEndedResponse:
-        meeting_ended_notify(
+        meeting_end_reported(
             meeting_id=validate_uuid(request.meeting_id, field="meeting_id"),
             region=validate_region(request.region),
             actor_client_id=_caller(),

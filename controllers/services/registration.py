@@ -27,7 +27,6 @@ row.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,11 +36,10 @@ import orjson
 from django.conf import settings
 from django.db import connection, transaction
 
-from audit.models import ActorType, AuditResult
-from audit.relay import CAPACITY_SCRIPT_BATCH, capacity_values_sql
+from audit.models import ActorType
 from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue
+from controllers.capacity_cache import CAPACITY_SCRIPT_BATCH, capacity_values_sql
 from controllers.models import HealthStatus, TransitionReason
-from controllers.services.capacity import release_cte_sql, unassign_cte_sql
 from controllers.services.health import RecoveryReport, heartbeat_recovery
 from controllers.services.ownership import member_access_refuse, member_claim_audit
 from controllers.services.transitions import (
@@ -54,7 +52,6 @@ from controllers.services.transitions import (
 )
 from darktower.db import server_bound_cursor
 from darktower.errors import NotFound, PermissionDenied
-from meetings.models import LeaveReason
 
 # What the member reports about itself; PENDING means "no opinion" (proto3's default value).
 REPORTED_STATES = tuple(HealthStatus)
@@ -165,7 +162,8 @@ class FlushOutcome:
     # The members without a row.
     missing: list[str]
     # Controllers: the capacity hashes of the members written and not among the outcomes, as documents for
-    # audit.relay.capacity_cache_write (the outcomes' and the missing members' hashes are the caller's to refresh).
+    # controllers.capacity_cache.capacity_cache_write (the outcomes' and the missing members' hashes are the
+    # caller's to refresh).
     capacity_documents: list[str] = field(default_factory=list)
 
 
@@ -619,133 +617,3 @@ def members_health(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return {member_id: (state, owner) for member_id, state, owner in cursor.fetchall()}
-
-
-# --- meetings ended by their controller ---------------------------------------------------------------------
-
-END_REASON_MEETING_ENDED = "meeting_ended"
-
-# A caller (a credential; NULL: the GC's own code) may end only an assignment on an MC it owns (a primary-key probe
-# per assignment of the meeting).
-_HOSTED_BY_CALLER_SQL = """%(client_id)s::text IS NULL OR EXISTS (
-    SELECT 1 FROM meeting_controllers c
-    WHERE c.controller_id = a.meeting_controller_id AND c.owner_client_id = %(client_id)s::text)"""
-
-# One statement: end the (meeting, region) assignment if still active, give back what it held on the MC and
-# clear the meeting's pointer to it (controllers.services.capacity).
-# A second one ends the meeting if it ran somewhere (has an assignment) and no region runs it any more.
-# Every step is conditional, so a repeated notification changes nothing.
-_END_ASSIGNMENT_SQL = """
-WITH meeting AS (
-    SELECT meeting_id FROM meetings WHERE meeting_id = %(meeting_id)s FOR UPDATE
-), ended AS (
-    UPDATE meeting_assignments a SET ended_at = greatest(now(), a.assigned_at), end_reason = %(reason)s
-    FROM meeting
-    WHERE a.meeting_id = meeting.meeting_id AND a.region = %(region)s AND a.ended_at IS NULL
-      AND ({hosted_by_caller})
-    RETURNING a.id, a.meeting_id, a.meeting_controller_id, a.reserved_participants
-), {released}, {unassigned}
-SELECT (SELECT count(*) FROM meeting), ended.id, ended.meeting_controller_id
-FROM (SELECT 1) one LEFT JOIN ended ON true
-""".format(  # noqa: S608 -- constants only
-    released=release_cte_sql("ended"), unassigned=unassign_cte_sql("ended"), hosted_by_caller=_HOSTED_BY_CALLER_SQL,
-)
-
-# After nothing was ended: did the caller's MCs ever host the meeting in that region (a repeated notification,
-# harmless), or is the meeting hosted elsewhere or nowhere (refused)?
-_HOSTED_BEFORE_SQL = f"""
-SELECT EXISTS (SELECT 1 FROM meeting_assignments a
-               WHERE a.meeting_id = %(meeting_id)s AND a.region = %(region)s AND ({_HOSTED_BY_CALLER_SQL}))
-"""  # noqa: S608 -- constants only
-
-_END_MEETING_IF_IDLE_SQL = """
-UPDATE meetings m SET status = 'ended', ended_at = now()
-WHERE m.meeting_id = %(meeting_id)s AND m.status <> 'ended'
-  AND EXISTS (SELECT 1 FROM meeting_assignments a WHERE a.meeting_id = m.meeting_id)
-  AND NOT EXISTS (SELECT 1 FROM meeting_assignments a WHERE a.meeting_id = m.meeting_id AND a.ended_at IS NULL)
-RETURNING m.meeting_id
-"""
-
-_CLOSE_PARTICIPANTS_SQL = """
-UPDATE meeting_participants
-SET left_at = greatest(now(), joined_at), leave_reason = %(leave_reason)s,
-    total_duration_seconds = greatest(0, floor(extract(epoch FROM now() - joined_at)))::integer
-WHERE meeting_id = %(meeting_id)s AND left_at IS NULL
-"""
-
-
-@dataclass(frozen=True)
-class MeetingEndedResult:
-    assignment_ended: bool
-    meeting_ended: bool
-
-
-def meeting_ended_notify(
-    *, meeting_id: uuid.UUID, region: str, actor_client_id: str | None = None
-) -> MeetingEndedResult:
-    """A controller says a meeting ended in its region: end that assignment, and the meeting itself (status
-    ended, present participants closed) once no region runs it. Idempotent; NotFound for an unknown meeting.
-
-    A calling credential (`actor_client_id`) ends only an assignment on one of its own MCs, and so the meeting
-    only when that was the last one active anywhere. A meeting its MCs do not host (another fleet's, or nobody's)
-    in that region: PermissionDenied, a failure audit row, and nothing changes.
-    """
-    params = {
-        "meeting_id": meeting_id, "region": region, "reason": END_REASON_MEETING_ENDED,
-        "leave_reason": LeaveReason.MEETING_ENDED.value, "client_id": actor_client_id,
-    }
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_END_ASSIGNMENT_SQL, params)
-        found, assignment_id, controller_id = cursor.fetchone()
-        if not found:
-            raise NotFound("unknown meeting")
-        refused = None
-        if assignment_id is None and actor_client_id is not None:
-            cursor.execute(_HOSTED_BEFORE_SQL, params)
-            if not cursor.fetchone()[0]:
-                refused = PermissionDenied("the meeting is not hosted by this credential's meeting controllers")
-                audit_record(
-                    event_type="meeting_end_denied", action="end_assignment", actor_type=ActorType.SERVICE,
-                    result=AuditResult.FAILURE, target_type="meeting", target_id=str(meeting_id),
-                    error_message=str(refused.message), metadata={"region": region, "client_id": actor_client_id},
-                )
-        meeting_ended = False
-        if refused is None:
-            meeting_ended = _meeting_end_if_idle(cursor, params, assignment_id=assignment_id,
-                                                 controller_id=controller_id, actor_client_id=actor_client_id)
-    if refused is not None:
-        raise refused
-    return MeetingEndedResult(assignment_ended=assignment_id is not None, meeting_ended=meeting_ended)
-
-
-def _meeting_end_if_idle(
-    cursor: Any, params: dict[str, Any], *, assignment_id: int | None, controller_id: str | None,
-    actor_client_id: str | None,
-) -> bool:
-    """The audit row of the assignment just ended (if any), then end the meeting if no region runs it any more
-    (in meeting_ended_notify's transaction); whether it ended."""
-    meeting_id, region = params["meeting_id"], params["region"]
-    if assignment_id is not None:
-        audit_record(
-            event_type="meeting_assignment_ended", action="end_assignment", actor_type=ActorType.SERVICE,
-            target_type="meeting", target_id=str(meeting_id),
-            metadata={
-                "assignment_id": assignment_id, "controller_id": controller_id, "region": region,
-                "reason": END_REASON_MEETING_ENDED, "client_id": actor_client_id,
-            },
-        )
-    cursor.execute(_END_MEETING_IF_IDLE_SQL, params)
-    if cursor.fetchone() is None:
-        return False
-    cursor.execute(_CLOSE_PARTICIPANTS_SQL, params)
-    closed = cursor.rowcount
-    outbox_enqueue(
-        aggregate_type="meeting", aggregate_id=str(meeting_id), event_type="meeting_ended",
-        payload={"meeting_id": str(meeting_id), "controller_ids": [controller_id] if controller_id else []},
-    )
-    audit_record(
-        event_type="meeting_ended", action="end", actor_type=ActorType.SERVICE,
-        target_type="meeting", target_id=str(meeting_id),
-        metadata={"region": region, "participants_closed": closed, "client_id": actor_client_id},
-    )
-    return True

@@ -29,7 +29,7 @@ from django.db import connection, transaction
 
 from audit.models import ActorType
 from controllers.models import ComponentType, HealthStatus, TransitionReason
-from darktower.retention import RETENTION_BATCH_SIZE, delete_in_batches
+from darktower.db import RETENTION_BATCH_SIZE, delete_in_batches
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Idempotency-Key for POST requests (seed 004's idempotency_keys, table audit.IdempotencyKey).
+"""Idempotency-Key for POST requests, stored in the idempotency_keys table.
+
+The store is the model settings.IDEMPOTENCY_KEY_MODEL names ("app_label.ModelName", as AUTH_USER_MODEL): the
+API plumbing imports no app, the app that owns the table owns its migrations and its retention.
 
 Keys are per principal (user, API key; for anonymous guests the client address with a keyed hash of the
 guest's display name, see `guest_principal`) and remembered for IDEMPOTENCY_KEY_TTL_SECONDS. The request
@@ -21,11 +24,11 @@ import hmac
 from dataclasses import dataclass
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.db import connection
 from psycopg.types.json import Jsonb
 
-from audit.models import IdempotencyKey
 from darktower.errors import Conflict, DomainError, InvalidInput
 
 HEADER = "Idempotency-Key"
@@ -124,7 +127,7 @@ def idempotency_begin(
                 return IdempotencyClaim(row_id=row[0])
         # Through the ORM: the JSONField decodes response_body (Django's psycopg setup leaves jsonb as text).
         existing = (
-            IdempotencyKey.objects.filter(principal=principal, key=key)
+            apps.get_model(settings.IDEMPOTENCY_KEY_MODEL).objects.filter(principal=principal, key=key)
             .values_list("request_hash", "state", "response_status", "response_body")
             .first()
         )

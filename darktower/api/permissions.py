@@ -9,7 +9,7 @@ from rest_framework import exceptions
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from darktower.api.authentication import Principal
+from darktower.api.principal import Principal
 
 
 class ScopePermission(BasePermission):

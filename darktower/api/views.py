@@ -7,8 +7,10 @@ import json
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest
+from django.utils.module_loading import import_string
 from rest_framework import generics
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.renderers import JSONRenderer
@@ -16,7 +18,6 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from darktower.api.authentication import ApiKeyAuthentication, BearerTokenAuthentication, Principal
 from darktower.api.idempotency import (
     HEADER,
     IdempotencyClaim,
@@ -27,6 +28,7 @@ from darktower.api.idempotency import (
 )
 from darktower.api.parsers import StrictJSONParser
 from darktower.api.permissions import ScopePermission
+from darktower.api.principal import Principal
 from darktower.api.ratelimit import RateLimit, ratelimit_hit
 from darktower.api.schema import ApiAutoSchema
 from darktower.client_address import client_address
@@ -53,7 +55,8 @@ class ApiPagination(LimitOffsetPagination):
 
 class ApiView(APIView):
     schema = ApiAutoSchema()
-    authentication_classes = [BearerTokenAuthentication, ApiKeyAuthentication]
+    # Named in settings (the accounts app's classes): the API plumbing imports no app.
+    authentication_classes = [import_string(path) for path in settings.API_AUTHENTICATION_CLASSES]
     permission_classes = [ScopePermission]
     parser_classes = [StrictJSONParser]
     renderer_classes = [JSONRenderer]

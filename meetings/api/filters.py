@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import django_filters
 
-from controllers.models import HealthStatus, MediaHandler, MeetingController
 from meetings.models import Meeting, MeetingStatus, Recording, RecordingStatus
 
 
@@ -22,23 +21,3 @@ class RecordingFilter(django_filters.FilterSet):
     class Meta:
         model = Recording
         fields = ["status"]
-
-
-class ControllerFilter(django_filters.FilterSet):
-    region = django_filters.CharFilter(max_length=50)
-    health_status = django_filters.MultipleChoiceFilter(
-        choices=HealthStatus.choices, help_text="Repeat to match several: ?health_status=healthy&health_status=degraded"
-    )
-
-    class Meta:
-        model = MeetingController
-        fields = ["region", "health_status"]
-
-
-class MediaHandlerFilter(django_filters.FilterSet):
-    region = django_filters.CharFilter(max_length=50)
-    health_status = django_filters.MultipleChoiceFilter(choices=HealthStatus.choices)
-
-    class Meta:
-        model = MediaHandler
-        fields = ["region", "health_status"]

@@ -6,7 +6,6 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from rest_framework import serializers
 
-from controllers.models import MediaHandler, MeetingController
 from darktower.api.serializers import (
     INT32_MAX,
     INT64_MAX,
@@ -109,16 +108,6 @@ class RecordingShareRequest(StrictSerializer):
         min_value=1, max_value=INT32_MAX, required=False,
         help_text="Lifetime of the link: default RECORDING_SHARE_DEFAULT_SECONDS, at most RECORDING_SHARE_MAX_SECONDS "
         "(400 beyond it). On rotate, default: the link keeps its end.",
-    )
-
-
-class DrainRequest(StrictSerializer):
-    deadline_seconds = StrictIntegerField(
-        min_value=0, max_value=7 * 86400, required=False,
-        help_text="Assignments still on the controller after this are ended; default DRAIN_DEFAULT_DEADLINE_SECONDS.",
-    )
-    target_controller_id = StrictCharField(
-        max_length=255, required=False, help_text="Move the controller's meetings to this controller."
     )
 
 
@@ -262,31 +251,5 @@ class SharedRecordingSerializer(serializers.ModelSerializer):
         fields = [
             "recording_id", "status", "started_at", "ended_at", "duration_seconds", "file_size_bytes",
             "storage_bucket", "storage_path", "video_codec", "audio_codec", "resolution", "share_expires_at",
-        ]
-        read_only_fields = fields
-
-
-class ControllerSerializer(serializers.ModelSerializer):
-    load_ratio = serializers.FloatField(source="load", read_only=True, allow_null=True)
-
-    class Meta:
-        model = MeetingController
-        fields = [
-            "controller_id", "region", "grpc_endpoint", "webtransport_endpoint", "health_status",
-            "current_meetings", "max_meetings", "load_ratio", "current_participants", "max_participants",
-            "cpu_usage_percent", "memory_usage_percent", "last_heartbeat_at", "drain_deadline",
-            "drain_target_controller_id", "version", "created_at",
-        ]
-        read_only_fields = fields
-
-
-class MediaHandlerSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = MediaHandler
-        fields = [
-            "handler_id", "region", "grpc_endpoint", "webtransport_endpoint", "health_status", "current_streams",
-            "max_streams", "current_bitrate_mbps", "max_bitrate_mbps", "cpu_usage_percent", "memory_usage_percent",
-            "bandwidth_usage_percent", "supports_transcoding", "supports_mixing", "supported_codecs",
-            "last_heartbeat_at", "created_at",
         ]
         read_only_fields = fields

@@ -215,8 +215,8 @@ class MeetingEndView(ApiView):
 
     def post(self, request: Request, meeting_id: uuid.UUID) -> Response:
         _validated(EmptyRequest, request)
-        meeting = meeting_end(meeting_id=meeting_id, actor_user_id=self.principal.user.pk)
-        return Response(MeetingSerializer(meeting).data)
+        meeting_end(meeting_id=meeting_id, actor_user_id=self.principal.user.pk)
+        return Response(MeetingSerializer(Meeting.objects.get(pk=meeting_id)).data)
 
 
 @extend_schema_view(

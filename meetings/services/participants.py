@@ -287,13 +287,27 @@ def participant_token_reissue(*, meeting_id: uuid.UUID, participant_id: uuid.UUI
     return _meeting_token(participant)
 
 
-_LEAVE_SQL = """
+# Closes present sessions with their duration. greatest(): a session admitted by a transaction that started after
+# this one has joined_at later than this transaction's now().
+_CLOSE_SQL = """
 UPDATE meeting_participants
 SET left_at = greatest(now(), joined_at), leave_reason = %(reason)s,
     total_duration_seconds = greatest(0, floor(extract(epoch FROM now() - joined_at)))::integer
-WHERE meeting_id = %(meeting_id)s AND participant_id = %(participant_id)s AND left_at IS NULL
-RETURNING id
+WHERE meeting_id = %(meeting_id)s AND left_at IS NULL
+  AND (%(participant_id)s::uuid IS NULL OR participant_id = %(participant_id)s::uuid)
 """
+
+
+def participants_close(
+    *, meeting_id: uuid.UUID, leave_reason: str, participant_id: uuid.UUID | None = None
+) -> int:
+    """Close the present sessions of a meeting (or of one of its participants) with `leave_reason` and their
+    duration; how many were closed. Runs in the caller's transaction; every path that closes a session uses it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CLOSE_SQL, {"meeting_id": meeting_id, "participant_id": participant_id, "reason": str(leave_reason)}
+        )
+        return cursor.rowcount
 
 
 def participant_leave(
@@ -305,7 +319,7 @@ def participant_leave(
     is never banned. A kick locks the meeting row like a join, so that a join waiting for it reads the ban."""
     if leave_reason not in (LeaveReason.VOLUNTARY, LeaveReason.KICKED, LeaveReason.CONNECTION_LOST):
         raise PermissionDenied(f"{leave_reason} is set by the meeting's own actions.")
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic():
         hosts = Meeting.objects.filter(pk=meeting_id)
         if leave_reason == LeaveReason.KICKED:
             hosts = hosts.select_for_update(no_key=True)
@@ -318,10 +332,7 @@ def participant_leave(
             raise PermissionDenied("Only the participant or the host may end this session.")
         if leave_reason == LeaveReason.KICKED and not is_host:
             raise PermissionDenied("Only the host may remove a participant.")
-        cursor.execute(
-            _LEAVE_SQL, {"meeting_id": meeting_id, "participant_id": participant_id, "reason": leave_reason}
-        )
-        if cursor.fetchone() is None:
+        if not participants_close(meeting_id=meeting_id, participant_id=participant_id, leave_reason=leave_reason):
             raise Conflict("The participant has already left.")
         audit_record(
             event_type="participant_left", action="leave", actor_type=ActorType.USER, actor_user_id=actor_user_id,

@@ -1,4 +1,5 @@
-"""Cleanup of meeting data: assignments on unhealthy controllers, and the retention periods of seed 002.
+"""Cleanup of meeting data: assignments on unhealthy controllers, and the retention periods of meetings, their
+assignments and recordings.
 
 Every job is set-based and conditional and claims its rows with FOR UPDATE SKIP LOCKED, so two runs at once (two
 beats, a retry, an operator's `manage.py prune` beside the beat) do each row's work once.
@@ -14,7 +15,7 @@ from django.db import connection, transaction
 
 from audit.services import AuditEntry, audit_record_many
 from controllers.services.capacity import release_cte_sql, unassign_cte_sql
-from darktower.retention import RETENTION_BATCH_SIZE, delete_in_batches
+from darktower.db import RETENTION_BATCH_SIZE, delete_in_batches
 
 logger = logging.getLogger(__name__)
 

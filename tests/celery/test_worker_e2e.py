@@ -15,7 +15,7 @@ import redis
 from django.core.management import call_command
 
 from audit.models import AuditLog, OutboxEvent
-from audit.relay import CAPACITY_TTL_SECONDS
+from controllers.capacity_cache import CAPACITY_TTL_SECONDS
 from controllers.models import HealthStatus, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc

@@ -8,9 +8,9 @@ import pytest
 
 from audit.models import AuditLog, OutboxEvent
 from controllers.models import MeetingController
-from controllers.services.registration import meeting_ended_notify
 from darktower.errors import NotFound, PermissionDenied
 from meetings.models import Meeting, MeetingAssignment, MeetingParticipant
+from meetings.services.meetings import meeting_end
 from tests.factories import make_controller, make_meeting, make_user
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +28,7 @@ def test_ending_the_last_region_ends_the_meeting_and_closes_participants():
     assign(meeting, controller)
     MeetingParticipant.objects.create(meeting=meeting, participant_id=uuid.uuid4(), display_name="Guest")
 
-    result = meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1", actor_client_id="svc")
+    result = meeting_end(meeting_id=meeting.meeting_id, region="us-east-1", actor_client_id="svc")
 
     assert result.assignment_ended and result.meeting_ended
     assert MeetingAssignment.objects.get(meeting=meeting).end_reason == "meeting_ended"
@@ -45,10 +45,10 @@ def test_a_repeated_notification_changes_nothing():
     controller = make_controller(controller_id="mc-1", current_meetings=1)
     meeting = make_meeting(host=make_user(), status="active")
     assign(meeting, controller)
-    meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1")
+    meeting_end(meeting_id=meeting.meeting_id, region="us-east-1")
     audit_count, ended_at = AuditLog.objects.count(), Meeting.objects.get(pk=meeting.pk).ended_at
 
-    again = meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1")
+    again = meeting_end(meeting_id=meeting.meeting_id, region="us-east-1")
 
     assert not again.assignment_ended and not again.meeting_ended
     assert AuditLog.objects.count() == audit_count
@@ -61,11 +61,11 @@ def test_another_region_still_running_keeps_the_meeting_active():
     assign(meeting, make_controller(controller_id="mc-us", region="us-east-1"))
     assign(meeting, make_controller(controller_id="mc-eu", region="eu-west-1"))
 
-    first = meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1")
+    first = meeting_end(meeting_id=meeting.meeting_id, region="us-east-1")
     assert first.assignment_ended and not first.meeting_ended
     assert Meeting.objects.get(pk=meeting.pk).status == "active"
 
-    second = meeting_ended_notify(meeting_id=meeting.meeting_id, region="eu-west-1")
+    second = meeting_end(meeting_id=meeting.meeting_id, region="eu-west-1")
     assert second.meeting_ended
     assert Meeting.objects.get(pk=meeting.pk).status == "ended"
 
@@ -73,7 +73,7 @@ def test_another_region_still_running_keeps_the_meeting_active():
 def test_a_meeting_that_never_ran_is_not_ended_by_a_stray_notification():
     meeting = make_meeting(host=make_user())
 
-    result = meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1")
+    result = meeting_end(meeting_id=meeting.meeting_id, region="us-east-1")
 
     assert not result.assignment_ended and not result.meeting_ended
     assert Meeting.objects.get(pk=meeting.pk).status == "scheduled"
@@ -81,7 +81,7 @@ def test_a_meeting_that_never_ran_is_not_ended_by_a_stray_notification():
 
 def test_an_unknown_meeting_is_not_found():
     with pytest.raises(NotFound):
-        meeting_ended_notify(meeting_id=uuid.uuid4(), region="us-east-1")
+        meeting_end(meeting_id=uuid.uuid4(), region="us-east-1")
 
 
 # --- only what the caller's own controllers host ------------------------------------------------------------
@@ -93,17 +93,17 @@ def test_a_caller_ends_only_its_own_assignment_and_the_meeting_once_none_is_left
 
     # The US fleet names the EU region: the assignment there is not its to end.
     with pytest.raises(PermissionDenied):
-        meeting_ended_notify(meeting_id=meeting.meeting_id, region="eu-west-1", actor_client_id="svc-us")
+        meeting_end(meeting_id=meeting.meeting_id, region="eu-west-1", actor_client_id="svc-us")
     assert MeetingAssignment.objects.filter(meeting=meeting, ended_at__isnull=True).count() == 2
 
-    own = meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1", actor_client_id="svc-us")
+    own = meeting_end(meeting_id=meeting.meeting_id, region="us-east-1", actor_client_id="svc-us")
     assert own.assignment_ended and not own.meeting_ended
     assert Meeting.objects.get(pk=meeting.pk).status == "active"
     # A repeat by the same fleet is harmless, not refused.
-    again = meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1", actor_client_id="svc-us")
+    again = meeting_end(meeting_id=meeting.meeting_id, region="us-east-1", actor_client_id="svc-us")
     assert not again.assignment_ended and not again.meeting_ended
 
-    last = meeting_ended_notify(meeting_id=meeting.meeting_id, region="eu-west-1", actor_client_id="svc-eu")
+    last = meeting_end(meeting_id=meeting.meeting_id, region="eu-west-1", actor_client_id="svc-eu")
     assert last.assignment_ended and last.meeting_ended
     assert Meeting.objects.get(pk=meeting.pk).status == "ended"
 
@@ -114,7 +114,7 @@ def test_a_meeting_hosted_elsewhere_is_refused_and_audited(owner):
     assign(meeting, make_controller(controller_id="mc-1", current_meetings=1, owner_client_id=owner))
 
     with pytest.raises(PermissionDenied):
-        meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1", actor_client_id="svc-stranger")
+        meeting_end(meeting_id=meeting.meeting_id, region="us-east-1", actor_client_id="svc-stranger")
 
     assert MeetingAssignment.objects.get(meeting=meeting).ended_at is None
     assert Meeting.objects.get(pk=meeting.pk).status == "active"
@@ -129,5 +129,5 @@ def test_a_meeting_that_never_ran_is_refused_to_a_caller():
     meeting = make_meeting(host=make_user())
 
     with pytest.raises(PermissionDenied):
-        meeting_ended_notify(meeting_id=meeting.meeting_id, region="us-east-1", actor_client_id="svc-stranger")
+        meeting_end(meeting_id=meeting.meeting_id, region="us-east-1", actor_client_id="svc-stranger")
     assert Meeting.objects.get(pk=meeting.pk).status == "scheduled"

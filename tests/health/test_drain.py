@@ -10,14 +10,15 @@ from django.db.models.functions import Now
 
 from audit.models import AuditLog, OutboxEvent
 from controllers.models import HealthStatus, HealthTransition, MeetingController
-from controllers.services.drain import drain_begin, drain_cancel, drains_enforce
+from controllers.services.drain import drain_begin, drain_cancel
 from controllers.services.health import RecoveryReport, heartbeat_recovery
 from controllers.services.transitions import CONTROLLER
-from controllers.tasks import enforce_drain_deadlines
 from darktower.errors import Conflict, InvalidInput, NoCapacity, NotFound
 from darktower.metrics import REGISTRY
 from meetings.models import Meeting, MeetingAssignment
 from meetings.services.assignment import meeting_assign
+from meetings.services.drain_deadlines import drains_enforce
+from meetings.tasks import enforce_drain_deadlines
 from tests.factories import make_controller, make_meeting
 from tests.health.conftest import HOLD_DOWN
 from tests.jobs.conftest import ago

@@ -16,9 +16,10 @@ from django.utils import timezone
 from accounts.services.service_tokens import gc_service_token_forget
 from audit.models import AuditLog, OutboxEvent
 from controllers.models import MeetingController
-from controllers.services.drain import drain_begin, drains_enforce
+from controllers.services.drain import drain_begin
 from meetings.models import MeetingAssignment
 from meetings.services.assignment import meeting_place
+from meetings.services.drain_deadlines import drains_enforce
 from tests.factories import make_controller, make_handler, make_meeting, make_user
 from tests.interop.original import McState, OriginalMc
 

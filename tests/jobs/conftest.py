@@ -10,7 +10,8 @@ import redis
 from django.conf import settings
 from django.db.models import DateTimeField, Expression, Func
 
-from audit.relay import EVENTS_STREAM, _redis
+from audit.relay import EVENTS_STREAM
+from darktower.redis import _client as _redis
 
 
 class TransactionNow(Func):

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Iterator
 import pytest
 import redis
 
-from audit import relay
-from audit.relay import CAPACITY_TTL_SECONDS, capacity_cache_refresh, outbox_relay
-from controllers import heartbeats
+from audit.relay import outbox_relay
+from controllers import capacity_cache, heartbeats
+from controllers.capacity_cache import CAPACITY_TTL_SECONDS, capacity_cache_refresh
 from controllers.heartbeats import HeartbeatRecorder
 from controllers.models import HealthStatus, MeetingController
 from controllers.services import registration
@@ -218,7 +218,7 @@ def test_a_redis_that_never_answers_costs_a_flush_one_socket_timeout_then_is_ski
 
 
 def test_a_refresh_larger_than_a_script_batch_writes_every_hash_in_batches(redis_client, monkeypatch):
-    monkeypatch.setattr(relay, "CAPACITY_SCRIPT_BATCH", 2)
+    monkeypatch.setattr(capacity_cache, "CAPACITY_SCRIPT_BATCH", 2)
     kept = [_controller(redis_client, max_meetings=number) for number in range(1, 5)]
     gone = f"mc-cache-gone-{uuid.uuid4().hex[:12]}"
     redis_client.hset(_key(gone), "health", "healthy")
@@ -233,7 +233,7 @@ def test_a_refresh_probes_its_controllers_by_key_instead_of_reading_the_fleet(re
     # bench 1's fleet, a flush's 300 of them: given a join, the planner may hash the whole table instead.
     template = _controller(redis_client)
     copy_members("meeting_controllers", "controller_id", template, prefix=f"{template}-", count=19999)
-    plans = record_plans(monkeypatch, relay)
+    plans = record_plans(monkeypatch, capacity_cache)
     ids = [f"{template}-{number:05d}" for number in range(1, 20000, 67)]
 
     assert capacity_cache_refresh(controller_ids=ids, client=redis_client) == 0
@@ -265,7 +265,7 @@ def test_a_flush_writes_steady_hashes_from_its_statement_and_reads_the_others_ba
     def recording_write(*, documents: Iterable[str], client: redis.Redis) -> int:
         documents = list(documents)
         statement_documents.extend(documents)
-        return relay.capacity_cache_write(documents=documents, client=client)
+        return capacity_cache.capacity_cache_write(documents=documents, client=client)
 
     monkeypatch.setattr(heartbeats, "capacity_cache_write", recording_write)
 

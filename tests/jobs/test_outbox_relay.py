@@ -14,11 +14,13 @@ from celery.exceptions import Retry
 from django.db import connection
 
 from audit.models import AuditLog, OutboxEvent
-from audit.relay import CAPACITY_TTL_SECONDS, _redis, outbox_relay
+from audit.relay import outbox_relay
 from audit.services import outbox_events_retry
 from audit.tasks import relay_outbox
+from controllers.capacity_cache import CAPACITY_TTL_SECONDS
 from controllers.models import HealthStatus, MeetingController
 from controllers.services.operations import controller_mark_unhealthy
+from darktower.redis import _client as _redis
 from tests.factories import make_controller
 from tests.jobs.conftest import ago
 

@@ -22,12 +22,12 @@ from controllers.services.registration import (
     beats_flush,
     beats_record,
     controller_heartbeat,
-    meeting_ended_notify,
 )
 from darktower.errors import NoCapacity
 from darktower.metrics import REGISTRY
 from meetings.models import Meeting, MeetingAssignment
 from meetings.services.assignment import assignment_candidates, meeting_assign
+from meetings.services.meetings import meeting_end
 from tests.factories import make_controller, make_meeting
 from tests.meetings.test_assignment_concurrency import run_concurrently
 
@@ -84,7 +84,7 @@ def test_placement_counts_in_flight_and_the_next_heartbeat_reconciles(owner):
 
     # Ending it before any report gives back the in-flight slot first.
     MeetingController.objects.filter(pk="mc-a").update(assigned_since_heartbeat=1, current_meetings=4)
-    meeting_ended_notify(meeting_id=result.meeting_id, region=REGION)
+    meeting_end(meeting_id=result.meeting_id, region=REGION)
     assert (row("mc-a").current_meetings, row("mc-a").assigned_since_heartbeat) == (4, 0)
     assert Meeting.objects.get(pk=result.meeting_id).assigned_controller_id is None
 
@@ -200,7 +200,7 @@ def test_a_large_meeting_lands_where_its_participants_fit_and_reserves_them(owne
     assert MeetingAssignment.objects.get(pk=small.assignment_id).reserved_participants == 0
 
     # Ending the large meeting gives its reservation back.
-    meeting_ended_notify(meeting_id=large.pk, region=REGION)
+    meeting_end(meeting_id=large.pk, region=REGION)
     assert row("mc-roomy").reserved_participants == 0
     assert assign(make_meeting(host=owner, max_participants=500)).controller_id == "mc-roomy"
 

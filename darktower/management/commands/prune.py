@@ -1,14 +1,14 @@
-"""`manage.py prune [--dry-run]`: every retention job (seed 002), with counts; the daily beat runs the same."""
+"""`manage.py prune [--dry-run]`: every registered retention job and prune step, with counts; the daily beat runs
+the same."""
 
 from __future__ import annotations
 
 from argparse import ArgumentParser
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from audit.partitions import audit_partitions_drop_older_than
+from darktower.registry import prune_steps
 from darktower.retention import retention_run
 
 
@@ -23,6 +23,7 @@ class Command(BaseCommand):
         verb = "would delete" if dry_run else "deleted"
         for row in retention_run(dry_run=dry_run):
             self.stdout.write(f"{row.name}: {verb} {row.count}")
-        partitions = audit_partitions_drop_older_than(months=settings.RETENTION_AUDIT_MONTHS, dry_run=dry_run)
-        listed = f" ({', '.join(partitions)})" if partitions else ""
-        self.stdout.write(f"audit_partitions: {verb} {len(partitions)}{listed}")
+        for step in prune_steps():
+            dropped = step.run(dry_run=dry_run)
+            listed = f" ({', '.join(dropped)})" if dropped else ""
+            self.stdout.write(f"{step.name}: {verb} {len(dropped)}{listed}")

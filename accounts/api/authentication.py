@@ -4,12 +4,13 @@ Both set `request.user` to the User and `request.auth` to a Principal carrying t
 use: the token's (or the key's) scopes intersected with the user's current ones (accounts.services.users).
 A header naming neither scheme is ignored (the request is anonymous); a header naming one with a bad
 credential is a 401, never a fall-through to anonymous.
+
+The API's views (darktower.api.views.ApiView) use the classes that settings.API_AUTHENTICATION_CLASSES names.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -20,32 +21,13 @@ from rest_framework.request import Request
 from accounts.models import User
 from accounts.services.api_keys import api_key_authenticate
 from accounts.services.users import user_scopes
-from accounts.tokens import TokenClaims, token_verify
+from accounts.tokens import token_verify
 from darktower.api.errors import WWW_AUTHENTICATE
+from darktower.api.principal import Principal
 from darktower.errors import Unauthenticated
 
 BEARER = "bearer"
 API_KEY = "apikey"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """An authenticated caller. `identifier` names it in rate-limit keys and idempotency rows."""
-
-    kind: str  # "user" (bearer token) or "api_key"
-    user: User
-    scopes: frozenset[str]
-    api_key_id: uuid.UUID | None = None
-    claims: TokenClaims | None = None
-
-    @property
-    def identifier(self) -> str:
-        if self.api_key_id is not None:
-            return f"apikey:{self.api_key_id}"
-        return f"user:{self.user.pk}"
-
-    def __repr__(self) -> str:
-        return f"<Principal {self.identifier}>"
 
 
 def _credentials(request: Request, scheme: str) -> str | None:

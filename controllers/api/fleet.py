@@ -9,15 +9,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.services.users import CONTROLLERS_READ, CONTROLLERS_WRITE
+from controllers import selectors
+from controllers.api.filters import ControllerFilter, MediaHandlerFilter
+from controllers.api.serializers import ControllerSerializer, DrainRequest, MediaHandlerSerializer
 from controllers.models import MediaHandler, MeetingController
 from controllers.services.operations import controller_drain, controller_undrain
 from darktower.api.schema import error_responses
 from darktower.api.serializers import EmptyRequest
 from darktower.api.views import ApiListView, ApiView
 from darktower.errors import NotFound
-from meetings import selectors
-from meetings.api.filters import ControllerFilter, MediaHandlerFilter
-from meetings.api.serializers import ControllerSerializer, DrainRequest, MediaHandlerSerializer
 
 TAGS = ["fleet"]
 
