@@ -10,6 +10,7 @@ import hmac
 import uuid
 from datetime import datetime
 
+from django.db import connection
 from django.db.models import F, FloatField, QuerySet
 from django.db.models.functions import Cast, NullIf
 from django.utils import timezone
@@ -17,6 +18,26 @@ from django.utils import timezone
 from controllers.models import MediaHandler, MeetingController
 from darktower.errors import NotFound, PermissionDenied
 from meetings.models import Meeting, MeetingBan, MeetingParticipant, ParticipantStatus, Recording
+
+# The regions where an MC has ever registered, one index probe per region on idx_controllers_region (a loose
+# index scan): its cost follows the number of regions, not the number of MCs. Deregistered MCs keep their rows,
+# so their regions stay known.
+_KNOWN_REGIONS_SQL = """
+WITH RECURSIVE known(region) AS (
+    (SELECT region FROM meeting_controllers ORDER BY region LIMIT 1)
+    UNION ALL
+    SELECT (SELECT region FROM meeting_controllers WHERE region > known.region ORDER BY region LIMIT 1)
+    FROM known WHERE known.region IS NOT NULL
+)
+SELECT region FROM known WHERE region IS NOT NULL
+"""
+
+
+def known_regions() -> list[str]:
+    """The regions where a meeting controller has registered, sorted."""
+    with connection.cursor() as cursor:
+        cursor.execute(_KNOWN_REGIONS_SQL)
+        return [row[0] for row in cursor.fetchall()]
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:

