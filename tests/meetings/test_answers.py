@@ -4,7 +4,11 @@ django.request does not log at ERROR, and every 201 carries a Location the clien
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+from django.http import HttpRequest, HttpResponse
+from django.utils.log import log_response
 
 from meetings.models import MeetingAssignment, MeetingParticipant
 from tests.api.util import assert_error
@@ -47,3 +51,35 @@ def test_an_empty_fleet_names_no_region(as_user, host):
     assert error["fields"]["region"] == [
         "No meeting controller has registered in region us-east-1; known regions: none."
     ]
+
+
+def test_a_known_region_without_capacity_stays_503_and_is_not_logged_at_error(as_user, host, caplog):
+    make_controller(region="us-east-1", health="unhealthy")
+    meeting = make_meeting(host=host)
+
+    with caplog.at_level(logging.DEBUG, logger="django.request"):
+        response = as_user(host).post(join_url(meeting.pk), format="json")
+
+    assert_error(response, 503, "no_controller_available")
+    assert response["Retry-After"]
+    logged = [record for record in caplog.records if record.name == "django.request"]
+    assert logged, "the 503 is still logged, below ERROR"
+    assert all(record.levelno <= logging.WARNING for record in logged)
+
+
+def test_expected_4xx_answers_are_not_logged_at_error(as_user, host, caplog):
+    with caplog.at_level(logging.DEBUG, logger="django.request"):
+        assert_error(as_user(host).get("/api/v1/meetings/no-such-meeting"), 404, "not_found")
+        assert_error(as_user(host).post("/api/v1/meetings", {}, format="json"), 400, "invalid")
+    assert [record.levelno for record in caplog.records if record.name == "django.request"] == [
+        logging.WARNING, logging.WARNING
+    ]
+
+
+def test_a_server_error_is_still_logged_at_error(caplog):
+    request = HttpRequest()
+    request.path = "/api/v1/meetings"
+    with caplog.at_level(logging.DEBUG, logger="django.request"):
+        log_response("%s: %s", "Internal Server Error", request.path, response=HttpResponse(status=500),
+                     request=request)
+    assert [record.levelno for record in caplog.records if record.name == "django.request"] == [logging.ERROR]
