@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 
 from django.db import connection
-from django.db.models import F, FloatField, QuerySet
+from django.db.models import F, FloatField, Q, QuerySet
 from django.db.models.functions import Cast, NullIf
 from django.utils import timezone
 
@@ -108,6 +108,20 @@ def participants_for_meeting(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> 
     ):
         raise PermissionDenied("Only the host and the meeting's present participants may list its participants.")
     return participants
+
+
+def participant_visible_to(
+    *, meeting_id: uuid.UUID, participant_id: uuid.UUID, viewer_id: uuid.UUID
+) -> MeetingParticipant:
+    """One participant, for the meeting's host and for the user it is; NotFound for everyone else (whether it
+    exists is not theirs to learn)."""
+    participant = MeetingParticipant.objects.filter(
+        Q(user_id=viewer_id) | Q(meeting__created_by_user_id=viewer_id),
+        meeting_id=meeting_id, participant_id=participant_id,
+    ).first()
+    if participant is None:
+        raise NotFound("No such participant.")
+    return participant
 
 
 def participants_waiting(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[MeetingParticipant]:
