@@ -51,7 +51,7 @@ class ActorFilter(TextInputFilter):
 
     title = "actor (user)"
     parameter_name = "actor"
-    placeholder = "email or user id"
+    placeholder = "email or user ID"
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = (self.value() or "").strip()
@@ -80,7 +80,7 @@ class AuditLogAdmin(admin.ModelAdmin):
     list_filter = (EventTypeFilter, "result", ActorFilter, "actor_type", TargetTypeFilter)
     list_select_related = ("actor_user",)
     search_fields = ("target_id",)
-    search_help_text = "Find a target by type:id (e.g. meeting_controller:mc-us-east-1-01) or by its id alone."
+    search_help_text = "Find a target by type:id (e.g. meeting_controller:mc-us-east-1-01) or by its ID alone."
     date_hierarchy = "created_at"
     ordering = ("-created_at", "-id")
     show_full_result_count = False

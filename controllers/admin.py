@@ -124,7 +124,7 @@ class FleetAdminMixin:
         kind = HANDLERS if self.component_type == ComponentType.HANDLER else CONTROLLERS
         to_client_id = request.POST.get("to_client_id", "").strip()
         if request.POST.get("post") == "yes" and not to_client_id:
-            self.message_user(request, "Name the client id of the new owner.", messages.ERROR)  # type: ignore[attr-defined]
+            self.message_user(request, "Name the client ID of the new owner.", messages.ERROR)  # type: ignore[attr-defined]
             return None
 
         def perform(obj: Any) -> str:
@@ -141,7 +141,7 @@ class FleetAdminMixin:
             "their meetings; the old one is refused (by each gRPC process from its next heartbeat flush).",
             perform=perform,
             extra_fields=[{
-                "name": "to_client_id", "label": "New owner (client id)", "type": "text", "min": None, "value": "",
+                "name": "to_client_id", "label": "New owner (client ID)", "type": "text", "min": None, "value": "",
                 "help": "An active service credential holding the members' registration scope.",
             }],
         )
