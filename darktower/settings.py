@@ -425,6 +425,8 @@ SPECTACULAR_SETTINGS = {
 # --- i18n / time ------------------------------------------------------------------------------
 
 LANGUAGE_CODE = "en-us"
+# One time format in the admin, 24-hour with seconds (darktower/formats), instead of the locale's "5:04 p.m.".
+FORMAT_MODULE_PATH = ["darktower.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
