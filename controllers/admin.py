@@ -224,6 +224,19 @@ class MeetingControllerAdmin(FleetAdminMixin, admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[MeetingController]:
         return controllers_for_dashboard()
 
+    # The change page's buttons: each posts this list's action for the one controller, so it confirms, checks
+    # permissions and calls the service exactly as the action does.
+    object_actions = {"drain_action": "Drain", "undrain_action": "Undrain", "mark_unhealthy_action": "Mark unhealthy"}
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        allowed = self.get_actions(request)
+        buttons = [
+            {"name": name, "label": label} for name, label in self.object_actions.items() if name in allowed
+        ]
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "object_actions": buttons})
+
     def get_urls(self) -> list[Any]:
         live = path("live/", self.admin_site.admin_view(self.live_view), name=self.live_url_name)
         return [live, *super().get_urls()]
