@@ -80,15 +80,16 @@ class LookaheadPaginator(Paginator):
 
     LOOKAHEAD = 10
 
-    def __init__(self, object_list: Any, per_page: int, *, page: int = 1, **kwargs: Any) -> None:
+    def __init__(self, object_list: QuerySet[Any], per_page: int, *, page: int = 1, **kwargs: Any) -> None:
         super().__init__(object_list, per_page, **kwargs)
+        self.queryset = object_list
         self.shown_page = max(1, page)
 
     @cached_property
     def _seen(self) -> tuple[int, bool]:
         """(rows seen up to the lookahead, whether there are more)."""
         limit = (self.shown_page + self.LOOKAHEAD) * self.per_page
-        seen = len(self.object_list.values_list("pk", flat=True)[: limit + 1])
+        seen = len(self.queryset.values_list("pk", flat=True)[: limit + 1])
         return min(seen, limit), seen > limit
 
     @cached_property
@@ -101,7 +102,7 @@ class LookaheadPaginator(Paginator):
         seen, more = self._seen
         if not more:
             return None
-        return max(seen + 1, EstimatedCountPaginator(self.object_list, self.per_page).count)
+        return max(seen + 1, EstimatedCountPaginator(self.queryset, self.per_page).count)
 
 
 def _page_asked(request: HttpRequest) -> int:
