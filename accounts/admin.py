@@ -270,7 +270,7 @@ class ServiceCredentialCreateForm(forms.ModelForm):
     )
     client_id = forms.RegexField(
         regex=CLIENT_ID_PATTERN, required=False, max_length=64,
-        help_text="Optional: the client id the fleet is configured with (e.g. meeting-controller); "
+        help_text="Optional: the client ID the fleet is configured with (e.g. meeting-controller); "
         "3 to 64 lower-case letters, digits, '.', '_' or '-'. Empty: a random one.",
     )
 
@@ -282,7 +282,7 @@ class ServiceCredentialCreateForm(forms.ModelForm):
         # The service refuses a taken id too (Conflict); asked here, it is a field error instead of a failed save.
         client_id = self.cleaned_data.get("client_id") or None
         if client_id and ServiceCredential.objects.filter(client_id=client_id).exists():
-            raise forms.ValidationError("A service credential with this client id exists already.")
+            raise forms.ValidationError("A service credential with this client ID exists already.")
         return client_id
 
 
@@ -295,7 +295,7 @@ class ServiceCredentialAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
     actions = ("rotate_secret_action", "revoke_action")
     ordering = ("-created_at",)
     shown_once_title = "New service credential"
-    shown_once_description = "Only its hash is stored. The client authenticates with its client id and this secret."
+    shown_once_description = "Only its hash is stored. The client authenticates with its client ID and this secret."
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is None:

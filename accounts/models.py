@@ -55,7 +55,7 @@ class UserManager(BaseUserManager["User"]):
 class User(AbstractBaseUser, PermissionsMixin):
     """A person. Email is the login name; `password_hash` is NULL for users who only sign in by OAuth."""
 
-    user_id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
+    user_id = models.UUIDField(verbose_name="user ID", primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
     email = models.EmailField(max_length=255, unique=True)
     display_name = models.CharField(max_length=255)
     # Django's `password` and `last_login` live in the seed's columns.
@@ -64,8 +64,9 @@ class User(AbstractBaseUser, PermissionsMixin):
         db_comment="Django password hash (algorithm$iterations$salt$hash); NULL for OAuth-only users",
     )
     last_login = models.DateTimeField(null=True, blank=True, db_column="last_login_at")
-    is_active = models.BooleanField(default=True, db_default=True)
+    is_active = models.BooleanField(verbose_name="active", default=True, db_default=True)
     is_staff = models.BooleanField(
+        verbose_name="staff status",
         default=False, db_default=False, db_comment="May sign in to the operators' admin"
     )
     created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
@@ -106,11 +107,14 @@ class OAuthProvider(models.Model):
     id = models.BigAutoField(primary_key=True)
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="oauth_providers")
     provider = models.CharField(max_length=50, db_comment="Identity provider name: google, github, ...")
-    provider_user_id = models.CharField(max_length=255, db_comment="The user's id at the provider (its `sub`)")
+    provider_user_id = models.CharField(
+        verbose_name="provider's user ID", max_length=255, db_comment="The user's id at the provider (its `sub`)")
     access_token_encrypted = models.BinaryField(
+        verbose_name="access token (encrypted)",
         null=True, blank=True, db_comment="Provider access token, encrypted at rest; never shown or logged"
     )
     refresh_token_encrypted = models.BinaryField(
+        verbose_name="refresh token (encrypted)",
         null=True, blank=True, db_comment="Provider refresh token, encrypted at rest; never shown or logged"
     )
     token_expires_at = models.DateTimeField(null=True, blank=True, db_comment="When the provider access token expires")
@@ -118,6 +122,8 @@ class OAuthProvider(models.Model):
     updated_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
 
     class Meta:
+        verbose_name = "OAuth provider"
+        verbose_name_plural = "OAuth providers"
         db_table = "oauth_providers"
         constraints = [
             models.UniqueConstraint(fields=["provider", "provider_user_id"], name="oauth_providers_provider_user_key"),
@@ -135,13 +141,14 @@ class OAuthProvider(models.Model):
 class ApiKey(models.Model):
     """A key for programmatic access. Only a hash and a display prefix are stored, never the key."""
 
-    key_id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
+    key_id = models.UUIDField(verbose_name="key ID", primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")
     key_hash = models.CharField(max_length=255, unique=True, db_comment="SHA-256 hex digest of the whole key")
     key_prefix = models.CharField(max_length=20, db_comment="Public part of the key, shown to identify it")
     name = models.CharField(max_length=255)
     scopes = ArrayField(models.TextField(), db_comment="Granted scopes, e.g. meetings:create, meetings:read")
-    is_active = models.BooleanField(default=True, db_default=True, db_comment="False once revoked")
+    is_active = models.BooleanField(
+        verbose_name="active", default=True, db_default=True, db_comment="False once revoked")
     last_used_at = models.DateTimeField(
         null=True, blank=True, db_comment="Updated at most once a minute per key to keep auth cheap"
     )
@@ -150,6 +157,8 @@ class ApiKey(models.Model):
     updated_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
 
     class Meta:
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"
         db_table = "api_keys"
         indexes = [
             models.Index(fields=["user"], name="idx_api_keys_user_id"),
@@ -168,13 +177,15 @@ class ServiceCredential(models.Model):
     """OAuth 2.0 client credentials of a service (an MC, an MH). The secret is stored only as a hash."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
-    client_id = models.CharField(max_length=64, unique=True, db_comment="Public client identifier")
+    client_id = models.CharField(
+        verbose_name="client ID", max_length=64, unique=True, db_comment="Public client identifier")
     name = models.CharField(max_length=255, db_comment="What the credential is for, e.g. mc-us-east-1 fleet")
     secret_hash = models.CharField(
         max_length=128, db_comment="SHA-256 hex of the client secret (a 256-bit random value, so no slow hash)"
     )
     scopes = ArrayField(models.TextField(), default=list, db_comment="Scopes it may request, e.g. mc:register")
-    is_active = models.BooleanField(default=True, db_default=True, db_comment="False once revoked")
+    is_active = models.BooleanField(
+        verbose_name="active", default=True, db_default=True, db_comment="False once revoked")
     created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
     updated_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, db_comment="Last token issued to it")
@@ -194,13 +205,15 @@ class SigningKey(models.Model):
     """An Ed25519 key that signs our JWTs. The private half is encrypted at rest; the public half stays
     published in the JWKS until every token it signed has expired."""
 
-    kid = models.CharField(max_length=64, primary_key=True, db_comment="JWT header kid")
+    kid = models.CharField(verbose_name="key ID", max_length=64, primary_key=True, db_comment="JWT header kid")
     algorithm = models.CharField(max_length=20, default="EdDSA", db_default="EdDSA")
     public_key = models.BinaryField(db_comment="Raw 32-byte Ed25519 public key")
     private_key_encrypted = models.BinaryField(
+        verbose_name="private key (encrypted)",
         db_comment="Raw private key encrypted with SIGNING_KEY_ENCRYPTION_KEY (Fernet)"
     )
     is_active = models.BooleanField(
+        verbose_name="active",
         default=True, db_default=True, db_comment="The one key that signs new tokens"
     )
     created_at = models.DateTimeField(default=timezone.now, db_default=Now(), editable=False)

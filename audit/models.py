@@ -48,6 +48,7 @@ class AuditLog(models.Model):
     )
     target_type = models.CharField(max_length=50, null=True, blank=True, db_comment="meeting, user, controller, ...")
     target_id = models.CharField(
+        verbose_name="target ID",
         max_length=255, null=True, blank=True, db_comment="Primary key of the target as text (UUIDs, controller ids)"
     )
     action = models.CharField(
@@ -55,7 +56,7 @@ class AuditLog(models.Model):
     )
     result = models.CharField(max_length=20, choices=AuditResult.choices, db_comment="success or failure")
     error_message = models.TextField(null=True, blank=True)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    ip_address = models.GenericIPAddressField(verbose_name="IP address", null=True, blank=True)
     user_agent = models.TextField(null=True, blank=True)
     metadata = models.JSONField(
         default=dict, null=True, blank=True, db_comment="Event details; never tokens, secrets or email addresses"
@@ -78,7 +79,8 @@ class OutboxEvent(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     aggregate_type = models.CharField(max_length=50, db_comment="meeting, controller, media_handler, ...")
-    aggregate_id = models.CharField(max_length=255, db_comment="Primary key of the aggregate as text")
+    aggregate_id = models.CharField(
+        verbose_name="aggregate ID", max_length=255, db_comment="Primary key of the aggregate as text")
     event_type = models.CharField(max_length=100, db_comment="e.g. meeting_assigned, controller_unhealthy")
     payload = models.JSONField(default=dict, db_default={}, db_comment="What the handlers publish")
     created_at = models.DateTimeField(default=timezone.now, db_default=Now())

@@ -124,7 +124,7 @@ class FleetAdminMixin:
         kind = HANDLERS if self.component_type == ComponentType.HANDLER else CONTROLLERS
         to_client_id = request.POST.get("to_client_id", "").strip()
         if request.POST.get("post") == "yes" and not to_client_id:
-            self.message_user(request, "Name the client id of the new owner.", messages.ERROR)  # type: ignore[attr-defined]
+            self.message_user(request, "Name the client ID of the new owner.", messages.ERROR)  # type: ignore[attr-defined]
             return None
 
         def perform(obj: Any) -> str:
@@ -141,7 +141,7 @@ class FleetAdminMixin:
             "their meetings; the old one is refused (by each gRPC process from its next heartbeat flush).",
             perform=perform,
             extra_fields=[{
-                "name": "to_client_id", "label": "New owner (client id)", "type": "text", "min": None, "value": "",
+                "name": "to_client_id", "label": "New owner (client ID)", "type": "text", "min": None, "value": "",
                 "help": "An active service credential holding the members' registration scope.",
             }],
         )
@@ -223,6 +223,19 @@ class MeetingControllerAdmin(FleetAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[MeetingController]:
         return controllers_for_dashboard()
+
+    # The change page's buttons: each posts this list's action for the one controller, so it confirms, checks
+    # permissions and calls the service exactly as the action does.
+    object_actions = {"drain_action": "Drain", "undrain_action": "Undrain", "mark_unhealthy_action": "Mark unhealthy"}
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        allowed = self.get_actions(request)
+        buttons = [
+            {"name": name, "label": label} for name, label in self.object_actions.items() if name in allowed
+        ]
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "object_actions": buttons})
 
     def get_urls(self) -> list[Any]:
         live = path("live/", self.admin_site.admin_view(self.live_view), name=self.live_url_name)

@@ -44,7 +44,7 @@ def owner_field() -> models.CharField:
     beat updates its row outside HOT, which would cost an index insert per beat.
     """
     return models.CharField(
-        max_length=64, null=True, blank=True,
+        verbose_name="owner's client ID", max_length=64, null=True, blank=True,
         db_comment="Client id of the service credential that registered this member (its owner); only it may "
         "re-register it, beat for it and end its meetings. NULL: not claimed yet (rows older than ownership)",
     )
@@ -110,13 +110,16 @@ class ControllerQuerySet(models.QuerySet["MeetingController"]):
 
 
 class MeetingController(models.Model):
-    controller_id = models.CharField(max_length=255, primary_key=True)
+    controller_id = models.CharField(verbose_name="controller ID", max_length=255, primary_key=True)
     region = models.CharField(max_length=50)
-    endpoint = models.TextField(db_comment="Legacy endpoint column kept for compatibility; use grpc_endpoint")
+    endpoint = models.TextField(
+        verbose_name="endpoint (legacy)", db_comment="Legacy endpoint column kept for compatibility; use grpc_endpoint")
     grpc_endpoint = models.CharField(
+        verbose_name="gRPC endpoint",
         max_length=255, db_comment="gRPC endpoint the GC and other services use to reach this MC"
     )
     webtransport_endpoint = models.CharField(
+        verbose_name="WebTransport endpoint",
         max_length=255, null=True, blank=True,
         db_comment="WebTransport endpoint for client connections; NULL until the MC has one",
     )
@@ -132,8 +135,10 @@ class MeetingController(models.Model):
     current_participants = models.IntegerField(
         default=0, db_default=0, db_comment="Participants the MC reported at its last heartbeat"
     )
-    cpu_usage_percent = models.FloatField(null=True, blank=True, db_comment="From the last comprehensive heartbeat")
+    cpu_usage_percent = models.FloatField(
+        verbose_name="CPU usage (%)", null=True, blank=True, db_comment="From the last comprehensive heartbeat")
     memory_usage_percent = models.FloatField(
+        verbose_name="memory usage (%)",
         null=True, blank=True, db_comment="From the last comprehensive heartbeat"
     )
 
@@ -165,6 +170,7 @@ class MeetingController(models.Model):
         "self-reported without one",
     )
     drain_target_controller_id = models.CharField(
+        verbose_name="drain target controller ID",
         max_length=255, null=True, blank=True,
         db_comment="Draining: MC that takes the remaining meetings at the deadline; NULL ends them instead",
     )
@@ -283,23 +289,32 @@ class MeetingController(models.Model):
 
 
 class MediaHandler(models.Model):
-    handler_id = models.CharField(max_length=255, primary_key=True)
+    handler_id = models.CharField(verbose_name="handler ID", max_length=255, primary_key=True)
     region = models.CharField(max_length=50)
-    endpoint = models.TextField(db_comment="Legacy endpoint column kept for compatibility; use grpc_endpoint")
+    endpoint = models.TextField(
+        verbose_name="endpoint (legacy)", db_comment="Legacy endpoint column kept for compatibility; use grpc_endpoint")
     grpc_endpoint = models.CharField(
+        verbose_name="gRPC endpoint",
         max_length=255, null=True, blank=True, db_comment="gRPC endpoint for MC-to-MH calls (e.g. grpc://host:port)"
     )
     webtransport_endpoint = models.CharField(
+        verbose_name="WebTransport endpoint",
         max_length=255, null=True, blank=True, db_comment="WebTransport endpoint for client media connections"
     )
 
     max_streams = models.IntegerField(db_comment="Media streams this handler accepts (from RegisterMH)")
     current_streams = models.IntegerField(default=0, db_default=0, db_comment="Streams at the last load report")
-    max_bitrate_mbps = models.IntegerField(db_comment="Egress bandwidth ceiling, megabits per second")
-    current_bitrate_mbps = models.IntegerField(default=0, db_default=0, db_comment="Egress at the last report, Mbit/s")
-    cpu_usage_percent = models.FloatField(null=True, blank=True, db_comment="0..100, from the last load report")
-    memory_usage_percent = models.FloatField(null=True, blank=True, db_comment="0..100, from the last load report")
+    max_bitrate_mbps = models.IntegerField(
+        verbose_name="max bitrate (Mbit/s)", db_comment="Egress bandwidth ceiling, megabits per second")
+    current_bitrate_mbps = models.IntegerField(
+        verbose_name="current bitrate (Mbit/s)", default=0, db_default=0,
+        db_comment="Egress at the last report, Mbit/s")
+    cpu_usage_percent = models.FloatField(
+        verbose_name="CPU usage (%)", null=True, blank=True, db_comment="0..100, from the last load report")
+    memory_usage_percent = models.FloatField(
+        verbose_name="memory usage (%)", null=True, blank=True, db_comment="0..100, from the last load report")
     bandwidth_usage_percent = models.FloatField(
+        verbose_name="bandwidth usage (%)",
         null=True, blank=True, db_comment="0..100 of max_bitrate_mbps, from the last load report"
     )
 
@@ -411,7 +426,8 @@ class HealthTransition(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     component_type = models.CharField(max_length=20, choices=ComponentType.choices, db_comment="controller or handler")
-    component_id = models.TextField(db_comment="controller_id or handler_id (no FK: history outlives the row)")
+    component_id = models.TextField(
+        verbose_name="component ID", db_comment="controller_id or handler_id (no FK: history outlives the row)")
     region = models.CharField(max_length=50, db_comment="Region of the component at the time of the transition")
     from_status = models.CharField(
         max_length=20, choices=HealthStatus.choices, null=True, blank=True,
@@ -423,6 +439,7 @@ class HealthTransition(models.Model):
         max_length=20, db_comment="system (sweep, heartbeats, jobs), user (operator), service (the MC itself)"
     )
     actor_user_id = models.UUIDField(
+        verbose_name="actor's user ID",
         null=True, blank=True, db_comment="Operator who made the change; plain column, no FK (history outlives users)"
     )
     metadata = models.JSONField(

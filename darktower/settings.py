@@ -433,6 +433,8 @@ SPECTACULAR_SETTINGS = {
 # --- i18n / time ------------------------------------------------------------------------------
 
 LANGUAGE_CODE = "en-us"
+# One time format in the admin, 24-hour with seconds (darktower/formats), instead of the locale's "5:04 p.m.".
+FORMAT_MODULE_PATH = ["darktower.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -511,11 +513,16 @@ LOGGING = {
         },
     },
     # Emails, bearer tokens, JWTs and our key formats are blanked out of every message (darktower/log_redaction.py).
-    "filters": {"redact": {"()": "darktower.log_redaction.RedactingFilter"}},
+    # A 503 (no capacity, retry) is an expected answer: django.request logs it at WARNING, like a 4xx.
+    "filters": {
+        "redact": {"()": "darktower.log_redaction.RedactingFilter"},
+        "expected_answers": {"()": "darktower.api.request_log.ExpectedAnswerFilter"},
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "django.server": {"level": "WARNING"},
+        "django.request": {"filters": ["expected_answers"]},
     },
 }

@@ -6,6 +6,13 @@ from darktower.api.errors import api_not_found
 from darktower.api.health import HealthView, ReadyView
 from darktower.api.schema import SwaggerView
 
+# The admin is the control plane's operations console; "View site" opens the API's documentation (the site has no
+# page of its own at /).
+admin.site.site_header = "Dark Tower control plane"
+admin.site.site_title = "Dark Tower control plane"
+admin.site.index_title = "Operations"
+admin.site.site_url = "/api/docs/"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health", HealthView.as_view(), name="health"),

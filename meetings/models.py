@@ -55,7 +55,8 @@ class RecordingStatus(models.TextChoices):
 
 
 class Meeting(models.Model):
-    meeting_id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
+    meeting_id = models.UUIDField(
+        verbose_name="meeting ID", primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
     created_by_user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
         related_name="meetings_created", db_column="created_by_user_id",
@@ -70,6 +71,7 @@ class Meeting(models.Model):
     )
 
     enable_e2e_encryption = models.BooleanField(
+        verbose_name="end-to-end encryption",
         default=True, db_default=True, db_comment="Media keys stay with the clients (MC and MH forward only)"
     )
     require_auth = models.BooleanField(default=False, db_default=False, db_comment="Refuse guests")
@@ -101,6 +103,7 @@ class Meeting(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
 
     assigned_controller_id = models.CharField(
+        verbose_name="assigned controller ID",
         max_length=255, null=True, blank=True,
         db_comment="Meeting controller handling the meeting (denormalised from meeting_assignments)",
     )
@@ -141,7 +144,7 @@ class Meeting(models.Model):
 class MeetingParticipant(models.Model):
     id = models.BigAutoField(primary_key=True)
     meeting = models.ForeignKey(Meeting, on_delete=models.CASCADE, related_name="participants")
-    participant_id = models.UUIDField(db_comment="Session id generated at join")
+    participant_id = models.UUIDField(verbose_name="participant ID", db_comment="Session id generated at join")
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
         related_name="participations", db_comment="NULL for guests",
@@ -164,12 +167,14 @@ class MeetingParticipant(models.Model):
     )
 
     ip_address = models.GenericIPAddressField(
+        verbose_name="IP address",
         null=True, blank=True, db_comment="Client address at join (personal data)"
     )
     user_agent = models.TextField(null=True, blank=True, db_comment="Client User-Agent at join")
     client_version = models.CharField(max_length=50, null=True, blank=True, db_comment="Dark Tower client version")
 
     total_duration_seconds = models.IntegerField(
+        verbose_name="total duration (s)",
         default=0, db_default=0, null=True, db_comment="Seconds present, computed when the participant leaves"
     )
 
@@ -215,13 +220,14 @@ class MeetingBan(models.Model):
     so a guest ban holds the address it joined from (every guest behind that address until the host lifts it).
     """
 
-    ban_id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
+    ban_id = models.UUIDField(verbose_name="ban ID", primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
     # No index of its own: uq_meeting_bans_meeting_principal leads with meeting_id.
     meeting = models.ForeignKey(Meeting, on_delete=models.CASCADE, related_name="bans", db_index=False)
     principal = models.CharField(
         max_length=100, db_comment="user:<user id> or guest:<client address> (personal data for guests)"
     )
-    participant_id = models.UUIDField(db_comment="The participant session the host removed")
+    participant_id = models.UUIDField(
+        verbose_name="participant ID", db_comment="The participant session the host removed")
     display_name = models.CharField(max_length=255, db_comment="That participant's display name, for the host")
     banned_by_user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
@@ -254,7 +260,8 @@ class MeetingBan(models.Model):
 
 
 class Recording(models.Model):
-    recording_id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
+    recording_id = models.UUIDField(
+        verbose_name="recording ID", primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
     meeting = models.ForeignKey(Meeting, on_delete=models.CASCADE, related_name="recordings")
     started_by_user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
@@ -263,8 +270,10 @@ class Recording(models.Model):
 
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True)
-    duration_seconds = models.IntegerField(null=True, blank=True, db_comment="Length of the finished recording")
-    file_size_bytes = models.BigIntegerField(null=True, blank=True, db_comment="Size of the stored file")
+    duration_seconds = models.IntegerField(
+        verbose_name="duration (s)", null=True, blank=True, db_comment="Length of the finished recording")
+    file_size_bytes = models.BigIntegerField(
+        verbose_name="file size (bytes)", null=True, blank=True, db_comment="Size of the stored file")
 
     storage_path = models.TextField(db_comment="Object path inside storage_bucket")
     storage_bucket = models.CharField(max_length=255, db_comment="Object-storage bucket (RECORDINGS_STORAGE_BUCKET)")
@@ -280,6 +289,7 @@ class Recording(models.Model):
     error_message = models.TextField(null=True, blank=True, db_comment="Why processing failed (status failed)")
 
     is_public = models.BooleanField(
+        verbose_name="public",
         default=False, db_default=False,
         db_comment="Shared: its link opens it without signing in until share_expires_at",
     )
@@ -357,6 +367,7 @@ class MeetingAssignment(models.Model):
         default=timezone.now, db_default=Now(), db_comment="Database time of the assignment"
     )
     assigned_by_gc_id = models.CharField(
+        verbose_name="assigned by GC ID",
         max_length=255, db_comment="Id of the Global Controller process that made the assignment"
     )
     ended_at = models.DateTimeField(null=True, blank=True, db_comment="NULL while the assignment is active")
@@ -375,7 +386,7 @@ class MeetingAssignment(models.Model):
         "accepted, and for assignments made without asking the MC. Still set after this time: abandoned",
     )
     media_handler_ids = ArrayField(
-        models.CharField(max_length=255), null=True, blank=True,
+        models.CharField(max_length=255), verbose_name="media handler IDs", null=True, blank=True,
         db_comment="The media handlers chosen for the meeting and sent to its MC, in the order sent",
     )
 

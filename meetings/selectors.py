@@ -10,11 +10,32 @@ import hmac
 import uuid
 from datetime import datetime
 
-from django.db.models import QuerySet
+from django.db import connection
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from darktower.errors import NotFound, PermissionDenied
 from meetings.models import Meeting, MeetingBan, MeetingParticipant, ParticipantStatus, Recording
+
+# The regions where an MC has ever registered, one index probe per region on idx_controllers_region (a loose
+# index scan): its cost follows the number of regions, not the number of MCs. Deregistered MCs keep their rows,
+# so their regions stay known.
+_KNOWN_REGIONS_SQL = """
+WITH RECURSIVE known(region) AS (
+    (SELECT region FROM meeting_controllers ORDER BY region LIMIT 1)
+    UNION ALL
+    SELECT (SELECT region FROM meeting_controllers WHERE region > known.region ORDER BY region LIMIT 1)
+    FROM known WHERE known.region IS NOT NULL
+)
+SELECT region FROM known WHERE region IS NOT NULL
+"""
+
+
+def known_regions() -> list[str]:
+    """The regions where a meeting controller has registered, sorted."""
+    with connection.cursor() as cursor:
+        cursor.execute(_KNOWN_REGIONS_SQL)
+        return [row[0] for row in cursor.fetchall()]
 
 
 def parse_uuid(value: str) -> uuid.UUID | None:
@@ -85,6 +106,20 @@ def participants_for_meeting(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> 
     ):
         raise PermissionDenied("Only the host and the meeting's present participants may list its participants.")
     return participants
+
+
+def participant_visible_to(
+    *, meeting_id: uuid.UUID, participant_id: uuid.UUID, viewer_id: uuid.UUID
+) -> MeetingParticipant:
+    """One participant, for the meeting's host and for the user it is; NotFound for everyone else (whether it
+    exists is not theirs to learn)."""
+    participant = MeetingParticipant.objects.filter(
+        Q(user_id=viewer_id) | Q(meeting__created_by_user_id=viewer_id),
+        meeting_id=meeting_id, participant_id=participant_id,
+    ).first()
+    if participant is None:
+        raise NotFound("No such participant.")
+    return participant
 
 
 def participants_waiting(*, meeting_id: uuid.UUID, viewer_id: uuid.UUID) -> QuerySet[MeetingParticipant]:

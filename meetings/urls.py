@@ -14,6 +14,10 @@ urlpatterns = [
         name="meeting-participants",
     ),
     path(
+        "api/v1/meetings/<uuid:meeting_id>/participants/<uuid:participant_id>", views.ParticipantDetailView.as_view(),
+        name="meeting-participant",
+    ),
+    path(
         "api/v1/meetings/<uuid:meeting_id>/participants/<uuid:participant_id>/leave",
         views.ParticipantLeaveView.as_view(), name="participant-leave",
     ),

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from django.db.models import QuerySet
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.request import Request
@@ -22,10 +23,12 @@ from accounts.api.serializers import (
 from accounts.models import ApiKey
 from accounts.services.api_keys import api_key_create, api_key_revoke, api_keys_for_user
 from accounts.services.users import email_hash, login_throttle_fallback, user_login, user_logout
+from darktower.api.location import CreatedLocation
 from darktower.api.ratelimit import RateLimit, api_key_create_limits, login_limits, ratelimit_reserve
 from darktower.api.schema import error_responses
 from darktower.api.serializers import EmptyRequest
 from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
+from darktower.errors import NotFound
 
 USER_TOKEN_ONLY = frozenset({"user"})
 
@@ -115,7 +118,7 @@ class MeView(ApiView):
         responses={201: ApiKeyCreatedResponse, **error_responses(400, 401, 403, 409, 413, 415, 422, 429)},
     ),
 )
-class ApiKeyListCreateView(ApiListView):
+class ApiKeyListCreateView(CreatedLocation, ApiListView):
     required_scopes = {"GET": None, "POST": None}
     # A key must not mint keys: whoever steals one could otherwise keep access after it is revoked.
     principal_kinds = USER_TOKEN_ONLY
@@ -143,16 +146,29 @@ class ApiKeyListCreateView(ApiListView):
             ApiKeyCreatedResponse(api_key).data, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"}
         )
 
+    def created_location(self, body: dict[str, Any]) -> str | None:
+        return reverse("api-key-detail", args=[body["key_id"]])
+
 
 @extend_schema_view(
+    get=extend_schema(
+        operation_id="api_keys_retrieve", tags=["api-keys"], summary="One of your API keys (never its secret)",
+        responses={200: ApiKeySerializer, **error_responses(401, 403, 404)},
+    ),
     delete=extend_schema(
         operation_id="api_keys_revoke", tags=["api-keys"], summary="Revoke an API key",
         responses={204: None, **error_responses(401, 403, 404)},
     )
 )
 class ApiKeyDetailView(ApiView):
-    required_scopes = {"DELETE": None}
+    required_scopes = {"GET": None, "DELETE": None}
     principal_kinds = USER_TOKEN_ONLY
+
+    def get(self, request: Request, key_id: uuid.UUID) -> Response:
+        api_key = api_keys_for_user(self.principal.user.pk).filter(pk=key_id).first()
+        if api_key is None:
+            raise NotFound("No such API key.")
+        return Response(ApiKeySerializer(api_key).data)
 
     def delete(self, request: Request, key_id: uuid.UUID) -> Response:
         api_key_revoke(key_id=key_id, actor_user_id=self.principal.user.pk)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import re
 from typing import Any
 
 from django import template
 from django.contrib.admin.templatetags.admin_list import date_hierarchy
 from django.db.models import Max, Min
 from django.utils import formats, timezone
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import capfirst
 
 register = template.Library()
@@ -75,3 +77,15 @@ def bounded_date_hierarchy(cl: Any) -> dict[str, Any]:
             {"link": link({f"{field}__year": str(y)}), "title": str(y)} for y in range(first.year, last.year + 1)
         ],
     }
+
+
+# Names whose first letter is small: the admin capitalises the first letter of every label ("gRPC endpoint"
+# would read "GRPC endpoint"), so a label starting with one is given back its spelling.
+_SMALL_FIRST_LETTER = re.compile(r"(?<=>)GRPC\b")
+
+
+@register.filter
+def dt_label(label_tag: str) -> str:
+    """A field's rendered <label> with names like gRPC spelled as written."""
+    fixed = _SMALL_FIRST_LETTER.sub("gRPC", str(label_tag))
+    return mark_safe(fixed) if isinstance(label_tag, SafeString) else fixed  # noqa: S308 (the label was safe)

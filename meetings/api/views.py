@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from accounts.services.users import MEETINGS_CREATE, MEETINGS_READ, MEETINGS_WRITE, RECORDINGS_READ, RECORDINGS_WRITE
 from darktower.api.idempotency import guest_principal
+from darktower.api.location import CreatedLocation
 from darktower.api.ratelimit import (
     RateLimit,
     join_limits,
@@ -118,10 +119,11 @@ def _join_response(result: JoinResult) -> Response:
     return Response(data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
-class JoinReplayMixin:
-    """Idempotent replays of a join. The stored response keeps no meeting token (a secret at rest for 24
-    hours, and expired 5 minutes after issue): a replay answers the stored participant and MC with a freshly
-    issued token for that same participant, or 409 / 410 once it has left or the meeting has ended."""
+class JoinReplayMixin(CreatedLocation):
+    """A new participant's 201 carries its Location. Idempotent replays of a join: the stored response keeps no
+    meeting token (a secret at rest for 24 hours, and expired 5 minutes after issue): a replay answers the
+    stored participant and MC with a freshly issued token for that same participant, or 409 / 410 once it has
+    left or the meeting has ended."""
 
     idempotency_redact = ("meeting_token",)
 
@@ -133,6 +135,10 @@ class JoinReplayMixin:
             meeting_id=uuid.UUID(participant["meeting_id"]), participant_id=uuid.UUID(participant["participant_id"])
         )
         return {**body, "meeting_token": token.token, "expires_in": token.expires_in}
+
+    def created_location(self, body: dict[str, Any]) -> str | None:
+        participant = body["participant"]
+        return reverse("meeting-participant", args=[participant["meeting_id"], participant["participant_id"]])
 
 
 @extend_schema_view(
@@ -146,7 +152,7 @@ class JoinReplayMixin:
         responses={201: MeetingSerializer, **error_responses(400, 401, 403, 409, 413, 415, 422, 429)},
     ),
 )
-class MeetingListCreateView(ApiListView):
+class MeetingListCreateView(CreatedLocation, ApiListView):
     required_scopes = {"GET": MEETINGS_READ, "POST": MEETINGS_CREATE}
     serializer_class = MeetingSerializer
     filterset_class = MeetingFilter
@@ -165,6 +171,9 @@ class MeetingListCreateView(ApiListView):
         data = _validated(MeetingCreateRequest, request)
         meeting = meeting_create(host=self.principal.user, **data)
         return Response(MeetingSerializer(meeting).data, status=status.HTTP_201_CREATED)
+
+    def created_location(self, body: dict[str, Any]) -> str | None:
+        return reverse("meeting-detail", args=[body["meeting_id"]])
 
 
 @extend_schema_view(
@@ -310,6 +319,23 @@ class ParticipantListView(ApiListView):
 
 
 @extend_schema_view(
+    get=extend_schema(
+        operation_id="meetings_participants_retrieve", tags=TAGS,
+        summary="A participant (the meeting's host, or the user it is): the Location of a join's 201",
+        responses={200: ParticipantSerializer, **error_responses(401, 403, 404)},
+    )
+)
+class ParticipantDetailView(ApiView):
+    required_scopes = {"GET": MEETINGS_READ}
+
+    def get(self, request: Request, meeting_id: uuid.UUID, participant_id: uuid.UUID) -> Response:
+        participant = selectors.participant_visible_to(
+            meeting_id=meeting_id, participant_id=participant_id, viewer_id=self.principal.user.pk
+        )
+        return Response(ParticipantSerializer(participant).data)
+
+
+@extend_schema_view(
     post=extend_schema(
         operation_id="meetings_participants_leave", tags=TAGS,
         summary="Close a participant's session (the participant itself, or the host)", request=LeaveRequest,
@@ -426,7 +452,7 @@ class BanDetailView(ApiView):
         responses={201: RecordingSerializer, **error_responses(401, 403, 404, 409, 410, 422, 429)},
     ),
 )
-class MeetingRecordingsView(ApiListView):
+class MeetingRecordingsView(CreatedLocation, ApiListView):
     required_scopes = {"GET": RECORDINGS_READ, "POST": RECORDINGS_WRITE}
     serializer_class = RecordingSerializer
     filterset_class = RecordingFilter
@@ -445,6 +471,9 @@ class MeetingRecordingsView(ApiListView):
         _validated(EmptyRequest, request)
         recording = recording_start(meeting_id=meeting_id, actor_user_id=self.principal.user.pk)
         return Response(RecordingSerializer(recording).data, status=status.HTTP_201_CREATED)
+
+    def created_location(self, body: dict[str, Any]) -> str | None:
+        return reverse("recording-detail", args=[body["recording_id"]])
 
 
 @extend_schema_view(

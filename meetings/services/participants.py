@@ -14,9 +14,9 @@ from accounts.models import User
 from accounts.tokens import IssuedToken, token_issue
 from audit.models import ActorType
 from audit.services import AuditEntry, audit_record, audit_record_many
-from darktower.errors import Conflict, Gone, NoCapacity, NotFound, PermissionDenied
+from darktower.errors import Conflict, Gone, InvalidInput, NoCapacity, NotFound, PermissionDenied
 from meetings.models import LeaveReason, Meeting, MeetingParticipant, MeetingStatus, ParticipantStatus
-from meetings.selectors import meeting_by_ref_locked
+from meetings.selectors import known_regions, meeting_by_ref_locked
 from meetings.services.admission import (
     SEATS_SQL,
     meeting_ban_in_transaction,
@@ -148,7 +148,39 @@ def meeting_join(
     """Admit a participant (see _join_once). When the meeting has no usable MC in `region` and the MC must be
     asked (MC_ASSIGN_CALLS), the join's transaction is given up before anything is written, meeting_place asks
     MCs with no transaction open, and the join runs again to find the assignment made: the checks (meeting
-    ended, full, not for guests) come first every time, so a refused join never places a meeting."""
+    ended, full, not for guests) come first every time, so a refused join never places a meeting.
+
+    A region where no MC has ever registered is the client's mistake (InvalidInput naming the known regions),
+    not a wait for capacity: it is told apart only once placement found no MC, so a join that gets one pays
+    nothing for the check."""
+    try:
+        return _join_rounds(
+            meeting_ref=meeting_ref, region=region, user=user, display_name=display_name, ip_address=ip_address,
+            user_agent=user_agent, client_version=client_version,
+        )
+    except NoCapacity:
+        regions = known_regions()
+        if region not in regions:
+            raise InvalidInput(
+                f"Unknown region {region}.",
+                fields={"region": [
+                    f"No meeting controller has registered in region {region}; "
+                    f"known regions: {', '.join(regions) or 'none'}."
+                ]},
+            ) from None
+        raise
+
+
+def _join_rounds(
+    *,
+    meeting_ref: str,
+    region: str,
+    user: User | None,
+    display_name: str | None,
+    ip_address: str | None,
+    user_agent: str | None,
+    client_version: str | None,
+) -> JoinResult:
     placed: Assignment | None = None
     for _ in range(_JOIN_ROUNDS):
         try:

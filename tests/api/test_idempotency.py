@@ -95,6 +95,7 @@ def test_server_side_failures_are_not_stored(as_user, host):
     client = as_user(host)
     meeting = make_meeting(host=host)
     url = f"{MEETINGS}/{meeting.pk}/join"
+    make_controller(region="us-east-1", health="unhealthy")  # a known region with no capacity now: a 503
     assert_error(client.post(url, {}, format="json", **key_header("join-2")), 503, "no_controller_available")
     assert not IdempotencyKey.objects.filter(key="join-2").exists()
     make_controller(region="us-east-1")
