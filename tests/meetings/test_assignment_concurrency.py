@@ -35,6 +35,20 @@ def load(controller: MeetingController) -> int:
     return controller.current_meetings + controller.assigned_since_heartbeat
 
 
+def wait_until_blocking(timeout: float = 30.0) -> bool:
+    """Whether, within `timeout`, another backend waits for a lock this connection holds (pg_locks: a lock not
+    granted, blocked by this backend's pid)."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                           "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))")
+            if cursor.fetchone()[0]:
+                return True
+            time.sleep(0.01)
+    return False
+
+
 def run_concurrently(work, count=THREADS):
     """Run work(index) in `count` threads released together; returns results and exceptions by index."""
     barrier = threading.Barrier(count)
@@ -160,11 +174,14 @@ def test_a_deadlock_with_another_writer_is_a_retryable_503_never_a_500(fleet):
             with transaction.atomic():
                 MeetingController.objects.filter(pk="mc-0").update(version="locked")
                 mc_locked.set()
-                time.sleep(0.4)  # the join now holds the meeting row and waits for this MC row
+                # The join now holds the meeting row and waits for this MC row.
+                assert wait_until_blocking(), "the join never waited for the MC row"
                 Meeting.objects.filter(pk=meeting.pk).update(display_name="renamed")
             outcome["writer"] = "committed"
         except OperationalError:
             outcome["writer"] = "aborted"
+        except AssertionError as exc:  # reported by the assertion below
+            outcome["writer"] = exc
         finally:
             connection.close()
 
@@ -175,6 +192,7 @@ def test_a_deadlock_with_another_writer_is_a_retryable_503_never_a_500(fleet):
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     response = client.post(f"/api/v1/meetings/{meeting.pk}/join", {}, format="json")
     thread.join(timeout=30)
+    assert outcome["writer"] in {"committed", "aborted"}, outcome
     if response.status_code == 503:
         assert response.json()["error"]["code"] == "retry" and response["Retry-After"] == "1"
         assert outcome["writer"] == "committed"
