@@ -8,7 +8,6 @@ capacity check)."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from datetime import timedelta
 
@@ -23,6 +22,7 @@ from controllers.models import MeetingController
 from meetings.models import Meeting, MeetingAssignment, MeetingParticipant
 from meetings.services.assignment import meeting_assign
 from tests.factories import make_controller, make_meeting, make_user, user_token
+from tests.locks import wait_until_blocking
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,20 +33,6 @@ THREADS = 12
 def load(controller: MeetingController) -> int:
     """The effective load placement judges: reported meetings plus those assigned since (in-flight)."""
     return controller.current_meetings + controller.assigned_since_heartbeat
-
-
-def wait_until_blocking(timeout: float = 30.0) -> bool:
-    """Whether, within `timeout`, another backend waits for a lock this connection holds (pg_locks: a lock not
-    granted, blocked by this backend's pid)."""
-    deadline = time.monotonic() + timeout
-    with connection.cursor() as cursor:
-        while time.monotonic() < deadline:
-            cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted "
-                           "AND pg_backend_pid() = ANY(pg_blocking_pids(pid))")
-            if cursor.fetchone()[0]:
-                return True
-            time.sleep(0.01)
-    return False
 
 
 def run_concurrently(work, count=THREADS):
