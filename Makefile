@@ -9,13 +9,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVENV := $(PY) -m darktower.devenv
 PYTEST_ARGS ?=
+# pytest-xdist workers (0: one process). Each worker has its own test database and Redis database (tests/conftest.py).
+PYTEST_WORKERS ?= 0
 
 .DEFAULT_GOAL := help
 .PHONY: help run test migrate seed shell lint clean-data proto
 
 help:
 	@echo "make run         embedded PostgreSQL + Redis, migrations, demo data, dev superuser, all servers"
-	@echo "make test        the whole test suite (PYTEST_ARGS='-k foo -x' to narrow it)"
+	@echo "make test        the whole test suite (PYTEST_ARGS='-k foo -x' to narrow it, PYTEST_WORKERS=2 for xdist)"
 	@echo "make migrate     apply migrations"
 	@echo "make seed        load the demo data (manage.py seed_demo)"
 	@echo "make shell       Django shell"
@@ -42,7 +44,7 @@ run: $(STAMP)
 
 # pytest exits 5 when it collected nothing: a broken test path must not look like a green build.
 test: $(STAMP)
-	@$(DEVENV) exec -- $(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	@$(DEVENV) exec -- $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests (exit code 5)" >&2; exit 1; fi; \
 	exit $$status
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from importlib import import_module
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
 
@@ -14,6 +15,39 @@ def pytest_configure(config: pytest.Config) -> None:
     # The processes tests start (gunicorn, grpcserver, Celery workers) inherit this: like the tests themselves
     # (mc_assign_calls below), they place meetings without asking MCs that have no server behind them.
     os.environ.setdefault("MC_ASSIGN_CALLS", "0")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        _redis_of_worker(int(worker.removeprefix("gw")))
+
+
+def redis_url_of_worker(url: str, index: int) -> str:
+    """`url` with a Redis database number of xdist worker `index` alone: the URL's own number (0 if none) plus
+    index + 1, so that no worker shares a database with another or with a run without xdist."""
+    if url.startswith("unix://"):  # redis-py reads a socket's database from ?db=
+        path, _, query = url.partition("?")
+        params = dict(parse_qsl(query))
+        params["db"] = str(int(params.get("db", 0)) + index + 1)
+        return f"{path}?{urlencode(params)}"
+    parts = urlsplit(url)
+    number = int(parts.path.strip("/") or 0) + index + 1
+    return urlunsplit(parts._replace(path=f"/{number}"))
+
+
+def _redis_of_worker(index: int) -> None:
+    """pytest-django gives each xdist worker its own test database; this gives it its own Redis database (rate
+    limits, the capacity cache, the event stream, Celery's queues), in this process and in every process its
+    tests start (they read REDIS_URL from the environment)."""
+    from django.conf import settings
+
+    from darktower.settings import _celery_broker_url
+
+    shared = settings.REDIS_URL
+    own = redis_url_of_worker(shared, index)
+    settings.REDIS_URL = os.environ["REDIS_URL"] = own
+    # The broker and result backend follow REDIS_URL unless configured apart; then they are left as they are.
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        if getattr(settings, name) == _celery_broker_url(shared):
+            setattr(settings, name, _celery_broker_url(own))
 
 
 @pytest.fixture(autouse=True)

@@ -60,15 +60,16 @@ def _handler_reports_per_second() -> float:
 class BeatBuckets:
     """Token buckets of this process, one per (endpoint, caller, member)."""
 
-    def __init__(self, max_buckets: int = MAX_BUCKETS) -> None:
+    def __init__(self, max_buckets: int = MAX_BUCKETS, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_buckets = max_buckets
+        self._clock = clock  # monotonic seconds; tests pass their own to move time
         self._lock = threading.Lock()
-        # key -> (beats left, time.monotonic() they were counted at, time the bucket is full again)
+        # key -> (beats left, clock() they were counted at, time the bucket is full again)
         self._buckets: dict[tuple[str, str, str], tuple[float, float, float]] = {}
 
     def take(self, key: tuple[str, str, str], *, rate: float, burst: int) -> float:
         """Take one beat from the bucket of `key`: 0 when allowed, else the seconds until one is left."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             found = self._buckets.get(key)
             tokens = burst if found is None else min(burst, found[0] + (now - found[1]) * rate)

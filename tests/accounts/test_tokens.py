@@ -297,13 +297,14 @@ def test_cached_verification_never_accepts_a_revoked_token():
 
 
 def test_cached_verification_never_accepts_an_expired_token(settings):
-    settings.JWT_CLOCK_SKEW_SECONDS = 0
+    # Expired 5 s ago but within the allowed skew; shrinking the skew below 5 s is the clock moving past expiry.
+    settings.JWT_CLOCK_SKEW_SECONDS = 60
     now = int(time.time())
-    token = signed(claims(iat=now - 10, nbf=now - 10, exp=now + 1))
+    token = signed(claims(iat=now - 100, nbf=now - 100, exp=now - 5))
     token_verify(token, audience=AUD)
     assert token_verify_cached(token, audience=AUD) is not None
 
-    time.sleep(1.1)
+    settings.JWT_CLOCK_SKEW_SECONDS = 4
 
     assert token_verify_cached(token, audience=AUD) is None
     refused(token, "expired")
@@ -374,14 +375,17 @@ def test_current_claims_allow_the_clock_skew_past_expiry_and_no_more(settings):
 
 
 def test_current_claims_expire_with_their_token(settings):
-    settings.JWT_CLOCK_SKEW_SECONDS = 0
+    # Verified while within the skew; with no skew left, the clock is past the token's expiry.
+    settings.JWT_CLOCK_SKEW_SECONDS = 30
     now = int(time.time())
-    verified = token_verify(signed(claims(iat=now - 10, nbf=now - 10, exp=now + 1)), audience=AUD)
+    token = signed(claims(iat=now - 10, nbf=now - 10, exp=now - 2))
+    verified = token_verify(token, audience=AUD)
     assert token_current_cached(verified)
 
-    time.sleep(1.1)
+    settings.JWT_CLOCK_SKEW_SECONDS = 0
 
     assert not token_current_cached(verified)
+    refused(token, "expired")
 
 
 def test_a_cached_token_is_refused_once_its_key_is_no_longer_published():

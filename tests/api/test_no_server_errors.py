@@ -31,7 +31,12 @@ def routes():
             elif isinstance(pattern, URLPattern) and pattern.callback is not api_not_found:
                 yield prefix + str(pattern.pattern)
 
-    fill = {"uuid": lambda name: str(uuid.uuid4()), "str": lambda name: "mc-a" if "controller" in name else CODE}
+    # Fixed UUIDs (derived from the parameter's name), so that every collection, on every xdist worker, yields the
+    # same test ids.
+    fill = {
+        "uuid": lambda name: str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
+        "str": lambda name: "mc-a" if "controller" in name else CODE,
+    }
     for route in walk(get_resolver().url_patterns):
         if not route.startswith("admin/"):
             yield "/" + re.sub(r"<(\w+):(\w+)>", lambda match: fill[match[1]](match[2]), route)

@@ -15,7 +15,9 @@ from bench.common import Server
 from bench.run_all import BENCHES
 from darktower.devenv import ROOT
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs these, one at a time (make test's --dist loadgroup): the module-scoped run shares its
+# scratch database names; with the fault and load tests, they are the suite's heavy processes.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 PREFIX = "bench_smoke"
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 import pytest
-from django.db import connections
+from django.db import DatabaseError, connections
+from django.utils import timezone
 
 from audit.models import AuditLog
 from controllers.heartbeats import HeartbeatRecorder
@@ -76,12 +78,14 @@ def test_a_beat_that_changes_health_is_written_at_once_with_the_pending_values(r
 def test_a_member_the_sweep_marked_meanwhile_goes_through_the_recovery_gate_at_the_flush(recorder, settings):
     # No silence rule: however long this process has not seen a member, a beat that changes nothing it knows of is
     # coalesced (a slower server must not write more per call); the flush judges it by the database's state.
+    # The recorder keeps no clock: the long silence is the database's, an hour past the stale threshold.
     settings.HEARTBEAT_FLUSH_INTERVAL_MS = 5000
     settings.HEARTBEAT_STALE_THRESHOLD_SECONDS = 1
     make_controller(controller_id="mc-1", health=HealthStatus.HEALTHY)
     recorder.remember("mc-1", HealthStatus.HEALTHY)
-    MeetingController.objects.filter(pk="mc-1").update(health_status="unhealthy")  # the sweep, unknown to us
-    time.sleep(0.6)
+    MeetingController.objects.filter(pk="mc-1").update(  # the sweep, unknown to us
+        health_status="unhealthy", last_heartbeat_at=timezone.now() - timedelta(hours=1),
+    )
 
     recorder.record(beat(current_meetings=1))
     assert recorder.pending_count() == 1
@@ -114,13 +118,28 @@ def test_the_flush_thread_survives_a_database_outage_and_keeps_the_latest_values
     recorder.remember("mc-1", HealthStatus.HEALTHY)
     db_settings = connections.settings["default"]
     saved = db_settings["NAME"]
+    # What the flush thread leaves pending after each failed attempt (read in that thread, after the failure): its
+    # first connection is refused, whether at loading the members or at the flush.
+    pending_after_failures = []
+
+    def watched(step):
+        def attempt():
+            try:
+                return step()
+            except DatabaseError:
+                pending_after_failures.append(recorder.pending_count())
+                raise
+        return attempt
+
+    recorder._load, recorder.flush = watched(recorder._load), watched(recorder.flush)
     db_settings["NAME"] = "dt_grpc_no_such_database"
     try:
         recorder.record(beat(current_meetings=3))
         assert wait_for(lambda: "heartbeat flush failed" in caplog.text)
         recorder.record(beat(current_meetings=4))
-        time.sleep(0.1)
-        assert recorder.pending_count() == 1
+        failed_before = len(pending_after_failures)
+        assert wait_for(lambda: len(pending_after_failures) > failed_before)  # a failed flush after the beat
+        assert pending_after_failures[failed_before:] == [1] * (len(pending_after_failures) - failed_before)
     finally:
         db_settings["NAME"] = saved
 

@@ -21,7 +21,9 @@ from dark_tower.internal.v1 import internal_pb2_grpc
 from tests.faults.processes import wait_for
 from tests.grpc.conftest import bearer
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the fault, load and bench tests, one at a time (make test's --dist loadgroup): each
+# starts several servers and fleets of its own, and a module's throwaway servers are started once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 CONTROLLERS = [f"mc-outage-{number}" for number in range(5)]
 DEGRADING = "mc-outage-degrading"  # only ever sends the state change, so no acknowledged beat of it is pending

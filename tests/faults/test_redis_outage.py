@@ -20,7 +20,9 @@ from tests.factories import make_controller, make_user, user_token
 from tests.faults.processes import service_token, wait_for
 from tests.grpc.conftest import bearer
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the fault, load and bench tests, one at a time (make test's --dist loadgroup): each
+# starts several servers and fleets of its own, and a module's throwaway servers are started once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 MEETINGS = "/api/v1/meetings"
 SWEEP = "controllers.tasks.sweep_stale"

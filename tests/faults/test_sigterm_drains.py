@@ -30,7 +30,9 @@ from tests.factories import make_controller
 from tests.faults.processes import SHUTDOWN_GRACE_SECONDS, conninfo_of_test_db, service_token
 from tests.grpc.conftest import bearer
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the fault, load and bench tests, one at a time (make test's --dist loadgroup): each
+# starts several servers and fleets of its own, and a module's throwaway servers are started once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 CONTROLLERS = 100
 HELD = ["mc-sigterm-held-1", "mc-sigterm-held-2"]

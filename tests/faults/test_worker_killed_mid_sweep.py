@@ -21,7 +21,9 @@ from controllers.services.health import controllers_sweep_stale
 from tests.factories import make_controller
 from tests.faults.processes import connections_named, conninfo_of_test_db, wait_for
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the fault, load and bench tests, one at a time (make test's --dist loadgroup): each
+# starts several servers and fleets of its own, and a module's throwaway servers are started once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 SWEEP = "controllers.tasks.sweep_stale"
 STALE = 5

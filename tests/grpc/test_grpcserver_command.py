@@ -20,6 +20,7 @@ from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
 from tests.faults.processes import database_url_of_test_db, free_port
 from tests.grpc.conftest import bearer, issue
+from tests.locks import wait_until_blocking
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -43,6 +44,14 @@ def grpcserver_process(transactional_db):
     if process.poll() is None:
         process.kill()
         process.wait()
+
+
+def serving(health: health_pb2_grpc.HealthStub) -> bool:
+    """Whether the server still answers SERVING (a stopping one answers NOT_SERVING, then refuses calls)."""
+    try:
+        return health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
 
 
 def test_grpcserver_serves_and_stops_cleanly_on_sigterm(grpcserver_process):
@@ -92,9 +101,13 @@ def test_sigterm_lets_a_call_in_flight_finish(grpcserver_process):
             # Hold the row: the registration waits for it, in flight, while SIGTERM arrives.
             MeetingController.objects.select_for_update().get(pk="mc-proc-2")
             in_flight = stub.RegisterMC.future(request, metadata=auth)
-            time.sleep(0.5)
+            assert wait_until_blocking(), "the registration never waited for the row"
             process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 10
+            while serving(health):
+                assert time.monotonic() < deadline, "SIGTERM never began the shutdown"
+                time.sleep(0.05)
             assert not in_flight.done()
         assert in_flight.result(timeout=10).accepted
 

@@ -163,15 +163,16 @@ def test_a_revoked_token_ends_the_stream_at_its_next_beat(mc_stub, service_crede
 
 
 def test_an_expired_token_ends_the_stream_at_its_next_beat(mc_stub, grpc_server, settings):
-    settings.JWT_CLOCK_SKEW_SECONDS = 0
+    # Expired 5 s ago but within the allowed skew; shrinking the skew is the clock moving past its expiry.
+    settings.JWT_CLOCK_SKEW_SECONDS = 60
     make_controller(controller_id="mc-s-1", health=HealthStatus.HEALTHY)
-    stream = Stream(mc_stub, bearer(issue(lifetime_seconds=2)))
+    stream = Stream(mc_stub, bearer(issue(lifetime_seconds=-5)))
     assert stream.send(fast=fast()).fast.acknowledged
 
-    time.sleep(3.1)
+    settings.JWT_CLOCK_SKEW_SECONDS = 0
     error = stream.refused(pb.HeartbeatStreamRequest(fast=fast()))
 
-    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED, "token expired")
 
 
 def test_an_idle_stream_ends_after_the_idle_timeout(mc_stub, auth, settings):
@@ -280,7 +281,7 @@ def test_a_stopping_server_ends_open_streams_at_once_with_unavailable(mc_stub, a
     assert busy.send(fast=fast("mc-s-2")).fast.acknowledged
     with every_worker_busy(grpc_server) as release:
         busy._beats.put(pb.HeartbeatStreamRequest(fast=fast("mc-s-2", health=pb.DEGRADED)))  # needs a worker
-        time.sleep(0.3)
+        wait_for(lambda: grpc_server.executor._work_queue.qsize(), timeout=10, what="the beat queued for a worker")
         started = time.monotonic()
         stopping = threading.Thread(target=grpc_server.stop, kwargs={"grace": 30})
         stopping.start()

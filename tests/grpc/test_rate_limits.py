@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import grpc
 import pytest
@@ -128,16 +127,19 @@ def test_with_redis_down_registrations_are_served_and_beats_still_limited(mc_stu
 
 
 def test_buckets_refill_and_forget_full_ones_when_the_table_is_full():
-    buckets = BeatBuckets(max_buckets=4)
+    now = [1000.0]  # the buckets' clock, moved by hand
+    buckets = BeatBuckets(max_buckets=4, clock=lambda: now[0])
     assert buckets.take(("e", "c", "m"), rate=100.0, burst=1) == 0.0
     wait = buckets.take(("e", "c", "m"), rate=100.0, burst=1)
-    assert 0.0 < wait <= 0.01
-    time.sleep(wait + 0.005)
+    assert wait == pytest.approx(0.01)
+    now[0] += wait / 2
+    assert buckets.take(("e", "c", "m"), rate=100.0, burst=1) == pytest.approx(wait / 2)  # half refilled
+    now[0] += wait / 2 + 1e-6
     assert buckets.take(("e", "c", "m"), rate=100.0, burst=1) == 0.0
 
     for member in "abc":
         buckets.take(("e", "c", member), rate=1000.0, burst=5)
-    time.sleep(0.02)  # every bucket is full again
+    now[0] += 0.02  # every bucket is full again
     buckets.take(("e", "c", "new"), rate=1000.0, burst=5)
     assert len(buckets) == 1
 

@@ -33,7 +33,9 @@ from dark_tower.internal.v1 import internal_pb2_grpc
 from tests.faults.processes import connections_named, conninfo_of_test_db, service_token
 from tests.grpc.conftest import bearer
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs the fault, load and bench tests, one at a time (make test's --dist loadgroup): each
+# starts several servers and fleets of its own, and a module's throwaway servers are started once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("processes")]
 
 CONTROLLERS = 200
 DURATION_SECONDS = 20.0

@@ -8,7 +8,6 @@ capacity check)."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from datetime import timedelta
 
@@ -23,6 +22,7 @@ from controllers.models import MeetingController
 from meetings.models import Meeting, MeetingAssignment, MeetingParticipant
 from meetings.services.assignment import meeting_assign
 from tests.factories import make_controller, make_meeting, make_user, user_token
+from tests.locks import wait_until_blocking
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -160,11 +160,14 @@ def test_a_deadlock_with_another_writer_is_a_retryable_503_never_a_500(fleet):
             with transaction.atomic():
                 MeetingController.objects.filter(pk="mc-0").update(version="locked")
                 mc_locked.set()
-                time.sleep(0.4)  # the join now holds the meeting row and waits for this MC row
+                # The join now holds the meeting row and waits for this MC row.
+                assert wait_until_blocking(), "the join never waited for the MC row"
                 Meeting.objects.filter(pk=meeting.pk).update(display_name="renamed")
             outcome["writer"] = "committed"
         except OperationalError:
             outcome["writer"] = "aborted"
+        except AssertionError as exc:  # reported by the assertion below
+            outcome["writer"] = exc
         finally:
             connection.close()
 
@@ -175,6 +178,7 @@ def test_a_deadlock_with_another_writer_is_a_retryable_503_never_a_500(fleet):
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     response = client.post(f"/api/v1/meetings/{meeting.pk}/join", {}, format="json")
     thread.join(timeout=30)
+    assert outcome["writer"] in {"committed", "aborted"}, outcome
     if response.status_code == 503:
         assert response.json()["error"]["code"] == "retry" and response["Retry-After"] == "1"
         assert outcome["writer"] == "committed"
