@@ -19,7 +19,7 @@ help:
 	@echo "make migrate     apply migrations"
 	@echo "make seed        load the demo data (manage.py seed_demo)"
 	@echo "make shell       Django shell"
-	@echo "make lint        ruff"
+	@echo "make lint        ruff, mypy"
 	@echo "make proto       regenerate dark_tower/ (Python gRPC code) from proto/"
 	@echo "make bench       the benchmarks (bench/), each on a scratch database; rewrites bench/RESULTS.md"
 	@echo "                 (builds bench/build/stream_client, C++, installing gRPC C++ from Debian if missing)"
@@ -54,8 +54,10 @@ seed: $(STAMP)
 shell: $(STAMP)
 	$(DEVENV) exec -- $(PY) manage.py shell
 
+# mypy's Django plugin imports the settings: DEBUG=1 as for every target, no database needed.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	DEBUG=$${DEBUG:-1} $(VENV)/bin/mypy
 
 clean-data: $(STAMP)
 	$(DEVENV) clean-data
