@@ -178,6 +178,7 @@ class ApiKeyCreateForm(forms.ModelForm):
         """The service's own rules (api_key_check), shown as form errors; the service checks them again when
         it creates the key."""
         cleaned = super().clean()
+        assert cleaned is not None  # ModelForm.clean returns cleaned_data
         user, scopes = cleaned.get("user"), cleaned.get("scopes")
         if user and scopes and not self.errors:
             try:
@@ -187,7 +188,7 @@ class ApiKeyCreateForm(forms.ModelForm):
         return cleaned
 
 
-def _add_domain_error(form: forms.Form, error: DomainError) -> None:
+def _add_domain_error(form: forms.BaseForm, error: DomainError) -> None:
     """A service's refusal on the form: field errors on their fields, the rest above the form."""
     placed = False
     for name, field_messages in error.fields.items():
@@ -254,6 +255,7 @@ class ApiKeyAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
     @admin.action(description="Revoke selected API keys", permissions=["revoke"])
     def revoke_action(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
         def perform(key: ApiKey) -> str:
+            assert request.user.pk is not None  # the admin serves signed-in staff only
             api_key_revoke(key_id=key.pk, owner_user_id=key.user_id, actor_user_id=request.user.pk)
             return f"{key.key_prefix}: revoked."
 
