@@ -35,6 +35,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
+from redis.typing import EncodableT, FieldT
 
 from audit.models import OutboxEvent
 from darktower.db import server_bound_cursor
@@ -230,7 +231,9 @@ def capacity_cache_refresh(*, controller_ids: Collection[str], client: redis.Red
     for start in range(0, len(ids), CAPACITY_SCRIPT_BATCH):
         with server_bound_cursor() as cursor:
             cursor.execute(_CAPACITY_DOCUMENT_SQL, [json.dumps(ids[start:start + CAPACITY_SCRIPT_BATCH])])
-            documents.append(cursor.fetchone()[0])
+            row = cursor.fetchone()
+            assert row is not None  # an aggregate without GROUP BY: always one row
+            documents.append(row[0])
     return capacity_cache_write(documents=documents, client=client)
 
 
@@ -245,7 +248,7 @@ def capacity_cache_write(*, documents: Iterable[str], client: redis.Redis) -> in
     )
 
 
-def _stream_fields(event: OutboxEvent) -> dict[str, str]:
+def _stream_fields(event: OutboxEvent) -> dict[FieldT, EncodableT]:
     return {
         "outbox_id": str(event.id),
         "event_type": event.event_type,
