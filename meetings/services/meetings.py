@@ -143,7 +143,9 @@ WHERE meeting_id = %(meeting_id)s AND left_at IS NULL
 def meeting_end(*, meeting_id: uuid.UUID, actor_user_id: uuid.UUID) -> Meeting:
     """End a meeting (host only): status ended with ended_at, its assignments ended (reason meeting_ended),
     open participants closed with leave_reason meeting_ended; an outbox `meeting_ended` event tells the MC."""
-    params = {"meeting_id": meeting_id, "actor": actor_user_id, "reason": LeaveReason.MEETING_ENDED.value}
+    params: dict[str, uuid.UUID | str] = {
+        "meeting_id": meeting_id, "actor": actor_user_id, "reason": LeaveReason.MEETING_ENDED.value
+    }
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_END_MEETING_SQL, params)
         if cursor.fetchone() is None:
