@@ -10,7 +10,7 @@ queries does not grow with the rows (tests/admin/test_query_counts.py).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.conf import settings
 from django.contrib import admin, messages
@@ -38,6 +38,15 @@ from controllers.selectors import (
     handlers_live_status,
 )
 from controllers.services import operations
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+    class _DashboardAnnotations(TypedDict):
+        active_assignments: int
+
+    # A row of controllers_for_dashboard(): the model with the annotations its columns read.
+    DashboardController = WithAnnotations[MeetingController, _DashboardAnnotations]
 from controllers.services.operations import handler_drain, handler_mark_unhealthy, handler_undrain
 from controllers.services.ownership import members_transfer
 from controllers.services.registration import CONTROLLERS, HANDLERS
@@ -108,6 +117,7 @@ class FleetAdminMixin:
     """Shared by both fleet changelists: the summary on top, the live JSON endpoint, a view-only change page."""
 
     live_url_name: str
+    component_type: ComponentType
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     list_per_page = 100
@@ -271,7 +281,7 @@ class MeetingControllerAdmin(FleetAdminMixin, admin.ModelAdmin):
         return _endpoints(obj.grpc_endpoint, obj.webtransport_endpoint)
 
     @admin.display(description="drain", ordering="drain_deadline")
-    def drain(self, obj: MeetingController) -> str:
+    def drain(self, obj: DashboardController) -> str:
         if obj.health_status != HealthStatus.DRAINING:
             return format_html('<span class="dt-drain" data-id="{}">{}</span>', obj.pk, "-")
         if obj.drain_deadline is None:

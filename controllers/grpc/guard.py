@@ -33,7 +33,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -79,7 +79,8 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.DomainError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
-Metadata = Sequence[tuple[str, str | bytes]]
+# Read by iteration only: a grpc.aio call's metadata, or a tuple of pairs.
+Metadata = Collection[tuple[str, str | bytes]]
 
 _claims: contextvars.ContextVar[TokenClaims | None] = contextvars.ContextVar("grpc_token_claims", default=None)
 
@@ -271,6 +272,7 @@ class _Guard:
         assert self._in_memory is not None
         if request is MALFORMED:
             return None, None
+        claims: TokenClaims | None
         if opened is not None:
             # The stream's token held the scope when it opened; only expiry and revocation can change.
             if not token_current_cached(opened):

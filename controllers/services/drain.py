@@ -111,7 +111,7 @@ def drain_begin(
         "drain_target_controller_id = %(target)s",
         metadata="jsonb_build_object('deadline_seconds', %(deadline)s, 'target_controller_id', %(target)s::text)",
     )
-    params = {
+    params: dict[str, str | int | uuid.UUID | None] = {
         "controller_id": controller_id, "deadline": seconds, "target": target_controller_id,
         "component_type": CONTROLLER.type, "reason": str(reason), "actor_type": str(actor_type),
         "actor_user_id": actor_user_id,
@@ -363,7 +363,8 @@ def _drains_enforce_asking(*, limit: int) -> list[DrainEnforced]:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(_CLAIM_ONE_SQL, {"controller_id": controller_id,
                                                 "stale": settings.HEARTBEAT_STALE_THRESHOLD_SECONDS})
-                claimed = cursor.fetchone()
+                # _CLAIM_ONE_SQL's row: controller_id, region, target, deadline (set: it is due), silent.
+                claimed: tuple[str, str, str | None, datetime, bool] | None = cursor.fetchone()
                 if claimed is None:
                     continue
                 enforced = _enforce_one(cursor, *claimed, told=told)

@@ -585,7 +585,7 @@ def heartbeat_recovery(*, component: Component, reports: Sequence[RecoveryReport
         metadata="jsonb_build_object('good_heartbeats', c.good_heartbeats_before + 1)",
         returning=", s.good_heartbeats_before, s.held",
     )
-    params = {
+    params: dict[str, list[str] | int | str | None] = {
         "ids": list(batch), "reported": [str(state) for state in batch.values()],
         "needed": settings.UNHEALTHY_RECOVERY_HEARTBEATS, "hold_down": settings.UNHEALTHY_HOLD_DOWN_SECONDS,
         "component_type": component.type, "actor_type": "system", "actor_user_id": None,

@@ -592,7 +592,7 @@ def handler_load_report(
     bandwidth_usage_percent: float,
 ) -> BeatOutcome:
     """Write one load report now; NotFound when the media handler is unknown."""
-    values = {
+    values: dict[str, int | float | None] = {
         "current_streams": current_streams, "cpu_usage_percent": cpu_usage_percent,
         "memory_usage_percent": memory_usage_percent, "bandwidth_usage_percent": bandwidth_usage_percent,
     }
@@ -690,7 +690,7 @@ def meeting_ended_notify(
     only when that was the last one active anywhere. A meeting its MCs do not host (another fleet's, or nobody's)
     in that region: PermissionDenied, a failure audit row, and nothing changes.
     """
-    params = {
+    params: dict[str, uuid.UUID | str | None] = {
         "meeting_id": meeting_id, "region": region, "reason": END_REASON_MEETING_ENDED,
         "leave_reason": LeaveReason.MEETING_ENDED.value, "client_id": actor_client_id,
     }
