@@ -42,11 +42,16 @@ from controllers.services import operations
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
 
+    # FleetAdminMixin as the checker sees it (mixed into a ModelAdmin); at run time it derives from object.
+    _ModelAdminBase = admin.ModelAdmin[Any]
+
     class _DashboardAnnotations(TypedDict):
         active_assignments: int
 
     # A row of controllers_for_dashboard(): the model with the annotations its columns read.
     DashboardController = WithAnnotations[MeetingController, _DashboardAnnotations]
+else:
+    _ModelAdminBase = object
 from controllers.services.operations import handler_drain, handler_mark_unhealthy, handler_undrain
 from controllers.services.ownership import members_transfer
 from controllers.services.registration import CONTROLLERS, HANDLERS
@@ -113,7 +118,7 @@ def _requested_ids(request: HttpRequest) -> list[str]:
     return [value for value in request.GET.get("ids", "").split(",") if value][:LIVE_MAX_IDS]
 
 
-class FleetAdminMixin:
+class FleetAdminMixin(_ModelAdminBase):
     """Shared by both fleet changelists: the summary on top, the live JSON endpoint, a view-only change page."""
 
     live_url_name: str
@@ -134,7 +139,7 @@ class FleetAdminMixin:
         kind = HANDLERS if self.component_type == ComponentType.HANDLER else CONTROLLERS
         to_client_id = request.POST.get("to_client_id", "").strip()
         if request.POST.get("post") == "yes" and not to_client_id:
-            self.message_user(request, "Name the client id of the new owner.", messages.ERROR)  # type: ignore[attr-defined]
+            self.message_user(request, "Name the client id of the new owner.", messages.ERROR)
             return None
 
         def perform(obj: Any) -> str:
@@ -145,7 +150,7 @@ class FleetAdminMixin:
             return f"{obj.pk}: {moved[0].from_client_id or '(unowned)'} -> {to_client_id}."
 
         return confirmed_action(
-            modeladmin=self, request=request, queryset=queryset, action="transfer_owner_action",  # type: ignore[arg-type]
+            modeladmin=self, request=request, queryset=queryset, action="transfer_owner_action",
             title="Move members to another service credential",
             description="From now on only the new credential may re-register these members, beat for them and end "
             "their meetings; the old one is refused (by each gRPC process from its next heartbeat flush).",
@@ -174,7 +179,7 @@ class FleetAdminMixin:
             "poll_interval_ms": POLL_INTERVAL_MS,
             "stale_threshold_seconds": settings.HEARTBEAT_STALE_THRESHOLD_SECONDS,
         }
-        return super().changelist_view(request, extra_context)  # type: ignore[misc]
+        return super().changelist_view(request, extra_context)
 
     @admin.display(description="Recent health transitions")
     def transitions_timeline(self, obj: Any) -> str:

@@ -67,7 +67,7 @@ EXEMPT_SERVICES = frozenset({
     "grpc.reflection.v1.ServerReflection",
 })
 
-_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+_STATUS: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] = (
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.Gone, grpc.StatusCode.NOT_FOUND),
@@ -95,7 +95,7 @@ def status_for(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     """The status code and client-safe details for an exception raised while serving `method`."""
     for kind, code in _STATUS:
         if isinstance(exc, kind):
-            return code, str(exc.message)  # type: ignore[attr-defined]
+            return code, str(exc.message)
     if isinstance(exc, OperationalError | InterfaceError):
         logger.warning("grpc %s: database unavailable (%s)", method, type(exc).__name__)
         return grpc.StatusCode.UNAVAILABLE, "database unavailable; retry later"
@@ -409,6 +409,7 @@ def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard],
         metadata = context.invocation_metadata() or ()
         member: str | None = None
         loop = asyncio.get_running_loop()
+        # Inside a coroutine there is always a current task; the stubs type it for any caller.
         state = OpenStream(asyncio.current_task(), loop.time())  # type: ignore[arg-type]
         open_streams.add(state)
         deadlines: _StreamDeadlines | None = None

@@ -30,6 +30,7 @@ from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
 
 from accounts.services.service_tokens import gc_service_token
 from audit.models import ActorType
@@ -428,8 +429,8 @@ def _log_enforced(done: list[DrainEnforced]) -> None:
         )
 
 
-def _enforce_one(  # type: ignore[no-untyped-def]
-    cursor, controller_id: str, region: str, target: str | None, deadline: datetime, silent: bool,
+def _enforce_one(
+    cursor: CursorWrapper, controller_id: str, region: str, target: str | None, deadline: datetime, silent: bool,
     told: set[uuid.UUID] | None = None,
 ) -> DrainEnforced:
     """`told`: the meetings the target accepted, when it is asked (MC_ASSIGN_CALLS); only those move."""

@@ -202,6 +202,7 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
         else:
             message = "The request was refused as malformed."
         return json_error(status.HTTP_400_BAD_REQUEST, "bad_request", message)
+    # Django passes an exception; called directly without one, its view copes (the stubs require one).
     return django_bad_request(request, exception)  # type: ignore[arg-type]
 
 
@@ -209,6 +210,7 @@ def permission_denied(request: HttpRequest, exception: Exception | None = None) 
     """handler403: django.core.exceptions.PermissionDenied raised outside DRF."""
     if is_api_path(request):
         return json_error(status.HTTP_403_FORBIDDEN, "permission_denied", "Permission denied.")
+    # Django passes an exception; called directly without one, its view copes (the stubs require one).
     return django_permission_denied(request, exception)  # type: ignore[arg-type]
 
 

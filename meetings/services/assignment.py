@@ -53,6 +53,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, OperationalError, connection, transaction
+from django.db.backends.utils import CursorWrapper
 from django.db.transaction import TransactionManagementError
 
 from accounts.services.service_tokens import gc_service_token
@@ -262,8 +263,8 @@ RETURNING grpc_endpoint, webtransport_endpoint
 """
 
 
-def _claim_first_with_room(  # type: ignore[no-untyped-def]
-    cursor, order: Sequence[Candidate], params: dict[str, Any]
+def _claim_first_with_room(
+    cursor: CursorWrapper, order: Sequence[Candidate], params: dict[str, Any]
 ) -> tuple[Candidate, tuple[str, str | None]] | None:
     """Take a meeting slot on the first candidate in `order` that still has one (compare-and-set)."""
     for candidate in order:
