@@ -21,7 +21,7 @@ help:
 	@echo "make migrate     apply migrations"
 	@echo "make seed        load the demo data (manage.py seed_demo)"
 	@echo "make shell       Django shell"
-	@echo "make lint        ruff, import contracts (lint-imports)"
+	@echo "make lint        ruff, mypy, import contracts (lint-imports)"
 	@echo "make squawk      squawk over the SQL of every migration newer than the baseline (tools/squawk_migrations.py)"
 	@echo "make proto       regenerate dark_tower/ (Python gRPC code) from proto/"
 	@echo "make bench       the benchmarks (bench/), each on a scratch database; rewrites bench/RESULTS.md"
@@ -57,8 +57,10 @@ seed: $(STAMP)
 shell: $(STAMP)
 	$(DEVENV) exec -- $(PY) manage.py shell
 
+# mypy's Django plugin imports the settings: DEBUG=1 as for every target, no database needed.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	DEBUG=$${DEBUG:-1} $(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
 clean-data: $(STAMP)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
@@ -37,11 +37,18 @@ from accounts.signing import public_jwk, signing_key_revoke, signing_key_rotate
 from darktower.admin_tools import confirmed_action
 from darktower.errors import DomainError
 
+# The mixins' bases as the checker sees them (what they are mixed into); at run time they derive from object.
+if TYPE_CHECKING:
+    _FormBase = forms.BaseForm
+    _ModelAdminBase = admin.ModelAdmin[Any]
+else:
+    _FormBase = _ModelAdminBase = object
 
-class _EmailFormMixin:
+
+class _EmailFormMixin(_FormBase):
     def clean_email(self) -> str:
         # create_user stores addresses lower-cased and logins look them up so.
-        return normalize_email(self.cleaned_data["email"])  # type: ignore[attr-defined]
+        return normalize_email(self.cleaned_data["email"])
 
 
 class UserCreateForm(_EmailFormMixin, AdminUserCreationForm):
@@ -128,7 +135,7 @@ def secrets_page(
     return response
 
 
-class _CreateThroughServiceMixin:
+class _CreateThroughServiceMixin(_ModelAdminBase):
     """The add form's object is created by a service (which also writes the audit row), not by form.save(); the
     secret the service returns is shown on the page that answers the add form (`show_once`)."""
 
@@ -144,24 +151,24 @@ class _CreateThroughServiceMixin:
     def response_add(self, request: HttpRequest, obj: Any, post_url_continue: str | None = None) -> HttpResponse:
         shown = getattr(request, _SHOWN_ONCE, None)
         if not shown:
-            return super().response_add(request, obj, post_url_continue)  # type: ignore[misc]
+            return super().response_add(request, obj, post_url_continue)
         return secrets_page(
-            self, request, title=self.shown_once_title, description=self.shown_once_description,  # type: ignore[arg-type]
+            self, request, title=self.shown_once_title, description=self.shown_once_description,
             secrets=shown,
         )
 
     def save_form(self, request: HttpRequest, form: forms.ModelForm, change: bool) -> Any:
         if change:
-            return super().save_form(request, form, change)  # type: ignore[misc]
+            return super().save_form(request, form, change)
         return self.create_through_service(request, form)
 
     def save_model(self, request: HttpRequest, obj: Any, form: forms.ModelForm, change: bool) -> None:
         if change:
-            super().save_model(request, obj, form, change)  # type: ignore[misc]
+            super().save_model(request, obj, form, change)
 
     def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool) -> None:
         if change:
-            super().save_related(request, form, formsets, change)  # type: ignore[misc]
+            super().save_related(request, form, formsets, change)
 
 
 class ApiKeyCreateForm(forms.ModelForm):
@@ -178,6 +185,7 @@ class ApiKeyCreateForm(forms.ModelForm):
         """The service's own rules (api_key_check), shown as form errors; the service checks them again when
         it creates the key."""
         cleaned = super().clean()
+        assert cleaned is not None  # ModelForm.clean returns cleaned_data
         user, scopes = cleaned.get("user"), cleaned.get("scopes")
         if user and scopes and not self.errors:
             try:
@@ -187,7 +195,7 @@ class ApiKeyCreateForm(forms.ModelForm):
         return cleaned
 
 
-def _add_domain_error(form: forms.Form, error: DomainError) -> None:
+def _add_domain_error(form: forms.BaseForm, error: DomainError) -> None:
     """A service's refusal on the form: field errors on their fields, the rest above the form."""
     placed = False
     for name, field_messages in error.fields.items():
@@ -254,6 +262,7 @@ class ApiKeyAdmin(_CreateThroughServiceMixin, admin.ModelAdmin):
     @admin.action(description="Revoke selected API keys", permissions=["revoke"])
     def revoke_action(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> HttpResponse | None:
         def perform(key: ApiKey) -> str:
+            assert request.user.pk is not None  # the admin serves signed-in staff only
             api_key_revoke(key_id=key.pk, owner_user_id=key.user_id, actor_user_id=request.user.pk)
             return f"{key.key_prefix}: revoked."
 

@@ -59,7 +59,8 @@ class User(AbstractBaseUser, PermissionsMixin):
     email = models.EmailField(max_length=255, unique=True)
     display_name = models.CharField(max_length=255)
     # Django's `password` and `last_login` live in the seed's columns.
-    password = models.CharField(
+    # Nullable where Django's base declares a string: OAuth-only users have no password hash.
+    password = models.CharField(  # type: ignore[assignment]
         max_length=255, null=True, blank=True, db_column="password_hash",
         db_comment="Django password hash (algorithm$iterations$salt$hash); NULL for OAuth-only users",
     )

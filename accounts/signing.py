@@ -197,6 +197,7 @@ class _KeyCache:
         with self._lock:
             if self._clock() > self._fresh_until or self._signer is None:
                 self._load()
+            assert self._signer is not None  # _load sets it
             return self._signer
 
     def public_key(self, kid: str) -> Ed25519PublicKey | None:

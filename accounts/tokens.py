@@ -268,6 +268,7 @@ def token_verify_cached(raw: str, *, audience: str) -> TokenClaims | None:
     if not raw or len(raw) > hot_setting("JWT_MAX_TOKEN_BYTES"):
         return None
     last = _last_verified
+    claims: TokenClaims | None
     if last is not None and last[0] == raw and last[1] == audience:
         claims = last[2]
     else:

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
+from redis.typing import EncodableT, FieldT
 
 from audit.models import OutboxEvent
 from darktower.redis import redis_client
@@ -136,7 +137,7 @@ def _collect_errors(replies: list[Any], spans: list[tuple[int, int, int]], error
             errors[event_id] = f"{type(failure).__name__}: {failure}"[:LAST_ERROR_MAX_CHARS]
 
 
-def _stream_fields(event: OutboxEvent) -> dict[str, str]:
+def _stream_fields(event: OutboxEvent) -> dict[FieldT, EncodableT]:
     return {
         "outbox_id": str(event.id),
         "event_type": event.event_type,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
@@ -102,11 +103,13 @@ def outbox_enqueue_many(events: Iterable[tuple[str, str, str, dict[str, Any]]]) 
     return len(rows)
 
 
-def database_now():  # type: ignore[no-untyped-def]
+def database_now() -> datetime:
     """The database's clock: staleness is always judged by it, never by a client's or this host's."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement_timestamp()")
-        return cursor.fetchone()[0]
+        row = cursor.fetchone()
+        assert row is not None  # a SELECT without FROM: always one row
+        return row[0]
 
 
 def outbox_events_retry(*, event_ids: Iterable[int], actor_user_id: Any) -> int:

@@ -112,7 +112,9 @@ def capacity_cache_refresh(*, controller_ids: Collection[str], client: redis.Red
     for start in range(0, len(ids), CAPACITY_SCRIPT_BATCH):
         with server_bound_cursor() as cursor:
             cursor.execute(_CAPACITY_DOCUMENT_SQL, [json.dumps(ids[start:start + CAPACITY_SCRIPT_BATCH])])
-            documents.append(cursor.fetchone()[0])
+            row = cursor.fetchone()
+            assert row is not None  # an aggregate without GROUP BY: always one row
+            documents.append(row[0])
     return capacity_cache_write(documents=documents, client=client)
 
 

@@ -297,7 +297,7 @@ def format_window(window: Window, state: FleetState, config: FleetConfig, *, ela
     )
 
 
-def _rng(seed: object) -> random.Random:
+def _rng(seed: int | str | None) -> random.Random:
     # Simulated load and timing, repeatable from --seed: nothing secret is drawn from it.
     return random.Random(seed)  # noqa: S311
 

@@ -11,6 +11,7 @@ import ipaddress
 import math
 import re
 import uuid
+from typing import Literal, overload
 from urllib.parse import urlsplit
 
 from darktower.errors import InvalidInput
@@ -66,6 +67,11 @@ def _host_ok(host: str) -> bool:
     return 0 < len(name) <= _DNS_NAME_MAX_LENGTH and all(_LABEL.fullmatch(label) for label in name.split("."))
 
 
+# A required endpoint is a string; only an optional one can come back as None.
+@overload
+def validate_endpoint(value: str, *, field: str, schemes: frozenset[str], required: Literal[True] = True) -> str: ...
+@overload
+def validate_endpoint(value: str, *, field: str, schemes: frozenset[str], required: bool) -> str | None: ...
 def validate_endpoint(value: str, *, field: str, schemes: frozenset[str], required: bool = True) -> str | None:
     """`scheme://host:port` with a scheme from `schemes`, a DNS-safe host or an IP literal, and a port.
 

@@ -84,6 +84,7 @@ class IndexedDistinctFilter(admin.SimpleListFilter):
 
     table: str
     column: str
+    parameter_name: str
     max_choices = 200
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:

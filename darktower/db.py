@@ -8,8 +8,10 @@ from typing import Any
 
 import psycopg
 from django.db import connection, models, transaction
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.backends.ddl_references import Statement
 from django.db.migrations.operations.base import Operation
+from django.db.migrations.state import ProjectState
 
 
 class PgIndex(models.Index):
@@ -43,18 +45,21 @@ class SetForeignKeyOnDelete(Operation):
         self.field_name = field_name
         self.on_delete = on_delete
 
-    def deconstruct(self):  # type: ignore[no-untyped-def]
+    def deconstruct(self) -> tuple[str, list[Any], dict[str, Any]]:
         kwargs = {"model_name": self.model_name, "field_name": self.field_name, "on_delete": self.on_delete}
         return (self.__class__.__qualname__, [], kwargs)
 
-    def state_forwards(self, app_label, state):  # type: ignore[no-untyped-def]
+    def state_forwards(self, app_label: str, state: ProjectState) -> None:
         pass
 
-    def _recreate(self, app_label, schema_editor, state, action: str | None) -> None:  # type: ignore[no-untyped-def]
+    def _recreate(
+        self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, state: ProjectState, action: str | None
+    ) -> None:
         model = state.apps.get_model(app_label, self.model_name)
         field = model._meta.get_field(self.field_name)
         table = model._meta.db_table
-        name = str(schema_editor._fk_constraint_name(model, field, "_fk_%(to_table)s_%(to_column)s"))
+        # Django's own naming of the key (a private method, so absent from its stubs).
+        name = str(schema_editor._fk_constraint_name(model, field, "_fk_%(to_table)s_%(to_column)s"))  # type: ignore[attr-defined]
         # Inside the migration that creates the table, Django has only queued the CREATE of the key
         # (it runs deferred SQL at the end); take it out of the queue instead of dropping it.
         pending = [
@@ -78,10 +83,14 @@ class SetForeignKeyOnDelete(Operation):
             "DEFERRABLE INITIALLY DEFERRED"
         )
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+    def database_forwards(
+        self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: ProjectState, to_state: ProjectState
+    ) -> None:
         self._recreate(app_label, schema_editor, to_state, self.on_delete)
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+    def database_backwards(
+        self, app_label: str, schema_editor: BaseDatabaseSchemaEditor, from_state: ProjectState, to_state: ProjectState
+    ) -> None:
         self._recreate(app_label, schema_editor, to_state, None)
 
     def describe(self) -> str:

@@ -27,8 +27,8 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, cast
 
 import grpc
 import redis
@@ -367,7 +367,8 @@ def _final_code(context: grpc.aio.ServicerContext, default: grpc.StatusCode) -> 
 
 
 def _timed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    behaviour = handler.unary_unary
+    # A coroutine function (wrap checked it); grpc's stubs type handlers as the blocking server calls them.
+    behaviour = cast("Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]", handler.unary_unary)
     latency = GRPC_LATENCY.labels(method)
     # The method's counter per status code: labels() takes a lock and builds a key, on every heartbeat call.
     requests: dict[str, Counter] = {}
@@ -395,7 +396,10 @@ def _timed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler
 
 
 def _counted_stream(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    behaviour = handler.stream_stream
+    # An async generator function (wrap checked it); grpc's stubs type handlers as the blocking server calls them.
+    behaviour = cast(
+        "Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[Any]]", handler.stream_stream
+    )
     messages = GRPC_STREAM_MESSAGES.labels(method)
 
     async def counted(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import overload
 from urllib.parse import parse_qsl, quote, urlencode
 
 import dj_database_url
@@ -20,6 +21,11 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+# With a string default the value is a string; only a None default can come back as None.
+@overload
+def env_str(name: str, default: str) -> str: ...
+@overload
+def env_str(name: str, default: None = None) -> str | None: ...
 def env_str(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return default if value is None else value
@@ -89,7 +95,7 @@ def env_secret(name: str) -> str | None:
 
 DEBUG = env_bool("DEBUG", False)
 
-SECRET_KEY = env_secret("SECRET_KEY")
+SECRET_KEY = env_secret("SECRET_KEY") or ""
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(
@@ -273,7 +279,7 @@ SIGNING_KEY_CACHE_SECONDS = env_int("SIGNING_KEY_CACHE_SECONDS", 30, minimum=1, 
 JWT_MAX_TOKEN_BYTES = 8192
 # A secret of its own: were it SECRET_KEY, rotating SECRET_KEY would make every stored private key unreadable. Only
 # development falls back to SECRET_KEY; a deployment that ran on that fallback sets it to its SECRET_KEY's value.
-SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY")
+SIGNING_KEY_ENCRYPTION_KEY = env_secret("SIGNING_KEY_ENCRYPTION_KEY") or ""
 if not SIGNING_KEY_ENCRYPTION_KEY:
     if not DEBUG:
         raise ImproperlyConfigured(

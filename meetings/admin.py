@@ -155,6 +155,7 @@ class RecordingAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     @admin.action(description="Unshare selected recordings (their links stop working)", permissions=["manage_share"])
     def unshare_action(self, request: HttpRequest, queryset: QuerySet[Recording]) -> HttpResponse | None:
         def perform(obj: Recording) -> str:
+            assert request.user.pk is not None  # the admin serves signed-in staff only
             recording = recording_unshare(recording_id=obj.pk, actor_user_id=request.user.pk, operator=True)
             return f"{recording.pk}: not shared."
 
@@ -177,6 +178,7 @@ class RecordingAdmin(_ReadOnlyMixin, admin.ModelAdmin):
                 perform=lambda obj: "",
             )
         rotated: list[tuple[Recording, str]] = []
+        assert request.user.pk is not None  # the admin serves signed-in staff only
         for obj in queryset:
             try:
                 shared = recording_share_rotate(recording_id=obj.pk, actor_user_id=request.user.pk, operator=True)

@@ -227,12 +227,12 @@ class _Loader:
     def load(self) -> None:
         for email, display_name in DEMO_USERS.items():
             self._user(email, display_name)
-        for spec in CONTROLLERS:
-            self._controller(spec)
-        for spec in HANDLERS:
-            self._handler(spec)
-        for spec in MEETINGS:
-            self._meeting(spec)
+        for controller in CONTROLLERS:
+            self._controller(controller)
+        for handler in HANDLERS:
+            self._handler(handler)
+        for meeting in MEETINGS:
+            self._meeting(meeting)
 
     def _audit(self, **entry: Any) -> None:
         metadata = {"source": DEMO_AUDIT_SOURCE, **entry.pop("metadata", {})}
@@ -362,6 +362,7 @@ class _Loader:
             self._recording(meeting, start=start, ended_at=ended_at)
 
     def _assignment(self, meeting: Meeting, spec: _Meeting, *, start: datetime, ended_at: datetime | None) -> None:
+        assert spec.controller_id is not None  # _meeting assigns only the meetings that name a controller
         _, created = MeetingAssignment.objects.update_or_create(
             meeting=meeting,
             region=spec.region,

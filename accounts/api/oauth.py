@@ -185,7 +185,9 @@ class ServiceTokenView(View):
         ip_address = client_ip(request)
         # Only ids we could have issued get a per-client counter: anything else would let a caller mint keys.
         known_shape = auth is not None and CLIENT_ID_PATTERN.fullmatch(auth.client_id) is not None
-        limits = token_limits(client_id=auth.client_id if known_shape else "", ip_address=ip_address)
+        limits = token_limits(
+            client_id=auth.client_id if auth is not None and known_shape else "", ip_address=ip_address
+        )
         if not known_shape:
             limits = [limit for limit in limits if not limit.identifier.startswith("client:")]
         ratelimit_hit(limits)

@@ -141,6 +141,7 @@ class ApiKeyListCreateView(CreatedLocation, ApiListView):
         serializer.is_valid(raise_exception=True)
         created = api_key_create(user=self.principal.user, **serializer.validated_data)
         api_key = api_keys_for_user(self.principal.user.pk).get(pk=created.api_key.pk)
+        # Not a model field: the one-time key rides on the instance for the response serializer only.
         api_key.key = created.raw_key  # type: ignore[attr-defined]
         return Response(
             ApiKeyCreatedResponse(api_key).data, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"}

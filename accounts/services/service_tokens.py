@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypedDict
 
 from django.conf import settings
 from django.db import transaction
@@ -106,7 +107,12 @@ def _validate_scopes(scopes: Iterable[str]) -> list[str]:
     return requested
 
 
-def _actor(actor_user_id: uuid.UUID | None) -> dict[str, object]:
+class _Actor(TypedDict):
+    actor_type: str
+    actor_user_id: uuid.UUID | None
+
+
+def _actor(actor_user_id: uuid.UUID | None) -> _Actor:
     return {"actor_type": ActorType.USER if actor_user_id else ActorType.SYSTEM, "actor_user_id": actor_user_id}
 
 
@@ -189,6 +195,7 @@ def _live_tokens(client_id: str) -> list[tuple[str, datetime]]:
     ).values_list("metadata", flat=True)
     live = []
     for metadata in rows:
+        assert metadata is not None  # service_token_issue writes each such row with the token's jti and expiry
         expires_at = datetime.fromisoformat(metadata["expires_at"])
         if expires_at > now:
             live.append((metadata["jti"], expires_at))

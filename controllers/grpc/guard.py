@@ -33,7 +33,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -67,7 +67,7 @@ EXEMPT_SERVICES = frozenset({
     "grpc.reflection.v1.ServerReflection",
 })
 
-_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+_STATUS: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] = (
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.Gone, grpc.StatusCode.NOT_FOUND),
@@ -79,7 +79,8 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.DomainError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 
-Metadata = Sequence[tuple[str, str | bytes]]
+# Read by iteration only: a grpc.aio call's metadata, or a tuple of pairs.
+Metadata = Collection[tuple[str, str | bytes]]
 
 _claims: contextvars.ContextVar[TokenClaims | None] = contextvars.ContextVar("grpc_token_claims", default=None)
 
@@ -94,7 +95,7 @@ def status_for(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     """The status code and client-safe details for an exception raised while serving `method`."""
     for kind, code in _STATUS:
         if isinstance(exc, kind):
-            return code, str(exc.message)  # type: ignore[attr-defined]
+            return code, str(exc.message)
     if isinstance(exc, OperationalError | InterfaceError):
         logger.warning("grpc %s: database unavailable (%s)", method, type(exc).__name__)
         return grpc.StatusCode.UNAVAILABLE, "database unavailable; retry later"
@@ -271,6 +272,7 @@ class _Guard:
         assert self._in_memory is not None
         if request is MALFORMED:
             return None, None
+        claims: TokenClaims | None
         if opened is not None:
             # The stream's token held the scope when it opened; only expiry and revocation can change.
             if not token_current_cached(opened):
@@ -407,6 +409,7 @@ def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard],
         metadata = context.invocation_metadata() or ()
         member: str | None = None
         loop = asyncio.get_running_loop()
+        # Inside a coroutine there is always a current task; the stubs type it for any caller.
         state = OpenStream(asyncio.current_task(), loop.time())  # type: ignore[arg-type]
         open_streams.add(state)
         deadlines: _StreamDeadlines | None = None

@@ -172,9 +172,9 @@ class WrappedHandlers(grpc.GenericRpcHandler):
             return None  # UNIMPLEMENTED; not kept, so that random method names cannot grow the dict
         wrapped: grpc.RpcMethodHandler | None = handler
         for wrapper in self._wrappers:
-            wrapped = wrapper.wrap(method, wrapped)
             if wrapped is None:
                 break
+            wrapped = wrapper.wrap(method, wrapped)
         self._methods[method] = wrapped
         return wrapped
 
@@ -289,7 +289,8 @@ class GrpcServer:
         health_servicer = health_async.HealthServicer()
         for name in HEALTH_NAMES:
             await health_servicer.set(name, NOT_SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, handlers)
+        # Typed to take a server; it calls only the two registration methods that WrappedHandlers has.
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, handlers)  # type: ignore[arg-type]
         # What reflection.enable_server_reflection registers on a grpc.aio server, registered on `handlers`.
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)),

@@ -43,7 +43,7 @@ from dark_tower.internal.v1 import internal_pb2 as pb
 from darktower.errors import InvalidInput, Unauthenticated
 
 # The wire enum's numbers (part of the contract) to our stored states.
-_HEALTH = {
+_HEALTH: dict[int, HealthStatus] = {
     pb.PENDING: HealthStatus.PENDING,
     pb.HEALTHY: HealthStatus.HEALTHY,
     pb.DEGRADED: HealthStatus.DEGRADED,

@@ -83,7 +83,7 @@ def drain_begin(
         "drain_target_controller_id = %(target)s",
         metadata="jsonb_build_object('deadline_seconds', %(deadline)s, 'target_controller_id', %(target)s::text)",
     )
-    params = {
+    params: dict[str, str | int | uuid.UUID | None] = {
         "controller_id": controller_id, "deadline": seconds, "target": target_controller_id,
         "component_type": CONTROLLER.type, "reason": str(reason), "actor_type": str(actor_type),
         "actor_user_id": actor_user_id,

@@ -39,6 +39,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
 from django.db.models.functions import Now
 
 from audit.models import AuditLog, AuditResult
@@ -223,8 +224,12 @@ WHERE health_status = 'unhealthy' AND good_heartbeats > 0
 """
 
 
-def _stale_params(thresholds: dict[str, int], grace_from: datetime | None) -> tuple[str, dict[str, object]]:
-    params: dict[str, object] = {
+# The sweep statements' parameters (psycopg adapts each value).
+_SweepParams = dict[str, list[str] | int | float | str | datetime | None]
+
+
+def _stale_params(thresholds: dict[str, int], grace_from: datetime | None) -> tuple[str, _SweepParams]:
+    params: _SweepParams = {
         "live_states": [str(state) for state in thresholds],
         "min_threshold": min(thresholds.values()),
         "grace_from": grace_from,
@@ -271,7 +276,7 @@ def controllers_sweep_stale(*, dry_run: bool = False) -> SweepResult:
     return result
 
 
-def _sweep_gap(cursor) -> tuple[float | None, datetime | None, datetime | None]:  # type: ignore[no-untyped-def]
+def _sweep_gap(cursor: CursorWrapper) -> tuple[float | None, datetime | None, datetime | None]:
     """Stamp this sweep's run; return (gap seconds or None, previous run, grace_from in force).
 
     No row means no sweep has ever committed: there is no earlier run to measure a gap from, and on a fresh
@@ -293,8 +298,8 @@ def _sweep_gap(cursor) -> tuple[float | None, datetime | None, datetime | None]:
     return None, last_run_at, grace_from
 
 
-def _grant_grace(  # type: ignore[no-untyped-def]
-    cursor, cases: str, params: dict[str, object], gap_seconds: float, last_run_at: datetime
+def _grant_grace(
+    cursor: CursorWrapper, cases: str, params: _SweepParams, gap_seconds: float, last_run_at: datetime
 ) -> SweepGap:
     """The first sweep after a gap: nobody is marked. grace_from is already now() (see _sweep_gap); record a
     `sweep-gap` transition for each member that would have been stale without it, and one audit row."""
@@ -326,8 +331,8 @@ def _grant_grace(  # type: ignore[no-untyped-def]
     return gap
 
 
-def _sweep(  # type: ignore[no-untyped-def]
-    cursor, result: SweepResult, thresholds: dict[str, int], cases: str, params: dict[str, object]
+def _sweep(
+    cursor: CursorWrapper, result: SweepResult, thresholds: dict[str, int], cases: str, params: _SweepParams
 ) -> None:
     candidates: dict[str, list[str]] = {}
     for target in SWEEP_TARGETS:
@@ -371,7 +376,7 @@ def _sweep(  # type: ignore[no-untyped-def]
         result.marked += [MarkedUnhealthy(target.target_type, *row) for row in cursor.fetchall()]
 
 
-def _hears_anyone(cursor, cases: str, params: dict[str, object]) -> bool:  # type: ignore[no-untyped-def]
+def _hears_anyone(cursor: CursorWrapper, cases: str, params: _SweepParams) -> bool:
     """Whether any region of either table, whatever its size, is still heard from (see _HEARD_FROM_SQL).
 
     The GC is cut off only when it hears (almost) nobody. Counting only the regions the guard can judge would
@@ -382,13 +387,16 @@ def _hears_anyone(cursor, cases: str, params: dict[str, object]) -> bool:  # typ
     for target in SWEEP_TARGETS:
         stale = _STALE_SQL.format(table=target.table, pk=target.pk, threshold_cases=cases)
         cursor.execute(_HEARD_FROM_SQL.format(table=target.table, pk=target.pk, stale=stale), params)
-        if cursor.fetchone()[0]:
+        heard = cursor.fetchone()
+        assert heard is not None  # an aggregate without GROUP BY: always one row
+        if heard[0]:
             return True
     return False
 
 
-def _record_guarded(  # type: ignore[no-untyped-def]
-    cursor, result: SweepResult, newly_disrupted: list[DisruptedRegion], cases: str, params: dict[str, object]
+def _record_guarded(
+    cursor: CursorWrapper, result: SweepResult, newly_disrupted: list[DisruptedRegion], cases: str,
+    params: _SweepParams,
 ) -> None:
     """A `disruption-guard` transition for each stale member the guard spared, with the region_disrupted row."""
     if not newly_disrupted:
@@ -599,7 +607,7 @@ def heartbeat_recovery(*, component: Component, reports: Sequence[RecoveryReport
         metadata="jsonb_build_object('good_heartbeats', c.good_heartbeats_before + 1)",
         returning=", s.good_heartbeats_before, s.held",
     )
-    params = {
+    params: dict[str, list[str] | int | str | None] = {
         "ids": list(batch), "reported": [str(state) for state in batch.values()],
         "needed": settings.UNHEALTHY_RECOVERY_HEARTBEATS, "hold_down": settings.UNHEALTHY_HOLD_DOWN_SECONDS,
         "component_type": component.type, "actor_type": "system", "actor_user_id": None,

@@ -590,7 +590,7 @@ def handler_load_report(
     bandwidth_usage_percent: float,
 ) -> BeatOutcome:
     """Write one load report now; NotFound when the media handler is unknown."""
-    values = {
+    values: dict[str, int | float | None] = {
         "current_streams": current_streams, "cpu_usage_percent": cpu_usage_percent,
         "memory_usage_percent": memory_usage_percent, "bandwidth_usage_percent": bandwidth_usage_percent,
     }

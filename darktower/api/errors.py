@@ -131,7 +131,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, OperationalError) and getattr(exc.__cause__, "sqlstate", None) in RETRYABLE_SQLSTATES:
         # PostgreSQL aborted the transaction (a deadlock with, say, a heartbeat flush or a drain, which lock
         # the same rows in another order); everything rolled back, so the request can simply be sent again.
-        logger.warning("api: transaction aborted by the database (%s)", exc.__cause__.sqlstate)
+        logger.warning("api: transaction aborted by the database (%s)", getattr(exc.__cause__, "sqlstate", None))
         return Response(
             error_body("retry", "The request collided with a concurrent change and was rolled back; retry."),
             status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"},
@@ -190,7 +190,7 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     """handler404: JSON for the API, Django's page elsewhere (the admin)."""
     if is_api_path(request):
         return api_not_found(request)
-    return page_not_found(request, exception)  # type: ignore[arg-type]
+    return page_not_found(request, exception)
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
@@ -202,6 +202,7 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
         else:
             message = "The request was refused as malformed."
         return json_error(status.HTTP_400_BAD_REQUEST, "bad_request", message)
+    # Django passes an exception; called directly without one, its view copes (the stubs require one).
     return django_bad_request(request, exception)  # type: ignore[arg-type]
 
 
@@ -209,6 +210,7 @@ def permission_denied(request: HttpRequest, exception: Exception | None = None) 
     """handler403: django.core.exceptions.PermissionDenied raised outside DRF."""
     if is_api_path(request):
         return json_error(status.HTTP_403_FORBIDDEN, "permission_denied", "Permission denied.")
+    # Django passes an exception; called directly without one, its view copes (the stubs require one).
     return django_permission_denied(request, exception)  # type: ignore[arg-type]
 
 

@@ -110,7 +110,7 @@ def idempotency_begin(
 ) -> IdempotencyClaim | StoredResponse:
     """Claim the key for this request, or return the response stored for it. Runs in autocommit (outside the
     handler's transaction) so that the claim is visible to concurrent duplicates immediately."""
-    params = {
+    params: dict[str, str | int] = {
         "key": validate_key(key), "principal": principal, "method": method.upper(), "path": path[:255],
         "hash": request_hash(method=method, path=path, body=body), "ttl": settings.IDEMPOTENCY_KEY_TTL_SECONDS,
         "abandoned": ABANDONED_AFTER_SECONDS,
@@ -140,6 +140,7 @@ def idempotency_begin(
             )
         if state != "completed":
             raise Conflict("A request with this Idempotency-Key is still in progress.")
+        assert status is not None  # idempotency_keys_completed_has_response: a completed key has its status
         return StoredResponse(status=status, body=body_json)
     raise Conflict("A request with this Idempotency-Key is still in progress.")
 
@@ -150,7 +151,8 @@ def idempotency_complete(claim: IdempotencyClaim, *, status: int, body: Any) -> 
         cursor.execute(
             "UPDATE idempotency_keys SET state = 'completed', response_status = %s, response_body = %s "
             "WHERE id = %s AND state = 'in_progress'",
-            [status, Jsonb(body) if body is not None else None, claim.row_id],
+            # psycopg adapts Jsonb; django-stubs lists only plain values as cursor parameters.
+            [status, Jsonb(body) if body is not None else None, claim.row_id],  # type: ignore[list-item]
         )
 
 

@@ -20,6 +20,7 @@ class ScopePermission(BasePermission):
     def has_permission(self, request: Request, view: Any) -> bool:
         if getattr(view, "public", False) or request.method == "OPTIONS":
             return True
+        assert request.method is not None  # Django's handler sets it from the request line
         if not hasattr(view, request.method.lower()):
             return True  # no handler: the view answers 405, which tells the caller more than a 403 would
         principal = request.auth

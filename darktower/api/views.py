@@ -4,7 +4,7 @@ Idempotency-Key handling around POST handlers (see darktower.api.idempotency).""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -16,6 +16,7 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from darktower.api.idempotency import (
@@ -60,7 +61,7 @@ class ApiView(APIView):
     permission_classes = [ScopePermission]
     parser_classes = [StrictJSONParser]
     renderer_classes = [JSONRenderer]
-    throttle_classes: ClassVar[list[Any]] = []
+    throttle_classes: Sequence[type[BaseThrottle]] = []
 
     # Method -> scope (None: any authenticated caller). See ScopePermission.
     required_scopes: ClassVar[dict[str, str | None]] = {}
@@ -94,6 +95,7 @@ class ApiView(APIView):
         super().initial(request, *args, **kwargs)
         # Only requests a handler will serve are counted. OPTIONS (metadata) and a method the view lacks (a 405)
         # pass the permission check without a caller, so limits that name the caller could not be computed.
+        assert request.method is not None  # Django's handler sets it from the request line
         if request.method != "OPTIONS" and hasattr(self, request.method.lower()):
             ratelimit_hit(self.rate_limits(request), on_unavailable=self.rate_limit_fallback(request))
 
@@ -122,6 +124,7 @@ class ApiView(APIView):
         claim: IdempotencyClaim | None = None
         try:
             self.initial(drf_request, *args, **kwargs)
+            assert drf_request.method is not None  # Django's handler sets it from the request line
             method = drf_request.method.lower()
             handler = getattr(self, method, self.http_method_not_allowed)
             if method not in self.http_method_names:

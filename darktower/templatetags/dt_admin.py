@@ -27,7 +27,7 @@ def _int(value: Any) -> int | None:
 
 
 @register.inclusion_tag("admin/date_hierarchy.html")
-def bounded_date_hierarchy(cl: Any) -> dict[str, Any]:
+def bounded_date_hierarchy(cl: Any) -> dict[str, Any] | None:
     field = cl.date_hierarchy
     year = _int(cl.params.get(f"{field}__year"))
     month = _int(cl.params.get(f"{field}__month"))

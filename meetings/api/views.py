@@ -4,7 +4,7 @@ selector, render; errors are mapped by darktower.api.errors."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
 from django.db.models import QuerySet
 from django.urls import reverse
@@ -125,7 +125,7 @@ class JoinReplayMixin(CreatedLocation):
     stored participant and MC with a freshly issued token for that same participant, or 409 / 410 once it has
     left or the meeting has ended."""
 
-    idempotency_redact = ("meeting_token",)
+    idempotency_redact: ClassVar[tuple[str, ...]] = ("meeting_token",)
 
     def replayed_body(self, request: Request, status_code: int, body: Any) -> Any:
         if status_code >= 300 or not isinstance(body, dict):
@@ -200,7 +200,7 @@ class MeetingDetailView(ApiView):
         meeting = selectors.meetings_by_ref(meeting_ref).first()
         if meeting is None:
             raise NotFound("No such meeting.")
-        data = MeetingSerializer(meeting).data
+        data: dict[str, Any] = MeetingSerializer(meeting).data
         if meeting.created_by_user_id != self.principal.user.pk:
             data = meeting_for_joiner(data)
         return Response(data)
@@ -519,7 +519,7 @@ class RecordingShareTokenMixin:
     (only its hash exists anywhere), so a replay answers the same share with access_token and share_url null:
     rotate again for a new token."""
 
-    idempotency_redact = ("access_token", "share_url")
+    idempotency_redact: ClassVar[tuple[str, ...]] = ("access_token", "share_url")
 
 
 # The share answer carries a secret; the public link's answer must not outlive an unshare or a rotation in a

@@ -53,6 +53,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, OperationalError, connection, transaction
+from django.db.backends.utils import CursorWrapper
 from django.db.transaction import TransactionManagementError
 
 from accounts.services.service_tokens import gc_service_token
@@ -172,7 +173,7 @@ LIMIT %(limit)s
 def assignment_candidates(region: str, *, limit: int | None = None, reserve: int = 0) -> list[Candidate]:
     """Up to `limit` least-loaded candidates with room (module docstring, step 2) for a meeting that reserves
     `reserve` participants: healthy ones if any exist, else degraded ones."""
-    params = {
+    params: dict[str, str | int | float] = {
         "region": region, "stale": stale_threshold().total_seconds(), "reserve": reserve,
         "per_minute": settings.PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE, "window": ASSIGNMENT_WINDOW.total_seconds(),
         "limit": limit or settings.PLACEMENT_CANDIDATES,
@@ -262,8 +263,8 @@ RETURNING grpc_endpoint, webtransport_endpoint
 """
 
 
-def _claim_first_with_room(  # type: ignore[no-untyped-def]
-    cursor, order: Sequence[Candidate], params: dict[str, Any]
+def _claim_first_with_room(
+    cursor: CursorWrapper, order: Sequence[Candidate], params: dict[str, Any]
 ) -> tuple[Candidate, tuple[str, str | None]] | None:
     """Take a meeting slot on the first candidate in `order` that still has one (compare-and-set)."""
     for candidate in order:
@@ -528,8 +529,10 @@ def _placement_lock(meeting_id: uuid.UUID, region: str, wait_seconds: float) -> 
     """Take this session's advisory lock on placing `meeting_id` in `region`, waiting at most `wait_seconds`
     for the request that holds it (PlacementBusy after that). Session-level, so it outlives the transactions
     of the placement; placement_unlock gives it back, and a process that dies gives it back with its session."""
-    params = {"lock_class": _PLACEMENT_LOCK_CLASS, "meeting_id": str(meeting_id), "region": region,
-              "timeout": f"{max(1, int(wait_seconds * 1000))}ms"}
+    params: dict[str, str | int] = {
+        "lock_class": _PLACEMENT_LOCK_CLASS, "meeting_id": str(meeting_id), "region": region,
+        "timeout": f"{max(1, int(wait_seconds * 1000))}ms",
+    }
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SELECT set_config('lock_timeout', %(timeout)s, true)", params)
@@ -543,7 +546,9 @@ def _placement_lock(meeting_id: uuid.UUID, region: str, wait_seconds: float) -> 
 def placement_lock_try(meeting_id: uuid.UUID, region: str) -> bool:
     """Take the placement lock of (meeting, region) if nobody holds it (a drain move that tells the target MC
     holds it until the move commits, so no join places the meeting elsewhere meanwhile)."""
-    params = {"lock_class": _PLACEMENT_LOCK_CLASS, "meeting_id": str(meeting_id), "region": region}
+    params: dict[str, str | int] = {
+        "lock_class": _PLACEMENT_LOCK_CLASS, "meeting_id": str(meeting_id), "region": region
+    }
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT pg_try_advisory_lock({_LOCK_KEY_SQL})", params)
         return bool(cursor.fetchone()[0])
@@ -551,7 +556,9 @@ def placement_lock_try(meeting_id: uuid.UUID, region: str) -> bool:
 
 def placement_lock_release(meeting_id: uuid.UUID, region: str) -> None:
     """Give back a placement lock (meeting_place's, or one taken by placement_lock_try)."""
-    params = {"lock_class": _PLACEMENT_LOCK_CLASS, "meeting_id": str(meeting_id), "region": region}
+    params: dict[str, str | int] = {
+        "lock_class": _PLACEMENT_LOCK_CLASS, "meeting_id": str(meeting_id), "region": region
+    }
     try:
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT pg_advisory_unlock({_LOCK_KEY_SQL})", params)

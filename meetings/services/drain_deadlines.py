@@ -23,6 +23,7 @@ from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
 
 from accounts.services.service_tokens import gc_service_token
 from audit.models import ActorType
@@ -225,7 +226,8 @@ def _drains_enforce_asking(*, limit: int) -> list[DrainEnforced]:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(_CLAIM_ONE_SQL, {"controller_id": controller_id,
                                                 "stale": settings.HEARTBEAT_STALE_THRESHOLD_SECONDS})
-                claimed = cursor.fetchone()
+                # _CLAIM_ONE_SQL's row: controller_id, region, target, deadline (set: it is due), silent.
+                claimed: tuple[str, str, str | None, datetime, bool] | None = cursor.fetchone()
                 if claimed is None:
                     continue
                 enforced = _enforce_one(cursor, *claimed, told=told)
@@ -289,8 +291,8 @@ def _log_enforced(done: list[DrainEnforced]) -> None:
         )
 
 
-def _enforce_one(  # type: ignore[no-untyped-def]
-    cursor, controller_id: str, region: str, target: str | None, deadline: datetime, silent: bool,
+def _enforce_one(
+    cursor: CursorWrapper, controller_id: str, region: str, target: str | None, deadline: datetime, silent: bool,
     told: set[uuid.UUID] | None = None,
 ) -> DrainEnforced:
     """`told`: the meetings the target accepted, when it is asked (MC_ASSIGN_CALLS); only those move."""
