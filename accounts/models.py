@@ -1,7 +1,4 @@
-"""People and machines that can authenticate: users, their OAuth links, API keys.
-
-Tables and columns follow seed 002 ("PostgreSQL Schema", tables 1, 2 and 9).
-"""
+"""People and machines that can authenticate: users, their OAuth links, API keys."""
 
 from __future__ import annotations
 
@@ -58,7 +55,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     user_id = models.UUIDField(primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
     email = models.EmailField(max_length=255, unique=True)
     display_name = models.CharField(max_length=255)
-    # Django's `password` and `last_login` live in the seed's columns.
+    # Django's `password` and `last_login` live in the table's password_hash / last_login_at columns.
     password = models.CharField(
         max_length=255, null=True, blank=True, db_column="password_hash",
         db_comment="Django password hash (algorithm$iterations$salt$hash); NULL for OAuth-only users",
@@ -83,7 +80,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     class Meta:
         db_table = "users"
         indexes = [
-            # Seed 002 names; email lookups at login also use the unique index.
+            # Fixed index names; email lookups at login also use the unique index.
             models.Index(fields=["email"], name="idx_users_email"),
             models.Index(fields=["created_at"], name="idx_users_created_at"),
         ]
