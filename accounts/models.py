@@ -20,7 +20,7 @@ def updated_at_trigger(table: str, *, skip_when_now: bool = False) -> pgtrigger.
     skip_when_now: the function runs only when the new row's updated_at is not now() already, a WHEN that
     PostgreSQL evaluates without calling it. Every updated row still ends with updated_at = now(); a statement
     that sets it to now() itself just saves the call. For the members tables: the heartbeat flush updates
-    thousands of rows a second, and the call was a quarter of PostgreSQL's CPU per row."""
+    thousands of rows a second, and the call is a large share of PostgreSQL's CPU per row (bench/FIGURES.md)."""
     return pgtrigger.Trigger(
         name=f"{table}_touch_updated_at",
         when=pgtrigger.Before,

@@ -18,7 +18,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def fast_passwords(settings):
-    # Users get real passwords (factories, demo users); PBKDF2 at Django's default cost takes ~0.2 s each here.
+    # Users get real passwords (factories, demo users); PBKDF2 at Django's default cost is slow by design.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
