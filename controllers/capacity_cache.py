@@ -34,7 +34,7 @@ CAPACITY_FIELDS = (
 def capacity_values_sql(row: str) -> str:
     """The hash's values of the controller row named `row` in a query, as one text array in CAPACITY_FIELDS
     order; last_update is the last heartbeat in whole Unix seconds (the database's clock). The values come as
-    the hash's strings: converting them in Python was a tenth of a heartbeat flush's CPU."""
+    the hash's strings, so the flush does not convert them in Python (bench/FIGURES.md)."""
     return (
         f"ARRAY[{row}.max_meetings::text, {row}.current_meetings::text, {row}.max_participants::text, "
         f"{row}.current_participants::text, {row}.health_status::text, "
