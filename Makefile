@@ -81,7 +81,7 @@ proto: | $(PY)
 	  --grpc_python_out=$(PROTO_OUT) $(PROTO_FILES)
 	@for package in dark_tower dark_tower/internal dark_tower/internal/v1; do touch $(PROTO_OUT)/$$package/__init__.py; done
 
-# Benchmarks (bench/, issue 7): each creates and drops its own scratch database on the same PostgreSQL server,
+# Benchmarks (bench/): each creates and drops its own scratch database on the same PostgreSQL server,
 # prints a table and writes bench/results/<name>.json; then bench/RESULTS.md is rendered. Never part of `make test`.
 .PHONY: bench bench-client-deps
 STREAM_CLIENT := bench/build/stream_client

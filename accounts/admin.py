@@ -66,7 +66,7 @@ class UserEditForm(_EmailFormMixin, UserChangeForm):
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     """Django's user admin on our model: email is the login, `password` and `last_login` are stored in the
-    seed's password_hash / last_login_at columns (mapped by the model), so Django's password views work."""
+    users table's password_hash / last_login_at columns (mapped by the model), so Django's password views work."""
 
     form = UserEditForm
     add_form = UserCreateForm

@@ -1,11 +1,11 @@
-"""Revoked tokens: Redis key `token:blacklist:{jti}` (seed 002, key 9) holding the reason, with a TTL that
+"""Revoked tokens: Redis key `token:blacklist:{jti}` holding the reason, with a TTL that
 ends when the token would have expired anyway.
 
 The jti is the token's identity (random, unique, not secret), so the key never holds token text. Lookups
 are cached in-process for LOOKUP_CACHE_SECONDS to keep Redis off the heartbeat path: a revocation takes
 effect everywhere within that time. When Redis is unreachable a lookup answers "not revoked" and logs a
 warning: tokens are short-lived (an hour by default) and the control plane must keep serving its fleet
-through a Redis outage (issue 7); revocation writes, by contrast, raise.
+through a Redis outage; revocation writes, by contrast, raise.
 """
 
 from __future__ import annotations

@@ -1,7 +1,4 @@
-"""People and machines that can authenticate: users, their OAuth links, API keys.
-
-Tables and columns follow seed 002 ("PostgreSQL Schema", tables 1, 2 and 9).
-"""
+"""People and machines that can authenticate: users, their OAuth links, API keys."""
 
 from __future__ import annotations
 
@@ -23,7 +20,7 @@ def updated_at_trigger(table: str, *, skip_when_now: bool = False) -> pgtrigger.
     skip_when_now: the function runs only when the new row's updated_at is not now() already, a WHEN that
     PostgreSQL evaluates without calling it. Every updated row still ends with updated_at = now(); a statement
     that sets it to now() itself just saves the call. For the members tables: the heartbeat flush updates
-    thousands of rows a second, and the call was a quarter of PostgreSQL's CPU per row."""
+    thousands of rows a second, and the call is a large share of PostgreSQL's CPU per row (bench/FIGURES.md)."""
     return pgtrigger.Trigger(
         name=f"{table}_touch_updated_at",
         when=pgtrigger.Before,
@@ -58,7 +55,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     user_id = models.UUIDField(verbose_name="user ID", primary_key=True, default=uuid.uuid4, db_default=RandomUUID())
     email = models.EmailField(max_length=255, unique=True)
     display_name = models.CharField(max_length=255)
-    # Django's `password` and `last_login` live in the seed's columns.
+    # Django's `password` and `last_login` live in the table's password_hash / last_login_at columns.
     # Nullable where Django's base declares a string: OAuth-only users have no password hash.
     password = models.CharField(  # type: ignore[assignment]
         max_length=255, null=True, blank=True, db_column="password_hash",
@@ -85,7 +82,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     class Meta:
         db_table = "users"
         indexes = [
-            # Seed 002 names; email lookups at login also use the unique index.
+            # Fixed index names; email lookups at login also use the unique index.
             models.Index(fields=["email"], name="idx_users_email"),
             models.Index(fields=["created_at"], name="idx_users_created_at"),
         ]

@@ -1,5 +1,5 @@
 """What happened and what must be announced: the audit trail, the transactional outbox, and the
-idempotency ledger for POST requests (seed 002 table 8; seed 004's outbox and idempotency keys)."""
+idempotency ledger for POST requests."""
 
 from __future__ import annotations
 

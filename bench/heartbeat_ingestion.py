@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         build_stream_client()
 
         production_label = f"grpcserver {configs[0][0]}x{configs[0][1]} closed"
-        # The ratio the issue asks for, measured so that the machine's other load cannot make it: both servers
+        # The ratio to the no-op, measured so that the machine's other load cannot make it: both servers
         # up at once, the same client alternating between them, --rounds times; each round's ratio compares
         # two runs a few seconds apart, and the median round is reported. The fleet's p99 over streams too: a
         # single run of the same no-op measured 4-175 ms within one hour on this machine.

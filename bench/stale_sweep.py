@@ -1,7 +1,7 @@
 """Bench 3: one stale sweep (controllers.services.health.controllers_sweep_stale) over 1,000 / 10,000 / 100,000
 meeting controllers with 0 %, 1 % and 10 % of them stale, and EXPLAIN (ANALYZE, BUFFERS) of its candidate select.
 
-The claim under test (issue 7): a sweep's cost grows with the number of stale controllers, not with the fleet.
+The claim under test: a sweep's cost grows with the number of stale controllers, not with the fleet.
 
 Set-up, per fleet size, in a scratch database: N healthy controllers in four equal regions (runs of 100
 consecutive ids per region, so every region holds stale ones), fresh ones with a heartbeat

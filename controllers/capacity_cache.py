@@ -34,7 +34,7 @@ CAPACITY_FIELDS = (
 def capacity_values_sql(row: str) -> str:
     """The hash's values of the controller row named `row` in a query, as one text array in CAPACITY_FIELDS
     order; last_update is the last heartbeat in whole Unix seconds (the database's clock). The values come as
-    the hash's strings: converting them in Python was a tenth of a heartbeat flush's CPU."""
+    the hash's strings, so the flush does not convert them in Python (bench/FIGURES.md)."""
     return (
         f"ARRAY[{row}.max_meetings::text, {row}.current_meetings::text, {row}.max_participants::text, "
         f"{row}.current_participants::text, {row}.health_status::text, "
@@ -46,22 +46,22 @@ _CAPACITY_VALUES = capacity_values_sql("meeting_controllers")
 # By primary key.
 _CAPACITY_SQL = f"SELECT controller_id, {_CAPACITY_VALUES} FROM meeting_controllers WHERE controller_id = ANY(%s)"  # noqa: S608
 # The heartbeat flush's form: the ids in and the hashes out as one JSON document each ([id, values] per id, in
-# the order given; values null when the controller is gone), which go to the script as they are. Building,
-# packing and parsing a value per controller in Python was half of a flush's CPU, all of it holding the GIL
-# the event loop serving beats waits for. LATERAL: one primary-key probe per id, never a scan of the fleet.
+# the order given; values null when the controller is gone), which go to the script as they are: building,
+# packing and parsing a value per controller in Python would cost the flush CPU while holding the GIL that the
+# event loop serving beats waits for (bench/FIGURES.md). LATERAL: one primary-key probe per id, never a scan.
 _CAPACITY_DOCUMENT_SQL = f"""
 SELECT coalesce(json_agg(json_build_array(i.id, c.hash_values) ORDER BY i.n), '[]')::text
 FROM jsonb_array_elements_text(%s::jsonb) WITH ORDINALITY AS i(id, n)
 LEFT JOIN LATERAL (SELECT {_CAPACITY_VALUES} AS hash_values FROM meeting_controllers WHERE controller_id = i.id) c
   ON true
 """  # noqa: S608 (constants only)
-# Controllers per script call (and per document): a call blocks Redis while it runs (~1 ms per 1,000 hashes).
+# Controllers per script call (and per document): a call blocks Redis while it runs, longer the more hashes.
 CAPACITY_SCRIPT_BATCH = 1000
 # ARGV[1]: the TTL; ARGV[2], ARGV[3]: what comes before and after the id in a hash's key (CAPACITY_KEY);
 # ARGV[4]: a capacity document ([id, values or null] per controller, values as capacity_values_sql orders them),
 # as _CAPACITY_DOCUMENT_SQL or the heartbeat flush's statement builds it. The keys are named by the document,
-# not by KEYS: the hashes live on the deployment's one Redis (not a Cluster), and redis-py packs each key in
-# Python (~2 µs each). pcall: a key of the wrong type fails alone. Returns how many keys failed.
+# not by KEYS: the hashes live on the deployment's one Redis (not a Cluster), and redis-py would pack each key
+# in Python, per key. pcall: a key of the wrong type fails alone. Returns how many keys failed.
 _CAPACITY_SCRIPT = """
 local ttl = tonumber(ARGV[1])
 local rows = cjson.decode(ARGV[4])

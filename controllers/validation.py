@@ -1,8 +1,8 @@
-"""Bounds on what meeting controllers and media handlers send us (seed 001's validation, its review findings).
+"""Bounds on what meeting controllers and media handlers send us.
 
 Every validator returns the cleaned value or raises InvalidInput naming the field and the rule it broke,
 never echoing the value (it may be anything). Numbers are refused, never clamped: an MC that says it holds
-2^31 meetings is wrong, and storing 2^31 - 1 instead would hide that (seed 001, code review [MEDIUM]).
+2^31 meetings is wrong, and storing 2^31 - 1 instead would hide that.
 """
 
 from __future__ import annotations

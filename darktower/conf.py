@@ -1,8 +1,8 @@
 """Settings read on every heartbeat, cached.
 
-Reading `django.conf.settings.X` goes through LazyObject.__getattribute__ (0.45 µs on this machine, ten times a
-plain attribute). A streamed heartbeat read five settings, about a sixth of the Python work it costs on the event
-loop (bench 1). hot_setting() keeps each value after its first read. override_settings and pytest-django's
+Reading `django.conf.settings.X` goes through LazyObject.__getattribute__, several times the cost of a plain
+attribute, and a streamed heartbeat reads several settings on the event loop (bench/FIGURES.md).
+hot_setting() keeps each value after its first read. override_settings and pytest-django's
 `settings` fixture send setting_changed, which empties the cache. Production settings never change while a
 process runs.
 

@@ -254,8 +254,8 @@ _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPT
 
 
 # --- hot-path tallies -----------------------------------------------------------------------------------------
-# A Prometheus update in multiprocess mode is a locked write to a memory-mapped file: 0.7 µs a counter, 1.4 µs a
-# histogram observation, alone; on the loaded 2-core server several times that, per heartbeat (bench 1). So the
+# A Prometheus update in multiprocess mode is a locked write to a memory-mapped file, and the hot path would pay
+# several per heartbeat (bench/FIGURES.md has the cost). So the
 # gRPC server's per-call and per-beat counts are tallied in process memory and a publisher thread adds them to
 # their metrics every TALLY_PUBLISH_SECONDS (and when the server stops): a scrape sees them at most that late,
 # far below any scrape interval. In a process without a running publisher (HTTP, Celery, most tests) tally_count

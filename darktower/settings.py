@@ -337,7 +337,7 @@ MC_ASSIGN_TIMEOUT_SECONDS = env_float("MC_ASSIGN_TIMEOUT_SECONDS", 2.0, minimum=
 MC_CHANNELS_MAX = env_int("MC_CHANNELS_MAX", 512, minimum=1)
 MC_TLS_CA_FILE = env_str("MC_TLS_CA_FILE", None) or None
 
-# --- Retention (seed 002 "Data Retention") ------------------------------------------------------
+# --- Retention ---------------------------------------------------------------------------------
 
 RETENTION_MEETINGS_DAYS = env_int("RETENTION_MEETINGS_DAYS", 90, minimum=1)
 RETENTION_RECORDINGS_DAYS = env_int("RETENTION_RECORDINGS_DAYS", 365, minimum=1)
@@ -384,7 +384,7 @@ API_AUTHENTICATION_CLASSES = [
 # The model of the idempotency_keys table that darktower.api.idempotency stores POST responses in.
 IDEMPOTENCY_KEY_MODEL = "audit.IdempotencyKey"
 
-# --- API: rate limits (seed 002 Redis key ratelimit:{endpoint}:{identifier}:{window}) ----------------
+# --- API: rate limits (Redis key ratelimit:{endpoint}:{identifier}:{window}) ---------------------------
 
 RATE_LIMIT_WINDOW_SECONDS = env_int("RATE_LIMIT_WINDOW_SECONDS", 60, minimum=1, maximum=86400)
 # Failed logins per window (successes count nowhere): per account and address, per account (from every address:

@@ -1,7 +1,6 @@
 """Meetings, who joined them, their recordings, and which meeting controller runs them.
 
-Tables and columns follow seed 002 ("PostgreSQL Schema", tables 3, 4 and 5) plus
-`meeting_assignments` from the Rust original's placement design.
+`meeting_assignments` records which MC runs which meeting, one active row per meeting.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def _redis_of_worker(index: int) -> None:
 
 @pytest.fixture(autouse=True)
 def fast_passwords(settings):
-    # Users get real passwords (factories, demo users); PBKDF2 at Django's default cost takes ~0.2 s each here.
+    # Users get real passwords (factories, demo users); PBKDF2 at Django's default cost is slow by design.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 

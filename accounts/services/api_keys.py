@@ -1,4 +1,4 @@
-"""API keys (seed 002 table 9): `dt_<prefix>_<secret>`, shown once, stored as a SHA-256 hash and a prefix.
+"""API keys: `dt_<prefix>_<secret>`, shown once, stored as a SHA-256 hash and a prefix.
 
 The secret is 256 random bits, so a fast hash is enough (nothing to brute-force) and lets authentication
 find the key in one lookup through the unique index on key_hash.

@@ -2,17 +2,17 @@
 
 A full collection walks every object the process tracks, holding the GIL. A heartbeat stream keeps some 70
 tracked objects for as long as it is open and some 13 more that each beat replaces (they live one heartbeat
-interval, long enough to reach the oldest generation). With 10,000 streams in a process, CPython's automatic
-full collections took 400-700 ms every 10-50 s under bench 1, and no call was answered meanwhile. Python 3.11's
-collector is not incremental, so the server keeps the young collections and schedules the full ones:
+interval, long enough to reach the oldest generation). With thousands of streams in a process, CPython's
+automatic full collections stall every call for as long as they run, and they come at moments nobody chooses
+(bench/FIGURES.md has the figures). Python 3.11's collector is not incremental, so the server keeps the young
+collections and schedules the full ones:
 
 - what is loaded at start (Django, the apps, grpc: ~100,000 objects) is frozen (gc.freeze), out of sight;
 - generations 0 and 1 are collected automatically as usual, and also every YOUNG_SECONDS (below), so that a
   pass walks only recent objects and stays short;
 - generation 2 is never collected automatically: everything is collected once every `full_seconds`, the one
   long pause, reclaiming the cyclic garbage that reached the oldest generation meanwhile. Steady heartbeats
-  leave almost none (under bench 1 the full collections found a few dozen unreachable objects), so memory
-  does not grow in between.
+  leave almost none, so memory does not grow in between.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ NEVER = 2**31 - 1
 # CPython starts a young collection when allocations minus deallocations pass a threshold. A steady fleet frees
 # about as many objects (beats received one interval ago) as it allocates, so that count hardly moves while
 # generation 0 keeps every object made since its last collection: the collection that a burst finally triggers
-# (the heartbeat flush's rows) walks them all. Under bench 1 (10,000 streams a process) those took 4-16 ms for
-# generation 0 and 57-76 ms for generation 1, holding the GIL. Collected on this schedule, the young
-# generations hold ~0.1 s of allocations (~2,000 objects at 1,350 beats/s), and a pass takes well under 1 ms.
+# (the heartbeat flush's rows) walks them all, holding the GIL. Collected every YOUNG_SECONDS, the young
+# generations hold only that long's allocations, so a pass stays short.
 YOUNG_SECONDS = 0.1
 
 

@@ -1,7 +1,7 @@
 """What an active assignment holds on its meeting controller (MC), and how every path gives it back.
 
 An assignment takes, on its MC:
-- one meeting, counted in `assigned_since_heartbeat` (in-flight accounting, issue 8 §5) until the MC's next
+- one meeting, counted in `assigned_since_heartbeat` (in-flight accounting) until the MC's next
   heartbeat that reports its counts; that report's `current_meetings` then includes it and the heartbeat
   resets the in-flight count (controllers.services.registration.beats_record). Placement ranks and caps MCs by
   the effective load `current_meetings + assigned_since_heartbeat`, so a burst of joins between two heartbeats

@@ -1,4 +1,4 @@
-"""Fixed-window rate limits in Redis (seed 002: key `ratelimit:{endpoint}:{identifier}:{window}`, a counter
+"""Fixed-window rate limits in Redis (key `ratelimit:{endpoint}:{identifier}:{window}`, a counter
 with a TTL of one window).
 
 Each request INCRs the counter of every limit that applies to it and sets the counter's TTL, all in one

@@ -1,5 +1,5 @@
-"""Joining and leaving meetings (seed 002 "Data Flow Examples", example 1: the client gets the meeting and
-its MC from the Global Controller, then connects to the MC with the meeting token issued here)."""
+"""Joining and leaving meetings: the client gets the meeting and its MC from the Global Controller, then
+connects to the MC with the meeting token issued here."""
 
 from __future__ import annotations
 

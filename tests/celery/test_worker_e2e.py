@@ -88,7 +88,7 @@ def test_an_mc_that_stops_heartbeating_over_grpc_turns_unhealthy_on_its_own(
     stopped = time.monotonic()
 
     try:
-        # The heartbeat flush keeps the capacity hash (seed 002) fresh with the numbers the MC reported.
+        # The heartbeat flush keeps the capacity hash fresh with the numbers the MC reported.
         wait_for(
             lambda: client.hget(capacity_key, "current_meetings") == str(meetings).encode(), timeout=5,
             what="the heartbeat flush to refresh the capacity hash",

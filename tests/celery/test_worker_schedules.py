@@ -1,4 +1,4 @@
-"""Issue 8's schedule-driven behaviours through a real Celery worker with its embedded beat (django-celery-beat's
+"""The schedule-driven health behaviours through a real Celery worker with its embedded beat (django-celery-beat's
 DatabaseScheduler), on the real broker and this test's database:
 
 - the drain deadline (controllers.tasks.enforce_drain_deadlines): at the deadline the drained MC's meetings are

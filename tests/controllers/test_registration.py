@@ -1,4 +1,4 @@
-"""Registration and heartbeat services on the real database (seed 001's repository tests, and more)."""
+"""Registration and heartbeat services on the real database."""
 
 from __future__ import annotations
 
@@ -275,7 +275,7 @@ def test_a_flush_learns_only_what_differs_from_the_states_it_knows(kind):
 
 @pytest.mark.parametrize("kind", [CONTROLLERS, HANDLERS], ids=["controllers", "handlers"])
 def test_a_flush_probes_its_members_by_key_instead_of_reading_the_fleet(kind, monkeypatch):
-    # A fleet of 20,000 (bench 1's), a flush of 300 of them: the planner once read the whole table twice here.
+    # A fleet of 20,000 (bench 1's), a flush of 300 of them: the planner must probe by key, not read the table.
     member = make_controller() if kind is CONTROLLERS else make_handler()
     copy_members(kind.table, kind.pk, member.pk, prefix="member-", count=19999)
     plans = record_plans(monkeypatch, registration)

@@ -1,4 +1,4 @@
-"""The bounds of seed 001 at each edge, on the validators themselves."""
+"""The bounds on what MCs and MHs send, at each edge, on the validators themselves."""
 
 from __future__ import annotations
 

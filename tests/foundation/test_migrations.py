@@ -1,5 +1,6 @@
-"""The migration history: a fresh database has the seed's schema, the models and migrations agree, every
-migration renders as SQL both ways, and the controllers history (seed 002 -> seed 000) keeps every row."""
+"""The migration history: a fresh database has the expected schema, the models and migrations agree, every
+migration renders as SQL both ways, and the controllers history (the first schema to the registration schema)
+keeps every row."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ SEED_TABLES = {
     "meeting_controllers", "media_handlers", "audit_logs", "api_keys",
 }
 
-# Every index of seed 002 (and seed 000's partial index): name -> (table, indexed columns).
+# Every index the first schema defines (and the registration schema's partial index): name -> (table, indexed columns).
 SEED_INDEXES = {
     "idx_users_email": ("users", "email"),
     "idx_users_created_at": ("users", "created_at"),
@@ -51,7 +52,7 @@ SEED_INDEXES = {
     "idx_api_keys_hash": ("api_keys", "key_hash"),
 }
 
-# The seed's UNIQUE columns.
+# The first schema's UNIQUE columns.
 SEED_UNIQUES = {
     ("users", "email"),
     ("oauth_providers", "provider, provider_user_id"),
@@ -153,7 +154,7 @@ def test_the_registration_migration_follows_the_seeds_safe_order():
     assert positions == sorted(positions)
 
 
-# --- The controllers history: rows written under seed 002's schema survive seed 000's migration. -----------
+# --- The controllers history: rows written under the first schema survive the registration migrations. ------
 
 V1_COLUMNS = (
     "controller_id", "region", "endpoint", "max_meetings", "current_meetings", "max_participants",

@@ -1,4 +1,4 @@
-"""The seed's ON DELETE rules are the database's: a raw SQL DELETE cascades or nulls exactly like the ORM."""
+"""The schema's ON DELETE rules are the database's: a raw SQL DELETE cascades or nulls exactly like the ORM."""
 
 from __future__ import annotations
 

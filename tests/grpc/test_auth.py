@@ -1,4 +1,4 @@
-"""Service-token authentication of the gRPC API: every rejection of issue 3, over a real server."""
+"""Service-token authentication of the gRPC API: every rejection, over a real server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 3's "done when", end to end: an MC obtains a token from our OAuth 2.0 client-credentials endpoint with
+"""An MC's first minutes, end to end: it obtains a token from our OAuth 2.0 client-credentials endpoint with
 a stock client (Authlib), registers over gRPC, heartbeats, and is healthy."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every validation edge of issue 3 through the real server: INVALID_ARGUMENT naming the field and the rule,
+"""Every validation edge of the gRPC API through the real server: INVALID_ARGUMENT naming the field and the rule,
 nothing written, no SQL or traceback in the answer."""
 
 from __future__ import annotations

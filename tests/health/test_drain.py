@@ -1,4 +1,4 @@
-"""Bounded, reversible drain (issue 8 §4): drain and undrain, and at the deadline the remaining assignments are
+"""Bounded, reversible drain: drain and undrain, and at the deadline the remaining assignments are
 ended or moved to the target, each recorded, then the MC goes unhealthy unless it went away cleanly."""
 
 from __future__ import annotations

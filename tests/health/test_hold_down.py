@@ -1,4 +1,4 @@
-"""Hold-down (issue 8 §1): a member the sweep marked unhealthy returns only after UNHEALTHY_HOLD_DOWN_SECONDS and
+"""Hold-down: a member the sweep marked unhealthy returns only after UNHEALTHY_HOLD_DOWN_SECONDS and
 UNHEALTHY_RECOVERY_HEARTBEATS good heartbeats; pending members are promoted by their first good heartbeat; heartbeats
 that stop and start around the threshold do not toggle the state."""
 

@@ -1,4 +1,4 @@
-"""What a controller's own words and restarts may not undo (issue 8 §1 and §4): the hold-down counts consecutive
+"""What a controller's own words and restarts may not undo: the hold-down counts consecutive
 good heartbeats only, a restart inside the hold-down does not skip it, a restart does not cancel an operator's
 drain, and a drain the controller reports itself is bounded by the default deadline. Through the same services the
 gRPC servicers call (controller_register, controller_heartbeat)."""

@@ -1,4 +1,4 @@
-"""The sweep of issue 8 §1 and §3: the startup grace of pending members, the sweep-gap grace, the all-regions
+"""The stale sweep: the startup grace of pending members, the sweep-gap grace, the all-regions
 cut-off, and a transition row for every member it marks."""
 
 from __future__ import annotations

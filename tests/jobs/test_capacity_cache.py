@@ -1,4 +1,4 @@
-"""The Redis capacity hash `controller:{id}:capacity` (seed 002: TTL 5 minutes, refreshed on heartbeat), written
+"""The Redis capacity hash `controller:{id}:capacity` (TTL 5 minutes, refreshed on heartbeat), written
 by the heartbeat flush and by synchronous beat writes, failing open when Redis does not answer."""
 
 from __future__ import annotations

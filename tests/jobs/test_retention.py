@@ -1,4 +1,4 @@
-"""Retention (seed 002): each period deletes one second past it and keeps one second inside it; batches; counts.
+"""Retention: each period deletes one second past it and keeps one second inside it; batches; counts.
 
 At exactly the period a row is kept, for every table: "older than N days" is strict (`<`), as the sweep's
 threshold is, so a row exactly N days old goes one run later. Idempotency keys follow the same rule at

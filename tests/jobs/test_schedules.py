@@ -20,7 +20,7 @@ from darktower.schedules import schedules_table
 pytestmark = pytest.mark.django_db
 
 frozen = importlib.import_module("audit.migrations.0002_periodic_tasks")
-# Jobs added after 0002 come with their own data migration (issue 8: the drain-deadline job).
+# Jobs added after 0002 come with their own data migration (the drain-deadline job).
 later_frozen = [importlib.import_module("audit.migrations.0003_drain_deadline_schedule")]
 
 

@@ -26,7 +26,7 @@ THRESHOLD = 30
 @pytest.fixture(autouse=True)
 def sweep_settings(settings):
     settings.HEARTBEAT_STALE_THRESHOLD_SECONDS = THRESHOLD
-    # Issue 8 gives `pending` its own startup grace (tests/health covers it); these tests judge every state alike.
+    # `pending` has its own startup grace (tests/health covers it); these tests judge every state alike.
     settings.PENDING_STARTUP_GRACE_SECONDS = THRESHOLD
     settings.DISRUPTION_MAX_STALE_SHARE = 0.55
     settings.DISRUPTION_MIN_REGION_SIZE = 10

@@ -1,4 +1,4 @@
-"""Placement that does not herd (issue 8 §5), on the real database: in-flight accounting reconciled by heartbeats,
+"""Placement that does not herd, on the real database: in-flight accounting reconciled by heartbeats,
 hard capacity whatever the reports say, the per-MC cap on assignments per minute, participant reservations of
 large meetings, the rule named in audit, outbox and metrics, and the burst of 500 joins over 10 MCs that do not
 heartbeat meanwhile."""
@@ -268,7 +268,7 @@ def test_a_degraded_mc_that_keeps_its_meeting_is_the_degraded_fallback(owner, dj
     assert assignments_sample("degraded_fallback", "reused") - before == 1
 
 
-# --- the burst of issue 8 §5 ----------------------------------------------------------------------------------
+# --- a burst of joins between two heartbeats ----------------------------------------------------------------
 
 
 def _burst(meetings_count: int, *, controllers: int, max_meetings: int, threads: int = 10):
