@@ -142,6 +142,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Before anything reads the body: /api/ bodies over DATA_UPLOAD_MAX_MEMORY_SIZE answer 413 JSON.
     "darktower.api.middleware.ApiBodyLimitMiddleware",
+    # A view that cannot get or keep a database connection answers 503 with Retry-After (darktower/api/errors.py).
+    "darktower.api.errors.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
