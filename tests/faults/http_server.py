@@ -76,8 +76,10 @@ class GunicornProcess:
     workers, its output in a log file."""
 
     def __init__(self, *, env: Mapping[str, str], log: Path, workers: int = 2, threads: int = 8) -> None:
+        self.application_name = f"dtf-http-{uuid.uuid4().hex[:8]}"
         self.log = log
         self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "darktower.settings", "DEBUG": "1", "LOG_FORMAT": "text",
+                    "DB_APPLICATION_NAME": self.application_name,
                     "ALLOWED_HOSTS": "127.0.0.1", "MC_ASSIGN_CALLS": "0", "RATE_LIMIT_JOIN_PER_IP": "1000000",
                     "RATE_LIMIT_JOIN_PER_PRINCIPAL": "1000000",
                     # The seeded MCs never beat: they stay placeable for the whole module.

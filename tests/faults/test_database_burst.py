@@ -46,8 +46,9 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         postgres.init()
         postgres.start()
         meetings = migrate_and_seed(postgres, meetings=MEETINGS)
-        # Connections closed after each request, so that the test finds a slot to check the rows with.
-        server = GunicornProcess(env={"DATABASE_URL": postgres.url(), "DB_CONN_MAX_AGE": "0"},
+        # A deployment without the pool (one connection per thread: 16 > 6), each closed after its request, so that
+        # the test finds a slot to check the rows with.
+        server = GunicornProcess(env={"DATABASE_URL": postgres.url(), "DB_POOL_MAX_SIZE": "0", "DB_CONN_MAX_AGE": "0"},
                                  log=tmp_path_factory.mktemp("gunicorn") / "gunicorn.log", workers=WORKERS,
                                  threads=THREADS)
         server.start()
