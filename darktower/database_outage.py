@@ -68,10 +68,10 @@ class DatabaseOutage:
             self._refused += 1
         if first:
             # The exception's class and SQLSTATE only: its message may carry the server's address.
+            sqlstate = getattr(exc.__cause__, "sqlstate", None)
             logger.warning(
                 "database unavailable (%s%s): answering 'unavailable, retry' until a request reaches it again",
-                type(exc.__cause__ or exc).__name__,
-                f", SQLSTATE {exc.__cause__.sqlstate}" if getattr(exc.__cause__, "sqlstate", None) else "",
+                type(exc.__cause__ or exc).__name__, f", SQLSTATE {sqlstate}" if sqlstate else "",
             )
 
     def reached(self) -> None:

@@ -7,8 +7,9 @@ Host header not in ALLOWED_HOSTS, a CSRF or permission refusal, an unhandled cra
 JSON even then; other paths (the admin) keep Django's pages.
 
 A database that cannot be reached (darktower.database_outage) answers 503 with Retry-After wherever it shows: in a
-DRF view (`exception_handler`), in any other view (`DatabaseUnavailableMiddleware`), and in a middleware, where
-Django has already logged it by the time `server_error` runs.
+DRF view (`exception_handler`), in any other view (`DatabaseUnavailableMiddleware`), and in a middleware
+(`server_error`, with DEBUG off); the outage's one warning (darktower.database_outage) stands for Django's ERROR line
+per response.
 """
 
 from __future__ import annotations
@@ -283,8 +284,8 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
-    """handler500: JSON for the API, Django's page elsewhere. Django has already logged the exception. Django calls
-    it while handling the exception, so a connection failure raised in a middleware still answers 503."""
+    """handler500: JSON for the API, Django's page elsewhere. Django logs the exception after it. Django calls it
+    while handling the exception, so a connection failure raised in a middleware still answers 503."""
     exception = sys.exc_info()[1]
     if exception is not None and is_connection_failure(exception):
         database_outage.refused(exception)

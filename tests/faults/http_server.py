@@ -39,7 +39,7 @@ class SmallPostgres(ThrowawayPostgres):
         self.max_connections = max_connections
 
     def start(self) -> None:
-        commands, _ = self._commands()
+        commands, _ = self._commands()  # type: ignore[no-untyped-call]
         options = (f"-h '' -k {self.dir} -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                    f"-c max_connections={self.max_connections} -c superuser_reserved_connections=0")
         commands.pg_ctl(["-w", "-o", options, "-l", str(self.dir / "log"), "start"], pgdata=self.dir,
@@ -102,7 +102,7 @@ class GunicornProcess:
             timeout=START_TIMEOUT_SECONDS, what="gunicorn to listen", log=self.log,
         )
         assert process.poll() is None, f"gunicorn exited:\n{self.output()[-4000:]}"
-        self.port = int(match.group(1))  # type: ignore[union-attr]
+        self.port = int(match.group(1))  # type: ignore[attr-defined]
         wait_for(lambda: process.poll() is not None or self.healthy(), timeout=START_TIMEOUT_SECONDS,
                  what="gunicorn's workers to answer", log=self.log)
         assert process.poll() is None, f"gunicorn exited:\n{self.output()[-4000:]}"
@@ -154,7 +154,7 @@ def is_unavailable(answer: Answer) -> bool:
             and isinstance(answer.body, dict) and answer.body.get("error", {}).get("code") == "service_unavailable")
 
 
-def join_rows(postgres: SmallPostgres, meeting_ids: list[str]) -> dict[str, tuple[int, int, int, int]]:
+def join_rows(postgres: SmallPostgres, meeting_ids: list[str]) -> dict[str, tuple[int, ...]]:
     """Per meeting: participants, their join audit rows, active assignments, and assignment outbox rows."""
     with postgres.connect_when_free() as conn:
         return {meeting_id: conn.execute(
@@ -165,4 +165,4 @@ def join_rows(postgres: SmallPostgres, meeting_ids: list[str]) -> dict[str, tupl
             " (SELECT count(*) FROM outbox_events WHERE aggregate_id = %(m)s::text"
             "   AND event_type = 'meeting_assigned')",
             {"m": meeting_id},
-        ).fetchone() for meeting_id in meeting_ids}
+        ).fetchone() or () for meeting_id in meeting_ids}

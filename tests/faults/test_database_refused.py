@@ -4,6 +4,7 @@ shared test server is never touched), then restored; the real server cases are i
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import uuid
@@ -12,6 +13,7 @@ import pytest
 from django.db import InterfaceError, OperationalError, connection
 from rest_framework.test import APIClient
 
+from darktower.api.errors import server_error
 from darktower.database_outage import database_outage, is_connection_failure
 
 OUTAGE_LOGGER = "darktower.database_outage"
@@ -76,6 +78,18 @@ def test_an_outage_logs_one_warning_and_its_end_once(database_unreachable, caplo
     ends = [record for record in caplog.records if record.name == OUTAGE_LOGGER]
     assert [record.levelno for record in ends] == [logging.INFO]
     assert "5 requests were refused" in ends[0].getMessage()
+
+
+def test_a_connection_failure_in_a_middleware_answers_503_through_handler500(rf):
+    # Django calls handler500 while it handles what a middleware raised (with DEBUG off).
+    try:
+        raise OperationalError("server closed the connection unexpectedly")
+    except OperationalError:
+        response = server_error(rf.get("/api/v1/meetings"))
+    database_outage.reached()
+    assert response.status_code == 503
+    assert int(response["Retry-After"]) >= 1
+    assert json.loads(response.content)["error"]["code"] == "service_unavailable"
 
 
 def test_statement_errors_are_not_connection_failures():
