@@ -148,6 +148,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Before anything reads the body: /api/ bodies over DATA_UPLOAD_MAX_MEMORY_SIZE answer 413 JSON.
     "darktower.api.middleware.ApiBodyLimitMiddleware",
+    # A view that cannot get or keep a database connection answers 503 with Retry-After (darktower/api/errors.py).
+    "darktower.api.errors.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -179,7 +181,17 @@ TEMPLATES = [
 # --- Database ---------------------------------------------------------------------------------
 
 DATABASE_URL = env_str("DATABASE_URL", None)
-CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
+# Each process (a gunicorn worker, the gRPC server, a Celery worker) lends its threads connections from a pool of
+# at most DB_POOL_MAX_SIZE; a thread that finds none free within DB_POOL_TIMEOUT_SECONDS gets the same "database
+# unavailable, retry" as a refused connection. The sum over all processes is what PostgreSQL must admit (README,
+# "Database connections"). 0 turns the pool off: then one connection per thread, kept DB_CONN_MAX_AGE seconds.
+DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 10, minimum=0, maximum=1000)
+DB_POOL_MIN_SIZE = env_int("DB_POOL_MIN_SIZE", min(2, DB_POOL_MAX_SIZE), minimum=0, maximum=DB_POOL_MAX_SIZE)
+DB_POOL_TIMEOUT_SECONDS = env_float("DB_POOL_TIMEOUT_SECONDS", 3.0, minimum=0.05, maximum=60.0)
+DB_CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
+# A pool hands each request a connection and takes it back at the request's end: Django refuses persistent
+# connections with a pool.
+CONN_MAX_AGE = 0 if DB_POOL_MAX_SIZE else DB_CONN_MAX_AGE
 if DATABASE_URL:
     _default_db = dj_database_url.parse(DATABASE_URL, conn_max_age=CONN_MAX_AGE, conn_health_checks=True)
 else:
@@ -194,6 +206,13 @@ _default_db.setdefault("OPTIONS", {})
 if not _default_db.get("HOST") and "host" in _default_db["OPTIONS"]:
     _default_db["HOST"] = _default_db["OPTIONS"].pop("host")
 _default_db["OPTIONS"].setdefault("application_name", env_str("DB_APPLICATION_NAME", "darktower"))
+if DB_POOL_MAX_SIZE:
+    # With CONN_HEALTH_CHECKS (on above), the pool checks each connection it lends (one empty round trip), so one
+    # that died while idle in the pool (a server restart, a failover, a proxy's idle timeout) is replaced at
+    # checkout instead of failing the request it is lent to.
+    _default_db["OPTIONS"]["pool"] = {
+        "min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE, "timeout": DB_POOL_TIMEOUT_SECONDS,
+    }
 _default_db["TEST"] = {"NAME": env_str("DB_TEST_NAME", "test_darktower")}
 DATABASES = {"default": _default_db}
 

@@ -15,6 +15,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # The processes tests start (gunicorn, grpcserver, Celery workers) inherit this: like the tests themselves
     # (mc_assign_calls below), they place meetings without asking MCs that have no server behind them.
     os.environ.setdefault("MC_ASSIGN_CALLS", "0")
+    _test_process_without_the_pool()
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker:
         _redis_of_worker(int(worker.removeprefix("gw")))
@@ -48,6 +49,18 @@ def _redis_of_worker(index: int) -> None:
     for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
         if getattr(settings, name) == _celery_broker_url(shared):
             setattr(settings, name, _celery_broker_url(own))
+
+
+def _test_process_without_the_pool() -> None:
+    # The processes tests start keep the pool, as deployed (tests/faults test it there). The test process itself
+    # uses one connection per thread: fixtures re-point the connection's settings at an unreachable server (a pool
+    # keeps the address it was built with), and concurrency tests hold more connections at once from one process
+    # than a deployment's pool lends. Runs before any connection is made; the dict is the one connections use.
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["OPTIONS"].pop("pool", None) is not None:
+        database["CONN_MAX_AGE"] = settings.DB_CONN_MAX_AGE
 
 
 @pytest.fixture(autouse=True)

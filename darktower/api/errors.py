@@ -5,19 +5,26 @@ Http404, and the domain errors of darktower.errors that services raise). `api_no
 `permission_denied`, `csrf_failure` and `server_error` cover what happens outside a view (no URL matched, a
 Host header not in ALLOWED_HOSTS, a CSRF or permission refusal, an unhandled crash), so /api/ paths answer
 JSON even then; other paths (the admin) keep Django's pages.
+
+A database that cannot be reached (darktower.database_outage) answers 503 with Retry-After wherever it shows: in a
+DRF view (`exception_handler`), in any other view (`DatabaseUnavailableMiddleware`), and in a middleware
+(`server_error`, with DEBUG off); the outage's one warning (darktower.database_outage) stands for Django's ERROR line
+per response.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import redis
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.db import DataError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.views.csrf import csrf_failure as django_csrf_failure
 from django.views.decorators.csrf import csrf_exempt
 from django.views.defaults import bad_request as django_bad_request
@@ -29,6 +36,8 @@ from rest_framework.response import Response
 
 from darktower import errors
 from darktower.api.idempotency import IdempotencyKeyReused
+from darktower.database_outage import RETRY_AFTER_SECONDS as DATABASE_RETRY_AFTER_SECONDS
+from darktower.database_outage import database_outage, is_connection_failure
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +131,63 @@ def domain_error_response(exc: errors.DomainError) -> Response:
     return Response(error_body(exc.code, exc.message, exc.fields), status=status_code, headers=headers)
 
 
+ResponseT = TypeVar("ResponseT", bound=HttpResponseBase)
+
+DATABASE_UNAVAILABLE_MESSAGE = "The database is unavailable; retry shortly."
+
+
+def _logged_by_the_outage(response: ResponseT) -> ResponseT:
+    # Django logs every 5xx at ERROR, one line per request; the outage's own warning (once per outage) says it.
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
+
+
+def database_unavailable(request: HttpRequest) -> HttpResponse:
+    """503 for a request that could not get or keep a database connection: JSON for the API, text elsewhere."""
+    if is_api_path(request):
+        return _logged_by_the_outage(json_error(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "service_unavailable", DATABASE_UNAVAILABLE_MESSAGE,
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        ))
+    response = HttpResponse(DATABASE_UNAVAILABLE_MESSAGE, status=503, content_type="text/plain; charset=utf-8")
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return _logged_by_the_outage(response)
+
+
+class DatabaseUnavailableMiddleware:
+    """A connection failure raised by a view that is not DRF's (the admin, plain Django views) answers 503 instead
+    of a 500; DRF views map it in `exception_handler`. After every response, while an outage is open, a request
+    that held a working connection ends it (darktower.database_outage)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if database_outage.open and response.status_code != status.HTTP_503_SERVICE_UNAVAILABLE:
+            database_outage.reached_if_connected()
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not is_connection_failure(exception):
+            return None
+        database_outage.refused(exception)
+        return database_unavailable(request)
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """REST_FRAMEWORK["EXCEPTION_HANDLER"]. Returns None (DRF re-raises, a 500) only for real bugs."""
     if isinstance(exc, errors.DomainError):
         return domain_error_response(exc)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
+    if is_connection_failure(exc):
+        # No connection to be had or kept: nothing committed, the same request may simply be sent again.
+        database_outage.refused(exc)
+        return _logged_by_the_outage(Response(
+            error_body("service_unavailable", DATABASE_UNAVAILABLE_MESSAGE),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+        ))
     if isinstance(exc, OperationalError) and getattr(exc.__cause__, "sqlstate", None) in RETRYABLE_SQLSTATES:
         # PostgreSQL aborted the transaction (a deadlock with, say, a heartbeat flush or a drain, which lock
         # the same rows in another order); everything rolled back, so the request can simply be sent again.
@@ -226,7 +286,12 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
-    """handler500: JSON for the API, Django's page elsewhere. Django has already logged the exception."""
+    """handler500: JSON for the API, Django's page elsewhere. Django logs the exception after it. Django calls it
+    while handling the exception, so a connection failure raised in a middleware still answers 503."""
+    exception = sys.exc_info()[1]
+    if exception is not None and is_connection_failure(exception):
+        database_outage.refused(exception)
+        return database_unavailable(request)
     if is_api_path(request):
         return json_error(status.HTTP_500_INTERNAL_SERVER_ERROR, "server_error", "Internal server error.")
     return django_server_error(request)
