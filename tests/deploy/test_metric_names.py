@@ -17,11 +17,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from audit.tasks import relay_outbox
+from controllers.models import HealthStatus
 from controllers.tasks import sweep_stale
 from dark_tower.internal.v1 import internal_pb2 as pb
 from darktower.metrics import TALLIES
 from tests.deploy.conftest import dashboard, dashboard_exprs, rules
-from tests.factories import make_meeting, make_user, user_token
+from tests.factories import make_controller, make_meeting, make_user, user_token
 
 pytestmark = pytest.mark.slow
 
@@ -127,6 +128,8 @@ def exported(live_server, grpc_server, mc_stub, auth) -> Exported:
     host = make_user()
     token = user_token(host)
     joined = _post(f"{live_server.url}/api/v1/meetings/{make_meeting(host=host).meeting_code}/join", token)
+    # A known region with no placeable MC: the join's 503 (a region nobody registered in is the client's 400).
+    make_controller(region="ap-south-1", health=HealthStatus.UNHEALTHY)
     no_capacity = _post(f"{live_server.url}/api/v1/meetings/{make_meeting(host=host).meeting_code}/join", token,
                         b'{"region": "ap-south-1"}')
     refused = _post(f"{live_server.url}/api/v1/meetings/{make_meeting(host=host).meeting_code}/join", "not-a-jwt")
