@@ -30,6 +30,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         connection = connections[options["database"]]
         params = connection.settings_dict
+        # One check needs one connection: a pool would retry in the background and log each refusal.
+        params["OPTIONS"].pop("pool", None)
         host = params.get("HOST") or "localhost"
         # A HOST starting with "/" is a unix socket directory (the embedded server): no port to show.
         address = host if host.startswith("/") else f"{host}:{params.get('PORT') or 5432}"
