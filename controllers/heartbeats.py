@@ -61,13 +61,11 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
 
 from audit.relay import capacity_cache_refresh, capacity_cache_write
+from controllers.health_rules import beat_is_steady
+from controllers.members import CONTROLLERS, HANDLERS, MemberKind
 from controllers.services.ownership import member_access_refuse, member_claim
 from controllers.services.registration import (
-    CONTROLLERS,
-    HANDLERS,
     Beat,
-    MemberKind,
-    beat_is_steady,
     beats_flush,
     beats_record,
     members_health,
@@ -153,7 +151,7 @@ class HeartbeatRecorder:
         member_id, client_id = beat.member_id, beat.client_id
         found = members_health(kind=self.kind, member_ids=[member_id]).get(member_id)
         if found is None:
-            raise NotFound(f"unknown {self.kind.target_type.replace('_', ' ')}; register first")
+            raise NotFound(f"unknown {self.kind.label}; register first")
         state, owner = found
         if owner is None and client_id is not None:
             owner = member_claim(kind=self.kind, member_id=member_id, client_id=client_id, via="heartbeat")
@@ -185,7 +183,7 @@ class HeartbeatRecorder:
                     self._known[beat.member_id] = outcomes[0].to_status
             self._refresh_capacity([outcome.member_id for outcome in outcomes])
         if not outcomes:
-            raise NotFound(f"unknown {self.kind.target_type.replace('_', ' ')}; register first")
+            raise NotFound(f"unknown {self.kind.label}; register first")
 
     # --- the flush ---------------------------------------------------------------------------------------------
 

@@ -40,93 +40,25 @@ from django.db import connection, transaction
 from audit.models import ActorType, AuditResult
 from audit.relay import CAPACITY_SCRIPT_BATCH, capacity_values_sql
 from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue
-from controllers.models import HealthStatus, TransitionReason
+from controllers.health_rules import (
+    RECOVERING_STATES,
+    REGISTER_HOLD_DOWN_SQL,
+    beat_drain_deadline_sql,
+    beat_hold_down_sql,
+    beat_is_steady,
+    health_after_sql,
+    recovery_report,
+    reregistration_sql,
+)
+from controllers.members import CONTROLLERS, HANDLERS, HealthChange, MemberKind
+from controllers.models import TransitionReason
 from controllers.services.capacity import release_cte_sql, unassign_cte_sql
 from controllers.services.health import RecoveryReport, heartbeat_recovery
 from controllers.services.ownership import member_access_refuse, member_claim_audit
-from controllers.services.transitions import (
-    CONTROLLER,
-    HANDLER,
-    Component,
-    Transition,
-    changed_cte_sql,
-    transitions_record,
-)
+from controllers.services.transitions import Transition, changed_cte_sql, transitions_record
 from darktower.db import server_bound_cursor
 from darktower.errors import NotFound, PermissionDenied
 from meetings.models import LeaveReason
-
-# What the member reports about itself; PENDING means "no opinion" (proto3's default value).
-REPORTED_STATES = tuple(HealthStatus)
-# States a good heartbeat leaves to the hold-down gate (controllers.services.health.heartbeat_recovery).
-RECOVERING_STATES = (HealthStatus.PENDING, HealthStatus.UNHEALTHY)
-
-
-def health_after(current: str, reported: str) -> str:
-    """The stored health after a member in state `current` reports `reported`, before the recovery gate.
-
-    - `draining` sticks: only re-registration or an operator's undrain ends it, so a drained MC that keeps
-      saying HEALTHY does not start taking meetings again.
-    - DRAINING and UNHEALTHY are stored as reported.
-    - `pending` and `unhealthy` stay as they are here: a good report (HEALTHY, DEGRADED, or PENDING meaning
-      "no opinion") goes to heartbeat_recovery, which promotes a pending member at once and an unhealthy one
-      only after the hold-down (issue 8).
-    - Otherwise HEALTHY and DEGRADED are stored as reported, and PENDING changes nothing.
-    """
-    if current == HealthStatus.DRAINING or reported in (HealthStatus.DRAINING, HealthStatus.UNHEALTHY):
-        return HealthStatus.DRAINING if current == HealthStatus.DRAINING else reported
-    if current in RECOVERING_STATES or reported == HealthStatus.PENDING:
-        return current
-    return reported
-
-
-def recovery_report(reported: str) -> str | None:
-    """What a report asks of the recovery gate: DEGRADED stays degraded, HEALTHY and PENDING are healthy."""
-    if reported in (HealthStatus.DRAINING, HealthStatus.UNHEALTHY):
-        return None
-    return HealthStatus.DEGRADED if reported == HealthStatus.DEGRADED else HealthStatus.HEALTHY
-
-
-def _health_after_sql(current: str, reported: str) -> str:
-    # Literals from the enum above, never input: the CASE is the same table health_after() computes.
-    whens = " ".join(
-        f"WHEN {current} = '{before}' AND {reported} = '{report}' THEN '{health_after(before, report)}'"
-        for before in HealthStatus
-        for report in REPORTED_STATES
-    )
-    return f"CASE {whens} ELSE {current} END"
-
-
-@dataclass(frozen=True)
-class MemberKind:
-    """One of the two tables members live in, and the names it goes by in audit rows and outbox events."""
-
-    table: str
-    pk: str
-    target_type: str
-    event_prefix: str
-    component: Component
-    # Beat columns: (column, PostgreSQL element type); a NULL value leaves the column unchanged.
-    beat_columns: tuple[tuple[str, str], ...]
-
-
-CONTROLLERS = MemberKind(
-    table="meeting_controllers", pk="controller_id", target_type="meeting_controller", event_prefix="controller",
-    component=CONTROLLER,
-    beat_columns=(
-        ("current_meetings", "integer"), ("current_participants", "integer"),
-        ("max_meetings", "integer"), ("max_participants", "integer"),
-        ("cpu_usage_percent", "double precision"), ("memory_usage_percent", "double precision"),
-    ),
-)
-HANDLERS = MemberKind(
-    table="media_handlers", pk="handler_id", target_type="media_handler", event_prefix="media_handler",
-    component=HANDLER,
-    beat_columns=(
-        ("current_streams", "integer"), ("cpu_usage_percent", "double precision"),
-        ("memory_usage_percent", "double precision"), ("bandwidth_usage_percent", "double precision"),
-    ),
-)
 
 
 @dataclass(frozen=True)
@@ -145,23 +77,11 @@ class Beat:
 
 
 @dataclass(frozen=True)
-class BeatOutcome:
-    member_id: str
-    region: str
-    from_status: str
-    to_status: str
-
-    @property
-    def changed(self) -> bool:
-        return self.from_status != self.to_status
-
-
-@dataclass(frozen=True)
 class FlushOutcome:
     """What a batch write tells a caller that tracks its members' states (beats_flush)."""
 
     # The members whose state moved, waits for the recovery gate, or is not the one the caller knew.
-    outcomes: list[BeatOutcome]
+    outcomes: list[HealthChange]
     # The members without a row.
     missing: list[str]
     # Controllers: the capacity hashes of the members written and not among the outcomes, as documents for
@@ -201,16 +121,8 @@ ON CONFLICT ({pk}) DO UPDATE SET
     grpc_endpoint = EXCLUDED.grpc_endpoint,
     webtransport_endpoint = EXCLUDED.webtransport_endpoint,
     {capacity_updates},
-    health_status = CASE
-        WHEN t.health_status = 'draining' AND {operator_drain} THEN 'draining'
-        WHEN t.health_status IN ('draining', 'unhealthy') THEN 'pending'
-        ELSE t.health_status
-    END,
-    hold_down_until = CASE
-        WHEN t.health_status = 'unhealthy' AND t.unhealthy_since > now() - make_interval(secs => %(hold_down)s)
-        THEN t.unhealthy_since + make_interval(secs => %(hold_down)s)
-        WHEN t.health_status = 'pending' THEN t.hold_down_until
-    END,
+    health_status = {health_status},
+    hold_down_until = {hold_down_until},
     last_heartbeat_at = now()
 WHERE %(client_id)s::text IS NULL OR t.owner_client_id IS NULL OR t.owner_client_id = %(client_id)s::text
 RETURNING t.health_status, (t.xmax = 0) AS created, t.hold_down_until
@@ -241,7 +153,10 @@ def _register(
         capacity_columns=", ".join(inserted),
         capacity_values=", ".join(f"%({column})s" for column in inserted),
         capacity_updates=", ".join(f"{column} = EXCLUDED.{column}" for column in capacity),
-        operator_drain=_OPERATOR_DRAIN_SQL if kind.component is CONTROLLER else "false",
+        health_status=reregistration_sql(
+            "t.health_status", operator_drain=_OPERATOR_DRAIN_SQL if kind is CONTROLLERS else "false"
+        ),
+        hold_down_until=REGISTER_HOLD_DOWN_SQL,
     )
     refused: PermissionDenied | None = None
     with transaction.atomic(), connection.cursor() as cursor:
@@ -288,7 +203,7 @@ def _registered(
     if from_status != health_status:
         transitions_record([
             Transition(
-                component_type=kind.component.type, component_id=member_id, region=region,
+                component_type=kind.component_type, component_id=member_id, region=region,
                 from_status=from_status, to_status=health_status, reason=TransitionReason.REGISTERED,
                 actor_type=ActorType.SERVICE,
                 metadata={
@@ -297,10 +212,10 @@ def _registered(
                 },
             )
         ])
-    event_type = f"{kind.event_prefix}_registered" if created else f"{kind.event_prefix}_reregistered"
+    event_type = kind.event("registered" if created else "reregistered")
     # Announced like every other state change, so the relay refreshes the controller's capacity hash at once.
     outbox_enqueue(
-        aggregate_type=kind.event_prefix, aggregate_id=member_id, event_type=event_type,
+        aggregate_type=kind.aggregate_type, aggregate_id=member_id, event_type=event_type,
         payload={"id": member_id, "region": region, "from_status": from_status, "to_status": health_status},
     )
     audit_record(
@@ -371,13 +286,7 @@ def _beat_set(kind: MemberKind, *, beat: str, from_status: str) -> str:
     assignments = "".join(f", {column} = coalesce({beat}.{column}, t.{column})" for column in columns)
     # Stamping updated_at here spares the row trigger its function call (accounts.models.updated_at_trigger).
     assignments += ", last_heartbeat_at = now(), updated_at = now()"
-    # The hold-down needs consecutive good beats: an UNHEALTHY report restarts the count, and for a member that
-    # is unhealthy already also its hold-down (a state change does both through the bookkeeping trigger).
-    assignments += (
-        f", good_heartbeats = CASE WHEN {beat}.reported = 'unhealthy' THEN 0 ELSE t.good_heartbeats END"
-        f", unhealthy_since = CASE WHEN {beat}.reported = 'unhealthy' AND {from_status} = 'unhealthy' THEN now() "
-        "ELSE t.unhealthy_since END"
-    )
+    assignments += beat_hold_down_sql(beat=beat, from_status=from_status)
     if kind is CONTROLLERS:
         # In-flight accounting (issue 8): a heartbeat that reports current_meetings already counts what was
         # assigned before it was received; what was assigned after (while the beat waited for its flush) stays
@@ -389,12 +298,7 @@ def _beat_set(kind: MemberKind, *, beat: str, from_status: str) -> str:
             "(SELECT count(*) FROM meeting_assignments a WHERE a.meeting_controller_id = t.controller_id "
             f"AND a.ended_at IS NULL AND a.assigned_at > now() - make_interval(secs => {beat}.age))) END"
         )
-        # A controller that reports DRAINING itself gets the default drain deadline, so drains_enforce bounds
-        # its drain like an operator's (health_after: a DRAINING report always leads to `draining`).
-        assignments += (
-            f", drain_deadline = CASE WHEN {beat}.reported = 'draining' AND {from_status} <> 'draining' "
-            "THEN now() + make_interval(secs => %(drain_deadline)s) ELSE t.drain_deadline END"
-        )
+        assignments += beat_drain_deadline_sql(beat=beat, from_status=from_status)
     return assignments
 
 
@@ -428,7 +332,7 @@ def _beats_statement(kind: MemberKind) -> str:
     record = ", ".join(f"{column} {pg_type}" for column, pg_type in kind.beat_columns)
     pk = kind.pk
     ctes = changed_cte_sql(
-        kind.component,
+        kind,
         # ANY repeats the join on purpose: given only `= b.id`, the planner hashes the whole table for the
         # snapshot and again for the UPDATE (two sequential scans per flush, ~12 ms each at 20,000 MCs); the
         # ANY lets it probe the primary key for the batch's rows, and the UPDATE then follows by key too.
@@ -436,7 +340,7 @@ def _beats_statement(kind: MemberKind) -> str:
         f"SELECT b.id FROM batch b WHERE NOT EXISTS (SELECT FROM steady w WHERE w.id = b.id))) AND {_OWNED}",
         snapshot_from=", batch b",
         snapshot_columns=", b.reported, b.known, b.age" + "".join(f", b.{column}" for column in columns),
-        set_status=_health_after_sql("s.from_status", "s.reported"),
+        set_status=health_after_sql("s.from_status", "s.reported"),
         extra_set=_beat_set(kind, beat="s", from_status="s.from_status"),
         returning=", s.reported, s.known",
         reason=f"'{TransitionReason.HEARTBEAT}'",
@@ -476,7 +380,7 @@ def _beats_statement(kind: MemberKind) -> str:
 _BEATS_STATEMENTS = {kind.table: _beats_statement(kind) for kind in (CONTROLLERS, HANDLERS)}
 
 
-def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[BeatOutcome]:
+def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[HealthChange]:
     """Write beats (at most one per member) in one transaction, with database time as `last_heartbeat_at`.
 
     One set-based statement applies every beat; pending and unhealthy members that reported well then go
@@ -485,13 +389,6 @@ def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[BeatOutcome
     transition has its controller_health_transitions row and an audit row (actor_type service).
     """
     return beats_flush(kind=kind, beats=beats, known={}).outcomes
-
-
-def beat_is_steady(known: str | None, reported: str) -> bool:
-    """Whether a beat reporting `reported` leaves a member known to be in state `known` (None: not known) there,
-    with nothing for the recovery gate: such a beat needs no synchronous write (controllers.heartbeats) and is
-    flushed by compare-and-set."""
-    return known is not None and known not in RECOVERING_STATES and health_after(known, reported) == known
 
 
 def beats_flush(*, kind: MemberKind, beats: Sequence[Beat], known: Mapping[str, str | None]) -> FlushOutcome:
@@ -513,7 +410,7 @@ def beats_flush(*, kind: MemberKind, beats: Sequence[Beat], known: Mapping[str, 
                  age=max(0.0, received - beat.received_at))
             for beat in beats
         ]).decode(),
-        "component_type": kind.component.type,
+        "component_type": kind.component_type,
         "actor_type": ActorType.SERVICE.value,
         "actor_user_id": None,
         "drain_deadline": settings.DRAIN_DEFAULT_DEADLINE_SECONDS,
@@ -532,19 +429,19 @@ def beats_flush(*, kind: MemberKind, beats: Sequence[Beat], known: Mapping[str, 
                 elif to_status is None:
                     missing.append(member_id)
                 else:
-                    outcomes[member_id] = BeatOutcome(member_id, region, from_status, to_status)
+                    outcomes[member_id] = HealthChange(member_id, region, from_status, to_status)
         recovering = [
             RecoveryReport(outcome.member_id, report)
             for outcome in outcomes.values()
             if outcome.to_status in RECOVERING_STATES
             and (report := recovery_report(reported[outcome.member_id])) is not None
         ]
-        for row in heartbeat_recovery(component=kind.component, reports=recovering):
-            before = outcomes[row.id]
-            outcomes[row.id] = BeatOutcome(row.id, row.region, before.from_status, row.to_status)
+        for row in heartbeat_recovery(kind=kind, reports=recovering):
+            before = outcomes[row.member_id]
+            outcomes[row.member_id] = HealthChange(row.member_id, row.region, before.from_status, row.to_status)
         audit_record_many(
             AuditEntry(
-                event_type=f"{kind.event_prefix}_{outcome.to_status}",
+                event_type=kind.event(outcome.to_status),
                 action="heartbeat",
                 actor_type=ActorType.SERVICE,
                 target_type=kind.target_type,
@@ -572,7 +469,7 @@ def controller_heartbeat(
     max_participants: int | None = None,
     cpu_usage_percent: float | None = None,
     memory_usage_percent: float | None = None,
-) -> BeatOutcome:
+) -> HealthChange:
     """Write one heartbeat now (None leaves a column unchanged); NotFound when the controller is unknown."""
     values = {
         "current_meetings": current_meetings, "current_participants": current_participants,
@@ -590,7 +487,7 @@ def handler_load_report(
     cpu_usage_percent: float,
     memory_usage_percent: float,
     bandwidth_usage_percent: float,
-) -> BeatOutcome:
+) -> HealthChange:
     """Write one load report now; NotFound when the media handler is unknown."""
     values = {
         "current_streams": current_streams, "cpu_usage_percent": cpu_usage_percent,
@@ -599,10 +496,10 @@ def handler_load_report(
     return _one_beat(HANDLERS, Beat(handler_id, reported, values))
 
 
-def _one_beat(kind: MemberKind, beat: Beat) -> BeatOutcome:
+def _one_beat(kind: MemberKind, beat: Beat) -> HealthChange:
     outcomes = beats_record(kind=kind, beats=[beat])
     if not outcomes:
-        raise NotFound(f"unknown {kind.target_type.replace('_', ' ')}; register first")
+        raise NotFound(f"unknown {kind.label}; register first")
     return outcomes[0]
 
 

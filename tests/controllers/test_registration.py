@@ -10,11 +10,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.models import AuditLog
+from controllers.health_rules import health_after
+from controllers.members import CONTROLLERS, HANDLERS
 from controllers.models import HealthStatus, HealthTransition, MediaHandler, MeetingController
 from controllers.services import registration
 from controllers.services.registration import (
-    CONTROLLERS,
-    HANDLERS,
     Beat,
     beats_flush,
     beats_record,
@@ -22,7 +22,6 @@ from controllers.services.registration import (
     controller_register,
     handler_load_report,
     handler_register,
-    health_after,
 )
 from darktower.errors import NotFound
 from tests.factories import make_controller, make_handler

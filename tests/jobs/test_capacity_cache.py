@@ -17,10 +17,11 @@ from audit import relay
 from audit.relay import CAPACITY_TTL_SECONDS, capacity_cache_refresh, outbox_relay
 from controllers import heartbeats
 from controllers.heartbeats import HeartbeatRecorder
+from controllers.members import CONTROLLERS, HANDLERS
 from controllers.models import HealthStatus, MeetingController
 from controllers.services import registration
 from controllers.services.operations import controller_drain, controller_undrain
-from controllers.services.registration import CONTROLLERS, HANDLERS, Beat, controller_register
+from controllers.services.registration import Beat, controller_register
 from tests.factories import make_controller, make_handler
 from tests.plans import copy_members, record_plans
 

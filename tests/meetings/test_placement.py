@@ -15,9 +15,9 @@ from django.db.models import F
 from django.db.models.functions import Now
 
 from audit.models import AuditLog, OutboxEvent
+from controllers.members import CONTROLLERS
 from controllers.models import HealthStatus, MeetingController
 from controllers.services.registration import (
-    CONTROLLERS,
     Beat,
     beats_flush,
     beats_record,

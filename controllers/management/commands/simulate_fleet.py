@@ -18,9 +18,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.services.service_tokens import service_credential_create, service_credential_revoke
+from controllers.members import CONTROLLERS, HANDLERS
 from controllers.models import MediaHandler, MeetingController
 from controllers.services.ownership import members_transfer
-from controllers.services.registration import CONTROLLERS, HANDLERS
 from controllers.simulator import Fleet, FleetConfig, SimulatorError, format_window
 
 
