@@ -38,24 +38,22 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from audit.models import ActorType, AuditResult
-from audit.relay import CAPACITY_SCRIPT_BATCH, capacity_values_sql
+from audit.relay import CAPACITY_SCRIPT_BATCH
 from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue
 from controllers.health_rules import (
     RECOVERING_STATES,
     REGISTER_HOLD_DOWN_SQL,
-    beat_drain_deadline_sql,
-    beat_hold_down_sql,
     beat_is_steady,
-    health_after_sql,
     recovery_report,
     reregistration_sql,
 )
 from controllers.members import CONTROLLERS, HANDLERS, HealthChange, MemberKind
 from controllers.models import TransitionReason
 from controllers.services.capacity import release_cte_sql, unassign_cte_sql
+from controllers.services.flush_sql import BEATS_STATEMENTS
 from controllers.services.health import RecoveryReport, heartbeat_recovery
 from controllers.services.ownership import member_access_refuse, member_claim_audit
-from controllers.services.transitions import Transition, changed_cte_sql, transitions_record
+from controllers.services.transitions import Transition, transitions_record
 from darktower.db import server_bound_cursor
 from darktower.errors import NotFound, PermissionDenied
 from meetings.models import LeaveReason
@@ -69,7 +67,7 @@ class Beat:
     reported: str
     values: dict[str, int | float | None]
     # time.monotonic() when the GC received it: a coalesced beat is written up to a flush interval later, and the
-    # assignments made in between are not in its report (in-flight accounting, see _beats_statement).
+    # assignments made in between are not in its report (in-flight accounting, see controllers.services.flush_sql).
     received_at: float = field(default_factory=time.monotonic)
     # The credential that sent it (the token's subject): written only while that credential owns the member.
     # None: the GC's own code, which needs no owner.
@@ -279,107 +277,6 @@ def handler_register(
 
 # --- heartbeats and load reports ---------------------------------------------------------------------------
 
-def _beat_set(kind: MemberKind, *, beat: str, from_status: str) -> str:
-    """The SET list of a beat's write, after health_status: `beat` is the alias of the beat's record, and
-    `from_status` the expression of the member's state before it."""
-    columns = [column for column, _ in kind.beat_columns]
-    assignments = "".join(f", {column} = coalesce({beat}.{column}, t.{column})" for column in columns)
-    # Stamping updated_at here spares the row trigger its function call (accounts.models.updated_at_trigger).
-    assignments += ", last_heartbeat_at = now(), updated_at = now()"
-    assignments += beat_hold_down_sql(beat=beat, from_status=from_status)
-    if kind is CONTROLLERS:
-        # In-flight accounting (issue 8): a heartbeat that reports current_meetings already counts what was
-        # assigned before it was received; what was assigned after (while the beat waited for its flush) stays
-        # in flight. A beat without counts reconciles nothing. The count runs only for an MC with something in
-        # flight (idx_assignments_active_by_mc), so a steady fleet's flush does no extra reads.
-        assignments += (
-            f", assigned_since_heartbeat = CASE WHEN {beat}.current_meetings IS NULL "  # noqa: S608 (constants only)
-            "OR t.assigned_since_heartbeat = 0 THEN t.assigned_since_heartbeat ELSE least(t.assigned_since_heartbeat, "
-            "(SELECT count(*) FROM meeting_assignments a WHERE a.meeting_controller_id = t.controller_id "
-            f"AND a.ended_at IS NULL AND a.assigned_at > now() - make_interval(secs => {beat}.age))) END"
-        )
-        assignments += beat_drain_deadline_sql(beat=beat, from_status=from_status)
-    return assignments
-
-
-# A beat is written only while its sender owns the member. One that another credential now owns (an operator
-# moved the member since this process last loaded it) is left out like a member without a row: the caller drops
-# what it knew of the member, and the sender's next beat loads the owner and is refused.
-_OWNED = "(b.client_id IS NULL OR t.owner_client_id = b.client_id)"
-
-
-def _beats_statement(kind: MemberKind) -> str:
-    """One statement for a batch, recording its own transitions (controllers.services.transitions).
-
-    `batch` is the beats, parsed once. A beat marked `steady` (its caller knows the member's state, and the
-    beat cannot move it or feed the recovery gate) is written by `steady`: a compare-and-set on the known state
-    that takes no row lock beforehand, which is every beat of a steady fleet's flush. Against a snapshot that
-    locks each row first (FOR UPDATE), that spares a second probe of the primary key and the lock's work per
-    row: the statement for 480 beats went from 11.2 to 9.5 ms (EXPLAIN ANALYZE at 20,000 MCs, median of 12).
-    Every other beat, and a steady one whose row is no longer in the known state (a change committed while the
-    compare-and-set waited for the row fails it), goes through `snapshot` / `changed`: the row locked first,
-    its new state computed from the state it is in (health_after) and recorded.
-
-    Rows are locked in key order within each part (the compare-and-set follows the primary key index, the
-    snapshot joins the batch in the order given: callers sort it by id), so two flushes of the same members
-    cannot deadlock unless a member is steady in one and not in the other; PostgreSQL then ends one of them,
-    whose caller keeps its beats for the next flush (heartbeats.HeartbeatRecorder). The stale sweep skips
-    locked rows. A beat's `known` is the state its caller believes the member is in (null: every row comes
-    back); a row that stays in that state and needs nothing more (it did not move and does not wait for the
-    recovery gate) is not returned. A beat whose member has no row comes back with null states.
-    """
-    columns = [column for column, _ in kind.beat_columns]
-    record = ", ".join(f"{column} {pg_type}" for column, pg_type in kind.beat_columns)
-    pk = kind.pk
-    ctes = changed_cte_sql(
-        kind,
-        # ANY repeats the join on purpose: given only `= b.id`, the planner hashes the whole table for the
-        # snapshot and again for the UPDATE (two sequential scans per flush, ~12 ms each at 20,000 MCs); the
-        # ANY lets it probe the primary key for the batch's rows, and the UPDATE then follows by key too.
-        where=f"t.{pk} = b.id AND t.{pk} = ANY(ARRAY("  # noqa: S608 (constants only)
-        f"SELECT b.id FROM batch b WHERE NOT EXISTS (SELECT FROM steady w WHERE w.id = b.id))) AND {_OWNED}",
-        snapshot_from=", batch b",
-        snapshot_columns=", b.reported, b.known, b.age" + "".join(f", b.{column}" for column in columns),
-        set_status=health_after_sql("s.from_status", "s.reported"),
-        extra_set=_beat_set(kind, beat="s", from_status="s.from_status"),
-        returning=", s.reported, s.known",
-        reason=f"'{TransitionReason.HEARTBEAT}'",
-        metadata="jsonb_build_object('reported', c.reported)",
-    )
-    recovering = ", ".join(f"'{state}'" for state in RECOVERING_STATES)
-    steady_returning = capacity_documents = ""
-    if kind is CONTROLLERS:
-        # The capacity hashes of the rows written by compare-and-set (their state does not change later in the
-        # transaction), as documents of at most %(capacity_batch)s controllers for the cache's script, in rows
-        # with a null id: reading them back by key after the commit was a fifth of the database's time per beat.
-        steady_returning = f", {capacity_values_sql('t')} AS hash_values"
-        capacity_documents = (
-            " UNION ALL SELECT NULL, NULL, NULL, NULL, json_agg(json_build_array(w.id, w.hash_values))::text "
-            "FROM (SELECT id, hash_values, (row_number() OVER () - 1) / %(capacity_batch)s AS chunk FROM steady) w "
-            "GROUP BY w.chunk"
-        )
-    # The batch is one JSON document (orjson, in C): psycopg dumps a Python list for an array parameter element
-    # by element in Python, 2.3x the CPU for a flush of 500 beats (7.6 ms against 3.2), all of it holding the
-    # GIL that the event loop serving beats in the same process waits for.
-    return (
-        "WITH batch AS MATERIALIZED (SELECT * FROM jsonb_to_recordset(%(beats)s::jsonb) AS b(id text, "  # noqa: S608
-        f"reported text, known text, steady boolean, age double precision, client_id text, {record})), "
-        f"steady AS (UPDATE {kind.table} t SET health_status = t.health_status"
-        f"{_beat_set(kind, beat='b', from_status='t.health_status')} FROM batch b "
-        f"WHERE t.{pk} = b.id AND t.{pk} = ANY(ARRAY(SELECT b.id FROM batch b WHERE b.steady)) "
-        f"AND b.steady AND t.health_status = b.known AND {_OWNED} RETURNING t.{pk} AS id{steady_returning}), "
-        # A steady fleet's flush returns no row: building hundreds of rows in Python, only to learn that nothing
-        # changed, was a sixth of its CPU, holding the GIL the event loop serving beats waits for.
-        f"{ctes} SELECT id, region, from_status, to_status, NULL::text FROM changed "
-        f"WHERE known IS DISTINCT FROM to_status OR from_status <> to_status OR to_status IN ({recovering}) "
-        "UNION ALL SELECT b.id, NULL, NULL, NULL, NULL FROM batch b WHERE NOT EXISTS (SELECT FROM changed c "
-        f"WHERE c.id = b.id) AND NOT EXISTS (SELECT FROM steady w WHERE w.id = b.id){capacity_documents}"
-    )
-
-
-_BEATS_STATEMENTS = {kind.table: _beats_statement(kind) for kind in (CONTROLLERS, HANDLERS)}
-
-
 def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[HealthChange]:
     """Write beats (at most one per member) in one transaction, with database time as `last_heartbeat_at`.
 
@@ -401,8 +298,8 @@ def beats_flush(*, kind: MemberKind, beats: Sequence[Beat], known: Mapping[str, 
     received = time.monotonic()
     params: dict[str, Any] = {
         # A beat's values hold its kind's beat columns (one left out is NULL: unchanged). age: seconds since the
-        # beat was received, on this process's clock; the statement subtracts it from now(). orjson: the
-        # standard json module took 1.0 ms of CPU for 400 beats, orjson 0.06 ms.
+        # beat was received, on this process's clock; the statement subtracts it from now(). orjson: serialising
+        # in C keeps the flush's CPU (which holds the GIL the event loop serving beats waits for) small.
         "beats": orjson.dumps([
             dict(beat.values, id=beat.member_id, reported=beat.reported, known=known.get(beat.member_id),
                  client_id=beat.client_id,
@@ -422,7 +319,7 @@ def beats_flush(*, kind: MemberKind, beats: Sequence[Beat], known: Mapping[str, 
     capacity_documents = []
     with transaction.atomic():
         with server_bound_cursor() as cursor:
-            cursor.execute(_BEATS_STATEMENTS[kind.table], params)
+            cursor.execute(BEATS_STATEMENTS[kind.table], params)
             for member_id, region, from_status, to_status, capacity_document in cursor.fetchall():
                 if member_id is None:
                     capacity_documents.append(capacity_document)
