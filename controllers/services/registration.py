@@ -1,90 +1,38 @@
-"""Registration, heartbeats and load reports of meeting controllers (MCs) and media handlers (MHs).
+"""Registration of meeting controllers (MCs) and media handlers (MHs), and meetings ended by their controller.
 
-Registration is one atomic UPSERT: a new member starts `pending`; re-registration updates endpoints, region
-and capacity, keeps `created_at`, and brings a `draining` or `unhealthy` member back to `pending`, with two
-exceptions that keep a restart from escaping a decision (issue 8):
-- an `unhealthy` member still inside its hold-down (UNHEALTHY_HOLD_DOWN_SECONDS since `unhealthy_since`) goes
-  `pending` held: `hold_down_until` is set to the end of its hold-down, and heartbeat_recovery promotes it only
-  after that time and UNHEALTHY_RECOVERY_HEARTBEATS consecutive good heartbeats, so a flapping MC that restarts
-  does not skip the hold-down;
-- a controller an operator drained (its transition into `draining` has reason `operator`) stays `draining`
-  with its deadline and target: a restart mid-drain does not cancel the operator's drain. A controller that
-  reported DRAINING itself comes back `pending` (it restarted after its own graceful drain).
+Registration is one atomic UPSERT: a new member starts `pending`; re-registration updates endpoints, region and
+capacity, keeps `created_at`, and moves the member's state by controllers.health_rules (REREGISTRATION_TRANSITIONS:
+a restart clears a drain and an unhealthy spell, but an operator's drain is kept and an unhealthy member inside its
+hold-down comes back `pending` held).
 
 A member belongs to the credential that registered it (`owner_client_id`, controllers.services.ownership):
-registration by another credential changes nothing and is refused (PermissionDenied, a failure audit row), an
-unowned row (older than ownership) is claimed by it, and a beat is written only while its sender owns the member.
-
-Heartbeats (MCs) and load reports (MHs) are both "beats" here, written by one set-based statement for one or
-many members (`beats_record`; `beats_flush` for a caller that tracks their states): the gRPC hot path coalesces
-them in memory and writes a batch every HEARTBEAT_FLUSH_INTERVAL_MS (controllers/heartbeats.py), a beat that
-changes health is written alone and at once. Either way the new health state is computed in SQL from the row's
-current state (`health_after`, the single source of the rules), the previous state comes from the locked row,
-and every transition gets its audit row in the same transaction. A beat that changes no state writes no audit
-row.
+registration by another credential changes nothing and is refused (PermissionDenied, a failure audit row), and an
+unowned row (older than ownership) is claimed by it. Beats are controllers.services.beats.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 from django.conf import settings
 from django.db import connection, transaction
 
 from audit.models import ActorType, AuditResult
-from audit.relay import CAPACITY_SCRIPT_BATCH
-from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue
+from audit.services import audit_record, outbox_enqueue
 from controllers.health_rules import (
-    RECOVERING_STATES,
     REGISTER_HOLD_DOWN_SQL,
-    beat_is_steady,
-    recovery_report,
     reregistration_sql,
 )
-from controllers.members import CONTROLLERS, HANDLERS, HealthChange, MemberKind
+from controllers.members import CONTROLLERS, HANDLERS, MemberKind
 from controllers.models import TransitionReason
 from controllers.services.capacity import release_cte_sql, unassign_cte_sql
-from controllers.services.flush_sql import BEATS_STATEMENTS
-from controllers.services.health import RecoveryReport, heartbeat_recovery
 from controllers.services.ownership import member_access_refuse, member_claim_audit
 from controllers.services.transitions import Transition, transitions_record
-from darktower.db import server_bound_cursor
 from darktower.errors import NotFound, PermissionDenied
 from meetings.models import LeaveReason
-
-
-@dataclass(frozen=True)
-class Beat:
-    """One heartbeat or load report: the member, what it reported, and its beat columns (None = unchanged)."""
-
-    member_id: str
-    reported: str
-    values: dict[str, int | float | None]
-    # time.monotonic() when the GC received it: a coalesced beat is written up to a flush interval later, and the
-    # assignments made in between are not in its report (in-flight accounting, see controllers.services.flush_sql).
-    received_at: float = field(default_factory=time.monotonic)
-    # The credential that sent it (the token's subject): written only while that credential owns the member.
-    # None: the GC's own code, which needs no owner.
-    client_id: str | None = None
-
-
-@dataclass(frozen=True)
-class FlushOutcome:
-    """What a batch write tells a caller that tracks its members' states (beats_flush)."""
-
-    # The members whose state moved, waits for the recovery gate, or is not the one the caller knew.
-    outcomes: list[HealthChange]
-    # The members without a row.
-    missing: list[str]
-    # Controllers: the capacity hashes of the members written and not among the outcomes, as documents for
-    # audit.relay.capacity_cache_write (the outcomes' and the missing members' hashes are the caller's to refresh).
-    capacity_documents: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -273,146 +221,6 @@ def handler_register(
         insert_only={"max_bitrate_mbps": 0},
         actor_client_id=actor_client_id,
     )
-
-
-# --- heartbeats and load reports ---------------------------------------------------------------------------
-
-def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[HealthChange]:
-    """Write beats (at most one per member) in one transaction, with database time as `last_heartbeat_at`.
-
-    One set-based statement applies every beat; pending and unhealthy members that reported well then go
-    through the recovery gate (heartbeat_recovery) in the same transaction. Returns one outcome per member
-    that exists (a member id without a row is left out), from its state before to its state after. Every
-    transition has its controller_health_transitions row and an audit row (actor_type service).
-    """
-    return beats_flush(kind=kind, beats=beats, known={}).outcomes
-
-
-def beats_flush(*, kind: MemberKind, beats: Sequence[Beat], known: Mapping[str, str | None]) -> FlushOutcome:
-    """beats_record for a caller that tracks the state of each member (`known`: member id -> the state it
-    believes, None when it does not know): the outcomes are only those of the members that moved, wait for the
-    recovery gate, or are not in the state known; the members without a row are listed apart."""
-    if not beats:
-        return FlushOutcome([], [])
-    beats = sorted(beats, key=lambda beat: beat.member_id)
-    received = time.monotonic()
-    params: dict[str, Any] = {
-        # A beat's values hold its kind's beat columns (one left out is NULL: unchanged). age: seconds since the
-        # beat was received, on this process's clock; the statement subtracts it from now(). orjson: serialising
-        # in C keeps the flush's CPU (which holds the GIL the event loop serving beats waits for) small.
-        "beats": orjson.dumps([
-            dict(beat.values, id=beat.member_id, reported=beat.reported, known=known.get(beat.member_id),
-                 client_id=beat.client_id,
-                 steady=beat_is_steady(known.get(beat.member_id), beat.reported),
-                 age=max(0.0, received - beat.received_at))
-            for beat in beats
-        ]).decode(),
-        "component_type": kind.component_type,
-        "actor_type": ActorType.SERVICE.value,
-        "actor_user_id": None,
-        "drain_deadline": settings.DRAIN_DEFAULT_DEADLINE_SECONDS,
-        "capacity_batch": CAPACITY_SCRIPT_BATCH,
-    }
-    reported = {beat.member_id: str(beat.reported) for beat in beats}
-    missing = []
-    outcomes = {}
-    capacity_documents = []
-    with transaction.atomic():
-        with server_bound_cursor() as cursor:
-            cursor.execute(BEATS_STATEMENTS[kind.table], params)
-            for member_id, region, from_status, to_status, capacity_document in cursor.fetchall():
-                if member_id is None:
-                    capacity_documents.append(capacity_document)
-                elif to_status is None:
-                    missing.append(member_id)
-                else:
-                    outcomes[member_id] = HealthChange(member_id, region, from_status, to_status)
-        recovering = [
-            RecoveryReport(outcome.member_id, report)
-            for outcome in outcomes.values()
-            if outcome.to_status in RECOVERING_STATES
-            and (report := recovery_report(reported[outcome.member_id])) is not None
-        ]
-        for row in heartbeat_recovery(kind=kind, reports=recovering):
-            before = outcomes[row.member_id]
-            outcomes[row.member_id] = HealthChange(row.member_id, row.region, before.from_status, row.to_status)
-        audit_record_many(
-            AuditEntry(
-                event_type=kind.event(outcome.to_status),
-                action="heartbeat",
-                actor_type=ActorType.SERVICE,
-                target_type=kind.target_type,
-                target_id=outcome.member_id,
-                metadata={
-                    "region": outcome.region,
-                    "from_status": outcome.from_status,
-                    "to_status": outcome.to_status,
-                    "reported": reported[outcome.member_id],
-                },
-            )
-            for outcome in outcomes.values()
-            if outcome.changed
-        )
-    return FlushOutcome(list(outcomes.values()), missing, capacity_documents)
-
-
-def controller_heartbeat(
-    *,
-    controller_id: str,
-    reported: str,
-    current_meetings: int | None = None,
-    current_participants: int | None = None,
-    max_meetings: int | None = None,
-    max_participants: int | None = None,
-    cpu_usage_percent: float | None = None,
-    memory_usage_percent: float | None = None,
-) -> HealthChange:
-    """Write one heartbeat now (None leaves a column unchanged); NotFound when the controller is unknown."""
-    values = {
-        "current_meetings": current_meetings, "current_participants": current_participants,
-        "max_meetings": max_meetings, "max_participants": max_participants,
-        "cpu_usage_percent": cpu_usage_percent, "memory_usage_percent": memory_usage_percent,
-    }
-    return _one_beat(CONTROLLERS, Beat(controller_id, reported, values))
-
-
-def handler_load_report(
-    *,
-    handler_id: str,
-    reported: str,
-    current_streams: int,
-    cpu_usage_percent: float,
-    memory_usage_percent: float,
-    bandwidth_usage_percent: float,
-) -> HealthChange:
-    """Write one load report now; NotFound when the media handler is unknown."""
-    values = {
-        "current_streams": current_streams, "cpu_usage_percent": cpu_usage_percent,
-        "memory_usage_percent": memory_usage_percent, "bandwidth_usage_percent": bandwidth_usage_percent,
-    }
-    return _one_beat(HANDLERS, Beat(handler_id, reported, values))
-
-
-def _one_beat(kind: MemberKind, beat: Beat) -> HealthChange:
-    outcomes = beats_record(kind=kind, beats=[beat])
-    if not outcomes:
-        raise NotFound(f"unknown {kind.label}; register first")
-    return outcomes[0]
-
-
-def members_health(
-    *, kind: MemberKind, member_ids: Sequence[str] | None = None
-) -> dict[str, tuple[str, str | None]]:
-    """(health state, owner's client id) of the given members that exist, or of every member (the heartbeat
-    cache's refresh)."""
-    sql = f"SELECT {kind.pk}, health_status, owner_client_id FROM {kind.table}"  # noqa: S608
-    params: dict[str, Any] = {}
-    if member_ids is not None:
-        sql += f" WHERE {kind.pk} = ANY(%(ids)s)"
-        params["ids"] = list(member_ids)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return {member_id: (state, owner) for member_id, state, owner in cursor.fetchall()}
 
 
 # --- meetings ended by their controller ---------------------------------------------------------------------

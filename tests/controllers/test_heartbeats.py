@@ -12,7 +12,7 @@ from audit.models import AuditLog
 from controllers.heartbeats import HeartbeatRecorder
 from controllers.members import CONTROLLERS
 from controllers.models import HealthStatus, MeetingController
-from controllers.services.registration import Beat
+from controllers.services.beats import Beat
 from darktower.errors import NotFound
 from tests.factories import make_controller
 

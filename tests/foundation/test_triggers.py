@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey, OAuthProvider, ServiceCredential
 from controllers.members import CONTROLLERS, HANDLERS
-from controllers.services.registration import Beat, beats_record
+from controllers.services.beats import Beat, beats_record
 from meetings.models import Recording
 from tests.factories import make_controller, make_handler, make_meeting, make_user
 from tests.foundation.sqlutil import sql, sql_value
