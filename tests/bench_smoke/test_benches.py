@@ -13,7 +13,7 @@ import pytest
 
 from bench.common import Server
 from bench.run_all import BENCHES
-from darktower.devenv import ROOT
+from tools.devenv import ROOT
 
 pytestmark = pytest.mark.slow
 PREFIX = "bench_smoke"

@@ -12,9 +12,9 @@ from accounts.services.service_tokens import service_credential_create
 from controllers.grpc.server import GrpcServer, ServerTls
 from controllers.heartbeats import RECORDERS
 from controllers.models import HealthStatus, MediaHandler, MeetingController
-from controllers.simulator import Fleet, FleetConfig, SimulatorError
 from tests.beats import recorder_reset
 from tests.grpc.tls import make_tls_files, tls_grpc_server
+from tools.simulator import Fleet, FleetConfig, SimulatorError
 
 pytestmark = pytest.mark.slow
 
