@@ -1,5 +1,5 @@
 # Dark Tower Global Controller: developer commands. Everything runs from .venv, created on first use.
-# Commands that need the database go through darktower/devenv.py, which starts the embedded PostgreSQL
+# Commands that need the database go through tools/devenv.py, which starts the embedded PostgreSQL
 # and Redis when DATABASE_URL / REDIS_URL are unset and stops them afterwards.
 
 SHELL := /bin/bash
@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEVENV := $(PY) -m darktower.devenv
+DEVENV := $(PY) -m tools.devenv
 PYTEST_ARGS ?=
 # pytest-xdist workers (0: one process). Each worker has its own test database and Redis database (tests/conftest.py).
 PYTEST_WORKERS ?= 0

@@ -37,7 +37,7 @@ def main() -> None:
     from controllers.grpc.services import IN_MEMORY_METHODS
     from controllers.heartbeats import controller_heartbeats
     from controllers.models import HealthStatus
-    from controllers.services.registration import Beat
+    from controllers.services.beats import Beat
     from dark_tower.internal.v1 import internal_pb2 as pb
 
     recorder = controller_heartbeats

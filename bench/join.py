@@ -132,7 +132,7 @@ def _answers(port: int) -> bool:
 @contextlib.contextmanager
 def private_redis(where: Path) -> Iterator[str]:
     """A Redis server of this bench's own (the embedded one's binary and config), stopped on the way out."""
-    from darktower.devenv import Redis, wait_until
+    from tools.devenv import Redis, wait_until
 
     server = Redis(where)
     server.start()

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         from django.conf import settings
         from django.db import connection
 
+        from controllers.members import CONTROLLERS
         from controllers.services import health
 
         # The sweep logs every id it marks: thousands per line at this scale.
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.HEARTBEAT_STALE_THRESHOLD_SECONDS = THRESHOLD_SECONDS
         settings.PENDING_STARTUP_GRACE_SECONDS = THRESHOLD_SECONDS
         cases, params = health._stale_params(health.stale_thresholds(), None)
-        target = health.MEETING_CONTROLLERS
+        target = CONTROLLERS
         stale_sql = health._STALE_SQL.format(table=target.table, pk=target.pk, threshold_cases=cases)
         candidates_sql = health._CANDIDATES_SQL.format(stale=stale_sql, table=target.table)
 

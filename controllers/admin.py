@@ -53,10 +53,9 @@ if TYPE_CHECKING:
     DashboardController = WithAnnotations[MeetingController, _DashboardAnnotations]
 else:
     _ModelAdminBase = object
+from controllers.members import CONTROLLERS, HANDLERS, HealthChange
 from controllers.services.operations import handler_drain, handler_mark_unhealthy, handler_undrain
 from controllers.services.ownership import members_transfer
-from controllers.services.registration import CONTROLLERS, HANDLERS
-from controllers.services.transitions import Changed
 from darktower.admin_tools import (
     EstimatedCountPaginator,
     IndexedDistinctFilter,
@@ -473,7 +472,7 @@ class MediaHandlerAdmin(FleetAdminMixin, admin.ModelAdmin):
         request: HttpRequest,
         queryset: QuerySet[MediaHandler],
         *,
-        service: Callable[..., Changed],
+        service: Callable[..., HealthChange],
         action: str,
         title: str,
         description: str,

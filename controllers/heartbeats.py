@@ -1,12 +1,11 @@
 """The heartbeat hot path: coalesce beats in memory, write them in one set-based statement per interval.
 
-A region of 20,000 MCs sends about 2,700 heartbeats a second. One UPDATE per heartbeat is bound by Python and
-commit costs (measured on this 2-core machine: ~1,600-1,950 calls/s); one set-based UPDATE (the batch as one JSON
-document) for every member that beat during the last HEARTBEAT_FLUSH_INTERVAL_MS costs about as much as a single
-row. So a beat that changes nothing but counters and liveness is kept in memory (the latest values per member;
-a fast heartbeat does not erase the CPU and memory of a comprehensive one still waiting) and acknowledged at once;
-a flush thread writes the batch (controllers.services.registration.beats_flush, `last_heartbeat_at` = the
-database's now()).
+A region of 20,000 MCs beating every 10 s sends about 2,000 heartbeats a second. One UPDATE per heartbeat is bound
+by Python and commit costs per call; one set-based UPDATE (the batch as one JSON document) for every member that
+beat during the last HEARTBEAT_FLUSH_INTERVAL_MS costs about as much as a single row. So a beat that changes nothing
+but counters and liveness is kept in memory (the latest values per member; a fast heartbeat does not erase the CPU
+and memory of a comprehensive one still waiting) and acknowledged at once; a flush thread writes the batch
+(controllers.services.beats.beats_flush, `last_heartbeat_at` = the database's now()).
 
 A beat is written synchronously, alone and before it is acknowledged, when it may change the member's health:
 its report would move the state this process last saw (pending -> healthy, DEGRADED, DRAINING, UNHEALTHY, back
@@ -39,13 +38,14 @@ What an acknowledged heartbeat guarantees if this process dies:
 - A state change made by the flush itself (rare: the database says a state this process did not know, e.g. an
   operator marked the MC unhealthy and its next beat counts toward recovery) commits with the flush.
 
-The Redis capacity hash of each controller (seed 002 `controller:{id}:capacity`, TTL 5 minutes "refreshed on
-heartbeat") is written after every database write of beats, flush or synchronous, by a script call doing HSET +
+The Redis capacity hash of each controller (`controller:{id}:capacity`, a TTL of 5 minutes, refreshed by every
+beat) is written after every database write of beats, flush or synchronous, by a script call doing HSET +
 EXPIRE per hash (Redis 6.2 has no per-field TTL; controllers.capacity_cache says why a script and not a
 pipeline). The values of a steady beat's row come back with the flush's statement; the rows of the other beats
-(state changes, the recovery gate, members gone) are read as they are after the commit. It is a cache: when Redis
-does not answer (socket timeout REDIS_SOCKET_TIMEOUT_SECONDS) the beats are written all the same, one warning is
-logged, and refreshes pause for CAPACITY_CACHE_RETRY_SECONDS, so an outage costs a flush at most one timeout per pause.
+(state changes, the recovery gate, members gone) are read as they are after the commit. It is a cache: when
+Redis does not answer (socket timeout REDIS_SOCKET_TIMEOUT_SECONDS) the beats are written all the same, one
+warning is logged, and refreshes pause for CAPACITY_CACHE_RETRY_SECONDS, so an outage costs a flush at most one
+timeout per pause.
 """
 
 from __future__ import annotations
@@ -61,17 +61,10 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection
 
 from controllers.capacity_cache import capacity_cache_refresh, capacity_cache_write
+from controllers.health_rules import beat_is_steady
+from controllers.members import CONTROLLERS, HANDLERS, MemberKind
+from controllers.services.beats import Beat, beats_flush, beats_record, members_health
 from controllers.services.ownership import member_access_refuse, member_claim
-from controllers.services.registration import (
-    CONTROLLERS,
-    HANDLERS,
-    Beat,
-    MemberKind,
-    beat_is_steady,
-    beats_flush,
-    beats_record,
-    members_health,
-)
 from darktower.errors import NotFound
 from darktower.metrics import HEARTBEAT_FLUSH_DURATION, HEARTBEAT_FLUSHES
 from darktower.redis import redis_client
@@ -154,7 +147,7 @@ class HeartbeatRecorder:
         member_id, client_id = beat.member_id, beat.client_id
         found = members_health(kind=self.kind, member_ids=[member_id]).get(member_id)
         if found is None:
-            raise NotFound(f"unknown {self.kind.target_type.replace('_', ' ')}; register first")
+            raise NotFound(f"unknown {self.kind.label}; register first")
         state, owner = found
         if owner is None and client_id is not None:
             owner = member_claim(kind=self.kind, member_id=member_id, client_id=client_id, via="heartbeat")
@@ -186,7 +179,7 @@ class HeartbeatRecorder:
                     self._known[beat.member_id] = outcomes[0].to_status
             self._refresh_capacity([outcome.member_id for outcome in outcomes])
         if not outcomes:
-            raise NotFound(f"unknown {self.kind.target_type.replace('_', ' ')}; register first")
+            raise NotFound(f"unknown {self.kind.label}; register first")
 
     # --- the flush ---------------------------------------------------------------------------------------------
 
@@ -328,16 +321,6 @@ class HeartbeatRecorder:
                 self.pending_count(), self.kind.target_type,
             )
             return 0
-
-    def clear(self) -> None:
-        """Forget every known id and pending beat (tests reset the database under a running process)."""
-        with self._write_lock, self._lock:
-            self._known.clear()
-            self._owners.clear()
-            self._pending.clear()
-            self._loaded = False
-            self._cache_paused_until = 0.0
-            self._cache_failing = False
 
 
 controller_heartbeats = HeartbeatRecorder(CONTROLLERS)

@@ -1,7 +1,7 @@
 """The fleet: meeting controllers (MCs) and media handlers (MHs) that register over gRPC.
 
-`meeting_controllers` follows seed 002 table 6 as evolved by seed 000 (MC registration);
-`media_handlers` follows seed 002 table 7 with the registration columns the gRPC contract needs.
+`meeting_controllers` and `media_handlers` hold one member each (controllers.members), with the registration
+columns the gRPC contract needs and the health columns of controllers.health_rules.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def owner_field() -> models.CharField:
 
 
 class LegacyHealth(models.TextChoices):
-    """The three states of seed 002, kept for the first migration's history."""
+    """The three health states before `pending` and `draining`, kept for the first migration's history."""
 
     HEALTHY = "healthy"
     DEGRADED = "degraded"
@@ -59,8 +59,8 @@ class LegacyHealth(models.TextChoices):
 
 
 class HealthStatus(models.TextChoices):
-    """Seed 000: pending (registered, no good heartbeat yet) -> healthy / degraded; unhealthy when stale;
-    draining takes no new meetings."""
+    """A member's health (the state machine is controllers.health_rules): pending (registered, no good heartbeat
+    yet) -> healthy / degraded; unhealthy when stale; draining takes no new meetings."""
 
     PENDING = "pending"
     HEALTHY = "healthy"
@@ -253,7 +253,7 @@ class MeetingController(models.Model):
             models.Index(fields=["region"], name="idx_controllers_region"),
             models.Index(fields=["health_status"], name="idx_controllers_health"),
             models.Index(fields=["last_heartbeat_at"], name="idx_controllers_heartbeat"),
-            # Placement: candidates in a region that accept new meetings (seed 000).
+            # Placement: candidates in a region that accept new meetings.
             PgIndex(
                 fields=["region", "health_status"],
                 condition=Q(health_status__in=["healthy", "degraded"]),

@@ -1,4 +1,4 @@
-"""The development supervisor (darktower/devenv.py): its pure parts, and its process handling for real."""
+"""The development supervisor (tools/devenv.py): its pure parts, and its process handling for real."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 
-from darktower import devenv
+from tools import devenv
 
 ROOT = devenv.ROOT
 
@@ -25,7 +25,7 @@ def session_urls() -> dict[str, str]:
 
 def run_devenv(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "darktower.devenv", *args],
+        [sys.executable, "-m", "tools.devenv", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -148,7 +148,7 @@ def test_embedded_redis_stops_with_its_last_devenv_user(tmp_path, session_urls):
     env.pop("REDIS_URL", None)
     wait_for_stdin = "import sys; print('holding', flush=True); sys.stdin.read()"
     holder = subprocess.Popen(
-        [sys.executable, "-m", "darktower.devenv", "exec", "--", sys.executable, "-c", wait_for_stdin],
+        [sys.executable, "-m", "tools.devenv", "exec", "--", sys.executable, "-c", wait_for_stdin],
         cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert holder.stdin is not None and holder.stdout is not None

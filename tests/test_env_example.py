@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from darktower.devenv import ROOT
+from tools.devenv import ROOT
 
 
 def test_env_example_documents_every_variable_settings_reads():

@@ -2,7 +2,7 @@
 
 Run it with the database up (sqlmigrate renders SQL through a connection):
 
-    python -m darktower.devenv exec -- .venv/bin/python tools/squawk_migrations.py     (make squawk)
+    python -m tools.devenv exec -- .venv/bin/python tools/squawk_migrations.py     (make squawk)
 
 The migrations up to BASELINE landed before this check and stay as they are. A finding that a newer migration
 accepts on purpose is justified in that migration's own file, by a comment naming the rule and the reason:

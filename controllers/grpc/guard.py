@@ -8,18 +8,12 @@ the method's rate limit (controllers.grpc.ratelimit), keyed by the token's subje
 The server is a grpc.aio server: one event loop takes every call. Servicers block (Django's ORM), so a call
 runs in a worker thread, except a heartbeat that needs no I/O at all (a token this process verified, a
 member it knows, a beat that changes no state): that one is answered on the loop, with the same checks, which
-is what lets one process take a fleet's heartbeats (bench 1). Database connections in the workers are
+is what lets one process take a fleet's heartbeats. Database connections in the workers are
 django-grpc-framework's business (Service closes stale ones around each call, as Django does around a
 request); token checks touch the database only to reload signing keys, rarely.
 
-StreamHeartbeats carries an MC's beats on one long-lived stream: authenticated when it opens, then each beat
-served exactly as its unary call (FastHeartbeat, ComprehensiveHeartbeat) would be, token check and rate limit
-included, on the loop when it needs no I/O; a refused beat ends the stream with that call's status. It saves
-what a call costs around the beat (a new HTTP/2 stream, headers, the handler lookup): bench 1. A stream does not
-outlive its token: the server ends it with UNAUTHENTICATED at the token's expiry (with the clock skew allowed)
-even when no beat comes, and with DEADLINE_EXCEEDED after GRPC_STREAM_IDLE_TIMEOUT_SECONDS without a beat
-(UNAUTHENTICATED instead when the process knows the token was revoked), so a revoked token's stream ends at its
-next beat or within the idle timeout. One timer per stream watches both; a beat only notes its time.
+Streams of beats (StreamHeartbeats) are served in controllers.grpc.streams, each beat through the guard of its unary
+method here; controllers.grpc.server.ServiceGuard puts every method behind its guard.
 
 Errors are mapped here and nowhere else: darktower.errors to their status codes with their (fixed, short)
 messages (a rate limit's RESOURCE_EXHAUSTED with `retry-after` trailing metadata, in seconds); an unreachable
@@ -32,18 +26,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
-from accounts.blacklist import blacklist_cached
 from accounts.services.service_tokens import ORIGINAL_GC_SCOPE, SERVICE_TYPE_OF_SCOPE
 from accounts.tokens import TokenClaims, token_current_cached, token_verify, token_verify_cached
 from controllers.grpc.ratelimit import limit_for
@@ -55,7 +46,7 @@ logger = logging.getLogger(__name__)
 GLOBAL_CONTROLLER_SERVICE = "dark_tower.internal.v1.GlobalControllerService"
 MEDIA_HANDLER_REGISTRY_SERVICE = "dark_tower.internal.v1.MediaHandlerRegistryService"
 
-# The scope a token needs for each of our services (seed 001, security review: "consider scope validation").
+# The scope a token needs for each of our services: a token for one service does not open the other.
 SERVICE_SCOPES = {
     GLOBAL_CONTROLLER_SERVICE: "mc:register",
     MEDIA_HANDLER_REGISTRY_SERVICE: "mh:register",
@@ -67,7 +58,7 @@ EXEMPT_SERVICES = frozenset({
     "grpc.reflection.v1.ServerReflection",
 })
 
-_STATUS: tuple[tuple[type[errors.DomainError], grpc.StatusCode], ...] = (
+_STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
     (errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.Gone, grpc.StatusCode.NOT_FOUND),
@@ -95,7 +86,7 @@ def status_for(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     """The status code and client-safe details for an exception raised while serving `method`."""
     for kind, code in _STATUS:
         if isinstance(exc, kind):
-            return code, str(exc.message)
+            return code, str(exc.message)  # type: ignore[attr-defined]
     if isinstance(exc, OperationalError | InterfaceError):
         logger.warning("grpc %s: database unavailable (%s)", method, type(exc).__name__)
         return grpc.StatusCode.UNAVAILABLE, "database unavailable; retry later"
@@ -178,19 +169,7 @@ Behaviour = Callable[[Any, Any], Any]
 MALFORMED = object()
 
 
-@dataclass(frozen=True)
-class BeatStream:
-    """A stream method whose messages each carry one beat of a unary method: the message's `oneof` field names
-    the kind, `beats` maps each kind to (the unary method's path, its blocking servicer method). Every beat of
-    a stream must name the same member (`member_field` of the beat); `response` wraps each answer."""
-
-    oneof: str
-    beats: Mapping[str, tuple[str, Behaviour]]
-    member_field: str
-    response: type[Message]
-
-
-def _tolerant(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+def tolerant(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
         # grpc.aio would end a call whose message does not parse with UNKNOWN and an error log; it is the
         # client's mistake: INVALID_ARGUMENT, after authentication like any other refusal.
@@ -209,7 +188,7 @@ def _refuse_in_worker(method: str, exc: Exception) -> NoReturn:
     raise refusal(method, exc) from None
 
 
-class _Guard:
+class MethodGuard:
     """One method of our services (`behaviour`, a blocking servicer method) behind authentication, the method's
     rate limit and error mapping. A method with an `in_memory` path is first tried on the event loop, without
     I/O: a cached token and a beat the recorder coalesces; any other case, and every other method, runs in a
@@ -309,197 +288,23 @@ class _Guard:
             _claims.reset(token)
 
 
-async def _end(context: grpc.aio.ServicerContext, refused: Refused) -> NoReturn:
+async def call_end(context: grpc.aio.ServicerContext, refused: Refused) -> NoReturn:
     if refused.trailing:
         context.set_trailing_metadata(refused.trailing)
     await context.abort(refused.code, refused.details)
     raise AssertionError("unreachable: abort raises")
 
 
-def _guarded_unary(guard: _Guard, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def guarded_unary(guard: MethodGuard, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await guard.serve(request, context.invocation_metadata() or ())
         except Refused as refused:
-            await _end(context, refused)
+            await call_end(context, refused)
 
     return grpc.unary_unary_rpc_method_handler(
-        guarded, request_deserializer=_tolerant(handler.request_deserializer),
+        guarded, request_deserializer=tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 
 
-class OpenStream:
-    """A stream being served: whether it is waiting for its client's next beat, and whether it must end (the
-    server stopping, its token expiring, its client silent): then it ends after the beat it is serving, if any,
-    with `ending` (None: the server is stopping). `beat_at`: the event loop's time of its last beat."""
-
-    __slots__ = ("beat_at", "closing", "ending", "task", "waiting")
-
-    def __init__(self, task: asyncio.Task[Any], now: float = 0.0) -> None:
-        self.task = task
-        self.waiting = False
-        self.closing = False
-        self.ending: Refused | None = None
-        self.beat_at = now
-
-    def end(self, refused: Refused) -> None:
-        """End the stream with `refused`: at once when it waits for a beat, else after the one it serves."""
-        if self.closing:
-            return
-        self.ending = refused
-        self.closing = True
-        if self.waiting:
-            self.task.cancel()
-
-
-SHUTTING_DOWN = "server shutting down; open a new stream"
-IDLE = "no beat within GRPC_STREAM_IDLE_TIMEOUT_SECONDS; open a new stream"
-
-
-class _StreamDeadlines:
-    """Ends a stream at its token's expiry (UNAUTHENTICATED) or after GRPC_STREAM_IDLE_TIMEOUT_SECONDS without a
-    beat (DEADLINE_EXCEEDED: the client went quiet, not the server away; UNAUTHENTICATED when this process
-    already knows the token was revoked). One timer per stream, re-armed when it fires early; the beats
-    themselves only note their time, so a steady stream costs nothing more per beat."""
-
-    __slots__ = ("_claims", "_handle", "_idle", "_loop", "_state")
-
-    def __init__(self, state: OpenStream, claims: TokenClaims, loop: asyncio.AbstractEventLoop) -> None:
-        self._state, self._claims, self._loop = state, claims, loop
-        self._idle = float(hot_setting("GRPC_STREAM_IDLE_TIMEOUT_SECONDS"))
-        self._handle: asyncio.TimerHandle | None = None
-        self._arm()
-
-    def _expires_in(self) -> float:
-        # Wall clock, as the token's exp is; the skew allowed is the one every verification allows.
-        return self._claims.expires_at_unix + hot_setting("JWT_CLOCK_SKEW_SECONDS") - time.time()
-
-    def _arm(self) -> None:
-        idle_in = self._state.beat_at + self._idle - self._loop.time()
-        self._handle = self._loop.call_later(max(0.0, min(self._expires_in(), idle_in)), self._check)
-
-    def _check(self) -> None:
-        state = self._state
-        if state.closing:
-            return
-        if self._expires_in() < 0:
-            state.end(Refused(grpc.StatusCode.UNAUTHENTICATED, "token expired"))
-        elif self._loop.time() - state.beat_at >= self._idle:
-            if blacklist_cached(self._claims.jti):
-                state.end(Refused(grpc.StatusCode.UNAUTHENTICATED, "token revoked"))
-            else:
-                state.end(Refused(grpc.StatusCode.DEADLINE_EXCEEDED, IDLE))
-        else:
-            self._arm()
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-
-
-def _guarded_stream(method: str, spec: BeatStream, guards: Mapping[str, _Guard], handler: grpc.RpcMethodHandler,
-                    open_streams: set[OpenStream]) -> grpc.RpcMethodHandler:
-    """A stream of beats, each served by its unary method's guard, answered in order. The stream is
-    authenticated when it opens; a refused beat ends it with the status its unary call would get."""
-    opening = next(iter(guards.values()))
-    kinds = ", ".join(spec.beats)
-
-    async def stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        metadata = context.invocation_metadata() or ()
-        member: str | None = None
-        loop = asyncio.get_running_loop()
-        # Inside a coroutine there is always a current task; the stubs type it for any caller.
-        state = OpenStream(asyncio.current_task(), loop.time())  # type: ignore[arg-type]
-        open_streams.add(state)
-        deadlines: _StreamDeadlines | None = None
-        try:
-            opened = await opening.authenticate(metadata)
-            state.beat_at = loop.time()
-            deadlines = _StreamDeadlines(state, opened, loop)
-            beats = aiter(requests)
-            while not state.closing:
-                state.waiting = True
-                try:
-                    message = await anext(beats)
-                except StopAsyncIteration:
-                    return
-                except asyncio.CancelledError:
-                    if not state.closing:
-                        raise
-                    break  # end_streams (the server is stopping) or the stream's deadlines
-                state.waiting = False
-                state.beat_at = loop.time()
-                try:
-                    if message is MALFORMED:
-                        raise errors.InvalidInput("malformed request message")
-                    kind = message.WhichOneof(spec.oneof)
-                    if kind is None:
-                        raise errors.InvalidInput(f"{spec.oneof}: must be one of {kinds}")
-                    beat = getattr(message, kind)
-                    named = getattr(beat, spec.member_field)
-                    if member is None:
-                        member = named
-                    elif named != member:
-                        raise errors.InvalidInput(
-                            f"{spec.member_field}: every beat on a stream must name the member of its first beat"
-                        )
-                except errors.InvalidInput as exc:
-                    raise refusal(method, exc) from None
-                yield spec.response(**{kind: await guards[kind].serve(beat, metadata, opened)})
-            raise state.ending or Refused(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-        except Refused as refused:
-            await _end(context, refused)
-        finally:
-            if deadlines is not None:
-                deadlines.cancel()
-            open_streams.discard(state)
-
-    return grpc.stream_stream_rpc_method_handler(
-        stream, request_deserializer=_tolerant(handler.request_deserializer),
-        response_serializer=handler.response_serializer,
-    )
-
-
-class ServiceGuard:
-    """Wraps every method handler of our services (controllers.grpc.server.WrappedHandlers calls `wrap` once per
-    method): authenticate, rate-limit, serve, map errors.
-
-    The servicers block (Django's ORM); each unary call runs in a worker thread of `executor`, except the calls
-    of `in_memory` methods that need no I/O, answered on the event loop. A `streams` method is a stream of
-    beats, each served as its unary method's call would be. Health checking and reflection pass through.
-    """
-
-    def __init__(self, executor: Executor, in_memory: Mapping[str, InMemory] | None = None,
-                 streams: Mapping[str, BeatStream] | None = None) -> None:
-        self._executor = executor
-        self._in_memory = dict(in_memory or {})
-        self._streams = dict(streams or {})
-        self._open_streams: set[OpenStream] = set()
-
-    def _guard(self, method: str, behaviour: Behaviour) -> _Guard:
-        return _Guard(method, behaviour, self._executor, self._in_memory.get(method))
-
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
-        """The guarded handler of `method`; None (UNIMPLEMENTED) for a method this guard cannot guard."""
-        if method.lstrip("/").partition("/")[0] in EXEMPT_SERVICES:
-            return handler
-        if method in self._streams and handler.stream_stream is not None:
-            spec = self._streams[method]
-            guards = {kind: self._guard(path, behaviour) for kind, (path, behaviour) in spec.beats.items()}
-            return _guarded_stream(method, spec, guards, handler, self._open_streams)
-        if handler.unary_unary is None:
-            # Fail closed: a streaming method added later answers UNIMPLEMENTED until it is guarded here too.
-            return None
-        return _guarded_unary(self._guard(method, handler.unary_unary), handler)
-
-    def end_streams(self) -> int:
-        """A stopping server's open streams end with UNAVAILABLE: at once when waiting for a beat, else right
-        after answering the beat in hand; their clients reconnect, to another server. Call on the event loop,
-        after the server stopped taking new calls. Returns how many were open."""
-        for state in list(self._open_streams):
-            if not state.closing:
-                state.closing = True
-                if state.waiting:
-                    state.task.cancel()
-        return len(self._open_streams)

@@ -1,7 +1,7 @@
-"""Rate limits of the gRPC API (seed 001, security review: "consider rate limiting at the gRPC layer").
+"""Rate limits of the gRPC API: no credential may flood the GC with registrations or beats.
 
 Registrations (RegisterMC, RegisterMH) are rare and write a row and an audit row each: two fixed-window limits
-in Redis (darktower.api.ratelimit, seed 002's key `ratelimit:{endpoint}:{identifier}:{window}`), counted in one
+in Redis (darktower.api.ratelimit, key `ratelimit:{endpoint}:{identifier}:{window}`), counted in one
 round trip, per RATE_LIMIT_WINDOW_SECONDS:
 - per caller and member (token `sub` and the id it registers), GRPC_RATE_LIMIT_REGISTER_PER_MEMBER: a
   crash-looping MC cannot turn upserts and audit rows into a flood;
@@ -86,10 +86,6 @@ class BeatBuckets:
         if len(self._buckets) > self.max_buckets * 3 // 4:
             # Mostly busy buckets: forgetting them all only lets members burst once more (fails open), and the
             # next scan waits until the table has filled up again.
-            self._buckets.clear()
-
-    def clear(self) -> None:
-        with self._lock:
             self._buckets.clear()
 
     def __len__(self) -> int:

@@ -1,6 +1,6 @@
 """Assembly of the gRPC server: our two services behind the call metrics and the service guard, health checking
 and reflection, on a grpc.aio server (controllers.grpc.guard says what runs on its loop and what in its worker
-threads).
+threads, controllers.grpc.streams how a stream of beats is served).
 
 The management command `grpcserver` runs it; the tests start the very same server on a loopback port.
 
@@ -32,13 +32,22 @@ from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from controllers.grpc.guard import GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDLER_REGISTRY_SERVICE, ServiceGuard
+from controllers.grpc.guard import (
+    EXEMPT_SERVICES,
+    GLOBAL_CONTROLLER_SERVICE,
+    MEDIA_HANDLER_REGISTRY_SERVICE,
+    Behaviour,
+    InMemory,
+    MethodGuard,
+    guarded_unary,
+)
 from controllers.grpc.services import (
     BEAT_STREAMS,
     CONTROLLER_SERVICER,
     IN_MEMORY_METHODS,
     MediaHandlerRegistryService,
 )
+from controllers.grpc.streams import BeatStream, OpenStream, guarded_stream
 from controllers.heartbeats import RECORDERS
 from dark_tower.internal.v1 import internal_pb2_grpc
 from darktower.metrics import CallMetrics, TallyPublisher
@@ -60,6 +69,51 @@ MAX_PENDING_CALLS = 100_000
 LOOP_CALL_TIMEOUT = 10.0
 
 T = TypeVar("T")
+
+
+class ServiceGuard:
+    """Wraps every method handler of our services (WrappedHandlers calls `wrap` once per method): each unary
+    method behind its guard (controllers.grpc.guard.MethodGuard: authenticate, rate-limit, serve, map errors), each
+    stream of beats behind its beats' guards (controllers.grpc.streams).
+
+    The servicers block (Django's ORM); each unary call runs in a worker thread of `executor`, except the calls
+    of `in_memory` methods that need no I/O, answered on the event loop. A `streams` method is a stream of
+    beats, each served as its unary method's call would be. Health checking and reflection pass through.
+    """
+
+    def __init__(self, executor: futures.Executor, in_memory: Mapping[str, InMemory] | None = None,
+                 streams: Mapping[str, BeatStream] | None = None) -> None:
+        self._executor = executor
+        self._in_memory = dict(in_memory or {})
+        self._streams = dict(streams or {})
+        self._open_streams: set[OpenStream] = set()
+
+    def _guard(self, method: str, behaviour: Behaviour) -> MethodGuard:
+        return MethodGuard(method, behaviour, self._executor, self._in_memory.get(method))
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
+        """The guarded handler of `method`; None (UNIMPLEMENTED) for a method this guard cannot guard."""
+        if method.lstrip("/").partition("/")[0] in EXEMPT_SERVICES:
+            return handler
+        if method in self._streams and handler.stream_stream is not None:
+            spec = self._streams[method]
+            guards = {kind: self._guard(path, behaviour) for kind, (path, behaviour) in spec.beats.items()}
+            return guarded_stream(method, spec, guards, handler, self._open_streams)
+        if handler.unary_unary is None:
+            # Fail closed: a streaming method added later answers UNIMPLEMENTED until it is guarded here too.
+            return None
+        return guarded_unary(self._guard(method, handler.unary_unary), handler)
+
+    def end_streams(self) -> int:
+        """A stopping server's open streams end with UNAVAILABLE: at once when waiting for a beat, else right
+        after answering the beat in hand; their clients reconnect, to another server. Call on the event loop,
+        after the server stopped taking new calls. Returns how many were open."""
+        for state in list(self._open_streams):
+            if not state.closing:
+                state.closing = True
+                if state.waiting:
+                    state.task.cancel()
+        return len(self._open_streams)
 
 
 @dataclass(frozen=True)
@@ -143,8 +197,7 @@ class WrappedHandlers(grpc.GenericRpcHandler):
 
     What grpc.aio server interceptors are for, without their cost per call: grpc.aio awaits every interceptor
     on every call to find its handler (a coroutine per interceptor per call, and what they await), where this
-    is a dict lookup. Bench 1, 2x8 closed loop, three runs each way: server CPU per unary call 252 -> 233 µs
-    (the two interceptors this replaces).
+    is a dict lookup.
     """
 
     def __init__(self, wrappers: Sequence[HandlerWrapper]) -> None:
@@ -246,8 +299,7 @@ class GrpcServer:
     def __init__(self, *, bind: str, workers: int, reuse_port: bool, tls: ServerTls | None = None) -> None:
         # uvloop (libuv) instead of asyncio's default selector loop: every call crosses the loop several times
         # (grpc.aio hands each completion from its poller thread to the loop), and uvloop's dispatch costs less
-        # CPU per crossing. Bench 1, same run shape: server CPU per unary call 274 -> 249-254 µs, closed-loop
-        # ratio 63 % -> 68-76 %, open-loop p99 at 2,700 calls/s 19.8 -> 8.9-12.3 ms.
+        # CPU per crossing.
         self._loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
         self._thread.start()

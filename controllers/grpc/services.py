@@ -15,20 +15,13 @@ from django.conf import settings
 from django_grpc_framework.services import Service
 from google.protobuf.message import Message
 
-from controllers.grpc.guard import (
-    GLOBAL_CONTROLLER_SERVICE,
-    MEDIA_HANDLER_REGISTRY_SERVICE,
-    BeatStream,
-    current_client_id,
-)
+from controllers.grpc.guard import GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDLER_REGISTRY_SERVICE, current_client_id
+from controllers.grpc.streams import BeatStream
 from controllers.heartbeats import HeartbeatRecorder, controller_heartbeats, handler_load_reports, unix_now
 from controllers.hooks import meeting_end_reported
 from controllers.models import HealthStatus
-from controllers.services.registration import (
-    Beat,
-    controller_register,
-    handler_register,
-)
+from controllers.services.beats import Beat
+from controllers.services.registration import controller_register, handler_register
 from controllers.validation import (
     GRPC_SCHEMES,
     WEBTRANSPORT_SCHEMES,

@@ -27,8 +27,9 @@ from django.db import connection, transaction
 
 from audit.models import ActorType
 from audit.services import audit_record, outbox_enqueue
+from controllers.members import CONTROLLERS, HealthChange
 from controllers.models import HealthStatus, TransitionReason
-from controllers.services.transitions import CONTROLLER, Changed, changed_cte_sql
+from controllers.services.transitions import changed_cte_sql
 from darktower.errors import Conflict, InvalidInput, NotFound
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def drain_begin(
     if target_controller_id is not None and target_controller_id == controller_id:
         raise InvalidInput("A controller cannot drain to itself.")
     ctes = changed_cte_sql(
-        CONTROLLER,
+        CONTROLLERS,
         where="t.controller_id = %(controller_id)s AND t.health_status <> 'draining'",
         set_status="'draining'",
         extra_set=", drain_deadline = now() + make_interval(secs => %(deadline)s), "
@@ -85,7 +86,7 @@ def drain_begin(
     )
     params: dict[str, str | int | uuid.UUID | None] = {
         "controller_id": controller_id, "deadline": seconds, "target": target_controller_id,
-        "component_type": CONTROLLER.type, "reason": str(reason), "actor_type": str(actor_type),
+        "component_type": CONTROLLERS.component_type, "reason": str(reason), "actor_type": str(actor_type),
         "actor_user_id": actor_user_id,
     }
     with transaction.atomic(), connection.cursor() as cursor:
@@ -109,7 +110,7 @@ def drain_begin(
         deadline, active = cursor.fetchone()
         started = DrainStarted(controller_id, from_status, deadline, target_controller_id, active)
         outbox_enqueue(
-            aggregate_type=CONTROLLER.type, aggregate_id=controller_id, event_type="controller_draining",
+            aggregate_type=CONTROLLERS.aggregate_type, aggregate_id=controller_id, event_type="controller_draining",
             payload={
                 "id": controller_id, "from_status": from_status, "to_status": HealthStatus.DRAINING,
                 "drain_deadline": deadline.isoformat(), "target_controller_id": target_controller_id,
@@ -128,14 +129,14 @@ def drain_begin(
 
 def drain_cancel(
     *, controller_id: str, actor_type: str = ActorType.USER, actor_user_id: uuid.UUID | None = None
-) -> Changed:
+) -> HealthChange:
     """Undrain: `draining` -> `pending` (deadline and target cleared by the trigger); the next good heartbeat
     makes it healthy again. Also the way back for an MC the drain deadline made unhealthy.
 
     Raises NotFound, or Conflict when the MC is in neither state. Transition + `controller_undrained` audit row.
     """
     ctes = changed_cte_sql(
-        CONTROLLER,
+        CONTROLLERS,
         where="t.controller_id = %(controller_id)s AND (t.health_status = 'draining' OR (t.health_status = "
         "'unhealthy' AND (SELECT ht.reason FROM controller_health_transitions ht "
         "WHERE ht.component_type = 'controller' AND ht.component_id = t.controller_id "
@@ -143,7 +144,8 @@ def drain_cancel(
         set_status="'pending'",
     )
     params = {
-        "controller_id": controller_id, "component_type": CONTROLLER.type, "reason": TransitionReason.OPERATOR,
+        "controller_id": controller_id, "component_type": CONTROLLERS.component_type,
+        "reason": TransitionReason.OPERATOR,
         "actor_type": str(actor_type), "actor_user_id": actor_user_id, "metadata": json.dumps({"action": "undrain"}),
     }
     with transaction.atomic(), connection.cursor() as cursor:
@@ -155,9 +157,9 @@ def drain_cancel(
             if current is None:
                 raise NotFound(f"Controller {controller_id} does not exist.")
             raise Conflict(f"Controller {controller_id} is {current[0]}, not draining.")
-        changed = Changed(*row)
+        changed = HealthChange(*row)
         outbox_enqueue(
-            aggregate_type=CONTROLLER.type, aggregate_id=controller_id, event_type="controller_undrained",
+            aggregate_type=CONTROLLERS.aggregate_type, aggregate_id=controller_id, event_type="controller_undrained",
             payload={"id": controller_id, "from_status": changed.from_status, "to_status": changed.to_status},
         )
         audit_record(

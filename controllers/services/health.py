@@ -44,8 +44,18 @@ from django.db.models.functions import Now
 
 from audit.models import AuditLog, AuditResult
 from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue_many
+from controllers.health_rules import (
+    RECOVERABLE_REPORTS,
+    RECOVERY_COUNT_SQL,
+    RECOVERY_HELD_SQL,
+    RECOVERY_REASON_SQL,
+    RECOVERY_SET_STATUS_SQL,
+    RECOVERY_WHERE_SQL,
+    stale_thresholds,
+)
+from controllers.members import MEMBER_KINDS, HealthChange, MemberKind
 from controllers.models import HealthStatus, TransitionReason
-from controllers.services.transitions import CONTROLLER, HANDLER, Changed, Component, changed_cte_sql
+from controllers.services.transitions import changed_cte_sql
 
 logger = logging.getLogger(__name__)
 
@@ -57,31 +67,8 @@ _SWEEP_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(hashtext('controllers_sweep_
 # A disruption lasts many sweeps; the log says so every sweep, the audit trail once per this many seconds.
 DISRUPTION_AUDIT_REPEAT_SECONDS = 300
 
-# The first sweep after more than this many intervals without one marks nobody (issue 8 §3).
+# The first sweep after more than this many intervals without one marks nobody.
 SWEEP_GAP_INTERVALS = 3
-
-
-@dataclass(frozen=True)
-class SweepTarget:
-    """One swept table and the names it goes by in audit rows, outbox events and transitions."""
-
-    table: str
-    pk: str
-    target_type: str
-    aggregate_type: str
-    event_type: str
-    component: Component
-
-
-MEETING_CONTROLLERS = SweepTarget(
-    table="meeting_controllers", pk="controller_id", target_type="meeting_controller",
-    aggregate_type="controller", event_type="controller_unhealthy", component=CONTROLLER,
-)
-MEDIA_HANDLERS = SweepTarget(
-    table="media_handlers", pk="handler_id", target_type="media_handler",
-    aggregate_type="media_handler", event_type="media_handler_unhealthy", component=HANDLER,
-)
-SWEEP_TARGETS = (MEETING_CONTROLLERS, MEDIA_HANDLERS)
 
 
 @dataclass(frozen=True)
@@ -130,20 +117,7 @@ class SweepResult:
         return [row.id for row in self.marked if row.target_type == target_type]
 
 
-def stale_thresholds() -> dict[str, int]:
-    """Seconds without a heartbeat after which a member in each live state is stale.
-
-    `pending` members have not sent a good heartbeat since they (re-)registered or were undrained (the first
-    one promotes them, see heartbeat_recovery): they get the startup grace instead.
-    """
-    return {
-        HealthStatus.PENDING: settings.PENDING_STARTUP_GRACE_SECONDS,
-        HealthStatus.HEALTHY: settings.HEARTBEAT_STALE_THRESHOLD_SECONDS,
-        HealthStatus.DEGRADED: settings.HEARTBEAT_STALE_THRESHOLD_SECONDS,
-    }
-
-
-# {table} and {pk} come from SweepTarget constants, never from input. The first bound on last_heartbeat_at
+# {table} and {pk} come from MemberKind constants, never from input. The first bound on last_heartbeat_at
 # (the smallest threshold) is what lets the planner range-scan an index on last_heartbeat_at; the CASE
 # then applies each state's own threshold to the later of the last heartbeat and the grace granted after a
 # sweep gap (greatest() ignores a NULL grace_from). The live count runs only for regions that have stale rows.
@@ -305,14 +279,14 @@ def _grant_grace(
     `sweep-gap` transition for each member that would have been stale without it, and one audit row."""
     spared: dict[str, int] = {}
     previous_grace = {**params, "grace_from": None}
-    for target in SWEEP_TARGETS:
-        stale = _STALE_SQL.format(table=target.table, pk=target.pk, threshold_cases=cases)
+    for kind in MEMBER_KINDS:
+        stale = _STALE_SQL.format(table=kind.table, pk=kind.pk, threshold_cases=cases)
         cursor.execute(
             _SPARE_SQL.format(stale=stale),
-            {**previous_grace, "component_type": target.component.type, "reason": TransitionReason.SWEEP_GAP,
+            {**previous_grace, "component_type": kind.component_type, "reason": TransitionReason.SWEEP_GAP,
              "gap_seconds": round(gap_seconds, 3)},
         )
-        spared[target.target_type] = cursor.rowcount
+        spared[kind.target_type] = cursor.rowcount
     gap = SweepGap(seconds=gap_seconds, last_run_at=last_run_at, spared=spared)
     audit_record(
         event_type="stale_sweep_gap",
@@ -335,7 +309,7 @@ def _sweep(
     cursor: CursorWrapper, result: SweepResult, thresholds: dict[str, int], cases: str, params: _SweepParams
 ) -> None:
     candidates: dict[str, list[str]] = {}
-    for target in SWEEP_TARGETS:
+    for target in MEMBER_KINDS:
         stale = _STALE_SQL.format(table=target.table, pk=target.pk, threshold_cases=cases)
         cursor.execute(_CANDIDATES_SQL.format(stale=stale, table=target.table), params)
         ids = candidates.setdefault(target.target_type, [])
@@ -346,7 +320,7 @@ def _sweep(
                 result.disrupted.append(DisruptedRegion(target.target_type, value, stale_count, live))
     if result.disrupted:
         result.cut_off = not _hears_anyone(cursor, cases, params)
-    for target in SWEEP_TARGETS:
+    for target in MEMBER_KINDS:
         cursor.execute(
             _RESTART_HOLD_DOWN_SQL.format(table=target.table),
             {"threshold": settings.HEARTBEAT_STALE_THRESHOLD_SECONDS},
@@ -357,7 +331,7 @@ def _sweep(
         if result.cut_off or not ids:
             continue
         ctes = changed_cte_sql(
-            target.component,
+            target,
             where=f"t.{target.pk} = ANY(%(ids)s) AND t.health_status = ANY(%(live_states)s)",
             set_status="'unhealthy'",
             snapshot_columns=", t.last_heartbeat_at",
@@ -369,7 +343,7 @@ def _sweep(
             _MARK_SQL.format(ctes=ctes),
             {
                 "ids": ids, "live_states": params["live_states"], "thresholds": json.dumps(thresholds),
-                "component_type": target.component.type, "reason": TransitionReason.STALE,
+                "component_type": target.component_type, "reason": TransitionReason.STALE,
                 "actor_type": "system", "actor_user_id": None,
             },
         )
@@ -384,7 +358,7 @@ def _hears_anyone(cursor: CursorWrapper, cases: str, params: _SweepParams) -> bo
     (a fleet without media handlers) would agree vacuously: the silent members of every other region would then
     stay placeable for as long as the big region is dark.
     """
-    for target in SWEEP_TARGETS:
+    for target in MEMBER_KINDS:
         stale = _STALE_SQL.format(table=target.table, pk=target.pk, threshold_cases=cases)
         cursor.execute(_HEARD_FROM_SQL.format(table=target.table, pk=target.pk, stale=stale), params)
         heard = cursor.fetchone()
@@ -401,13 +375,13 @@ def _record_guarded(
     """A `disruption-guard` transition for each stale member the guard spared, with the region_disrupted row."""
     if not newly_disrupted:
         return
-    for target in SWEEP_TARGETS:
+    for target in MEMBER_KINDS:
         regions = [row for row in newly_disrupted if row.target_type == target.target_type]
         if not regions and not result.cut_off:
             continue
         stale = _STALE_SQL.format(table=target.table, pk=target.pk, threshold_cases=cases)
         cursor.execute(_GUARD_SQL.format(stale=stale), {
-            **params, "component_type": target.component.type, "reason": TransitionReason.DISRUPTION_GUARD,
+            **params, "component_type": target.component_type, "reason": TransitionReason.DISRUPTION_GUARD,
             "cut_off": result.cut_off, "regions": [row.region for row in regions],
             "region_stats": json.dumps({
                 row.region: {"region_stale": row.stale, "region_live": row.live}
@@ -419,10 +393,10 @@ def _record_guarded(
 
 
 def _record(result: SweepResult, thresholds: dict[str, int], newly_disrupted: list[DisruptedRegion]) -> None:
-    targets = {target.target_type: target for target in SWEEP_TARGETS}
+    targets = {target.target_type: target for target in MEMBER_KINDS}
     entries = [
         AuditEntry(
-            event_type=targets[row.target_type].event_type,
+            event_type=targets[row.target_type].event("unhealthy"),
             action="mark_unhealthy",
             target_type=row.target_type,
             target_id=row.id,
@@ -476,7 +450,7 @@ def _record(result: SweepResult, thresholds: dict[str, int], newly_disrupted: li
         (
             targets[row.target_type].aggregate_type,
             row.id,
-            targets[row.target_type].event_type,
+            targets[row.target_type].event("unhealthy"),
             {
                 "id": row.id,
                 "region": row.region,
@@ -523,53 +497,10 @@ def _log(result: SweepResult) -> None:
             "region %s disrupted: %d of %d live %ss are stale at once; none marked there",
             row.region, row.stale, row.live, row.target_type,
         )
-    for target in SWEEP_TARGETS:
-        ids = result.ids(target.target_type)
+    for kind in MEMBER_KINDS:
+        ids = result.ids(kind.target_type)
         if ids:
-            logger.info("stale sweep %s %d %s(s) unhealthy: %s", verb, len(ids), target.target_type, ", ".join(ids))
-
-
-# The hold-down's gate, per row of a heartbeat batch. A pending member's first good heartbeat promotes it at
-# once, unless it is held (it re-registered inside the hold-down of an unhealthy spell, see controller_register:
-# hold_down_until set after it became pending); an unhealthy or held one counts the heartbeat and is promoted
-# only when the hold-down has passed and enough consecutive good heartbeats arrived. Members made unhealthy by
-# an operator or by the drain deadline are not recovered by heartbeats (re-registration / undrain brings them
-# back): their latest transition says so (idx_health_transitions_component, one probe per unhealthy row).
-_RECOVERY_WHERE = """
-t.{pk} = r.id AND (
-    t.health_status = 'pending'
-    OR (t.health_status = 'unhealthy' AND coalesce((
-        SELECT ht.reason NOT IN ('operator', 'drain-deadline') FROM controller_health_transitions ht
-        WHERE ht.component_type = %(component_type)s AND ht.component_id = t.{pk}
-        ORDER BY ht.created_at DESC, ht.id DESC LIMIT 1
-    ), true))
-)
-"""
-
-_RECOVERY_HELD = "(t.hold_down_until IS NOT NULL AND t.hold_down_until > t.health_changed_at)"
-
-_RECOVERY_SET_STATUS = """CASE
-    WHEN s.from_status = 'pending' AND NOT s.held THEN s.reported
-    WHEN s.from_status = 'pending'
-    THEN CASE WHEN t.good_heartbeats + 1 >= %(needed)s AND t.hold_down_until <= now() THEN s.reported
-              ELSE t.health_status END
-    WHEN t.good_heartbeats + 1 >= %(needed)s
-         AND coalesce(t.unhealthy_since, t.health_changed_at) <= now() - make_interval(secs => %(hold_down)s)
-    THEN s.reported
-    ELSE t.health_status
-END"""
-
-# Applies when the state does not change (the trigger resets the counter when it does).
-_RECOVERY_EXTRA_SET = ", good_heartbeats = least(t.good_heartbeats + 1, 32767)"
-
-_RECOVERY_REASON = "CASE WHEN c.from_status = 'pending' AND NOT c.held THEN 'heartbeat' ELSE 'hold-down-cleared' END"
-
-_RECOVERY_SQL = """
-WITH {ctes}
-SELECT id, region, from_status, to_status FROM changed
-"""
-
-RECOVERABLE_REPORTS = (HealthStatus.HEALTHY, HealthStatus.DEGRADED)
+            logger.info("stale sweep %s %d %s(s) unhealthy: %s", verb, len(ids), kind.target_type, ", ".join(ids))
 
 
 @dataclass(frozen=True)
@@ -580,7 +511,7 @@ class RecoveryReport:
     reported: str = HealthStatus.HEALTHY
 
 
-def heartbeat_recovery(*, component: Component, reports: Sequence[RecoveryReport]) -> list[Changed]:
+def heartbeat_recovery(*, kind: MemberKind, reports: Sequence[RecoveryReport]) -> list[HealthChange]:
     """Apply a batch of good heartbeats to the members that are `pending` or `unhealthy`; others are untouched.
 
     - pending -> the reported state at once (reason `heartbeat`), unless held after re-registering inside a
@@ -589,7 +520,7 @@ def heartbeat_recovery(*, component: Component, reports: Sequence[RecoveryReport
       now() - unhealthy_since >= UNHEALTHY_HOLD_DOWN_SECONDS and good_heartbeats >= UNHEALTHY_RECOVERY_HEARTBEATS.
     One statement per batch, transitions included. Call it in the heartbeat flush's transaction for every
     heartbeat that reported HEALTHY or DEGRADED (duplicates of one member in a batch: pass it once). Returns
-    every row it touched; `Changed.changed` tells the promoted ones.
+    every row it touched; `HealthChange.changed` tells the promoted ones.
     """
     batch = {report.id: report.reported for report in reports}
     if not batch:
@@ -597,21 +528,22 @@ def heartbeat_recovery(*, component: Component, reports: Sequence[RecoveryReport
     if any(reported not in RECOVERABLE_REPORTS for reported in batch.values()):
         raise ValueError("only healthy or degraded heartbeats recover a member")
     ctes = changed_cte_sql(
-        component,
-        where=_RECOVERY_WHERE.format(pk=component.pk),
+        kind,
+        where=RECOVERY_WHERE_SQL.format(pk=kind.pk),
         snapshot_from=", unnest(%(ids)s::text[], %(reported)s::text[]) AS r(id, reported)",
-        snapshot_columns=f", r.reported, t.good_heartbeats AS good_heartbeats_before, {_RECOVERY_HELD} AS held",
-        set_status=_RECOVERY_SET_STATUS,
-        extra_set=_RECOVERY_EXTRA_SET,
-        reason=_RECOVERY_REASON,
+        snapshot_columns=f", r.reported, t.good_heartbeats AS good_heartbeats_before, {RECOVERY_HELD_SQL} AS held",
+        set_status=RECOVERY_SET_STATUS_SQL,
+        extra_set=RECOVERY_COUNT_SQL,
+        reason=RECOVERY_REASON_SQL,
         metadata="jsonb_build_object('good_heartbeats', c.good_heartbeats_before + 1)",
         returning=", s.good_heartbeats_before, s.held",
     )
     params: dict[str, list[str] | int | str | None] = {
         "ids": list(batch), "reported": [str(state) for state in batch.values()],
         "needed": settings.UNHEALTHY_RECOVERY_HEARTBEATS, "hold_down": settings.UNHEALTHY_HOLD_DOWN_SECONDS,
-        "component_type": component.type, "actor_type": "system", "actor_user_id": None,
+        "component_type": kind.component_type, "actor_type": "system", "actor_user_id": None,
     }
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(_RECOVERY_SQL.format(ctes=ctes), params)
-        return [Changed(*row) for row in cursor.fetchall()]
+        sql = f"WITH {ctes} SELECT id, region, from_status, to_status FROM changed"  # noqa: S608 (constants only)
+        cursor.execute(sql, params)
+        return [HealthChange(*row) for row in cursor.fetchall()]

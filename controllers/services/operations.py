@@ -1,7 +1,7 @@
 """What operators do to a controller or a media handler (admin actions, `POST /api/v1/controllers/{id}/drain|undrain`).
 
 Each function is one transaction, a compare-and-set on the controller's state, and an audit row naming the
-operator. Drain and undrain are the bounded drain of controllers/services/drain.py (issue 8 §4); this module
+operator. Drain and undrain are the bounded drain of controllers/services/drain.py; this module
 is the operators' entry point so that the admin and the REST API share one vocabulary.
 """
 
@@ -13,11 +13,11 @@ from django.db import connection, transaction
 
 from audit.models import ActorType
 from audit.services import audit_record, outbox_enqueue
+from controllers.members import CONTROLLERS, HANDLERS, HealthChange
 from controllers.models import HealthStatus, MediaHandler, MeetingController, TransitionReason
 from controllers.services.capacity import release_cte_sql, unassign_cte_sql
 from controllers.services.drain import DrainStarted, drain_begin, drain_cancel
-from controllers.services.health import MEETING_CONTROLLERS
-from controllers.services.transitions import CONTROLLER, HANDLER, Changed, health_transition
+from controllers.services.transitions import health_transition
 from darktower.errors import Conflict, NotFound
 
 _LIVE_STATES = [HealthStatus.PENDING, HealthStatus.HEALTHY, HealthStatus.DEGRADED, HealthStatus.DRAINING]
@@ -37,17 +37,17 @@ def controller_drain(
     )
 
 
-def controller_undrain(*, controller_id: str, actor_user_id: uuid.UUID | None = None) -> Changed:
+def controller_undrain(*, controller_id: str, actor_user_id: uuid.UUID | None = None) -> HealthChange:
     """Back to `pending`; placement resumes after the controller's next good heartbeat."""
     return drain_cancel(controller_id=controller_id, actor_type=ActorType.USER, actor_user_id=actor_user_id)
 
 
-def controller_mark_unhealthy(*, controller_id: str, actor_user_id: uuid.UUID | None = None) -> Changed:
+def controller_mark_unhealthy(*, controller_id: str, actor_user_id: uuid.UUID | None = None) -> HealthChange:
     """Take a controller out of placement now. Heartbeats do not bring it back: re-registration does (to
     `pending`, held until UNHEALTHY_HOLD_DOWN_SECONDS after the mark, see controller_register)."""
     with transaction.atomic():
         changed = health_transition(
-            component=CONTROLLER, ids=[controller_id], from_states=_LIVE_STATES, to_status=HealthStatus.UNHEALTHY,
+            kind=CONTROLLERS, ids=[controller_id], from_states=_LIVE_STATES, to_status=HealthStatus.UNHEALTHY,
             reason=TransitionReason.OPERATOR, actor_type=ActorType.USER, actor_user_id=actor_user_id,
         )
         if not changed:
@@ -58,14 +58,14 @@ def controller_mark_unhealthy(*, controller_id: str, actor_user_id: uuid.UUID | 
             raise Conflict(f"Controller {controller_id} is already {current}.")
         result = changed[0]
         audit_record(
-            event_type="controller_unhealthy", action="mark_unhealthy", actor_type=ActorType.USER,
-            actor_user_id=actor_user_id, target_type="meeting_controller", target_id=controller_id,
+            event_type=CONTROLLERS.event("unhealthy"), action="mark_unhealthy", actor_type=ActorType.USER,
+            actor_user_id=actor_user_id, target_type=CONTROLLERS.target_type, target_id=controller_id,
             metadata={"from_status": result.from_status, "reason": "operator"},
         )
         # The aggregate type and payload of every controller_unhealthy event (sweep, drain deadline, operator).
         outbox_enqueue(
-            aggregate_type=MEETING_CONTROLLERS.aggregate_type, aggregate_id=controller_id,
-            event_type="controller_unhealthy",
+            aggregate_type=CONTROLLERS.aggregate_type, aggregate_id=controller_id,
+            event_type=CONTROLLERS.event("unhealthy"),
             payload={
                 "id": controller_id, "region": result.region, "from_status": result.from_status,
                 "to_status": result.to_status, "reason": "operator",
@@ -96,8 +96,8 @@ def controller_end_assignments(*, controller_id: str, actor_user_id: uuid.UUID |
             cursor.execute(_END_ASSIGNMENTS_SQL, {"controller_id": controller_id})
             (ended,) = cursor.fetchone()
         audit_record(
-            event_type="controller_assignments_ended", action="end_assignments", actor_type=ActorType.USER,
-            actor_user_id=actor_user_id, target_type="meeting_controller", target_id=controller_id,
+            event_type=CONTROLLERS.event("assignments_ended"), action="end_assignments", actor_type=ActorType.USER,
+            actor_user_id=actor_user_id, target_type=CONTROLLERS.target_type, target_id=controller_id,
             metadata={"ended": ended},
         )
     return ended
@@ -109,10 +109,10 @@ _HANDLER_LIVE_STATES = (HealthStatus.PENDING, HealthStatus.HEALTHY, HealthStatus
 
 def _handler_transition(
     *, handler_id: str, action: str, from_states: tuple[str, ...], to_status: str, actor_user_id: uuid.UUID | None
-) -> Changed:
+) -> HealthChange:
     with transaction.atomic():
         changed = health_transition(
-            component=HANDLER, ids=[handler_id], from_states=from_states, to_status=to_status,
+            kind=HANDLERS, ids=[handler_id], from_states=from_states, to_status=to_status,
             reason=TransitionReason.OPERATOR, actor_type=ActorType.USER, actor_user_id=actor_user_id,
         )
         if not changed:
@@ -122,13 +122,13 @@ def _handler_transition(
             raise Conflict(f"Media handler {handler_id} is {current}, not {' or '.join(from_states)}.")
         result = changed[0]
         audit_record(
-            event_type=f"media_handler_{action}", action=action, actor_type=ActorType.USER,
-            actor_user_id=actor_user_id, target_type="media_handler", target_id=handler_id,
+            event_type=HANDLERS.event(action), action=action, actor_type=ActorType.USER,
+            actor_user_id=actor_user_id, target_type=HANDLERS.target_type, target_id=handler_id,
             metadata={"from_status": result.from_status, "to_status": result.to_status, "reason": "operator"},
         )
         if to_status == HealthStatus.UNHEALTHY:
             outbox_enqueue(
-                aggregate_type="media_handler", aggregate_id=handler_id, event_type="media_handler_unhealthy",
+                aggregate_type=HANDLERS.aggregate_type, aggregate_id=handler_id, event_type=HANDLERS.event("unhealthy"),
                 payload={
                     "id": handler_id, "region": result.region, "from_status": result.from_status,
                     "to_status": result.to_status, "reason": "operator",
@@ -137,7 +137,7 @@ def _handler_transition(
     return result
 
 
-def handler_drain(*, handler_id: str, actor_user_id: uuid.UUID | None = None) -> Changed:
+def handler_drain(*, handler_id: str, actor_user_id: uuid.UUID | None = None) -> HealthChange:
     """No new streams: heartbeats no longer change its state and the sweep leaves it alone until undrained."""
     return _handler_transition(
         handler_id=handler_id, action="drain", from_states=_HANDLER_LIVE_STATES, to_status=HealthStatus.DRAINING,
@@ -145,7 +145,7 @@ def handler_drain(*, handler_id: str, actor_user_id: uuid.UUID | None = None) ->
     )
 
 
-def handler_undrain(*, handler_id: str, actor_user_id: uuid.UUID | None = None) -> Changed:
+def handler_undrain(*, handler_id: str, actor_user_id: uuid.UUID | None = None) -> HealthChange:
     """Back to `pending`; healthy again after its next good load report."""
     return _handler_transition(
         handler_id=handler_id, action="undrain", from_states=(HealthStatus.DRAINING,), to_status=HealthStatus.PENDING,
@@ -153,7 +153,7 @@ def handler_undrain(*, handler_id: str, actor_user_id: uuid.UUID | None = None) 
     )
 
 
-def handler_mark_unhealthy(*, handler_id: str, actor_user_id: uuid.UUID | None = None) -> Changed:
+def handler_mark_unhealthy(*, handler_id: str, actor_user_id: uuid.UUID | None = None) -> HealthChange:
     """Out of use now; back through the hold-down or by re-registering."""
     return _handler_transition(
         handler_id=handler_id, action="mark_unhealthy", from_states=(*_HANDLER_LIVE_STATES, HealthStatus.DRAINING),

@@ -17,17 +17,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from django.db import connection, transaction
 
 from accounts.models import ServiceCredential
 from audit.models import ActorType, AuditResult
 from audit.services import AuditEntry, audit_record, audit_record_many
+from controllers.members import MemberKind
 from darktower.errors import InvalidInput, NotFound, PermissionDenied
-
-if TYPE_CHECKING:
-    from controllers.services.registration import MemberKind
 
 # The scope a credential needs to own a member of each table (controllers.grpc.guard.SERVICE_SCOPES).
 OWNER_SCOPES = {"meeting_controllers": "mc:register", "media_handlers": "mh:register"}
@@ -35,7 +32,7 @@ OWNER_SCOPES = {"meeting_controllers": "mc:register", "media_handlers": "mh:regi
 
 def owned_by_another(kind: MemberKind) -> PermissionDenied:
     """The refusal a caller gets for another credential's member (it does not name the owner)."""
-    return PermissionDenied(f"{kind.target_type.replace('_', ' ')} is registered by another credential")
+    return PermissionDenied(f"{kind.label} is registered by another credential")
 
 
 def member_access_refuse(
@@ -47,7 +44,7 @@ def member_access_refuse(
     """
     error = owned_by_another(kind)
     audit_record(
-        event_type=f"{kind.event_prefix}_access_denied", action=action, actor_type=ActorType.SERVICE,
+        event_type=kind.event("access_denied"), action=action, actor_type=ActorType.SERVICE,
         result=AuditResult.FAILURE, target_type=kind.target_type, target_id=member_id,
         error_message=str(error.message),
         metadata={"client_id": client_id, "owner_client_id": owner_client_id},
@@ -58,7 +55,7 @@ def member_access_refuse(
 def member_claim_audit(*, kind: MemberKind, member_id: str, client_id: str, via: str) -> None:
     """The audit row of an unowned member claimed by `client_id` (in the claiming transaction)."""
     audit_record(
-        event_type=f"{kind.event_prefix}_claimed", action="claim", actor_type=ActorType.SERVICE,
+        event_type=kind.event("claimed"), action="claim", actor_type=ActorType.SERVICE,
         target_type=kind.target_type, target_id=member_id, metadata={"client_id": client_id, "via": via},
     )
 
@@ -80,7 +77,7 @@ def member_claim(*, kind: MemberKind, member_id: str, client_id: str, via: str) 
         cursor.execute(_OWNER_SQL.format(table=kind.table, pk=kind.pk), params)
         found = cursor.fetchone()
     if found is None:
-        raise NotFound(f"unknown {kind.target_type.replace('_', ' ')}; register first")
+        raise NotFound(f"unknown {kind.label}; register first")
     return found[0]
 
 
@@ -130,7 +127,7 @@ def members_transfer(
         if member_ids:
             unknown = sorted(set(member_ids) - {member_id for member_id, _ in rows})
             if unknown:
-                raise NotFound(f"unknown {kind.target_type.replace('_', ' ')}: {', '.join(unknown[:5])}")
+                raise NotFound(f"unknown {kind.label}: {', '.join(unknown[:5])}")
         moved = [Transfer(member_id, owner) for member_id, owner in rows if owner != to_client_id]
         cursor.execute(
             f"UPDATE {kind.table} SET owner_client_id = %(to)s WHERE {kind.pk} = ANY(%(moved)s)",  # noqa: S608
@@ -138,7 +135,7 @@ def members_transfer(
         )
         audit_record_many(
             AuditEntry(
-                event_type=f"{kind.event_prefix}_transferred", action="transfer",
+                event_type=kind.event("transferred"), action="transfer",
                 actor_type=ActorType.USER if actor_user_id else ActorType.SYSTEM, actor_user_id=actor_user_id,
                 target_type=kind.target_type, target_id=transfer.member_id,
                 metadata={"from_client_id": transfer.from_client_id, "to_client_id": to_client_id},

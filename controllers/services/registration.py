@@ -1,170 +1,35 @@
-"""Registration, heartbeats and load reports of meeting controllers (MCs) and media handlers (MHs).
+"""Registration of meeting controllers (MCs) and media handlers (MHs).
 
-Registration is one atomic UPSERT: a new member starts `pending`; re-registration updates endpoints, region
-and capacity, keeps `created_at`, and brings a `draining` or `unhealthy` member back to `pending`, with two
-exceptions that keep a restart from escaping a decision (issue 8):
-- an `unhealthy` member still inside its hold-down (UNHEALTHY_HOLD_DOWN_SECONDS since `unhealthy_since`) goes
-  `pending` held: `hold_down_until` is set to the end of its hold-down, and heartbeat_recovery promotes it only
-  after that time and UNHEALTHY_RECOVERY_HEARTBEATS consecutive good heartbeats, so a flapping MC that restarts
-  does not skip the hold-down;
-- a controller an operator drained (its transition into `draining` has reason `operator`) stays `draining`
-  with its deadline and target: a restart mid-drain does not cancel the operator's drain. A controller that
-  reported DRAINING itself comes back `pending` (it restarted after its own graceful drain).
+Registration is one atomic UPSERT: a new member starts `pending`; re-registration updates endpoints, region and
+capacity, keeps `created_at`, and moves the member's state by controllers.health_rules (REREGISTRATION_TRANSITIONS:
+a restart clears a drain and an unhealthy spell, but an operator's drain is kept and an unhealthy member inside its
+hold-down comes back `pending` held).
 
 A member belongs to the credential that registered it (`owner_client_id`, controllers.services.ownership):
-registration by another credential changes nothing and is refused (PermissionDenied, a failure audit row), an
-unowned row (older than ownership) is claimed by it, and a beat is written only while its sender owns the member.
-
-Heartbeats (MCs) and load reports (MHs) are both "beats" here, written by one set-based statement for one or
-many members (`beats_record`; `beats_flush` for a caller that tracks their states): the gRPC hot path coalesces
-them in memory and writes a batch every HEARTBEAT_FLUSH_INTERVAL_MS (controllers/heartbeats.py), a beat that
-changes health is written alone and at once. Either way the new health state is computed in SQL from the row's
-current state (`health_after`, the single source of the rules), the previous state comes from the locked row,
-and every transition gets its audit row in the same transaction. A beat that changes no state writes no audit
-row.
+registration by another credential changes nothing and is refused (PermissionDenied, a failure audit row), and an
+unowned row (older than ownership) is claimed by it. Beats are controllers.services.beats.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 from django.conf import settings
 from django.db import connection, transaction
 
 from audit.models import ActorType
-from audit.services import AuditEntry, audit_record, audit_record_many, outbox_enqueue
-from controllers.capacity_cache import CAPACITY_SCRIPT_BATCH, capacity_values_sql
-from controllers.models import HealthStatus, TransitionReason
-from controllers.services.health import RecoveryReport, heartbeat_recovery
+from audit.services import audit_record, outbox_enqueue
+from controllers.health_rules import (
+    REGISTER_HOLD_DOWN_SQL,
+    reregistration_sql,
+)
+from controllers.members import CONTROLLERS, HANDLERS, MemberKind
+from controllers.models import TransitionReason
 from controllers.services.ownership import member_access_refuse, member_claim_audit
-from controllers.services.transitions import (
-    CONTROLLER,
-    HANDLER,
-    Component,
-    Transition,
-    changed_cte_sql,
-    transitions_record,
-)
-from darktower.db import server_bound_cursor
-from darktower.errors import NotFound, PermissionDenied
-
-# What the member reports about itself; PENDING means "no opinion" (proto3's default value).
-REPORTED_STATES = tuple(HealthStatus)
-# States a good heartbeat leaves to the hold-down gate (controllers.services.health.heartbeat_recovery).
-RECOVERING_STATES = (HealthStatus.PENDING, HealthStatus.UNHEALTHY)
-
-
-def health_after(current: str, reported: str) -> str:
-    """The stored health after a member in state `current` reports `reported`, before the recovery gate.
-
-    - `draining` sticks: only re-registration or an operator's undrain ends it, so a drained MC that keeps
-      saying HEALTHY does not start taking meetings again.
-    - DRAINING and UNHEALTHY are stored as reported.
-    - `pending` and `unhealthy` stay as they are here: a good report (HEALTHY, DEGRADED, or PENDING meaning
-      "no opinion") goes to heartbeat_recovery, which promotes a pending member at once and an unhealthy one
-      only after the hold-down (issue 8).
-    - Otherwise HEALTHY and DEGRADED are stored as reported, and PENDING changes nothing.
-    """
-    if current == HealthStatus.DRAINING or reported in (HealthStatus.DRAINING, HealthStatus.UNHEALTHY):
-        return HealthStatus.DRAINING if current == HealthStatus.DRAINING else reported
-    if current in RECOVERING_STATES or reported == HealthStatus.PENDING:
-        return current
-    return reported
-
-
-def recovery_report(reported: str) -> str | None:
-    """What a report asks of the recovery gate: DEGRADED stays degraded, HEALTHY and PENDING are healthy."""
-    if reported in (HealthStatus.DRAINING, HealthStatus.UNHEALTHY):
-        return None
-    return HealthStatus.DEGRADED if reported == HealthStatus.DEGRADED else HealthStatus.HEALTHY
-
-
-def _health_after_sql(current: str, reported: str) -> str:
-    # Literals from the enum above, never input: the CASE is the same table health_after() computes.
-    whens = " ".join(
-        f"WHEN {current} = '{before}' AND {reported} = '{report}' THEN '{health_after(before, report)}'"
-        for before in HealthStatus
-        for report in REPORTED_STATES
-    )
-    return f"CASE {whens} ELSE {current} END"
-
-
-@dataclass(frozen=True)
-class MemberKind:
-    """One of the two tables members live in, and the names it goes by in audit rows and outbox events."""
-
-    table: str
-    pk: str
-    target_type: str
-    event_prefix: str
-    component: Component
-    # Beat columns: (column, PostgreSQL element type); a NULL value leaves the column unchanged.
-    beat_columns: tuple[tuple[str, str], ...]
-
-
-CONTROLLERS = MemberKind(
-    table="meeting_controllers", pk="controller_id", target_type="meeting_controller", event_prefix="controller",
-    component=CONTROLLER,
-    beat_columns=(
-        ("current_meetings", "integer"), ("current_participants", "integer"),
-        ("max_meetings", "integer"), ("max_participants", "integer"),
-        ("cpu_usage_percent", "double precision"), ("memory_usage_percent", "double precision"),
-    ),
-)
-HANDLERS = MemberKind(
-    table="media_handlers", pk="handler_id", target_type="media_handler", event_prefix="media_handler",
-    component=HANDLER,
-    beat_columns=(
-        ("current_streams", "integer"), ("cpu_usage_percent", "double precision"),
-        ("memory_usage_percent", "double precision"), ("bandwidth_usage_percent", "double precision"),
-    ),
-)
-
-
-@dataclass(frozen=True)
-class Beat:
-    """One heartbeat or load report: the member, what it reported, and its beat columns (None = unchanged)."""
-
-    member_id: str
-    reported: str
-    values: dict[str, int | float | None]
-    # time.monotonic() when the GC received it: a coalesced beat is written up to a flush interval later, and the
-    # assignments made in between are not in its report (in-flight accounting, see _beats_statement).
-    received_at: float = field(default_factory=time.monotonic)
-    # The credential that sent it (the token's subject): written only while that credential owns the member.
-    # None: the GC's own code, which needs no owner.
-    client_id: str | None = None
-
-
-@dataclass(frozen=True)
-class BeatOutcome:
-    member_id: str
-    region: str
-    from_status: str
-    to_status: str
-
-    @property
-    def changed(self) -> bool:
-        return self.from_status != self.to_status
-
-
-@dataclass(frozen=True)
-class FlushOutcome:
-    """What a batch write tells a caller that tracks its members' states (beats_flush)."""
-
-    # The members whose state moved, waits for the recovery gate, or is not the one the caller knew.
-    outcomes: list[BeatOutcome]
-    # The members without a row.
-    missing: list[str]
-    # Controllers: the capacity hashes of the members written and not among the outcomes, as documents for
-    # controllers.capacity_cache.capacity_cache_write (the outcomes' and the missing members' hashes are the
-    # caller's to refresh).
-    capacity_documents: list[str] = field(default_factory=list)
+from controllers.services.transitions import Transition, transitions_record
+from darktower.errors import PermissionDenied
 
 
 @dataclass(frozen=True)
@@ -199,16 +64,8 @@ ON CONFLICT ({pk}) DO UPDATE SET
     grpc_endpoint = EXCLUDED.grpc_endpoint,
     webtransport_endpoint = EXCLUDED.webtransport_endpoint,
     {capacity_updates},
-    health_status = CASE
-        WHEN t.health_status = 'draining' AND {operator_drain} THEN 'draining'
-        WHEN t.health_status IN ('draining', 'unhealthy') THEN 'pending'
-        ELSE t.health_status
-    END,
-    hold_down_until = CASE
-        WHEN t.health_status = 'unhealthy' AND t.unhealthy_since > now() - make_interval(secs => %(hold_down)s)
-        THEN t.unhealthy_since + make_interval(secs => %(hold_down)s)
-        WHEN t.health_status = 'pending' THEN t.hold_down_until
-    END,
+    health_status = {health_status},
+    hold_down_until = {hold_down_until},
     last_heartbeat_at = now()
 WHERE %(client_id)s::text IS NULL OR t.owner_client_id IS NULL OR t.owner_client_id = %(client_id)s::text
 RETURNING t.health_status, (t.xmax = 0) AS created, t.hold_down_until
@@ -239,7 +96,10 @@ def _register(
         capacity_columns=", ".join(inserted),
         capacity_values=", ".join(f"%({column})s" for column in inserted),
         capacity_updates=", ".join(f"{column} = EXCLUDED.{column}" for column in capacity),
-        operator_drain=_OPERATOR_DRAIN_SQL if kind.component is CONTROLLER else "false",
+        health_status=reregistration_sql(
+            "t.health_status", operator_drain=_OPERATOR_DRAIN_SQL if kind is CONTROLLERS else "false"
+        ),
+        hold_down_until=REGISTER_HOLD_DOWN_SQL,
     )
     refused: PermissionDenied | None = None
     with transaction.atomic(), connection.cursor() as cursor:
@@ -286,7 +146,7 @@ def _registered(
     if from_status != health_status:
         transitions_record([
             Transition(
-                component_type=kind.component.type, component_id=member_id, region=region,
+                component_type=kind.component_type, component_id=member_id, region=region,
                 from_status=from_status, to_status=health_status, reason=TransitionReason.REGISTERED,
                 actor_type=ActorType.SERVICE,
                 metadata={
@@ -295,10 +155,10 @@ def _registered(
                 },
             )
         ])
-    event_type = f"{kind.event_prefix}_registered" if created else f"{kind.event_prefix}_reregistered"
+    event_type = kind.event("registered" if created else "reregistered")
     # Announced like every other state change, so the relay refreshes the controller's capacity hash at once.
     outbox_enqueue(
-        aggregate_type=kind.event_prefix, aggregate_id=member_id, event_type=event_type,
+        aggregate_type=kind.aggregate_type, aggregate_id=member_id, event_type=event_type,
         payload={"id": member_id, "region": region, "from_status": from_status, "to_status": health_status},
     )
     audit_record(
@@ -358,262 +218,3 @@ def handler_register(
         insert_only={"max_bitrate_mbps": 0},
         actor_client_id=actor_client_id,
     )
-
-
-# --- heartbeats and load reports ---------------------------------------------------------------------------
-
-def _beat_set(kind: MemberKind, *, beat: str, from_status: str) -> str:
-    """The SET list of a beat's write, after health_status: `beat` is the alias of the beat's record, and
-    `from_status` the expression of the member's state before it."""
-    columns = [column for column, _ in kind.beat_columns]
-    assignments = "".join(f", {column} = coalesce({beat}.{column}, t.{column})" for column in columns)
-    # Stamping updated_at here spares the row trigger its function call (accounts.models.updated_at_trigger).
-    assignments += ", last_heartbeat_at = now(), updated_at = now()"
-    # The hold-down needs consecutive good beats: an UNHEALTHY report restarts the count, and for a member that
-    # is unhealthy already also its hold-down (a state change does both through the bookkeeping trigger).
-    assignments += (
-        f", good_heartbeats = CASE WHEN {beat}.reported = 'unhealthy' THEN 0 ELSE t.good_heartbeats END"
-        f", unhealthy_since = CASE WHEN {beat}.reported = 'unhealthy' AND {from_status} = 'unhealthy' THEN now() "
-        "ELSE t.unhealthy_since END"
-    )
-    if kind is CONTROLLERS:
-        # In-flight accounting (issue 8): a heartbeat that reports current_meetings already counts what was
-        # assigned before it was received; what was assigned after (while the beat waited for its flush) stays
-        # in flight. A beat without counts reconciles nothing. The count runs only for an MC with something in
-        # flight (idx_assignments_active_by_mc), so a steady fleet's flush does no extra reads.
-        assignments += (
-            f", assigned_since_heartbeat = CASE WHEN {beat}.current_meetings IS NULL "  # noqa: S608 (constants only)
-            "OR t.assigned_since_heartbeat = 0 THEN t.assigned_since_heartbeat ELSE least(t.assigned_since_heartbeat, "
-            "(SELECT count(*) FROM meeting_assignments a WHERE a.meeting_controller_id = t.controller_id "
-            f"AND a.ended_at IS NULL AND a.assigned_at > now() - make_interval(secs => {beat}.age))) END"
-        )
-        # A controller that reports DRAINING itself gets the default drain deadline, so drains_enforce bounds
-        # its drain like an operator's (health_after: a DRAINING report always leads to `draining`).
-        assignments += (
-            f", drain_deadline = CASE WHEN {beat}.reported = 'draining' AND {from_status} <> 'draining' "
-            "THEN now() + make_interval(secs => %(drain_deadline)s) ELSE t.drain_deadline END"
-        )
-    return assignments
-
-
-# A beat is written only while its sender owns the member. One that another credential now owns (an operator
-# moved the member since this process last loaded it) is left out like a member without a row: the caller drops
-# what it knew of the member, and the sender's next beat loads the owner and is refused.
-_OWNED = "(b.client_id IS NULL OR t.owner_client_id = b.client_id)"
-
-
-def _beats_statement(kind: MemberKind) -> str:
-    """One statement for a batch, recording its own transitions (controllers.services.transitions).
-
-    `batch` is the beats, parsed once. A beat marked `steady` (its caller knows the member's state, and the
-    beat cannot move it or feed the recovery gate) is written by `steady`: a compare-and-set on the known state
-    that takes no row lock beforehand, which is every beat of a steady fleet's flush. Against a snapshot that
-    locks each row first (FOR UPDATE), that spares a second probe of the primary key and the lock's work per
-    row: the statement for 480 beats went from 11.2 to 9.5 ms (EXPLAIN ANALYZE at 20,000 MCs, median of 12).
-    Every other beat, and a steady one whose row is no longer in the known state (a change committed while the
-    compare-and-set waited for the row fails it), goes through `snapshot` / `changed`: the row locked first,
-    its new state computed from the state it is in (health_after) and recorded.
-
-    Rows are locked in key order within each part (the compare-and-set follows the primary key index, the
-    snapshot joins the batch in the order given: callers sort it by id), so two flushes of the same members
-    cannot deadlock unless a member is steady in one and not in the other; PostgreSQL then ends one of them,
-    whose caller keeps its beats for the next flush (heartbeats.HeartbeatRecorder). The stale sweep skips
-    locked rows. A beat's `known` is the state its caller believes the member is in (null: every row comes
-    back); a row that stays in that state and needs nothing more (it did not move and does not wait for the
-    recovery gate) is not returned. A beat whose member has no row comes back with null states.
-    """
-    columns = [column for column, _ in kind.beat_columns]
-    record = ", ".join(f"{column} {pg_type}" for column, pg_type in kind.beat_columns)
-    pk = kind.pk
-    ctes = changed_cte_sql(
-        kind.component,
-        # ANY repeats the join on purpose: given only `= b.id`, the planner hashes the whole table for the
-        # snapshot and again for the UPDATE (two sequential scans per flush, ~12 ms each at 20,000 MCs); the
-        # ANY lets it probe the primary key for the batch's rows, and the UPDATE then follows by key too.
-        where=f"t.{pk} = b.id AND t.{pk} = ANY(ARRAY("  # noqa: S608 (constants only)
-        f"SELECT b.id FROM batch b WHERE NOT EXISTS (SELECT FROM steady w WHERE w.id = b.id))) AND {_OWNED}",
-        snapshot_from=", batch b",
-        snapshot_columns=", b.reported, b.known, b.age" + "".join(f", b.{column}" for column in columns),
-        set_status=_health_after_sql("s.from_status", "s.reported"),
-        extra_set=_beat_set(kind, beat="s", from_status="s.from_status"),
-        returning=", s.reported, s.known",
-        reason=f"'{TransitionReason.HEARTBEAT}'",
-        metadata="jsonb_build_object('reported', c.reported)",
-    )
-    recovering = ", ".join(f"'{state}'" for state in RECOVERING_STATES)
-    steady_returning = capacity_documents = ""
-    if kind is CONTROLLERS:
-        # The capacity hashes of the rows written by compare-and-set (their state does not change later in the
-        # transaction), as documents of at most %(capacity_batch)s controllers for the cache's script, in rows
-        # with a null id: reading them back by key after the commit was a fifth of the database's time per beat.
-        steady_returning = f", {capacity_values_sql('t')} AS hash_values"
-        capacity_documents = (
-            " UNION ALL SELECT NULL, NULL, NULL, NULL, json_agg(json_build_array(w.id, w.hash_values))::text "
-            "FROM (SELECT id, hash_values, (row_number() OVER () - 1) / %(capacity_batch)s AS chunk FROM steady) w "
-            "GROUP BY w.chunk"
-        )
-    # The batch is one JSON document (orjson, in C): psycopg dumps a Python list for an array parameter element
-    # by element in Python, 2.3x the CPU for a flush of 500 beats (7.6 ms against 3.2), all of it holding the
-    # GIL that the event loop serving beats in the same process waits for.
-    return (
-        "WITH batch AS MATERIALIZED (SELECT * FROM jsonb_to_recordset(%(beats)s::jsonb) AS b(id text, "  # noqa: S608
-        f"reported text, known text, steady boolean, age double precision, client_id text, {record})), "
-        f"steady AS (UPDATE {kind.table} t SET health_status = t.health_status"
-        f"{_beat_set(kind, beat='b', from_status='t.health_status')} FROM batch b "
-        f"WHERE t.{pk} = b.id AND t.{pk} = ANY(ARRAY(SELECT b.id FROM batch b WHERE b.steady)) "
-        f"AND b.steady AND t.health_status = b.known AND {_OWNED} RETURNING t.{pk} AS id{steady_returning}), "
-        # A steady fleet's flush returns no row: building hundreds of rows in Python, only to learn that nothing
-        # changed, was a sixth of its CPU, holding the GIL the event loop serving beats waits for.
-        f"{ctes} SELECT id, region, from_status, to_status, NULL::text FROM changed "
-        f"WHERE known IS DISTINCT FROM to_status OR from_status <> to_status OR to_status IN ({recovering}) "
-        "UNION ALL SELECT b.id, NULL, NULL, NULL, NULL FROM batch b WHERE NOT EXISTS (SELECT FROM changed c "
-        f"WHERE c.id = b.id) AND NOT EXISTS (SELECT FROM steady w WHERE w.id = b.id){capacity_documents}"
-    )
-
-
-_BEATS_STATEMENTS = {kind.table: _beats_statement(kind) for kind in (CONTROLLERS, HANDLERS)}
-
-
-def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[BeatOutcome]:
-    """Write beats (at most one per member) in one transaction, with database time as `last_heartbeat_at`.
-
-    One set-based statement applies every beat; pending and unhealthy members that reported well then go
-    through the recovery gate (heartbeat_recovery) in the same transaction. Returns one outcome per member
-    that exists (a member id without a row is left out), from its state before to its state after. Every
-    transition has its controller_health_transitions row and an audit row (actor_type service).
-    """
-    return beats_flush(kind=kind, beats=beats, known={}).outcomes
-
-
-def beat_is_steady(known: str | None, reported: str) -> bool:
-    """Whether a beat reporting `reported` leaves a member known to be in state `known` (None: not known) there,
-    with nothing for the recovery gate: such a beat needs no synchronous write (controllers.heartbeats) and is
-    flushed by compare-and-set."""
-    return known is not None and known not in RECOVERING_STATES and health_after(known, reported) == known
-
-
-def beats_flush(*, kind: MemberKind, beats: Sequence[Beat], known: Mapping[str, str | None]) -> FlushOutcome:
-    """beats_record for a caller that tracks the state of each member (`known`: member id -> the state it
-    believes, None when it does not know): the outcomes are only those of the members that moved, wait for the
-    recovery gate, or are not in the state known; the members without a row are listed apart."""
-    if not beats:
-        return FlushOutcome([], [])
-    beats = sorted(beats, key=lambda beat: beat.member_id)
-    received = time.monotonic()
-    params: dict[str, Any] = {
-        # A beat's values hold its kind's beat columns (one left out is NULL: unchanged). age: seconds since the
-        # beat was received, on this process's clock; the statement subtracts it from now(). orjson: the
-        # standard json module took 1.0 ms of CPU for 400 beats, orjson 0.06 ms.
-        "beats": orjson.dumps([
-            dict(beat.values, id=beat.member_id, reported=beat.reported, known=known.get(beat.member_id),
-                 client_id=beat.client_id,
-                 steady=beat_is_steady(known.get(beat.member_id), beat.reported),
-                 age=max(0.0, received - beat.received_at))
-            for beat in beats
-        ]).decode(),
-        "component_type": kind.component.type,
-        "actor_type": ActorType.SERVICE.value,
-        "actor_user_id": None,
-        "drain_deadline": settings.DRAIN_DEFAULT_DEADLINE_SECONDS,
-        "capacity_batch": CAPACITY_SCRIPT_BATCH,
-    }
-    reported = {beat.member_id: str(beat.reported) for beat in beats}
-    missing = []
-    outcomes = {}
-    capacity_documents = []
-    with transaction.atomic():
-        with server_bound_cursor() as cursor:
-            cursor.execute(_BEATS_STATEMENTS[kind.table], params)
-            for member_id, region, from_status, to_status, capacity_document in cursor.fetchall():
-                if member_id is None:
-                    capacity_documents.append(capacity_document)
-                elif to_status is None:
-                    missing.append(member_id)
-                else:
-                    outcomes[member_id] = BeatOutcome(member_id, region, from_status, to_status)
-        recovering = [
-            RecoveryReport(outcome.member_id, report)
-            for outcome in outcomes.values()
-            if outcome.to_status in RECOVERING_STATES
-            and (report := recovery_report(reported[outcome.member_id])) is not None
-        ]
-        for row in heartbeat_recovery(component=kind.component, reports=recovering):
-            before = outcomes[row.id]
-            outcomes[row.id] = BeatOutcome(row.id, row.region, before.from_status, row.to_status)
-        audit_record_many(
-            AuditEntry(
-                event_type=f"{kind.event_prefix}_{outcome.to_status}",
-                action="heartbeat",
-                actor_type=ActorType.SERVICE,
-                target_type=kind.target_type,
-                target_id=outcome.member_id,
-                metadata={
-                    "region": outcome.region,
-                    "from_status": outcome.from_status,
-                    "to_status": outcome.to_status,
-                    "reported": reported[outcome.member_id],
-                },
-            )
-            for outcome in outcomes.values()
-            if outcome.changed
-        )
-    return FlushOutcome(list(outcomes.values()), missing, capacity_documents)
-
-
-def controller_heartbeat(
-    *,
-    controller_id: str,
-    reported: str,
-    current_meetings: int | None = None,
-    current_participants: int | None = None,
-    max_meetings: int | None = None,
-    max_participants: int | None = None,
-    cpu_usage_percent: float | None = None,
-    memory_usage_percent: float | None = None,
-) -> BeatOutcome:
-    """Write one heartbeat now (None leaves a column unchanged); NotFound when the controller is unknown."""
-    values = {
-        "current_meetings": current_meetings, "current_participants": current_participants,
-        "max_meetings": max_meetings, "max_participants": max_participants,
-        "cpu_usage_percent": cpu_usage_percent, "memory_usage_percent": memory_usage_percent,
-    }
-    return _one_beat(CONTROLLERS, Beat(controller_id, reported, values))
-
-
-def handler_load_report(
-    *,
-    handler_id: str,
-    reported: str,
-    current_streams: int,
-    cpu_usage_percent: float,
-    memory_usage_percent: float,
-    bandwidth_usage_percent: float,
-) -> BeatOutcome:
-    """Write one load report now; NotFound when the media handler is unknown."""
-    values: dict[str, int | float | None] = {
-        "current_streams": current_streams, "cpu_usage_percent": cpu_usage_percent,
-        "memory_usage_percent": memory_usage_percent, "bandwidth_usage_percent": bandwidth_usage_percent,
-    }
-    return _one_beat(HANDLERS, Beat(handler_id, reported, values))
-
-
-def _one_beat(kind: MemberKind, beat: Beat) -> BeatOutcome:
-    outcomes = beats_record(kind=kind, beats=[beat])
-    if not outcomes:
-        raise NotFound(f"unknown {kind.target_type.replace('_', ' ')}; register first")
-    return outcomes[0]
-
-
-def members_health(
-    *, kind: MemberKind, member_ids: Sequence[str] | None = None
-) -> dict[str, tuple[str, str | None]]:
-    """(health state, owner's client id) of the given members that exist, or of every member (the heartbeat
-    cache's refresh)."""
-    sql = f"SELECT {kind.pk}, health_status, owner_client_id FROM {kind.table}"  # noqa: S608
-    params: dict[str, Any] = {}
-    if member_ids is not None:
-        sql += f" WHERE {kind.pk} = ANY(%(ids)s)"
-        params["ids"] = list(member_ids)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return {member_id: (state, owner) for member_id, state, owner in cursor.fetchall()}

@@ -28,22 +28,9 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from audit.models import ActorType
-from controllers.models import ComponentType, HealthStatus, TransitionReason
+from controllers.members import HealthChange, MemberKind
+from controllers.models import HealthStatus, TransitionReason
 from darktower.db import RETENTION_BATCH_SIZE, delete_in_batches
-
-
-@dataclass(frozen=True)
-class Component:
-    """One fleet table, by the names the SQL needs. Constants only: these names are formatted into SQL."""
-
-    type: str
-    table: str
-    pk: str
-
-
-CONTROLLER = Component(ComponentType.CONTROLLER, "meeting_controllers", "controller_id")
-HANDLER = Component(ComponentType.HANDLER, "media_handlers", "handler_id")
-COMPONENTS = {component.type: component for component in (CONTROLLER, HANDLER)}
 
 
 @dataclass(frozen=True)
@@ -57,20 +44,6 @@ class Transition:
     actor_type: str = ActorType.SYSTEM
     actor_user_id: uuid.UUID | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Changed:
-    """A row a health statement updated: its state before and after (equal when only counters moved)."""
-
-    id: str
-    region: str
-    from_status: str
-    to_status: str
-
-    @property
-    def changed(self) -> bool:
-        return self.from_status != self.to_status
 
 
 _INSERT_MANY_SQL = """
@@ -131,7 +104,7 @@ recorded AS (
 
 
 def changed_cte_sql(
-    component: Component, *, where: str, set_status: str, extra_set: str = "", snapshot_columns: str = "",
+    kind: MemberKind, *, where: str, set_status: str, extra_set: str = "", snapshot_columns: str = "",
     snapshot_from: str = "", returning: str = "", reason: str = "%(reason)s",
     metadata: str = "%(metadata)s::jsonb",
 ) -> str:
@@ -142,7 +115,7 @@ def changed_cte_sql(
     by `changed` but not recorded.
     """
     return _CHANGED_CTE_SQL.format(
-        table=component.table, pk=component.pk, where=where, set_status=set_status, extra_set=extra_set,
+        table=kind.table, pk=kind.pk, where=where, set_status=set_status, extra_set=extra_set,
         snapshot_columns=snapshot_columns, snapshot_from=snapshot_from, returning=returning, reason=reason,
         metadata=metadata,
     )
@@ -150,7 +123,7 @@ def changed_cte_sql(
 
 def health_transition(
     *,
-    component: Component,
+    kind: MemberKind,
     ids: Sequence[str],
     from_states: Sequence[str],
     to_status: str,
@@ -158,7 +131,7 @@ def health_transition(
     actor_type: str = ActorType.SYSTEM,
     actor_user_id: uuid.UUID | None = None,
     metadata: dict[str, Any] | None = None,
-) -> list[Changed]:
+) -> list[HealthChange]:
     """Move the rows of `ids` that are in one of `from_states` to `to_status`, recording each transition.
 
     Compare-and-set: rows in another state are left alone and not returned, so the caller learns from the
@@ -168,20 +141,20 @@ def health_transition(
     """
     if to_status not in HealthStatus.values or reason not in TransitionReason.values:
         raise ValueError(f"unknown health state {to_status!r} or reason {reason!r}")
-    sql = "WITH " + changed_cte_sql(  # noqa: S608 -- constants of this module and Component, no input
-        component,
-        where=f"t.{component.pk} = ANY(%(ids)s) AND t.health_status = ANY(%(from_states)s) "
+    sql = "WITH " + changed_cte_sql(  # noqa: S608 -- constants of this module and MemberKind, no input
+        kind,
+        where=f"t.{kind.pk} = ANY(%(ids)s) AND t.health_status = ANY(%(from_states)s) "
         "AND t.health_status <> %(to_status)s",
         set_status="%(to_status)s",
     ) + "SELECT id, region, from_status, to_status FROM changed"
     params = {
         "ids": list(ids), "from_states": [str(state) for state in from_states], "to_status": str(to_status),
-        "component_type": component.type, "reason": str(reason), "actor_type": str(actor_type),
+        "component_type": kind.component_type, "reason": str(reason), "actor_type": str(actor_type),
         "actor_user_id": actor_user_id, "metadata": json.dumps(metadata or {}),
     }
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return [Changed(*row) for row in cursor.fetchall()]
+        return [HealthChange(*row) for row in cursor.fetchall()]
 
 
 def health_transitions_prune(*, dry_run: bool = False, batch_size: int = RETENTION_BATCH_SIZE) -> int:

@@ -29,9 +29,10 @@ from accounts.services.service_tokens import gc_service_token
 from audit.models import ActorType
 from audit.services import AuditEntry, audit_record_many, outbox_enqueue_many
 from controllers.mc_client import MediaHandlerChoice, mc_assign_meeting
+from controllers.members import CONTROLLERS
 from controllers.models import AVAILABLE_STATES, HealthStatus, TransitionReason
 from controllers.services.capacity import PlacementOutcome, PlacementRule, release_cte_sql, unassign_cte_sql
-from controllers.services.transitions import CONTROLLER, changed_cte_sql
+from controllers.services.transitions import changed_cte_sql
 from darktower.metrics import ASSIGNMENTS
 from darktower.process import gc_id
 from meetings.services.assignment import media_handlers_choose, placement_lock_release, placement_lock_try
@@ -363,12 +364,12 @@ def _enforce_one(
         cursor.execute(_COMPLETE_SQL, {"controller_id": controller_id})
     else:
         ctes = changed_cte_sql(
-            CONTROLLER,
+            CONTROLLERS,
             where="t.controller_id = %(controller_id)s AND t.health_status = 'draining'",
             set_status="'unhealthy'",
         )
         cursor.execute(_BEGIN_SQL.format(ctes=ctes), {
-            "controller_id": controller_id, "component_type": CONTROLLER.type,
+            "controller_id": controller_id, "component_type": CONTROLLERS.component_type,
             "reason": TransitionReason.DRAIN_DEADLINE, "actor_type": ActorType.SYSTEM, "actor_user_id": None,
             "metadata": json.dumps({"drain_deadline": deadline.isoformat(), "moved": len(moved), "ended": len(ended),
                                     "target_controller_id": target}),

@@ -18,9 +18,10 @@ import pytest
 
 from controllers.heartbeats import RECORDERS, controller_heartbeats
 from controllers.models import HealthStatus
-from controllers.services.registration import Beat
+from controllers.services.beats import Beat
 from meetings.demo_data import demo_data_load
 from tests.admin.conftest import PASSWORD
+from tests.beats import recorder_reset
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -105,11 +106,11 @@ def heartbeat_recorders():
     # The recorders are process-wide: start from an empty cache (ids of other tests' databases) and stop the
     # flush thread they start, so that no connection of it outlives this test's database.
     for recorder in RECORDERS:
-        recorder.clear()
+        recorder_reset(recorder)
     yield
     for recorder in RECORDERS:
         recorder.stop()
-        recorder.clear()
+        recorder_reset(recorder)
 
 
 def test_dashboard_filter_drain_and_live_heartbeat(page, live_server, operator_user, heartbeat_recorders):

@@ -13,8 +13,9 @@ from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
 from accounts.api.oauth import FORM_CONTENT_TYPE
-from controllers.services.registration import controller_heartbeat, controller_register
+from controllers.services.registration import controller_register
 from darktower.api.errors import api_not_found
+from tests.beats import controller_heartbeat
 from tests.factories import make_user
 
 pytestmark = pytest.mark.django_db

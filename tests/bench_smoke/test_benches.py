@@ -13,7 +13,7 @@ import pytest
 
 from bench.common import Server
 from bench.run_all import BENCHES
-from darktower.devenv import ROOT
+from tools.devenv import ROOT
 
 # One xdist worker runs these, one at a time (make test's --dist loadgroup): the module-scoped run shares its
 # scratch database names; with the fault and load tests, they are the suite's heavy processes.

@@ -12,8 +12,9 @@ from accounts.services.service_tokens import service_credential_create
 from controllers.grpc.server import GrpcServer, ServerTls
 from controllers.heartbeats import RECORDERS
 from controllers.models import HealthStatus, MediaHandler, MeetingController
-from controllers.simulator import Fleet, FleetConfig, SimulatorError
+from tests.beats import recorder_reset
 from tests.grpc.tls import make_tls_files, tls_grpc_server
+from tools.simulator import Fleet, FleetConfig, SimulatorError
 
 pytestmark = pytest.mark.slow
 
@@ -99,7 +100,7 @@ def test_a_deleted_controller_registers_again(grpc_server, live_server, credenti
             await asyncio.sleep(0.05)
         await asyncio.to_thread(lambda: MeetingController.objects.all().delete())
         for recorder in RECORDERS:
-            recorder.clear()  # what a restarted GC process would know
+            recorder_reset(recorder)  # what a restarted GC process would know
         # The refused beat (on a stream: the stream it ended), the registration, then a beat of the new row.
         while fleet.state.reregistered < 1 or fleet.stats.methods[fast] < 3:
             await asyncio.sleep(0.05)

@@ -25,10 +25,11 @@ from audit.models import AuditLog
 from controllers.models import HealthStatus, HealthTransition, MeetingController, SweepState
 from controllers.services.health import SWEEP_GAP_INTERVALS
 from controllers.services.operations import controller_drain
-from controllers.services.registration import controller_heartbeat, controller_register
+from controllers.services.registration import controller_register
 from darktower.schedules import schedules_apply, schedules_table
 from meetings.models import Meeting, MeetingAssignment
 from meetings.services.assignment import meeting_assign
+from tests.beats import controller_heartbeat
 from tests.factories import make_meeting
 from tests.faults.processes import wait_for
 

@@ -12,8 +12,9 @@ from django.utils import timezone
 
 from audit.models import AuditLog
 from controllers.heartbeats import HeartbeatRecorder
+from controllers.members import CONTROLLERS
 from controllers.models import HealthStatus, MeetingController
-from controllers.services.registration import CONTROLLERS, Beat
+from controllers.services.beats import Beat
 from darktower.errors import NotFound
 from tests.factories import make_controller
 

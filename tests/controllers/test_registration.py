@@ -10,21 +10,14 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit.models import AuditLog
+from controllers.health_rules import health_after
+from controllers.members import CONTROLLERS, HANDLERS
 from controllers.models import HealthStatus, HealthTransition, MediaHandler, MeetingController
-from controllers.services import registration
-from controllers.services.registration import (
-    CONTROLLERS,
-    HANDLERS,
-    Beat,
-    beats_flush,
-    beats_record,
-    controller_heartbeat,
-    controller_register,
-    handler_load_report,
-    handler_register,
-    health_after,
-)
+from controllers.services import beats as beats_module
+from controllers.services.beats import Beat, beats_flush, beats_record
+from controllers.services.registration import controller_register, handler_register
 from darktower.errors import NotFound
+from tests.beats import controller_heartbeat, handler_load_report
 from tests.factories import make_controller, make_handler
 from tests.plans import copy_members, record_plans
 
@@ -278,7 +271,7 @@ def test_a_flush_probes_its_members_by_key_instead_of_reading_the_fleet(kind, mo
     # A fleet of 20,000 (bench 1's), a flush of 300 of them: the planner must probe by key, not read the table.
     member = make_controller() if kind is CONTROLLERS else make_handler()
     copy_members(kind.table, kind.pk, member.pk, prefix="member-", count=19999)
-    plans = record_plans(monkeypatch, registration)
+    plans = record_plans(monkeypatch, beats_module)
     ids = [f"member-{number:05d}" for number in range(1, 20000, 67)]
     outcomes = beats_record(kind=kind, beats=[Beat(member_id, HealthStatus.HEALTHY, {}) for member_id in ids])
 
@@ -295,7 +288,7 @@ def test_a_steady_flush_probes_its_members_by_key_and_returns_nothing(kind, monk
     # probe the primary key for the batch instead of reading the fleet.
     member = (make_controller if kind is CONTROLLERS else make_handler)(health=HealthStatus.HEALTHY)
     copy_members(kind.table, kind.pk, member.pk, prefix="member-", count=19999)
-    plans = record_plans(monkeypatch, registration)
+    plans = record_plans(monkeypatch, beats_module)
     ids = [f"member-{number:05d}" for number in range(1, 20000, 67)]
     values = {"current_meetings": 3} if kind is CONTROLLERS else {"current_streams": 3}
 

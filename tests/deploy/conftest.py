@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from darktower.devenv import ROOT
 from tests.grpc.conftest import (  # noqa: F401 (fixtures, found by their names)
     auth,
     channel,
@@ -21,6 +20,7 @@ from tests.grpc.conftest import (  # noqa: F401 (fixtures, found by their names)
     roomy_grpc_rate_limits,
     service_credential,
 )
+from tools.devenv import ROOT
 
 DEPLOY = ROOT / "deploy"
 RULES_DIR = DEPLOY / "prometheus" / "rules"

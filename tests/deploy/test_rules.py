@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import yaml
 
-from darktower.devenv import ROOT
 from tests.deploy.conftest import UNIT_TESTS_DIR, alerts, rules, rules_files, run_promtool, unit_test_files
+from tools.devenv import ROOT
 
 
 def test_promtool_checks_every_rules_file(promtool):

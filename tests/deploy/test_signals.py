@@ -17,14 +17,15 @@ from django.test import Client
 from audit.models import OutboxEvent
 from audit.tasks import relay_outbox
 from controllers.heartbeats import HeartbeatRecorder
+from controllers.members import CONTROLLERS
 from controllers.models import HealthStatus, MeetingController, SweepState
-from controllers.services.registration import CONTROLLERS, Beat
+from controllers.services.beats import Beat
 from controllers.tasks import sweep_stale
-from darktower.devenv import ROOT
 from darktower.metrics import REGISTRY
 from darktower.redis import redis_client
 from tests.factories import make_controller
 from tests.jobs.conftest import ago
+from tools.devenv import ROOT
 
 
 def _sample(name: str, **labels: str) -> float:

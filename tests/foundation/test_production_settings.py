@@ -13,7 +13,7 @@ import sys
 import pytest
 from django.conf import settings as django_settings
 
-from darktower.devenv import ROOT
+from tools.devenv import ROOT
 
 # What an operator's environment might carry into the test run; each case states its own.
 _CLEARED_PREFIXES = (

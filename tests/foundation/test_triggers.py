@@ -8,7 +8,8 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import ApiKey, OAuthProvider, ServiceCredential
-from controllers.services.registration import CONTROLLERS, HANDLERS, Beat, beats_record
+from controllers.members import CONTROLLERS, HANDLERS
+from controllers.services.beats import Beat, beats_record
 from meetings.models import Recording
 from tests.factories import make_controller, make_handler, make_meeting, make_user
 from tests.foundation.sqlutil import sql, sql_value

@@ -28,6 +28,7 @@ from controllers.grpc.server import GrpcServer, build_server
 from controllers.heartbeats import RECORDERS
 from dark_tower.internal.v1 import internal_pb2_grpc
 from darktower.metrics import REGISTRY, TALLIES
+from tests.beats import recorder_reset
 
 WORKERS = 4  # the grpc_server fixture's worker threads
 
@@ -52,13 +53,13 @@ def grpc_server(transactional_db) -> Iterator[GrpcServer]:
     saved_max_age = db_settings["CONN_MAX_AGE"]
     db_settings["CONN_MAX_AGE"] = 0
     for recorder in RECORDERS:
-        recorder.clear()
+        recorder_reset(recorder)
     server = build_server(bind="127.0.0.1:0", workers=WORKERS)
     server.start()
     yield server
     server.stop(grace=2)
     for recorder in RECORDERS:
-        recorder.clear()
+        recorder_reset(recorder)
     db_settings["CONN_MAX_AGE"] = saved_max_age
 
 

@@ -18,6 +18,7 @@ from controllers.heartbeats import controller_heartbeats
 from controllers.models import HealthStatus, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
+from tests.beats import beat_buckets_reset
 from tests.factories import make_controller
 from tests.faults.processes import wait_for
 from tests.grpc.conftest import bearer, endpoint_token, every_worker_busy, issue, metric_sample
@@ -224,7 +225,7 @@ def test_a_revoked_token_ends_an_idle_stream_within_the_idle_timeout(mc_stub, se
 def test_beats_on_a_stream_share_the_unary_calls_rate_limit(mc_stub, auth, settings):
     settings.GRPC_HEARTBEAT_BURST = 3
     settings.FAST_HEARTBEAT_INTERVAL_MS = settings.COMPREHENSIVE_HEARTBEAT_INTERVAL_MS = 3_600_000
-    beat_buckets.clear()
+    beat_buckets_reset(beat_buckets)
     make_controller(controller_id="mc-s-1", health=HealthStatus.HEALTHY)
     try:
         assert mc_stub.FastHeartbeat(fast(), metadata=auth).acknowledged
@@ -234,7 +235,7 @@ def test_beats_on_a_stream_share_the_unary_calls_rate_limit(mc_stub, auth, setti
 
         error = stream.refused(pb.HeartbeatStreamRequest(fast=fast()))
     finally:
-        beat_buckets.clear()
+        beat_buckets_reset(beat_buckets)
 
     assert (error.code(), error.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many heartbeats")
     assert int(dict(error.trailing_metadata())["retry-after"]) >= 1

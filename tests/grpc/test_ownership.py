@@ -16,9 +16,9 @@ from django.urls import reverse
 from accounts.services.service_tokens import service_credential_create, service_credential_revoke
 from audit.models import AuditLog, AuditResult
 from controllers.heartbeats import controller_heartbeats, handler_load_reports
+from controllers.members import CONTROLLERS
 from controllers.models import HealthStatus, MediaHandler, MeetingController
 from controllers.services.ownership import member_claim
-from controllers.services.registration import CONTROLLERS
 from dark_tower.internal.v1 import internal_pb2 as pb
 from meetings.models import Meeting, MeetingAssignment
 from tests.admin.conftest import operator_groups, operator_user, viewer_user  # noqa: F401 (fixtures)

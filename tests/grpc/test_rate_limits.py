@@ -13,6 +13,7 @@ from controllers.grpc.ratelimit import BeatBuckets, beat_buckets
 from controllers.models import HealthStatus
 from dark_tower.internal.v1 import internal_pb2 as pb
 from darktower.metrics import REGISTRY
+from tests.beats import beat_buckets_reset
 from tests.factories import make_controller, make_handler
 from tests.grpc.conftest import bearer, endpoint_token
 
@@ -30,9 +31,9 @@ def tight_limits(settings):
     settings.FAST_HEARTBEAT_INTERVAL_MS = HOUR_MS
     settings.COMPREHENSIVE_HEARTBEAT_INTERVAL_MS = HOUR_MS
     settings.MH_LOAD_REPORT_INTERVAL_MS = HOUR_MS
-    beat_buckets.clear()
+    beat_buckets_reset(beat_buckets)
     yield
-    beat_buckets.clear()
+    beat_buckets_reset(beat_buckets)
 
 
 def rejections(endpoint: str) -> float:

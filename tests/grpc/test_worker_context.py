@@ -9,7 +9,8 @@ from concurrent import futures
 import grpc
 import pytest
 
-from controllers.grpc.guard import GLOBAL_CONTROLLER_SERVICE, ServiceGuard
+from controllers.grpc.guard import GLOBAL_CONTROLLER_SERVICE
+from controllers.grpc.server import ServiceGuard
 from tests.grpc.conftest import bearer, issue
 from tests.metrics.test_grpc import AioServer
 

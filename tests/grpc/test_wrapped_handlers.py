@@ -11,8 +11,8 @@ from typing import NamedTuple
 import grpc
 import pytest
 
-from controllers.grpc.guard import GLOBAL_CONTROLLER_SERVICE, ServiceGuard
-from controllers.grpc.server import WrappedHandlers
+from controllers.grpc.guard import GLOBAL_CONTROLLER_SERVICE
+from controllers.grpc.server import ServiceGuard, WrappedHandlers
 from tests.metrics.test_grpc import SERVICE, AioServer
 
 

@@ -18,6 +18,7 @@ from django.db import connections
 
 from controllers.grpc.server import GrpcServer, ServerTls, build_server
 from controllers.heartbeats import RECORDERS
+from tests.beats import recorder_reset
 
 
 @dataclass(frozen=True)
@@ -96,5 +97,5 @@ def tls_grpc_server(tls: ServerTls | None) -> Iterator[GrpcServer]:
     finally:
         server.stop(grace=1)
         for recorder in RECORDERS:
-            recorder.clear()
+            recorder_reset(recorder)
         db_settings["CONN_MAX_AGE"] = saved_max_age

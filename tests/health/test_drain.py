@@ -9,10 +9,10 @@ import pytest
 from django.db.models.functions import Now
 
 from audit.models import AuditLog, OutboxEvent
+from controllers.members import CONTROLLERS
 from controllers.models import HealthStatus, HealthTransition, MeetingController
 from controllers.services.drain import drain_begin, drain_cancel
 from controllers.services.health import RecoveryReport, heartbeat_recovery
-from controllers.services.transitions import CONTROLLER
 from darktower.errors import Conflict, InvalidInput, NoCapacity, NotFound
 from darktower.metrics import REGISTRY
 from meetings.models import Meeting, MeetingAssignment
@@ -118,9 +118,9 @@ def test_at_the_deadline_remaining_meetings_end_and_the_mc_goes_unhealthy(advanc
     # Heartbeats do not undo a drain; undrain does, and the next good heartbeat makes it healthy.
     advance(HOLD_DOWN + 1)
     for _ in range(3):
-        assert heartbeat_recovery(component=CONTROLLER, reports=[RecoveryReport(controller.controller_id)]) == []
+        assert heartbeat_recovery(kind=CONTROLLERS, reports=[RecoveryReport(controller.controller_id)]) == []
     assert drain_cancel(controller_id=controller.controller_id).to_status == HealthStatus.PENDING
-    changed = heartbeat_recovery(component=CONTROLLER, reports=[RecoveryReport(controller.controller_id)])
+    changed = heartbeat_recovery(kind=CONTROLLERS, reports=[RecoveryReport(controller.controller_id)])
     assert changed[0].to_status == HealthStatus.HEALTHY
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 from django.db.models.functions import Now
 
+from controllers.members import CONTROLLERS, HANDLERS
 from controllers.models import HealthStatus, HealthTransition, MediaHandler, MeetingController
 from controllers.services.health import RecoveryReport, controllers_sweep_stale, heartbeat_recovery
-from controllers.services.transitions import CONTROLLER, HANDLER, health_transition
+from controllers.services.transitions import health_transition
 from tests.factories import make_controller, make_handler
 from tests.health.conftest import HOLD_DOWN
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.django_db
 
 def _heartbeat(controller_id: str, reported: str = HealthStatus.HEALTHY) -> list:
     """What the heartbeat flush does for one good heartbeat: recovery first, then the heartbeat's own UPDATE."""
-    changed = heartbeat_recovery(component=CONTROLLER, reports=[RecoveryReport(controller_id, reported)])
+    changed = heartbeat_recovery(kind=CONTROLLERS, reports=[RecoveryReport(controller_id, reported)])
     MeetingController.objects.filter(pk=controller_id).update(last_heartbeat_at=Now())
     return changed
 
@@ -46,11 +47,11 @@ def test_pending_is_promoted_by_its_first_good_heartbeat():
     untouched = make_controller(health=HealthStatus.HEALTHY).controller_id
 
     changed = heartbeat_recovery(
-        component=CONTROLLER,
+        kind=CONTROLLERS,
         reports=[RecoveryReport(healthy), RecoveryReport(degraded, HealthStatus.DEGRADED), RecoveryReport(untouched)],
     )
 
-    assert {(row.id, row.from_status, row.to_status) for row in changed} == {
+    assert {(row.member_id, row.from_status, row.to_status) for row in changed} == {
         (healthy, "pending", "healthy"), (degraded, "pending", "degraded"),
     }
     assert _row(healthy).health_status == HealthStatus.HEALTHY
@@ -130,7 +131,7 @@ def test_heartbeats_stopping_and_starting_around_the_threshold_do_not_toggle_the
 def test_members_an_operator_made_unhealthy_are_not_recovered_by_heartbeats(advance):
     controller_id = make_controller().controller_id
     assert health_transition(
-        component=CONTROLLER, ids=[controller_id], from_states=[HealthStatus.HEALTHY], to_status="unhealthy",
+        kind=CONTROLLERS, ids=[controller_id], from_states=[HealthStatus.HEALTHY], to_status="unhealthy",
         reason="operator", actor_type="user",
     )
     advance(HOLD_DOWN + 1)
@@ -147,8 +148,8 @@ def test_media_handlers_recover_the_same_way(advance):
     advance(HOLD_DOWN + 1)
     reports = [RecoveryReport(handler_id)]
 
-    assert not heartbeat_recovery(component=HANDLER, reports=reports)[0].changed
-    assert heartbeat_recovery(component=HANDLER, reports=reports)[0].to_status == HealthStatus.HEALTHY
+    assert not heartbeat_recovery(kind=HANDLERS, reports=reports)[0].changed
+    assert heartbeat_recovery(kind=HANDLERS, reports=reports)[0].to_status == HealthStatus.HEALTHY
     assert MediaHandler.objects.get(pk=handler_id).health_status == HealthStatus.HEALTHY
     assert list(
         HealthTransition.objects.filter(component_type="handler", component_id=handler_id)
@@ -158,5 +159,5 @@ def test_media_handlers_recover_the_same_way(advance):
 
 def test_only_healthy_or_degraded_reports_recover():
     with pytest.raises(ValueError):
-        heartbeat_recovery(component=CONTROLLER, reports=[RecoveryReport("mc-x", HealthStatus.DRAINING)])
-    assert heartbeat_recovery(component=CONTROLLER, reports=[]) == []
+        heartbeat_recovery(kind=CONTROLLERS, reports=[RecoveryReport("mc-x", HealthStatus.DRAINING)])
+    assert heartbeat_recovery(kind=CONTROLLERS, reports=[]) == []

@@ -12,10 +12,11 @@ import pytest
 from controllers.models import HealthStatus, HealthTransition, MeetingController
 from controllers.services.drain import drain_begin
 from controllers.services.health import controllers_sweep_stale
-from controllers.services.registration import controller_heartbeat, controller_register
+from controllers.services.registration import controller_register
 from meetings.models import MeetingAssignment
 from meetings.services.assignment import assignment_candidates
 from meetings.services.drain_deadlines import drains_enforce
+from tests.beats import controller_heartbeat
 from tests.factories import make_meeting
 from tests.health.conftest import HOLD_DOWN
 from tests.jobs.conftest import ago

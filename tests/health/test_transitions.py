@@ -7,9 +7,9 @@ import pytest
 from django.db import IntegrityError, connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 
+from controllers.members import CONTROLLERS
 from controllers.models import HealthStatus, HealthTransition, MeetingController
 from controllers.services.transitions import (
-    CONTROLLER,
     Transition,
     health_transition,
     health_transitions_prune,
@@ -26,19 +26,21 @@ def test_a_compare_and_set_change_records_its_transition(operator):
     controller_id = make_controller().controller_id
 
     changed = health_transition(
-        component=CONTROLLER, ids=[controller_id], from_states=[HealthStatus.HEALTHY, HealthStatus.DEGRADED],
+        kind=CONTROLLERS, ids=[controller_id], from_states=[HealthStatus.HEALTHY, HealthStatus.DEGRADED],
         to_status=HealthStatus.UNHEALTHY, reason="operator", actor_type="user", actor_user_id=operator.pk,
         metadata={"note": "maintenance"},
     )
 
-    assert [(row.id, row.from_status, row.to_status) for row in changed] == [(controller_id, "healthy", "unhealthy")]
+    assert [(row.member_id, row.from_status, row.to_status) for row in changed] == [
+        (controller_id, "healthy", "unhealthy")
+    ]
     row = HealthTransition.objects.get()
     assert (row.component_type, row.reason, row.actor_user_id, row.metadata) == (
         "controller", "operator", operator.pk, {"note": "maintenance"}
     )
     # Lost the race: the state is no longer one of from_states, nothing changes, nothing is recorded.
     assert health_transition(
-        component=CONTROLLER, ids=[controller_id], from_states=[HealthStatus.HEALTHY],
+        kind=CONTROLLERS, ids=[controller_id], from_states=[HealthStatus.HEALTHY],
         to_status=HealthStatus.DRAINING, reason="operator",
     ) == []
     assert HealthTransition.objects.count() == 1

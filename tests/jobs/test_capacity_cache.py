@@ -17,10 +17,12 @@ from audit.relay import outbox_relay
 from controllers import capacity_cache, heartbeats
 from controllers.capacity_cache import CAPACITY_TTL_SECONDS, capacity_cache_refresh
 from controllers.heartbeats import HeartbeatRecorder
+from controllers.members import CONTROLLERS, HANDLERS
 from controllers.models import HealthStatus, MeetingController
-from controllers.services import registration
+from controllers.services import beats as beats_module
+from controllers.services.beats import Beat
 from controllers.services.operations import controller_drain, controller_undrain
-from controllers.services.registration import CONTROLLERS, HANDLERS, Beat, controller_register
+from controllers.services.registration import controller_register
 from tests.factories import make_controller, make_handler
 from tests.plans import copy_members, record_plans
 
@@ -250,7 +252,7 @@ def test_a_flush_writes_steady_hashes_from_its_statement_and_reads_the_others_ba
     # Steady beats' hashes come back with the write, in documents of at most CAPACITY_SCRIPT_BATCH controllers
     # (one script call each); a member an operator drained meanwhile, and one whose row is gone, are refreshed
     # from the database after the commit.
-    monkeypatch.setattr(registration, "CAPACITY_SCRIPT_BATCH", 2)
+    monkeypatch.setattr(beats_module, "CAPACITY_SCRIPT_BATCH", 2)
     steady = [_controller(redis_client, health=HealthStatus.HEALTHY, max_meetings=number) for number in range(1, 6)]
     drained = _controller(redis_client, health=HealthStatus.HEALTHY)
     gone = _controller(redis_client, health=HealthStatus.HEALTHY)

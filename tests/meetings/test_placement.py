@@ -15,19 +15,15 @@ from django.db.models import F
 from django.db.models.functions import Now
 
 from audit.models import AuditLog, OutboxEvent
+from controllers.members import CONTROLLERS
 from controllers.models import HealthStatus, MeetingController
-from controllers.services.registration import (
-    CONTROLLERS,
-    Beat,
-    beats_flush,
-    beats_record,
-    controller_heartbeat,
-)
+from controllers.services.beats import Beat, beats_flush, beats_record
 from darktower.errors import NoCapacity
 from darktower.metrics import REGISTRY
 from meetings.models import Meeting, MeetingAssignment
 from meetings.services.assignment import assignment_candidates, meeting_assign
 from meetings.services.meetings import meeting_end
+from tests.beats import controller_heartbeat
 from tests.factories import make_controller, make_meeting
 from tests.meetings.test_assignment_concurrency import run_concurrently
 

@@ -12,8 +12,7 @@ import grpc
 import pytest
 import uvloop
 
-from controllers.grpc.guard import ServiceGuard
-from controllers.grpc.server import HandlerWrapper, WrappedHandlers
+from controllers.grpc.server import HandlerWrapper, ServiceGuard, WrappedHandlers
 from darktower.metrics import REGISTRY, CallMetrics
 from tests.faults.processes import wait_for
 

@@ -15,8 +15,8 @@ import textwrap
 
 import pytest
 
-from darktower.devenv import ROOT
 from darktower.log_redaction import RedactingFilter, redact
+from tools.devenv import ROOT
 
 JWT = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJlX2J5dGVz"
 EMIT = textwrap.dedent("""

@@ -16,9 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from darktower.devenv import ROOT, fresh_metrics_dir, process_table
 from darktower.gunicorn_conf import child_exit
 from tests.faults.processes import free_port
+from tools.devenv import ROOT, fresh_metrics_dir, process_table
 
 RECORD = textwrap.dedent("""
     import django

@@ -1,7 +1,7 @@
 """`manage.py simulate_fleet --controllers N [--handlers M] [--regions a,b] [--duration S] [--stale-share 0.05]
 [--target HOST:PORT] [--api URL] [--streams] [--serve-assignments] [--tls] [--tls-ca-file PEM]
-[--tls-client-cert PEM --tls-client-key PEM]`: a simulated fleet over real gRPC (controllers.simulator), over TLS
-(mutual with a client certificate) when asked.
+[--tls-client-cert PEM --tls-client-key PEM]`: a simulated fleet over real gRPC (tools.simulator, a development
+tool: this command needs the repository's tools/ package), over TLS (mutual with a client certificate) when asked.
 
 Credentials: --client-id / --client-secret, else SIMULATE_CLIENT_ID / SIMULATE_CLIENT_SECRET; with neither and
 DEBUG on (`SIMULATE=N make run`), a throwaway credential is created for the run and revoked when it ends. The
@@ -18,10 +18,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.services.service_tokens import service_credential_create, service_credential_revoke
+from controllers.members import CONTROLLERS, HANDLERS
 from controllers.models import MediaHandler, MeetingController
 from controllers.services.ownership import members_transfer
-from controllers.services.registration import CONTROLLERS, HANDLERS
-from controllers.simulator import Fleet, FleetConfig, SimulatorError, format_window
+from tools.simulator import Fleet, FleetConfig, SimulatorError, format_window
 
 
 def _share(value: str) -> float:

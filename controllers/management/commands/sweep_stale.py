@@ -7,7 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from controllers.services.health import SWEEP_TARGETS, SweepResult, controllers_sweep_stale
+from controllers.members import MEMBER_KINDS
+from controllers.services.health import SweepResult, controllers_sweep_stale
 
 
 class Command(BaseCommand):
@@ -22,10 +23,10 @@ class Command(BaseCommand):
             raise CommandError("another sweep is running; try again in a moment")
         self._guards(result)
         verb = "would mark" if result.dry_run else "marked"
-        for target in SWEEP_TARGETS:
-            ids = result.ids(target.target_type)
+        for kind in MEMBER_KINDS:
+            ids = result.ids(kind.target_type)
             listed = f": {', '.join(ids)}" if ids else ""
-            self.stdout.write(f"{verb} {len(ids)} {target.target_type}(s) unhealthy{listed}")
+            self.stdout.write(f"{verb} {len(ids)} {kind.target_type}(s) unhealthy{listed}")
 
     def _guards(self, result: SweepResult) -> None:
         """What the guards decided (sweep gap, GC cut off, disrupted regions), on stderr like the log's warnings."""

@@ -7,8 +7,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import User
+from controllers.members import CONTROLLERS, HANDLERS
 from controllers.services.ownership import members_transfer
-from controllers.services.registration import CONTROLLERS, HANDLERS
 from darktower.errors import DomainError
 
 

