@@ -23,6 +23,7 @@ from controllers.services.beats import Beat
 from controllers.tasks import sweep_stale
 from darktower.metrics import REGISTRY
 from darktower.redis import redis_client
+from tests.beats import recorder_reset
 from tests.factories import make_controller
 from tests.jobs.conftest import ago
 from tools.devenv import ROOT
@@ -115,7 +116,7 @@ def recorder(settings):
     settings.HEARTBEAT_FLUSH_INTERVAL_MS = 60_000  # flushed by hand below
     recorder = HeartbeatRecorder(CONTROLLERS)
     yield recorder
-    recorder.clear()
+    recorder_reset(recorder)
     recorder.stop(timeout=5)
 
 
