@@ -20,7 +20,7 @@ from controllers.heartbeats import RECORDERS, controller_heartbeats
 from controllers.models import HealthStatus
 from controllers.services.registration import Beat
 from meetings.demo_data import demo_data_load
-from tests.admin.conftest import PASSWORD
+from tests.fixtures.admin import PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

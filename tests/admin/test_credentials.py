@@ -18,8 +18,8 @@ from accounts.services.service_tokens import (
 )
 from audit.models import AuditLog
 from darktower.errors import Conflict, NotFound
-from tests.admin.secrets import shown_secrets
 from tests.factories import make_api_key, make_user
+from tests.fixtures.secrets import shown_secrets
 
 pytestmark = pytest.mark.django_db
 

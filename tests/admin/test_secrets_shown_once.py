@@ -12,8 +12,8 @@ from django.urls import reverse
 from accounts.models import ApiKey, ServiceCredential
 from accounts.services.api_keys import api_key_hash
 from accounts.services.service_tokens import secret_hash, service_credential_create
-from tests.admin.secrets import assert_not_in_cookies, shown_secrets
 from tests.factories import make_user
+from tests.fixtures.secrets import assert_not_in_cookies, shown_secrets
 
 pytestmark = pytest.mark.django_db
 

@@ -22,9 +22,9 @@ from audit.models import AuditLog, OutboxEvent
 from audit.services import audit_record
 from meetings.models import Recording
 from meetings.services.recordings import recording_share
-from tests.admin.conftest import PASSWORD
-from tests.admin.secrets import shown_secrets
 from tests.factories import make_api_key, make_meeting, make_recording, make_user
+from tests.fixtures.admin import PASSWORD
+from tests.fixtures.secrets import shown_secrets
 
 pytestmark = pytest.mark.django_db
 

@@ -8,7 +8,7 @@ from django.conf import settings as django_settings
 
 from accounts.models import ApiKey
 from darktower.redis import redis_client
-from tests.api.util import assert_error
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

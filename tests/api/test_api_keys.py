@@ -13,8 +13,8 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey
 from audit.models import AuditLog
-from tests.api.util import assert_error
 from tests.factories import make_api_key
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

@@ -11,8 +11,8 @@ from accounts.models import User
 from accounts.services.users import REGULAR_USER_SCOPES, STAFF_SCOPES, email_hash
 from accounts.tokens import token_issue, token_verify
 from audit.models import AuditLog
-from tests.api.util import assert_error
 from tests.factories import make_user, user_token
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,8 @@ from django.urls import get_resolver
 from darktower.api import errors
 from darktower.api.errors import exception_handler
 from meetings.models import Meeting
-from tests.api.util import assert_error
 from tests.factories import make_controller, make_meeting, make_user
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

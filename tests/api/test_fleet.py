@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.util import assert_error
 from tests.factories import make_controller, make_handler
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

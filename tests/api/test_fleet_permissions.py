@@ -24,8 +24,8 @@ from accounts.models import ApiKey
 from accounts.services.api_keys import api_key_hash
 from accounts.services.users import ALL_SCOPES, user_scopes
 from controllers.models import MeetingController
-from tests.api.util import assert_error
 from tests.factories import make_api_key, make_controller, make_handler, make_user, user_token
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

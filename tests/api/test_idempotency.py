@@ -18,8 +18,8 @@ from accounts.tokens import token_verify
 from audit.models import IdempotencyKey
 from darktower.api.idempotency import idempotency_begin
 from meetings.models import Meeting, MeetingParticipant
-from tests.api.util import assert_error
 from tests.factories import make_controller, make_meeting, make_recording, make_user, user_token
+from tests.fixtures.api_errors import assert_error
 
 MEETINGS = "/api/v1/meetings"
 

@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from accounts.services.users import REGULAR_USER_SCOPES, STAFF_SCOPES
 from meetings.models import MeetingParticipant
-from tests.api.util import assert_error
 from tests.factories import make_api_key, make_controller, make_handler, make_meeting, make_recording
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

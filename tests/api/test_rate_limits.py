@@ -16,8 +16,8 @@ from accounts.services.users import email_hash
 from darktower.metrics import REGISTRY
 from darktower.redis import redis_client
 from meetings.models import Meeting
-from tests.api.util import assert_error
 from tests.factories import make_controller, make_meeting, make_user
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

@@ -12,8 +12,8 @@ import pytest
 
 from audit.models import AuditLog, IdempotencyKey
 from darktower.client_address import client_address
-from tests.api.util import assert_error
 from tests.factories import make_controller, make_meeting, make_user
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

@@ -20,8 +20,8 @@ from rest_framework.test import APIClient
 from accounts.services.users import user_scopes
 from accounts.signing import signing_key_active
 from meetings.models import Meeting
-from tests.api.util import assert_error
 from tests.factories import make_user
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

@@ -24,7 +24,7 @@ from darktower.devenv import ROOT
 from darktower.metrics import REGISTRY
 from darktower.redis import redis_client
 from tests.factories import make_controller
-from tests.jobs.conftest import ago
+from tests.fixtures.jobs import ago
 
 
 def _sample(name: str, **labels: str) -> float:

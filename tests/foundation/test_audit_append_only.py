@@ -16,7 +16,7 @@ from audit.models import AuditLog
 from audit.partitions import audit_partitions_drop_older_than, audit_partitions_ensure, audit_partitions_list
 from audit.services import audit_record
 from tests.factories import make_user
-from tests.foundation.sqlutil import sql, sql_value
+from tests.fixtures.sql import sql, sql_value
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from django.core.management import CommandError, call_command
 
 from audit.partitions import PartitionInfo, audit_partitions_ensure, audit_partitions_list
 from darktower.errors import InvalidInput
-from tests.foundation.sqlutil import sql, sql_value, violated_constraint
+from tests.fixtures.sql import sql, sql_value, violated_constraint
 
 pytestmark = pytest.mark.django_db
 

@@ -15,7 +15,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.migrations.loader import MigrationLoader
 
-from tests.foundation.sqlutil import sql
+from tests.fixtures.sql import sql
 
 
 def _check_db(*args: str) -> str:

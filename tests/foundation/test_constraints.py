@@ -8,7 +8,7 @@ from audit.models import ActorType, AuditResult, IdempotencyKey
 from controllers.models import HealthStatus
 from meetings.models import LeaveReason, MeetingStatus, RecordingStatus
 from tests.factories import make_controller, make_handler, make_meeting, make_user
-from tests.foundation.sqlutil import sql, violated_constraint
+from tests.fixtures.sql import sql, violated_constraint
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from django.core.management import call_command
 
 from audit.services import audit_record
 from tests.factories import make_user
-from tests.foundation.sqlutil import sql_value
+from tests.fixtures.sql import sql_value
 
 
 @pytest.mark.django_db

@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from tests.foundation.sqlutil import sql
+from tests.fixtures.sql import sql
 
 
 @pytest.mark.django_db(transaction=True)

@@ -14,7 +14,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 
-from tests.foundation.sqlutil import sql, sql_value, violated_constraint
+from tests.fixtures.sql import sql, sql_value, violated_constraint
 
 OUR_APPS = ("accounts", "meetings", "controllers", "audit")
 

@@ -11,7 +11,7 @@ from accounts.models import ApiKey, OAuthProvider
 from audit.services import audit_record
 from meetings.models import MeetingAssignment, MeetingParticipant, Recording
 from tests.factories import make_controller, make_meeting, make_user
-from tests.foundation.sqlutil import sql, sql_value
+from tests.fixtures.sql import sql, sql_value
 
 
 def _participant(meeting, user=None) -> MeetingParticipant:

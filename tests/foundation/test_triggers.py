@@ -11,7 +11,7 @@ from accounts.models import ApiKey, OAuthProvider, ServiceCredential
 from controllers.services.registration import CONTROLLERS, HANDLERS, Beat, beats_record
 from meetings.models import Recording
 from tests.factories import make_controller, make_handler, make_meeting, make_user
-from tests.foundation.sqlutil import sql, sql_value
+from tests.fixtures.sql import sql, sql_value
 
 OLD = datetime(2001, 1, 1, tzinfo=UTC)
 

@@ -21,9 +21,9 @@ from controllers.services.ownership import member_claim
 from controllers.services.registration import CONTROLLERS
 from dark_tower.internal.v1 import internal_pb2 as pb
 from meetings.models import Meeting, MeetingAssignment
-from tests.admin.conftest import operator_groups, operator_user, viewer_user  # noqa: F401 (fixtures)
 from tests.factories import make_controller, make_meeting, make_user
 from tests.faults.processes import wait_for
+from tests.fixtures.admin import operator_groups, operator_user, viewer_user  # noqa: F401 (fixtures)
 from tests.grpc.conftest import bearer, endpoint_token
 from tests.grpc.test_heartbeat_stream import Stream
 

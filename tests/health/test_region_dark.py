@@ -11,8 +11,8 @@ from audit.models import AuditLog
 from controllers.models import HealthStatus, HealthTransition, MediaHandler, MeetingController
 from controllers.services.health import DisruptedRegion, controllers_sweep_stale
 from tests.factories import make_controller, make_handler
+from tests.fixtures.jobs import ago
 from tests.health.conftest import GRACE
-from tests.jobs.conftest import ago
 
 pytestmark = pytest.mark.django_db
 

@@ -17,8 +17,8 @@ from meetings.models import MeetingAssignment
 from meetings.services.assignment import assignment_candidates
 from meetings.services.drain_deadlines import drains_enforce
 from tests.factories import make_meeting
+from tests.fixtures.jobs import ago
 from tests.health.conftest import HOLD_DOWN
-from tests.jobs.conftest import ago
 
 pytestmark = pytest.mark.django_db
 

@@ -10,8 +10,8 @@ from controllers.models import HealthStatus, HealthTransition, MediaHandler, Mee
 from controllers.services.health import controllers_sweep_stale
 from controllers.tasks import sweep_stale
 from tests.factories import make_controller, make_handler
+from tests.fixtures.jobs import ago
 from tests.health.conftest import GRACE, SWEEP_INTERVAL, THRESHOLD
-from tests.jobs.conftest import ago
 
 pytestmark = pytest.mark.django_db
 

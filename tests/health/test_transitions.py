@@ -17,7 +17,7 @@ from controllers.services.transitions import (
 )
 from darktower.retention import retention_run
 from tests.factories import make_controller
-from tests.jobs.conftest import ago
+from tests.fixtures.jobs import ago
 
 pytestmark = pytest.mark.django_db
 

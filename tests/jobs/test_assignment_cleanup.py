@@ -10,7 +10,7 @@ from meetings.models import Meeting, MeetingAssignment
 from meetings.services.retention import assignments_end_unhealthy
 from meetings.tasks import end_unhealthy_assignments
 from tests.factories import make_controller, make_meeting
-from tests.jobs.conftest import TransactionNow, ago, ahead
+from tests.fixtures.jobs import TransactionNow, ago, ahead
 
 pytestmark = pytest.mark.django_db
 

@@ -22,7 +22,7 @@ from controllers.models import HealthStatus, MeetingController
 from controllers.services.operations import controller_mark_unhealthy
 from darktower.redis import _client as _redis
 from tests.factories import make_controller
-from tests.jobs.conftest import ago
+from tests.fixtures.jobs import ago
 
 
 def _capacity_key(controller_id: str) -> str:

@@ -24,7 +24,7 @@ from darktower.tasks import run_retention
 from meetings.models import Meeting, MeetingAssignment, MeetingParticipant, Recording
 from meetings.services.retention import assignments_prune_ended, meetings_prune_ended, recordings_prune
 from tests.factories import make_controller, make_meeting, make_user
-from tests.jobs.conftest import TransactionNow, ago, ahead
+from tests.fixtures.jobs import TransactionNow, ago, ahead
 
 pytestmark = pytest.mark.django_db
 

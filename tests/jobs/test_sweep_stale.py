@@ -18,7 +18,7 @@ from controllers.services.health import controllers_sweep_stale
 from controllers.tasks import sweep_stale
 from darktower.metrics import REGISTRY
 from tests.factories import make_controller, make_handler
-from tests.jobs.conftest import ago
+from tests.fixtures.jobs import ago
 
 THRESHOLD = 30
 

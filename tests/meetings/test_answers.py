@@ -11,8 +11,8 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.log import log_response
 
 from meetings.models import MeetingAssignment, MeetingParticipant
-from tests.api.util import assert_error
 from tests.factories import make_controller, make_meeting, make_user
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

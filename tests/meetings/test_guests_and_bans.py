@@ -10,8 +10,8 @@ from django.conf import settings
 from accounts.tokens import token_verify
 from audit.models import AuditLog, OutboxEvent
 from meetings.models import Meeting, MeetingBan, MeetingParticipant
-from tests.api.util import assert_error
 from tests.factories import make_meeting, make_user
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

@@ -17,8 +17,8 @@ from controllers.models import MeetingController
 from darktower.errors import Unauthenticated
 from meetings.api.serializers import MeetingSerializer, meeting_for_joiner
 from meetings.models import Meeting, MeetingAssignment, MeetingParticipant
-from tests.api.util import assert_error
 from tests.factories import make_controller, make_meeting, make_user
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

@@ -9,8 +9,8 @@ import pytest
 from django.utils import timezone
 
 from meetings.models import MeetingParticipant, ParticipantStatus
-from tests.api.util import assert_error
 from tests.factories import make_meeting, make_user
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,8 @@ from audit.models import AuditLog, OutboxEvent
 from controllers.models import MeetingController
 from meetings.models import Meeting, MeetingAssignment, MeetingParticipant
 from meetings.services import meetings as meeting_services
-from tests.api.util import assert_error
 from tests.factories import make_controller, make_meeting
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

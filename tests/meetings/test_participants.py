@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from audit.models import AuditLog
 from meetings.models import MeetingParticipant
-from tests.api.util import assert_error
 from tests.factories import make_meeting
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

@@ -7,8 +7,8 @@ import pytest
 from django.conf import settings as django_settings
 
 from meetings.models import Recording
-from tests.api.util import assert_error
 from tests.factories import make_meeting, make_recording
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

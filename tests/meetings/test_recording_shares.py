@@ -18,9 +18,9 @@ from darktower.log_redaction import redact
 from meetings.models import Recording
 from meetings.selectors import recording_by_share_token
 from meetings.services.recordings import recording_share, recording_share_rotate, recording_unshare
-from tests.api.util import assert_error
 from tests.factories import make_meeting, make_recording
-from tests.foundation.sqlutil import violated_constraint
+from tests.fixtures.api_errors import assert_error
+from tests.fixtures.sql import violated_constraint
 
 pytestmark = pytest.mark.django_db
 
