@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.controllers.grpc.conftest import bearer, channel, grpc_server, mc_stub  # noqa: F401 (fixtures, used by name)
 from tests.faults.processes import service_token
-from tests.grpc.conftest import bearer, channel, grpc_server, mc_stub  # noqa: F401 (fixtures, used by name)
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from controllers.grpc.server import GrpcServer, ServerTls
 from controllers.heartbeats import RECORDERS
 from controllers.models import HealthStatus, MediaHandler, MeetingController
 from controllers.simulator import Fleet, FleetConfig, SimulatorError
-from tests.grpc.tls import make_tls_files, tls_grpc_server
+from tests.controllers.grpc.tls import make_tls_files, tls_grpc_server
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from darktower.celery import DEFAULT_QUEUE, MAINTENANCE_QUEUE
+from tests.controllers.grpc.conftest import grpc_server, service_credential  # noqa: F401 (fixtures, found by their names)
 from tests.faults.processes import database_url_of_test_db, wait_for
-from tests.grpc.conftest import grpc_server, service_credential  # noqa: F401 (fixtures, found by their names)
 
 WORKER_START_TIMEOUT_SECONDS = 30
 

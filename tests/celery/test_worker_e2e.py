@@ -19,8 +19,8 @@ from controllers.capacity_cache import CAPACITY_TTL_SECONDS
 from controllers.models import HealthStatus, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
+from tests.controllers.grpc.conftest import bearer, endpoint_token
 from tests.faults.processes import wait_for
-from tests.grpc.conftest import bearer, endpoint_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from darktower.devenv import ROOT
-from tests.grpc.conftest import (  # noqa: F401 (fixtures, found by their names)
+from tests.controllers.grpc.conftest import (  # noqa: F401 (fixtures, found by their names)
     auth,
     channel,
     grpc_server,

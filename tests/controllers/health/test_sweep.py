@@ -9,9 +9,9 @@ from audit.models import AuditLog
 from controllers.models import HealthStatus, HealthTransition, MediaHandler, MeetingController, SweepState
 from controllers.services.health import controllers_sweep_stale
 from controllers.tasks import sweep_stale
+from tests.controllers.health.conftest import GRACE, SWEEP_INTERVAL, THRESHOLD
 from tests.factories import make_controller, make_handler
 from tests.fixtures.jobs import ago
-from tests.health.conftest import GRACE, SWEEP_INTERVAL, THRESHOLD
 
 pytestmark = pytest.mark.django_db
 

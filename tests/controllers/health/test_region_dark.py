@@ -10,9 +10,9 @@ import pytest
 from audit.models import AuditLog
 from controllers.models import HealthStatus, HealthTransition, MediaHandler, MeetingController
 from controllers.services.health import DisruptedRegion, controllers_sweep_stale
+from tests.controllers.health.conftest import GRACE
 from tests.factories import make_controller, make_handler
 from tests.fixtures.jobs import ago
-from tests.health.conftest import GRACE
 
 pytestmark = pytest.mark.django_db
 

@@ -10,8 +10,8 @@ from django.db.models.functions import Now
 from controllers.models import HealthStatus, HealthTransition, MediaHandler, MeetingController
 from controllers.services.health import RecoveryReport, controllers_sweep_stale, heartbeat_recovery
 from controllers.services.transitions import CONTROLLER, HANDLER, health_transition
+from tests.controllers.health.conftest import HOLD_DOWN
 from tests.factories import make_controller, make_handler
-from tests.health.conftest import HOLD_DOWN
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from controllers.grpc.guard import GLOBAL_CONTROLLER_SERVICE, ServiceGuard
-from tests.grpc.conftest import bearer, issue
+from tests.controllers.grpc.conftest import bearer, issue
 from tests.metrics.test_grpc import AioServer
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -21,11 +21,11 @@ from controllers.services.ownership import member_claim
 from controllers.services.registration import CONTROLLERS
 from dark_tower.internal.v1 import internal_pb2 as pb
 from meetings.models import Meeting, MeetingAssignment
+from tests.controllers.grpc.conftest import bearer, endpoint_token
+from tests.controllers.grpc.test_heartbeat_stream import Stream
 from tests.factories import make_controller, make_meeting, make_user
 from tests.faults.processes import wait_for
 from tests.fixtures.admin import operator_groups, operator_user, viewer_user  # noqa: F401 (fixtures)
-from tests.grpc.conftest import bearer, endpoint_token
-from tests.grpc.test_heartbeat_stream import Stream
 
 pytestmark = pytest.mark.usefixtures("fresh_revocation_lookups")
 

@@ -14,7 +14,7 @@ import uvloop
 from controllers.heartbeats import controller_heartbeats
 from controllers.models import HealthStatus, HealthTransition, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
-from tests.grpc.conftest import bearer, endpoint_token, every_worker_busy
+from tests.controllers.grpc.conftest import bearer, endpoint_token, every_worker_busy
 
 pytestmark = pytest.mark.usefixtures("fresh_revocation_lookups")
 

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from controllers.grpc.server import GrpcServer, plaintext_refusal, server_tls_from_settings
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
-from tests.grpc.tls import TlsFiles, make_tls_files, tls_grpc_server
+from tests.controllers.grpc.tls import TlsFiles, make_tls_files, tls_grpc_server
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from controllers.models import MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
+from tests.controllers.grpc.conftest import bearer, issue
 from tests.faults.processes import database_url_of_test_db, free_port
-from tests.grpc.conftest import bearer, issue
 from tests.locks import wait_until_blocking
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,9 +19,9 @@ from meetings.models import Meeting, MeetingAssignment
 from meetings.services.assignment import meeting_assign
 from meetings.services.drain_deadlines import drains_enforce
 from meetings.tasks import enforce_drain_deadlines
+from tests.controllers.health.conftest import HOLD_DOWN
 from tests.factories import make_controller, make_meeting
 from tests.fixtures.jobs import ago
-from tests.health.conftest import HOLD_DOWN
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,8 @@ from controllers.grpc.ratelimit import BeatBuckets, beat_buckets
 from controllers.models import HealthStatus
 from dark_tower.internal.v1 import internal_pb2 as pb
 from darktower.metrics import REGISTRY
+from tests.controllers.grpc.conftest import bearer, endpoint_token
 from tests.factories import make_controller, make_handler
-from tests.grpc.conftest import bearer, endpoint_token
 
 HOUR_MS = 3_600_000
 

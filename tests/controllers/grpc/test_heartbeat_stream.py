@@ -18,9 +18,9 @@ from controllers.heartbeats import controller_heartbeats
 from controllers.models import HealthStatus, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
+from tests.controllers.grpc.conftest import bearer, endpoint_token, every_worker_busy, issue, metric_sample
 from tests.factories import make_controller
 from tests.faults.processes import wait_for
-from tests.grpc.conftest import bearer, endpoint_token, every_worker_busy, issue, metric_sample
 
 pytestmark = pytest.mark.usefixtures("fresh_revocation_lookups")
 

@@ -16,9 +16,9 @@ from controllers.services.registration import controller_heartbeat, controller_r
 from meetings.models import MeetingAssignment
 from meetings.services.assignment import assignment_candidates
 from meetings.services.drain_deadlines import drains_enforce
+from tests.controllers.health.conftest import HOLD_DOWN
 from tests.factories import make_meeting
 from tests.fixtures.jobs import ago
-from tests.health.conftest import HOLD_DOWN
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@ from accounts.signing import signing_key_active
 from accounts.tokens import token_revoke, token_verify
 from controllers.models import MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
-from tests.grpc.conftest import bearer, issue
+from tests.controllers.grpc.conftest import bearer, issue
 
 REQUEST = pb.RegisterMCRequest(
     id="mc-auth-1", region="us-east-1", grpc_endpoint="grpc://mc.internal:50052", max_meetings=10,

@@ -8,8 +8,8 @@ from django.conf import settings
 
 from dark_tower.internal.v1 import internal_pb2 as pb
 from darktower.metrics import REGISTRY, TALLIES, TALLY_PUBLISH_SECONDS
+from tests.controllers.grpc.conftest import bearer, issue, metric_sample
 from tests.faults.processes import wait_for
-from tests.grpc.conftest import bearer, issue, metric_sample
 
 REGISTER_MC = "/dark_tower.internal.v1.GlobalControllerService/RegisterMC"
 REQUEST = pb.RegisterMCRequest(id="mc-metrics-1", region="us-east-1", grpc_endpoint="grpc://mc.internal:50052",
