@@ -22,7 +22,7 @@ from tests.controllers.grpc.conftest import bearer, issue
 from tests.faults.processes import database_url_of_test_db, free_port
 from tests.locks import wait_until_blocking
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.slow
 
 
