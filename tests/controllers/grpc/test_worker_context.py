@@ -11,7 +11,7 @@ import pytest
 
 from controllers.grpc.guard import GLOBAL_CONTROLLER_SERVICE, ServiceGuard
 from tests.controllers.grpc.conftest import bearer, issue
-from tests.metrics.test_grpc import AioServer
+from tests.darktower.metrics.test_grpc import AioServer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

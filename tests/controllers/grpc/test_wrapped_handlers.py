@@ -13,7 +13,7 @@ import pytest
 
 from controllers.grpc.guard import GLOBAL_CONTROLLER_SERVICE, ServiceGuard
 from controllers.grpc.server import WrappedHandlers
-from tests.metrics.test_grpc import SERVICE, AioServer
+from tests.darktower.metrics.test_grpc import SERVICE, AioServer
 
 
 class CountingWrapper:

@@ -69,7 +69,7 @@ def test_unmatched_paths_share_one_series(client):
     assert requests_seen("GET", "<unmatched>", 404) == before + 2
 
 
-@pytest.mark.urls("tests.metrics.urls")
+@pytest.mark.urls("tests.darktower.metrics.urls")
 def test_a_view_that_raises_is_counted_as_500(client):
     client.raise_request_exception = False
     before = requests_seen("POST", "test-boom", 500)
