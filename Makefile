@@ -66,14 +66,15 @@ lint: $(STAMP)
 clean-data: $(STAMP)
 	$(DEVENV) clean-data
 
-# squawk over `sqlmigrate` of each migration newer than the baseline; tests/foundation/test_squawk_migrations.py
-# runs the same check in `make test`.
+# squawk over `sqlmigrate` of each migration newer than the baseline;
+# tests/darktower/migrations/test_squawk_migrations.py runs the same check in `make test`.
 .PHONY: squawk
 squawk: $(STAMP)
 	$(DEVENV) exec -- $(PY) tools/squawk_migrations.py
 
 # The gRPC contract: proto/dark_tower/**.proto -> the importable package dark_tower/ (checked in).
-# tests/grpc/test_proto_generated.py runs this with PROTO_OUT=<tmp> and fails when the checked-in code is stale.
+# tests/controllers/grpc/test_proto_generated.py runs this with PROTO_OUT=<tmp> and fails when the checked-in code is
+# stale.
 PROTO_OUT ?= .
 PROTO_FILES := proto/dark_tower/internal/v1/internal.proto
 proto: | $(PY)

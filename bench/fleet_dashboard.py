@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "the rest is Python (the admin's template and each cell's HTML), which grows with the rows on the page, "
         "not with the fleet. The last page pays for its OFFSET in SQL.",
         f"Each figure is over {repeat} requests after one warm-up; DEBUG off. The superuser needs no permission "
-        "queries; an operator in a group adds two (tests/admin/test_query_counts.py pins those counts).",
+        "queries; an operator in a group adds two (tests/controllers/admin/test_query_counts.py pins those counts).",
         load_note(load_before, load_after),
     ]
     finish(result, args, postgres=postgres)

@@ -4,7 +4,7 @@ health transitions) on top, live-refreshed badges and heartbeat ages, and the op
 the same module (compare-and-set, transition and audit row naming the operator).
 
 Every column reads the row or an annotation of the page's one SELECT (controllers.selectors): the number of
-queries does not grow with the rows (tests/admin/test_query_counts.py).
+queries does not grow with the rows (tests/controllers/admin/test_query_counts.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ import pytest
 
 from tests.factories import make_user
 
+# Fixtures without autouse that tests of several apps use; autouse fixtures stay in the conftest of their folder.
+pytest_plugins = ["tests.fixtures.admin", "tests.fixtures.jobs"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # The processes tests start (gunicorn, grpcserver, Celery workers) inherit this: like the tests themselves

@@ -1,6 +1,7 @@
 """Revoking a compromised signing key (accounts.signing.signing_key_revoke): every token it signed is refused at
 once in this process and within SIGNING_KEY_CACHE_SECONDS in every other one (each process's key cache), through
-the service and `manage.py revoke_signing_key KID` (the admin's action: tests/admin/test_signing_key_admin.py)."""
+the service and `manage.py revoke_signing_key KID` (the admin's action:
+tests/accounts/admin/test_signing_key_admin.py)."""
 
 from __future__ import annotations
 

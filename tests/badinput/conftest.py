@@ -1,11 +1,12 @@
-"""Bad-input fixtures: the real gRPC server on a loopback port (tests/grpc/conftest.py) and a service token."""
+"""Bad-input fixtures: the real gRPC server on a loopback port (tests/controllers/grpc/conftest.py) and a
+service token."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.controllers.grpc.conftest import bearer, channel, grpc_server, mc_stub  # noqa: F401 (fixtures, used by name)
 from tests.faults.processes import service_token
-from tests.grpc.conftest import bearer, channel, grpc_server, mc_stub  # noqa: F401 (fixtures, used by name)
 
 
 @pytest.fixture(autouse=True)

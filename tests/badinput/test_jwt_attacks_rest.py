@@ -1,6 +1,6 @@
 """JWT attacks against the REST API: each forged, stale or misdirected user token is a 401 in the API's error
 shape, on a read and on a write, and the write does nothing. (tests/accounts/test_tokens.py covers the token
-core itself, tests/grpc/test_auth.py the gRPC door.)"""
+core itself, tests/controllers/grpc/test_auth.py the gRPC door.)"""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from rest_framework.test import APIClient
 from accounts.services.users import user_scopes
 from accounts.signing import signing_key_active
 from meetings.models import Meeting
-from tests.api.util import assert_error
 from tests.factories import make_user
+from tests.fixtures.api_errors import assert_error
 
 pytestmark = pytest.mark.django_db
 

@@ -1,3 +1,3 @@
 """The real gRPC server fixture of tests/grpc, for the simulator's tests."""
 
-from tests.grpc.conftest import grpc_server  # noqa: F401 (a fixture, found by its name)
+from tests.controllers.grpc.conftest import grpc_server  # noqa: F401 (a fixture, found by its name)

@@ -13,7 +13,7 @@ from controllers.grpc.server import GrpcServer, ServerTls
 from controllers.heartbeats import RECORDERS
 from controllers.models import HealthStatus, MediaHandler, MeetingController
 from tests.beats import recorder_reset
-from tests.grpc.tls import make_tls_files, tls_grpc_server
+from tests.controllers.grpc.tls import make_tls_files, tls_grpc_server
 from tools.simulator import Fleet, FleetConfig, SimulatorError
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(autouse=True)
 def fast_intervals(settings):
-    # Autouse: set before the grpc_server fixture (tests/grpc/conftest.py) starts the server.
+    # Autouse: set before the grpc_server fixture (tests/controllers/grpc/conftest.py) starts the server.
     settings.FAST_HEARTBEAT_INTERVAL_MS = 1000
     settings.COMPREHENSIVE_HEARTBEAT_INTERVAL_MS = 1500
     settings.MH_LOAD_REPORT_INTERVAL_MS = 1000

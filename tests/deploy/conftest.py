@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.grpc.conftest import (  # noqa: F401 (fixtures, found by their names)
+from tests.controllers.grpc.conftest import (  # noqa: F401 (fixtures, found by their names)
     auth,
     channel,
     grpc_server,

@@ -25,7 +25,7 @@ from darktower.metrics import REGISTRY
 from darktower.redis import redis_client
 from tests.beats import recorder_reset
 from tests.factories import make_controller
-from tests.jobs.conftest import ago
+from tests.fixtures.jobs import ago
 from tools.devenv import ROOT
 
 

@@ -14,6 +14,7 @@ import redis
 from kombu import Connection
 
 from darktower.celery import DEFAULT_QUEUE, MAINTENANCE_QUEUE, app
+from tests.controllers.grpc.conftest import channel, grpc_server, mc_stub  # noqa: F401 (fixtures, used by name)
 from tests.faults.processes import (
     ROOT,
     SHUTDOWN_GRACE_SECONDS,
@@ -23,7 +24,6 @@ from tests.faults.processes import (
     ThrowawayRedis,
     database_url_of_test_db,
 )
-from tests.grpc.conftest import channel, grpc_server, mc_stub  # noqa: F401 (fixtures, used by name)
 
 # Issued inside the throwaway database, whose signing key the server will verify it with; a subject of its own
 # (registration limits are counted per subject in the shared Redis).

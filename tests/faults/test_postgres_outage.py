@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
+from tests.controllers.grpc.conftest import bearer
 from tests.faults.processes import wait_for
-from tests.grpc.conftest import bearer
 
 # One xdist worker runs the fault, load and bench tests, one at a time (make test's --dist loadgroup): each
 # starts several servers and fleets of its own, and a module's throwaway servers are started once.

@@ -16,9 +16,9 @@ from django.utils import timezone
 from controllers.models import HealthStatus, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from meetings.models import Meeting
+from tests.controllers.grpc.conftest import bearer
 from tests.factories import make_controller, make_user, user_token
 from tests.faults.processes import service_token, wait_for
-from tests.grpc.conftest import bearer
 
 # One xdist worker runs the fault, load and bench tests, one at a time (make test's --dist loadgroup): each
 # starts several servers and fleets of its own, and a module's throwaway servers are started once.

@@ -26,9 +26,9 @@ import pytest
 from controllers.models import MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
+from tests.controllers.grpc.conftest import bearer
 from tests.factories import make_controller
 from tests.faults.processes import SHUTDOWN_GRACE_SECONDS, conninfo_of_test_db, service_token
-from tests.grpc.conftest import bearer
 
 # One xdist worker runs the fault, load and bench tests, one at a time (make test's --dist loadgroup): each
 # starts several servers and fleets of its own, and a module's throwaway servers are started once.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.conftest import api, as_key, as_user, host, other, roomy_rate_limits  # noqa: F401 (fixtures)
 from tests.factories import make_controller
+from tests.fixtures.api import api, as_key, as_user, host, other, roomy_rate_limits  # noqa: F401 (fixtures)
 
 REGION = "us-east-1"
 

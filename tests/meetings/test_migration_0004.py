@@ -10,7 +10,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 from tests.factories import make_meeting, make_user
-from tests.foundation.sqlutil import sql, sql_value, violated_constraint
+from tests.fixtures.sql import sql, sql_value, violated_constraint
 
 
 @pytest.mark.django_db

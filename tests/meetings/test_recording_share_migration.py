@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from tests.foundation.sqlutil import sql, sql_value
+from tests.fixtures.sql import sql, sql_value
 
 BEFORE = ("meetings", "0004_guests_waiting_room_bans")
 TOKENS = {"shared": "legacy-shared-TOKEN", "unshared": "legacy-unshared-TOKEN"}
