@@ -48,7 +48,7 @@ def test_the_dashboard_shows_what_operators_look_at():
     titles = " | ".join(panel["title"] for panel in dashboard_panels()).lower()
     for subject in ("mcs by region and health", "heartbeat rate", "join rate", "join latency", "assignments",
                     "mc assignment calls", "sweep duration", "marked unhealthy", "outbox", "http errors",
-                    "grpc errors"):
+                    "grpc errors", "registrations by method and outcome", "process restarts"):
         assert subject in titles
 
 
