@@ -199,8 +199,17 @@ def weighted_order(candidates: Sequence[Candidate], rng: random.Random | None = 
     return order
 
 
-# Served by uq_meeting_assignments_active (meeting_id, region) WHERE ended_at IS NULL.
+# The plan must not depend on when the table was last analyzed. With `ended_at IS NULL` in the scan, every partial
+# index on active assignments qualifies for a full walk, and statistics taken while the table was empty rate them
+# all alike: the planner may walk idx_assignments_active_by_mc and filter every active assignment of the fleet.
+# So the meeting's rows in the region are read apart (a MATERIALIZED CTE is planned on its own, and the active
+# condition stays outside it), where only the index on meeting_id serves them: a meeting has few assignments.
 _ACTIVE_SQL = """
+WITH a AS MATERIALIZED (
+    SELECT id, meeting_controller_id, pending_until, media_handler_ids, ended_at
+    FROM meeting_assignments
+    WHERE meeting_id = %(meeting_id)s AND region = %(region)s
+)
 SELECT a.id, a.meeting_controller_id, mc.grpc_endpoint, mc.webtransport_endpoint, mc.health_status,
        mc.last_heartbeat_at > now() - make_interval(secs => %(stale)s) AS fresh,
        a.pending_until IS NOT NULL AS pending,
@@ -209,9 +218,9 @@ SELECT a.id, a.meeting_controller_id, mc.grpc_endpoint, mc.webtransport_endpoint
                                             coalesce(h.grpc_endpoint, ''))
                            ORDER BY array_position(a.media_handler_ids, h.handler_id))
            FROM media_handlers h WHERE h.handler_id = ANY(a.media_handler_ids)) END AS media_handlers
-FROM meeting_assignments a
+FROM a
 JOIN meeting_controllers mc ON mc.controller_id = a.meeting_controller_id
-WHERE a.meeting_id = %(meeting_id)s AND a.region = %(region)s AND a.ended_at IS NULL
+WHERE a.ended_at IS NULL
 """
 # Columns of _ACTIVE_SQL.
 _ID, _CONTROLLER, _GRPC, _WEBTRANSPORT, _HEALTH, _FRESH, _PENDING, _HANDLERS = range(8)
