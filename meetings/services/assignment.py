@@ -344,6 +344,7 @@ def meeting_assign_in_transaction(
             raise _no_capacity(region, PlacementRule.LEAST_LOADED)
         if settings.MC_ASSIGN_CALLS:
             raise PlacementNeeded(meeting_id, max_participants)
+        _lock_for_reassignment(cursor, active, candidates)
         previous_controller_id = _end_active(cursor, active, END_REASON_REASSIGNED)
         params.update(reserve=reserve, pending=None, media_handler_ids=None)
         placed = _insert_and_claim(cursor, params, candidates, rng)
@@ -388,6 +389,26 @@ def _reuse_or_candidates(
         _count(PlacementRule.DEGRADED_FALLBACK, PlacementOutcome.REUSED)
         return _active_assignment(active, meeting_id, region, rule=PlacementRule.DEGRADED_FALLBACK), active, [], 0
     return None, active, candidates, reserve
+
+
+# A reassignment writes two MC rows: the old one (its slot given back) and the one it claims. The heartbeat flush
+# locks the rows of its batch in controller_id order; so does this, for the old MC and every candidate at once,
+# before either is changed: a flush or another reassignment holding one of them while it waits for the other
+# would otherwise deadlock with it. Candidates that are not claimed stay locked until the commit, a few
+# milliseconds; a first join (no old MC) claims a single row and needs none of this. The fresh reads after every
+# locked candidate filled up may still claim an MC out of this order; a deadlock there ends one transaction
+# (503, retried by the client) and never oversells an MC.
+_LOCK_CONTROLLERS_SQL = """
+SELECT 1 FROM meeting_controllers WHERE controller_id = ANY(%s) ORDER BY controller_id FOR UPDATE
+"""
+
+
+def _lock_for_reassignment(cursor: Any, active: tuple[Any, ...] | None, candidates: Sequence[Candidate]) -> None:
+    """Lock the old MC's row and the candidates' in controller_id order (see _LOCK_CONTROLLERS_SQL)."""
+    if active is None:
+        return
+    cursor.execute(_LOCK_CONTROLLERS_SQL,
+                   [sorted({active[_CONTROLLER], *(candidate.controller_id for candidate in candidates)})])
 
 
 def _end_active(cursor: Any, active: tuple[Any, ...] | None, reason: str) -> str | None:
@@ -640,6 +661,7 @@ def _place_locked(
                 raise NoMediaHandler(f"No media handler is available in region {region}.")
             if not candidates:
                 break
+            _lock_for_reassignment(cursor, active, candidates)
             # We hold the placement lock: a pending row here was left by a placer that went away.
             ended = _end_active(
                 cursor, active, END_REASON_ABANDONED if active is not None and active[_PENDING]
