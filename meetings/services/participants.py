@@ -285,7 +285,8 @@ def _join_once(
             },
         ))
         audit_record_many(audit_entries)
-        token = _meeting_token(participant)
+    # Signed after the commit: the meeting row (and a claimed MC's) stay locked only for the database's own work.
+    token = _meeting_token(participant)
     return JoinResult(meeting=meeting, participant=participant, assignment=assignment, token=token, created=created)
 
 
