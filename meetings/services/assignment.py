@@ -65,6 +65,7 @@ from controllers.services.capacity import PlacementOutcome, PlacementRule, relea
 from darktower.errors import NoCapacity, NoMediaHandler, PlacementBusy
 from darktower.metrics import ASSIGNMENTS
 from darktower.process import gc_id
+from meetings.models import Meeting, MeetingStatus
 
 END_REASON_REASSIGNED = "reassigned"
 # The MC refused the meeting or did not answer in time (AssignMeetingWithMh).
@@ -322,11 +323,15 @@ def meeting_assign_in_transaction(
     actor_user_id: uuid.UUID | None = None,
     rng: random.Random | None = None,
     max_participants: int | None = None,
+    meeting: Meeting | None = None,
 ) -> Assignment:
     """meeting_assign inside the caller's transaction (the join's), without a savepoint of its own: an error
     leaves that transaction to be rolled back, so the caller lets it propagate. `max_participants` is the
     meeting's when the caller has read it already (else it is read here). The audit row of a new assignment is
     appended to `audit_entries`; the caller writes it in the same transaction.
+
+    `meeting`: the caller's locked copy of the meeting row (the join's). A new assignment then also starts the
+    meeting if it is scheduled, in the same UPDATE that points it at its MC, and brings this copy up to date.
 
     With MC_ASSIGN_CALLS, an assignment that must be made raises PlacementNeeded instead (nothing written):
     asking the MC must not happen inside the caller's transaction, so the caller calls meeting_place outside it
@@ -351,10 +356,12 @@ def meeting_assign_in_transaction(
         if isinstance(placed, Assignment):
             return placed
         assignment_id, chosen, endpoints = placed
-        cursor.execute(
-            "UPDATE meetings SET assigned_controller_id = %s, assigned_region = %s WHERE meeting_id = %s",
-            [chosen.controller_id, region, meeting_id],
-        )
+        cursor.execute(_POINT_SQL, {"controller_id": chosen.controller_id, "region": region,
+                                    "meeting_id": meeting_id, "start": meeting is not None})
+        changed = cursor.fetchone()
+        if meeting is not None and changed is not None:
+            for name, value in zip(MEETING_CHANGED, changed, strict=True):
+                setattr(meeting, name, value)
         audit_entries.append(_assigned_records(
             meeting_id=meeting_id, region=region, controller_id=chosen.controller_id, rule=chosen.rule,
             assignment_id=assignment_id, previous_controller_id=previous_controller_id, reserve=reserve,
@@ -363,6 +370,19 @@ def meeting_assign_in_transaction(
         _count(chosen.rule, PlacementOutcome.ASSIGNED)
         return Assignment(assignment_id, meeting_id, region, chosen.controller_id, endpoints[0], endpoints[1],
                           reused=False, rule=chosen.rule)
+
+
+# The meeting's columns a new assignment changes: its MC, and for a join (`start`) the start of a scheduled
+# meeting; updated_at by the touch trigger.
+MEETING_CHANGED = ("status", "actual_start_time", "assigned_controller_id", "assigned_region", "updated_at")
+_POINT_SQL = f"""
+UPDATE meetings SET assigned_controller_id = %(controller_id)s, assigned_region = %(region)s,
+    status = CASE WHEN %(start)s AND status = '{MeetingStatus.SCHEDULED}' THEN '{MeetingStatus.ACTIVE}' ELSE status END,
+    actual_start_time = CASE WHEN %(start)s AND status = '{MeetingStatus.SCHEDULED}' THEN statement_timestamp()
+                             ELSE actual_start_time END
+WHERE meeting_id = %(meeting_id)s
+RETURNING {", ".join(MEETING_CHANGED)}
+"""  # noqa: S608 -- constants only
 
 
 def _reuse_or_candidates(
