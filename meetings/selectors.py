@@ -68,8 +68,9 @@ def meetings_by_ref(ref: str) -> QuerySet[Meeting]:
 
 
 # Every column but metadata (JSON, which needs the field's converter): it stays deferred, loaded if ever read.
-_LOCKED_ATTNAMES = [field.attname for field in Meeting._meta.concrete_fields if field.attname != "metadata"]
-_LOCKED_COLUMNS = ", ".join(Meeting._meta.get_field(name).column for name in _LOCKED_ATTNAMES)
+_LOCKED_FIELDS = [field for field in Meeting._meta.concrete_fields if field.attname != "metadata"]
+_LOCKED_ATTNAMES = [field.attname for field in _LOCKED_FIELDS]
+_LOCKED_COLUMNS = ", ".join(field.column for field in _LOCKED_FIELDS)
 
 
 def meeting_by_ref_locked(ref: str) -> Meeting | None:

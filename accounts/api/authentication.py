@@ -44,9 +44,10 @@ def _credentials(request: Request, scheme: str) -> str | None:
 
 
 # Every column but those that need a converter (metadata, JSON): those stay deferred, loaded if ever read.
-_USER_ATTNAMES = [field.attname for field in User._meta.concrete_fields if field.attname != "metadata"]
+_USER_FIELDS = [field for field in User._meta.concrete_fields if field.attname != "metadata"]
+_USER_ATTNAMES = [field.attname for field in _USER_FIELDS]
 _ACTIVE_USER_SQL = "SELECT {columns} FROM users WHERE user_id = %s AND is_active".format(  # noqa: S608 constants
-    columns=", ".join(User._meta.get_field(name).column for name in _USER_ATTNAMES)
+    columns=", ".join(field.column for field in _USER_FIELDS)
 )
 
 
