@@ -13,15 +13,27 @@ threshold is raised so that no MC goes stale while nobody heartbeats.
 
 The client (bench/join_client.py, its own process, asyncio, --connections keep-alive connections) runs a
 closed loop: first GET /health, then the joins (half of them to 100 hot meetings, so that joins of one meeting
-race each other; one in ten for another region than the meeting's home). Server CPU per request is gunicorn's
-processes' CPU time over the measured window divided by the requests answered (PostgreSQL's is not in it).
+race each other; one in ten for another region than the meeting's home). Then four runs that separate the two
+kinds of join: first joins only (each a meeting nobody joined yet, from a set of fresh meetings) and reused joins
+only (the hot meetings, whose assignments the mixed run made), each without and with an Idempotency-Key (a new
+key per join).
 
-A third row repeats the joins with MC_ASSIGN_CALLS on, after the first run's assignments and participants are
+CPU per request, over the measured window divided by the requests answered: gunicorn's process tree, the
+PostgreSQL server's (postmaster and every backend, background workers included: the bench's database is the only
+one at work) and the bench's own Redis; "machine" is their sum. The client's own CPU is not in it.
+
+Statements and round trips per join: one probe join of each kind (first, reused; without and with an
+Idempotency-Key) through Django's test client in the bench's process, the same view, services, middleware and
+connection pool as the server. Statements are the SQL statements Django executes (its query log without BEGIN,
+COMMIT and savepoints); round trips are the messages libpq sends that wait for the server's answer (a simple
+Query or an extended-protocol Sync), read from libpq's trace of every connection the probe uses.
+
+The last row repeats the mixed joins with MC_ASSIGN_CALLS on, after the first runs' assignments and participants are
 cleared: every first join of a (meeting, region) then asks its MC with AssignMeetingWithMh before answering. The
 MCs' endpoint is one gRPC server in the bench's process that accepts every assignment and counts them (each must
 be told once per pair), and each region has two media handlers with a fresh load report.
 
-Correctness: during the run, every join of one (meeting, region) must name the same MC; after it, in SQL: no
+Correctness: during the runs, every join of one (meeting, region) must name the same MC; after them, in SQL: no
 (meeting, region) with two active assignments, one active assignment per pair the client joined, every MC's
 current_meetings equal to its active assignments and within max_meetings, one participant row per
 successful join.
@@ -32,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -44,6 +57,9 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 from bench.common import (
     PYTHON,
@@ -129,18 +145,45 @@ def _answers(port: int) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class PrivateRedis:
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def private_redis(where: Path) -> Iterator[str]:
+def private_redis(where: Path) -> Iterator[PrivateRedis]:
     """A Redis server of this bench's own (the embedded one's binary and config), stopped on the way out."""
     from tools.devenv import Redis, wait_until
 
     server = Redis(where)
     server.start()
+    assert server.process is not None
     try:
         wait_until(server.answers, what="the bench's Redis", hint=server.hint)
-        yield f"unix://{where / 'redis.sock'}"
+        yield PrivateRedis(f"unix://{where / 'redis.sock'}", server.process.pid)
     finally:
         server.stop()
+
+
+def postmaster_pid(scratch: Scratch) -> int:
+    """The PostgreSQL server's main process: every backend is its child."""
+    with scratch.connect() as conn:
+        backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        return psutil.Process(backend).ppid()
+
+
+@dataclass(frozen=True)
+class Meters:
+    """The processes whose CPU a request costs: gunicorn's tree, PostgreSQL's tree, the bench's Redis."""
+
+    gunicorn: int
+    postgres: int
+    redis: int
+
+    def read(self) -> dict[str, float]:
+        return {"gunicorn": process_tree_cpu_seconds(self.gunicorn),
+                "postgres": process_tree_cpu_seconds(self.postgres), "redis": process_tree_cpu_seconds(self.redis)}
 
 
 @contextlib.contextmanager
@@ -253,32 +296,43 @@ class AcceptingMc:
         self.server.stop(grace=0)
 
 
-def drive(server: Gunicorn, scratch: Scratch, *, mode: str, plan: Path | None, connections: int, duration: float,
-          warmup: float) -> dict:
+def drive(server: Gunicorn, scratch: Scratch, meters: Meters, *, mode: str, plan: Path | None, connections: int,
+          duration: float, warmup: float, pattern: str = "mix", idempotency_key: bool = False,
+          fresh_from: int = 0) -> dict:
     command = [PYTHON, "-m", "bench.join_client", "--port", str(server.port), "--mode", mode,
-               "--connections", str(connections), "--duration", str(duration), "--warmup", str(warmup)]
+               "--connections", str(connections), "--duration", str(duration), "--warmup", str(warmup),
+               "--pattern", pattern, "--fresh-from", str(fresh_from)]
     if plan is not None:
         command += ["--plan", str(plan)]
+    if idempotency_key:
+        command.append("--idempotency-key")
     client = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(warmup + 0.3)
-    cpu_start = server.cpu_seconds()
+    cpu_start = meters.read()
     sampler = SessionSampler(scratch)
     sampler.start()
     time.sleep(duration - 0.3)
     sessions = sampler.stop()
-    cpu = server.cpu_seconds() - cpu_start
+    cpu_end = meters.read()
     out, err = client.communicate(timeout=duration + warmup + 120)
     if client.returncode != 0:
         raise RuntimeError(f"client failed:\n{err[-3000:]}")
     figures = json.loads(out.strip().splitlines()[-1])
-    figures["server_cpu_ms_per_request"] = cpu / figures["ok"] * 1000 if figures["ok"] else float("nan")
+    if figures["exhausted"]:
+        raise RuntimeError("the client ran out of fresh meetings: raise --fresh-meetings")
+    # The CPU window is a little shorter than the client's (the sampler starts after the warm-up ends).
+    per_request = {name: (cpu_end[name] - cpu_start[name]) / figures["ok"] * 1000 if figures["ok"] else float("nan")
+                   for name in cpu_start}
+    figures["cpu_ms_per_request"] = {**per_request, "machine": sum(per_request.values())}
+    figures["server_cpu_ms_per_request"] = per_request["gunicorn"]
     figures["database_sessions"] = sessions
     return figures
 
 
-def _setup(scratch: Scratch, *, controllers: int, meetings: int, users: int, work: Path) -> tuple[Path, str]:
-    """The fleet, the meetings and the users; returns the client's plan file (tokens, meetings) and one more
-    meeting, left out of the plan, for the probe join."""
+def _setup(scratch: Scratch, *, controllers: int, meetings: int, fresh: int, users: int,
+           work: Path) -> tuple[Path, list[str]]:
+    """The fleet, the meetings and the users; returns the client's plan file (tokens, meetings, `fresh` more
+    meetings for the first-join runs) and two more meetings, left out of the plan, for the probe joins."""
     from django.conf import settings
 
     from accounts.models import User
@@ -293,7 +347,7 @@ def _setup(scratch: Scratch, *, controllers: int, meetings: int, users: int, wor
     with scratch.connect() as conn:
         conn.execute(_CONTROLLERS, {"regions": list(REGIONS), "n": controllers})
         conn.execute(_HANDLERS, {"regions": list(REGIONS)})
-        conn.execute(_MEETINGS, {"n": meetings + 1, "hosts": hosts, "users": users})
+        conn.execute(_MEETINGS, {"n": meetings + fresh + 2, "hosts": hosts, "users": users})
         ids = [row[0] for row in conn.execute("SELECT meeting_id::text FROM meetings ORDER BY meeting_code")]
         # A home region per meeting, the regions in turn.
         pairs = [[meeting_id, REGIONS[number % len(REGIONS)]] for number, meeting_id in enumerate(ids)]
@@ -305,41 +359,99 @@ def _setup(scratch: Scratch, *, controllers: int, meetings: int, users: int, wor
     ]
     plan = work / "plan.json"
     plan.touch(mode=0o600)
-    probe = pairs.pop()[0]
-    plan.write_text(json.dumps({"tokens": tokens, "meetings": pairs}))
-    return plan, probe
+    probes = [pairs.pop()[0], pairs.pop()[0]]
+    plan.write_text(json.dumps({"tokens": tokens, "meetings": pairs[:meetings], "fresh": pairs[meetings:]}))
+    return plan, probes
 
 
-def _statements_per_join(plan: Path, probe_meeting: str) -> list[int]:
-    """SQL statements of a first and of a repeated join of one meeting, through Django's test client in this
-    process (the same view, services and middleware as the server)."""
+# A frontend message in libpq's trace (PQtrace, timestamps suppressed) that waits for the server's answer.
+_ROUND_TRIP = re.compile(r"^F\s+\d+\s+(Query|Sync)\b", re.MULTILINE)
+
+
+# Django's query log holds BEGIN, COMMIT and savepoints too: they are round trips, not statements.
+_TRANSACTION_CONTROL = re.compile(r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE SAVEPOINT)\b")
+
+
+class LibpqTrace:
+    """libpq's trace of every connection this process's Django uses from now on (and of those idle in its pool),
+    into one file: the round trips a request makes, counted from what went on the wire."""
+
+    def __init__(self, work: Path) -> None:
+        from django.db import connection
+        from django.db.backends.signals import connection_created
+        from psycopg import pq
+
+        self.path = work / "libpq.trace"
+        self.file = self.path.open("w")
+        self.traced: set[int] = set()
+        self._flags = pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE
+        connection_created.connect(self._created, weak=False)
+        connection.ensure_connection()
+        self._trace(connection.connection)
+        pool = getattr(connection, "pool", None)
+        # psycopg_pool keeps its idle connections in `_pool`: trace them before the probe borrows them.
+        for idle in list(getattr(pool, "_pool", ())):
+            self._trace(idle)
+
+    def _created(self, sender: object, connection: Any, **kwargs: object) -> None:
+        self._trace(connection.connection)
+
+    def _trace(self, conn: Any) -> None:
+        if conn is None or id(conn.pgconn) in self.traced:
+            return
+        self.traced.add(id(conn.pgconn))
+        conn.pgconn.trace(self.file.fileno())
+        conn.pgconn.set_trace_flags(self._flags)
+
+    def round_trips(self) -> int:
+        self.file.flush()
+        return len(_ROUND_TRIP.findall(self.path.read_text()))
+
+
+def _statements_per_join(plan: Path, probe_meetings: list[str], work: Path) -> dict[str, dict[str, int]]:
+    """Statements and round trips of a first and of a reused join (another user joining a meeting whose
+    assignment the first made), without and with an Idempotency-Key, through Django's test client in this
+    process (the same view, services, middleware and pool as the server)."""
+    import uuid
+
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    token = json.loads(plan.read_text())["tokens"][0]
-    client = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {token}")
-    counts = []
-    for _ in range(2):
-        with CaptureQueriesContext(connection) as queries:
-            response = client.post(f"/api/v1/meetings/{probe_meeting}/join", {"region": REGIONS[0]},
-                                   content_type="application/json")
-        if response.status_code not in (200, 201):
-            raise RuntimeError(f"probe join answered {response.status_code}: {response.content[:500]!r}")
-        counts.append(len(queries))
+    tokens = json.loads(plan.read_text())["tokens"]
+    trace = LibpqTrace(work)
+    counts: dict[str, dict[str, int]] = {}
+    for meeting, keyed in zip(probe_meetings, ("", ", Idempotency-Key"), strict=True):
+        for kind, token in (("first", tokens[0]), ("reused", tokens[1 % len(tokens)])):
+            headers = {"HTTP_IDEMPOTENCY_KEY": str(uuid.uuid4())} if keyed else {}
+            client = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {token}", **headers)
+            trips = trace.round_trips()
+            with CaptureQueriesContext(connection) as queries:
+                response = client.post(f"/api/v1/meetings/{meeting}/join", {"region": REGIONS[0]},
+                                       content_type="application/json")
+            if response.status_code != 201:
+                raise RuntimeError(f"probe join answered {response.status_code}: {response.content[:500]!r}")
+            statements = [q for q in queries.captured_queries if not _TRANSACTION_CONTROL.match(q["sql"])]
+            counts[kind + keyed] = {"statements": len(statements), "round_trips": trace.round_trips() - trips}
     return counts
 
 
-def _checks(scratch: Scratch, join: dict, probe_meeting: str) -> tuple[dict[str, int], dict[str, int]]:
-    """(figures, problems): the database after the run, and what contradicts the answers the client got."""
+def _checks(scratch: Scratch, joins: list[dict], probe_meetings: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """(figures, problems): the database after the runs `joins`, and what contradicts the answers the client
+    got in any of them (the same (meeting, region) must have been answered the same MC in every run)."""
+    participant_ids = sorted({participant for join in joins for participant in join["participant_ids"]})
     with scratch.connect() as conn:
         checks = {label: int(conn.execute(sql).fetchone()[0]) for label, sql in _CHECKS.items()}
         active = {(meeting, region): mc for meeting, region, mc in conn.execute(_ACTIVE).fetchall()
-                  if meeting != probe_meeting}
-        known = int(conn.execute(_KNOWN_PARTICIPANTS, [join["participant_ids"]]).fetchone()[0])
-    answered = {(meeting, region): mc for meeting, region, mc in join["answers"]}
+                  if meeting not in probe_meetings}
+        known = int(conn.execute(_KNOWN_PARTICIPANTS, [participant_ids]).fetchone()[0])
+    answered: dict[tuple[str, str], str] = {}
+    inconsistent = sum(join["inconsistent_answers"] for join in joins)
+    for join in joins:
+        for meeting, region, mc in join["answers"]:
+            inconsistent += answered.setdefault((meeting, region), mc) != mc
     problems = {
-        "inconsistent answers during the run": join["inconsistent_answers"],
+        "inconsistent answers during the runs": inconsistent,
         "pairs with two active assignments": checks["pairs with two active assignments"],
         "answered MC is not the active assignment": sum(active.get(pair) != mc for pair, mc in answered.items()),
         "active assignments of no answered pair": len(set(active) - set(answered)),
@@ -347,15 +459,27 @@ def _checks(scratch: Scratch, join: dict, probe_meeting: str) -> tuple[dict[str,
             checks["MCs with more active assignments than max_meetings"],
         "meetings with more present participants than max_participants":
             checks["meetings with more present participants than max_participants"],
-        "answered participants missing in the database": len(join["participant_ids"]) - known,
+        "answered participants missing in the database": len(participant_ids) - known,
     }
     return checks, problems
+
+
+# The runs after GET /health, in order: the mixed run assigns the hot meetings that the reused runs join.
+JOIN_RUNS = (
+    ("join", "POST .../join (mixed)", "mix", False),
+    ("reused", "POST .../join, reused assignment", "reused", False),
+    ("reused_key", "POST .../join, reused, Idempotency-Key", "reused", True),
+    ("first", "POST .../join, first join", "first", False),
+    ("first_key", "POST .../join, first join, Idempotency-Key", "first", True),
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--controllers", type=int, default=1_000, help="healthy MCs (default 1,000)")
     parser.add_argument("--meetings", type=int, default=10_000, help="meetings (default 10,000)")
+    parser.add_argument("--fresh-meetings", type=int, default=24_000,
+                        help="more meetings for the first-join runs, each joined once (default 24,000)")
     parser.add_argument("--users", type=int, default=100, help="users joining, one token each (default 100)")
     parser.add_argument("--connections", type=int, default=16, help="client connections in flight (default 16)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4, README production)")
@@ -363,86 +487,95 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15, help="measured seconds per run (default 15)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.controllers, args.meetings, args.users, args.duration = 40, 200, 5, 1.0
+        args.controllers, args.meetings, args.fresh_meetings, args.users, args.duration = 40, 200, 2_000, 5, 1.0
         args.workers, args.threads, args.connections = 1, 2, 4
     warmup = 0.3 if args.quick else 3.0
 
     result = Result(
         name=NAME, title="Bench 2: join",
-        headers=["endpoint", "requests/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "server CPU ms/request",
-                 "vs GET /health"],
+        headers=["endpoint", "requests/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "gunicorn CPU ms/request",
+                 "PostgreSQL CPU ms/request", "Redis CPU ms/request", "machine CPU ms/request", "vs GET /health"],
     )
     with scratch_database(NAME, prefix=args.db_prefix) as scratch, tempfile.TemporaryDirectory(
             prefix="bench-join-", dir="/tmp") as tmp:
         work = Path(tmp)
         use_django(scratch)
         (work / "redis").mkdir()
-        with private_redis(work / "redis") as redis_url:
+        with private_redis(work / "redis") as redis:
             from django.conf import settings
 
-            settings.REDIS_URL = redis_url  # the probe join's rate-limit counters stay out of the shared Redis
-            settings.MC_ASSIGN_CALLS = False  # the probe join's MCs are rows without a server
-            plan, probe_meeting = _setup(
-                scratch, controllers=args.controllers, meetings=args.meetings, users=args.users, work=work
+            settings.REDIS_URL = redis.url  # the probe joins' rate-limit counters stay out of the shared Redis
+            settings.MC_ASSIGN_CALLS = False  # the probe joins' MCs are rows without a server
+            plan, probe_meetings = _setup(
+                scratch, controllers=args.controllers, meetings=args.meetings, fresh=args.fresh_meetings,
+                users=args.users, work=work,
             )
-            statements = _statements_per_join(plan, probe_meeting)
+            statements = _statements_per_join(plan, probe_meetings, work)
             load_before = os.getloadavg()[0]
-            with gunicorn(scratch, work, redis_url, workers=args.workers, threads=args.threads) as server:
-                runs = {
-                    "health": drive(server, scratch, mode="health", plan=None, connections=args.connections,
-                                    duration=args.duration, warmup=warmup),
-                    "join": drive(server, scratch, mode="join", plan=plan, connections=args.connections,
-                                  duration=args.duration, warmup=warmup),
-                }
-            checks, problems = _checks(scratch, runs["join"], probe_meeting)
+            postgres_pid = postmaster_pid(scratch)
+            with gunicorn(scratch, work, redis.url, workers=args.workers, threads=args.threads) as server:
+                meters = Meters(server.process.pid, postgres_pid, redis.pid)
+                runs = {"health": drive(server, scratch, meters, mode="health", plan=None,
+                                        connections=args.connections, duration=args.duration, warmup=warmup)}
+                fresh_from = 0
+                for key, _, pattern, keyed in JOIN_RUNS:
+                    runs[key] = drive(server, scratch, meters, mode="join", plan=plan, connections=args.connections,
+                                      duration=args.duration, warmup=warmup, pattern=pattern, idempotency_key=keyed,
+                                      fresh_from=fresh_from)
+                    fresh_from += runs[key]["fresh_taken"]
+            joined = [runs[key] for key, *_ in JOIN_RUNS]
+            checks, problems = _checks(scratch, joined, probe_meetings)
             mc = AcceptingMc()
             try:
                 with scratch.connect() as conn:
                     for statement in _RESET:
                         conn.execute(statement, {"endpoint": mc.endpoint})
-                with gunicorn(scratch, work, redis_url, workers=args.workers, threads=args.threads,
+                with gunicorn(scratch, work, redis.url, workers=args.workers, threads=args.threads,
                               mc_calls=True) as server:
-                    runs["join_mc_calls"] = drive(server, scratch, mode="join", plan=plan,
+                    meters = Meters(server.process.pid, postgres_pid, redis.pid)
+                    runs["join_mc_calls"] = drive(server, scratch, meters, mode="join", plan=plan,
                                                   connections=args.connections, duration=args.duration,
                                                   warmup=warmup)
             finally:
                 mc.stop()
         load_after = os.getloadavg()[0]
-        calls_checks, calls_problems = _checks(scratch, runs["join_mc_calls"], None)
+        calls_checks, calls_problems = _checks(scratch, [runs["join_mc_calls"]], [])
         # Nothing refuses here, so every assignment was told exactly once, and nothing else was told.
         made = calls_checks["active assignments"] + calls_checks["ended assignments"]
         calls_problems["calls other than one per assignment"] = abs(sum(mc.told.values()) - made)
         postgres = server_version(scratch)
 
     health, join, called = runs["health"], runs["join"], runs["join_mc_calls"]
-    answered_participants = len(join.pop("participant_ids"))
-    del join["answers"]
-    called.pop("participant_ids")
-    del called["answers"]
-    for label, run in (("GET /health (trivial DRF view)", health), ("POST .../join", join),
-                       ("POST .../join, MC asked on first joins", called)):
+    answered_participants = len({participant for run in joined for participant in run["participant_ids"]})
+    for run in (*joined, called):
+        del run["participant_ids"], run["answers"]
+    labelled = [("GET /health (trivial DRF view)", health), *((label, runs[key]) for key, label, *_ in JOIN_RUNS),
+                ("POST .../join (mixed), MC asked on first joins", called)]
+    for label, run in labelled:
         errors = {code: count for code, count in run["codes"].items() if code not in ("200", "201")}
+        cpu = run["cpu_ms_per_request"]
         result.add(label, run["rate"], run["p50_ms"], run["p99_ms"], run["p999_ms"],
                    ", ".join(f"{code} {count}" for code, count in errors.items()) or "0",
-                   run["server_cpu_ms_per_request"], f"{run['rate'] / health['rate']:.0%}" if health["rate"] else "-")
+                   cpu["gunicorn"], cpu["postgres"], cpu["redis"], cpu["machine"],
+                   f"{run['rate'] / health['rate']:.0%}" if health["rate"] else "-")
     correct = not any(problems.values()) and not any(calls_problems.values())
     result.data.update({"runs": runs, "checks": checks, "problems": problems, "correct": correct,
                         "mc_calls_checks": calls_checks, "mc_calls_problems": calls_problems,
                         "mc_calls_told": sum(mc.told.values()),
                         "controllers": args.controllers, "meetings": args.meetings, "users": args.users,
                         "workers": args.workers, "threads": args.threads, "connections": args.connections,
-                        "load_average": [load_before, load_after], "statements_per_join": statements})
+                        "fresh_meetings": args.fresh_meetings, "load_average": [load_before, load_after],
+                        "statements_per_join": statements})
     result.notes += [
         f"Server: gunicorn {args.workers} workers x {args.threads} threads (gthread), DEBUG off, one request per "
         f"client connection in flight, {args.connections} connections, closed loop, {args.duration:g} s measured "
         f"after {warmup:g} s of warm-up. Fleet {args.controllers:,} MCs, {args.meetings:,} meetings, "
         f"{args.users:,} users.",
-        f"Ratio: joins are {join['rate'] / health['rate']:.0%} of the trivial endpoint's rate on the same server "
-        f"and client. A join is {statements[0]} SQL statements the first time a meeting is joined and "
-        f"{statements[1]} when its assignment is reused (counted on one probe join in the bench process, the second "
-        "one a rejoin of the same user: token user lookup, meeting row lock, capacity count, assignment, "
-        "participant, audit, outbox), plus an EdDSA verify, an EdDSA sign and a Redis round trip for the rate "
-        "limits.",
+        f"Ratio: mixed joins are {join['rate'] / health['rate']:.0%} of the trivial endpoint's rate on the same "
+        "server and client. Statements / round trips per join (probe joins in the bench process; round trips add "
+        "BEGIN, COMMIT and savepoints): " + ", ".join(
+            f"{kind} {counts['statements']} / {counts['round_trips']}" for kind, counts in statements.items())
+        + "; besides, an EdDSA verify, an EdDSA sign and a Redis round trip for the rate limits.",
         f"First join of a (meeting, region) seen by the client: p50 {join['first_join_p50_ms']:.1f} ms, p99 "
         f"{join['first_join_p99_ms']:.1f} ms over {join['first_joins']:,} joins; later joins (assignment reused): "
         f"p50 {join['repeat_join_p50_ms']:.1f} ms, p99 {join['repeat_join_p99_ms']:.1f} ms.",
@@ -452,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(meeting, region) pairs; {checks['active assignments']:,} active assignments, "
         f"{checks['ended assignments']:,} ended; {answered_participants:,} distinct participants answered, "
         f"{checks['participants']:,} participant rows).",
-        f"With the MC asked (MC_ASSIGN_CALLS on, third row): {called['rate'] / join['rate']:.0%} of the joins' rate "
+        f"With the MC asked (MC_ASSIGN_CALLS on, last row): {called['rate'] / join['rate']:.0%} of the joins' rate "
         f"without; first joins p50 {called['first_join_p50_ms']:.1f} ms, p99 {called['first_join_p99_ms']:.1f} ms "
         f"(without: {join['first_join_p50_ms']:.1f} / {join['first_join_p99_ms']:.1f}), later joins p50 "
         f"{called['repeat_join_p50_ms']:.1f} ms, p99 {called['repeat_join_p99_ms']:.1f} ms. The MCs were told of "
@@ -463,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         "Where the join's database sessions spent the measured window (pg_stat_activity sampled every 50 ms): "
         + ", ".join(f"{state} {share:.0%}" for state, share in join["database_sessions"].items()) + ".",
         "Client and server share the machine's 2 cores (and PostgreSQL with them): the client's own CPU caps "
-        "the trivial endpoint's figure, and the same client drives both rows.",
+        "the trivial endpoint's figure, and the same client drives every row.",
         load_note(load_before, load_after),
     ]
     finish(result, args, postgres=postgres)

@@ -9,7 +9,10 @@ send the next request as soon as the last one answered.
 whose access tokens are in the --plan file (JSON: {"tokens": [...], "meetings": [[id, region], ...]}, written
 with mode 0600 by bench/join.py; tokens never go on a command line). Half of the joins go to the first
 --hot meetings (concurrent joins of one meeting), the rest to any meeting; one in ten asks for another region
-than the meeting's home region.
+than the meeting's home region. --pattern first: every join is the first of its meeting (home region), each
+meeting taken once from the plan's "fresh" list, from --fresh-from on; --pattern reused: joins of the --hot
+meetings in their home region only, whose assignments an earlier run made. --idempotency-key: each join carries a
+new Idempotency-Key.
 
 Correctness, counted during the run: every successful join names an MC; all joins of one (meeting, region)
 must name the same MC (no MC goes unhealthy during the bench). Prints one JSON line, with the MC answered for
@@ -25,7 +28,9 @@ import json
 import random
 import sys
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import percentile
@@ -94,18 +99,34 @@ class Recorder:
         self.participants: set[str] = set()
         self.inconsistent = 0
         self.failures: Counter[str] = Counter()
+        # --pattern first ran out of fresh meetings before the end (its rate would then be wrong).
+        self.exhausted = False
+        self.fresh_taken = 0
 
 
-def _head(method: str, path: str, host: str, token: str | None, length: int | None) -> bytes:
+def _head(method: str, path: str, host: str, token: str | None, length: int | None, key: str | None = None) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
     if token:
         lines.append(f"Authorization: Bearer {token}")
+    if key:
+        lines.append(f"Idempotency-Key: {key}")
     if length is not None:
         lines += ["Content-Type: application/json", f"Content-Length: {length}"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def worker(number: int, args: argparse.Namespace, plan: dict, recorder: Recorder, until: float) -> None:
+def _pick(args: argparse.Namespace, rng: random.Random, meetings: list, hot: list, fresh: Iterator) -> list | None:
+    """The (meeting, region) of the next join, or None when the fresh meetings ran out."""
+    if args.pattern == "first":
+        return next(fresh, None)
+    if args.pattern == "reused":
+        return rng.choice(hot)
+    meeting_id, home = rng.choice(hot) if rng.random() < 0.5 else rng.choice(meetings)
+    return [meeting_id, home if rng.random() < 0.9 else rng.choice(REGIONS)]
+
+
+async def worker(number: int, args: argparse.Namespace, plan: dict, recorder: Recorder, until: float,
+                 fresh: Iterator) -> None:
     rng = random.Random(args.seed * 1000 + number)
     connection = Connection(args.host, args.port)
     tokens, meetings = plan.get("tokens", []), plan.get("meetings", [])
@@ -116,10 +137,16 @@ async def worker(number: int, args: argparse.Namespace, plan: dict, recorder: Re
             if args.mode == "health":
                 head, body, pair = health_head, b"", None
             else:
-                meeting_id, home = rng.choice(hot) if rng.random() < 0.5 else rng.choice(meetings)
-                region = home if rng.random() < 0.9 else rng.choice(REGIONS)
+                picked = _pick(args, rng, meetings, hot, fresh)
+                if picked is None:
+                    recorder.exhausted = True
+                    break
+                meeting_id, region = picked
+                recorder.fresh_taken += args.pattern == "first"
                 body = json.dumps({"region": region}).encode()
-                head = _head("POST", f"/api/v1/meetings/{meeting_id}/join", args.host, rng.choice(tokens), len(body))
+                key = str(uuid.uuid4()) if args.idempotency_key else None
+                head = _head("POST", f"/api/v1/meetings/{meeting_id}/join", args.host, rng.choice(tokens), len(body),
+                             key)
                 pair = (meeting_id, region)
             first = pair is not None and pair not in recorder.answers
             started = time.perf_counter()
@@ -161,7 +188,8 @@ async def run(args: argparse.Namespace) -> dict:
         recorder.recording = True
 
     marker = asyncio.create_task(mark())
-    await asyncio.gather(*(worker(number, args, plan, recorder, end) for number in range(args.connections)))
+    fresh = iter(plan.get("fresh", [])[args.fresh_from:])
+    await asyncio.gather(*(worker(number, args, plan, recorder, end, fresh) for number in range(args.connections)))
     await marker
     seconds = time.perf_counter() - recorder.started
     ok = recorder.codes.get("200", 0) + recorder.codes.get("201", 0)
@@ -180,6 +208,7 @@ async def run(args: argparse.Namespace) -> dict:
         "repeat_join_p99_ms": ms(recorder.repeat_latencies, 99),
         "successes_total": recorder.successes, "pairs_total": len(recorder.answers),
         "inconsistent_answers": recorder.inconsistent, "failures": dict(recorder.failures),
+        "exhausted": recorder.exhausted, "fresh_taken": recorder.fresh_taken,
         # For the database checks after the run (bench/join.py drops them from the stored result).
         "answers": [[meeting, region, controller] for (meeting, region), controller in recorder.answers.items()],
         "participant_ids": sorted(recorder.participants),
@@ -192,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--mode", choices=("health", "join"), required=True)
     parser.add_argument("--plan", help="JSON file with tokens and meetings (join mode)")
+    parser.add_argument("--pattern", choices=("mix", "first", "reused"), default="mix")
+    parser.add_argument("--fresh-from", type=int, default=0, help="first fresh meeting to use (--pattern first)")
+    parser.add_argument("--idempotency-key", action="store_true", help="a new Idempotency-Key on each join")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--hot", type=int, default=100, help="meetings that take half of the joins")
     parser.add_argument("--duration", type=float, default=15.0, help="measured seconds")

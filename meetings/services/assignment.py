@@ -65,6 +65,7 @@ from controllers.services.capacity import PlacementOutcome, PlacementRule, relea
 from darktower.errors import NoCapacity, NoMediaHandler, PlacementBusy
 from darktower.metrics import ASSIGNMENTS
 from darktower.process import gc_id
+from meetings.models import Meeting, MeetingStatus
 
 END_REASON_REASSIGNED = "reassigned"
 # The MC refused the meeting or did not answer in time (AssignMeetingWithMh).
@@ -199,8 +200,17 @@ def weighted_order(candidates: Sequence[Candidate], rng: random.Random | None = 
     return order
 
 
-# Served by uq_meeting_assignments_active (meeting_id, region) WHERE ended_at IS NULL.
+# The plan must not depend on when the table was last analyzed. With `ended_at IS NULL` in the scan, every partial
+# index on active assignments qualifies for a full walk, and statistics taken while the table was empty rate them
+# all alike: the planner may walk idx_assignments_active_by_mc and filter every active assignment of the fleet.
+# So the meeting's rows in the region are read apart (a MATERIALIZED CTE is planned on its own, and the active
+# condition stays outside it), where only the index on meeting_id serves them: a meeting has few assignments.
 _ACTIVE_SQL = """
+WITH a AS MATERIALIZED (
+    SELECT id, meeting_controller_id, pending_until, media_handler_ids, ended_at
+    FROM meeting_assignments
+    WHERE meeting_id = %(meeting_id)s AND region = %(region)s
+)
 SELECT a.id, a.meeting_controller_id, mc.grpc_endpoint, mc.webtransport_endpoint, mc.health_status,
        mc.last_heartbeat_at > now() - make_interval(secs => %(stale)s) AS fresh,
        a.pending_until IS NOT NULL AS pending,
@@ -209,9 +219,9 @@ SELECT a.id, a.meeting_controller_id, mc.grpc_endpoint, mc.webtransport_endpoint
                                             coalesce(h.grpc_endpoint, ''))
                            ORDER BY array_position(a.media_handler_ids, h.handler_id))
            FROM media_handlers h WHERE h.handler_id = ANY(a.media_handler_ids)) END AS media_handlers
-FROM meeting_assignments a
+FROM a
 JOIN meeting_controllers mc ON mc.controller_id = a.meeting_controller_id
-WHERE a.meeting_id = %(meeting_id)s AND a.region = %(region)s AND a.ended_at IS NULL
+WHERE a.ended_at IS NULL
 """
 # Columns of _ACTIVE_SQL.
 _ID, _CONTROLLER, _GRPC, _WEBTRANSPORT, _HEALTH, _FRESH, _PENDING, _HANDLERS = range(8)
@@ -313,11 +323,15 @@ def meeting_assign_in_transaction(
     actor_user_id: uuid.UUID | None = None,
     rng: random.Random | None = None,
     max_participants: int | None = None,
+    meeting: Meeting | None = None,
 ) -> Assignment:
     """meeting_assign inside the caller's transaction (the join's), without a savepoint of its own: an error
     leaves that transaction to be rolled back, so the caller lets it propagate. `max_participants` is the
     meeting's when the caller has read it already (else it is read here). The audit row of a new assignment is
     appended to `audit_entries`; the caller writes it in the same transaction.
+
+    `meeting`: the caller's locked copy of the meeting row (the join's). A new assignment then also starts the
+    meeting if it is scheduled, in the same UPDATE that points it at its MC, and brings this copy up to date.
 
     With MC_ASSIGN_CALLS, an assignment that must be made raises PlacementNeeded instead (nothing written):
     asking the MC must not happen inside the caller's transaction, so the caller calls meeting_place outside it
@@ -335,16 +349,19 @@ def meeting_assign_in_transaction(
             raise _no_capacity(region, PlacementRule.LEAST_LOADED)
         if settings.MC_ASSIGN_CALLS:
             raise PlacementNeeded(meeting_id, max_participants)
+        _lock_for_reassignment(cursor, active, candidates)
         previous_controller_id = _end_active(cursor, active, END_REASON_REASSIGNED)
         params.update(reserve=reserve, pending=None, media_handler_ids=None)
         placed = _insert_and_claim(cursor, params, candidates, rng)
         if isinstance(placed, Assignment):
             return placed
         assignment_id, chosen, endpoints = placed
-        cursor.execute(
-            "UPDATE meetings SET assigned_controller_id = %s, assigned_region = %s WHERE meeting_id = %s",
-            [chosen.controller_id, region, meeting_id],
-        )
+        cursor.execute(_POINT_SQL, {"controller_id": chosen.controller_id, "region": region,
+                                    "meeting_id": meeting_id, "start": meeting is not None})
+        changed = cursor.fetchone()
+        if meeting is not None and changed is not None:
+            for name, value in zip(MEETING_CHANGED, changed, strict=True):
+                setattr(meeting, name, value)
         audit_entries.append(_assigned_records(
             meeting_id=meeting_id, region=region, controller_id=chosen.controller_id, rule=chosen.rule,
             assignment_id=assignment_id, previous_controller_id=previous_controller_id, reserve=reserve,
@@ -353,6 +370,19 @@ def meeting_assign_in_transaction(
         _count(chosen.rule, PlacementOutcome.ASSIGNED)
         return Assignment(assignment_id, meeting_id, region, chosen.controller_id, endpoints[0], endpoints[1],
                           reused=False, rule=chosen.rule)
+
+
+# The meeting's columns a new assignment changes: its MC, and for a join (`start`) the start of a scheduled
+# meeting; updated_at by the touch trigger.
+MEETING_CHANGED = ("status", "actual_start_time", "assigned_controller_id", "assigned_region", "updated_at")
+_POINT_SQL = f"""
+UPDATE meetings SET assigned_controller_id = %(controller_id)s, assigned_region = %(region)s,
+    status = CASE WHEN %(start)s AND status = '{MeetingStatus.SCHEDULED}' THEN '{MeetingStatus.ACTIVE}' ELSE status END,
+    actual_start_time = CASE WHEN %(start)s AND status = '{MeetingStatus.SCHEDULED}' THEN statement_timestamp()
+                             ELSE actual_start_time END
+WHERE meeting_id = %(meeting_id)s
+RETURNING {", ".join(MEETING_CHANGED)}
+"""  # noqa: S608 -- constants only
 
 
 def _reuse_or_candidates(
@@ -379,6 +409,26 @@ def _reuse_or_candidates(
         _count(PlacementRule.DEGRADED_FALLBACK, PlacementOutcome.REUSED)
         return _active_assignment(active, meeting_id, region, rule=PlacementRule.DEGRADED_FALLBACK), active, [], 0
     return None, active, candidates, reserve
+
+
+# A reassignment writes two MC rows: the old one (its slot given back) and the one it claims. The heartbeat flush
+# locks the rows of its batch in controller_id order; so does this, for the old MC and every candidate at once,
+# before either is changed: a flush or another reassignment holding one of them while it waits for the other
+# would otherwise deadlock with it. Candidates that are not claimed stay locked until the commit, a few
+# milliseconds; a first join (no old MC) claims a single row and needs none of this. The fresh reads after every
+# locked candidate filled up may still claim an MC out of this order; a deadlock there ends one transaction
+# (503, retried by the client) and never oversells an MC.
+_LOCK_CONTROLLERS_SQL = """
+SELECT 1 FROM meeting_controllers WHERE controller_id = ANY(%s) ORDER BY controller_id FOR UPDATE
+"""
+
+
+def _lock_for_reassignment(cursor: Any, active: tuple[Any, ...] | None, candidates: Sequence[Candidate]) -> None:
+    """Lock the old MC's row and the candidates' in controller_id order (see _LOCK_CONTROLLERS_SQL)."""
+    if active is None:
+        return
+    cursor.execute(_LOCK_CONTROLLERS_SQL,
+                   [sorted({active[_CONTROLLER], *(candidate.controller_id for candidate in candidates)})])
 
 
 def _end_active(cursor: Any, active: tuple[Any, ...] | None, reason: str) -> str | None:
@@ -631,6 +681,7 @@ def _place_locked(
                 raise NoMediaHandler(f"No media handler is available in region {region}.")
             if not candidates:
                 break
+            _lock_for_reassignment(cursor, active, candidates)
             # We hold the placement lock: a pending row here was left by a placer that went away.
             ended = _end_active(
                 cursor, active, END_REASON_ABANDONED if active is not None and active[_PENDING]

@@ -102,10 +102,19 @@ def test_join_compares_with_the_trivial_endpoint_and_finds_no_double_assignment(
 
     runs = payload["data"]["runs"]
     assert [row[0] for row in payload["rows"]] == [
-        "GET /health (trivial DRF view)", "POST .../join", "POST .../join, MC asked on first joins",
+        "GET /health (trivial DRF view)", "POST .../join (mixed)", "POST .../join, reused assignment",
+        "POST .../join, reused, Idempotency-Key", "POST .../join, first join",
+        "POST .../join, first join, Idempotency-Key", "POST .../join (mixed), MC asked on first joins",
     ]
     assert runs["health"]["codes"] == {"200": runs["health"]["calls"]}
-    assert set(runs["join"]["codes"]) <= {"200", "201"} and runs["join"]["ok"] > 0
+    for name in ("join", "reused", "reused_key", "first", "first_key"):
+        assert set(runs[name]["codes"]) <= {"200", "201"} and runs[name]["ok"] > 0, name
+        cpu = runs[name]["cpu_ms_per_request"]
+        # PostgreSQL works on every join: its CPU is counted beside gunicorn's.
+        assert cpu["gunicorn"] > 0 and cpu["postgres"] > 0, (name, cpu)
+        assert cpu["machine"] == pytest.approx(cpu["gunicorn"] + cpu["postgres"] + cpu["redis"])
+    # Every join of the first-join runs was the first of its meeting.
+    assert runs["first"]["pairs_total"] == runs["first"]["successes_total"] > 0
     assert set(runs["join_mc_calls"]["codes"]) <= {"200", "201"} and runs["join_mc_calls"]["ok"] > 0
     assert payload["data"]["correct"] is True
     assert set(payload["data"]["problems"].values()) == {0}
@@ -113,8 +122,13 @@ def test_join_compares_with_the_trivial_endpoint_and_finds_no_double_assignment(
     assert set(payload["data"]["mc_calls_problems"].values()) == {0}
     assert payload["data"]["mc_calls_told"] == payload["data"]["mc_calls_checks"]["active assignments"] > 0
     assert payload["data"]["checks"]["active assignments"] >= runs["join"]["pairs_total"] > 0
-    first, repeated = payload["data"]["statements_per_join"]
-    assert first > repeated > 0
+    counts = payload["data"]["statements_per_join"]
+    assert set(counts) == {"first", "reused", "first, Idempotency-Key", "reused, Idempotency-Key"}
+    assert counts["first"]["statements"] > counts["reused"]["statements"] > 0
+    for kind, count in counts.items():
+        # Round trips add at least BEGIN and COMMIT to the statements.
+        assert count["round_trips"] >= count["statements"] + 2, (kind, count)
+    assert counts["first, Idempotency-Key"]["round_trips"] > counts["first"]["round_trips"]
 
 
 def test_fleet_dashboard_query_count_does_not_grow_with_the_fleet(results):

@@ -113,7 +113,8 @@ def test_a_join_that_waited_for_a_kick_reads_its_ban():
         while not waiting and time.monotonic() < deadline:
             cursor.execute("SELECT pg_stat_clear_snapshot()")
             cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                           "AND datname = current_database() AND query LIKE 'SELECT * FROM meetings WHERE%%'")
+                           "AND datname = current_database() "
+                           "AND query LIKE 'SELECT %% FROM meetings WHERE %% FOR NO KEY UPDATE'")
             waiting = cursor.fetchone()[0]
             time.sleep(0.02)  # polling pg_stat_activity, not waiting for the lock by time
         assert waiting == 1, "the join never waited for the meeting row"

@@ -199,9 +199,9 @@ def test_a_join_costs_a_fixed_number_of_statements(as_user, host, other, control
     meeting = make_meeting(host=host)
     first_client, second_client = as_user(other), as_user(make_user())
     # User, savepoint, meeting lock, present count with the user's open participant, active assignment,
-    # candidates, assignment insert, MC claim, meeting's MC, outbox, participant, meeting start, both audit rows
-    # in one insert, release.
-    with django_assert_num_queries(14):
+    # candidates, assignment insert, MC claim, meeting's MC and its start in one update, outbox, participant, both
+    # audit rows in one insert, release.
+    with django_assert_num_queries(13):
         first = first_client.post(join_url(meeting.pk), format="json")
     assert first.status_code == 201, first.content
     # The assignment reused: user, savepoint, lock, present, active assignment, participant, audit, release.
