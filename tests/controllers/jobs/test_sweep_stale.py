@@ -3,13 +3,11 @@ and two sweeps at once."""
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 
 from audit.models import AuditLog, OutboxEvent
 from controllers.models import HealthStatus, MediaHandler, MeetingController, SweepState
@@ -18,7 +16,7 @@ from controllers.services.health import controllers_sweep_stale
 from controllers.tasks import sweep_stale
 from darktower.metrics import REGISTRY
 from tests.factories import make_controller, make_handler
-from tests.fixtures.jobs import ago
+from tests.fixtures.jobs import ago, run_twice_at_once
 
 THRESHOLD = 30
 
@@ -325,25 +323,7 @@ def test_the_sweep_task_records_its_duration_and_what_it_marked():
 def test_two_sweeps_at_once_mark_each_controller_once():
     ids = _controllers("us-east-1", 6, stale=4) + _controllers("eu-west-1", 3, stale=3)
     stale = set(ids[:4] + ids[6:])
-    barrier = threading.Barrier(2)
-    results, errors = [], []
-
-    def sweep() -> None:
-        try:
-            barrier.wait(timeout=10)
-            results.append(controllers_sweep_stale())
-        except Exception as exc:  # surfaced below: an exception in a thread would otherwise vanish
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=sweep) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-
-    assert errors == []
+    results = run_twice_at_once(controllers_sweep_stale)
     marked = [row.id for result in results for row in result.marked]
     assert sorted(marked) == sorted(stale)
     audits = Counter(AuditLog.objects.filter(event_type="controller_unhealthy").values_list("target_id", flat=True))

@@ -4,12 +4,9 @@ run has its own database connection; every effect happens once and neither run f
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 
 import pytest
 from django.db import connection
@@ -23,35 +20,11 @@ from darktower.retention import retention_run
 from meetings.models import Meeting, MeetingAssignment, Recording
 from meetings.services.retention import assignments_end_unhealthy
 from tests.factories import make_controller, make_meeting, make_user
+from tests.fixtures.jobs import run_twice_at_once
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 DAY = timedelta(days=1)
-
-
-def _twice(job: Callable[[], Any]) -> list[Any]:
-    """Run `job` in two threads released at the same moment; return both results, fail on any error."""
-    barrier = threading.Barrier(2)
-    results: list[Any] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            barrier.wait(timeout=10)
-            results.append(job())
-        except Exception as exc:  # surfaced below: an exception in a thread would otherwise vanish
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert errors == []
-    assert len(results) == 2
-    return results
 
 
 def test_two_assignment_cleanups_end_each_assignment_once():
@@ -67,7 +40,7 @@ def test_two_assignment_cleanups_end_each_assignment_once():
     on_dead = [assign(controller) for controller in dead for _ in range(10)]
     on_alive = assign(alive)
 
-    results = _twice(assignments_end_unhealthy)
+    results = run_twice_at_once(assignments_end_unhealthy)
 
     ended = Counter(row.assignment_id for result in results for row in result)
     assert ended == Counter(assignment.pk for assignment in on_dead)
@@ -111,7 +84,7 @@ def test_two_retention_runs_delete_each_row_once(settings):
                                    processed_at=Now() - 31 * DAY)
     kept_event = OutboxEvent.objects.create(aggregate_type="meeting", aggregate_id="m", event_type="e")
 
-    results = _twice(retention_run)
+    results = run_twice_at_once(retention_run)
 
     totals: Counter[str] = Counter()
     for result in results:
@@ -148,12 +121,12 @@ def test_two_partition_creators_create_each_partition_once_and_two_droppers_drop
     start = _month(40)
     expected = [_partition(_month(months_back)) for months_back in (40, 39, 38)]
     try:
-        created = _twice(lambda: audit_partitions_ensure(months_ahead=2, start_month=start))
+        created = run_twice_at_once(lambda: audit_partitions_ensure(months_ahead=2, start_month=start))
 
         assert Counter(name for names in created for name in names) == Counter(expected)
         assert all(_exists(name) for name in expected)
 
-        dropped = _twice(lambda: audit_partitions_drop_older_than(months=12))
+        dropped = run_twice_at_once(lambda: audit_partitions_drop_older_than(months=12))
 
         counts = Counter(name for names in dropped for name in names)
         assert [counts[name] for name in expected] == [1, 1, 1]
