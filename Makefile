@@ -9,15 +9,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEVENV := $(PY) -m tools.devenv
 PYTEST_ARGS ?=
-# pytest-xdist workers (0: one process). Each worker has its own test database and Redis database (tests/conftest.py).
-PYTEST_WORKERS ?= 0
+# pytest-xdist workers (0: one process). Each worker has its own test database and Redis database (tests/conftest.py);
+# the tests that start heavy processes share one xdist group, so they run one at a time on one worker.
+PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help run test migrate seed shell lint clean-data proto
 
 help:
 	@echo "make run         embedded PostgreSQL + Redis, migrations, demo data, dev superuser, all servers"
-	@echo "make test        the whole test suite (PYTEST_ARGS='-k foo -x' to narrow it, PYTEST_WORKERS=2 for xdist)"
+	@echo "make test        the whole test suite (PYTEST_ARGS='-k foo -x' to narrow it, PYTEST_WORKERS=0 for one process)"
 	@echo "make migrate     apply migrations"
 	@echo "make seed        load the demo data (manage.py seed_demo)"
 	@echo "make shell       Django shell"
