@@ -69,6 +69,9 @@ DRF_CODES: dict[type[exceptions.APIException], str] = {
 
 # deadlock_detected, serialization_failure: the database rolled the transaction back; a retry may succeed.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+# query_canceled (statement_timeout, pg_cancel_backend), lock_not_available (lock_timeout): the database gave up
+# on a statement, so the request's transaction rolled back; later, with the load or the lock gone, it may pass.
+CANCELLED_SQLSTATES = frozenset({"57014", "55P03"})
 
 # A Redis outage where a request cannot go on without it (logout's revocation): retry shortly.
 REDIS_UNAVAILABLE_RETRY_AFTER_SECONDS = 5
@@ -194,6 +197,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         logger.warning("api: transaction aborted by the database (%s)", getattr(exc.__cause__, "sqlstate", None))
         return Response(
             error_body("retry", "The request collided with a concurrent change and was rolled back; retry."),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, OperationalError) and getattr(exc.__cause__, "sqlstate", None) in CANCELLED_SQLSTATES:
+        logger.warning("api: statement cancelled by the database (%s)", getattr(exc.__cause__, "sqlstate", None))
+        return Response(
+            error_body("retry", "The database gave up on the request (a timeout) and rolled it back; retry."),
             status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"},
         )
     if isinstance(exc, DataError):
