@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.core.exceptions import PermissionDenied
@@ -25,6 +26,7 @@ from django.utils.cache import add_never_cache_headers
 
 from accounts.models import ApiKey, OAuthProvider, ServiceCredential, SigningKey, User
 from accounts.services.api_keys import api_key_check, api_key_create, api_key_revoke
+from accounts.services.personal_data import VIA_ADMIN, user_erase
 from accounts.services.service_tokens import (
     CLIENT_ID_PATTERN,
     SERVICE_SCOPES,
@@ -87,6 +89,43 @@ class UserAdmin(DjangoUserAdmin):
             "fields": ("email", "display_name", "usable_password", "password1", "password2"),
         }),
     )
+    actions = ("erase_action",)
+
+    # Deleting a user is erasing them, whichever button does it: Django's delete (one user or the bulk action)
+    # runs the same service as the erase action, so nothing the user left elsewhere outlives them.
+    def delete_model(self, request: HttpRequest, obj: User) -> None:
+        user_erase(user_id=obj.pk, actor_user_id=request.user.pk, via=VIA_ADMIN)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        for user_id in queryset.values_list("pk", flat=True):
+            user_erase(user_id=user_id, actor_user_id=request.user.pk, via=VIA_ADMIN)
+
+    @admin.action(description="Erase selected users and their personal data", permissions=["delete"])
+    def erase_action(self, request: HttpRequest, queryset: QuerySet[User]) -> HttpResponse | None:
+        found = {str(pk) for pk in queryset.values_list("pk", flat=True)}
+        gone = len(set(request.POST.getlist(ACTION_CHECKBOX_NAME)) - found)
+        if gone:
+            # Erased since the list was shown (here or at another door): a repeat is a no-op, and says so.
+            self.message_user(request, f"{gone} selected user(s) no longer exist: nothing to erase.", messages.INFO)
+            if not found:
+                return None
+
+        def perform(user: User) -> str:
+            erasure = user_erase(user_id=user.pk, actor_user_id=request.user.pk, via=VIA_ADMIN)
+            if not erasure.erased:
+                return f"User {user.pk} no longer exists: nothing to erase."
+            return f"User {user.pk} erased."
+
+        return confirmed_action(
+            modeladmin=self, request=request, queryset=queryset, action="erase_action",
+            title="Erase users",
+            description=(
+                "Each user is removed with their API keys and linked providers; the meetings they host end and "
+                "their recordings are deleted; their participations elsewhere lose their name and address. Audit "
+                "rows stay, without anything that names them. This cannot be undone."
+            ),
+            perform=perform,
+        )
 
 
 @admin.register(OAuthProvider)

@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/v1/auth/login", views.LoginView.as_view(), name="auth-login"),
     path("api/v1/auth/logout", views.LogoutView.as_view(), name="auth-logout"),
     path("api/v1/me", views.MeView.as_view(), name="me"),
+    path("api/v1/me/export", views.MeExportView.as_view(), name="me-export"),
     path("api/v1/api-keys", views.ApiKeyListCreateView.as_view(), name="api-keys"),
     path("api/v1/api-keys/<uuid:key_id>", views.ApiKeyDetailView.as_view(), name="api-key-detail"),
     # Services (RFC 6749 client credentials and the JWKS; plain Django views, see accounts.api.oauth).

@@ -422,6 +422,12 @@ RATE_LIMIT_JOIN_PER_PRINCIPAL = env_int("RATE_LIMIT_JOIN_PER_PRINCIPAL", 60, min
 RATE_LIMIT_JOIN_PER_IP = env_int("RATE_LIMIT_JOIN_PER_IP", 120, minimum=1)
 # Recording writes (start, update, share, unshare, rotate) per user or API key per window, one budget for all.
 RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL = env_int("RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL", 60, minimum=1)
+# Personal data: exports (GET /api/v1/me/export, a whole document each) and erasure attempts (DELETE /api/v1/me,
+# which may check a password) per user per window.
+RATE_LIMIT_EXPORT_PER_PRINCIPAL = env_int("RATE_LIMIT_EXPORT_PER_PRINCIPAL", 2, minimum=1)
+RATE_LIMIT_ERASE_PER_PRINCIPAL = env_int("RATE_LIMIT_ERASE_PER_PRINCIPAL", 5, minimum=1)
+# DELETE /api/v1/me without the password in its body needs a bearer token issued at most this long ago.
+ERASURE_REAUTHENTICATION_SECONDS = env_int("ERASURE_REAUTHENTICATION_SECONDS", 300, minimum=0, maximum=86400)
 # Retry-After of a 503 no_controller_available.
 NO_CAPACITY_RETRY_AFTER_SECONDS = env_int("NO_CAPACITY_RETRY_AFTER_SECONDS", 5, minimum=1, maximum=3600)
 # Object-storage bucket new recordings are written to (recordings.storage_bucket).

@@ -14,6 +14,13 @@ class LoginRequest(StrictSerializer):
     password = StrictCharField(max_length=4096, trim_whitespace=False, style={"input_type": "password"})
 
 
+class EraseMeRequest(StrictSerializer):
+    password = StrictCharField(
+        required=False, max_length=4096, trim_whitespace=False, style={"input_type": "password"},
+        help_text="Your password; without it the bearer token must be recent (ERASURE_REAUTHENTICATION_SECONDS).",
+    )
+
+
 class AccessTokenResponse(serializers.Serializer):
     access_token = serializers.CharField()
     token_type = serializers.CharField(help_text="Always Bearer.")

@@ -6,8 +6,11 @@ import uuid
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema, extend_schema_view
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -17,18 +20,27 @@ from accounts.api.serializers import (
     ApiKeyCreatedResponse,
     ApiKeyCreateRequest,
     ApiKeySerializer,
+    EraseMeRequest,
     LoginRequest,
     MeResponse,
 )
 from accounts.models import ApiKey
 from accounts.services.api_keys import api_key_create, api_key_revoke, api_keys_for_user
+from accounts.services.personal_data import VIA_API, recent_authentication_check, user_erase, user_export
 from accounts.services.users import email_hash, login_throttle_fallback, user_login, user_logout
 from darktower.api.location import CreatedLocation
-from darktower.api.ratelimit import RateLimit, api_key_create_limits, login_limits, ratelimit_reserve
+from darktower.api.ratelimit import (
+    RateLimit,
+    api_key_create_limits,
+    erase_limits,
+    export_limits,
+    login_limits,
+    ratelimit_reserve,
+)
 from darktower.api.schema import error_responses
 from darktower.api.serializers import EmptyRequest
 from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
-from darktower.errors import NotFound
+from darktower.errors import NotFound, PermissionDenied
 
 USER_TOKEN_ONLY = frozenset({"user"})
 
@@ -93,13 +105,74 @@ class LogoutView(ApiView):
     get=extend_schema(
         operation_id="me", tags=["auth"], summary="The authenticated user and the scopes of this credential",
         responses={200: MeResponse, **error_responses(401)},
-    )
+    ),
+    delete=extend_schema(
+        operation_id="me_erase", tags=["auth"], summary="Erase your account and your personal data",
+        description=(
+            "Ends the meetings you host, deletes their recordings, your API keys, linked providers and account, "
+            "and anonymises your participations in other meetings; audit rows stay without anything that names "
+            "you. Needs a bearer token (not an API key) and a recent sign-in: your `password` in the body, or a "
+            "token issued within ERASURE_REAUTHENTICATION_SECONDS (sign in again first). Attempts are rate "
+            "limited per user (429 with Retry-After). Afterwards the token names nobody: a repeat is a 401."
+        ),
+        request=EraseMeRequest, responses={204: None, **error_responses(400, 401, 403, 413, 415, 429)},
+    ),
 )
 class MeView(ApiView):
-    required_scopes = {"GET": None}
+    required_scopes = {"GET": None, "DELETE": None}
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        if request.method == "DELETE":
+            return erase_limits(principal=self.principal.identifier)
+        return []
 
     def get(self, request: Request) -> Response:
         return Response(MeResponse(self.principal.user, context={"principal": self.principal}).data)
+
+    def delete(self, request: Request) -> Response:
+        if self.principal.kind not in USER_TOKEN_ONLY:
+            raise PermissionDenied("Erasing an account needs a bearer token from signing in, not an API key.")
+        serializer = EraseMeRequest(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = self.principal.user
+        recent_authentication_check(
+            user=user, password=serializer.validated_data.get("password"),
+            token_issued_at=self.principal.claims.issued_at, now=timezone.now(),
+        )
+        user_erase(user_id=user.pk, actor_user_id=user.pk, via=VIA_API)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema_view(
+    get=extend_schema(
+        operation_id="me_export", tags=["auth"], summary="Your personal data, as one JSON document",
+        description=(
+            "Your profile, linked providers (never their tokens), API keys (never their secrets), the meetings you "
+            "host, your participations, your meetings' recordings (metadata) and the audit events you acted in. "
+            "Streamed as it is read. Needs a bearer token (not an API key); rate limited per user (429 with "
+            "Retry-After)."
+        ),
+        responses={
+            200: OpenApiResponse(OpenApiTypes.OBJECT, description="The document (format darktower-personal-data/1)."),
+            **error_responses(401, 403, 429),
+        },
+    )
+)
+class MeExportView(ApiView):
+    required_scopes = {"GET": None}
+    # A key must not take its user's data away: whoever steals one could otherwise read everything.
+    principal_kinds = USER_TOKEN_ONLY
+
+    def rate_limits(self, request: Request) -> list[RateLimit]:
+        return export_limits(principal=self.principal.identifier)
+
+    def get(self, request: Request) -> StreamingHttpResponse:
+        user_id = self.principal.user.pk
+        pieces = user_export(user_id=user_id, actor_user_id=user_id, via=VIA_API)
+        response = StreamingHttpResponse(pieces, content_type="application/json")
+        response["Content-Disposition"] = 'attachment; filename="darktower-personal-data.json"'
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 @extend_schema_view(

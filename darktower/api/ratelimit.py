@@ -252,3 +252,14 @@ def recording_write_limits(*, principal: str) -> list[RateLimit]:
             "api:recordings:write", principal, settings.RATE_LIMIT_RECORDING_WRITE_PER_PRINCIPAL, window_seconds()
         )
     ]
+
+
+def export_limits(*, principal: str) -> list[RateLimit]:
+    """Exports of a user's personal data (each a whole document, read from every app) per caller."""
+    return [RateLimit("api:me:export", principal, settings.RATE_LIMIT_EXPORT_PER_PRINCIPAL, window_seconds())]
+
+
+def erase_limits(*, principal: str) -> list[RateLimit]:
+    """Self-erasure attempts per caller: every attempt counts, refused ones too, so that a stolen token cannot
+    guess its user's password at more than this pace."""
+    return [RateLimit("api:me:erase", principal, settings.RATE_LIMIT_ERASE_PER_PRINCIPAL, window_seconds())]
