@@ -458,14 +458,17 @@ def prepare_database(python: str, env: Mapping[str, str]) -> str:
     return manage(python, env, "ensure_dev_superuser", capture=True)
 
 
+READY_BANNER = "Dark Tower control plane is ready"
+
+
 def banner(table: Sequence[ProcessSpec], credentials: str, data: Path, *, ready: bool = False) -> str:
     """The addresses and the admin login: printed once the servers listen, and again when every process is up
     (the first scrolls away under the others' start-up lines)."""
     if ready:
-        lines = ["", f"Dark Tower control plane: every process is up ({', '.join(s.name for s in table)}). "
-                 "Ctrl-C stops everything."]
+        names = ", ".join(spec.name for spec in table)
+        lines = ["", f"{READY_BANNER}: every process is up ({names}). Ctrl-C stops everything."]
     else:
-        lines = ["", "Dark Tower control plane is starting; this is repeated once every process is up."]
+        lines = ["", "Dark Tower control plane is starting; this banner is repeated when it is ready."]
     for spec in table:
         if spec.name == "http":
             lines += [f"  admin     http://{spec.ready_addr}/admin/", f"  API docs  http://{spec.ready_addr}/api/docs/"]

@@ -191,7 +191,7 @@ def test_the_banner_names_the_admin_login_and_says_when_everything_is_up():
         assert "http://127.0.0.1:8000/admin/" in text
         assert "superuser admin@darktower.local" in text and "password  pw" in text
     assert "starting" in first.lower()
-    assert "every process is up" in ready
+    assert devenv.READY_BANNER in ready and devenv.READY_BANNER not in first
 
 
 def test_exec_exits_with_the_commands_exit_code(session_urls):
