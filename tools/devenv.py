@@ -282,7 +282,11 @@ class ProcessSpec:
 # stays a known region with nothing placeable, where the README's 503 example happens.
 DEMO_FLEET_SIZE = 8
 DEMO_FLEET_REGIONS = ("us-east-1", "ap-south-1")
-DEMO_FLEET_SILENT_AND_DRAINING_SHARE = "0.125"
+DEMO_FLEET_SILENT_AND_DRAINING_SHARE = "0.125"  # one MC in eight goes silent, another reports draining
+# What Celery's worker logs once it consumes (celery.apps.worker), and what the simulator prints once every member
+# has registered (tools/simulator.py, Fleet).
+CELERY_READY_LINE = r"celery@\S+ ready\."
+SIMULATOR_READY_LINE = r"all \d+ members registered"
 
 
 def process_table(*, root: Path, env: Mapping[str, str], python: str, grpc_bind: str) -> list[ProcessSpec]:
@@ -298,8 +302,7 @@ def process_table(*, root: Path, env: Mapping[str, str], python: str, grpc_bind:
     if (commands / "grpcserver.py").exists():
         table.append(ProcessSpec("grpc", (python, "manage.py", "grpcserver"), grpc_bind))
     if (root / "darktower/celery.py").exists() and any(root.glob("*/tasks.py")):
-        ready = r"celery@\S+ ready\."
-        table.append(ProcessSpec("celery", (python, "-m", "celery", *celery.split()), ready_line=ready))
+        table.append(ProcessSpec("celery", (python, "-m", "celery", *celery.split()), ready_line=CELERY_READY_LINE))
     simulate = env.get("SIMULATE", "").strip() or str(DEMO_FLEET_SIZE)
     if not simulate.isdigit():
         raise DevenvError(f"SIMULATE must be a number of controllers (0: no simulated fleet), got {simulate!r}")
@@ -315,9 +318,6 @@ def process_table(*, root: Path, env: Mapping[str, str], python: str, grpc_bind:
         table.append(ProcessSpec("simulate", argv, ready_line=SIMULATOR_READY_LINE))
     return table
 
-
-# What the simulator prints once every member has registered (tools/simulator.py, Fleet).
-SIMULATOR_READY_LINE = r"all \d+ members registered"
 
 
 def fresh_metrics_dir(data: Path) -> Path:

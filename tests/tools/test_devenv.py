@@ -180,6 +180,33 @@ def test_a_child_is_ready_once_its_ready_line_is_printed():
     assert devenv.Child(devenv.ProcessSpec("grpc", ("true",)), proc=None).ready.is_set()  # type: ignore[arg-type]
 
 
+def test_watch_announces_once_when_every_child_is_up(tmp_path):
+    announced = tmp_path / "announced"
+    # Each child stays up until the announcement has been made, then exits: watch returns.
+    wait = f"import os, time\nwhile not os.path.exists({str(announced)!r}): time.sleep(0.05)"
+    specs = [
+        devenv.ProcessSpec("celery", (sys.executable, "-c", f"print('celery@host ready.', flush=True)\n{wait}"),
+                           ready_line=devenv.CELERY_READY_LINE),
+        devenv.ProcessSpec("plain", (sys.executable, "-c", wait)),
+    ]
+    calls: list[bool] = []
+
+    def on_ready() -> None:
+        calls.append(all(child.ready.is_set() for child in children))
+        announced.touch()
+
+    children: list[devenv.Child] = []
+    try:
+        for spec in specs:
+            devenv.start_child(spec, os.environ, children)
+        code = devenv.watch(children, on_ready=on_ready)
+    finally:
+        devenv.stop_children(children)
+
+    assert code == 1  # a child exited
+    assert calls == [True]
+
+
 def test_the_banner_names_the_admin_login_and_says_when_everything_is_up():
     table = [devenv.ProcessSpec("http", ("x",), "127.0.0.1:8000"), devenv.ProcessSpec("grpc", ("x",), "127.0.0.1:1")]
     credentials = "superuser admin@darktower.local\npassword  pw"
