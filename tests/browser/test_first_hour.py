@@ -116,14 +116,15 @@ def reload_until(page, check: Callable[[], bool], *, what: str, timeout: float) 
 
 def healthy_simulated(page) -> dict[str, str]:  # noqa: F811
     """Simulated controllers the dashboard shows healthy: id -> region (from the id, sim-mc-<region>-<n>)."""
-    badges = page.locator("#result_list .dt-health")
-    found = {}
-    for index in range(badges.count()):
-        badge = badges.nth(index)
-        member = badge.get_attribute("data-id") or ""
-        if member.startswith("sim-mc-") and badge.inner_text().strip() == "healthy":
-            found[member] = member.removeprefix("sim-mc-").rsplit("-", 1)[0]
-    return found
+    # One read of the whole list: the page replaces its rows on its own every few seconds.
+    badges = page.eval_on_selector_all(
+        "#result_list .dt-health", "els => els.map(el => [el.dataset.id || '', el.textContent.trim()])"
+    )
+    return {
+        member: member.removeprefix("sim-mc-").rsplit("-", 1)[0]
+        for member, health in badges
+        if member.startswith("sim-mc-") and health == "healthy"
+    }
 
 
 def test_the_first_hour(make_run, page):  # noqa: F811
@@ -153,7 +154,9 @@ def test_the_first_hour(make_run, page):  # noqa: F811
     member = sorted(healthy_simulated(page))[0]
     page.wait_for_function(
         """(id) => {
-            const age = parseInt(document.querySelector(`#result_list .dt-age[data-id="${id}"]`).textContent, 10);
+            const cell = document.querySelector(`#result_list .dt-age[data-id="${id}"]`);
+            const age = cell ? parseInt(cell.textContent, 10) : NaN;
+            if (Number.isNaN(age)) return false;
             window.__dtMaxAge = Math.max(window.__dtMaxAge || 0, age);
             return age < window.__dtMaxAge;
         }""",
