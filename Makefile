@@ -33,11 +33,16 @@ $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
 	  echo "Python 3.11 or newer is required; '$(PYTHON)' is: $$($(PYTHON) --version 2>/dev/null || echo not found)" >&2; \
 	  echo "Install it, or point at one: make PYTHON=/path/to/python3.11 ..." >&2; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+	@echo "Creating $(VENV) with $$($(PYTHON) --version)"
+	@$(PYTHON) -m venv $(VENV)
 
-# Reinstalls whenever a pin changes.
+# Reinstalls whenever a pin changes. pip's output goes to a log, whose last lines are shown if it fails.
+PIP_LOG := $(VENV)/pip-install.log
 $(STAMP): requirements.txt requirements-dev.txt | $(PY)
-	$(PY) -m pip install --disable-pip-version-check --quiet -r requirements-dev.txt
+	@echo "Installing the pinned requirements into $(VENV) (a first install takes 1-2 minutes; log: $(PIP_LOG))"
+	@$(PY) -m pip install --disable-pip-version-check --progress-bar off -r requirements-dev.txt >$(PIP_LOG) 2>&1 || { \
+	  echo "pip install failed; the last lines of $(PIP_LOG):" >&2; tail -n 25 $(PIP_LOG) >&2; exit 1; }
+	@echo "Requirements installed."
 	@touch $@
 
 run: $(STAMP)

@@ -528,6 +528,15 @@ except ValueError as exc:
 # --- Logging ----------------------------------------------------------------------------------
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# Level of the routine lines of every periodic job (Celery's "task received" / "succeeded", beat's "sending due
+# task": several a second in total), which would bury the events. INFO (or DEBUG) shows them again.
+LOG_ROUTINE_LEVEL = env_str("LOG_ROUTINE_LEVEL", "WARNING")
+ROUTINE_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "celery.beat")
+# One line per HTTP request (method, path, status, duration; darktower/access_log.py). On in development; in
+# production the proxy in front usually keeps the access log.
+ACCESS_LOG = env_bool("ACCESS_LOG", DEBUG)
+if ACCESS_LOG:
+    MIDDLEWARE.insert(1, "darktower.access_log.AccessLogMiddleware")
 LOG_FORMAT = env_str("LOG_FORMAT", "text" if DEBUG else "json")
 if LOG_FORMAT not in {"text", "json"}:
     raise ImproperlyConfigured(f"LOG_FORMAT must be 'text' or 'json', got {LOG_FORMAT!r}")
@@ -555,5 +564,9 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         "django.server": {"level": "WARNING"},
         "django.request": {"filters": ["expected_answers"]},
+        # Django's own console handler on "django" would print each of its records a second time, unformatted
+        # and unredacted: its records go to the root handler only.
+        "django": {"handlers": []},
+        **{name: {"level": LOG_ROUTINE_LEVEL} for name in ROUTINE_LOGGERS},
     },
 }

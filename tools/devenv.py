@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,7 +26,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any
@@ -272,6 +273,20 @@ class ProcessSpec:
     name: str
     argv: tuple[str, ...]
     ready_addr: str | None = None  # host:port that accepts TCP connections once the process is up
+    ready_line: str | None = None  # a regular expression an output line matches once the process is up
+
+
+# The demo fleet `make run` simulates unless SIMULATE=0: enough MCs for every simulated region to keep at least
+# two placeable while one goes silent and one drains. It beats in two of the demo data's regions
+# (meetings/demo_data.py); the third, eu-west-1, keeps only demo rows that never beat, so it turns unhealthy and
+# stays a known region with nothing placeable, where the README's 503 example happens.
+DEMO_FLEET_SIZE = 8
+DEMO_FLEET_REGIONS = ("us-east-1", "ap-south-1")
+DEMO_FLEET_SILENT_AND_DRAINING_SHARE = "0.125"  # one MC in eight goes silent, another reports draining
+# What Celery's worker logs once it consumes (celery.apps.worker), and what the simulator prints once every member
+# has registered (tools/simulator.py, Fleet).
+CELERY_READY_LINE = r"celery@\S+ ready\."
+SIMULATOR_READY_LINE = r"all \d+ members registered"
 
 
 def process_table(*, root: Path, env: Mapping[str, str], python: str, grpc_bind: str) -> list[ProcessSpec]:
@@ -287,13 +302,22 @@ def process_table(*, root: Path, env: Mapping[str, str], python: str, grpc_bind:
     if (commands / "grpcserver.py").exists():
         table.append(ProcessSpec("grpc", (python, "manage.py", "grpcserver"), grpc_bind))
     if (root / "darktower/celery.py").exists() and any(root.glob("*/tasks.py")):
-        table.append(ProcessSpec("celery", (python, "-m", "celery", *celery.split())))
-    if env.get("SIMULATE") and (commands / "simulate_fleet.py").exists():
+        table.append(ProcessSpec("celery", (python, "-m", "celery", *celery.split()), ready_line=CELERY_READY_LINE))
+    simulate = env.get("SIMULATE", "").strip() or str(DEMO_FLEET_SIZE)
+    if not simulate.isdigit():
+        raise DevenvError(f"SIMULATE must be a number of controllers (0: no simulated fleet), got {simulate!r}")
+    if int(simulate) and (commands / "simulate_fleet.py").exists():
         # Its MCs answer the GC's AssignMeetingWithMh and its handlers report load, so joins get placed.
-        handlers = str(max(1, int(env["SIMULATE"]) // 5)) if env["SIMULATE"].isdigit() else "1"
-        table.append(ProcessSpec("simulate", (python, "manage.py", "simulate_fleet", "--controllers", env["SIMULATE"],
-                                             "--handlers", handlers, "--streams", "--serve-assignments")))
+        controllers = int(simulate)
+        handlers = max(len(DEMO_FLEET_REGIONS), controllers // 5)
+        share = DEMO_FLEET_SILENT_AND_DRAINING_SHARE
+        argv = (python, "manage.py", "simulate_fleet", "--controllers", str(controllers), "--handlers", str(handlers),
+                "--regions", ",".join(DEMO_FLEET_REGIONS), "--stale-share", share, "--draining-share", share,
+                "--target", grpc_bind, "--api", f"http://{http_bind}", "--report-interval", "60",
+                "--streams", "--serve-assignments")
+        table.append(ProcessSpec("simulate", argv, ready_line=SIMULATOR_READY_LINE))
     return table
+
 
 
 def fresh_metrics_dir(data: Path) -> Path:
@@ -309,7 +333,16 @@ def fresh_metrics_dir(data: Path) -> Path:
 class Child:
     spec: ProcessSpec
     proc: subprocess.Popen[bytes]
-    pump: threading.Thread
+    pump: threading.Thread | None = None  # copies its output to ours
+    ready: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        if self.spec.ready_line is None:
+            self.ready.set()  # up once started (and its address answers, when it has one)
+
+    def saw(self, line: str) -> None:
+        if not self.ready.is_set() and self.spec.ready_line and re.search(self.spec.ready_line, line):
+            self.ready.set()
 
 
 _OUTPUT_LOCK = threading.Lock()
@@ -321,9 +354,11 @@ def say(name: str, line: str) -> None:
         sys.stdout.flush()
 
 
-def _pump(name: str, stream: Iterator[bytes]) -> None:
+def _pump(child: Child, stream: Iterator[bytes]) -> None:
     for raw in stream:
-        say(name, raw.decode(errors="replace"))
+        line = raw.decode(errors="replace")
+        say(child.spec.name, line)
+        child.saw(line)
 
 
 def tcp_open(addr: str) -> bool:
@@ -353,9 +388,10 @@ def start_child(spec: ProcessSpec, env: Mapping[str, str], children: list[Child]
         start_new_session=True,
     )
     assert proc.stdout is not None
-    pump = threading.Thread(target=_pump, args=(spec.name, proc.stdout), daemon=True)
-    pump.start()
-    children.append(Child(spec, proc, pump))
+    child = Child(spec, proc)
+    child.pump = threading.Thread(target=_pump, args=(child, proc.stdout), daemon=True)
+    child.pump.start()
+    children.append(child)
     if spec.ready_addr:
         addr = spec.ready_addr
         wait_until(lambda: tcp_open(addr) or proc.poll() is not None, what=spec.name)
@@ -379,16 +415,22 @@ def stop_children(children: Sequence[Child]) -> None:
             say("devenv", f"{child.spec.name} did not stop within {STOP_GRACE_SECONDS:.0f} s; killing it")
         _signal_group(child.proc.pid, signal.SIGKILL)  # also whatever an exited leader left in its group
         child.proc.wait()
-        child.pump.join(timeout=2)
+        if child.pump is not None:
+            child.pump.join(timeout=2)
 
 
-def watch(children: Sequence[Child]) -> int:
+def watch(children: Sequence[Child], *, on_ready: Callable[[], None] = lambda: None) -> int:
+    """Until a child exits; `on_ready` runs once, when every child is up."""
+    announced = False
     while True:
         for child in children:
             if child.proc.poll() is not None:
                 say("devenv", f"{child.spec.name} exited with code {child.proc.returncode}; stopping everything")
                 return 1
-        time.sleep(0.5)
+        if not announced and all(child.ready.is_set() for child in children):
+            announced = True
+            on_ready()
+        time.sleep(0.2)
 
 
 def manage(python: str, env: Mapping[str, str], *args: str, capture: bool = False) -> str:
@@ -416,8 +458,17 @@ def prepare_database(python: str, env: Mapping[str, str]) -> str:
     return manage(python, env, "ensure_dev_superuser", capture=True)
 
 
-def banner(table: Sequence[ProcessSpec], credentials: str, data: Path) -> str:
-    lines = ["", "Dark Tower control plane is up. Ctrl-C stops everything."]
+READY_BANNER = "Dark Tower control plane is ready"
+
+
+def banner(table: Sequence[ProcessSpec], credentials: str, data: Path, *, ready: bool = False) -> str:
+    """The addresses and the admin login: printed once the servers listen, and again when every process is up
+    (the first scrolls away under the others' start-up lines)."""
+    if ready:
+        names = ", ".join(spec.name for spec in table)
+        lines = ["", f"{READY_BANNER}: every process is up ({names}). Ctrl-C stops everything."]
+    else:
+        lines = ["", "Dark Tower control plane is starting; this banner is repeated when it is ready."]
     for spec in table:
         if spec.name == "http":
             lines += [f"  admin     http://{spec.ready_addr}/admin/", f"  API docs  http://{spec.ready_addr}/api/docs/"]
@@ -448,7 +499,12 @@ def cmd_run() -> int:
                     start_child(spec, served, children)
                 with _OUTPUT_LOCK:
                     print(banner(table, credentials, services.data), flush=True)
-                code = watch(children)
+
+                def announce() -> None:
+                    with _OUTPUT_LOCK:
+                        print(banner(table, credentials, services.data, ready=True), flush=True)
+
+                code = watch(children, on_ready=announce)
             except Stopped:
                 say("devenv", "stopping")
             finally:

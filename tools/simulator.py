@@ -511,6 +511,13 @@ class Fleet:
                 await channel.close()
         return Summary(total=self.stats.total(), state=self.state, tokens_fetched=self.tokens.fetched)
 
+    def _registered(self) -> None:
+        """Count a first registration; say once when every member has one (`make run` waits for that line)."""
+        self.state.registered += 1
+        members = self.config.controllers + self.config.handlers
+        if self.state.registered == members:
+            self.write(f"all {members} members registered")
+
     def _member_done(self, task: asyncio.Task[None]) -> None:
         # One member failing for a reason no real MC would retry stops the whole run: its error is the result.
         if not task.cancelled() and task.exception() is not None:
@@ -607,7 +614,7 @@ class Fleet:
         answer = await self._register("RegisterMC", stub.RegisterMC, register)
         if answer is None:
             return
-        self.state.registered += 1
+        self._registered()
         if self.config.streams:
             stream = StreamedBeats(stub)
             send_fast: Callable[..., Awaitable[Any]] = functools.partial(stream.send, "fast")
@@ -669,7 +676,7 @@ class Fleet:
         answer = await self._register("RegisterMH", stub.RegisterMH, register)
         if answer is None:
             return
-        self.state.registered += 1
+        self._registered()
         interval = (answer.load_report_interval_ms or 10_000) / 1000
         beats = 0
         if await self._sleep(rng.uniform(0, interval)):

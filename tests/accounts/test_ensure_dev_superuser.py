@@ -74,3 +74,15 @@ def test_refuses_without_debug(dev_settings):
         call_command("ensure_dev_superuser", stdout=StringIO())
 
     assert not User.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_login_email_is_kept_beside_the_password(dev_settings, tmp_path):
+    first = ensure()
+    stored = tmp_path / "dev-superuser-email.txt"
+    assert stored.read_text() == first["superuser"] + "\n" == "admin@darktower.local\n"
+
+    dev_settings.DEV_SUPERUSER_EMAIL = "ops@darktower.local"
+    ensure()
+
+    assert stored.read_text() == "ops@darktower.local\n"

@@ -60,6 +60,7 @@ def test_fleet_registers_beats_goes_silent_and_drains(grpc_server, live_server, 
     assert methods["FastHeartbeat"] > 12 and methods["ComprehensiveHeartbeat"] >= 9 and methods["SendLoadReport"] >= 4
     assert summary.total.p99_ms > 0
     assert any("calls/s" in line and "p99" in line for line in lines)
+    assert [line for line in lines if "members registered" in line] == ["all 16 members registered"]
     for recorder in RECORDERS:
         recorder.flush()
     controllers = MeetingController.objects.filter(controller_id__startswith="sim-mc-")

@@ -102,9 +102,10 @@ def test_process_table_grows_with_the_commands_that_exist(tmp_path):
     (tmp_path / "darktower/celery.py").touch()
     env = {"HTTP_BIND": "0.0.0.0:9000"}
 
-    without_tasks = devenv.process_table(root=tmp_path, env=env, python="py", grpc_bind="127.0.0.1:6000")
+    quiet = {**env, "SIMULATE": "0"}
+    without_tasks = devenv.process_table(root=tmp_path, env=quiet, python="py", grpc_bind="127.0.0.1:6000")
     (tmp_path / "controllers/tasks.py").touch()
-    with_tasks = devenv.process_table(root=tmp_path, env=env, python="py", grpc_bind="127.0.0.1:6000")
+    with_tasks = devenv.process_table(root=tmp_path, env=quiet, python="py", grpc_bind="127.0.0.1:6000")
     simulating = devenv.process_table(root=tmp_path, env={**env, "SIMULATE": "40"}, python="py", grpc_bind="x:1")
 
     assert [spec.name for spec in without_tasks] == ["http", "grpc"]
@@ -114,9 +115,110 @@ def test_process_table_grows_with_the_commands_that_exist(tmp_path):
     assert [spec.name for spec in with_tasks] == ["http", "grpc", "celery"]
     assert with_tasks[2].argv[:6] == ("py", "-m", "celery", "-A", "darktower", "worker")
     assert "-B" in with_tasks[2].argv
-    assert simulating[-1].argv == ("py", "manage.py", "simulate_fleet", "--controllers", "40", "--handlers", "8",
-                                   "--streams", "--serve-assignments")
+    assert simulating[-1].argv[:7] == ("py", "manage.py", "simulate_fleet", "--controllers", "40", "--handlers", "8")
+    assert {"--streams", "--serve-assignments"} <= set(simulating[-1].argv)
+    assert option(simulating[-1], "--target") == "x:1"
+    assert option(simulating[-1], "--api") == "http://0.0.0.0:9000"
     assert simulating[-1].ready_addr is None
+    assert simulating[-1].ready_line is not None
+    assert with_tasks[2].ready_line is not None
+
+
+def option(spec: devenv.ProcessSpec, name: str) -> str:
+    return spec.argv[spec.argv.index(name) + 1]
+
+
+def test_a_demo_fleet_is_simulated_unless_simulate_is_0(tmp_path):
+    commands = tmp_path / "controllers/management/commands"
+    commands.mkdir(parents=True)
+    (commands / "simulate_fleet.py").touch()
+
+    default = devenv.process_table(root=tmp_path, env={}, python="py", grpc_bind="127.0.0.1:6000")
+    off = devenv.process_table(root=tmp_path, env={"SIMULATE": "0"}, python="py", grpc_bind="127.0.0.1:6000")
+
+    assert [spec.name for spec in off] == ["http"]
+    simulate = default[-1]
+    assert simulate.name == "simulate"
+    assert int(option(simulate, "--controllers")) == devenv.DEMO_FLEET_SIZE >= 2 * len(devenv.DEMO_FLEET_REGIONS)
+    assert int(option(simulate, "--handlers")) >= len(devenv.DEMO_FLEET_REGIONS)
+    assert option(simulate, "--regions") == ",".join(devenv.DEMO_FLEET_REGIONS)
+    # Some members go silent and some drain: at least one of each among the demo's controllers.
+    assert round(devenv.DEMO_FLEET_SIZE * float(option(simulate, "--stale-share"))) >= 1
+    assert round(devenv.DEMO_FLEET_SIZE * float(option(simulate, "--draining-share"))) >= 1
+    assert option(simulate, "--api") == "http://127.0.0.1:8000"
+
+
+def test_simulate_must_be_a_count(tmp_path):
+    commands = tmp_path / "controllers/management/commands"
+    commands.mkdir(parents=True)
+    (commands / "simulate_fleet.py").touch()
+
+    with pytest.raises(devenv.DevenvError, match="SIMULATE"):
+        devenv.process_table(root=tmp_path, env={"SIMULATE": "yes"}, python="py", grpc_bind="127.0.0.1:6000")
+
+
+def test_the_demo_fleet_beats_in_demo_regions_and_leaves_one_to_its_silent_demo_rows():
+    """The simulated MCs keep demo regions placeable; the demo region they leave out has only the demo rows,
+    which never beat: the README's 503 example (a known region with nothing placeable) happens there."""
+    from meetings.demo_data import CONTROLLERS
+
+    demo_regions = {controller.region for controller in CONTROLLERS}
+    assert set(devenv.DEMO_FLEET_REGIONS) < demo_regions
+    assert "eu-west-1" in demo_regions - set(devenv.DEMO_FLEET_REGIONS)
+    assert '"region": "eu-west-1"' in (ROOT / "README.md").read_text()
+
+
+def test_a_child_is_ready_once_its_ready_line_is_printed():
+    spec = devenv.ProcessSpec("celery", ("true",), ready_line=r"celery@\S+ ready\.")
+    child = devenv.Child(spec, proc=None)  # type: ignore[arg-type]
+
+    assert not child.ready.is_set()
+    child.saw("celery  | 2026 INFO celery.apps.worker Connected")
+    assert not child.ready.is_set()
+    child.saw("2026-12-07 20:06:11,752 INFO celery.apps.worker celery@vm ready.")
+    assert child.ready.is_set()
+    assert devenv.Child(devenv.ProcessSpec("grpc", ("true",)), proc=None).ready.is_set()  # type: ignore[arg-type]
+
+
+def test_watch_announces_once_when_every_child_is_up(tmp_path):
+    announced = tmp_path / "announced"
+    # Each child stays up until the announcement has been made, then exits: watch returns.
+    wait = f"import os, time\nwhile not os.path.exists({str(announced)!r}): time.sleep(0.05)"
+    specs = [
+        devenv.ProcessSpec("celery", (sys.executable, "-c", f"print('celery@host ready.', flush=True)\n{wait}"),
+                           ready_line=devenv.CELERY_READY_LINE),
+        devenv.ProcessSpec("plain", (sys.executable, "-c", wait)),
+    ]
+    calls: list[bool] = []
+
+    def on_ready() -> None:
+        calls.append(all(child.ready.is_set() for child in children))
+        announced.touch()
+
+    children: list[devenv.Child] = []
+    try:
+        for spec in specs:
+            devenv.start_child(spec, os.environ, children)
+        code = devenv.watch(children, on_ready=on_ready)
+    finally:
+        devenv.stop_children(children)
+
+    assert code == 1  # a child exited
+    assert calls == [True]
+
+
+def test_the_banner_names_the_admin_login_and_says_when_everything_is_up():
+    table = [devenv.ProcessSpec("http", ("x",), "127.0.0.1:8000"), devenv.ProcessSpec("grpc", ("x",), "127.0.0.1:1")]
+    credentials = "superuser admin@darktower.local\npassword  pw"
+
+    first = devenv.banner(table, credentials, Path("/d"))
+    ready = devenv.banner(table, credentials, Path("/d"), ready=True)
+
+    for text in (first, ready):
+        assert "http://127.0.0.1:8000/admin/" in text
+        assert "superuser admin@darktower.local" in text and "password  pw" in text
+    assert "starting" in first.lower()
+    assert devenv.READY_BANNER in ready and devenv.READY_BANNER not in first
 
 
 def test_exec_exits_with_the_commands_exit_code(session_urls):

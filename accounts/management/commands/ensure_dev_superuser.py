@@ -29,6 +29,13 @@ def dev_password() -> str:
     return password
 
 
+def keep_email(email: str) -> None:
+    """The login email beside the password file, for scripts (the README's walkthrough reads both)."""
+    path = Path(settings.DATA_DIR) / "dev-superuser-email.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(email + "\n")
+
+
 class Command(BaseCommand):
     help = "Create the development superuser (or keep it, resetting a changed password) and print its credentials."
 
@@ -43,4 +50,5 @@ class Command(BaseCommand):
         elif not (user.check_password(password) and user.is_active and user.is_staff and user.is_superuser):
             user.set_password(password)
             users.filter(pk=user.pk).update(password=user.password, is_active=True, is_staff=True, is_superuser=True)
+        keep_email(email)
         self.stdout.write(f"superuser {email}\npassword  {password}")
