@@ -57,8 +57,8 @@ from controllers.members import CONTROLLERS, HANDLERS, HealthChange
 from controllers.services.operations import handler_drain, handler_mark_unhealthy, handler_undrain
 from controllers.services.ownership import members_transfer
 from darktower.admin_tools import (
-    EstimatedCountPaginator,
     IndexedDistinctFilter,
+    UncountedListMixin,
     capacity_bar,
     confirmed_action,
     health_badge,
@@ -528,7 +528,7 @@ class TransitionRegionFilter(IndexedDistinctFilter):
 
 
 @admin.register(HealthTransition)
-class HealthTransitionAdmin(admin.ModelAdmin):
+class HealthTransitionAdmin(UncountedListMixin, admin.ModelAdmin):
     """The transition history, read-only: rows are written by the health services and removed by retention."""
 
     list_display = ("created_at", "component_type", "component_id", "region", "from_status", "to_status", "reason",
@@ -536,9 +536,7 @@ class HealthTransitionAdmin(admin.ModelAdmin):
     list_filter = ("component_type", TransitionRegionFilter, "to_status", "reason", "actor_type")
     search_fields = ("=component_id",)
     ordering = ("-created_at", "-id")
-    show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
-    paginator = EstimatedCountPaginator
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
