@@ -52,7 +52,7 @@ def test_a_region_without_a_healthy_controller_has_nothing_placeable(client, vie
     html = client.get(reverse(CHANGELIST)).content.decode()
     bar = _bar(html, "us-east-1", "meetings")
     assert (bar["used"], bar["placeable"], bar["total"]) == ("0", "0", "100")
-    assert "0 / 0 placeable" in bar["text"] and "of 100 total" in bar["text"]
+    assert "0 / 0 placeable of 100 total" in bar["text"]
     assert "54" not in bar["text"]
     assert _bar(html, "us-east-1", "participants")["total"] == "1400"
 
@@ -89,7 +89,7 @@ def test_a_mixed_region_counts_only_fresh_members_in_placeable_states(client, vi
     html = client.get(reverse(CHANGELIST)).content.decode()
     bar = _bar(html, region, "meetings")
     assert (bar["used"], bar["placeable"], bar["total"]) == ("15", "150", "550")
-    assert "15 / 150 placeable (10%)" in bar["text"] and "of 550 total" in bar["text"]
+    assert "15 / 150 placeable of 550 total" in bar["text"]
     streams_bar = _bar(html, region, "streams")
     assert (streams_bar["used"], streams_bar["placeable"], streams_bar["total"]) == ("10", "40", "200")
     assert "2 of 6 placeable" in html and "1 of 3 placeable" in html
