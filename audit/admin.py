@@ -2,8 +2,8 @@
 periodic tasks (django-celery-beat's admin, its actions limited to those who may change tasks).
 
 audit_logs is partitioned by month and holds millions of rows: the list never counts it (it reads at most a few
-pages ahead of the one shown, see LookaheadPaginator), filter choices come from indexes (loose index scans), and
-ordering follows idx_audit_created_at.
+pages ahead of the one shown, darktower.admin_tools.LookaheadPaginator), filter choices come from indexes (loose
+index scans), and ordering follows idx_audit_created_at.
 """
 
 from __future__ import annotations
@@ -14,20 +14,18 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.auth import get_user_model
-from django.core.paginator import Paginator
 from django.db.models import QuerySet, Subquery
 from django.db.models.expressions import RawSQL
 from django.http import HttpRequest, HttpResponse
-from django.utils.functional import cached_property
 from django_celery_beat.admin import PeriodicTaskAdmin as CeleryBeatPeriodicTaskAdmin
 from django_celery_beat.models import PeriodicTask
 
 from audit.models import ActorType, AuditLog, OutboxEvent
 from audit.services import outbox_events_retry
 from darktower.admin_tools import (
-    EstimatedCountPaginator,
     IndexedDistinctFilter,
     TextInputFilter,
+    UncountedListMixin,
     confirmed_action,
     distinct_values_sql,
 )
@@ -73,49 +71,8 @@ class ActorFilter(TextInputFilter):
 _TYPED_TARGET = re.compile(r"(?P<type>[a-z][a-z0-9_]{0,49}):(?P<id>.+)")
 
 
-class LookaheadPaginator(Paginator):
-    """Links only pages that exist, without counting the table. It reads the ids of the rows up to LOOKAHEAD
-    pages past the one shown (in the list's order, so through the same index, stopping at the limit): when they
-    run out the count is exact, otherwise the list ends LOOKAHEAD pages ahead and says "about N", N from the
-    planner (at least what was seen). The planner's estimate alone is no page count: for the partitioned
-    audit_logs it can be several times the real number of rows, and the pages beyond the real end were empty."""
-
-    LOOKAHEAD = 10
-
-    def __init__(self, object_list: QuerySet[Any], per_page: int, *, page: int = 1, **kwargs: Any) -> None:
-        super().__init__(object_list, per_page, **kwargs)
-        self.queryset = object_list
-        self.shown_page = max(1, page)
-
-    @cached_property
-    def _seen(self) -> tuple[int, bool]:
-        """(rows seen up to the lookahead, whether there are more)."""
-        limit = (self.shown_page + self.LOOKAHEAD) * self.per_page
-        seen = len(self.queryset.values_list("pk", flat=True)[: limit + 1])
-        return min(seen, limit), seen > limit
-
-    @cached_property
-    def count(self) -> int:
-        return self._seen[0]
-
-    @cached_property
-    def about(self) -> int | None:
-        """The estimated total when the rows go on past the lookahead, else None (the count is exact)."""
-        seen, more = self._seen
-        if not more:
-            return None
-        return max(seen + 1, EstimatedCountPaginator(self.queryset, self.per_page).count)
-
-
-def _page_asked(request: HttpRequest) -> int:
-    try:
-        return int(request.GET.get("p", 1))
-    except ValueError:
-        return 1
-
-
 @admin.register(AuditLog)
-class AuditLogAdmin(admin.ModelAdmin):
+class AuditLogAdmin(UncountedListMixin, admin.ModelAdmin):
     """Every filter is served by an index: event type (idx_audit_event_type), actor (idx_audit_actor), target
     type and the search by target (idx_audit_target), the date hierarchy (idx_audit_created_at, see
     darktower.templatetags.dt_admin). Result and actor type have a handful of values each; the page reads
@@ -129,18 +86,8 @@ class AuditLogAdmin(admin.ModelAdmin):
     search_help_text = "Find a target by type:id (e.g. meeting_controller:mc-us-east-1-01) or by its ID alone."
     date_hierarchy = "created_at"
     ordering = ("-created_at", "-id")
-    show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     list_per_page = 100
-
-    def get_paginator(
-        self, request: HttpRequest, queryset: QuerySet[AuditLog], per_page: int, orphans: int = 0,
-        allow_empty_first_page: bool = True,
-    ) -> LookaheadPaginator:
-        return LookaheadPaginator(
-            queryset, per_page, page=_page_asked(request), orphans=orphans,
-            allow_empty_first_page=allow_empty_first_page,
-        )
 
     @admin.display(description="actor")
     def actor(self, obj: AuditLog) -> str:
@@ -201,15 +148,13 @@ class OutboxStateFilter(admin.SimpleListFilter):
 
 
 @admin.register(OutboxEvent)
-class OutboxEventAdmin(admin.ModelAdmin):
+class OutboxEventAdmin(UncountedListMixin, admin.ModelAdmin):
     list_display = ("id", "event_type", "aggregate_type", "aggregate_id", "created_at", "attempts",
                     "next_attempt_at", "failed_at", "processed_at", "error")
     list_filter = (OutboxStateFilter, "aggregate_type")
     search_fields = ("=aggregate_id",)
     ordering = ("-id",)
-    show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
-    paginator = EstimatedCountPaginator
     actions = ("retry_action",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:

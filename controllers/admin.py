@@ -57,8 +57,8 @@ from controllers.members import CONTROLLERS, HANDLERS, HealthChange
 from controllers.services.operations import handler_drain, handler_mark_unhealthy, handler_undrain
 from controllers.services.ownership import members_transfer
 from darktower.admin_tools import (
-    EstimatedCountPaginator,
     IndexedDistinctFilter,
+    UncountedListMixin,
     capacity_bar,
     confirmed_action,
     health_badge,
@@ -118,7 +118,8 @@ def _requested_ids(request: HttpRequest) -> list[str]:
 
 
 class FleetAdminMixin(_ModelAdminBase):
-    """Shared by both fleet changelists: the summary on top, the live JSON endpoint, a view-only change page."""
+    """Shared by both fleet changelists: the summary on top, the live JSON endpoint, a view-only change page with
+    the operators' buttons."""
 
     live_url_name: str
     component_type: ComponentType
@@ -159,6 +160,19 @@ class FleetAdminMixin(_ModelAdminBase):
                 "help": "An active service credential holding the members' registration scope.",
             }],
         )
+
+    # The change page's buttons (templates/admin/controllers/_fleet_change_form.html): each posts this list's
+    # action for the one member, so it confirms, checks permissions and calls the service exactly as the action does.
+    object_actions = {"drain_action": "Drain", "undrain_action": "Undrain", "mark_unhealthy_action": "Mark unhealthy"}
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        allowed = self.get_actions(request)
+        buttons = [
+            {"name": name, "label": label} for name, label in self.object_actions.items() if name in allowed
+        ]
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "object_actions": buttons})
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Health changes only through the actions (compare-and-set services); a form save would write back
@@ -237,19 +251,6 @@ class MeetingControllerAdmin(FleetAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[MeetingController]:
         return controllers_for_dashboard()
-
-    # The change page's buttons: each posts this list's action for the one controller, so it confirms, checks
-    # permissions and calls the service exactly as the action does.
-    object_actions = {"drain_action": "Drain", "undrain_action": "Undrain", "mark_unhealthy_action": "Mark unhealthy"}
-
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
-    ) -> HttpResponse:
-        allowed = self.get_actions(request)
-        buttons = [
-            {"name": name, "label": label} for name, label in self.object_actions.items() if name in allowed
-        ]
-        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "object_actions": buttons})
 
     def get_urls(self) -> list[Any]:
         live = path("live/", self.admin_site.admin_view(self.live_view), name=self.live_url_name)
@@ -528,7 +529,7 @@ class TransitionRegionFilter(IndexedDistinctFilter):
 
 
 @admin.register(HealthTransition)
-class HealthTransitionAdmin(admin.ModelAdmin):
+class HealthTransitionAdmin(UncountedListMixin, admin.ModelAdmin):
     """The transition history, read-only: rows are written by the health services and removed by retention."""
 
     list_display = ("created_at", "component_type", "component_id", "region", "from_status", "to_status", "reason",
@@ -536,9 +537,7 @@ class HealthTransitionAdmin(admin.ModelAdmin):
     list_filter = ("component_type", TransitionRegionFilter, "to_status", "reason", "actor_type")
     search_fields = ("=component_id",)
     ordering = ("-created_at", "-id")
-    show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
-    paginator = EstimatedCountPaginator
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

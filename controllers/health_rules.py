@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from controllers.members import MemberKind
 from controllers.models import HealthStatus
 
 PENDING, HEALTHY, DEGRADED, UNHEALTHY, DRAINING = (
@@ -163,6 +164,15 @@ def beat_drain_deadline_sql(*, beat: str, from_status: str) -> str:
         f", drain_deadline = CASE WHEN {beat}.reported = '{DRAINING}' AND {from_status} <> '{DRAINING}' "
         "THEN now() + make_interval(secs => %(drain_deadline)s) ELSE t.drain_deadline END"
     )
+
+
+def placeable_sql(kind: MemberKind, *, clock: str = "now()") -> str:
+    """Placement's rule for a member row as a predicate: a state that receives new meetings
+    (`kind.placeable_states`) and a beat younger than `%(stale)s` seconds (HEARTBEAT_STALE_THRESHOLD_SECONDS) by
+    the database's clock `clock`. Room is not part of it: a full member is placeable capacity, all of it used.
+    Placement (meetings.services.assignment) and the fleet dashboard's capacity read this one definition."""
+    states = ", ".join(f"'{state}'" for state in kind.placeable_states)
+    return f"health_status IN ({states}) AND last_heartbeat_at > {clock} - make_interval(secs => %(stale)s)"
 
 
 # The recovery gate, per row of a beat batch (`r`: the batch, `t`: the member). A pending member's first good beat

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controllers.models import ComponentType
+from controllers.models import AVAILABLE_STATES, HANDLER_AVAILABLE_STATES, ComponentType
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class MemberKind:
     aggregate_type: str
     # The columns a beat writes: (column, PostgreSQL element type); a NULL value leaves the column unchanged.
     beat_columns: tuple[tuple[str, str], ...]
+    # The states whose members placement gives new meetings (controllers.health_rules.placeable_sql).
+    placeable_states: tuple[str, ...]
 
     def event(self, what: str) -> str:
         """The name of a member event of this kind, e.g. CONTROLLERS.event("unhealthy") == "controller_unhealthy"."""
@@ -57,6 +59,7 @@ CONTROLLERS = MemberKind(
         ("max_meetings", "integer"), ("max_participants", "integer"),
         ("cpu_usage_percent", "double precision"), ("memory_usage_percent", "double precision"),
     ),
+    placeable_states=AVAILABLE_STATES,
 )
 HANDLERS = MemberKind(
     table="media_handlers", pk="handler_id", component_type=ComponentType.HANDLER.value,
@@ -65,6 +68,7 @@ HANDLERS = MemberKind(
         ("current_streams", "integer"), ("cpu_usage_percent", "double precision"),
         ("memory_usage_percent", "double precision"), ("bandwidth_usage_percent", "double precision"),
     ),
+    placeable_states=HANDLER_AVAILABLE_STATES,
 )
 MEMBER_KINDS = (CONTROLLERS, HANDLERS)
 

@@ -71,6 +71,8 @@ class HealthStatus(models.TextChoices):
 
 # States that receive new meetings; the partial index idx_meeting_controllers_available covers exactly these.
 AVAILABLE_STATES = (HealthStatus.HEALTHY, HealthStatus.DEGRADED)
+# States whose media handlers receive new meetings: a degraded MH is left out (an MC has no degraded fallback for it).
+HANDLER_AVAILABLE_STATES = (HealthStatus.HEALTHY,)
 # States the stale sweep judges; draining controllers are never swept.
 LIVE_STATES = (HealthStatus.PENDING, HealthStatus.HEALTHY, HealthStatus.DEGRADED)
 

@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import DurationField, ExpressionWrapper, F, FloatField, IntegerField, QuerySet
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast, Now, NullIf
 from django.urls import reverse
 
+from controllers.health_rules import placeable_sql
+from controllers.members import CONTROLLERS, HANDLERS, MemberKind
 from controllers.models import ComponentType, HealthStatus, HealthTransition, MediaHandler, MeetingController
 
 HEALTH_STATES: tuple[str, ...] = tuple(HealthStatus.values)
@@ -25,19 +28,25 @@ RECENT_TRANSITIONS_WINDOW = timedelta(hours=1)
 
 @dataclass(frozen=True)
 class Capacity:
+    """One kind of capacity of a region's members: `used` of the `placeable` capacity (members placement can give
+    new meetings, controllers.health_rules.placeable_sql), and the `total` of every member whatever its state."""
+
     used: int
+    placeable: int
     total: int
 
     @property
     def percent(self) -> int:
-        return min(100, round(100 * self.used / self.total)) if self.total else 0
+        """The share of the placeable capacity in use; 100 when nothing is placeable (no room at all)."""
+        return min(100, round(100 * self.used / self.placeable)) if self.placeable else 100
 
 
 @dataclass
 class FleetSummary:
-    """One table (MCs or MHs) in one region: members by health state and capacity used / total."""
+    """One table (MCs or MHs) in one region: members by health state, how many are placeable, and capacity."""
 
     count: int = 0
+    placeable: int = 0
     by_health: dict[str, int] = field(default_factory=lambda: dict.fromkeys(HEALTH_STATES, 0))
     capacities: dict[str, Capacity] = field(default_factory=dict)
 
@@ -50,22 +59,34 @@ class RegionSummary:
     transitions_last_hour: int = 0
 
 
-# One pass over each table: counts per health state with FILTER, capacity sums (controllers' meetings include
-# those assigned since their last heartbeat, as placement counts them). Columns are fixed here, never from input.
-# The states are parameters so the CHECK constraint's list and this query cannot drift apart.
-_STATE_COLUMNS = ", ".join("count(*) FILTER (WHERE health_status = %s)" for _ in HEALTH_STATES)
-_CONTROLLERS_SQL = f"""
-SELECT region, count(*), {_STATE_COLUMNS},
-       coalesce(sum(current_meetings + assigned_since_heartbeat), 0), coalesce(sum(max_meetings), 0),
-       coalesce(sum(current_participants), 0), coalesce(sum(max_participants), 0)
-FROM meeting_controllers GROUP BY region
-"""  # noqa: S608 -- only constants are formatted in
-_HANDLERS_SQL = f"""
-SELECT region, count(*), {_STATE_COLUMNS},
-       coalesce(sum(current_streams), 0), coalesce(sum(max_streams), 0),
-       coalesce(sum(current_bitrate_mbps), 0), coalesce(sum(max_bitrate_mbps), 0)
-FROM media_handlers GROUP BY region
-"""  # noqa: S608 -- only constants are formatted in
+def _summary_sql(kind: MemberKind, capacities: tuple[tuple[str, str], ...]) -> str:
+    """One pass over a member table per region: counts per health state and of placeable members, and for each
+    (used, capacity) pair of column expressions the used and capacity sums of placeable members and the capacity
+    of all. The states are parameters so that the CHECK constraint's list and this query cannot drift apart; the
+    rest are constants of this module."""
+    placeable = placeable_sql(kind)
+    columns = [f"count(*) FILTER (WHERE health_status = %(state_{state})s)" for state in HEALTH_STATES]
+    columns.append(f"count(*) FILTER (WHERE {placeable})")
+    for used, capacity in capacities:
+        columns += [
+            f"coalesce(sum({used}) FILTER (WHERE {placeable}), 0)",
+            f"coalesce(sum({capacity}) FILTER (WHERE {placeable}), 0)",
+            f"coalesce(sum({capacity}), 0)",
+        ]
+    return f"SELECT region, count(*), {', '.join(columns)} FROM {kind.table} GROUP BY region"  # noqa: S608
+
+
+# Controllers' meetings include those assigned since their last heartbeat, as placement counts them.
+_CONTROLLER_CAPACITIES = (
+    ("meetings", "current_meetings + assigned_since_heartbeat", "max_meetings"),
+    ("participants", "current_participants", "max_participants"),
+)
+_HANDLER_CAPACITIES = (
+    ("streams", "current_streams", "max_streams"),
+    ("bitrate_mbps", "current_bitrate_mbps", "max_bitrate_mbps"),
+)
+_CONTROLLERS_SQL = _summary_sql(CONTROLLERS, tuple((used, cap) for _, used, cap in _CONTROLLER_CAPACITIES))
+_HANDLERS_SQL = _summary_sql(HANDLERS, tuple((used, cap) for _, used, cap in _HANDLER_CAPACITIES))
 # idx_health_transitions_created bounds the scan to the last hour.
 _TRANSITIONS_SQL = """
 SELECT region, count(*) FROM controller_health_transitions
@@ -75,37 +96,40 @@ GROUP BY region
 
 
 def _fleet_rows(sql: str) -> list[tuple[Any, ...]]:
+    params: dict[str, Any] = {f"state_{state}": state for state in HEALTH_STATES}
+    params["stale"] = settings.HEARTBEAT_STALE_THRESHOLD_SECONDS
     with connection.cursor() as cursor:
-        cursor.execute(sql, list(HEALTH_STATES))
+        cursor.execute(sql, params)
         return cursor.fetchall()
 
 
-def _fleet_summary(row: tuple[Any, ...], capacity_names: tuple[str, str]) -> FleetSummary:
+def _fleet_summary(row: tuple[Any, ...], capacities: tuple[tuple[str, str, str], ...]) -> FleetSummary:
     states = len(HEALTH_STATES)
-    counts = row[2 : 2 + states]
-    used_a, total_a, used_b, total_b = row[2 + states :]
+    sums = row[3 + states :]
     return FleetSummary(
         count=row[1],
-        by_health=dict(zip(HEALTH_STATES, counts, strict=True)),
+        placeable=row[2 + states],
+        by_health=dict(zip(HEALTH_STATES, row[2 : 2 + states], strict=True)),
         capacities={
-            capacity_names[0]: Capacity(int(used_a), int(total_a)),
-            capacity_names[1]: Capacity(int(used_b), int(total_b)),
+            name: Capacity(*(int(value) for value in sums[3 * i : 3 * i + 3]))
+            for i, (name, _, _) in enumerate(capacities)
         },
     )
 
 
 def fleet_summary_by_region() -> list[RegionSummary]:
-    """Per region: MCs and MHs by health state, meeting / participant (MC) and stream / bitrate (MH) capacity,
-    and the number of health transitions in the last hour. Three queries, whatever the fleet size."""
+    """Per region: MCs and MHs by health state and how many are placeable, meeting / participant (MC) and stream /
+    bitrate (MH) capacity, and the number of health transitions in the last hour. Three queries, whatever the
+    fleet size."""
     regions: dict[str, RegionSummary] = {}
 
     def region(name: str) -> RegionSummary:
         return regions.setdefault(name, RegionSummary(region=name))
 
     for row in _fleet_rows(_CONTROLLERS_SQL):
-        region(row[0]).controllers = _fleet_summary(row, ("meetings", "participants"))
+        region(row[0]).controllers = _fleet_summary(row, _CONTROLLER_CAPACITIES)
     for row in _fleet_rows(_HANDLERS_SQL):
-        region(row[0]).handlers = _fleet_summary(row, ("streams", "bitrate_mbps"))
+        region(row[0]).handlers = _fleet_summary(row, _HANDLER_CAPACITIES)
     with connection.cursor() as cursor:
         cursor.execute(_TRANSITIONS_SQL, [RECENT_TRANSITIONS_WINDOW.total_seconds()])
         for name, count in cursor.fetchall():

@@ -1,6 +1,6 @@
 """Building blocks shared by the apps' admin modules: a confirmation page for actions, a paginator that never
-counts a big table, a list filter whose choices come from an index instead of a DISTINCT scan, a typed-value
-filter, bars and badges.
+counts a big table and never links a page that does not exist, a list filter whose choices come from an index
+instead of a DISTINCT scan, a typed-value filter, bars and badges.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.views.main import PAGE_VAR
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import QuerySet
@@ -47,23 +48,74 @@ def capacity_bar(used: int, total: int, *, css_class: str = "", data_id: str | N
     )
 
 
-class EstimatedCountPaginator(Paginator):
-    """The planner's row estimate instead of COUNT(*): counting millions of audit rows on every page view
-    would cost more than the page. The estimate is one EXPLAIN, and never below what the current page
-    needs, so the last real page stays reachable."""
+def planner_row_estimate(queryset: QuerySet[Any]) -> int:
+    """The planner's row estimate for a queryset: one EXPLAIN instead of a COUNT(*) over millions of rows. An
+    estimate, no page count: for a partitioned table (pg_class.reltuples of the parent is not the sum of its
+    partitions) or one whose statistics predate many deletions it can be several times the real number."""
+    sql, params = queryset.order_by().query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+        plan = cursor.fetchone()[0]
+    if isinstance(plan, str):
+        plan = json.loads(plan)
+    return max(0, int(plan[0]["Plan"]["Plan Rows"]))
+
+
+class LookaheadPaginator(Paginator):
+    """Links only pages that exist, without counting the table. It reads the ids of the rows up to LOOKAHEAD
+    pages past the one shown (in the list's order, so through the same index, stopping at the limit): when they
+    run out the count is exact, otherwise the list ends LOOKAHEAD pages ahead and says "about N", N from the
+    planner (at least what was seen). The planner's estimate alone would link pages past the real end, empty."""
+
+    LOOKAHEAD = 10
+
+    def __init__(self, object_list: QuerySet[Any], per_page: int, *, page: int = 1, **kwargs: Any) -> None:
+        super().__init__(object_list, per_page, **kwargs)
+        self.queryset = object_list
+        self.shown_page = max(1, page)
+
+    @cached_property
+    def _seen(self) -> tuple[int, bool]:
+        """(rows seen up to the lookahead, whether there are more)."""
+        limit = (self.shown_page + self.LOOKAHEAD) * self.per_page
+        seen = len(self.queryset.values_list("pk", flat=True)[: limit + 1])
+        return min(seen, limit), seen > limit
 
     @cached_property
     def count(self) -> int:
-        queryset = self.object_list
-        if not isinstance(queryset, QuerySet):
-            return len(queryset)
-        sql, params = queryset.order_by().query.sql_with_params()
-        with connection.cursor() as cursor:
-            cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
-            plan = cursor.fetchone()[0]
-        if isinstance(plan, str):
-            plan = json.loads(plan)
-        return max(0, int(plan[0]["Plan"]["Plan Rows"]))
+        return self._seen[0]
+
+    @cached_property
+    def about(self) -> int | None:
+        """The estimated total when the rows go on past the lookahead, else None (the count is exact). The
+        pagination template (templates/admin/pagination.html) says "about N" then."""
+        seen, more = self._seen
+        if not more:
+            return None
+        return max(seen + 1, planner_row_estimate(self.queryset))
+
+
+def _page_asked(request: HttpRequest) -> int:
+    try:
+        return int(request.GET.get(PAGE_VAR, 1))
+    except ValueError:
+        return 1
+
+
+class UncountedListMixin:
+    """For a ModelAdmin over a table too big to count on every page view (partitioned or growing without bound):
+    the LookaheadPaginator, and no second count of the unfiltered table."""
+
+    show_full_result_count = False
+
+    def get_paginator(
+        self, request: HttpRequest, queryset: QuerySet[Any], per_page: int, orphans: int = 0,
+        allow_empty_first_page: bool = True,
+    ) -> LookaheadPaginator:
+        return LookaheadPaginator(
+            queryset, per_page, page=_page_asked(request), orphans=orphans,
+            allow_empty_first_page=allow_empty_first_page,
+        )
 
 
 def distinct_values_sql(table: str, column: str) -> str:

@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from darktower.admin_tools import EstimatedCountPaginator, confirmed_action
+from darktower.admin_tools import UncountedListMixin, confirmed_action
 from darktower.errors import DomainError
 from meetings.models import Meeting, MeetingAssignment, MeetingBan, MeetingParticipant, Recording
 from meetings.services.recordings import MANAGE_SHARE_PERMISSION, recording_share_rotate, recording_unshare
@@ -113,15 +113,13 @@ class ActiveAssignmentFilter(admin.SimpleListFilter):
 
 
 @admin.register(MeetingAssignment)
-class MeetingAssignmentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+class MeetingAssignmentAdmin(UncountedListMixin, _ReadOnlyMixin, admin.ModelAdmin):
     list_display = ("id", "meeting", "region", "meeting_controller_id", "media_handlers", "assigned_at", "ended_at",
                     "end_reason", "assigned_by_gc_id")
     list_filter = (ActiveAssignmentFilter,)
     list_select_related = ("meeting",)
     search_fields = ("meeting__meeting_code", "=meeting_controller__controller_id")
     ordering = ("-assigned_at", "-id")
-    show_full_result_count = False
-    paginator = EstimatedCountPaginator
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # ending an assignment is the controllers' "end assignments" action

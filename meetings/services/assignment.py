@@ -59,7 +59,9 @@ from django.db.transaction import TransactionManagementError
 from accounts.services.service_tokens import gc_service_token
 from audit.models import ActorType, AuditResult
 from audit.services import AuditEntry, audit_record_many, outbox_enqueue
+from controllers.health_rules import placeable_sql
 from controllers.mc_client import McAnswer, MediaHandlerChoice, mc_assign_meeting
+from controllers.members import CONTROLLERS, HANDLERS
 from controllers.models import AVAILABLE_STATES, HealthStatus
 from controllers.services.capacity import PlacementOutcome, PlacementRule, release_cte_sql
 from darktower.errors import NoCapacity, NoMediaHandler, PlacementBusy
@@ -148,14 +150,14 @@ def participants_reserved_for(max_participants: int) -> int:
     return max_participants if max_participants > settings.PLACEMENT_LARGE_MEETING_THRESHOLD else 0
 
 
-# Step 2 of the module docstring. ControllerQuerySet.available_in's filter (region, AVAILABLE_STATES) written
-# out, so that the planner can prove the partial index idx_meeting_controllers_available's predicate; the
-# ordering is "healthy first, then the effective load ratio, ties to the newest heartbeat".
+# Step 2 of the module docstring. The placement rule (controllers.health_rules.placeable_sql: AVAILABLE_STATES,
+# a fresh beat) spelt out beside the region, so that the planner can prove the partial index
+# idx_meeting_controllers_available's predicate; the ordering is "healthy first, then the effective load ratio,
+# ties to the newest heartbeat".
 _CANDIDATES_SQL = """
 SELECT controller_id, health_status, current_meetings, max_meetings, assigned_since_heartbeat
 FROM meeting_controllers
-WHERE region = %(region)s AND health_status IN ({available})
-  AND last_heartbeat_at > statement_timestamp() - make_interval(secs => %(stale)s)
+WHERE region = %(region)s AND {placeable}
   AND current_meetings + assigned_since_heartbeat < max_meetings
   AND (%(per_minute)s = 0 OR assignments_window_start IS NULL
        OR assignments_window_start <= statement_timestamp() - make_interval(secs => %(window)s)
@@ -167,7 +169,7 @@ ORDER BY health_status = '{healthy}' DESC,
          last_heartbeat_at DESC, controller_id
 LIMIT %(limit)s
 """.format(  # constants only
-    available=", ".join(f"'{state}'" for state in AVAILABLE_STATES), healthy=HealthStatus.HEALTHY
+    placeable=placeable_sql(CONTROLLERS, clock="statement_timestamp()"), healthy=HealthStatus.HEALTHY
 )
 
 
@@ -534,15 +536,14 @@ SET assigned_since_heartbeat = greatest(assigned_since_heartbeat, max_meetings -
 WHERE controller_id = %s
 """
 
-_HANDLERS_SQL = """
+_HANDLERS_SQL = f"""
 SELECT handler_id, coalesce(webtransport_endpoint, ''), coalesce(grpc_endpoint, ''), current_streams, max_streams
 FROM media_handlers
-WHERE region = %(region)s AND health_status = 'healthy'
-  AND last_heartbeat_at > now() - make_interval(secs => %(stale)s)
+WHERE region = %(region)s AND {placeable_sql(HANDLERS)}
   AND current_streams < max_streams
 ORDER BY current_streams::double precision / max_streams::double precision, last_heartbeat_at DESC, handler_id
 LIMIT %(limit)s
-"""
+"""  # noqa: S608 -- constants only
 
 
 def media_handlers_choose(region: str, *, rng: random.Random | None = None) -> list[MediaHandlerChoice]:

@@ -197,3 +197,38 @@ def test_audit_log_entry_cannot_be_edited(page, live_server, superuser):
     assert editable.count() == 0
     assert page.locator("a.deletelink").count() == 0
     _screenshot(page, "audit_entry")
+
+
+# An operator's laptop: the whole dashboard table must fit, no column hidden behind a horizontal scroll.
+NARROW_WIDTH = 1400
+_TABLE_EDGES = """() => {
+    const table = document.querySelector('#result_list');
+    const headers = [...table.querySelectorAll('thead th')].map(th => [
+        (th.className.match(/column-(\\S+)/) || [null, th.textContent.trim()])[1],
+        Math.round(th.getBoundingClientRect().right),
+    ]);
+    return {viewport: document.documentElement.clientWidth, table: Math.round(table.getBoundingClientRect().right),
+            headers};
+}"""
+
+
+@pytest.mark.parametrize("path", [DASHBOARD, "/admin/controllers/mediahandler/"])
+def test_every_dashboard_column_is_visible_at_1400_px(chromium, live_server, operator_user, path):
+    demo_data_load()
+    context = chromium.new_context(viewport={"width": NARROW_WIDTH, "height": 900})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        _login(page, live_server, operator_user)
+        page.goto(f"{live_server.url}{path}")
+        page.wait_for_selector("#result_list")
+
+        edges = page.evaluate(_TABLE_EDGES)
+
+        assert edges["viewport"] <= NARROW_WIDTH
+        cut = [(name, right) for name, right in edges["headers"] if right > edges["viewport"]]
+        assert not cut, f"columns past the {edges['viewport']} px viewport: {cut}"
+        assert edges["table"] <= edges["viewport"], edges
+        _screenshot(page, f"dashboard_{NARROW_WIDTH}px_{path.strip('/').split('/')[-1]}")
+    finally:
+        context.close()

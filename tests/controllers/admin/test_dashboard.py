@@ -34,8 +34,10 @@ def test_summary_aggregates_per_region():
     eu, us = summary["eu-west-1"], summary["us-east-1"]
     assert eu.controllers.count == 2
     assert eu.controllers.by_health["healthy"] == 1 and eu.controllers.by_health["draining"] == 1
-    assert (eu.controllers.capacities["meetings"].used, eu.controllers.capacities["meetings"].total) == (40, 200)
-    assert eu.controllers.capacities["meetings"].percent == 20
+    # The draining MC's meetings and capacity count in the total only (placement gives it no new meeting).
+    meetings = eu.controllers.capacities["meetings"]
+    assert (meetings.used, meetings.placeable, meetings.total) == (10, 100, 200)
+    assert meetings.percent == 10
     assert eu.handlers.count == 0
     assert us.controllers.by_health["unhealthy"] == 1
     assert us.handlers.capacities["streams"].percent == 25
