@@ -174,6 +174,22 @@ def test_the_first_hour(make_run, page):  # noqa: F811
     assert joined["participant"]["role"] == "host"
     assert joined["controller_id"].startswith("sim-mc-us-east-1-")
 
+    # The capacity bars count placeable members only, the whole fleet beside them: eu-west-1's demo MCs never
+    # beat, so its bar has nothing placeable whatever they report; us-east-1's live MCs are placeable.
+    page.goto(f"{make_run.base_url}{DASHBOARD}")
+    bars = page.eval_on_selector_all(
+        "#dt-fleet-summary .dt-region",
+        """regions => Object.fromEntries(regions.map(r => {
+            const bar = r.querySelector('.dt-util[data-capacity="meetings"]');
+            return [r.dataset.region, bar && [+bar.dataset.placeable, +bar.dataset.total,
+                                              bar.querySelector('.dt-total').textContent.trim()]];
+        }))""",
+    )
+    eu_placeable, eu_total, eu_text = bars["eu-west-1"]
+    assert eu_placeable == 0 and eu_total > 0 and eu_text == f"placeable of {eu_total} total", bars
+    us_placeable, us_total, _ = bars["us-east-1"]
+    assert 0 < us_placeable <= us_total, bars
+
     # A controller's page: labels as operators say them, one time format (24-hour, with seconds).
     page.goto(f"{make_run.base_url}/admin/controllers/meetingcontroller/{joined['controller_id']}/change/")
     page.wait_for_selector("#content-main")
