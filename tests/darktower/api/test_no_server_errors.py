@@ -36,6 +36,8 @@ def routes():
     fill = {
         "uuid": lambda name: str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
         "str": lambda name: "mc-a" if "controller" in name else CODE,
+        "int": lambda name: "1",
+        "slug": lambda name: name,
     }
     for route in walk(get_resolver().url_patterns):
         if not route.startswith("admin/"):
