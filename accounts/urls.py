@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
+from accounts import admin_oidc
 from accounts.api import oauth, oidc_views, views
 
 urlpatterns = [
@@ -19,6 +20,9 @@ urlpatterns = [
          name="auth-oidc-callback"),
     path("api/v1/api-keys", views.ApiKeyListCreateView.as_view(), name="api-keys"),
     path("api/v1/api-keys/<uuid:key_id>", views.ApiKeyDetailView.as_view(), name="api-key-detail"),
+    # The admin login page's sign-in with a provider (HTML; outside admin/, whose catch-all would take them).
+    path("login/oidc/<slug:provider>/", admin_oidc.admin_oidc_start, name="admin-oidc-start"),
+    path("login/oidc/<slug:provider>/callback/", admin_oidc.admin_oidc_callback, name="admin-oidc-callback"),
     # Services (RFC 6749 client credentials and the JWKS; plain Django views, see accounts.api.oauth).
     path("api/v1/auth/service/token", oauth.ServiceTokenView.as_view(), name="auth-service-token"),
     path(".well-known/jwks.json", oauth.JwksView.as_view(), name="jwks"),

@@ -15,7 +15,7 @@ from tests.peers.oidc import CLIENT_ID, CLIENT_SECRET, OidcPeer, peer_sign_in
 
 TESTSERVER = "http://testserver"
 API_CALLBACK = f"{TESTSERVER}/api/v1/auth/oidc/peer/callback"
-ADMIN_CALLBACK = f"{TESTSERVER}/admin/oidc/peer/callback/"
+ADMIN_CALLBACK = f"{TESTSERVER}/login/oidc/peer/callback/"
 
 
 def provider_settings(issuer: str) -> dict[str, str]:
