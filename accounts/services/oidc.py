@@ -4,10 +4,12 @@ One service for both doors: the REST API (which gets our user token) and the adm
 Django session, and only for active staff). The identity reaching these functions was checked by accounts.oidc
 (ID token signature, issuer, audience, nonce, expiry).
 
-A user is found by (provider, subject) first. On a first sign-in, an existing account with the same email is
-linked only when the provider says the email is verified: otherwise whoever controls an account at a provider
-that does not check emails could take over ours. Without an account, the API door creates one (with no
-password: NULL password_hash); the admin door creates nobody.
+A user is found by (provider, subject) first. A first sign-in needs an email the provider says is verified: it
+links an existing account with that email (an unverified one would let whoever controls an account at a provider
+that does not check emails take over ours), or, through the API door, creates one (with no password: NULL
+password_hash). Creating an account under an unverified email is refused too: it would squat the address, and
+its rightful owner's later verified sign-in would be linked into an account a stranger also holds. The admin
+door creates nobody.
 """
 
 from __future__ import annotations
@@ -82,12 +84,11 @@ def _sign_in(*, identity: ProviderIdentity, door: Door, ip_address: str | None, 
         if email is None:
             raise Unauthenticated("The sign-in provider did not give an email address.")
         existing = User.objects.filter(email=email).first()
+        if not identity.email_verified:
+            raise Unauthenticated(
+                "The sign-in provider has not verified this email address; verify it there, then sign in again."
+            )
         if existing is not None:
-            if not identity.email_verified:
-                raise Unauthenticated(
-                    "An account with this email exists, and the sign-in provider has not verified the email: sign in "
-                    "another way and link the provider from there."
-                )
             user = existing
         elif door == "admin":
             raise PermissionDenied("No staff account matches this sign-in.")

@@ -106,19 +106,22 @@ def test_an_unverified_email_never_links_an_existing_account(api, peer_provider)
 
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthenticated"
-    assert "verified" in response.json()["error"]["message"]
+    assert "not verified" in response.json()["error"]["message"]
     assert not OAuthProvider.objects.filter(user=existing).exists()
     failure = AuditLog.objects.get(event_type="user_login", result=AuditResult.FAILURE, target_id="peer")
     assert failure.error_message == "unauthenticated"
     assert failure.target_type == "oidc_provider"
 
 
-def test_a_new_user_with_an_unverified_email_is_created(api, peer_provider):
-    # Nobody else holds the address, so nothing is taken over; the account is the provider identity's own.
+def test_no_account_is_created_under_an_unverified_email(api, peer_provider):
+    # An account made under an address nobody verified would be linked later into its rightful owner's verified
+    # sign-in, with the stranger's link still in it.
     response = api.get(rest_sign_in(api, login="unverified-newcomer@example.test"))
 
-    assert response.status_code == 200
-    assert OAuthProvider.objects.filter(provider_user_id="unverified-newcomer@example.test").exists()
+    assert response.status_code == 401
+    assert "not verified" in response.json()["error"]["message"]
+    assert not User.objects.filter(email="unverified-newcomer@example.test").exists()
+    assert not OAuthProvider.objects.exists()
 
 
 def test_a_callback_with_a_state_this_browser_did_not_start_is_refused(api, peer_provider):
