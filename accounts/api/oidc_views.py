@@ -62,10 +62,13 @@ class OidcStartView(ApiView):
     authentication_classes = []
 
     def get(self, request: Request, provider: str) -> HttpResponseRedirect:
-        return oidc_start(
+        response = oidc_start(
             request._request, provider=provider,
             redirect_uri=request.build_absolute_uri(reverse("auth-oidc-callback", args=[provider])),
         )
+        # Each start carries a fresh state and nonce: a cached redirect would replay a used one.
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 @extend_schema_view(

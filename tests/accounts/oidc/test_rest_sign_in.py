@@ -40,6 +40,7 @@ def test_start_redirects_with_pkce_state_and_nonce(api, peer_provider):
     response = api.get("/api/v1/auth/oidc/peer/start")
 
     assert response.status_code == 302
+    assert response["Cache-Control"] == "no-store"
     location = response["Location"]
     assert location.startswith(f"{peer_provider.issuer}/auth?")
     query = _callback_query(location)
