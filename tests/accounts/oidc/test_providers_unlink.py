@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from accounts.models import OAuthProvider, User
 from accounts.provider_tokens import provider_token_encrypt
+from accounts.services.oidc import oauth_provider_unlink
 from audit.models import AuditLog
+from darktower.errors import Conflict
 from tests.factories import make_user
+from tests.fixtures.jobs import run_twice_at_once
 
 pytestmark = pytest.mark.django_db
 
@@ -93,3 +98,22 @@ def test_api_keys_cannot_unlink(as_key):
 
     assert response.status_code == 403
     assert OAuthProvider.objects.filter(pk=link.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_unlinks_at_once_leave_one_way_in():
+    user = _oidc_only_user("racing@example.test")
+    links = [_link(user, "peer").pk, _link(user, "other").pk]
+    lock = threading.Lock()
+
+    def unlink_one() -> str:
+        with lock:
+            link_id = links.pop()
+        try:
+            oauth_provider_unlink(user_id=user.pk, link_id=link_id)
+        except Conflict:
+            return "refused"
+        return "unlinked"
+
+    assert sorted(run_twice_at_once(unlink_one)) == ["refused", "unlinked"]
+    assert OAuthProvider.objects.filter(user=user).count() == 1
