@@ -181,6 +181,12 @@ def test_an_expired_id_token_is_refused(api, peer_provider, monkeypatch):
     assert not User.objects.filter(email="expired@example.test").exists()
 
 
+def _fresh_address() -> str:
+    # An address of its own, so that counters earlier tests (and runs) left in Redis do not matter.
+    value = uuid.uuid4().int
+    return f"10.{value % 250}.{(value >> 8) % 250}.{(value >> 16) % 250 + 1}"
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -224,9 +230,7 @@ def test_an_unknown_provider_is_404(api, peer_provider):
 
 def test_failed_callbacks_count_against_the_login_limit_per_address(api, peer_provider, settings):
     settings.RATE_LIMIT_LOGIN_PER_IP = 2
-    # An address of its own, so that counters earlier tests left in Redis do not matter.
-    value = uuid.uuid4().int
-    address = f"10.{value % 250}.{(value >> 8) % 250}.{(value >> 16) % 250 + 1}"
+    address = _fresh_address()
     forged = "/api/v1/auth/oidc/peer/callback?state=forged&code=x"
     for _ in range(2):
         assert api.get(forged, REMOTE_ADDR=address).status_code == 401
@@ -240,3 +244,17 @@ def test_failed_callbacks_count_against_the_login_limit_per_address(api, peer_pr
     assert AuditLog.objects.filter(
         event_type="user_login", result=AuditResult.FAILURE, target_type="oidc_provider", ip_address=address
     ).count() == 2
+
+
+def test_with_redis_down_failed_callbacks_are_counted_from_the_audit_trail(api, peer_provider, settings, tmp_path):
+    settings.RATE_LIMIT_LOGIN_PER_IP = 2
+    settings.REDIS_URL = f"unix://{tmp_path}/nothing-listens-here.sock"
+    address = _fresh_address()
+    forged = "/api/v1/auth/oidc/peer/callback?state=forged&code=x"
+    for _ in range(2):
+        assert api.get(forged, REMOTE_ADDR=address).status_code == 401
+
+    response = api.get(forged, REMOTE_ADDR=address)
+
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "throttled"
