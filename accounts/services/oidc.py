@@ -1,8 +1,8 @@
 """Signing in with an identity provider, and the links between users and providers.
 
 One service for both doors: the REST API (which gets our user token) and the admin login page (which gets a
-Django session, and only for active staff). The identity reaching these functions was checked by accounts.oidc
-(ID token signature, issuer, audience, nonce, expiry).
+Django session, and only for active staff). The flow is finished by accounts.oidc, which checks the ID token
+(signature, issuer, audience, nonce, times) before any account is looked at.
 
 A user is found by (provider, subject) first. A first sign-in needs an email the provider says is verified: it
 links an existing account with that email (an unverified one would let whoever controls an account at a provider
