@@ -1,12 +1,14 @@
 """The local OpenID provider the sign-in tests talk to: the npm package `oidc-provider` (pinned in
 tests/peers/oidc/package-lock.json) under Debian's nodejs, on a loopback port, started and stopped by the tests.
 
-`npm ci` installs it when node_modules is missing; a missing node or npm, or a failed install, fails the test
+`npm ci` installs it when node_modules is missing (or stale); a missing node or npm, or a failed install, fails the test
 (never skips it): the sign-in tests need a real provider.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -28,9 +30,16 @@ _install_lock = threading.Lock()
 
 
 def peer_install() -> None:
-    """`npm ci` from the committed lock file, once, when node_modules is missing."""
-    with _install_lock:
-        if (PEER_DIR / "node_modules" / "oidc-provider").is_dir():
+    """`npm ci` from the committed lock file when node_modules is missing or was installed from another lock file.
+
+    A stamp holding the lock file's hash is written after a complete install, so an interrupted one is redone.
+    pytest-xdist workers are processes: a file lock makes one install while the others wait for it."""
+    lock_file = PEER_DIR / "package-lock.json"
+    stamp = PEER_DIR / "node_modules" / ".darktower-installed"
+    wanted = hashlib.sha256(lock_file.read_bytes()).hexdigest()
+    with _install_lock, open(PEER_DIR / ".install.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        if stamp.exists() and stamp.read_text() == wanted:
             return
         npm = shutil.which("npm")
         if shutil.which("node") is None or npm is None:
@@ -41,6 +50,7 @@ def peer_install() -> None:
         )
         if result.returncode != 0:
             pytest.fail(f"`npm ci` in {PEER_DIR} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
+        stamp.write_text(wanted)
 
 
 class OidcPeer:
