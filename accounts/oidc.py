@@ -138,13 +138,15 @@ def oidc_finish(request: HttpRequest, *, provider: str, now: float | None = None
     ProviderUnavailable. Nothing is written."""
     config = oidc_provider(provider)
     client = _client(config)
-    if request.GET.get("error"):
-        raise Unauthenticated("The sign-in provider refused the sign-in.")
     state = request.GET.get("state")
     state_data = client.framework.get_state_data(request.session, state) if state else None
+    if state_data is not None:
+        # A state is good for one answer, whatever it is.
+        client.framework.clear_state_data(request.session, state)
+    if request.GET.get("error"):
+        raise Unauthenticated("The sign-in provider refused the sign-in.")
     if state_data is None or not state_data.get("nonce") or not state_data.get("code_verifier"):
         raise Unauthenticated("This sign-in was not started here, or has expired; start again.")
-    client.framework.clear_state_data(request.session, state)
     code = request.GET.get("code")
     if not code:
         raise Unauthenticated("The sign-in provider sent no authorization code.")

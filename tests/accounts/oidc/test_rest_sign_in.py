@@ -258,3 +258,16 @@ def test_with_redis_down_failed_callbacks_are_counted_from_the_audit_trail(api, 
 
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "throttled"
+
+
+def test_a_refusal_from_the_provider_ends_the_flow(api, peer_provider):
+    callback = rest_sign_in(api, login="refused@example.test")
+    state = _callback_query(callback)["state"]
+
+    refused = api.get(f"/api/v1/auth/oidc/peer/callback?{urlencode({'error': 'access_denied', 'state': state})}")
+
+    assert refused.status_code == 401
+    assert refused.json()["error"]["message"] == "The sign-in provider refused the sign-in."
+    # The state was used up by the refusal: a code arriving for it afterwards is not accepted.
+    assert api.get(callback).status_code == 401
+    assert not User.objects.filter(email="refused@example.test").exists()
