@@ -68,6 +68,7 @@ def test_staff_sign_in_to_the_admin_with_the_providers_button(page, live_server,
     make_user(email="browser-operator@example.test", is_staff=True)
 
     page.goto(f"{live_server.url}/admin/login/")
+    test_browser._screenshot(page, "oidc_admin_login")
     page.click("#dt-oidc a.button:has-text('Sign in with Test Peer')")
     _provider_pages(page, "browser-operator@example.test")
     page.wait_for_selector("#site-name")
