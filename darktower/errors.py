@@ -59,3 +59,13 @@ class Throttled(DomainError):
     def __init__(self, message: str, *, retry_after_seconds: int) -> None:
         super().__init__(message)
         self.retry_after_seconds = retry_after_seconds
+
+
+class ProviderUnavailable(DomainError):
+    """An outside service a request depends on (an identity provider) did not answer; a retry may succeed."""
+
+    code = "provider_unavailable"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import overload
 from urllib.parse import parse_qsl, quote, urlencode
@@ -306,6 +307,48 @@ if not SIGNING_KEY_ENCRYPTION_KEY:
             "encrypts the token signing keys at rest and must not change with SECRET_KEY."
         )
     SIGNING_KEY_ENCRYPTION_KEY = SECRET_KEY
+
+# --- Sign-in with OpenID Connect (accounts/oidc.py) ---------------------------------------------
+
+# Providers by short name (lower case, letters, digits, dashes), each configured by OIDC_<NAME>_* (NAME upper-cased,
+# dashes as underscores): ISSUER (discovery at ISSUER/.well-known/openid-configuration), CLIENT_ID, CLIENT_SECRET
+# (or CLIENT_SECRET_FILE), SCOPES (space-separated, "openid email profile" by default) and DISPLAY_NAME.
+OIDC_PROVIDER_NAMES = env_list("OIDC_PROVIDERS", [])
+OIDC_PROVIDERS: dict[str, dict[str, str]] = {}
+for _name in OIDC_PROVIDER_NAMES:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,49}", _name):
+        raise ImproperlyConfigured(f"OIDC_PROVIDERS: {_name!r} is not a short lower-case name (a-z, 0-9, -)")
+    _prefix = "OIDC_" + _name.upper().replace("-", "_")
+    _provider = {
+        "issuer": env_str(f"{_prefix}_ISSUER", "").rstrip("/"),
+        "client_id": env_str(f"{_prefix}_CLIENT_ID", ""),
+        "client_secret": env_secret(f"{_prefix}_CLIENT_SECRET") or "",
+        "scopes": env_str(f"{_prefix}_SCOPES", "openid email profile"),
+        "display_name": env_str(f"{_prefix}_DISPLAY_NAME", _name),
+    }
+    _missing = [key for key in ("issuer", "client_id", "client_secret") if not _provider[key]]
+    if _missing:
+        _names = ", ".join(f"{_prefix}_{key.upper()}" for key in _missing)
+        raise ImproperlyConfigured(f"OIDC provider {_name!r} lacks {_names}")
+    if "openid" not in _provider["scopes"].split():
+        raise ImproperlyConfigured(f"{_prefix}_SCOPES must include openid")
+    OIDC_PROVIDERS[_name] = _provider
+# Keys that encrypt provider access and refresh tokens at rest, comma-separated: the first encrypts, every one
+# decrypts, so a rotation puts the new key first and keeps the old ones until `manage.py oidc_tokens_reencrypt`
+# has run. Required when a provider is configured and DEBUG is off; development falls back to SECRET_KEY.
+OIDC_TOKEN_ENCRYPTION_KEYS = [key.strip() for key in (env_secret("OIDC_TOKEN_ENCRYPTION_KEYS") or "").split(",")
+                              if key.strip()]
+if not OIDC_TOKEN_ENCRYPTION_KEYS:
+    if OIDC_PROVIDERS and not DEBUG:
+        raise ImproperlyConfigured(
+            "OIDC_TOKEN_ENCRYPTION_KEYS (or OIDC_TOKEN_ENCRYPTION_KEYS_FILE) is required when OIDC_PROVIDERS is set "
+            "and DEBUG is off; it encrypts the providers' tokens at rest."
+        )
+    OIDC_TOKEN_ENCRYPTION_KEYS = [SECRET_KEY]
+# Allowed clock difference with a provider when checking an ID token's iat and exp.
+OIDC_CLOCK_SKEW_SECONDS = env_int("OIDC_CLOCK_SKEW_SECONDS", 60, minimum=0, maximum=600)
+# Timeout of each request to a provider (discovery, keys, token endpoint, userinfo).
+OIDC_HTTP_TIMEOUT_SECONDS = env_float("OIDC_HTTP_TIMEOUT_SECONDS", 10.0, minimum=0.5, maximum=60.0)
 
 # --- Controllers: heartbeats, health, placement -------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from accounts.models import ApiKey, User
+from accounts.models import ApiKey, OAuthProvider, User
 from accounts.services.users import ALL_SCOPES
 from darktower.api.serializers import StrictCharField, StrictSerializer
 
@@ -74,4 +74,22 @@ class ApiKeyCreatedResponse(ApiKeySerializer):
 
     class Meta(ApiKeySerializer.Meta):
         fields = [*ApiKeySerializer.Meta.fields, "key"]
+        read_only_fields = fields
+
+
+class OidcProviderResponse(serializers.Serializer):
+    name = serializers.CharField(help_text="The provider's short name, as in its URLs.")
+    display_name = serializers.CharField()
+    start_url = serializers.CharField(help_text="Open this in a browser to sign in; the flow ends at callback_url.")
+    callback_url = serializers.CharField(help_text="Answers with an access token, as POST /api/v1/auth/login.")
+
+
+class OAuthProviderLinkSerializer(serializers.ModelSerializer):
+    link_id = serializers.IntegerField(source="id", read_only=True)
+    subject = serializers.CharField(source="provider_user_id", read_only=True)
+    created = serializers.DateTimeField(source="created_at", read_only=True)
+
+    class Meta:
+        model = OAuthProvider
+        fields = ["link_id", "provider", "subject", "created"]
         read_only_fields = fields

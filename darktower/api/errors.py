@@ -51,6 +51,7 @@ DOMAIN_STATUS: dict[type[errors.DomainError], int] = {
     IdempotencyKeyReused: status.HTTP_422_UNPROCESSABLE_ENTITY,
     errors.Throttled: status.HTTP_429_TOO_MANY_REQUESTS,
     errors.NoCapacity: status.HTTP_503_SERVICE_UNAVAILABLE,
+    errors.ProviderUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 
 # DRF's own exceptions, by the stable code clients see.
@@ -114,7 +115,7 @@ def flatten_fields(detail: Any, prefix: str = "") -> dict[str, list[str]]:
 
 
 def retry_after_seconds(exc: errors.DomainError) -> int | None:
-    if isinstance(exc, errors.Throttled):
+    if isinstance(exc, (errors.Throttled, errors.ProviderUnavailable)):
         return max(1, exc.retry_after_seconds)
     if isinstance(exc, errors.NoCapacity):
         return max(1, int(getattr(exc, "retry_after_seconds", settings.NO_CAPACITY_RETRY_AFTER_SECONDS)))

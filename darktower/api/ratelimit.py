@@ -201,8 +201,13 @@ def login_limits(*, ip_address: str, email_hash: str) -> list[RateLimit]:
         RateLimit("api:auth:login", f"email-ip:{email_hash}:{ip_address}",
                   settings.RATE_LIMIT_LOGIN_PER_EMAIL_AND_IP, window),
         RateLimit("api:auth:login", f"email:{email_hash}", settings.RATE_LIMIT_LOGIN_PER_EMAIL, window),
-        RateLimit("api:auth:login", f"ip:{ip_address}", settings.RATE_LIMIT_LOGIN_PER_IP, window),
+        login_address_limit(ip_address=ip_address),
     ]
+
+
+def login_address_limit(*, ip_address: str) -> RateLimit:
+    """Failed logins per address, whatever the way in (a password, an identity provider's callback)."""
+    return RateLimit("api:auth:login", f"ip:{ip_address}", settings.RATE_LIMIT_LOGIN_PER_IP, window_seconds())
 
 
 def token_limits(*, client_id: str, ip_address: str) -> list[RateLimit]:

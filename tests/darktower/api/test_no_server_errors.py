@@ -17,7 +17,9 @@ pytestmark = pytest.mark.django_db
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 CODE = "abc-defg-hjk"
 # Pages that are not API resources answer OPTIONS with 405; everything else describes itself (200).
-OPTIONS_STATUS = {"/metrics": 405, "/api/docs/": 405}
+OPTIONS_STATUS = {
+    "/metrics": 405, "/api/docs/": 405, "/login/oidc/provider/": 405, "/login/oidc/provider/callback/": 405,
+}
 
 
 def routes():
@@ -36,6 +38,8 @@ def routes():
     fill = {
         "uuid": lambda name: str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
         "str": lambda name: "mc-a" if "controller" in name else CODE,
+        "int": lambda name: "1",
+        "slug": lambda name: name,
     }
     for route in walk(get_resolver().url_patterns):
         if not route.startswith("admin/"):
