@@ -77,6 +77,7 @@ from bench.common import (
     server_version,
     use_django,
 )
+from bench.join_client import DRAIN_SECONDS
 
 NAME = "join"
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-south-1")
@@ -593,9 +594,11 @@ def main(argv: list[str] | None = None) -> int:
         + "; besides, an EdDSA verify, an EdDSA sign and a Redis round trip for the rate limits.",
         f"Open loop (the row before the last): {args.open_rate:g} mixed joins a second offered on the clock over "
         f"at most {args.open_connections} connections ({opened['connections_opened']} opened), each latency "
-        f"counted from when the join was due; {opened['rate']:.1f}/s answered within the {args.duration:g} s "
-        f"schedule, p50 {opened['p50_ms']:.1f} ms, p99 {opened['p99_ms']:.1f} ms, p99.9 {opened['p999_ms']:.1f} "
-        f"ms; {opened['late_sends']} joins sent more than one interval late by the client itself.",
+        f"counted from when the join was due; {opened['rate']:.1f} joins/s answered in the {args.duration:g} s "
+        f"measured; of the joins due then, p50 {opened['p50_ms']:.1f} ms, p99 {opened['p99_ms']:.1f} ms, p99.9 "
+        f"{opened['p999_ms']:.1f} ms, {opened['codes'].get('unanswered', 0)} unanswered "
+        f"{DRAIN_SECONDS:g} s after the schedule's end; {opened['late_sends']} joins sent more than one interval "
+        "late by the client itself.",
         f"First join of a (meeting, region) seen by the client: p50 {join['first_join_p50_ms']:.1f} ms, p99 "
         f"{join['first_join_p99_ms']:.1f} ms over {join['first_joins']:,} joins; later joins (assignment reused): "
         f"p50 {join['repeat_join_p50_ms']:.1f} ms, p99 {join['repeat_join_p99_ms']:.1f} ms.",
