@@ -328,8 +328,11 @@ def drive(server: Gunicorn, scratch: Scratch, meters: Meters, *, mode: str, plan
     figures = json.loads(out.strip().splitlines()[-1])
     if figures["exhausted"]:
         raise RuntimeError("the client ran out of fresh meetings: raise --fresh-meetings")
-    # The CPU window is a little shorter than the client's (the sampler starts after the warm-up ends).
-    per_request = {name: (cpu_end[name] - cpu_start[name]) / figures["ok"] * 1000 if figures["ok"] else float("nan")
+    # The CPU window is a little shorter than the client's (the sampler starts after the warm-up ends). The open
+    # loop's joins answered after the window (a server behind its schedule) spent their CPU outside it: its CPU is
+    # divided by the joins answered within the window.
+    answered = figures["ok_in_window"] if rate else figures["ok"]
+    per_request = {name: (cpu_end[name] - cpu_start[name]) / answered * 1000 if answered else float("nan")
                    for name in cpu_start}
     figures["cpu_ms_per_request"] = {**per_request, "machine": sum(per_request.values())}
     figures["server_cpu_ms_per_request"] = per_request["gunicorn"]

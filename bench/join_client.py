@@ -297,7 +297,7 @@ async def run(args: argparse.Namespace) -> dict:
         "mode": args.mode, "connections": args.connections, "rate_offered": args.rate,
         "late_sends": recorder.late_sends, "connections_opened": recorder.connections_opened, "seconds": seconds,
         "calls": sum(recorder.codes.values()),
-        "ok": ok, "codes": dict(recorder.codes),
+        "ok": ok, "ok_in_window": recorder.ok_in_window, "codes": dict(recorder.codes),
         "rate": (recorder.ok_in_window if args.rate else ok) / seconds if seconds else 0.0,
         "p50_ms": ms(recorder.latencies, 50), "p99_ms": ms(recorder.latencies, 99),
         "p999_ms": ms(recorder.latencies, 99.9),
