@@ -117,6 +117,9 @@ class Recorder:
         self.until = float("inf")
         self.ok_in_window = 0
         self.abandoned = 0
+        # (meeting, region) of the joins in flight; after the drain, those given up: the server may have assigned
+        # them without the client ever seeing the answer.
+        self.in_flight: Counter[tuple[str, str]] = Counter()
 
 
 def _head(method: str, path: str, host: str, token: str | None, length: int | None, key: str | None = None) -> bytes:
@@ -220,6 +223,14 @@ async def open_loop(args: argparse.Namespace, plan: dict, recorder: Recorder, un
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(request: tuple[bytes, bytes, tuple[str, str] | None], due: float, record: bool) -> None:
+        pair = request[2]
+        if pair is not None:
+            recorder.in_flight[pair] += 1
+        await sent(request, due, record)  # a join given up is cancelled here and stays counted in flight
+        if pair is not None:
+            recorder.in_flight[pair] -= 1
+
+    async def sent(request: tuple[bytes, bytes, tuple[str, str] | None], due: float, record: bool) -> None:
         async with slots:
             connection = idle.pop() if idle else Connection(args.host, args.port)
             if connection not in opened:
@@ -310,6 +321,7 @@ async def run(args: argparse.Namespace) -> dict:
         "exhausted": recorder.exhausted, "fresh_taken": recorder.fresh_taken,
         # For the database checks after the run (bench/join.py drops them from the stored result).
         "answers": [[meeting, region, controller] for (meeting, region), controller in recorder.answers.items()],
+        "abandoned_pairs": [[meeting, region] for (meeting, region), count in recorder.in_flight.items() if count],
         "participant_ids": sorted(recorder.participants),
     }
 
