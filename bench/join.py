@@ -16,7 +16,9 @@ closed loop: first GET /health, then the joins (half of them to 100 hot meetings
 race each other; one in ten for another region than the meeting's home). Then four runs that separate the two
 kinds of join: first joins only (each a meeting nobody joined yet, from a set of fresh meetings) and reused joins
 only (the hot meetings, whose assignments the mixed run made), each without and with an Idempotency-Key (a new
-key per join).
+key per join). Then mixed joins in an open loop: --open-rate joins a second on the clock, whether or not the
+server keeps up, over at most --open-connections connections, each join's latency counted from when it was due
+(p99 at a given arrival rate, which a closed loop cannot show: it slows down with the server).
 
 CPU per request, over the measured window divided by the requests answered: gunicorn's process tree, the
 PostgreSQL server's (postmaster and every backend, background workers included: the bench's database is the only
@@ -75,6 +77,7 @@ from bench.common import (
     server_version,
     use_django,
 )
+from bench.join_client import DRAIN_SECONDS
 
 NAME = "join"
 REGIONS = ("us-east-1", "us-west-2", "eu-west-1", "ap-south-1")
@@ -298,16 +301,21 @@ class AcceptingMc:
 
 def drive(server: Gunicorn, scratch: Scratch, meters: Meters, *, mode: str, plan: Path | None, connections: int,
           duration: float, warmup: float, pattern: str = "mix", idempotency_key: bool = False,
-          fresh_from: int = 0) -> dict:
+          fresh_from: int = 0, rate: float = 0.0) -> dict:
     command = [PYTHON, "-m", "bench.join_client", "--port", str(server.port), "--mode", mode,
                "--connections", str(connections), "--duration", str(duration), "--warmup", str(warmup),
-               "--pattern", pattern, "--fresh-from", str(fresh_from)]
+               "--pattern", pattern, "--fresh-from", str(fresh_from), "--rate", str(rate)]
     if plan is not None:
         command += ["--plan", str(plan)]
     if idempotency_key:
         command.append("--idempotency-key")
     client = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(warmup + 0.3)
+    assert client.stdout is not None
+    # The client says when its warm-up ended.
+    if client.stdout.readline().strip() != "measuring":
+        out, err = client.communicate(timeout=120)
+        raise RuntimeError(f"client failed before measuring:\n{err[-3000:]}")
+    time.sleep(0.3)
     cpu_start = meters.read()
     sampler = SessionSampler(scratch)
     sampler.start()
@@ -320,8 +328,11 @@ def drive(server: Gunicorn, scratch: Scratch, meters: Meters, *, mode: str, plan
     figures = json.loads(out.strip().splitlines()[-1])
     if figures["exhausted"]:
         raise RuntimeError("the client ran out of fresh meetings: raise --fresh-meetings")
-    # The CPU window is a little shorter than the client's (the sampler starts after the warm-up ends).
-    per_request = {name: (cpu_end[name] - cpu_start[name]) / figures["ok"] * 1000 if figures["ok"] else float("nan")
+    # The CPU window is a little shorter than the client's (the sampler starts after the warm-up ends). The open
+    # loop's joins answered after the window (a server behind its schedule) spent their CPU outside it: its CPU is
+    # divided by the joins answered within the window.
+    answered = figures["ok_in_window"] if rate else figures["ok"]
+    per_request = {name: (cpu_end[name] - cpu_start[name]) / answered * 1000 if answered else float("nan")
                    for name in cpu_start}
     figures["cpu_ms_per_request"] = {**per_request, "machine": sum(per_request.values())}
     figures["server_cpu_ms_per_request"] = per_request["gunicorn"]
@@ -446,6 +457,8 @@ def _checks(scratch: Scratch, joins: list[dict], probe_meetings: list[str]) -> t
                   if meeting not in probe_meetings}
         known = int(conn.execute(_KNOWN_PARTICIPANTS, [participant_ids]).fetchone()[0])
     answered: dict[tuple[str, str], str] = {}
+    # Joins the open loop's client gave up waiting for: the server may have assigned their pair all the same.
+    abandoned = {(meeting, region) for join in joins for meeting, region in join.get("abandoned_pairs", ())}
     inconsistent = sum(join["inconsistent_answers"] for join in joins)
     for join in joins:
         for meeting, region, mc in join["answers"]:
@@ -454,7 +467,7 @@ def _checks(scratch: Scratch, joins: list[dict], probe_meetings: list[str]) -> t
         "inconsistent answers during the runs": inconsistent,
         "pairs with two active assignments": checks["pairs with two active assignments"],
         "answered MC is not the active assignment": sum(active.get(pair) != mc for pair, mc in answered.items()),
-        "active assignments of no answered pair": len(set(active) - set(answered)),
+        "active assignments of no answered pair": len(set(active) - set(answered) - abandoned),
         "MCs with more active assignments than max_meetings":
             checks["MCs with more active assignments than max_meetings"],
         "meetings with more present participants than max_participants":
@@ -485,10 +498,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4, README production)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4, README production)")
     parser.add_argument("--duration", type=float, default=15, help="measured seconds per run (default 15)")
+    parser.add_argument("--open-rate", type=float, default=300,
+                        help="joins per second offered by the open-loop run (default 300)")
+    parser.add_argument("--open-connections", type=int, default=64,
+                        help="connections the open-loop run may open at most (default 64)")
     args = parser.parse_args(argv)
     if args.quick:
         args.controllers, args.meetings, args.fresh_meetings, args.users, args.duration = 40, 200, 2_000, 5, 1.0
-        args.workers, args.threads, args.connections = 1, 2, 4
+        args.workers, args.threads, args.connections, args.open_rate, args.open_connections = 1, 2, 4, 20, 8
     warmup = 0.3 if args.quick else 3.0
 
     result = Result(
@@ -523,7 +540,10 @@ def main(argv: list[str] | None = None) -> int:
                                       duration=args.duration, warmup=warmup, pattern=pattern, idempotency_key=keyed,
                                       fresh_from=fresh_from)
                     fresh_from += runs[key]["fresh_taken"]
-            joined = [runs[key] for key, *_ in JOIN_RUNS]
+                runs["open"] = drive(server, scratch, meters, mode="join", plan=plan,
+                                     connections=args.open_connections, duration=args.duration, warmup=warmup,
+                                     rate=args.open_rate)
+            joined = [*(runs[key] for key, *_ in JOIN_RUNS), runs["open"]]
             checks, problems = _checks(scratch, joined, probe_meetings)
             mc = AcceptingMc()
             try:
@@ -545,11 +565,12 @@ def main(argv: list[str] | None = None) -> int:
         calls_problems["calls other than one per assignment"] = abs(sum(mc.told.values()) - made)
         postgres = server_version(scratch)
 
-    health, join, called = runs["health"], runs["join"], runs["join_mc_calls"]
+    health, join, called, opened = runs["health"], runs["join"], runs["join_mc_calls"], runs["open"]
     answered_participants = len({participant for run in joined for participant in run["participant_ids"]})
     for run in (*joined, called):
-        del run["participant_ids"], run["answers"]
+        del run["participant_ids"], run["answers"], run["abandoned_pairs"]
     labelled = [("GET /health (trivial DRF view)", health), *((label, runs[key]) for key, label, *_ in JOIN_RUNS),
+                (f"POST .../join (mixed), open loop at {args.open_rate:g}/s", opened),
                 ("POST .../join (mixed), MC asked on first joins", called)]
     for label, run in labelled:
         errors = {code: count for code, count in run["codes"].items() if code not in ("200", "201")}
@@ -576,6 +597,13 @@ def main(argv: list[str] | None = None) -> int:
         "BEGIN, COMMIT and savepoints): " + ", ".join(
             f"{kind} {counts['statements']} / {counts['round_trips']}" for kind, counts in statements.items())
         + "; besides, an EdDSA verify, an EdDSA sign and a Redis round trip for the rate limits.",
+        f"Open loop (the row before the last): {args.open_rate:g} mixed joins a second offered on the clock over "
+        f"at most {args.open_connections} connections ({opened['connections_opened']} opened), each latency "
+        f"counted from when the join was due; {opened['rate']:.1f} joins/s answered in the {args.duration:g} s "
+        f"measured; of the joins due then, p50 {opened['p50_ms']:.1f} ms, p99 {opened['p99_ms']:.1f} ms, p99.9 "
+        f"{opened['p999_ms']:.1f} ms, {opened['codes'].get('unanswered', 0)} unanswered "
+        f"{DRAIN_SECONDS:g} s after the schedule's end; {opened['late_sends']} joins sent more than one interval "
+        "late by the client itself.",
         f"First join of a (meeting, region) seen by the client: p50 {join['first_join_p50_ms']:.1f} ms, p99 "
         f"{join['first_join_p99_ms']:.1f} ms over {join['first_joins']:,} joins; later joins (assignment reused): "
         f"p50 {join['repeat_join_p50_ms']:.1f} ms, p99 {join['repeat_join_p99_ms']:.1f} ms.",

@@ -29,6 +29,7 @@ from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
 from darktower.errors import NotFound
 from meetings import selectors
 from meetings.api.filters import MeetingFilter, RecordingFilter
+from meetings.api.join import join_answer, join_request
 from meetings.api.serializers import (
     BanSerializer,
     DenyRequest,
@@ -52,7 +53,6 @@ from meetings.models import Meeting, MeetingBan, MeetingParticipant, Recording
 from meetings.services.admission import meeting_ban_lift, participant_admit, participant_deny
 from meetings.services.meetings import meeting_create, meeting_end, meeting_update
 from meetings.services.participants import (
-    ROLE_HOST,
     JoinResult,
     meeting_join,
     participant_leave,
@@ -90,33 +90,9 @@ def _user_agent(request: Request) -> str | None:
     return request.META.get("HTTP_USER_AGENT", "")[:1000] or None
 
 
-# One per process: a serializer builds its fields (ModelSerializer introspection, over a millisecond here) on
-# first use, and to_representation keeps no state, so the join's hot path reuses it across requests and threads.
-_JOIN_RESPONSE = JoinResponse()
-
-
 def _join_response(result: JoinResult) -> Response:
     """201 with a new participant; 200 when a signed-in user still present got their participant back."""
-    body = {
-        "meeting": result.meeting,
-        "participant": result.participant,
-        "controller_id": result.assignment.controller_id,
-        "region": result.assignment.region,
-        "grpc_endpoint": result.assignment.grpc_endpoint,
-        "webtransport_endpoint": result.assignment.webtransport_endpoint,
-        "media_handlers": [
-            {"handler_id": handler.handler_id, "webtransport_endpoint": handler.webtransport_endpoint,
-             "grpc_endpoint": handler.grpc_endpoint}
-            for handler in result.assignment.media_handlers
-        ],
-        "meeting_token": result.token.token,
-        "token_type": "Bearer",
-        "expires_in": result.token.expires_in,
-    }
-    data = _JOIN_RESPONSE.to_representation(body)
-    if result.participant.role != ROLE_HOST:
-        data["meeting"] = meeting_for_joiner(data["meeting"])
-    return Response(data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+    return Response(join_answer(result), status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
 class JoinReplayMixin(CreatedLocation):
@@ -253,7 +229,7 @@ class MeetingJoinView(JoinReplayMixin, ApiView):
         return join_limits(principal=self.principal.identifier, ip_address=client_ip(request))
 
     def post(self, request: Request, meeting_ref: str) -> Response:
-        data = _validated(JoinRequest, request)
+        data = join_request(request.data, guest=False)
         result = meeting_join(
             meeting_ref=meeting_ref, user=self.principal.user, region=data["region"],
             display_name=data.get("display_name"), client_version=data.get("client_version"),
@@ -288,7 +264,7 @@ class GuestTokenView(JoinReplayMixin, ApiView):
         return join_limits(principal=None, ip_address=client_ip(request))
 
     def post(self, request: Request, meeting_ref: str) -> Response:
-        data = _validated(GuestTokenRequest, request)
+        data = join_request(request.data, guest=True)
         result = meeting_join(
             meeting_ref=meeting_ref, user=None, region=data["region"], display_name=data["display_name"],
             client_version=data.get("client_version"),

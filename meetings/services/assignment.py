@@ -227,6 +227,19 @@ WHERE a.ended_at IS NULL
 """
 # Columns of _ACTIVE_SQL.
 _ID, _CONTROLLER, _GRPC, _WEBTRANSPORT, _HEALTH, _FRESH, _PENDING, _HANDLERS = range(8)
+# The join reads the active assignment in the statement that counts its seats, after it locked the meeting row
+# (one round trip less per join): that statement embeds this query (parameters meeting_id, region, stale) and hands
+# its columns to meeting_assign_in_transaction as an ActiveRead.
+ACTIVE_ASSIGNMENT_SQL = _ACTIVE_SQL
+ACTIVE_ASSIGNMENT_COLUMNS = 8
+
+
+@dataclass(frozen=True)
+class ActiveRead:
+    """The row ACTIVE_ASSIGNMENT_SQL returned (None when the meeting has no active assignment in the region),
+    read by the caller inside its transaction."""
+
+    row: tuple[Any, ...] | None
 
 
 def _active_assignment(row: tuple[Any, ...], meeting_id: uuid.UUID, region: str, *, rule: str) -> Assignment:
@@ -326,6 +339,7 @@ def meeting_assign_in_transaction(
     rng: random.Random | None = None,
     max_participants: int | None = None,
     meeting: Meeting | None = None,
+    active: ActiveRead | None = None,
 ) -> Assignment:
     """meeting_assign inside the caller's transaction (the join's), without a savepoint of its own: an error
     leaves that transaction to be rolled back, so the caller lets it propagate. `max_participants` is the
@@ -334,6 +348,9 @@ def meeting_assign_in_transaction(
 
     `meeting`: the caller's locked copy of the meeting row (the join's). A new assignment then also starts the
     meeting if it is scheduled, in the same UPDATE that points it at its MC, and brings this copy up to date.
+
+    `active`: the active assignment as the caller read it in this transaction (ACTIVE_ASSIGNMENT_SQL), so that it
+    is not read again; read here when not given.
 
     With MC_ASSIGN_CALLS, an assignment that must be made raises PlacementNeeded instead (nothing written):
     asking the MC must not happen inside the caller's transaction, so the caller calls meeting_place outside it
@@ -344,15 +361,15 @@ def meeting_assign_in_transaction(
         "meeting_id": meeting_id, "region": region, "stale": stale_threshold().total_seconds(),
     }
     with connection.cursor() as cursor:
-        reused, active, candidates, reserve = _reuse_or_candidates(cursor, params, max_participants)
+        reused, row, candidates, reserve = _reuse_or_candidates(cursor, params, max_participants, active)
         if reused is not None:
             return reused
         if not candidates:
             raise _no_capacity(region, PlacementRule.LEAST_LOADED)
         if settings.MC_ASSIGN_CALLS:
             raise PlacementNeeded(meeting_id, max_participants)
-        _lock_for_reassignment(cursor, active, candidates)
-        previous_controller_id = _end_active(cursor, active, END_REASON_REASSIGNED)
+        _lock_for_reassignment(cursor, row, candidates)
+        previous_controller_id = _end_active(cursor, row, END_REASON_REASSIGNED)
         params.update(reserve=reserve, pending=None, media_handler_ids=None)
         placed = _insert_and_claim(cursor, params, candidates, rng)
         if isinstance(placed, Assignment):
@@ -388,13 +405,17 @@ RETURNING {", ".join(MEETING_CHANGED)}
 
 
 def _reuse_or_candidates(
-    cursor: Any, params: dict[str, Any], max_participants: int | None
+    cursor: Any, params: dict[str, Any], max_participants: int | None, read: ActiveRead | None = None
 ) -> tuple[Assignment | None, tuple[Any, ...] | None, list[Candidate], int]:
     """Steps 1-2 of the module docstring: the active assignment if it stands (reused, or kept by a degraded MC
-    when no healthy one exists), else the active row (to be ended), the candidates and the reservation."""
+    when no healthy one exists), else the active row (to be ended), the candidates and the reservation. `read`:
+    the active row as the caller read it in this transaction (else it is read here)."""
     meeting_id, region = params["meeting_id"], params["region"]
-    cursor.execute(_ACTIVE_SQL, params)
-    active = cursor.fetchone()
+    if read is None:
+        cursor.execute(_ACTIVE_SQL, params)
+        active = cursor.fetchone()
+    else:
+        active = read.row
     usable = active is not None and active[_FRESH] and not active[_PENDING]
     if usable and active[_HEALTH] == HealthStatus.HEALTHY:
         _count(PlacementRule.REUSED, PlacementOutcome.REUSED)

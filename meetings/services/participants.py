@@ -24,11 +24,15 @@ from meetings.services.admission import (
     seat_refusal,
 )
 from meetings.services.assignment import (
+    ACTIVE_ASSIGNMENT_COLUMNS,
+    ACTIVE_ASSIGNMENT_SQL,
     MEETING_CHANGED,
+    ActiveRead,
     Assignment,
     PlacementNeeded,
     meeting_assign_in_transaction,
     meeting_place,
+    stale_threshold,
 )
 
 ROLE_HOST = "host"
@@ -78,21 +82,24 @@ def _meeting_token(participant: MeetingParticipant) -> IssuedToken:
 
 
 # One statement after the meeting row is locked: the seats taken (admission.SEATS_SQL, idx_participants_present),
-# whether the caller's principal is banned (uq_meeting_bans_meeting_principal), and the user's own open
-# participant, if any. Not part of the locking statement: one that waited for the lock would count with the
-# snapshot it took before, missing the seat (or the ban) the transaction it waited for has just committed.
+# whether the caller's principal is banned (uq_meeting_bans_meeting_principal), the user's own open participant,
+# if any, and the meeting's active assignment in the region (assignment.ACTIVE_ASSIGNMENT_SQL, for
+# meeting_assign_in_transaction). Not part of the locking statement: one that waited for the lock would count with
+# the snapshot it took before, missing the seat (or the ban) the transaction it waited for has just committed.
 _PRESENT_SQL = """
 SELECT seats.*, EXISTS (SELECT 1 FROM meeting_bans WHERE meeting_id = %(meeting_id)s AND principal = %(principal)s),
-       {columns}
+       {columns}, active.*
 FROM ({seats}) seats
 LEFT JOIN LATERAL (
     SELECT * FROM meeting_participants
     WHERE meeting_id = %(meeting_id)s AND left_at IS NULL AND user_id = %(user_id)s
     ORDER BY joined_at, id LIMIT 1
 ) mine ON true
+LEFT JOIN LATERAL ({active}) active ON true
 """.format(  # noqa: S608 -- constants only
     seats=SEATS_SQL.replace("%s", "%(meeting_id)s"),
     columns=", ".join(f"mine.{field.column}" for field in MeetingParticipant._meta.concrete_fields),
+    active=ACTIVE_ASSIGNMENT_SQL,
 )
 _PARTICIPANT_ATTNAMES = [field.attname for field in MeetingParticipant._meta.concrete_fields]
 
@@ -109,21 +116,25 @@ class _Present:
     guest_seats: int
     banned: bool
     participant: MeetingParticipant | None
+    active: ActiveRead
 
 
-def _present(meeting_id: uuid.UUID, user: User | None, principal: str) -> _Present:
-    """The seats taken (all, and by guests), whether `principal` is banned, and the user's open participant
-    (the earliest), if any."""
+def _present(meeting_id: uuid.UUID, region: str, user: User | None, principal: str) -> _Present:
+    """The seats taken (all, and by guests), whether `principal` is banned, the user's open participant (the
+    earliest), if any, and the meeting's active assignment in `region`."""
     with connection.cursor() as cursor:
         cursor.execute(_PRESENT_SQL, {
             "meeting_id": meeting_id, "user_id": user.pk if user is not None else None, "principal": principal,
+            "region": region, "stale": stale_threshold().total_seconds(),
         })
         seats, guest_seats, banned, *columns = cursor.fetchone()
+    mine, active = columns[:-ACTIVE_ASSIGNMENT_COLUMNS], tuple(columns[-ACTIVE_ASSIGNMENT_COLUMNS:])
     participant = None
-    if columns[0] is not None:
+    if mine[0] is not None:
         # from_db without field converters: no column of meeting_participants needs one (no JSON).
-        participant = MeetingParticipant.from_db(connection.alias, _PARTICIPANT_ATTNAMES, columns)
-    return _Present(seats=seats, guest_seats=guest_seats, banned=banned, participant=participant)
+        participant = MeetingParticipant.from_db(connection.alias, _PARTICIPANT_ATTNAMES, mine)
+    return _Present(seats=seats, guest_seats=guest_seats, banned=banned, participant=participant,
+                    active=ActiveRead(active if active[0] is not None else None))
 
 
 # The participant a join admits, as MeetingParticipant.objects.create writes it (no signal listens to it): raw SQL
@@ -265,7 +276,8 @@ def _join_once(
         else:
             role = ROLE_HOST if meeting.created_by_user_id == user.pk else ROLE_PARTICIPANT
         present = _present(
-            meeting.pk, user, participant_principal(user_id=user.pk if user else None, ip_address=ip_address)
+            meeting.pk, region, user,
+            participant_principal(user_id=user.pk if user else None, ip_address=ip_address),
         )
         participant = present.participant
         created = participant is None
@@ -288,6 +300,7 @@ def _join_once(
         assignment = meeting_assign_in_transaction(
             meeting_id=meeting.pk, region=region, actor_user_id=user.pk if user else None,
             max_participants=meeting.max_participants, audit_entries=audit_entries, meeting=meeting,
+            active=present.active,
         )
         if participant is None:
             participant = _participant_insert(MeetingParticipant(

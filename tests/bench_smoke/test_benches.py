@@ -104,7 +104,8 @@ def test_join_compares_with_the_trivial_endpoint_and_finds_no_double_assignment(
     assert [row[0] for row in payload["rows"]] == [
         "GET /health (trivial DRF view)", "POST .../join (mixed)", "POST .../join, reused assignment",
         "POST .../join, reused, Idempotency-Key", "POST .../join, first join",
-        "POST .../join, first join, Idempotency-Key", "POST .../join (mixed), MC asked on first joins",
+        "POST .../join, first join, Idempotency-Key", "POST .../join (mixed), open loop at 20/s",
+        "POST .../join (mixed), MC asked on first joins",
     ]
     assert runs["health"]["codes"] == {"200": runs["health"]["calls"]}
     for name in ("join", "reused", "reused_key", "first", "first_key"):
@@ -113,6 +114,11 @@ def test_join_compares_with_the_trivial_endpoint_and_finds_no_double_assignment(
         # PostgreSQL works on every join: its CPU is counted beside gunicorn's.
         assert cpu["gunicorn"] > 0 and cpu["postgres"] > 0, (name, cpu)
         assert cpu["machine"] == pytest.approx(cpu["gunicorn"] + cpu["postgres"] + cpu["redis"])
+    # The open loop offered its rate on the clock and every join it sent was answered.
+    opened = runs["open"]
+    assert opened["rate_offered"] == 20 and set(opened["codes"]) <= {"200", "201"} and opened["ok"] > 0
+    assert 0 < opened["connections_opened"] <= opened["connections"]
+    assert opened["p50_ms"] <= opened["p99_ms"] <= opened["p999_ms"]
     # Every join of the first-join runs was the first of its meeting.
     assert runs["first"]["pairs_total"] == runs["first"]["successes_total"] > 0
     assert set(runs["join_mc_calls"]["codes"]) <= {"200", "201"} and runs["join_mc_calls"]["ok"] > 0
