@@ -328,7 +328,9 @@ GRPC_STREAM_IDLE_TIMEOUT_SECONDS = env_float("GRPC_STREAM_IDLE_TIMEOUT_SECONDS",
 # gRPC rate limits (controllers.grpc.ratelimit): registrations in Redis per RATE_LIMIT_WINDOW_SECONDS, per caller
 # and member and per caller; heartbeats in process, a token bucket per caller and member.
 GRPC_RATE_LIMIT_REGISTER_PER_MEMBER = env_int("GRPC_RATE_LIMIT_REGISTER_PER_MEMBER", 10, minimum=1)
-GRPC_RATE_LIMIT_REGISTER_PER_CLIENT = env_int("GRPC_RATE_LIMIT_REGISTER_PER_CLIENT", 3000, minimum=1)
+# Per caller: a whole fleet may share one credential and restart within one window (a deploy, a region's outage), so
+# at least the number of members sharing it, with room for the crash-looping few.
+GRPC_RATE_LIMIT_REGISTER_PER_CLIENT = env_int("GRPC_RATE_LIMIT_REGISTER_PER_CLIENT", 30_000, minimum=1)
 GRPC_HEARTBEAT_RATE_FACTOR = env_float("GRPC_HEARTBEAT_RATE_FACTOR", 3.0, minimum=1.0)
 GRPC_HEARTBEAT_BURST = env_int("GRPC_HEARTBEAT_BURST", 10, minimum=1)
 FAST_HEARTBEAT_INTERVAL_MS = env_int("FAST_HEARTBEAT_INTERVAL_MS", 10_000, minimum=1000)
