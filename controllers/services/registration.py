@@ -46,10 +46,11 @@ class Registration:
 # One statement writes a registration with its transition, outbox and audit rows: a restarting fleet registers all
 # its members at once, and each registration is then one round trip (and, outside a caller's transaction, one
 # commit). Its parts:
-# - `previous`: the row locked first (the aggregate over it in `written` makes it run before the UPSERT: a row this
-#   statement has updated can no longer be locked by it, and would look absent), so the rows can say which state re-registration left (ON CONFLICT cannot
+# - `previous`: the row locked first, so that the rows can say which state re-registration left (ON CONFLICT cannot
 #   return the old row before PostgreSQL 18), and whether the caller may register it: a row owned by another
-#   credential is left as it is (nothing written, no row returned: refused).
+#   credential is left as it is (nothing written, no row returned: refused). The aggregate over it in `written`
+#   makes it run before the UPSERT: a row this statement has updated can no longer be locked by it, and would
+#   look absent.
 # - `written`: the UPSERT. A concurrent first registration of the same id is serialised by the unique index; the
 #   loser updates the winner's row and reports created = false if both are one credential, and updates nothing
 #   (refused) if not. An unowned row (older than ownership) is claimed by its first registration.
