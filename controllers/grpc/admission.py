@@ -51,17 +51,18 @@ class Admission:
         self._refused_before = self._refused if elapsed == 1 else 0
         self._second, self._finished, self._refused = second, 0, 0
 
-    def enter(self, *, limit: int) -> int:
-        """0 when the call is admitted (call leave() when it is done); else the seconds after which to retry."""
+    def enter(self, *, limit: int | None) -> int:
+        """0 when the call is admitted (call leave() when it is done); else the seconds after which to retry.
+        `limit` None: admitted whatever waits (and counted)."""
         self._tick()
-        if self.waiting < limit:
+        if limit is None or self.waiting < limit:
             self.waiting += 1
             return 0
         self._refused += 1
         # The callers refused in the last second, the one being refused included, come back spread over the time
         # the workers need to serve that many.
         backlog = self._refused + self._refused_before
-        rate = self._rate if self._rate is not None else limit
+        rate = self._rate if self._rate is not None else float(limit)
         spread = min(MAX_RETRY_AFTER_SECONDS, max(1, math.ceil(backlog / rate)))
         return 1 + self._rng.randrange(spread)
 

@@ -221,7 +221,10 @@ class MethodGuard:
                 raise refusal(self.method, exc) from None
             if answer is not None:
                 return answer
-        retry_after = self._admission.enter(limit=hot_setting("GRPC_MAX_QUEUED_CALLS"))
+        # A beat that comes here without claims needs only its token checked again (a revocation lookup gone
+        # stale) most of the time: a running member's, not to be refused because a restarting fleet fills the queue.
+        exempt = self._in_memory is not None and claims is None
+        retry_after = self._admission.enter(limit=None if exempt else hot_setting("GRPC_MAX_QUEUED_CALLS"))
         if retry_after:
             BUSY_REJECTIONS.inc()
             raise refusal(self.method, errors.Throttled("server busy; retry later", retry_after_seconds=retry_after))

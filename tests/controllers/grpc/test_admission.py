@@ -9,10 +9,18 @@ import random
 import grpc
 import pytest
 
+from accounts import blacklist
 from controllers.grpc.admission import Admission
+from controllers.heartbeats import controller_heartbeats
+from controllers.models import HealthStatus, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from tests.controllers.grpc.conftest import every_worker_busy
 from tests.faults.processes import wait_for
+
+
+def register(controller_id: str) -> pb.RegisterMCRequest:
+    return pb.RegisterMCRequest(id=controller_id, region="us-east-1", grpc_endpoint="grpc://mc.internal:50052",
+                                max_meetings=10, max_participants=100)
 
 
 class Clock:
@@ -74,10 +82,6 @@ def test_a_busy_server_refuses_registrations_with_a_retry_after_and_serves_the_q
 ):
     settings.GRPC_MAX_QUEUED_CALLS = 2
 
-    def register(controller_id: str):
-        return pb.RegisterMCRequest(id=controller_id, region="us-east-1", grpc_endpoint="grpc://mc.internal:50052",
-                                    max_meetings=10, max_participants=100)
-
     with every_worker_busy(grpc_server):
         queued = [mc_stub.RegisterMC.future(register(f"mc-queued-{number}"), metadata=auth) for number in range(2)]
         wait_for(lambda: grpc_server.executor._work_queue.qsize() == 2, timeout=10, what="two calls queued")
@@ -88,3 +92,27 @@ def test_a_busy_server_refuses_registrations_with_a_retry_after_and_serves_the_q
     assert int(dict(refused.value.trailing_metadata())["retry-after"]) >= 1
     assert [future.result(timeout=30).accepted for future in queued] == [True, True]
     assert mc_stub.RegisterMC(register("mc-refused"), metadata=auth, timeout=10).accepted
+
+
+def test_a_running_members_beat_whose_token_needs_a_check_is_queued_not_refused(
+    grpc_server, mc_stub, auth, settings, monkeypatch
+):
+    # A running fleet's beat goes to a worker only when its token's revocation lookup must be asked again: refusing
+    # it because a restarting fleet fills the queue would let the storm disturb the fleet that is running.
+    settings.GRPC_MAX_QUEUED_CALLS = 1
+    mc_stub.RegisterMC(register("mc-running"), metadata=auth, timeout=10)
+    MeetingController.objects.filter(pk="mc-running").update(health_status=HealthStatus.HEALTHY)
+    controller_heartbeats.remember("mc-running", HealthStatus.HEALTHY)
+
+    with every_worker_busy(grpc_server):
+        queued = mc_stub.RegisterMC.future(register("mc-queued"), metadata=auth)
+        wait_for(lambda: grpc_server.executor._work_queue.qsize() == 1, timeout=10, what="the registration queued")
+        monkeypatch.setattr(blacklist, "LOOKUP_CACHE_SECONDS", 0.0)  # every revocation lookup must be asked again
+        beat = mc_stub.FastHeartbeat.future(pb.FastHeartbeatRequest(controller_id="mc-running", health=pb.HEALTHY),
+                                            metadata=auth)
+        wait_for(lambda: grpc_server.executor._work_queue.qsize() == 2 or beat.done(), timeout=10,
+                 what="the beat queued or answered")
+        assert not beat.done()
+
+    assert beat.result(timeout=30).acknowledged
+    assert queued.result(timeout=30).accepted
