@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.common import RESULTS_DIR, ROOT, markdown_table
 
-ORDER = ("heartbeat_ingestion", "join", "stale_sweep", "fleet_dashboard", "audit_retention")
+ORDER = ("heartbeat_ingestion", "join", "stale_sweep", "fleet_dashboard", "audit_retention", "fleet_restart")
 
 HEADER = """# Benchmark results
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from bench.common import PYTHON, RESULTS_DIR, ROOT
 from bench.report import render
 
-# Numbering as in bench/RESULTS.md: 1 heartbeat ingestion, 2 join, 3 stale sweep, 4 fleet dashboard, 5 audit retention.
-BENCHES = ("heartbeat_ingestion", "join", "stale_sweep", "fleet_dashboard", "audit_retention")
+# Numbering as in bench/RESULTS.md: 1 heartbeat ingestion, 2 join, 3 stale sweep, 4 fleet dashboard, 5 audit retention,
+# 6 fleet restart.
+BENCHES = ("heartbeat_ingestion", "join", "stale_sweep", "fleet_dashboard", "audit_retention", "fleet_restart")
 
 
 def main(argv: list[str] | None = None) -> int:

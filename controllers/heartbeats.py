@@ -85,6 +85,22 @@ def _merge(older: Beat | None, newer: Beat) -> Beat:
     return Beat(newer.member_id, newer.reported, values, newer.received_at, newer.client_id)
 
 
+class _Waiting:
+    """A beat whose caller waits for it to be written (HeartbeatRecorder._write_now), and then its outcome."""
+
+    __slots__ = ("beat", "done", "error", "missing")
+
+    def __init__(self, beat: Beat) -> None:
+        self.beat = beat
+        self.done = False
+        self.missing = False  # no row (or not the sender's): NotFound
+        self.error: BaseException | None = None
+
+    def finish(self, *, missing: bool = False, error: BaseException | None = None) -> None:
+        self.missing, self.error = missing, error
+        self.done = True
+
+
 class HeartbeatRecorder:
     """Coalesces the beats of one member kind (controllers or media handlers) of this process."""
 
@@ -97,6 +113,7 @@ class HeartbeatRecorder:
         self._known: dict[str, str] = {}  # member id -> the health state this process last saw
         self._owners: dict[str, str | None] = {}  # member id -> the client id owning it, as last loaded
         self._pending: dict[str, Beat] = {}
+        self._waiting: list[_Waiting] = []  # beats whose callers wait for the next synchronous write
         self._loaded = False
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -160,26 +177,84 @@ class HeartbeatRecorder:
         return known
 
     def _write_now(self, beat: Beat) -> None:
-        with self._write_lock:
-            with self._lock:
-                acknowledged = self._pending.pop(beat.member_id, None)
-            try:
-                outcomes = beats_record(kind=self.kind, beats=[_merge(acknowledged, beat)])
-            except (OperationalError, InterfaceError):
-                # This beat is answered UNAVAILABLE and sent again; the one acknowledged before it must not be
-                # lost with it: back to the pending set for the next flush.
-                if acknowledged is not None:
-                    self._requeue({beat.member_id: acknowledged})
-                raise
-            with self._lock:
-                if not outcomes:
-                    self._known.pop(beat.member_id, None)
-                    self._owners.pop(beat.member_id, None)
-                else:
-                    self._known[beat.member_id] = outcomes[0].to_status
-            self._refresh_capacity([outcome.member_id for outcome in outcomes])
-        if not outcomes:
+        """Write `beat` before it is answered, in the next write of this recorder together with every other beat
+        that waits for one (group commit): a fleet's first beats after a restart cost one transaction per write,
+        not one each. The first waiting thread to get the write lock writes them all; the others find their beat
+        written when they get it."""
+        waiting = _Waiting(beat)
+        with self._lock:
+            self._waiting.append(waiting)
+        while not waiting.done:
+            with self._write_lock:
+                if not waiting.done:
+                    with self._lock:
+                        batch, self._waiting = self._waiting, []
+                    self._write_waiting(batch)
+        if waiting.error is not None:
+            raise waiting.error
+        if waiting.missing:
             raise NotFound(f"unknown {self.kind.label}; register first")
+
+    def _write_waiting(self, batch: list[_Waiting]) -> None:
+        """Write the beats of `batch` in one transaction and tell each its outcome; called under _write_lock.
+
+        When the database is unreachable every beat of the batch fails (its callers answer UNAVAILABLE and send it
+        again) and the beats acknowledged before them go back to the pending set. Any other database error is one
+        beat the database refuses (a value out of a column's range): the batch is written again one member at a
+        time, so that only that member's callers get the error."""
+        by_member: dict[str, list[_Waiting]] = {}
+        for waiting in batch:
+            by_member.setdefault(waiting.beat.member_id, []).append(waiting)
+        try:
+            self._write_members(by_member)
+        except (OperationalError, InterfaceError) as exc:
+            for waiting in batch:
+                waiting.finish(error=exc)
+        except DatabaseError:
+            for member_id, waitings in by_member.items():
+                try:
+                    self._write_members({member_id: waitings})
+                except DatabaseError as exc:
+                    for waiting in waitings:
+                        waiting.finish(error=exc)
+
+    def _write_members(self, by_member: dict[str, list[_Waiting]]) -> None:
+        """One transaction for the waiting beats of these members (merged per member, in arrival order, with the
+        beat acknowledged and still pending before them); tell each waiting beat its outcome."""
+        with self._lock:
+            acknowledged = {member_id: beat for member_id in by_member
+                            if (beat := self._pending.pop(member_id, None)) is not None}
+        beats = []
+        for member_id, waitings in by_member.items():
+            merged = acknowledged.get(member_id)
+            for waiting in waitings:
+                merged = _merge(merged, waiting.beat)
+            assert merged is not None
+            beats.append(merged)
+        try:
+            outcomes = beats_record(kind=self.kind, beats=beats)
+        except DatabaseError:
+            # Not written: the beats acknowledged before must not be lost with it; back to the pending set.
+            if acknowledged:
+                self._requeue(acknowledged)
+            raise
+        written = {outcome.member_id: outcome.to_status for outcome in outcomes}
+        with self._lock:
+            for member_id in by_member:
+                if member_id in written:
+                    self._known[member_id] = written[member_id]
+                else:
+                    self._known.pop(member_id, None)
+                    self._owners.pop(member_id, None)
+        self._refresh_capacity(list(written))
+        for member_id, waitings in by_member.items():
+            for waiting in waitings:
+                waiting.finish(missing=member_id not in written)
+
+    def waiting_count(self) -> int:
+        """Beats waiting for a synchronous write."""
+        with self._lock:
+            return len(self._waiting)
 
     # --- the flush ---------------------------------------------------------------------------------------------
 

@@ -361,6 +361,9 @@ GRPC_TLS_KEY_FILE = env_str("GRPC_TLS_KEY_FILE", "")
 GRPC_TLS_CLIENT_CA_FILE = env_str("GRPC_TLS_CLIENT_CA_FILE", "")
 GRPC_ALLOW_PLAINTEXT = env_bool("GRPC_ALLOW_PLAINTEXT", False)
 GRPC_WORKERS = env_int("GRPC_WORKERS", 8, minimum=1, maximum=256)
+# Calls waiting for or running in a worker thread (registrations, beats that change health) beyond which the next
+# one is refused at once, RESOURCE_EXHAUSTED with a retry-after, instead of queueing past its deadline.
+GRPC_MAX_QUEUED_CALLS = env_int("GRPC_MAX_QUEUED_CALLS", 256, minimum=1)
 GRPC_PROCESSES = env_int("GRPC_PROCESSES", 1, minimum=1, maximum=256)
 GRPC_MAX_RECEIVE_MESSAGE_BYTES = env_int("GRPC_MAX_RECEIVE_MESSAGE_BYTES", 64 * 1024, minimum=1024)
 GRPC_SHUTDOWN_GRACE_SECONDS = env_float("GRPC_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0)
@@ -371,7 +374,9 @@ GRPC_STREAM_IDLE_TIMEOUT_SECONDS = env_float("GRPC_STREAM_IDLE_TIMEOUT_SECONDS",
 # gRPC rate limits (controllers.grpc.ratelimit): registrations in Redis per RATE_LIMIT_WINDOW_SECONDS, per caller
 # and member and per caller; heartbeats in process, a token bucket per caller and member.
 GRPC_RATE_LIMIT_REGISTER_PER_MEMBER = env_int("GRPC_RATE_LIMIT_REGISTER_PER_MEMBER", 10, minimum=1)
-GRPC_RATE_LIMIT_REGISTER_PER_CLIENT = env_int("GRPC_RATE_LIMIT_REGISTER_PER_CLIENT", 3000, minimum=1)
+# Per caller: a whole fleet may share one credential and restart within one window (a deploy, a region's outage), so
+# at least the number of members sharing it, with room for the crash-looping few.
+GRPC_RATE_LIMIT_REGISTER_PER_CLIENT = env_int("GRPC_RATE_LIMIT_REGISTER_PER_CLIENT", 30_000, minimum=1)
 GRPC_HEARTBEAT_RATE_FACTOR = env_float("GRPC_HEARTBEAT_RATE_FACTOR", 3.0, minimum=1.0)
 GRPC_HEARTBEAT_BURST = env_int("GRPC_HEARTBEAT_BURST", 10, minimum=1)
 FAST_HEARTBEAT_INTERVAL_MS = env_int("FAST_HEARTBEAT_INTERVAL_MS", 10_000, minimum=1000)

@@ -37,14 +37,19 @@ from google.protobuf.message import DecodeError
 
 from accounts.services.service_tokens import ORIGINAL_GC_SCOPE, SERVICE_TYPE_OF_SCOPE
 from accounts.tokens import TokenClaims, token_current_cached, token_verify, token_verify_cached
+from controllers.grpc.admission import Admission
 from controllers.grpc.ratelimit import limit_for
 from darktower import errors
 from darktower.conf import hot_setting
+from darktower.metrics import RATE_LIMIT_REJECTIONS
 
 logger = logging.getLogger(__name__)
 
 GLOBAL_CONTROLLER_SERVICE = "dark_tower.internal.v1.GlobalControllerService"
 MEDIA_HANDLER_REGISTRY_SERVICE = "dark_tower.internal.v1.MediaHandlerRegistryService"
+
+# Calls refused because too many wait for a worker thread (controllers.grpc.admission).
+BUSY_REJECTIONS = RATE_LIMIT_REJECTIONS.labels("grpc:busy")
 
 # The scope a token needs for each of our services: a token for one service does not open the other.
 SERVICE_SCOPES = {
@@ -194,13 +199,16 @@ class MethodGuard:
     I/O: a cached token and a beat the recorder coalesces; any other case, and every other method, runs in a
     worker thread of `executor`, so that nothing on the loop ever waits for the database or Redis."""
 
-    def __init__(self, method: str, behaviour: Behaviour, executor: Executor, in_memory: InMemory | None) -> None:
+    def __init__(self, method: str, behaviour: Behaviour, executor: Executor, in_memory: InMemory | None,
+                 admission: Admission | None = None) -> None:
         self.method = method
         self.scope = SERVICE_SCOPES.get(method.lstrip("/").partition("/")[0])
         self._behaviour = behaviour
         self._executor = executor
         self._in_memory = in_memory
         self._limit = limit_for(method)
+        # Shared by the guards of one server: the calls waiting for its workers (controllers.grpc.admission).
+        self._admission = admission or Admission()
 
     async def serve(self, request: Any, metadata: Metadata, opened: TokenClaims | None = None) -> Any:
         """The answer to `request`; Refused with what the client gets instead. `opened`: the claims the call's
@@ -213,9 +221,19 @@ class MethodGuard:
                 raise refusal(self.method, exc) from None
             if answer is not None:
                 return answer
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._serve_in_worker, request, metadata, claims
-        )
+        # A beat that comes here without claims needs only its token checked again (a revocation lookup gone
+        # stale) most of the time: a running member's, not to be refused because a restarting fleet fills the queue.
+        exempt = self._in_memory is not None and claims is None
+        retry_after = self._admission.enter(limit=None if exempt else hot_setting("GRPC_MAX_QUEUED_CALLS"))
+        if retry_after:
+            BUSY_REJECTIONS.inc()
+            raise refusal(self.method, errors.Throttled("server busy; retry later", retry_after_seconds=retry_after))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._serve_in_worker, request, metadata, claims
+            )
+        finally:
+            self._admission.leave()
 
     async def authenticate(self, metadata: Metadata) -> TokenClaims:
         """The call's claims, holding the method's scope (on the loop when the token is cached); else Refused."""

@@ -32,6 +32,7 @@ from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from controllers.grpc.admission import Admission
 from controllers.grpc.guard import (
     EXEMPT_SERVICES,
     GLOBAL_CONTROLLER_SERVICE,
@@ -87,9 +88,10 @@ class ServiceGuard:
         self._in_memory = dict(in_memory or {})
         self._streams = dict(streams or {})
         self._open_streams: set[OpenStream] = set()
+        self._admission = Admission()  # the calls waiting for `executor`, all methods together
 
     def _guard(self, method: str, behaviour: Behaviour) -> MethodGuard:
-        return MethodGuard(method, behaviour, self._executor, self._in_memory.get(method))
+        return MethodGuard(method, behaviour, self._executor, self._in_memory.get(method), self._admission)
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
         """The guarded handler of `method`; None (UNIMPLEMENTED) for a method this guard cannot guard."""

@@ -1,9 +1,9 @@
 """Registration of meeting controllers (MCs) and media handlers (MHs).
 
-Registration is one atomic UPSERT: a new member starts `pending`; re-registration updates endpoints, region and
-capacity, keeps `created_at`, and moves the member's state by controllers.health_rules (REREGISTRATION_TRANSITIONS:
-a restart clears a drain and an unhealthy spell, but an operator's drain is kept and an unhealthy member inside its
-hold-down comes back `pending` held).
+Registration is one statement, an UPSERT with its transition, outbox and audit rows: a new member starts `pending`;
+re-registration updates endpoints, region and capacity, keeps `created_at`, and moves the member's state by
+controllers.health_rules (REREGISTRATION_TRANSITIONS: a restart clears a drain and an unhealthy spell, but an
+operator's drain is kept and an unhealthy member inside its hold-down comes back `pending` held).
 
 A member belongs to the credential that registered it (`owner_client_id`, controllers.services.ownership):
 registration by another credential changes nothing and is refused (PermissionDenied, a failure audit row), and an
@@ -12,6 +12,7 @@ unowned row (older than ownership) is claimed by it. Beats are controllers.servi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,17 +20,14 @@ from typing import Any
 from django.conf import settings
 from django.db import connection, transaction
 
-from audit.models import ActorType
-from audit.services import audit_record, outbox_enqueue
+from audit.models import ActorType, AuditResult
 from controllers.health_rules import (
     REGISTER_HOLD_DOWN_SQL,
     reregistration_sql,
 )
 from controllers.members import CONTROLLERS, HANDLERS, MemberKind
 from controllers.models import TransitionReason
-from controllers.services.ownership import member_access_refuse, member_claim_audit
-from controllers.services.transitions import Transition, transitions_record
-from darktower.errors import PermissionDenied
+from controllers.services.ownership import member_access_refuse
 
 
 @dataclass(frozen=True)
@@ -43,33 +41,89 @@ class Registration:
     hold_down_until: datetime | None = None
 
 
-# --- registration ----------------------------------------------------------------------------------------
+# --- registration ---------------------------------------------------------------------------------------
 
-# The row lock first, so the audit row can say which state re-registration left (ON CONFLICT cannot return
-# the old row before PostgreSQL 18), and whether the caller may register it: a row owned by another credential
-# is left as it is. A concurrent first registration of the same id is serialised by the unique index; the loser
-# updates the winner's row and reports created = false if both are one credential, and updates nothing (no row
-# returned: refused) if not. An unowned row (older than ownership) is claimed by its first registration.
-_LOCK_SQL = "SELECT health_status, owner_client_id FROM {table} WHERE {pk} = %(id)s FOR UPDATE"
-
+# One statement writes a registration with its transition, outbox and audit rows: a restarting fleet registers all
+# its members at once, and each registration is then one round trip (and, outside a caller's transaction, one
+# commit). Its parts:
+# - `previous`: the row locked first, so that the rows can say which state re-registration left (ON CONFLICT cannot
+#   return the old row before PostgreSQL 18), and whether the caller may register it: a row owned by another
+#   credential is left as it is (nothing written, no row returned: refused). The aggregate over it in `written`
+#   makes it run before the UPSERT: a row this statement has updated can no longer be locked by it, and would
+#   look absent.
+# - `written`: the UPSERT. A concurrent first registration of the same id is serialised by the unique index; the
+#   loser updates the winner's row and reports created = false if both are one credential, and updates nothing
+#   (refused) if not. An unowned row (older than ownership) is claimed by its first registration.
+# - `outcome`: what was written, beside the row before.
+# - `recorded`, `announced`, `audited`: the transition (when the state moved), the outbox event, the audit rows (a
+#   claim's first, then the registration's).
 _REGISTER_SQL = """
-INSERT INTO {table} AS t ({pk}, region, endpoint, grpc_endpoint, webtransport_endpoint, {capacity_columns},
-                         health_status, last_heartbeat_at, owner_client_id)
-VALUES (%(id)s, %(region)s, %(endpoint)s, %(grpc_endpoint)s, %(webtransport_endpoint)s, {capacity_values},
-        'pending', now(), %(client_id)s)
-ON CONFLICT ({pk}) DO UPDATE SET
-    owner_client_id = coalesce(t.owner_client_id, EXCLUDED.owner_client_id),
-    region = EXCLUDED.region,
-    endpoint = EXCLUDED.endpoint,
-    grpc_endpoint = EXCLUDED.grpc_endpoint,
-    webtransport_endpoint = EXCLUDED.webtransport_endpoint,
-    {capacity_updates},
-    health_status = {health_status},
-    hold_down_until = {hold_down_until},
-    last_heartbeat_at = now()
-WHERE %(client_id)s::text IS NULL OR t.owner_client_id IS NULL OR t.owner_client_id = %(client_id)s::text
-RETURNING t.health_status, (t.xmax = 0) AS created, t.hold_down_until
+WITH previous AS MATERIALIZED (
+    SELECT health_status, owner_client_id FROM {table} WHERE {pk} = %(id)s FOR UPDATE
+),
+written AS (
+    INSERT INTO {table} AS t ({pk}, region, endpoint, grpc_endpoint, webtransport_endpoint, {capacity_columns},
+                             health_status, last_heartbeat_at, owner_client_id)
+    SELECT %(id)s, %(region)s, %(endpoint)s, %(grpc_endpoint)s, %(webtransport_endpoint)s, {capacity_values},
+           'pending', now(), %(client_id)s
+    FROM (
+        SELECT count(*) AS locked, coalesce(bool_or(%(client_id)s::text IS NOT NULL
+               AND p.owner_client_id IS NOT NULL AND p.owner_client_id <> %(client_id)s::text), false) AS refused
+        FROM previous p
+    ) p
+    WHERE NOT p.refused
+    ON CONFLICT ({pk}) DO UPDATE SET
+        owner_client_id = coalesce(t.owner_client_id, EXCLUDED.owner_client_id),
+        region = EXCLUDED.region,
+        endpoint = EXCLUDED.endpoint,
+        grpc_endpoint = EXCLUDED.grpc_endpoint,
+        webtransport_endpoint = EXCLUDED.webtransport_endpoint,
+        {capacity_updates},
+        health_status = {health_status},
+        hold_down_until = {hold_down_until},
+        last_heartbeat_at = now()
+    WHERE %(client_id)s::text IS NULL OR t.owner_client_id IS NULL OR t.owner_client_id = %(client_id)s::text
+    RETURNING t.health_status, (t.xmax = 0) AS created, t.hold_down_until
+),
+outcome AS MATERIALIZED (
+    SELECT w.health_status AS to_status, w.created, w.hold_down_until, p.health_status AS from_status,
+           p.health_status IS NOT NULL AND p.owner_client_id IS NULL AND %(client_id)s::text IS NOT NULL AS claimed
+    FROM written w LEFT JOIN previous p ON true
+),
+recorded AS (
+    INSERT INTO controller_health_transitions
+        (component_type, component_id, region, from_status, to_status, reason, actor_type, metadata)
+    SELECT %(component_type)s, %(id)s, %(region)s, o.from_status, o.to_status, %(reason)s, %(actor_type)s,
+           jsonb_build_object('client_id', %(client_id)s::text, 'hold_down_until', o.hold_down_until)
+    FROM outcome o WHERE o.from_status IS DISTINCT FROM o.to_status
+),
+announced AS (
+    INSERT INTO outbox_events (aggregate_type, aggregate_id, event_type, payload)
+    SELECT %(aggregate_type)s, %(id)s, CASE WHEN o.created THEN %(registered)s ELSE %(reregistered)s END,
+           jsonb_build_object('id', %(id)s::text, 'region', %(region)s::text, 'from_status', o.from_status,
+                              'to_status', o.to_status)
+    FROM outcome o
+),
+audited AS (
+    INSERT INTO audit_logs (event_type, action, actor_type, result, target_type, target_id, metadata)
+    SELECT event_type, action, %(actor_type)s, %(result)s, %(target_type)s, %(id)s, metadata FROM (
+        SELECT 1 AS part, %(claimed_event)s AS event_type, 'claim' AS action,
+               jsonb_build_object('client_id', %(client_id)s::text, 'via', 'register') AS metadata
+        FROM outcome o WHERE o.claimed
+        UNION ALL
+        SELECT 2, CASE WHEN o.created THEN %(registered)s ELSE %(reregistered)s END, 'register',
+               jsonb_build_object('client_id', %(client_id)s::text, 'region', %(region)s::text,
+                                  'from_status', o.from_status, 'to_status', o.to_status,
+                                  'hold_down_until', o.hold_down_until, 'grpc_endpoint', %(grpc_endpoint)s::text,
+                                  'webtransport_endpoint', %(webtransport_endpoint)s::text) || %(capacity)s::jsonb
+        FROM outcome o
+    ) rows ORDER BY part
+)
+SELECT to_status, created, hold_down_until, from_status FROM outcome
 """
+
+# Another credential's member: the lock taken again to name its owner in the refusal's audit row.
+_LOCK_SQL = "SELECT health_status, owner_client_id FROM {table} WHERE {pk} = %(id)s FOR UPDATE"
 
 # Controllers: was the drain an operator's? The latest transition into `draining` says
 # (idx_health_transitions_component, one probe, only for a draining row). Media handlers have no operator drain.
@@ -80,18 +134,9 @@ _OPERATOR_DRAIN_SQL = """coalesce((
 ), false)"""
 
 
-def _register(
-    *, kind: MemberKind, member_id: str, region: str, endpoint: str, grpc_endpoint: str | None,
-    webtransport_endpoint: str | None, capacity: dict[str, int], insert_only: dict[str, int],
-    actor_client_id: str | None,
-) -> Registration:
-    params: dict[str, Any] = {
-        "id": member_id, "region": region, "endpoint": endpoint, "grpc_endpoint": grpc_endpoint,
-        "webtransport_endpoint": webtransport_endpoint, "hold_down": settings.UNHEALTHY_HOLD_DOWN_SECONDS,
-        "client_id": actor_client_id, **capacity, **insert_only,
-    }
+def _register_sql(kind: MemberKind, *, capacity: list[str], insert_only: list[str]) -> str:
     inserted = [*capacity, *insert_only]
-    sql = _REGISTER_SQL.format(
+    return _REGISTER_SQL.format(
         table=kind.table, pk=kind.pk,
         capacity_columns=", ".join(inserted),
         capacity_values=", ".join(f"%({column})s" for column in inserted),
@@ -101,84 +146,41 @@ def _register(
         ),
         hold_down_until=REGISTER_HOLD_DOWN_SQL,
     )
-    refused: PermissionDenied | None = None
+
+
+def _register(
+    *, kind: MemberKind, member_id: str, region: str, endpoint: str, grpc_endpoint: str | None,
+    webtransport_endpoint: str | None, capacity: dict[str, int], insert_only: dict[str, int],
+    actor_client_id: str | None,
+) -> Registration:
+    params: dict[str, Any] = {
+        "id": member_id, "region": region, "endpoint": endpoint, "grpc_endpoint": grpc_endpoint,
+        "webtransport_endpoint": webtransport_endpoint, "hold_down": settings.UNHEALTHY_HOLD_DOWN_SECONDS,
+        "client_id": actor_client_id, "capacity": json.dumps(capacity), **capacity, **insert_only,
+        "component_type": kind.component_type, "aggregate_type": kind.aggregate_type,
+        "target_type": kind.target_type, "reason": TransitionReason.REGISTERED.value,
+        "actor_type": ActorType.SERVICE.value, "result": AuditResult.SUCCESS.value,
+        "registered": kind.event("registered"), "reregistered": kind.event("reregistered"),
+        "claimed_event": kind.event("claimed"),
+    }
+    sql = _register_sql(kind, capacity=list(capacity), insert_only=list(insert_only))
+    # One statement is one transaction of its own: no BEGIN and COMMIT round trips around it.
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        written = cursor.fetchone()
+    if written is not None:
+        to_status, created, hold_down_until, from_status = written
+        return Registration(member_id, region, created, from_status, to_status, hold_down_until)
+    # Another credential's member, or one that another credential inserted while this call waited: nothing was
+    # written; the refusal is audited.
+    assert actor_client_id is not None
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(_LOCK_SQL.format(table=kind.table, pk=kind.pk), {"id": member_id})
         previous = cursor.fetchone()
-        written = None
-        if not _owned_by_another(previous, actor_client_id):
-            cursor.execute(sql, params)
-            written = cursor.fetchone()
-        if written is None:
-            # Another credential's member, or one that another credential inserted while this call waited.
-            if previous is None:
-                cursor.execute(_LOCK_SQL.format(table=kind.table, pk=kind.pk), {"id": member_id})
-                previous = cursor.fetchone()
-            assert actor_client_id is not None and previous is not None
-            refused = member_access_refuse(kind=kind, member_id=member_id, client_id=actor_client_id,
-                                           owner_client_id=previous[1], action="register")
-        else:
-            registration = _registered(kind=kind, member_id=member_id, region=region, previous=previous,
-                                       written=written, grpc_endpoint=grpc_endpoint,
-                                       webtransport_endpoint=webtransport_endpoint, capacity=capacity,
-                                       actor_client_id=actor_client_id)
-    if refused is not None:
-        raise refused
-    return registration
-
-
-def _owned_by_another(previous: tuple[str, str | None] | None, client_id: str | None) -> bool:
-    """Whether a locked member row (health_status, owner_client_id) belongs to a credential other than the
-    caller's (None: the GC's own code, which is not a credential and owns nothing)."""
-    return previous is not None and client_id is not None and previous[1] not in (None, client_id)
-
-
-def _registered(
-    *, kind: MemberKind, member_id: str, region: str, previous: tuple[str, str | None] | None,
-    written: tuple[str, bool, datetime | None], grpc_endpoint: str | None, webtransport_endpoint: str | None,
-    capacity: dict[str, int], actor_client_id: str | None,
-) -> Registration:
-    """The transition, outbox and audit rows of a registration the UPSERT wrote (in its transaction)."""
-    health_status, created, hold_down_until = written
-    from_status = previous[0] if previous else None
-    if previous is not None and previous[1] is None and actor_client_id is not None:
-        member_claim_audit(kind=kind, member_id=member_id, client_id=actor_client_id, via="register")
-    if from_status != health_status:
-        transitions_record([
-            Transition(
-                component_type=kind.component_type, component_id=member_id, region=region,
-                from_status=from_status, to_status=health_status, reason=TransitionReason.REGISTERED,
-                actor_type=ActorType.SERVICE,
-                metadata={
-                    "client_id": actor_client_id,
-                    "hold_down_until": hold_down_until.isoformat() if hold_down_until else None,
-                },
-            )
-        ])
-    event_type = kind.event("registered" if created else "reregistered")
-    # Announced like every other state change, so the relay refreshes the controller's capacity hash at once.
-    outbox_enqueue(
-        aggregate_type=kind.aggregate_type, aggregate_id=member_id, event_type=event_type,
-        payload={"id": member_id, "region": region, "from_status": from_status, "to_status": health_status},
-    )
-    audit_record(
-        event_type=event_type,
-        action="register",
-        actor_type=ActorType.SERVICE,
-        target_type=kind.target_type,
-        target_id=member_id,
-        metadata={
-            "client_id": actor_client_id,
-            "region": region,
-            "from_status": from_status,
-            "to_status": health_status,
-            "hold_down_until": hold_down_until.isoformat() if hold_down_until else None,
-            "grpc_endpoint": grpc_endpoint,
-            "webtransport_endpoint": webtransport_endpoint,
-            **capacity,
-        },
-    )
-    return Registration(member_id, region, created, from_status, health_status, hold_down_until)
+        assert previous is not None
+        refused = member_access_refuse(kind=kind, member_id=member_id, client_id=actor_client_id,
+                                       owner_client_id=previous[1], action="register")
+    raise refused
 
 
 def controller_register(

@@ -400,3 +400,24 @@ def test_health_after_matches_the_sql_for_every_state_pair():
         if current == "pending" and reported in ("healthy", "degraded", "pending"):
             expected = "degraded" if reported == "degraded" else "healthy"
         assert outcomes[controller_id].to_status == expected, (current, reported)
+
+
+def test_a_registration_is_one_statement_with_its_transition_outbox_and_audit_rows(django_assert_num_queries):
+    # A fleet restarting registers every member at once: each registration is one round trip to the database, its
+    # transition, outbox and audit rows written by the same statement as the row.
+    with django_assert_num_queries(1):
+        created = register("mc-one")
+    make_controller(controller_id="mc-unowned", health=HealthStatus.UNHEALTHY)  # older than ownership
+    with django_assert_num_queries(1):
+        claimed = register("mc-unowned")
+
+    assert (created.created, created.from_status, created.health_status) == (True, None, "pending")
+    assert (claimed.created, claimed.from_status, claimed.health_status) == (False, "unhealthy", "pending")
+    assert list(HealthTransition.objects.filter(component_id__in=["mc-one", "mc-unowned"]).order_by("component_id")
+                .values_list("component_id", "from_status", "to_status", "reason")) == [
+        ("mc-one", None, "pending", "registered"), ("mc-unowned", "unhealthy", "pending", "registered"),
+    ]
+    assert list(AuditLog.objects.filter(target_id="mc-unowned").order_by("id").values_list("event_type", "action")) == [
+        ("controller_claimed", "claim"), ("controller_reregistered", "register"),
+    ]
+    assert MeetingController.objects.get(pk="mc-unowned").owner_client_id == "svc-client"

@@ -41,9 +41,11 @@ def metric_sample(name: str, **labels: str) -> float:
 
 @pytest.fixture(autouse=True)
 def roomy_grpc_rate_limits(settings):
-    """Edge tests send many calls for one member in a few milliseconds; test_rate_limits.py sets tight ones."""
+    """Edge tests send many calls for one member in a few milliseconds (and many calls at once for the workers);
+    test_rate_limits.py and test_admission.py set tight ones."""
     settings.GRPC_RATE_LIMIT_REGISTER_PER_MEMBER = 10_000
     settings.GRPC_HEARTBEAT_BURST = 10_000
+    settings.GRPC_MAX_QUEUED_CALLS = 10_000
 
 
 @pytest.fixture
