@@ -4,31 +4,27 @@ the same service (one compare-and-set, a transition and an audit row naming the 
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from django.urls import reverse
 
 from audit.models import AuditLog
 from controllers.models import HealthStatus, HealthTransition, MediaHandler
 from tests.factories import make_handler
+from tests.fixtures.admin import fleet_change_page, object_action_buttons
 
 pytestmark = pytest.mark.django_db
 
-CHANGELIST = "admin:controllers_mediahandler_changelist"
+MODEL = "mediahandler"
+CHANGELIST = f"admin:controllers_{MODEL}_changelist"
 BUTTONS = ("drain_action", "undrain_action", "mark_unhealthy_action")
 
 
 def _page(client, handler) -> str:
-    response = client.get(reverse("admin:controllers_mediahandler_change", args=[handler.pk]))
-    assert response.status_code == 200
-    return response.content.decode()
+    return fleet_change_page(client, MODEL, handler.pk)
 
 
 def _buttons(html: str) -> list[str]:
-    forms = re.findall(r'<form method="post" action="([^"]*)" class="dt-object-action"[^>]*>(.*?)</form>', html, re.S)
-    assert all(action == reverse(CHANGELIST) for action, _ in forms)
-    return [re.search(r'name="action" value="([^"]+)"', body)[1] for _, body in forms]
+    return object_action_buttons(html, model=MODEL)
 
 
 def test_an_operator_gets_the_three_buttons_a_viewer_none(client, operator_user, viewer_user):
