@@ -19,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts.api.serializers import AccessTokenResponse, OAuthProviderLinkSerializer, OidcProviderResponse
-from accounts.api.views import USER_TOKEN_ONLY
+from accounts.api.views import USER_TOKEN_ONLY, access_token_response
 from accounts.models import OAuthProvider
 from accounts.oidc import oidc_providers, oidc_start
 from accounts.services.oidc import oauth_provider_unlink, oauth_providers_for_user, user_oidc_sign_in
@@ -103,11 +103,8 @@ class OidcCallbackView(ApiView):
             refund()  # the provider's outage is not a failed login
             raise
         refund()
-        token = result.token
-        assert token is not None  # the API door always gets one
-        body = {"access_token": token.token, "token_type": "Bearer", "expires_in": token.expires_in,
-                "scope": token.scope}
-        return Response(AccessTokenResponse(body).data, headers={"Cache-Control": "no-store"})
+        assert result.token is not None  # the API door always gets one
+        return access_token_response(result.token)
 
 
 @extend_schema_view(

@@ -28,6 +28,7 @@ from accounts.models import ApiKey
 from accounts.services.api_keys import api_key_create, api_key_revoke, api_keys_for_user
 from accounts.services.personal_data import VIA_API, recent_authentication_check, user_erase, user_export
 from accounts.services.users import email_hash, login_throttle_fallback, user_login, user_logout
+from accounts.tokens import IssuedToken
 from darktower.api.location import CreatedLocation
 from darktower.api.ratelimit import (
     RateLimit,
@@ -43,6 +44,12 @@ from darktower.api.views import ApiListView, ApiView, client_ip, peer_ip
 from darktower.errors import NotFound, PermissionDenied
 
 USER_TOKEN_ONLY = frozenset({"user"})
+
+
+def access_token_response(token: IssuedToken) -> Response:
+    """Our user token as both sign-in doors (password and provider) answer it; never cached."""
+    body = {"access_token": token.token, "token_type": "Bearer", "expires_in": token.expires_in, "scope": token.scope}
+    return Response(AccessTokenResponse(body).data, headers={"Cache-Control": "no-store"})
 
 
 @extend_schema_view(
@@ -79,10 +86,7 @@ class LoginView(ApiView):
             ip_address=address, user_agent=request.META.get("HTTP_USER_AGENT", "")[:1000] or None,
         )
         refund()
-        token = result.token
-        body = {"access_token": token.token, "token_type": "Bearer", "expires_in": token.expires_in,
-                "scope": token.scope}
-        return Response(AccessTokenResponse(body).data, headers={"Cache-Control": "no-store"})
+        return access_token_response(result.token)
 
 
 @extend_schema_view(
