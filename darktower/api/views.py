@@ -3,7 +3,6 @@ Idempotency-Key handling around POST handlers (see darktower.api.idempotency).""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -104,15 +103,14 @@ class ApiView(APIView):
         fields are null). Views that redact a secret they can safely give again override this."""
         return body
 
-    def stored_body(self, response: Response) -> Any:
-        if response.data is None:
+    def stored_body(self, response: Response) -> bytes | None:
+        """The JSON text the idempotency ledger keeps of `response`: its body, `idempotency_redact` fields null."""
+        data = response.data
+        if data is None:
             return None
-        body = json.loads(JSONRenderer().render(response.data))
-        if isinstance(body, dict):
-            for name in self.idempotency_redact:
-                if name in body:
-                    body[name] = None
-        return body
+        if isinstance(data, dict) and any(name in data for name in self.idempotency_redact):
+            data = {**data, **{name: None for name in self.idempotency_redact if name in data}}
+        return bytes(JSONRenderer().render(data))
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Response:
         """DRF's dispatch, with the POST handler wrapped in the idempotency protocol."""
