@@ -155,8 +155,10 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    # The session's user and messages, for every request but the API's that carry their own credentials (a bearer
+    # token, an API key): those have no use for them (darktower/api/middleware.py).
+    "darktower.api.middleware.BrowserAuthenticationMiddleware",
+    "darktower.api.middleware.BrowserMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
