@@ -12,9 +12,10 @@ from django.http import HttpRequest
 from django.utils.module_loading import import_string
 from rest_framework import generics
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.renderers import JSONRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
@@ -34,6 +35,9 @@ from darktower.api.schema import ApiAutoSchema
 from darktower.client_address import client_address
 
 REPLAYED_HEADER = "Idempotent-Replayed"
+# Accept headers that DRF's negotiation answers with its JSON renderer as plain application/json: what nearly every
+# client sends (or nothing). Any other header goes through the whole negotiation, which parses every media range.
+_TAKES_PLAIN_JSON = frozenset({"", "*/*", "application/json"})
 
 
 def client_ip(request: HttpRequest | Request) -> str:
@@ -97,6 +101,16 @@ class ApiView(APIView):
         assert request.method is not None  # Django's handler sets it from the request line
         if request.method != "OPTIONS" and hasattr(self, request.method.lower()):
             ratelimit_hit(self.rate_limits(request), on_unavailable=self.rate_limit_fallback(request))
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[BaseRenderer, str]:
+        if (
+            self.renderer_classes == [JSONRenderer]
+            and request.META.get("HTTP_ACCEPT", "") in _TAKES_PLAIN_JSON
+            and self.format_kwarg is None
+            and api_settings.URL_FORMAT_OVERRIDE not in request.query_params
+        ):
+            return JSONRenderer(), JSONRenderer.media_type
+        return super().perform_content_negotiation(request, force)
 
     def replayed_body(self, request: Request, status_code: int, body: Any) -> Any:
         """The body to answer an idempotent replay with, from the stored one (whose `idempotency_redact`
