@@ -59,10 +59,14 @@ def test_a_connection_given_back_moments_ago_is_lent_without_a_check(pooled, set
     raw = pooled.connection
     pooled.close()  # back to the pool, as at a request's end
     with tempfile.NamedTemporaryFile("r", suffix=".trace") as trace:
-        raw.pgconn.trace(os.open(trace.name, os.O_WRONLY))
+        fd = os.open(trace.name, os.O_WRONLY)
+        raw.pgconn.trace(fd)
         raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-        again = _backend_pid(pooled)
-        raw.pgconn.untrace()
+        try:
+            again = _backend_pid(pooled)
+        finally:
+            raw.pgconn.untrace()
+            os.close(fd)
         # The request's own statement is the only round trip: no empty query before it.
         trips = _round_trips(trace.name)
         assert len(trips) == 1, trips
