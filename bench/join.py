@@ -25,10 +25,12 @@ PostgreSQL server's (postmaster and every backend, background workers included: 
 one at work) and the bench's own Redis; "machine" is their sum. The client's own CPU is not in it.
 
 Statements and round trips per join: one probe join of each kind (first, reused; without and with an
-Idempotency-Key) through Django's test client in the bench's process, the same view, services, middleware and
-connection pool as the server. Statements are the SQL statements Django executes (its query log without BEGIN,
-COMMIT and savepoints); round trips are the messages libpq sends that wait for the server's answer (a simple
-Query or an extended-protocol Sync), read from libpq's trace of every connection the probe uses.
+Idempotency-Key) through Django's WSGI handler in the bench's process, the same middleware, view, services and
+connection pool as the server, each request taking its connection from the pool and giving it back, as under
+gunicorn: the whole request's, and the join service's (meeting_join) among them. Statements are the SQL statements
+Django executes (without BEGIN, COMMIT and savepoints); round trips are the messages libpq sends that wait for the
+server's answer (a simple Query or an extended-protocol Sync), read from libpq's trace of every connection the
+probe uses.
 
 The last row repeats the mixed joins with MC_ASSIGN_CALLS on, after the first runs' assignments and participants are
 cleared: every first join of a (meeting, region) then asks its MC with AssignMeetingWithMh before answering. The
@@ -419,31 +421,85 @@ class LibpqTrace:
         return len(_ROUND_TRIP.findall(self.path.read_text()))
 
 
+def _wsgi_post(app: Any, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST through Django's WSGI handler as gunicorn calls it: the request takes its connection from the pool and
+    gives it back at its end (Django's test client keeps one connection across requests instead)."""
+    import io
+
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1",
+        "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), **headers,
+    }
+    answer: dict[str, int] = {}
+
+    def start_response(status: str, response_headers: Any, exc_info: Any = None) -> None:
+        answer["status"] = int(status.split()[0])
+
+    response = app(environ, start_response)
+    try:
+        content = b"".join(response)
+    finally:
+        response.close()
+    return answer["status"], content
+
+
 def _statements_per_join(plan: Path, probe_meetings: list[str], work: Path) -> dict[str, dict[str, int]]:
     """Statements and round trips of a first and of a reused join (another user joining a meeting whose
-    assignment the first made), without and with an Idempotency-Key, through Django's test client in this
-    process (the same view, services, middleware and pool as the server)."""
+    assignment the first made), without and with an Idempotency-Key, through Django's WSGI handler in this process
+    (the same middleware, view, services and pool as the server, each request taking its connection from the pool):
+    the whole request's, and the join service's (meeting_join) among them."""
     import uuid
 
+    from django.core.handlers.wsgi import WSGIHandler
     from django.db import connection
-    from django.test import Client
-    from django.test.utils import CaptureQueriesContext
+
+    from meetings.api import views
 
     tokens = json.loads(plan.read_text())["tokens"]
     trace = LibpqTrace(work)
+    app = WSGIHandler()
+    service = views.meeting_join
+    tally: Counter[str] = Counter()
+    inside = False
+
+    def observed_service(**kwargs: Any) -> Any:
+        nonlocal inside
+        trips = trace.round_trips()
+        inside = True
+        try:
+            return service(**kwargs)
+        finally:
+            inside = False
+            tally["service_round_trips"] += trace.round_trips() - trips
+
+    def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if not _TRANSACTION_CONTROL.match(sql):
+            tally["statements"] += 1
+            tally["service_statements"] += inside
+        return execute(sql, params, many, context)
+
     counts: dict[str, dict[str, int]] = {}
-    for meeting, keyed in zip(probe_meetings, ("", ", Idempotency-Key"), strict=True):
-        for kind, token in (("first", tokens[0]), ("reused", tokens[1 % len(tokens)])):
-            headers = {"HTTP_IDEMPOTENCY_KEY": str(uuid.uuid4())} if keyed else {}
-            client = Client(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Bearer {token}", **headers)
-            trips = trace.round_trips()
-            with CaptureQueriesContext(connection) as queries:
-                response = client.post(f"/api/v1/meetings/{meeting}/join", {"region": REGIONS[0]},
-                                       content_type="application/json")
-            if response.status_code != 201:
-                raise RuntimeError(f"probe join answered {response.status_code}: {response.content[:500]!r}")
-            statements = [q for q in queries.captured_queries if not _TRANSACTION_CONTROL.match(q["sql"])]
-            counts[kind + keyed] = {"statements": len(statements), "round_trips": trace.round_trips() - trips}
+    views.meeting_join = observed_service  # watched, then put back
+    try:
+        for meeting, keyed in zip(probe_meetings, ("", ", Idempotency-Key"), strict=True):
+            for kind, token in (("first", tokens[0]), ("reused", tokens[1 % len(tokens)])):
+                headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+                if keyed:
+                    headers["HTTP_IDEMPOTENCY_KEY"] = str(uuid.uuid4())
+                tally.clear()
+                trips = trace.round_trips()
+                with connection.execute_wrapper(count):
+                    status, content = _wsgi_post(app, f"/api/v1/meetings/{meeting}/join",
+                                                 json.dumps({"region": REGIONS[0]}).encode(), headers)
+                if status != 201:
+                    raise RuntimeError(f"probe join answered {status}: {content[:500]!r}")
+                counts[kind + keyed] = {"statements": tally["statements"], "round_trips": trace.round_trips() - trips,
+                                        "service_statements": tally["service_statements"],
+                                        "service_round_trips": tally["service_round_trips"]}
+    finally:
+        views.meeting_join = service
     return counts
 
 
@@ -593,10 +649,13 @@ def main(argv: list[str] | None = None) -> int:
         f"after {warmup:g} s of warm-up. Fleet {args.controllers:,} MCs, {args.meetings:,} meetings, "
         f"{args.users:,} users.",
         f"Ratio: mixed joins are {join['rate'] / health['rate']:.0%} of the trivial endpoint's rate on the same "
-        "server and client. Statements / round trips per join (probe joins in the bench process; round trips add "
-        "BEGIN, COMMIT and savepoints): " + ", ".join(
-            f"{kind} {counts['statements']} / {counts['round_trips']}" for kind, counts in statements.items())
-        + "; besides, an EdDSA verify, an EdDSA sign and a Redis round trip for the rate limits.",
+        "server and client. Statements / round trips per join request (probe joins through the WSGI handler in the "
+        "bench process, each taking its connection from the pool; round trips add BEGIN, COMMIT, savepoints and "
+        "the pool's checks), of which the join service's in brackets: " + ", ".join(
+            f"{kind} {counts['statements']} / {counts['round_trips']} ({counts['service_statements']} / "
+            f"{counts['service_round_trips']})" for kind, counts in statements.items())
+        + "; besides, an EdDSA verify, an EdDSA sign and a Redis round trip for the rate limits (two when the "
+        "token's revocation lookup is not cached).",
         f"Open loop (the row before the last): {args.open_rate:g} mixed joins a second offered on the clock over "
         f"at most {args.open_connections} connections ({opened['connections_opened']} opened), each latency "
         f"counted from when the join was due; {opened['rate']:.1f} joins/s answered in the {args.duration:g} s "

@@ -155,8 +155,10 @@ MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    # The session's user and messages, for every request but the API's that carry their own credentials (a bearer
+    # token, an API key): those have no use for them (darktower/api/middleware.py).
+    "darktower.api.middleware.BrowserAuthenticationMiddleware",
+    "darktower.api.middleware.BrowserMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
@@ -190,6 +192,9 @@ DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 10, minimum=0, maximum=1000)
 DB_POOL_MIN_SIZE = env_int("DB_POOL_MIN_SIZE", min(2, DB_POOL_MAX_SIZE), minimum=0, maximum=DB_POOL_MAX_SIZE)
 DB_POOL_TIMEOUT_SECONDS = env_float("DB_POOL_TIMEOUT_SECONDS", 3.0, minimum=0.05, maximum=60.0)
 DB_CONN_MAX_AGE = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
+# The pool checks a connection (one empty round trip) before lending it only when it has been idle this long; one
+# given back sooner is lent as it is (darktower/postgresql/base.py).
+DB_POOL_CHECK_IDLE_SECONDS = env_float("DB_POOL_CHECK_IDLE_SECONDS", 1.0, minimum=0.0, maximum=3600.0)
 # A pool hands each request a connection and takes it back at the request's end: Django refuses persistent
 # connections with a pool.
 CONN_MAX_AGE = 0 if DB_POOL_MAX_SIZE else DB_CONN_MAX_AGE
@@ -207,10 +212,13 @@ _default_db.setdefault("OPTIONS", {})
 if not _default_db.get("HOST") and "host" in _default_db["OPTIONS"]:
     _default_db["HOST"] = _default_db["OPTIONS"].pop("host")
 _default_db["OPTIONS"].setdefault("application_name", env_str("DB_APPLICATION_NAME", "darktower"))
+# Django's PostgreSQL backend, whose pool checks only the connections idle for DB_POOL_CHECK_IDLE_SECONDS or more.
+_default_db["ENGINE"] = "darktower.postgresql"
 if DB_POOL_MAX_SIZE:
-    # With CONN_HEALTH_CHECKS (on above), the pool checks each connection it lends (one empty round trip), so one
-    # that died while idle in the pool (a server restart, a failover, a proxy's idle timeout) is replaced at
-    # checkout instead of failing the request it is lent to.
+    # The backend checks a connection idle past the bound before lending it, so one that died while idle in the
+    # pool (a server restart, a failover, a proxy's idle timeout) is replaced at checkout instead of failing the
+    # request it is lent to. Django's own check (CONN_HEALTH_CHECKS) would check every connection it lends.
+    _default_db["CONN_HEALTH_CHECKS"] = False
     _default_db["OPTIONS"]["pool"] = {
         "min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE, "timeout": DB_POOL_TIMEOUT_SECONDS,
     }

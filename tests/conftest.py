@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from importlib import import_module
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -54,6 +55,10 @@ def _redis_of_worker(index: int) -> None:
             setattr(settings, name, _celery_broker_url(own))
 
 
+# The default database's settings as a deployment has them (with its pool), before the test process drops the pool.
+DEPLOYED_DATABASE: dict = {}
+
+
 def _test_process_without_the_pool() -> None:
     # The processes tests start keep the pool, as deployed (tests/faults test it there). The test process itself
     # uses one connection per thread: fixtures re-point the connection's settings at an unreachable server (a pool
@@ -62,8 +67,11 @@ def _test_process_without_the_pool() -> None:
     from django.conf import settings
 
     database = settings.DATABASES["default"]
+    DEPLOYED_DATABASE.update(copy.deepcopy(database))
     if database["OPTIONS"].pop("pool", None) is not None:
         database["CONN_MAX_AGE"] = settings.DB_CONN_MAX_AGE
+        # Without the pool, Django checks a kept connection at each request's start, as deployed without one.
+        database["CONN_HEALTH_CHECKS"] = True
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,6 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.db import connection
-from psycopg.types.json import Jsonb
 
 from darktower.errors import Conflict, DomainError, InvalidInput
 
@@ -82,11 +81,16 @@ def validate_key(key: str) -> str:
     return key
 
 
+# The claim commits on its own (autocommit) without waiting for its WAL to reach the disk (synchronous_commit off
+# for this one statement's transaction): it matters only while its request runs. A crash that loses it loses that
+# request too, which never committed, so a retry rightly runs again; and the request's own commit, synchronous,
+# flushes the WAL written before it, the claim's included.
 _INSERT_SQL = """
 INSERT INTO idempotency_keys
     (key, principal, request_method, request_path, request_hash, state, created_at, expires_at)
-VALUES (%(key)s, %(principal)s, %(method)s, %(path)s, %(hash)s, 'in_progress', now(),
-        now() + make_interval(secs => %(ttl)s))
+SELECT %(key)s, %(principal)s, %(method)s, %(path)s, %(hash)s, 'in_progress', now(),
+       now() + make_interval(secs => %(ttl)s)
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS this_transaction_only
 ON CONFLICT (principal, key) DO NOTHING
 RETURNING id
 """
@@ -145,14 +149,14 @@ def idempotency_begin(
     raise Conflict("A request with this Idempotency-Key is still in progress.")
 
 
-def idempotency_complete(claim: IdempotencyClaim, *, status: int, body: Any) -> None:
-    """Record the response. Called inside the handler's transaction when the handler succeeded."""
+def idempotency_complete(claim: IdempotencyClaim, *, status: int, body: bytes | None) -> None:
+    """Record the response (`body`: its JSON text, as rendered). Called inside the handler's transaction when the
+    handler succeeded."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE idempotency_keys SET state = 'completed', response_status = %s, response_body = %s "
+            "UPDATE idempotency_keys SET state = 'completed', response_status = %s, response_body = %s::jsonb "
             "WHERE id = %s AND state = 'in_progress'",
-            # psycopg adapts Jsonb; django-stubs lists only plain values as cursor parameters.
-            [status, Jsonb(body) if body is not None else None, claim.row_id],  # type: ignore[list-item]
+            [status, None if body is None else body.decode(), claim.row_id],
         )
 
 

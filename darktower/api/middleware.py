@@ -1,5 +1,6 @@
 """Request guards for the API, before any view, parser or query runs: the body size limit (413) and paths
-that cannot name anything (404), both in the API's error shape.
+that cannot name anything (404), both in the API's error shape. And the browser's middleware, which API requests
+that carry their own credentials partly skip.
 
 DRF's JSON parser reads the request stream directly and would never apply
 DATA_UPLOAD_MAX_MEMORY_SIZE; reading `request.body` here applies Django's limit (Content-Length first,
@@ -14,10 +15,13 @@ change pages take ids in the path too).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
+from django.http.response import HttpResponseBase
 from rest_framework import status
 
 from darktower.api.errors import api_not_found, is_api_path, json_error
@@ -43,3 +47,34 @@ class ApiBodyLimitMiddleware:
                     status.HTTP_400_BAD_REQUEST, "malformed_request", "The Content-Length header is invalid."
                 )
         return self.get_response(request)
+
+
+# Authorization schemes that name the caller on every request (the API's authenticators: a bearer token, an API key).
+_CREDENTIAL_SCHEMES = ("bearer ", "apikey ")
+
+
+def carries_credentials(request: HttpRequest) -> bool:
+    """An API request that names its caller in its Authorization header: the API's authenticators set its user,
+    and the API sends no messages, so it skips Django's session user and messages. The session stays (lazy: it
+    costs nothing unless read), for the API views that keep a browser's state in it; and CSRF stays for every
+    request (every API view is exempt, and `manage.py check --deploy` wants Django's own middleware)."""
+    header: str = request.META.get("HTTP_AUTHORIZATION", "")
+    return bool(header) and header.lstrip()[:7].lower().startswith(_CREDENTIAL_SCHEMES) and is_api_path(request)
+
+
+class BrowserAuthenticationMiddleware(AuthenticationMiddleware):
+    """Django's session user for every request but those that carry credentials (DRF sets theirs)."""
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if carries_credentials(request):
+            return self.get_response(request)
+        return super().__call__(request)
+
+
+class BrowserMessageMiddleware(MessageMiddleware):
+    """Django's messages for every request but those that carry credentials."""
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if carries_credentials(request):
+            return self.get_response(request)
+        return super().__call__(request)

@@ -3,7 +3,6 @@ Idempotency-Key handling around POST handlers (see darktower.api.idempotency).""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -13,9 +12,10 @@ from django.http import HttpRequest
 from django.utils.module_loading import import_string
 from rest_framework import generics
 from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.renderers import JSONRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
@@ -35,6 +35,9 @@ from darktower.api.schema import ApiAutoSchema
 from darktower.client_address import client_address
 
 REPLAYED_HEADER = "Idempotent-Replayed"
+# Accept headers that DRF's negotiation answers with its JSON renderer as plain application/json: what nearly every
+# client sends (or nothing). Any other header goes through the whole negotiation, which parses every media range.
+_TAKES_PLAIN_JSON = frozenset({"", "*/*", "application/json"})
 
 
 def client_ip(request: HttpRequest | Request) -> str:
@@ -99,20 +102,29 @@ class ApiView(APIView):
         if request.method != "OPTIONS" and hasattr(self, request.method.lower()):
             ratelimit_hit(self.rate_limits(request), on_unavailable=self.rate_limit_fallback(request))
 
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[BaseRenderer, str]:
+        if (
+            self.renderer_classes == [JSONRenderer]
+            and request.META.get("HTTP_ACCEPT", "") in _TAKES_PLAIN_JSON
+            and self.format_kwarg is None
+            and api_settings.URL_FORMAT_OVERRIDE not in request.query_params
+        ):
+            return JSONRenderer(), JSONRenderer.media_type
+        return super().perform_content_negotiation(request, force)
+
     def replayed_body(self, request: Request, status_code: int, body: Any) -> Any:
         """The body to answer an idempotent replay with, from the stored one (whose `idempotency_redact`
         fields are null). Views that redact a secret they can safely give again override this."""
         return body
 
-    def stored_body(self, response: Response) -> Any:
-        if response.data is None:
+    def stored_body(self, response: Response) -> bytes | None:
+        """The JSON text the idempotency ledger keeps of `response`: its body, `idempotency_redact` fields null."""
+        data = response.data
+        if data is None:
             return None
-        body = json.loads(JSONRenderer().render(response.data))
-        if isinstance(body, dict):
-            for name in self.idempotency_redact:
-                if name in body:
-                    body[name] = None
-        return body
+        if isinstance(data, dict) and any(name in data for name in self.idempotency_redact):
+            data = {**data, **{name: None for name in self.idempotency_redact if name in data}}
+        return bytes(JSONRenderer().render(data))
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Response:
         """DRF's dispatch, with the POST handler wrapped in the idempotency protocol."""

@@ -134,6 +134,9 @@ def test_join_compares_with_the_trivial_endpoint_and_finds_no_double_assignment(
     for kind, count in counts.items():
         # Round trips add at least BEGIN and COMMIT to the statements.
         assert count["round_trips"] >= count["statements"] + 2, (kind, count)
+        # The join service's part is within the whole request's.
+        assert 0 < count["service_statements"] <= count["statements"], (kind, count)
+        assert 0 < count["service_round_trips"] <= count["round_trips"], (kind, count)
     assert counts["first, Idempotency-Key"]["round_trips"] > counts["first"]["round_trips"]
 
 
