@@ -227,19 +227,26 @@ WHERE a.ended_at IS NULL
 """
 # Columns of _ACTIVE_SQL.
 _ID, _CONTROLLER, _GRPC, _WEBTRANSPORT, _HEALTH, _FRESH, _PENDING, _HANDLERS = range(8)
-# The join reads the active assignment in the statement that counts its seats, after it locked the meeting row
-# (one round trip less per join): that statement embeds this query (parameters meeting_id, region, stale) and hands
-# its columns to meeting_assign_in_transaction as an ActiveRead.
-ACTIVE_ASSIGNMENT_SQL = _ACTIVE_SQL
+# The join reads the active assignment in the statement that locks the meeting row and counts its seats (the
+# meeting_join database function, meetings migration 0008, which reads it as _ACTIVE_SQL does): these columns, in
+# this order, handed to meeting_assign_in_transaction as an ActiveRead.
 ACTIVE_ASSIGNMENT_COLUMNS = 8
 
 
 @dataclass(frozen=True)
 class ActiveRead:
-    """The row ACTIVE_ASSIGNMENT_SQL returned (None when the meeting has no active assignment in the region),
-    read by the caller inside its transaction."""
+    """The active assignment's row in _ACTIVE_SQL's columns (None when the meeting has no active assignment in the
+    region), read by the caller inside its transaction."""
 
     row: tuple[Any, ...] | None
+
+
+def assignment_reused(read: ActiveRead, *, meeting_id: uuid.UUID, region: str) -> Assignment:
+    """The active assignment the caller read and found standing (its MC healthy with a fresh heartbeat, and
+    accepted), as reused; counted in darktower_assignments once the caller's transaction commits."""
+    assert read.row is not None  # the caller found it standing
+    _count(PlacementRule.REUSED, PlacementOutcome.REUSED)
+    return _active_assignment(read.row, meeting_id, region, rule=PlacementRule.REUSED)
 
 
 def _active_assignment(row: tuple[Any, ...], meeting_id: uuid.UUID, region: str, *, rule: str) -> Assignment:
@@ -349,7 +356,7 @@ def meeting_assign_in_transaction(
     `meeting`: the caller's locked copy of the meeting row (the join's). A new assignment then also starts the
     meeting if it is scheduled, in the same UPDATE that points it at its MC, and brings this copy up to date.
 
-    `active`: the active assignment as the caller read it in this transaction (ACTIVE_ASSIGNMENT_SQL), so that it
+    `active`: the active assignment as the caller read it in this transaction (in _ACTIVE_SQL's columns), so that it
     is not read again; read here when not given.
 
     With MC_ASSIGN_CALLS, an assignment that must be made raises PlacementNeeded instead (nothing written):
