@@ -24,10 +24,12 @@
    `meeting_assigned` outbox event and the audit row, both naming the rule; the darktower_assignments
    {rule,outcome} counter moves when the transaction commits (at once for no_capacity).
 
-The join runs this inside its own transaction (meeting_assign_in_transaction): no savepoint of its own, the
-meeting's max_participants from the row the join already holds, and the audit row handed back so that the join
-writes it in one INSERT with its own. The hot path is raw SQL: the ORM's query compilation cost more CPU than
-the database spent on the statements.
+A join applies these rules in the database, in the one statement that admits it (the meeting_join function of
+meetings migration 0008, which spells them out again in SQL: a change to a rule here is a change there too).
+Only a join whose MC must be asked (MC_ASSIGN_CALLS) runs this module inside its own transaction
+(meeting_assign_in_transaction): no savepoint of its own, the meeting's max_participants from the row the join
+already holds, and the audit row handed back so that the join writes it in one INSERT with its own. The hot path
+is raw SQL: the ORM's query compilation cost more CPU than the database spent on the statements.
 
 Races: the partial unique index uq_meeting_assignments_active allows one active assignment per (meeting,
 region). The insert is INSERT ... ON CONFLICT DO NOTHING: a concurrent request that inserted first makes
@@ -241,12 +243,21 @@ class ActiveRead:
     row: tuple[Any, ...] | None
 
 
-def assignment_reused(read: ActiveRead, *, meeting_id: uuid.UUID, region: str) -> Assignment:
-    """The active assignment the caller read and found standing (its MC healthy with a fresh heartbeat, and
-    accepted), as reused; counted in darktower_assignments once the caller's transaction commits."""
-    assert read.row is not None  # the caller found it standing
-    _count(PlacementRule.REUSED, PlacementOutcome.REUSED)
-    return _active_assignment(read.row, meeting_id, region, rule=PlacementRule.REUSED)
+def assignment_joined(read: ActiveRead, *, meeting_id: uuid.UUID, region: str, rule: str, assigned: bool) -> Assignment:
+    """The assignment a join's statement answered in _ACTIVE_SQL's columns (the meeting_join database function,
+    which applies this module's rules): a new one (`assigned`) or one that stands, reused under `rule`; counted in
+    darktower_assignments once the caller's transaction commits."""
+    row = read.row
+    assert row is not None  # the statement answers an assignment with every join it admits
+    _count(rule, PlacementOutcome.ASSIGNED if assigned else PlacementOutcome.REUSED)
+    handlers = tuple(MediaHandlerChoice(*handler) for handler in (row[_HANDLERS] or ()))
+    return Assignment(row[_ID], meeting_id, region, row[_CONTROLLER], row[_GRPC], row[_WEBTRANSPORT],
+                      reused=not assigned, rule=rule, media_handlers=handlers)
+
+
+def no_capacity(region: str, rule: str) -> NoCapacity:
+    """The NoCapacity error of a placement that found no MC with room (counted at once: nothing commits)."""
+    return _no_capacity(region, rule)
 
 
 def _active_assignment(row: tuple[Any, ...], meeting_id: uuid.UUID, region: str, *, rule: str) -> Assignment:

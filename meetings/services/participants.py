@@ -7,25 +7,32 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 
+import psycopg
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from accounts.models import User
 from accounts.tokens import IssuedToken, token_issue
 from audit.models import ActorType
 from audit.services import AuditEntry, audit_record, audit_record_many
+from controllers.services.capacity import PlacementRule
 from darktower.errors import Conflict, DomainError, Gone, InvalidInput, NoCapacity, NotFound, PermissionDenied
+from darktower.process import gc_id
 from meetings.models import LeaveReason, Meeting, MeetingParticipant, MeetingStatus, ParticipantStatus
 from meetings.selectors import known_regions, meeting_ref_lookup
 from meetings.services.admission import meeting_ban_in_transaction, participant_principal
 from meetings.services.assignment import (
+    ACTIVE_ASSIGNMENT_COLUMNS,
+    ASSIGNMENT_WINDOW,
+    FRESH_READS,
     MEETING_CHANGED,
     ActiveRead,
     Assignment,
     PlacementNeeded,
-    assignment_reused,
+    assignment_joined,
     meeting_assign_in_transaction,
     meeting_place,
+    no_capacity,
     stale_threshold,
 )
 
@@ -83,16 +90,18 @@ _PARTICIPANT_FIELDS = list(MeetingParticipant._meta.concrete_fields)
 _PARTICIPANT_ATTNAMES = [field.attname for field in _PARTICIPANT_FIELDS]
 
 # The database side of a join in one statement: the meeting_join function (meetings migration 0008, which states
-# its rules) locks the meeting row, checks, counts the seats, and either admits the participant on the active
-# assignment (writing its audit row) or answers `assign` with nothing written. Casts: parameters are bound on the
-# client, as literals of unknown type.
+# its rules) locks the meeting row, checks, counts the seats, reuses the active assignment or claims an MC, and
+# admits the participant (writing the outbox and audit rows); or, when the MC must be asked (`place` false), answers
+# `assign` with nothing written. Casts: parameters are bound on the client, as literals of unknown type.
 _JOIN_SQL = """
 SELECT j.outcome, j.joiner_role, j.is_new, {meeting}, {participant},
        j.a_id, j.a_controller_id, j.a_grpc_endpoint, j.a_webtransport_endpoint, j.a_health_status, j.a_fresh,
-       j.a_pending, j.a_media_handlers
+       j.a_pending, j.a_media_handlers, j.a_rule, j.a_assigned
 FROM meeting_join(%(meeting_id)s::uuid, %(meeting_code)s::text, %(region)s::text, %(user_id)s::uuid,
                   %(principal)s::text, %(display_name)s::text, %(ip_address)s::inet, %(user_agent)s::text,
-                  %(client_version)s::text, %(stale)s::double precision) j
+                  %(client_version)s::text, %(stale)s::double precision, %(place)s::boolean, %(gc_id)s::text,
+                  %(candidates)s::integer, %(per_minute)s::integer, %(window)s::double precision,
+                  %(large)s::integer, %(fresh_reads)s::integer) j
 """.format(
     meeting=", ".join(f"(j.m).{field.column}" for field in _MEETING_FIELDS),
     participant=", ".join(f"(j.p).{field.column}" for field in _PARTICIPANT_FIELDS),
@@ -100,6 +109,7 @@ FROM meeting_join(%(meeting_id)s::uuid, %(meeting_code)s::text, %(region)s::text
 _MEETING_AT = 3
 _PARTICIPANT_AT = _MEETING_AT + len(_MEETING_FIELDS)
 _ACTIVE_AT = _PARTICIPANT_AT + len(_PARTICIPANT_FIELDS)
+_RULE_AT = _ACTIVE_AT + ACTIVE_ASSIGNMENT_COLUMNS
 # The function's refusals, as the domain errors the doors answer.
 _REFUSALS: dict[str, tuple[type[DomainError], str]] = {
     "not_found": (NotFound, "No such meeting."),
@@ -112,6 +122,10 @@ _REFUSALS: dict[str, tuple[type[DomainError], str]] = {
     "no_guest_seat": (Conflict, "No guest seat is left in this meeting."),
 }
 _ASSIGN = "assign"
+_NO_CAPACITY = "no_capacity"
+# Raised by the function when every MC it tried to claim filled up after it read them (its message: the rule of
+# its first choice): the statement's writes roll back with it.
+_NO_CAPACITY_SQLSTATE = "DTNC0"
 
 
 @dataclass(frozen=True)
@@ -126,9 +140,9 @@ class _Admitted:
 
 @dataclass(frozen=True)
 class _Placing:
-    """A join that passed every check but finds no usable MC: the meeting row (locked until the transaction
-    ends), the joiner's role, the user's open participant (None when the join creates one) and the active
-    assignment that no longer stands, for meeting_assign_in_transaction."""
+    """A join that passed every check but finds no usable MC, and the MC must be asked: the meeting row (locked
+    until the transaction ends), the joiner's role, the user's open participant (None when the join creates one)
+    and the active assignment that no longer stands, for meeting_assign_in_transaction."""
 
     meeting: Meeting
     role: str
@@ -153,32 +167,47 @@ def _join_statement(joiner: _Joiner) -> _Admitted | _Placing:
     """Run the meeting_join statement: the join admitted on the reused assignment, or what placing it needs;
     a refusal raises its domain error (nothing was written)."""
     column, value = joiner.lookup
-    with connection.cursor() as cursor:
-        cursor.execute(_JOIN_SQL, {
-            "meeting_id": value if column == "meeting_id" else None,
-            "meeting_code": value if column == "meeting_code" else None,
-            "region": joiner.region, "user_id": joiner.user_id,
-            "principal": participant_principal(user_id=joiner.user_id, ip_address=joiner.ip_address),
-            "display_name": joiner.display_name, "ip_address": joiner.ip_address, "user_agent": joiner.user_agent,
-            "client_version": joiner.client_version, "stale": stale_threshold().total_seconds(),
-        })
-        row = cursor.fetchone()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_JOIN_SQL, {
+                "meeting_id": value if column == "meeting_id" else None,
+                "meeting_code": value if column == "meeting_code" else None,
+                "region": joiner.region, "user_id": joiner.user_id,
+                "principal": participant_principal(user_id=joiner.user_id, ip_address=joiner.ip_address),
+                "display_name": joiner.display_name, "ip_address": joiner.ip_address,
+                "user_agent": joiner.user_agent, "client_version": joiner.client_version,
+                "stale": stale_threshold().total_seconds(),
+                # Asking the MC (MC_ASSIGN_CALLS) must not happen inside a transaction: the function leaves it out.
+                "place": not settings.MC_ASSIGN_CALLS, "gc_id": gc_id(), "candidates": settings.PLACEMENT_CANDIDATES,
+                "per_minute": settings.PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE,
+                "window": ASSIGNMENT_WINDOW.total_seconds(), "large": settings.PLACEMENT_LARGE_MEETING_THRESHOLD,
+                "fresh_reads": FRESH_READS,
+            })
+            row = cursor.fetchone()
+    except DatabaseError as error:
+        cause = error.__cause__
+        if not isinstance(cause, psycopg.Error) or cause.sqlstate != _NO_CAPACITY_SQLSTATE:
+            raise
+        raise no_capacity(joiner.region, cause.diag.message_primary or PlacementRule.LEAST_LOADED) from None
     outcome, role, created = row[:_MEETING_AT]
     refusal = _REFUSALS.get(outcome)
     if refusal is not None:
-        error, message = refusal
-        raise error(message)
+        error_class, message = refusal
+        raise error_class(message)
+    if outcome == _NO_CAPACITY:
+        raise no_capacity(joiner.region, PlacementRule.LEAST_LOADED)
     meeting = Meeting.from_db(connection.alias, _MEETING_ATTNAMES, row[_MEETING_AT:_PARTICIPANT_AT])
     participant = None
     if row[_PARTICIPANT_AT] is not None:
         participant = MeetingParticipant.from_db(
             connection.alias, _PARTICIPANT_ATTNAMES, row[_PARTICIPANT_AT:_ACTIVE_AT]
         )
-    active = ActiveRead(tuple(row[_ACTIVE_AT:]) if row[_ACTIVE_AT] is not None else None)
+    active = ActiveRead(tuple(row[_ACTIVE_AT:_RULE_AT]) if row[_ACTIVE_AT] is not None else None)
     if outcome == _ASSIGN:
         return _Placing(meeting=meeting, role=role, participant=participant, active=active)
     assert participant is not None  # joined or rejoined
-    assignment = assignment_reused(active, meeting_id=meeting.pk, region=joiner.region)
+    rule, assigned = row[_RULE_AT:]
+    assignment = assignment_joined(active, meeting_id=meeting.pk, region=joiner.region, rule=rule, assigned=assigned)
     return _Admitted(meeting=meeting, participant=participant, assignment=assignment, created=created)
 
 
@@ -306,10 +335,12 @@ def _join_once(
     their open participant back with a fresh token: no second row, no second seat, even in a full meeting.
     Guests cannot be recognised that way; their retries are covered by Idempotency-Key.
 
-    The database does the checks and, when the meeting's active assignment stands, the whole join in one
-    statement (_join_statement). Outside a transaction that statement is the join's transaction: no BEGIN, no
-    COMMIT. A join that must place the meeting runs the statement again in a transaction (nothing was written,
-    and the lock was let go), which holds the meeting row while meeting_assign_in_transaction claims an MC.
+    The database does the whole join in one statement (_join_statement): the checks, the assignment reused or
+    made (meetings.services.assignment's rules), the participant, the outbox and audit rows. Outside a transaction
+    that statement is the join's transaction: no BEGIN, no COMMIT. Only a join whose meeting needs an MC that must
+    be asked (MC_ASSIGN_CALLS) goes on in Python: it runs the statement again in a transaction (the first wrote
+    nothing and let the lock go), which holds the meeting row while meeting_assign_in_transaction decides, and
+    PlacementNeeded sends it to meeting_place.
     """
     lookup = meeting_ref_lookup(meeting_ref)
     if lookup is None:

@@ -10,17 +10,23 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from accounts.tokens import token_issue
 from audit.models import AuditLog, OutboxEvent
-from darktower.errors import Conflict, Gone, NotFound, PermissionDenied
-from meetings.models import MeetingParticipant, MeetingStatus, ParticipantStatus
+from controllers.members import CONTROLLERS
+from controllers.models import MeetingController
+from controllers.services.beats import Beat, beats_flush
+from darktower.errors import Conflict, Gone, InvalidInput, NoCapacity, NotFound, PermissionDenied
+from darktower.process import gc_id
+from meetings.models import MeetingAssignment, MeetingParticipant, MeetingStatus, ParticipantStatus
 from meetings.services.assignment import meeting_assign
 from meetings.services.participants import meeting_join, participants_close
 from tests.factories import make_controller, make_meeting, make_user
+from tests.locks import wait_until_blocking
 from tests.meetings.test_assignment_concurrency import THREADS, run_concurrently
+from tests.meetings.test_assignment_lock_order import Actor, _wait_for_waiters
 
 REGION = "us-east-1"
 # A transaction's own framing: BEGIN / COMMIT are not statements Django's cursor runs; inside the test's
@@ -260,3 +266,202 @@ def test_concurrent_reloads_of_one_user_give_back_one_participant():
     assert not errors, errors
     assert len(set(results.values())) == 1
     assert MeetingParticipant.objects.filter(meeting=meeting, user=user).count() == 1
+
+
+# --- First joins: the function places the meeting (MC_ASSIGN_CALLS off) ----------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_first_join_is_one_statement_and_writes_what_the_python_placement_wrote(controller):
+    meeting = make_meeting(host=make_user())
+    user = make_user()
+    with statements() as seen:
+        result = meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=user, ip_address="192.0.2.1")
+    assert len(seen) == 1, [sql[:60] for sql in seen]
+    assert result.created and not result.assignment.reused and result.assignment.rule == "least_loaded"
+    assert (result.assignment.controller_id, result.assignment.grpc_endpoint) == (
+        controller.controller_id, controller.grpc_endpoint)
+    assignment = MeetingAssignment.objects.get(meeting=meeting)
+    assert result.assignment.assignment_id == assignment.pk
+    assert (assignment.meeting_controller_id, assignment.region, assignment.assigned_by_gc_id) == (
+        controller.controller_id, REGION, gc_id())
+    assert (assignment.reserved_participants, assignment.pending_until, assignment.media_handler_ids) == (0, None, None)
+    controller.refresh_from_db()
+    assert controller.assigned_since_heartbeat == 1 and controller.assignments_in_window == 1
+    meeting.refresh_from_db()
+    assert (meeting.status, meeting.assigned_controller_id, meeting.assigned_region) == (
+        MeetingStatus.ACTIVE, controller.controller_id, REGION)
+    assert (result.meeting.status, result.meeting.actual_start_time) == (meeting.status, meeting.actual_start_time)
+    payload = {"meeting_id": str(meeting.pk), "region": REGION, "controller_id": controller.controller_id,
+               "previous_controller_id": None, "assignment_id": assignment.pk, "assigned_by_gc_id": gc_id(),
+               "rule": "least_loaded", "reserved_participants": 0}
+    [event] = OutboxEvent.objects.filter(aggregate_id=str(meeting.pk))
+    assert (event.aggregate_type, event.event_type, event.payload) == ("meeting", "meeting_assigned", payload)
+    assert (event.processed_at, event.attempts, event.failed_at) == (None, 0, None)
+    assigned, joined = AuditLog.objects.filter(target_id=str(meeting.pk)).order_by("id")
+    assert (assigned.event_type, assigned.action, assigned.actor_type, assigned.actor_user_id) == (
+        "meeting_assigned", "assign", "user", user.pk)
+    assert (assigned.ip_address, assigned.user_agent, assigned.result) == (None, None, "success")
+    assert assigned.metadata == {key: value for key, value in payload.items() if key != "meeting_id"}
+    assert (joined.event_type, joined.metadata["controller_id"]) == ("participant_joined", controller.controller_id)
+
+
+@pytest.mark.django_db
+def test_a_guests_first_join_is_assigned_by_the_system_and_a_large_meeting_reserves_its_seats(controller, settings):
+    settings.PLACEMENT_LARGE_MEETING_THRESHOLD = 10
+    meeting = make_meeting(host=make_user(), allow_guests=True, max_participants=50)
+    meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=None, display_name="G")
+    assigned = AuditLog.objects.get(target_id=str(meeting.pk), event_type="meeting_assigned")
+    assert (assigned.actor_type, assigned.actor_user_id, assigned.metadata["reserved_participants"]) == (
+        "system", None, 50)
+    assert MeetingAssignment.objects.get(meeting=meeting).reserved_participants == 50
+    controller.refresh_from_db()
+    assert controller.reserved_participants == 50
+
+
+@pytest.mark.django_db
+def test_a_join_moves_a_meeting_off_a_stale_mc_and_gives_its_slot_back(controller):
+    stale = make_controller(region=REGION, controller_id="mc-us-east-1-z", assigned_since_heartbeat=1,
+                            last_heartbeat_at=timezone.now() - timedelta(hours=1))
+    meeting = make_meeting(host=make_user())
+    old = MeetingAssignment.objects.create(meeting=meeting, meeting_controller_id=stale.pk, region=REGION,
+                                           assigned_by_gc_id="gc-test")
+    result = meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=make_user())
+    assert result.assignment.controller_id == controller.controller_id and not result.assignment.reused
+    old.refresh_from_db()
+    assert old.ended_at is not None and old.end_reason == "reassigned"
+    stale.refresh_from_db()
+    assert stale.assigned_since_heartbeat == 0
+    event = OutboxEvent.objects.get(aggregate_id=str(meeting.pk), event_type="meeting_assigned")
+    assert event.payload["previous_controller_id"] == stale.controller_id
+
+
+@pytest.mark.django_db
+def test_a_degraded_mc_keeps_its_meeting_when_no_healthy_one_exists_and_takes_new_ones(db):
+    degraded = make_controller(region=REGION, controller_id="mc-us-east-1-d", health="degraded")
+    meeting = make_meeting(host=make_user())
+    first = meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=make_user())
+    assert (first.assignment.controller_id, first.assignment.rule, first.assignment.reused) == (
+        degraded.controller_id, "degraded_fallback", False)
+    again = meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=make_user())
+    assert (again.assignment.assignment_id, again.assignment.rule, again.assignment.reused) == (
+        first.assignment.assignment_id, "degraded_fallback", True)
+    # A healthy MC appears: the meeting moves to it.
+    healthy = make_controller(region=REGION, controller_id="mc-us-east-1-h")
+    moved = meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=make_user())
+    assert (moved.assignment.controller_id, moved.assignment.rule) == (healthy.controller_id, "least_loaded")
+    assert MeetingAssignment.objects.filter(meeting=meeting, ended_at__isnull=True).count() == 1
+
+
+@pytest.mark.django_db
+def test_no_mc_with_room_is_no_capacity_and_an_unknown_region_is_invalid_input_with_nothing_written(controller):
+    type(controller).objects.filter(pk=controller.pk).update(current_meetings=controller.max_meetings)
+    meeting = make_meeting(host=make_user())
+    user = make_user()
+    before = rows(meeting)
+    with pytest.raises(NoCapacity):
+        meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=user)
+    with pytest.raises(InvalidInput) as raised:
+        meeting_join(meeting_ref=str(meeting.pk), region="nowhere-1", user=user)
+    assert "region" in raised.value.fields
+    assert rows(meeting) == before
+    assert not MeetingAssignment.objects.filter(meeting=meeting).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_join_whose_every_claim_fills_up_meanwhile_writes_nothing_and_answers_no_capacity():
+    # The only candidate has one slot; a concurrent claim holds its row and takes that slot. The join, queued
+    # behind it, locks the old MC and the candidate, ends the stale assignment, inserts its own and claims: the
+    # claim finds the MC full, a fresh read finds nothing, and the statement rolls back as a whole.
+    target = make_controller(region=REGION, controller_id="mc-us-east-1-a", max_meetings=1)
+    stale = make_controller(region=REGION, controller_id="mc-us-east-1-z", assigned_since_heartbeat=1,
+                            last_heartbeat_at=timezone.now() - timedelta(hours=1))
+    meeting = make_meeting(host=make_user())
+    old = MeetingAssignment.objects.create(meeting=meeting, meeting_controller_id=stale.pk, region=REGION,
+                                           assigned_by_gc_id="gc-test")
+    user = make_user()
+    before = rows(meeting)
+    join = Actor(lambda: meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=user))
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE meeting_controllers SET assigned_since_heartbeat = 1 WHERE controller_id = %s",
+                       [target.pk])
+        join.start()
+        assert wait_until_blocking(), "the join never waited for the MC row"
+    join.join(timeout=60)
+    assert isinstance(join.error, NoCapacity), join.error
+    old.refresh_from_db()
+    assert old.ended_at is None
+    stale.refresh_from_db()
+    assert stale.assigned_since_heartbeat == 1
+    assert MeetingAssignment.objects.filter(meeting=meeting).count() == 1
+    assert rows(meeting) == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_reassigning_joins_and_a_flush_take_the_mc_rows_in_one_order(owner):
+    # As tests/meetings/test_assignment_lock_order.py, with the joins' statement doing the reassignment.
+    make_controller(controller_id="mc-a", region=REGION)
+    make_controller(controller_id="mc-m", region="eu-west-1")
+    make_controller(controller_id="mc-z", region=REGION, current_meetings=2,
+                    last_heartbeat_at=timezone.now() - timedelta(hours=1))
+    meetings = [make_meeting(host=owner) for _ in range(2)]
+    for meeting in meetings:
+        MeetingAssignment.objects.create(meeting=meeting, meeting_controller_id="mc-z", region=REGION,
+                                         assigned_by_gc_id="gc-test")
+    beats = [Beat(member_id, "healthy", {"current_meetings": None}) for member_id in ("mc-a", "mc-m", "mc-z")]
+    gate = connections.create_connection("default")
+    try:
+        with gate.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("SELECT 1 FROM meeting_controllers WHERE controller_id = 'mc-m' FOR UPDATE")
+        flush = Actor(lambda: beats_flush(kind=CONTROLLERS, beats=beats, known={}))
+        flush.start()
+        _wait_for_waiters(1)
+        joins = [Actor(lambda meeting=meeting: meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=owner))
+                 for meeting in meetings]
+        for number, join in enumerate(joins, start=2):
+            join.start()
+            _wait_for_waiters(number)
+        with gate.cursor() as cursor:
+            cursor.execute("COMMIT")
+    finally:
+        gate.close()
+    for actor in (flush, *joins):
+        actor.join(timeout=60)
+        assert not actor.is_alive()
+    assert [actor.error for actor in (flush, *joins)] == [None, None, None]
+    assert [join.result.assignment.controller_id for join in joins] == ["mc-a", "mc-a"]
+    active = MeetingAssignment.objects.filter(ended_at__isnull=True)
+    assert sorted(active.values_list("meeting_controller_id", flat=True)) == ["mc-a", "mc-a"]
+    assert MeetingAssignment.objects.filter(meeting_controller_id="mc-z", end_reason="reassigned").count() == 2
+    with transaction.atomic():
+        assert MeetingController.objects.get(pk="mc-a").assigned_since_heartbeat == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_first_joins_of_one_meeting_make_one_assignment_and_never_oversell_an_mc():
+    make_controller(region=REGION, controller_id="mc-us-east-1-a", max_meetings=3)
+    make_controller(region=REGION, controller_id="mc-us-east-1-b", max_meetings=3)
+    host = make_user()
+    meetings = [make_meeting(host=host) for _ in range(8)]
+    users = [make_user() for _ in range(THREADS)]
+
+    def join(index):
+        try:
+            return meeting_join(meeting_ref=str(meetings[index % 8].pk), region=REGION,
+                                user=users[index]).assignment.controller_id
+        except NoCapacity:
+            return "no capacity"
+
+    results, errors = run_concurrently(join)
+    assert not errors, errors
+    active = MeetingAssignment.objects.filter(ended_at__isnull=True)
+    # Six slots for eight meetings: six placed, two refused, every join of a placed meeting on its one MC.
+    assert active.count() == 6
+    assert Counter(active.values_list("meeting_controller_id", flat=True)) == {"mc-us-east-1-a": 3,
+                                                                              "mc-us-east-1-b": 3}
+    by_meeting = dict(active.values_list("meeting_id", "meeting_controller_id"))
+    for index, answer in results.items():
+        assert answer == by_meeting.get(meetings[index % 8].pk, "no capacity")
+    for controller in MeetingController.objects.all():
+        assert controller.current_meetings + controller.assigned_since_heartbeat <= controller.max_meetings
