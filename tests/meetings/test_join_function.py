@@ -465,3 +465,18 @@ def test_concurrent_first_joins_of_one_meeting_make_one_assignment_and_never_ove
         assert answer == by_meeting.get(meetings[index % 8].pk, "no capacity")
     for controller in MeetingController.objects.all():
         assert controller.current_meetings + controller.assigned_since_heartbeat <= controller.max_meetings
+
+
+@pytest.mark.django_db
+def test_the_statements_draw_weights_each_mc_by_its_free_share():
+    # Weights 1 - load: 1.0 for the idle MC, 0.1 for the one at 90 % (its load barely moves over these joins). The
+    # loaded MC's share is 1/11: about 18 of 200, never none (always the least loaded) nor half (a uniform draw).
+    make_controller(region=REGION, controller_id="mc-idle", max_meetings=100_000)
+    make_controller(region=REGION, controller_id="mc-busy", max_meetings=100_000, current_meetings=90_000)
+    host = make_user()
+    chosen = Counter(
+        meeting_join(meeting_ref=str(make_meeting(host=host).pk), region=REGION, user=host).assignment.controller_id
+        for _ in range(200)
+    )
+    assert set(chosen) <= {"mc-idle", "mc-busy"}
+    assert 3 <= chosen["mc-busy"] <= 45, chosen
