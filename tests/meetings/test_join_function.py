@@ -368,8 +368,18 @@ def test_no_mc_with_room_is_no_capacity_and_an_unknown_region_is_invalid_input_w
     assert not MeetingAssignment.objects.filter(meeting=meeting).exists()
 
 
+def _join_in_a_transaction(meeting, user):
+    """The join inside a caller's transaction (as with an Idempotency-Key), which stays usable after a refusal."""
+    with transaction.atomic():
+        try:
+            meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=user)
+        finally:
+            MeetingAssignment.objects.filter(meeting=meeting).count()  # raises if the transaction were broken
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_join_whose_every_claim_fills_up_meanwhile_writes_nothing_and_answers_no_capacity():
+@pytest.mark.parametrize("caller_transaction", [False, True])
+def test_a_join_whose_every_claim_fills_up_meanwhile_writes_nothing_and_answers_no_capacity(caller_transaction):
     # The only candidate has one slot; a concurrent claim holds its row and takes that slot. The join, queued
     # behind it, locks the old MC and the candidate, ends the stale assignment, inserts its own and claims: the
     # claim finds the MC full, a fresh read finds nothing, and the statement rolls back as a whole.
@@ -381,7 +391,10 @@ def test_a_join_whose_every_claim_fills_up_meanwhile_writes_nothing_and_answers_
                                            assigned_by_gc_id="gc-test")
     user = make_user()
     before = rows(meeting)
-    join = Actor(lambda: meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=user))
+    if caller_transaction:
+        join = Actor(lambda: _join_in_a_transaction(meeting, user))
+    else:
+        join = Actor(lambda: meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=user))
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("UPDATE meeting_controllers SET assigned_since_heartbeat = 1 WHERE controller_id = %s",
                        [target.pk])
