@@ -394,8 +394,12 @@ DROP FUNCTION meeting_join_candidates(text, double precision, integer, double pr
 
 class Migration(SafeMigration):
 
+    # The SQL functions' bodies are checked when they are created: every table they read must exist by then.
     dependencies = [
         ('meetings', '0007_verbose_names'),
+        ('controllers', '0012_verbose_names'),
+        ('audit', '0007_verbose_names'),
+        ('accounts', '0008_erasure_clears_audit_actor_details'),
     ]
 
     operations = [
