@@ -164,8 +164,8 @@ class _Joiner:
 
 
 def _join_statement(joiner: _Joiner) -> _Admitted | _Placing:
-    """Run the meeting_join statement: the join admitted on the reused assignment, or what placing it needs;
-    a refusal raises its domain error (nothing was written)."""
+    """Run the meeting_join statement: the join admitted (on the active assignment or a new one), or what asking
+    an MC needs; a refusal raises its domain error (nothing was written)."""
     column, value = joiner.lookup
     try:
         with connection.cursor() as cursor:
@@ -211,8 +211,8 @@ def _join_statement(joiner: _Joiner) -> _Admitted | _Placing:
     return _Admitted(meeting=meeting, participant=participant, assignment=assignment, created=created)
 
 
-# The participant a join admits, as MeetingParticipant.objects.create writes it (no signal listens to it): raw SQL
-# on the join's hot path, where compiling the ORM's INSERT cost more CPU than the database spent on it.
+# The participant a join whose MC was asked admits, as MeetingParticipant.objects.create writes it (no signal listens
+# to it): raw SQL, where compiling the ORM's INSERT cost more CPU than the database spent on it.
 _INSERT_FIELDS = [field for field in MeetingParticipant._meta.concrete_fields if not field.primary_key]
 _INSERT_PARTICIPANT_SQL = "INSERT INTO meeting_participants ({columns}) VALUES ({values}) RETURNING id".format(  # noqa: S608
     columns=", ".join(field.column for field in _INSERT_FIELDS), values=", ".join("%s" for _ in _INSERT_FIELDS)
