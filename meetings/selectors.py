@@ -45,7 +45,7 @@ def parse_uuid(value: str) -> uuid.UUID | None:
         return None
 
 
-def _ref_lookup(ref: str) -> tuple[str, uuid.UUID | str] | None:
+def meeting_ref_lookup(ref: str) -> tuple[str, uuid.UUID | str] | None:
     """(column, value) of a meeting ref: its id (a UUID) or its meeting_code (case-insensitive: codes are
     generated lowercase). None for a ref with a NUL character, which matches nothing (PostgreSQL refuses NUL in
     text)."""
@@ -58,34 +58,13 @@ def _ref_lookup(ref: str) -> tuple[str, uuid.UUID | str] | None:
 
 
 def meetings_by_ref(ref: str) -> QuerySet[Meeting]:
-    """A meeting by its id or its meeting_code (_ref_lookup); a ref with a NUL character matches nothing,
+    """A meeting by its id or its meeting_code (meeting_ref_lookup); a ref with a NUL character matches nothing,
     without a query."""
-    lookup = _ref_lookup(ref)
+    lookup = meeting_ref_lookup(ref)
     if lookup is None:
         return Meeting.objects.none()
     column, value = lookup
     return Meeting.objects.filter(**{column: value})
-
-
-# Every column but metadata (JSON, which needs the field's converter): it stays deferred, loaded if ever read.
-_LOCKED_FIELDS = [field for field in Meeting._meta.concrete_fields if field.attname != "metadata"]
-_LOCKED_ATTNAMES = [field.attname for field in _LOCKED_FIELDS]
-_LOCKED_COLUMNS = ", ".join(field.column for field in _LOCKED_FIELDS)
-
-
-def meeting_by_ref_locked(ref: str) -> Meeting | None:
-    """The meeting of meetings_by_ref, locked FOR NO KEY UPDATE until the caller's transaction ends (the join).
-    A plain cursor and Model.from_db: on the join's hot path, compiling this one-row query through the ORM (or
-    Model.raw's column mapping) cost more CPU than the query itself."""
-    lookup = _ref_lookup(ref)
-    if lookup is None:
-        return None
-    column, value = lookup
-    sql = f"SELECT {_LOCKED_COLUMNS} FROM meetings WHERE {column} = %s FOR NO KEY UPDATE"  # noqa: S608 -- constants
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [value])
-        row = cursor.fetchone()
-    return None if row is None else Meeting.from_db(connection.alias, _LOCKED_ATTNAMES, row)
 
 
 def meetings_hosted_by(user_id: uuid.UUID) -> QuerySet[Meeting]:

@@ -24,10 +24,12 @@
    `meeting_assigned` outbox event and the audit row, both naming the rule; the darktower_assignments
    {rule,outcome} counter moves when the transaction commits (at once for no_capacity).
 
-The join runs this inside its own transaction (meeting_assign_in_transaction): no savepoint of its own, the
-meeting's max_participants from the row the join already holds, and the audit row handed back so that the join
-writes it in one INSERT with its own. The hot path is raw SQL: the ORM's query compilation cost more CPU than
-the database spent on the statements.
+A join applies these rules in the database, in the one statement that admits it (the meeting_join function of
+meetings migration 0008, which spells them out again in SQL: a change to a rule here is a change there too).
+Only a join whose MC must be asked (MC_ASSIGN_CALLS) runs this module inside its own transaction
+(meeting_assign_in_transaction): no savepoint of its own, the meeting's max_participants from the row the join
+already holds, and the audit row handed back so that the join writes it in one INSERT with its own. The hot path
+is raw SQL: the ORM's query compilation cost more CPU than the database spent on the statements.
 
 Races: the partial unique index uq_meeting_assignments_active allows one active assignment per (meeting,
 region). The insert is INSERT ... ON CONFLICT DO NOTHING: a concurrent request that inserted first makes
@@ -227,19 +229,35 @@ WHERE a.ended_at IS NULL
 """
 # Columns of _ACTIVE_SQL.
 _ID, _CONTROLLER, _GRPC, _WEBTRANSPORT, _HEALTH, _FRESH, _PENDING, _HANDLERS = range(8)
-# The join reads the active assignment in the statement that counts its seats, after it locked the meeting row
-# (one round trip less per join): that statement embeds this query (parameters meeting_id, region, stale) and hands
-# its columns to meeting_assign_in_transaction as an ActiveRead.
-ACTIVE_ASSIGNMENT_SQL = _ACTIVE_SQL
+# The join reads the active assignment in the statement that locks the meeting row and counts its seats (the
+# meeting_join database function, meetings migration 0008, which reads it as _ACTIVE_SQL does): these columns, in
+# this order, handed to meeting_assign_in_transaction as an ActiveRead.
 ACTIVE_ASSIGNMENT_COLUMNS = 8
 
 
 @dataclass(frozen=True)
 class ActiveRead:
-    """The row ACTIVE_ASSIGNMENT_SQL returned (None when the meeting has no active assignment in the region),
-    read by the caller inside its transaction."""
+    """The active assignment's row in _ACTIVE_SQL's columns (None when the meeting has no active assignment in the
+    region), read by the caller inside its transaction."""
 
     row: tuple[Any, ...] | None
+
+
+def assignment_joined(read: ActiveRead, *, meeting_id: uuid.UUID, region: str, rule: str, assigned: bool) -> Assignment:
+    """The assignment a join's statement answered in _ACTIVE_SQL's columns (the meeting_join database function,
+    which applies this module's rules): a new one (`assigned`) or one that stands, reused under `rule`; counted in
+    darktower_assignments once the caller's transaction commits."""
+    row = read.row
+    assert row is not None  # the statement answers an assignment with every join it admits
+    _count(rule, PlacementOutcome.ASSIGNED if assigned else PlacementOutcome.REUSED)
+    handlers = tuple(MediaHandlerChoice(*handler) for handler in (row[_HANDLERS] or ()))
+    return Assignment(row[_ID], meeting_id, region, row[_CONTROLLER], row[_GRPC], row[_WEBTRANSPORT],
+                      reused=not assigned, rule=rule, media_handlers=handlers)
+
+
+def no_capacity(region: str, rule: str) -> NoCapacity:
+    """The NoCapacity error of a placement that found no MC with room (counted at once: nothing commits)."""
+    return _no_capacity(region, rule)
 
 
 def _active_assignment(row: tuple[Any, ...], meeting_id: uuid.UUID, region: str, *, rule: str) -> Assignment:
@@ -349,7 +367,7 @@ def meeting_assign_in_transaction(
     `meeting`: the caller's locked copy of the meeting row (the join's). A new assignment then also starts the
     meeting if it is scheduled, in the same UPDATE that points it at its MC, and brings this copy up to date.
 
-    `active`: the active assignment as the caller read it in this transaction (ACTIVE_ASSIGNMENT_SQL), so that it
+    `active`: the active assignment as the caller read it in this transaction (in _ACTIVE_SQL's columns), so that it
     is not read again; read here when not given.
 
     With MC_ASSIGN_CALLS, an assignment that must be made raises PlacementNeeded instead (nothing written):

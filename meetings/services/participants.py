@@ -7,31 +7,32 @@ import dataclasses
 import uuid
 from dataclasses import dataclass
 
+import psycopg
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 from accounts.models import User
 from accounts.tokens import IssuedToken, token_issue
 from audit.models import ActorType
 from audit.services import AuditEntry, audit_record, audit_record_many
-from darktower.errors import Conflict, Gone, InvalidInput, NoCapacity, NotFound, PermissionDenied
+from controllers.services.capacity import PlacementRule
+from darktower.errors import Conflict, DomainError, Gone, InvalidInput, NoCapacity, NotFound, PermissionDenied
+from darktower.process import gc_id
 from meetings.models import LeaveReason, Meeting, MeetingParticipant, MeetingStatus, ParticipantStatus
-from meetings.selectors import known_regions, meeting_by_ref_locked
-from meetings.services.admission import (
-    SEATS_SQL,
-    meeting_ban_in_transaction,
-    participant_principal,
-    seat_refusal,
-)
+from meetings.selectors import known_regions, meeting_ref_lookup
+from meetings.services.admission import meeting_ban_in_transaction, participant_principal
 from meetings.services.assignment import (
     ACTIVE_ASSIGNMENT_COLUMNS,
-    ACTIVE_ASSIGNMENT_SQL,
+    ASSIGNMENT_WINDOW,
+    FRESH_READS,
     MEETING_CHANGED,
     ActiveRead,
     Assignment,
     PlacementNeeded,
+    assignment_joined,
     meeting_assign_in_transaction,
     meeting_place,
+    no_capacity,
     stale_threshold,
 )
 
@@ -81,64 +82,137 @@ def _meeting_token(participant: MeetingParticipant) -> IssuedToken:
     )
 
 
-# One statement after the meeting row is locked: the seats taken (admission.SEATS_SQL, idx_participants_present),
-# whether the caller's principal is banned (uq_meeting_bans_meeting_principal), the user's own open participant,
-# if any, and the meeting's active assignment in the region (assignment.ACTIVE_ASSIGNMENT_SQL, for
-# meeting_assign_in_transaction). Not part of the locking statement: one that waited for the lock would count with
-# the snapshot it took before, missing the seat (or the ban) the transaction it waited for has just committed.
-_PRESENT_SQL = """
-SELECT seats.*, EXISTS (SELECT 1 FROM meeting_bans WHERE meeting_id = %(meeting_id)s AND principal = %(principal)s),
-       {columns}, active.*
-FROM ({seats}) seats
-LEFT JOIN LATERAL (
-    SELECT * FROM meeting_participants
-    WHERE meeting_id = %(meeting_id)s AND left_at IS NULL AND user_id = %(user_id)s
-    ORDER BY joined_at, id LIMIT 1
-) mine ON true
-LEFT JOIN LATERAL ({active}) active ON true
-""".format(  # noqa: S608 -- constants only
-    seats=SEATS_SQL.replace("%s", "%(meeting_id)s"),
-    columns=", ".join(f"mine.{field.column}" for field in MeetingParticipant._meta.concrete_fields),
-    active=ACTIVE_ASSIGNMENT_SQL,
-)
-_PARTICIPANT_ATTNAMES = [field.attname for field in MeetingParticipant._meta.concrete_fields]
+# The meeting's columns a join reads back: all but metadata (JSON, which needs the field's converter), which stays
+# deferred, loaded if ever read. Model.from_db without converters: no other column needs one.
+_MEETING_FIELDS = [field for field in Meeting._meta.concrete_fields if field.attname != "metadata"]
+_MEETING_ATTNAMES = [field.attname for field in _MEETING_FIELDS]
+_PARTICIPANT_FIELDS = list(MeetingParticipant._meta.concrete_fields)
+_PARTICIPANT_ATTNAMES = [field.attname for field in _PARTICIPANT_FIELDS]
 
-_ACTIVATE_SQL = f"""
-UPDATE meetings SET status = '{MeetingStatus.ACTIVE}', actual_start_time = statement_timestamp()
-WHERE meeting_id = %s AND status = '{MeetingStatus.SCHEDULED}'
-RETURNING {", ".join(MEETING_CHANGED)}
-"""  # noqa: S608 -- constants only
+# The database side of a join in one statement: the meeting_join function (meetings migration 0008, which states
+# its rules) locks the meeting row, checks, counts the seats, reuses the active assignment or claims an MC, and
+# admits the participant (writing the outbox and audit rows); or, when the MC must be asked (`place` false), answers
+# `assign` with nothing written. Casts: parameters are bound on the client, as literals of unknown type.
+_JOIN_SQL = """
+SELECT j.outcome, j.joiner_role, j.is_new, {meeting}, {participant},
+       j.a_id, j.a_controller_id, j.a_grpc_endpoint, j.a_webtransport_endpoint, j.a_health_status, j.a_fresh,
+       j.a_pending, j.a_media_handlers, j.a_rule, j.a_assigned
+FROM meeting_join(%(meeting_id)s::uuid, %(meeting_code)s::text, %(region)s::text, %(user_id)s::uuid,
+                  %(principal)s::text, %(display_name)s::text, %(ip_address)s::inet, %(user_agent)s::text,
+                  %(client_version)s::text, %(stale)s::double precision, %(place)s::boolean, %(gc_id)s::text,
+                  %(candidates)s::integer, %(per_minute)s::integer, %(window)s::double precision,
+                  %(large)s::integer, %(fresh_reads)s::integer) j
+""".format(
+    meeting=", ".join(f"(j.m).{field.column}" for field in _MEETING_FIELDS),
+    participant=", ".join(f"(j.p).{field.column}" for field in _PARTICIPANT_FIELDS),
+)
+_MEETING_AT = 3
+_PARTICIPANT_AT = _MEETING_AT + len(_MEETING_FIELDS)
+_ACTIVE_AT = _PARTICIPANT_AT + len(_PARTICIPANT_FIELDS)
+_RULE_AT = _ACTIVE_AT + ACTIVE_ASSIGNMENT_COLUMNS
+# The function's refusals, as the domain errors the doors answer.
+_REFUSALS: dict[str, tuple[type[DomainError], str]] = {
+    "not_found": (NotFound, "No such meeting."),
+    "ended": (Gone, "The meeting has ended."),
+    "sign_in_required": (PermissionDenied, "This meeting requires signing in; guests cannot join."),
+    "no_guests": (PermissionDenied, "This meeting does not admit guests."),
+    "banned": (PermissionDenied, "The host removed you from this meeting."),
+    "locked": (PermissionDenied, "The meeting is locked; the host admits no new participants."),
+    "full": (Conflict, "The meeting is full."),
+    "no_guest_seat": (Conflict, "No guest seat is left in this meeting."),
+}
+_ASSIGN = "assign"
+_NO_CAPACITY = "no_capacity"
+# Raised by the function when every MC it tried to claim filled up after it read them (its message: the rule of
+# its first choice): the statement's writes roll back with it.
+_NO_CAPACITY_SQLSTATE = "DTNC0"
 
 
 @dataclass(frozen=True)
-class _Present:
-    seats: int
-    guest_seats: int
-    banned: bool
+class _Admitted:
+    """A join's database work done: the meeting as the join left it, the participant, its MC."""
+
+    meeting: Meeting
+    participant: MeetingParticipant
+    assignment: Assignment
+    created: bool
+
+
+@dataclass(frozen=True)
+class _Placing:
+    """A join that passed every check but finds no usable MC, and the MC must be asked: the meeting row (locked
+    until the transaction ends), the joiner's role, the user's open participant (None when the join creates one)
+    and the active assignment that no longer stands, for meeting_assign_in_transaction."""
+
+    meeting: Meeting
+    role: str
     participant: MeetingParticipant | None
     active: ActiveRead
 
 
-def _present(meeting_id: uuid.UUID, region: str, user: User | None, principal: str) -> _Present:
-    """The seats taken (all, and by guests), whether `principal` is banned, the user's open participant (the
-    earliest), if any, and the meeting's active assignment in `region`."""
-    with connection.cursor() as cursor:
-        cursor.execute(_PRESENT_SQL, {
-            "meeting_id": meeting_id, "user_id": user.pk if user is not None else None, "principal": principal,
-            "region": region, "stale": stale_threshold().total_seconds(),
-        })
-        seats, guest_seats, banned, *columns = cursor.fetchone()
-    mine, active = columns[:-ACTIVE_ASSIGNMENT_COLUMNS], tuple(columns[-ACTIVE_ASSIGNMENT_COLUMNS:])
+@dataclass(frozen=True)
+class _Joiner:
+    """Who joins what: the arguments of the meeting_join statement."""
+
+    lookup: tuple[str, uuid.UUID | str]
+    region: str
+    user_id: uuid.UUID | None
+    display_name: str | None
+    ip_address: str | None
+    user_agent: str | None
+    client_version: str | None
+
+
+def _join_statement(joiner: _Joiner) -> _Admitted | _Placing:
+    """Run the meeting_join statement: the join admitted (on the active assignment or a new one), or what asking
+    an MC needs; a refusal raises its domain error (nothing was written)."""
+    column, value = joiner.lookup
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_JOIN_SQL, {
+                "meeting_id": value if column == "meeting_id" else None,
+                "meeting_code": value if column == "meeting_code" else None,
+                "region": joiner.region, "user_id": joiner.user_id,
+                "principal": participant_principal(user_id=joiner.user_id, ip_address=joiner.ip_address),
+                "display_name": joiner.display_name, "ip_address": joiner.ip_address,
+                "user_agent": joiner.user_agent, "client_version": joiner.client_version,
+                "stale": stale_threshold().total_seconds(),
+                # Asking the MC (MC_ASSIGN_CALLS) must not happen inside a transaction: the function leaves it out.
+                "place": not settings.MC_ASSIGN_CALLS, "gc_id": gc_id(), "candidates": settings.PLACEMENT_CANDIDATES,
+                "per_minute": settings.PLACEMENT_MAX_ASSIGNMENTS_PER_MINUTE,
+                "window": ASSIGNMENT_WINDOW.total_seconds(), "large": settings.PLACEMENT_LARGE_MEETING_THRESHOLD,
+                "fresh_reads": FRESH_READS,
+            })
+            row = cursor.fetchone()
+    except DatabaseError as error:
+        cause = error.__cause__
+        if not isinstance(cause, psycopg.Error) or cause.sqlstate != _NO_CAPACITY_SQLSTATE:
+            raise
+        raise no_capacity(joiner.region, cause.diag.message_primary or PlacementRule.LEAST_LOADED) from None
+    outcome, role, created = row[:_MEETING_AT]
+    refusal = _REFUSALS.get(outcome)
+    if refusal is not None:
+        error_class, message = refusal
+        raise error_class(message)
+    if outcome == _NO_CAPACITY:
+        raise no_capacity(joiner.region, PlacementRule.LEAST_LOADED)
+    meeting = Meeting.from_db(connection.alias, _MEETING_ATTNAMES, row[_MEETING_AT:_PARTICIPANT_AT])
     participant = None
-    if mine[0] is not None:
-        # from_db without field converters: no column of meeting_participants needs one (no JSON).
-        participant = MeetingParticipant.from_db(connection.alias, _PARTICIPANT_ATTNAMES, mine)
-    return _Present(seats=seats, guest_seats=guest_seats, banned=banned, participant=participant,
-                    active=ActiveRead(active if active[0] is not None else None))
+    if row[_PARTICIPANT_AT] is not None:
+        participant = MeetingParticipant.from_db(
+            connection.alias, _PARTICIPANT_ATTNAMES, row[_PARTICIPANT_AT:_ACTIVE_AT]
+        )
+    active = ActiveRead(tuple(row[_ACTIVE_AT:_RULE_AT]) if row[_ACTIVE_AT] is not None else None)
+    if outcome == _ASSIGN:
+        return _Placing(meeting=meeting, role=role, participant=participant, active=active)
+    assert participant is not None  # joined or rejoined
+    rule, assigned = row[_RULE_AT:]
+    assignment = assignment_joined(active, meeting_id=meeting.pk, region=joiner.region, rule=rule, assigned=assigned)
+    return _Admitted(meeting=meeting, participant=participant, assignment=assignment, created=created)
 
 
-# The participant a join admits, as MeetingParticipant.objects.create writes it (no signal listens to it): raw SQL
-# on the join's hot path, where compiling the ORM's INSERT cost more CPU than the database spent on it.
+# The participant a join whose MC was asked admits, as MeetingParticipant.objects.create writes it (no signal listens
+# to it): raw SQL, where compiling the ORM's INSERT cost more CPU than the database spent on it.
 _INSERT_FIELDS = [field for field in MeetingParticipant._meta.concrete_fields if not field.primary_key]
 _INSERT_PARTICIPANT_SQL = "INSERT INTO meeting_participants ({columns}) VALUES ({values}) RETURNING id".format(  # noqa: S608
     columns=", ".join(field.column for field in _INSERT_FIELDS), values=", ".join("%s" for _ in _INSERT_FIELDS)
@@ -260,71 +334,73 @@ def _join_once(
     A signed-in user who is still present (a page reload, a second tab, a retry without Idempotency-Key) gets
     their open participant back with a fresh token: no second row, no second seat, even in a full meeting.
     Guests cannot be recognised that way; their retries are covered by Idempotency-Key.
-    """
-    with transaction.atomic():
-        meeting = meeting_by_ref_locked(meeting_ref)
-        if meeting is None:
-            raise NotFound("No such meeting.")
-        if meeting.status == MeetingStatus.ENDED:
-            raise Gone("The meeting has ended.")
-        if user is None:
-            if meeting.require_auth:
-                raise PermissionDenied("This meeting requires signing in; guests cannot join.")
-            if not meeting.allow_guests:
-                raise PermissionDenied("This meeting does not admit guests.")
-            role = ROLE_GUEST
-        else:
-            role = ROLE_HOST if meeting.created_by_user_id == user.pk else ROLE_PARTICIPANT
-        present = _present(
-            meeting.pk, region, user,
-            participant_principal(user_id=user.pk if user else None, ip_address=ip_address),
-        )
-        participant = present.participant
-        created = participant is None
-        waits = _must_wait(meeting, role)
-        if created and role != ROLE_HOST:
-            if present.banned:
-                raise PermissionDenied("The host removed you from this meeting.")
-            if meeting.locked:
-                raise PermissionDenied("The meeting is locked; the host admits no new participants.")
-            refusal = None if waits else seat_refusal(
-                meeting=meeting, seats=present.seats, guest_seats=present.guest_seats, guest=role == ROLE_GUEST
-            )
-            if refusal is not None:
-                raise refusal
-        elif created and present.seats >= meeting.max_participants:
-            raise Conflict("The meeting is full.")
 
-        audit_entries: list[AuditEntry] = []
-        # PlacementNeeded leaves before anything is written: the rollback only gives back the meeting row's lock.
-        assignment = meeting_assign_in_transaction(
-            meeting_id=meeting.pk, region=region, actor_user_id=user.pk if user else None,
-            max_participants=meeting.max_participants, audit_entries=audit_entries, meeting=meeting,
-            active=present.active,
-        )
-        if participant is None:
-            participant = _participant_insert(MeetingParticipant(
-                meeting=meeting, participant_id=uuid.uuid4(), user=user,
-                display_name=display_name or (user.display_name if user else "Guest"), role=role,
-                status=ParticipantStatus.WAITING if waits else ParticipantStatus.ADMITTED,
-                ip_address=ip_address, user_agent=user_agent, client_version=client_version,
-            ))
-        if meeting.status == MeetingStatus.SCHEDULED:
-            # A new assignment started the meeting already (and updated this copy); a reused one did not.
-            _meeting_start(meeting)
-        audit_entries.append(AuditEntry(
-            event_type="participant_joined" if created else "participant_rejoined", action="join",
-            actor_type=ActorType.USER if user else ActorType.API, actor_user_id=user.pk if user else None,
-            target_type="meeting", target_id=str(meeting.pk), ip_address=ip_address, user_agent=user_agent,
-            metadata={
-                "participant_id": str(participant.participant_id), "role": participant.role,
-                "status": participant.status, "controller_id": assignment.controller_id, "region": region,
-            },
-        ))
-        audit_record_many(audit_entries)
+    The database does the whole join in one statement (_join_statement): the checks, the assignment reused or
+    made (meetings.services.assignment's rules), the participant, the outbox and audit rows. Outside a transaction
+    that statement is the join's transaction: no BEGIN, no COMMIT. Only a join whose meeting needs an MC that must
+    be asked (MC_ASSIGN_CALLS) goes on in Python: it runs the statement again in a transaction (the first wrote
+    nothing and let the lock go), which holds the meeting row while meeting_assign_in_transaction decides, and
+    PlacementNeeded sends it to meeting_place.
+    """
+    lookup = meeting_ref_lookup(meeting_ref)
+    if lookup is None:
+        raise NotFound("No such meeting.")
+    joiner = _Joiner(lookup=lookup, region=region, user_id=user.pk if user is not None else None,
+                     display_name=display_name, ip_address=ip_address, user_agent=user_agent,
+                     client_version=client_version)
+    joined = _join_statement(joiner) if not connection.in_atomic_block else None
+    if not isinstance(joined, _Admitted):
+        with transaction.atomic():
+            joined = _join_statement(joiner)
+            if isinstance(joined, _Placing):
+                joined = _join_placing(joined, joiner=joiner, user=user)
     # Signed after the commit: the meeting row (and a claimed MC's) stay locked only for the database's own work.
-    token = _meeting_token(participant)
-    return JoinResult(meeting=meeting, participant=participant, assignment=assignment, token=token, created=created)
+    token = _meeting_token(joined.participant)
+    return JoinResult(meeting=joined.meeting, participant=joined.participant, assignment=joined.assignment,
+                      token=token, created=joined.created)
+
+
+def _join_placing(placing: _Placing, *, joiner: _Joiner, user: User | None) -> _Admitted:
+    """The rest of a join whose meeting needs an MC, in the transaction that holds the meeting row: assign one
+    (PlacementNeeded leaves before anything is written: the rollback only gives back the lock), then the
+    participant, the meeting's start and the audit rows, as the meeting_join statement writes them."""
+    meeting, participant = placing.meeting, placing.participant
+    created = participant is None
+    audit_entries: list[AuditEntry] = []
+    assignment = meeting_assign_in_transaction(
+        meeting_id=meeting.pk, region=joiner.region, actor_user_id=joiner.user_id,
+        max_participants=meeting.max_participants, audit_entries=audit_entries, meeting=meeting,
+        active=placing.active,
+    )
+    if participant is None:
+        participant = _participant_insert(MeetingParticipant(
+            meeting=meeting, participant_id=uuid.uuid4(), user=user,
+            display_name=joiner.display_name or (user.display_name if user else "Guest"), role=placing.role,
+            status=ParticipantStatus.WAITING if _must_wait(meeting, placing.role) else ParticipantStatus.ADMITTED,
+            ip_address=joiner.ip_address, user_agent=joiner.user_agent, client_version=joiner.client_version,
+        ))
+    if meeting.status == MeetingStatus.SCHEDULED:
+        # A new assignment started the meeting already (and updated this copy); a reused one did not.
+        _meeting_start(meeting)
+    audit_entries.append(AuditEntry(
+        event_type="participant_joined" if created else "participant_rejoined", action="join",
+        actor_type=ActorType.USER if user else ActorType.API, actor_user_id=joiner.user_id,
+        target_type="meeting", target_id=str(meeting.pk), ip_address=joiner.ip_address,
+        user_agent=joiner.user_agent,
+        metadata={
+            "participant_id": str(participant.participant_id), "role": participant.role,
+            "status": participant.status, "controller_id": assignment.controller_id, "region": joiner.region,
+        },
+    ))
+    audit_record_many(audit_entries)
+    return _Admitted(meeting=meeting, participant=participant, assignment=assignment, created=created)
+
+
+_ACTIVATE_SQL = f"""
+UPDATE meetings SET status = '{MeetingStatus.ACTIVE}', actual_start_time = statement_timestamp()
+WHERE meeting_id = %s AND status = '{MeetingStatus.SCHEDULED}'
+RETURNING {", ".join(MEETING_CHANGED)}
+"""  # noqa: S608 -- constants only
 
 
 def _meeting_start(meeting: Meeting) -> None:

@@ -130,13 +130,16 @@ def test_join_compares_with_the_trivial_endpoint_and_finds_no_double_assignment(
     assert payload["data"]["checks"]["active assignments"] >= runs["join"]["pairs_total"] > 0
     counts = payload["data"]["statements_per_join"]
     assert set(counts) == {"first", "reused", "first, Idempotency-Key", "reused, Idempotency-Key"}
-    assert counts["first"]["statements"] > counts["reused"]["statements"] > 0
+    assert counts["first"]["statements"] >= counts["reused"]["statements"] > 0
     for kind, count in counts.items():
-        # Round trips add at least BEGIN and COMMIT to the statements.
-        assert count["round_trips"] >= count["statements"] + 2, (kind, count)
+        assert count["round_trips"] >= count["statements"], (kind, count)
         # The join service's part is within the whole request's.
         assert 0 < count["service_statements"] <= count["statements"], (kind, count)
         assert 0 < count["service_round_trips"] <= count["round_trips"], (kind, count)
+    for kind in ("first, Idempotency-Key", "reused, Idempotency-Key"):
+        # The key's transaction holds the join: round trips add at least its BEGIN and COMMIT to the statements. A
+        # join without one is a statement of its own (the meeting_join database function), with neither.
+        assert counts[kind]["round_trips"] >= counts[kind]["statements"] + 2, (kind, counts[kind])
     assert counts["first, Idempotency-Key"]["round_trips"] > counts["first"]["round_trips"]
 
 

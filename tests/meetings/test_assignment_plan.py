@@ -62,3 +62,41 @@ def test_the_active_assignment_lookup_reads_one_meetings_row_with_statistics_of_
     assert scan["Node Type"] in ("Index Scan", "Index Only Scan", "Bitmap Heap Scan"), scan
     assert "meeting_id =" in condition, scan
     assert "meeting_id" not in scan.get("Filter", ""), scan
+
+
+def test_the_join_statements_active_assignment_read_reads_one_meetings_row_with_statistics_of_an_empty_table(owner):
+    # The meeting_join database function reads the active assignment through meeting_join_active, a SQL function
+    # the planner inlines: its plan is the one planned here, with the same statistics.
+    template = make_controller(controller_id="mc-template", region=REGION)
+    copy_members("meeting_controllers", "controller_id", template.controller_id, prefix="mc-fleet-", count=200)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE meeting_assignments")
+        cursor.execute(
+            "INSERT INTO meetings (display_name, meeting_code, created_by_user_id) "
+            "SELECT 'Busy ' || i, 'busy-' || lpad(i::text, 6, '0'), %s FROM generate_series(1, %s) i",
+            [owner.pk, ACTIVE],
+        )
+        cursor.execute(
+            "INSERT INTO meeting_assignments (meeting_id, meeting_controller_id, region, assigned_at, "
+            "assigned_by_gc_id) "
+            "SELECT m.meeting_id, 'mc-fleet-' || lpad((1 + row_number() OVER () %% 200)::text, 5, '0'), %s, now(), "
+            "'gc-test' FROM meetings m WHERE m.meeting_code LIKE 'busy-%%'",
+            [REGION],
+        )
+        meeting = make_meeting(host=owner)
+        meeting_assign(meeting_id=meeting.pk, region=REGION)
+        # PL/pgSQL plans its statements with parameters, and may keep a generic plan: both plans are checked.
+        cursor.execute("PREPARE active_read(uuid, text) AS SELECT * FROM meeting_join_active($1, $2, 60.0)")
+        plans = []
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            cursor.execute("SELECT set_config('plan_cache_mode', %s, true)", [mode])
+            cursor.execute("EXPLAIN (FORMAT JSON) EXECUTE active_read(%s::uuid, %s::text)", [meeting.pk, REGION])
+            plans.append(cursor.fetchone()[0])
+        cursor.execute("DEALLOCATE active_read")
+    for plan in plans:
+        plan = plan if isinstance(plan, list) else json.loads(plan)
+        [scan] = _scans_of(plan[0]["Plan"], "meeting_assignments")
+        condition = scan.get("Index Cond") or scan.get("Recheck Cond") or ""
+        assert scan["Node Type"] in ("Index Scan", "Index Only Scan", "Bitmap Heap Scan"), scan
+        assert "meeting_id =" in condition, scan
+        assert "meeting_id" not in scan.get("Filter", ""), scan

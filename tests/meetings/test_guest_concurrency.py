@@ -4,7 +4,6 @@ connection with real commits, released together by a barrier (tests.meetings.tes
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections import Counter
 
@@ -14,6 +13,7 @@ from rest_framework.test import APIClient
 
 from meetings.models import MeetingParticipant, ParticipantStatus
 from tests.factories import make_controller, make_meeting, make_user, user_token
+from tests.locks import wait_until_blocking
 from tests.meetings.test_assignment_concurrency import THREADS, run_concurrently
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -109,14 +109,7 @@ def test_a_join_that_waited_for_a_kick_reads_its_ban():
         meeting.bans.create(principal=f"user:{kicked.pk}", participant_id=participant.participant_id,
                             display_name="Kicked")
         thread.start()
-        deadline, waiting = time.monotonic() + 30, 0
-        while not waiting and time.monotonic() < deadline:
-            cursor.execute("SELECT pg_stat_clear_snapshot()")
-            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                           "AND datname = current_database() "
-                           "AND query LIKE 'SELECT %% FROM meetings WHERE %% FOR NO KEY UPDATE'")
-            waiting = cursor.fetchone()[0]
-            time.sleep(0.02)  # polling pg_stat_activity, not waiting for the lock by time
-        assert waiting == 1, "the join never waited for the meeting row"
+        # The join's statement waits for the meeting row this transaction holds (pg_locks).
+        assert wait_until_blocking(), "the join never waited for the meeting row"
     thread.join(timeout=30)
     assert outcome == {"status": 403}
