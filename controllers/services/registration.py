@@ -8,17 +8,22 @@ operator's drain is kept and an unhealthy member inside its hold-down comes back
 A member belongs to the credential that registered it (`owner_client_id`, controllers.services.ownership):
 registration by another credential changes nothing and is refused (PermissionDenied, a failure audit row), and an
 unowned row (older than ownership) is claimed by it. Beats are controllers.services.beats.
+
+Registrations arriving together (a fleet restarting) are written together: controller_register_many and
+handler_register_many write each one's statement in one transaction and answer each its own outcome.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
 from audit.models import ActorType, AuditResult
 from controllers.health_rules import (
@@ -28,6 +33,7 @@ from controllers.health_rules import (
 from controllers.members import CONTROLLERS, HANDLERS, MemberKind
 from controllers.models import TransitionReason
 from controllers.services.ownership import member_access_refuse
+from darktower.errors import DomainError
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,8 @@ _OPERATOR_DRAIN_SQL = """coalesce((
 ), false)"""
 
 
-def _register_sql(kind: MemberKind, *, capacity: list[str], insert_only: list[str]) -> str:
+@cache
+def _register_sql(kind: MemberKind, *, capacity: tuple[str, ...], insert_only: tuple[str, ...]) -> str:
     inserted = [*capacity, *insert_only]
     return _REGISTER_SQL.format(
         table=kind.table, pk=kind.pk,
@@ -163,8 +170,8 @@ def _register(
         "registered": kind.event("registered"), "reregistered": kind.event("reregistered"),
         "claimed_event": kind.event("claimed"),
     }
-    sql = _register_sql(kind, capacity=list(capacity), insert_only=list(insert_only))
-    # One statement is one transaction of its own: no BEGIN and COMMIT round trips around it.
+    sql = _register_sql(kind, capacity=tuple(capacity), insert_only=tuple(insert_only))
+    # One statement is one transaction of its own (outside a caller's): no BEGIN and COMMIT round trips around it.
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         written = cursor.fetchone()
@@ -183,6 +190,101 @@ def _register(
     raise refused
 
 
+# What a registration outcome is when it fails alone: refused by a rule (DomainError) or by the database.
+RegistrationOutcome = Registration | DomainError | DatabaseError
+
+
+def _register_many(*, kind: MemberKind, calls: Sequence[dict[str, Any]]) -> list[RegistrationOutcome]:
+    """Each call's `_register` in one transaction, in member-id order (two writes that lock the same rows lock them
+    in the same order); each call's outcome in the order given. A refused registration (another credential's
+    member) is refused alone, its audit row in the same transaction. When the database refuses a row, the
+    transaction is rolled back and each call written again in one of its own, so that only that row's caller gets
+    the error. An unreachable database fails them all (OperationalError, InterfaceError raised)."""
+    order = sorted(range(len(calls)), key=lambda index: calls[index]["member_id"])
+    outcomes: dict[int, RegistrationOutcome] = {}
+
+    def write(index: int) -> None:
+        try:
+            outcomes[index] = _register(kind=kind, **calls[index])
+        except DomainError as exc:
+            outcomes[index] = exc
+
+    try:
+        with transaction.atomic():
+            for index in order:
+                write(index)
+    except (OperationalError, InterfaceError):
+        raise
+    except DatabaseError:
+        outcomes.clear()
+        for index in order:
+            try:
+                with transaction.atomic():
+                    write(index)
+            except (OperationalError, InterfaceError):
+                raise
+            except DatabaseError as exc:
+                outcomes[index] = exc
+    return [outcomes[index] for index in range(len(calls))]
+
+
+@dataclass(frozen=True)
+class ControllerRegistration:
+    """One controller's registration (validated input), as controller_register takes it."""
+
+    controller_id: str
+    region: str
+    grpc_endpoint: str
+    webtransport_endpoint: str | None
+    max_meetings: int
+    max_participants: int
+    actor_client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HandlerRegistration:
+    """One media handler's registration (validated input), as handler_register takes it."""
+
+    handler_id: str
+    region: str
+    grpc_endpoint: str
+    webtransport_endpoint: str
+    max_streams: int
+    actor_client_id: str | None = None
+
+
+def _controller_call(registration: ControllerRegistration) -> dict[str, Any]:
+    return {
+        "member_id": registration.controller_id, "region": registration.region,
+        "endpoint": registration.grpc_endpoint, "grpc_endpoint": registration.grpc_endpoint,
+        "webtransport_endpoint": registration.webtransport_endpoint,
+        "capacity": {"max_meetings": registration.max_meetings, "max_participants": registration.max_participants},
+        "insert_only": {}, "actor_client_id": registration.actor_client_id,
+    }
+
+
+def _handler_call(registration: HandlerRegistration) -> dict[str, Any]:
+    return {
+        "member_id": registration.handler_id, "region": registration.region,
+        "endpoint": registration.grpc_endpoint, "grpc_endpoint": registration.grpc_endpoint,
+        "webtransport_endpoint": registration.webtransport_endpoint,
+        "capacity": {"max_streams": registration.max_streams},
+        # The contract carries no bitrate; the column is NOT NULL, and 0 means "not reported".
+        "insert_only": {"max_bitrate_mbps": 0}, "actor_client_id": registration.actor_client_id,
+    }
+
+
+def controller_register_many(*, registrations: Sequence[ControllerRegistration]) -> list[RegistrationOutcome]:
+    """controller_register for registrations arriving together: one transaction, each its own outcome (a
+    Registration, or the error that refused it alone)."""
+    return _register_many(kind=CONTROLLERS, calls=[_controller_call(registration) for registration in registrations])
+
+
+def handler_register_many(*, registrations: Sequence[HandlerRegistration]) -> list[RegistrationOutcome]:
+    """handler_register for registrations arriving together (controller_register_many)."""
+    return _register_many(kind=HANDLERS, calls=[_handler_call(registration) for registration in registrations])
+
+
 def controller_register(
     *,
     controller_id: str,
@@ -194,12 +296,11 @@ def controller_register(
     actor_client_id: str | None = None,
 ) -> Registration:
     """Register or re-register a meeting controller (validated input); audited as the calling service."""
-    return _register(
-        kind=CONTROLLERS, member_id=controller_id, region=region, endpoint=grpc_endpoint,
-        grpc_endpoint=grpc_endpoint, webtransport_endpoint=webtransport_endpoint,
-        capacity={"max_meetings": max_meetings, "max_participants": max_participants}, insert_only={},
+    return _register(kind=CONTROLLERS, **_controller_call(ControllerRegistration(
+        controller_id=controller_id, region=region, grpc_endpoint=grpc_endpoint,
+        webtransport_endpoint=webtransport_endpoint, max_meetings=max_meetings, max_participants=max_participants,
         actor_client_id=actor_client_id,
-    )
+    )))
 
 
 def handler_register(
@@ -212,11 +313,7 @@ def handler_register(
     actor_client_id: str | None = None,
 ) -> Registration:
     """Register or re-register a media handler (validated input); audited as the calling service."""
-    return _register(
-        kind=HANDLERS, member_id=handler_id, region=region, endpoint=grpc_endpoint,
-        grpc_endpoint=grpc_endpoint, webtransport_endpoint=webtransport_endpoint,
-        capacity={"max_streams": max_streams},
-        # The contract carries no bitrate; the column is NOT NULL, and 0 means "not reported".
-        insert_only={"max_bitrate_mbps": 0},
-        actor_client_id=actor_client_id,
-    )
+    return _register(kind=HANDLERS, **_handler_call(HandlerRegistration(
+        handler_id=handler_id, region=region, grpc_endpoint=grpc_endpoint,
+        webtransport_endpoint=webtransport_endpoint, max_streams=max_streams, actor_client_id=actor_client_id,
+    )))
