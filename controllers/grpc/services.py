@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 
 from controllers.grpc.batching import BatchWrite
 from controllers.grpc.guard import GLOBAL_CONTROLLER_SERVICE, MEDIA_HANDLER_REGISTRY_SERVICE, current_client_id
-from controllers.grpc.ratelimit import limit_for
+from controllers.grpc.ratelimit import limit_many_for
 from controllers.grpc.streams import BeatStream
 from controllers.heartbeats import HeartbeatRecorder, controller_heartbeats, handler_load_reports, unix_now
 from controllers.hooks import meeting_end_reported
@@ -264,15 +264,15 @@ def _registrations_written(
     """The write of a registration method's calls waiting together (controllers.grpc.batching): each call counted
     by the method's rate limit and validated as the servicer method does, the valid ones registered in one
     transaction, each answered its own outcome."""
-    limit = limit_for(method)
+    limit = limit_many_for(method)
 
     def write(calls: Sequence[tuple[Any, str]]) -> list[Any]:
-        outcomes: list[Any] = [None] * len(calls)
+        outcomes: list[Any] = list(limit(calls)) if limit is not None else [None] * len(calls)
         valid: list[tuple[int, str, Any]] = []
         for index, (request, client_id) in enumerate(calls):
+            if outcomes[index] is not None:
+                continue
             try:
-                if limit is not None:
-                    limit(client_id, request)
                 valid.append((index, client_id, registration_of(request, client_id)))
             except Exception as exc:  # this call's refusal; mapped by the guard
                 outcomes[index] = exc

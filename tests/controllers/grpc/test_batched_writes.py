@@ -172,3 +172,58 @@ def test_first_beats_waiting_for_the_database_hold_no_worker_and_commit_together
     assert transactions_of("controller_health_transitions", "component_id", "mc-beat-%", "reason = 'heartbeat'") == [
         1, 49
     ]
+
+
+def test_calls_waiting_for_a_writer_are_admitted_up_to_the_limit_and_the_next_is_refused_with_a_retry_after(
+    one_worker_server, stub, token, settings
+):
+    settings.GRPC_MAX_QUEUED_CALLS = 3
+    stub.RegisterMC(register("mc-batch-warm"), metadata=token, timeout=10)
+    locker = connections.create_connection("default")
+    try:
+        with locker.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("LOCK TABLE meeting_controllers IN SHARE ROW EXCLUSIVE MODE")
+            admitted = [stub.RegisterMC.future(register(f"mc-batch-{number}"), metadata=token, timeout=60)
+                        for number in range(3)]
+            wait_for(lambda: one_worker_server.service_guard.admission.waiting == 3, timeout=10,
+                     what="three registrations waiting")
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.RegisterMC(register("mc-batch-3"), metadata=token, timeout=10)
+            cursor.execute("COMMIT")
+    finally:
+        locker.close()
+
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert int(dict(refused.value.trailing_metadata())["retry-after"]) >= 1
+    assert [call.result(timeout=30).accepted for call in admitted] == [True, True, True]
+    assert not MeetingController.objects.filter(pk="mc-batch-3").exists()
+    assert stub.RegisterMC(register("mc-batch-3"), metadata=token, timeout=10).accepted
+
+
+def test_the_registrations_of_one_write_are_counted_by_the_rate_limits_each(one_worker_server, stub, token, settings):
+    settings.GRPC_RATE_LIMIT_REGISTER_PER_MEMBER = 1
+    stub.RegisterMC(register("mc-batch-warm"), metadata=token, timeout=10)
+    locker = connections.create_connection("default")
+    try:
+        with locker.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("LOCK TABLE meeting_controllers IN SHARE ROW EXCLUSIVE MODE")
+            first = stub.RegisterMC.future(register("mc-batch-first"), metadata=token, timeout=60)
+            wait_for(lambda: waiting_for_lock("meeting_controllers"), timeout=10, what="the first write waiting")
+            calls = [stub.RegisterMC.future(register(name), metadata=token, timeout=60)
+                     for name in ("mc-batch-a", "mc-batch-a", "mc-batch-b")]
+            wait_for(lambda: one_worker_server.service_guard.admission.waiting == 4, timeout=10,
+                     what="every registration waiting")
+            cursor.execute("COMMIT")
+    finally:
+        locker.close()
+
+    assert first.result(timeout=30).accepted
+    assert calls[2].result(timeout=30).accepted
+    # The same member twice in one write: one is registered, the other over the member's limit.
+    errors = [call.exception(timeout=30) for call in calls[:2]]
+    assert errors.count(None) == 1
+    limited = next(error for error in errors if error is not None)
+    assert limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert int(dict(limited.trailing_metadata())["retry-after"]) >= 1
