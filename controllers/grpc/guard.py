@@ -8,7 +8,9 @@ the method's rate limit (controllers.grpc.ratelimit), keyed by the token's subje
 The server is a grpc.aio server: one event loop takes every call. Servicers block (Django's ORM), so a call
 runs in a worker thread, except a heartbeat that needs no I/O at all (a token this process verified, a
 member it knows, a beat that changes no state): that one is answered on the loop, with the same checks, which
-is what lets one process take a fleet's heartbeats. Database connections in the workers are
+is what lets one process take a fleet's heartbeats. A registration or a beat that needs the database, with a token
+this process verified, waits for its method's writer instead of a worker thread (controllers.grpc.batching), so
+that a fleet restarting is written a batch per transaction. Database connections in the workers are
 django-grpc-framework's business (Service closes stale ones around each call, as Django does around a
 request); token checks touch the database only to reload signing keys, rarely.
 
@@ -197,7 +199,8 @@ def _refuse_in_worker(method: str, exc: Exception) -> NoReturn:
 class MethodGuard:
     """One method of our services (`behaviour`, a blocking servicer method) behind authentication, the method's
     rate limit and error mapping. A method with an `in_memory` path is first tried on the event loop, without
-    I/O: a cached token and a beat the recorder coalesces; any other case, and every other method, runs in a
+    I/O: a cached token and a beat the recorder coalesces. A method with a `batch` writer hands it the calls that
+    need the database once their token is known (cached); any other case, and every other method, runs in a
     worker thread of `executor`, so that nothing on the loop ever waits for the database or Redis."""
 
     def __init__(self, method: str, behaviour: Behaviour, executor: Executor, in_memory: InMemory | None,
@@ -208,7 +211,7 @@ class MethodGuard:
         self._executor = executor
         self._in_memory = in_memory
         self._limit = limit_for(method)
-        # Shared by the guards of one server: the calls waiting for its workers (controllers.grpc.admission).
+        # Shared by the guards of one server: the calls waiting for its workers or writers (controllers.grpc.admission).
         self._admission = admission or Admission()
         # The method's writer (controllers.grpc.batching): a call that needs the database and whose token is known
         # waits there, without a worker thread.
