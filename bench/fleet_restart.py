@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=None,
                         help="RATE_LIMIT_WINDOW_SECONDS for the server (default: the setting's default)")
     parser.add_argument("--deadline", type=float, default=600, help="the storm client gives up after this long")
+    parser.add_argument("--storm-channels", type=int, default=STORM_CHANNELS,
+                        help=f"connections the restarting MCs share (default {STORM_CHANNELS})")
     args = parser.parse_args(argv)
     if args.quick:
         # A per-credential limit below the fleet, in a short window: some registrations are refused and retried
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             storm_client = subprocess.Popen(
                 [PYTHON, "-m", "bench.fleet_restart_client", "--target", target, "--prefix", PREFIX,
                  "--count", str(args.controllers), "--deadline", str(args.deadline),
-                 "--channels", str(STORM_CHANNELS)],
+                 "--channels", str(args.storm_channels)],
                 cwd=ROOT, env={**os.environ, "BENCH_TOKEN": tokens[FLEET_CLIENT]},
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Server: one grpcserver process, {workers} worker threads, GRPC_RATE_LIMIT_REGISTER_PER_CLIENT "
         f"{limits['GRPC_RATE_LIMIT_REGISTER_PER_CLIENT']:,} per RATE_LIMIT_WINDOW_SECONDS "
         f"{limits['RATE_LIMIT_WINDOW_SECONDS']}, GRPC_MAX_QUEUED_CALLS {queued_limit}. The storm's MCs share "
-        f"{STORM_CHANNELS} connections; the steady fleet's p99 is "
+        f"{args.storm_channels} connections; the steady fleet's p99 is "
         f"measured over {args.steady_duration:.0f} s, alone and from the storm's start.",
         load_note(load_before[0], load_after[0]),
     ]

@@ -126,18 +126,51 @@ class HeartbeatRecorder:
     def record(self, beat: Beat) -> None:
         """Take one validated beat; NotFound when the member is not registered, PermissionDenied (audited) when
         another credential owns it."""
+        if not self._take(beat):
+            self._write_now(beat)
+
+    def record_many(self, beats: Sequence[Beat]) -> list[BaseException | None]:
+        """record() for beats that arrived together (a writer's batch, controllers.grpc.batching): the ones that
+        must be written before their answer are written in one transaction. For each beat, None when it is
+        recorded, else the error that refuses it alone (NotFound, PermissionDenied, a row the database refuses);
+        an unreachable database refuses them all (raised)."""
+        outcomes: list[BaseException | None] = [None] * len(beats)
+        waiting: list[tuple[int, _Waiting]] = []
+        for index, beat in enumerate(beats):
+            try:
+                if not self._take(beat):
+                    waiting.append((index, _Waiting(beat)))
+            except (OperationalError, InterfaceError):
+                raise
+            except Exception as exc:  # this beat's refusal; mapped by the guard
+                outcomes[index] = exc
+        if waiting:
+            with self._write_lock:
+                self._write_waiting([entry for _, entry in waiting])
+        for index, entry in waiting:
+            if entry.error is not None:
+                if isinstance(entry.error, OperationalError | InterfaceError):
+                    raise entry.error
+                outcomes[index] = entry.error
+            elif entry.missing:
+                outcomes[index] = NotFound(f"unknown {self.kind.label}; register first")
+        return outcomes
+
+    def _take(self, beat: Beat) -> bool:
+        """Coalesce `beat` when it needs no synchronous write (after a lookup if the member or its owner is not
+        known): True. False: it may change the member's health, write it before answering."""
         if self.record_in_memory(beat):
-            return
+            return True
         with self._lock:
             known = self._known.get(beat.member_id)
             owner = self._owners.get(beat.member_id)
         if known is None or (beat.client_id is not None and owner != beat.client_id):
             known = self._lookup(beat)
         if not beat_is_steady(known, beat.reported):
-            self._write_now(beat)
-            return
+            return False
         with self._lock:
             self._pending[beat.member_id] = _merge(self._pending.get(beat.member_id), beat)
+        return True
 
     def record_in_memory(self, beat: Beat) -> bool:
         """Coalesce `beat` if that needs no database (its member is known and the beat cannot change its

@@ -369,9 +369,11 @@ GRPC_TLS_KEY_FILE = env_str("GRPC_TLS_KEY_FILE", "")
 GRPC_TLS_CLIENT_CA_FILE = env_str("GRPC_TLS_CLIENT_CA_FILE", "")
 GRPC_ALLOW_PLAINTEXT = env_bool("GRPC_ALLOW_PLAINTEXT", False)
 GRPC_WORKERS = env_int("GRPC_WORKERS", 8, minimum=1, maximum=256)
-# Calls waiting for or running in a worker thread (registrations, beats that change health) beyond which the next
-# one is refused at once, RESOURCE_EXHAUSTED with a retry-after, instead of queueing past its deadline.
-GRPC_MAX_QUEUED_CALLS = env_int("GRPC_MAX_QUEUED_CALLS", 256, minimum=1)
+# Calls waiting for the database (registrations and beats that change health waiting for their method's writer, calls
+# waiting for or running in a worker thread) beyond which the next one is refused at once, RESOURCE_EXHAUSTED with a
+# retry-after, instead of queueing past its deadline. A waiting call costs memory, not a thread: sized for a fleet of
+# 20,000 members restarting against one process (README, Operations > Sizing).
+GRPC_MAX_QUEUED_CALLS = env_int("GRPC_MAX_QUEUED_CALLS", 20_000, minimum=1)
 GRPC_PROCESSES = env_int("GRPC_PROCESSES", 1, minimum=1, maximum=256)
 GRPC_MAX_RECEIVE_MESSAGE_BYTES = env_int("GRPC_MAX_RECEIVE_MESSAGE_BYTES", 64 * 1024, minimum=1024)
 GRPC_SHUTDOWN_GRACE_SECONDS = env_float("GRPC_SHUTDOWN_GRACE_SECONDS", 10.0, minimum=0)

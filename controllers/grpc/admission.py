@@ -1,14 +1,14 @@
-"""Admission of the calls that need a worker thread: registrations, beats that change a member's health, anything
-that waits for the database.
+"""Admission of the calls that wait for the database: registrations and beats that change a member's health waiting
+for their method's writer (controllers.grpc.batching), and the calls that need a worker thread.
 
-A fleet restarting sends tens of thousands of such calls within seconds, far more than the worker threads serve in
-the time an MC waits for an answer. Queued without bound, they wait past their deadlines, their callers send them
-again, and the workers spend their time on calls nobody waits for any more. So at most GRPC_MAX_QUEUED_CALLS wait
-for or run in a worker; a call beyond that is refused at once (RESOURCE_EXHAUSTED) with a retry-after that spreads
-the refused callers over the time the workers need for them: each is told a second drawn at random between 1 and
-(calls refused during the last second / calls the workers finish a second), so that they come back at about the
-rate the workers serve. A well-behaved MC obeys it; the heartbeats the process answers on its event loop (a fleet
-already running) are not affected by any of this.
+A fleet restarting sends tens of thousands of such calls within seconds. A waiting call costs a future, not a
+thread, so the limit can be as large as the fleet that restarts at once; but queued without bound, calls would wait
+past their deadlines, their callers send them again, and the writers spend their time on calls nobody waits for any
+more. So at most GRPC_MAX_QUEUED_CALLS wait; a call beyond that is refused at once (RESOURCE_EXHAUSTED) with a
+retry-after that spreads the refused callers over the time the writes need for them: each is told a second drawn at
+random between 1 and (calls refused during the last second / calls finished a second, as measured), so that they
+come back at about the rate they are written. A well-behaved MC obeys it; the heartbeats the process answers on its
+event loop (a fleet already running) are not affected by any of this.
 
 Used on the event loop only (MethodGuard.serve enters and leaves there), so it needs no lock.
 """

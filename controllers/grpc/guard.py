@@ -8,7 +8,9 @@ the method's rate limit (controllers.grpc.ratelimit), keyed by the token's subje
 The server is a grpc.aio server: one event loop takes every call. Servicers block (Django's ORM), so a call
 runs in a worker thread, except a heartbeat that needs no I/O at all (a token this process verified, a
 member it knows, a beat that changes no state): that one is answered on the loop, with the same checks, which
-is what lets one process take a fleet's heartbeats. Database connections in the workers are
+is what lets one process take a fleet's heartbeats. A registration or a beat that needs the database, with a token
+this process verified, waits for its method's writer instead of a worker thread (controllers.grpc.batching), so
+that a fleet restarting is written a batch per transaction. Database connections in the workers are
 django-grpc-framework's business (Service closes stale ones around each call, as Django does around a
 request); token checks touch the database only to reload signing keys, rarely.
 
@@ -38,6 +40,7 @@ from google.protobuf.message import DecodeError
 from accounts.services.service_tokens import ORIGINAL_GC_SCOPE, SERVICE_TYPE_OF_SCOPE
 from accounts.tokens import TokenClaims, token_current_cached, token_verify, token_verify_cached
 from controllers.grpc.admission import Admission
+from controllers.grpc.batching import BatchWriter
 from controllers.grpc.ratelimit import limit_for
 from darktower import errors
 from darktower.conf import hot_setting
@@ -196,19 +199,23 @@ def _refuse_in_worker(method: str, exc: Exception) -> NoReturn:
 class MethodGuard:
     """One method of our services (`behaviour`, a blocking servicer method) behind authentication, the method's
     rate limit and error mapping. A method with an `in_memory` path is first tried on the event loop, without
-    I/O: a cached token and a beat the recorder coalesces; any other case, and every other method, runs in a
+    I/O: a cached token and a beat the recorder coalesces. A method with a `batch` writer hands it the calls that
+    need the database once their token is known (cached); any other case, and every other method, runs in a
     worker thread of `executor`, so that nothing on the loop ever waits for the database or Redis."""
 
     def __init__(self, method: str, behaviour: Behaviour, executor: Executor, in_memory: InMemory | None,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, batch: BatchWriter | None = None) -> None:
         self.method = method
         self.scope = SERVICE_SCOPES.get(method.lstrip("/").partition("/")[0])
         self._behaviour = behaviour
         self._executor = executor
         self._in_memory = in_memory
         self._limit = limit_for(method)
-        # Shared by the guards of one server: the calls waiting for its workers (controllers.grpc.admission).
+        # Shared by the guards of one server: the calls waiting for its workers or writers (controllers.grpc.admission).
         self._admission = admission or Admission()
+        # The method's writer (controllers.grpc.batching): a call that needs the database and whose token is known
+        # waits there, without a worker thread.
+        self._batch = batch
 
     async def serve(self, request: Any, metadata: Metadata, opened: TokenClaims | None = None) -> Any:
         """The answer to `request`; Refused with what the client gets instead. `opened`: the claims the call's
@@ -221,6 +228,13 @@ class MethodGuard:
                 raise refusal(self.method, exc) from None
             if answer is not None:
                 return answer
+        elif self._batch is not None and request is not MALFORMED:
+            try:
+                claims = self._cached_claims(metadata)
+            except Exception as exc:  # mapped by refusal; never shown to the client
+                raise refusal(self.method, exc) from None
+        if claims is not None and self._batch is not None:
+            return await self._serve_batched(request, claims)
         # A beat that comes here without claims needs only its token checked again (a revocation lookup gone
         # stale) most of the time: a running member's, not to be refused because a restarting fleet fills the queue.
         exempt = self._in_memory is not None and claims is None
@@ -232,6 +246,22 @@ class MethodGuard:
             return await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._serve_in_worker, request, metadata, claims
             )
+        finally:
+            self._admission.leave()
+
+    async def _serve_batched(self, request: Any, claims: TokenClaims) -> Any:
+        """The call written by its method's writer, with the other calls waiting for it; admitted like a call
+        waiting for a worker. A beat has passed its rate limit on the loop; a registration's (a Redis round trip)
+        is the write's to count."""
+        assert self._batch is not None
+        retry_after = self._admission.enter(limit=hot_setting("GRPC_MAX_QUEUED_CALLS"))
+        if retry_after:
+            BUSY_REJECTIONS.inc()
+            raise refusal(self.method, errors.Throttled("server busy; retry later", retry_after_seconds=retry_after))
+        try:
+            return await self._batch.submit(request, claims.subject)
+        except Exception as exc:  # mapped by refusal; never shown to the client
+            raise refusal(self.method, exc) from None
         finally:
             self._admission.leave()
 

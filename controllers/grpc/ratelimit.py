@@ -2,7 +2,7 @@
 
 Registrations (RegisterMC, RegisterMH) are rare and write a row and an audit row each: two fixed-window limits
 in Redis (darktower.api.ratelimit, key `ratelimit:{endpoint}:{identifier}:{window}`), counted in one
-round trip, per RATE_LIMIT_WINDOW_SECONDS:
+round trip (one for all the registrations a writer takes together, limit_many_for), per RATE_LIMIT_WINDOW_SECONDS:
 - per caller and member (token `sub` and the id it registers), GRPC_RATE_LIMIT_REGISTER_PER_MEMBER: a
   crash-looping MC cannot turn upserts and audit rows into a flood;
 - per caller, GRPC_RATE_LIMIT_REGISTER_PER_CLIENT: how fast one credential may create rows at all. A whole
@@ -27,14 +27,14 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.conf import settings
 
 from controllers.validation import id_ok
 from dark_tower.internal.v1 import internal_pb2
-from darktower.api.ratelimit import RateLimit, ratelimit_hit
+from darktower.api.ratelimit import RateLimit, ratelimit_hit, ratelimit_hit_many
 from darktower.conf import hot_setting
 from darktower.errors import Throttled
 from darktower.metrics import RATE_LIMIT_REJECTIONS
@@ -43,6 +43,7 @@ from darktower.metrics import RATE_LIMIT_REJECTIONS
 MAX_BUCKETS = 200_000
 
 Limit = Callable[[str, Any], None]
+ManyLimit = Callable[[Sequence[tuple[Any, str]]], list[Throttled | None]]
 
 
 def _method(service: str, method: str) -> str:
@@ -95,16 +96,30 @@ class BeatBuckets:
 beat_buckets = BeatBuckets()
 
 
-def _registration_limit(endpoint: str, id_field: str) -> Limit:
-    def limit(subject: str, request: Any) -> None:
+def _registration_limits(endpoint: str, id_field: str) -> Callable[[str, Any], list[RateLimit]]:
+    def limits(subject: str, request: Any) -> list[RateLimit]:
         window = settings.RATE_LIMIT_WINDOW_SECONDS
-        limits = [RateLimit(endpoint, f"client:{subject}", settings.GRPC_RATE_LIMIT_REGISTER_PER_CLIENT, window)]
+        found = [RateLimit(endpoint, f"client:{subject}", settings.GRPC_RATE_LIMIT_REGISTER_PER_CLIENT, window)]
         member_id = getattr(request, id_field)
         if id_ok(member_id):
-            limits.append(RateLimit(
+            found.append(RateLimit(
                 endpoint, f"client:{subject}:member:{member_id}", settings.GRPC_RATE_LIMIT_REGISTER_PER_MEMBER, window
             ))
-        ratelimit_hit(limits)  # counts its refusals in darktower_rate_limit_rejections itself
+        return found
+
+    return limits
+
+
+def _registration_limit(limits: Callable[[str, Any], list[RateLimit]]) -> Limit:
+    def limit(subject: str, request: Any) -> None:
+        ratelimit_hit(limits(subject, request))  # counts its refusals in darktower_rate_limit_rejections itself
+
+    return limit
+
+
+def _registration_limit_many(limits: Callable[[str, Any], list[RateLimit]]) -> ManyLimit:
+    def limit(calls: Sequence[tuple[Any, str]]) -> list[Throttled | None]:
+        return ratelimit_hit_many([limits(subject, request) for request, subject in calls])
 
     return limit
 
@@ -128,15 +143,29 @@ def _beat_limit(endpoint: str, id_field: str, beats_per_second: Callable[[], flo
 
 
 _heartbeat = _beat_limit("grpc:heartbeat", "controller_id", _controller_beats_per_second, "too many heartbeats")
+_register_mc = _registration_limits("grpc:register_mc", "id")
+_register_mh = _registration_limits("grpc:register_mh", "handler_id")
 _LIMITS: dict[str, Limit] = {
-    _method("GlobalControllerService", "RegisterMC"): _registration_limit("grpc:register_mc", "id"),
+    _method("GlobalControllerService", "RegisterMC"): _registration_limit(_register_mc),
     _method("GlobalControllerService", "FastHeartbeat"): _heartbeat,
     _method("GlobalControllerService", "ComprehensiveHeartbeat"): _heartbeat,
-    _method("MediaHandlerRegistryService", "RegisterMH"): _registration_limit("grpc:register_mh", "handler_id"),
+    _method("MediaHandlerRegistryService", "RegisterMH"): _registration_limit(_register_mh),
     _method("MediaHandlerRegistryService", "SendLoadReport"): _beat_limit(
         "grpc:load_report", "handler_id", _handler_reports_per_second, "too many load reports"
     ),
 }
+
+
+_MANY_LIMITS: dict[str, ManyLimit] = {
+    _method("GlobalControllerService", "RegisterMC"): _registration_limit_many(_register_mc),
+    _method("MediaHandlerRegistryService", "RegisterMH"): _registration_limit_many(_register_mh),
+}
+
+
+def limit_many_for(method: str) -> ManyLimit | None:
+    """The rate limit of a registration method for calls served together ((request, the caller's token subject)
+    each): their counters in one Redis round trip, for each call the Throttled that refuses it or None."""
+    return _MANY_LIMITS.get(method)
 
 
 def limit_for(method: str) -> Limit | None:

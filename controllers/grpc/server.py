@@ -33,6 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from controllers.grpc.admission import Admission
+from controllers.grpc.batching import BatchWrite, BatchWriter
 from controllers.grpc.guard import (
     EXEMPT_SERVICES,
     GLOBAL_CONTROLLER_SERVICE,
@@ -43,6 +44,7 @@ from controllers.grpc.guard import (
     guarded_unary,
 )
 from controllers.grpc.services import (
+    BATCHED_METHODS,
     BEAT_STREAMS,
     CONTROLLER_SERVICER,
     IN_MEMORY_METHODS,
@@ -78,20 +80,32 @@ class ServiceGuard:
     stream of beats behind its beats' guards (controllers.grpc.streams).
 
     The servicers block (Django's ORM); each unary call runs in a worker thread of `executor`, except the calls
-    of `in_memory` methods that need no I/O, answered on the event loop. A `streams` method is a stream of
-    beats, each served as its unary method's call would be. Health checking and reflection pass through.
+    of `in_memory` methods that need no I/O, answered on the event loop, and the calls of `batched` methods whose
+    token is known, written by their method's writer with the others waiting (controllers.grpc.batching). A
+    `streams` method is a stream of beats, each served as its unary method's call would be. Health checking and
+    reflection pass through.
     """
 
     def __init__(self, executor: futures.Executor, in_memory: Mapping[str, InMemory] | None = None,
-                 streams: Mapping[str, BeatStream] | None = None) -> None:
+                 streams: Mapping[str, BeatStream] | None = None,
+                 batched: Mapping[str, BatchWrite] | None = None) -> None:
         self._executor = executor
         self._in_memory = dict(in_memory or {})
         self._streams = dict(streams or {})
         self._open_streams: set[OpenStream] = set()
-        self._admission = Admission()  # the calls waiting for `executor`, all methods together
+        self.writers = {method: BatchWriter(method.rpartition("/")[2], write)
+                        for method, write in (batched or {}).items()}
+        # The calls waiting for `executor` or a writer, all methods together.
+        self.admission = Admission()
 
     def _guard(self, method: str, behaviour: Behaviour) -> MethodGuard:
-        return MethodGuard(method, behaviour, self._executor, self._in_memory.get(method), self._admission)
+        return MethodGuard(method, behaviour, self._executor, self._in_memory.get(method), self.admission,
+                           self.writers.get(method))
+
+    def stop_writers(self) -> None:
+        """Wait for the writes in progress; call once the server takes no more calls."""
+        for writer in self.writers.values():
+            writer.stop()
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler | None:
         """The guarded handler of `method`; None (UNIMPLEMENTED) for a method this guard cannot guard."""
@@ -333,7 +347,7 @@ class GrpcServer:
             ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
             ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS),
         ]
-        self.service_guard = ServiceGuard(self.executor, IN_MEMORY_METHODS, BEAT_STREAMS)
+        self.service_guard = ServiceGuard(self.executor, IN_MEMORY_METHODS, BEAT_STREAMS, BATCHED_METHODS)
         # Metrics outermost, so that they see the status code the guard ended a call with.
         handlers = WrappedHandlers([CallMetrics(), self.service_guard])
         internal_pb2_grpc.add_GlobalControllerServiceServicer_to_server(CONTROLLER_SERVICER, handlers)
@@ -393,6 +407,9 @@ class GrpcServer:
 
     def _close_loop(self) -> None:
         self.executor.shutdown(wait=True)
+        # The writers resolve their calls on the loop: they stop before it does.
+        if hasattr(self, "service_guard"):
+            self.service_guard.stop_writers()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()

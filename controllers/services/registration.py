@@ -8,17 +8,23 @@ operator's drain is kept and an unhealthy member inside its hold-down comes back
 A member belongs to the credential that registered it (`owner_client_id`, controllers.services.ownership):
 registration by another credential changes nothing and is refused (PermissionDenied, a failure audit row), and an
 unowned row (older than ownership) is claimed by it. Beats are controllers.services.beats.
+
+Registrations arriving together (a fleet restarting) are written together: controller_register_many and
+handler_register_many write each one's statement in one transaction and answer each its own outcome.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 
 from audit.models import ActorType, AuditResult
 from controllers.health_rules import (
@@ -28,6 +34,7 @@ from controllers.health_rules import (
 from controllers.members import CONTROLLERS, HANDLERS, MemberKind
 from controllers.models import TransitionReason
 from controllers.services.ownership import member_access_refuse
+from darktower.errors import DomainError
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,8 @@ _OPERATOR_DRAIN_SQL = """coalesce((
 ), false)"""
 
 
-def _register_sql(kind: MemberKind, *, capacity: list[str], insert_only: list[str]) -> str:
+@cache
+def _register_sql(kind: MemberKind, *, capacity: tuple[str, ...], insert_only: tuple[str, ...]) -> str:
     inserted = [*capacity, *insert_only]
     return _REGISTER_SQL.format(
         table=kind.table, pk=kind.pk,
@@ -148,11 +156,12 @@ def _register_sql(kind: MemberKind, *, capacity: list[str], insert_only: list[st
     )
 
 
-def _register(
+def _register_statement(
     *, kind: MemberKind, member_id: str, region: str, endpoint: str, grpc_endpoint: str | None,
     webtransport_endpoint: str | None, capacity: dict[str, int], insert_only: dict[str, int],
     actor_client_id: str | None,
-) -> Registration:
+) -> tuple[str, dict[str, Any]]:
+    """The registration statement and its parameters."""
     params: dict[str, Any] = {
         "id": member_id, "region": region, "endpoint": endpoint, "grpc_endpoint": grpc_endpoint,
         "webtransport_endpoint": webtransport_endpoint, "hold_down": settings.UNHEALTHY_HOLD_DOWN_SECONDS,
@@ -163,11 +172,12 @@ def _register(
         "registered": kind.event("registered"), "reregistered": kind.event("reregistered"),
         "claimed_event": kind.event("claimed"),
     }
-    sql = _register_sql(kind, capacity=list(capacity), insert_only=list(insert_only))
-    # One statement is one transaction of its own: no BEGIN and COMMIT round trips around it.
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        written = cursor.fetchone()
+    return _register_sql(kind, capacity=tuple(capacity), insert_only=tuple(insert_only)), params
+
+
+def _registered(*, kind: MemberKind, written: Any, member_id: str, region: str, actor_client_id: str | None,
+                **_: Any) -> Registration:
+    """The registration the statement's row says; no row: refused (PermissionDenied raised), audited."""
     if written is not None:
         to_status, created, hold_down_until, from_status = written
         return Registration(member_id, region, created, from_status, to_status, hold_down_until)
@@ -183,6 +193,161 @@ def _register(
     raise refused
 
 
+def _register(*, kind: MemberKind, **call: Any) -> Registration:
+    sql, params = _register_statement(kind=kind, **call)
+    # One statement is one transaction of its own (outside a caller's): no BEGIN and COMMIT round trips around it.
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        written = cursor.fetchone()
+    return _registered(kind=kind, written=written, **call)
+
+
+# The registration statement's parameters that are not text, with their types (PREPARE names every type).
+_PARAMETER_TYPES = {
+    "capacity": "jsonb", "hold_down": "double precision", "max_meetings": "integer", "max_participants": "integer",
+    "max_streams": "integer", "max_bitrate_mbps": "integer",
+}
+
+
+@cache
+def _prepared_register(kind: MemberKind, *, capacity: tuple[str, ...],
+                       insert_only: tuple[str, ...]) -> tuple[str, str, str]:
+    """(name, PREPARE, EXECUTE) of the registration statement as a prepared statement of the session: a batch
+    executes it once per registration, so PostgreSQL plans it once per session instead of once per registration,
+    and the client quotes a short EXECUTE instead of parsing the whole statement again for each."""
+    sql = _register_sql(kind, capacity=capacity, insert_only=insert_only)
+    names = list(dict.fromkeys(re.findall(r"%\((\w+)\)s", sql)))
+    name = f"dt_register_{kind.table}"
+    types = ", ".join(_PARAMETER_TYPES.get(parameter, "text") for parameter in names)
+    prepare = f"PREPARE {name} ({types}) AS " + sql % {parameter: f"${number}" for number, parameter in
+                                                          enumerate(names, start=1)}
+    execute = f"EXECUTE {name} (" + ", ".join(f"%({parameter})s" for parameter in names) + ")"
+    return name, prepare, execute
+
+
+def _register_pipelined(*, kind: MemberKind, calls: Sequence[dict[str, Any]]) -> list[Registration | DomainError]:
+    """Each call's statement (prepared once per session), sent together in pipeline mode (one round trip for them
+    all, not one each), inside the caller's transaction; then each call's outcome (a refusal's lock and audit row,
+    rare, one by one)."""
+    first = calls[0]
+    name, prepare, execute = _prepared_register(
+        kind, capacity=tuple(first["capacity"]), insert_only=tuple(first["insert_only"])
+    )
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_prepared_statements WHERE name = %s", [name])
+        if cursor.fetchone() is None:
+            cursor.execute(prepare)
+    raw = connection.connection
+    with connection.wrap_database_errors:
+        cursors = []
+        with raw.pipeline():
+            for call in calls:
+                _, params = _register_statement(kind=kind, **call)
+                cursor = raw.cursor()
+                cursor.execute(execute, params)
+                cursors.append(cursor)
+        written = []
+        for cursor in cursors:
+            written.append(cursor.fetchone())
+            cursor.close()
+    outcomes: list[Registration | DomainError] = []
+    for call, row in zip(calls, written, strict=True):
+        try:
+            outcomes.append(_registered(kind=kind, written=row, **call))
+        except DomainError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+# What a registration outcome is when it fails alone: refused by a rule (DomainError) or by the database.
+RegistrationOutcome = Registration | DomainError | DatabaseError
+
+
+def _register_many(*, kind: MemberKind, calls: Sequence[dict[str, Any]]) -> list[RegistrationOutcome]:
+    """Each call's registration in one transaction, in member-id order (two writes that lock the same rows lock them
+    in the same order); each call's outcome in the order given. A refused registration (another credential's
+    member) is refused alone, its audit row in the same transaction. When the database refuses a row, the
+    transaction is rolled back and each call written again in one of its own, so that only that row's caller gets
+    the error. An unreachable database fails them all (OperationalError, InterfaceError raised)."""
+    order = sorted(range(len(calls)), key=lambda index: calls[index]["member_id"])
+    outcomes: dict[int, RegistrationOutcome] = {}
+    try:
+        with transaction.atomic():
+            written = _register_pipelined(kind=kind, calls=[calls[index] for index in order])
+        outcomes.update(zip(order, written, strict=True))
+    except (OperationalError, InterfaceError):
+        raise
+    except DatabaseError:
+        for index in order:
+            try:
+                with transaction.atomic():
+                    outcomes[index] = _register(kind=kind, **calls[index])
+            except DomainError as exc:
+                outcomes[index] = exc
+            except (OperationalError, InterfaceError):
+                raise
+            except DatabaseError as exc:
+                outcomes[index] = exc
+    return [outcomes[index] for index in range(len(calls))]
+
+
+@dataclass(frozen=True)
+class ControllerRegistration:
+    """One controller's registration (validated input), as controller_register takes it."""
+
+    controller_id: str
+    region: str
+    grpc_endpoint: str
+    webtransport_endpoint: str | None
+    max_meetings: int
+    max_participants: int
+    actor_client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HandlerRegistration:
+    """One media handler's registration (validated input), as handler_register takes it."""
+
+    handler_id: str
+    region: str
+    grpc_endpoint: str
+    webtransport_endpoint: str
+    max_streams: int
+    actor_client_id: str | None = None
+
+
+def _controller_call(registration: ControllerRegistration) -> dict[str, Any]:
+    return {
+        "member_id": registration.controller_id, "region": registration.region,
+        "endpoint": registration.grpc_endpoint, "grpc_endpoint": registration.grpc_endpoint,
+        "webtransport_endpoint": registration.webtransport_endpoint,
+        "capacity": {"max_meetings": registration.max_meetings, "max_participants": registration.max_participants},
+        "insert_only": {}, "actor_client_id": registration.actor_client_id,
+    }
+
+
+def _handler_call(registration: HandlerRegistration) -> dict[str, Any]:
+    return {
+        "member_id": registration.handler_id, "region": registration.region,
+        "endpoint": registration.grpc_endpoint, "grpc_endpoint": registration.grpc_endpoint,
+        "webtransport_endpoint": registration.webtransport_endpoint,
+        "capacity": {"max_streams": registration.max_streams},
+        # The contract carries no bitrate; the column is NOT NULL, and 0 means "not reported".
+        "insert_only": {"max_bitrate_mbps": 0}, "actor_client_id": registration.actor_client_id,
+    }
+
+
+def controller_register_many(*, registrations: Sequence[ControllerRegistration]) -> list[RegistrationOutcome]:
+    """controller_register for registrations arriving together: one transaction, each its own outcome (a
+    Registration, or the error that refused it alone)."""
+    return _register_many(kind=CONTROLLERS, calls=[_controller_call(registration) for registration in registrations])
+
+
+def handler_register_many(*, registrations: Sequence[HandlerRegistration]) -> list[RegistrationOutcome]:
+    """handler_register for registrations arriving together (controller_register_many)."""
+    return _register_many(kind=HANDLERS, calls=[_handler_call(registration) for registration in registrations])
+
+
 def controller_register(
     *,
     controller_id: str,
@@ -194,12 +359,11 @@ def controller_register(
     actor_client_id: str | None = None,
 ) -> Registration:
     """Register or re-register a meeting controller (validated input); audited as the calling service."""
-    return _register(
-        kind=CONTROLLERS, member_id=controller_id, region=region, endpoint=grpc_endpoint,
-        grpc_endpoint=grpc_endpoint, webtransport_endpoint=webtransport_endpoint,
-        capacity={"max_meetings": max_meetings, "max_participants": max_participants}, insert_only={},
+    return _register(kind=CONTROLLERS, **_controller_call(ControllerRegistration(
+        controller_id=controller_id, region=region, grpc_endpoint=grpc_endpoint,
+        webtransport_endpoint=webtransport_endpoint, max_meetings=max_meetings, max_participants=max_participants,
         actor_client_id=actor_client_id,
-    )
+    )))
 
 
 def handler_register(
@@ -212,11 +376,7 @@ def handler_register(
     actor_client_id: str | None = None,
 ) -> Registration:
     """Register or re-register a media handler (validated input); audited as the calling service."""
-    return _register(
-        kind=HANDLERS, member_id=handler_id, region=region, endpoint=grpc_endpoint,
-        grpc_endpoint=grpc_endpoint, webtransport_endpoint=webtransport_endpoint,
-        capacity={"max_streams": max_streams},
-        # The contract carries no bitrate; the column is NOT NULL, and 0 means "not reported".
-        insert_only={"max_bitrate_mbps": 0},
-        actor_client_id=actor_client_id,
-    )
+    return _register(kind=HANDLERS, **_handler_call(HandlerRegistration(
+        handler_id=handler_id, region=region, grpc_endpoint=grpc_endpoint,
+        webtransport_endpoint=webtransport_endpoint, max_streams=max_streams, actor_client_id=actor_client_id,
+    )))

@@ -73,6 +73,46 @@ def ratelimit_hit(limits: Sequence[RateLimit], *, on_unavailable: Callable[[], N
         raise Throttled("Too many requests; retry later.", retry_after_seconds=max(1, math.ceil(retry_after)))
 
 
+def ratelimit_hit_many(requests: Sequence[Sequence[RateLimit]]) -> list[Throttled | None]:
+    """ratelimit_hit for requests served together (a batch of registrations): each request's limits counted, all
+    in one pipelined round trip; for each request, the Throttled that refuses it or None. Redis unreachable: none
+    is limited (fail open), as for one request."""
+    now = time.time()
+    counted = [
+        [(limit, int(now // limit.window_seconds) * limit.window_seconds) for limit in limits] for limits in requests
+    ]
+    if not any(counted):
+        return [None] * len(requests)
+    try:
+        pipeline = redis_client().pipeline(transaction=False)
+        for windows in counted:
+            for limit, window_start in windows:
+                key = limit.key(window_start)
+                pipeline.incr(key)
+                pipeline.expire(key, limit.window_seconds)
+        counts = pipeline.execute()[::2]
+    except redis.RedisError as exc:
+        _unavailable(exc, [limit for limits in requests for limit in limits], None)
+        return [None] * len(requests)
+    _outage_ended()
+    outcomes: list[Throttled | None] = []
+    first = 0
+    for windows in counted:
+        exceeded = [(limit.endpoint, window_start + limit.window_seconds - now)
+                    for (limit, window_start), count in zip(windows, counts[first:first + len(windows)], strict=True)
+                    if int(count) > limit.limit]
+        first += len(windows)
+        if not exceeded:
+            outcomes.append(None)
+            continue
+        _count_rejection(sorted({endpoint for endpoint, _ in exceeded}))
+        retry_after = max(seconds for _, seconds in exceeded)
+        outcomes.append(
+            Throttled("Too many requests; retry later.", retry_after_seconds=max(1, math.ceil(retry_after)))
+        )
+    return outcomes
+
+
 # Takes one unit of every counter, only when none is at its limit; else returns the 1-based indexes of the
 # counters at their limit and takes nothing. Atomic, so concurrent attempts never get past a limit together.
 # KEYS: the counters; ARGV: their limits, then their TTLs.

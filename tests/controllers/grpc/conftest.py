@@ -129,15 +129,18 @@ def fresh_revocation_lookups(monkeypatch):
 
 @contextlib.contextmanager
 def every_worker_busy(server: GrpcServer) -> Iterator[threading.Event]:
-    """Every worker thread of `server` blocked until the yielded event is set (at the latest when this ends)."""
+    """Every thread of `server` that waits for the database blocked until the yielded event is set (at the latest
+    when this ends): its worker threads and its writers (controllers.grpc.batching)."""
     release = threading.Event()
-    started = threading.Barrier(WORKERS + 1)
+    writers = list(server.service_guard.writers.values())
+    started = threading.Barrier(WORKERS + len(writers) + 1)
 
     def block() -> None:
         started.wait()
         release.wait(30)
 
     blocked = [server.executor.submit(block) for _ in range(WORKERS)]
+    blocked += [writer.executor.submit(block) for writer in writers]
     started.wait(10)
     try:
         yield release

@@ -106,11 +106,11 @@ def test_a_running_members_beat_whose_token_needs_a_check_is_queued_not_refused(
 
     with every_worker_busy(grpc_server):
         queued = mc_stub.RegisterMC.future(register("mc-queued"), metadata=auth)
-        wait_for(lambda: grpc_server.executor._work_queue.qsize() == 1, timeout=10, what="the registration queued")
+        wait_for(lambda: grpc_server.service_guard.admission.waiting == 1, timeout=10, what="the registration queued")
         monkeypatch.setattr(blacklist, "LOOKUP_CACHE_SECONDS", 0.0)  # every revocation lookup must be asked again
         beat = mc_stub.FastHeartbeat.future(pb.FastHeartbeatRequest(controller_id="mc-running", health=pb.HEALTHY),
                                             metadata=auth)
-        wait_for(lambda: grpc_server.executor._work_queue.qsize() == 2 or beat.done(), timeout=10,
+        wait_for(lambda: grpc_server.service_guard.admission.waiting == 2 or beat.done(), timeout=10,
                  what="the beat queued or answered")
         assert not beat.done()
 

@@ -283,8 +283,9 @@ def test_a_stopping_server_ends_open_streams_at_once_with_unavailable(mc_stub, a
     busy = Stream(mc_stub, auth)
     assert busy.send(fast=fast("mc-s-2")).fast.acknowledged
     with every_worker_busy(grpc_server) as release:
-        busy._beats.put(pb.HeartbeatStreamRequest(fast=fast("mc-s-2", health=pb.DEGRADED)))  # needs a worker
-        wait_for(lambda: grpc_server.executor._work_queue.qsize(), timeout=10, what="the beat queued for a worker")
+        busy._beats.put(pb.HeartbeatStreamRequest(fast=fast("mc-s-2", health=pb.DEGRADED)))  # needs the database
+        wait_for(lambda: grpc_server.service_guard.admission.waiting, timeout=10,
+                 what="the beat waiting for the database")
         started = time.monotonic()
         stopping = threading.Thread(target=grpc_server.stop, kwargs={"grace": 30})
         stopping.start()
