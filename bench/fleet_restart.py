@@ -16,7 +16,7 @@ Reported: the time until every restarted MC is healthy (its last first beat answ
 once its transition committed), registrations/s and first-beat transitions/s over their spans, the answers by
 status code (only OK and RESOURCE_EXHAUSTED are allowed), the transition, audit and outbox rows of the restarted
 fleet against what each MC must have left (registered: a transition, an audit row and an outbox event;
-first beat: a transition and an audit row), and the steady fleet's p99 beside its p99 alone.
+first beat: a transition, an audit row and an outbox event), and the steady fleet's p99 beside its p99 alone.
 """
 
 from __future__ import annotations
@@ -79,18 +79,20 @@ SELECT
    AND event_type = 'controller_healthy'),
   (SELECT count(*) FROM audit_logs WHERE target_id LIKE %(like)s),
   (SELECT count(*) FROM outbox_events WHERE aggregate_id LIKE %(like)s AND event_type = 'controller_registered'),
+  (SELECT count(*) FROM outbox_events WHERE aggregate_id LIKE %(like)s AND event_type = 'controller_healthy'
+   AND payload->>'from_status' = 'pending' AND payload->>'reason' = 'heartbeat'),
   (SELECT count(*) FROM outbox_events WHERE aggregate_id LIKE %(like)s)
 """
 _ROW_NAMES = ("healthy MCs", "registered transitions", "first-beat transitions", "transitions in all",
               "MCs with transitions", "register audit rows", "first-beat audit rows", "audit rows in all",
-              "registered outbox events", "outbox events in all")
+              "registered outbox events", "first-beat outbox events", "outbox events in all")
 
 
 def _expected(count: int) -> dict[str, int]:
     return {"healthy MCs": count, "registered transitions": count, "first-beat transitions": count,
             "transitions in all": 2 * count, "MCs with transitions": count, "register audit rows": count,
             "first-beat audit rows": count, "audit rows in all": 2 * count, "registered outbox events": count,
-            "outbox events in all": count}
+            "first-beat outbox events": count, "outbox events in all": 2 * count}
 
 
 def _rows(scratch: Scratch) -> dict[str, int]:
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("all OK" if steady_codes_ok else json.dumps({"alone": alone["codes"], "during": during["codes"]})) + ".",
         f"Transition, audit and outbox rows of the restarted fleet: {'as expected' if rows_ok else 'NOT as expected'}"
         " (each MC: registered = a transition NULL -> pending, an audit row and an outbox event; its first beat = a "
-        "transition pending -> healthy and an audit row).",
+        "transition pending -> healthy, an audit row and an outbox event).",
         f"Server: one grpcserver process, {workers} worker threads, GRPC_RATE_LIMIT_REGISTER_PER_CLIENT "
         f"{limits['GRPC_RATE_LIMIT_REGISTER_PER_CLIENT']:,} per RATE_LIMIT_WINDOW_SECONDS "
         f"{limits['RATE_LIMIT_WINDOW_SECONDS']}, GRPC_MAX_QUEUED_CALLS {queued_limit}. The storm's MCs share "

@@ -10,7 +10,7 @@ and memory of a comprehensive one still waiting) and acknowledged at once; a flu
 A beat is written synchronously, alone and before it is acknowledged, when it may change the member's health:
 its report would move the state this process last saw (pending -> healthy, DEGRADED, DRAINING, UNHEALTHY, back
 to healthy), or the member is `pending` or `unhealthy` (the recovery gate counts every good beat). Such a write
-commits the state change with its audit and transition rows before the answer. Nothing else makes a beat
+commits the state change with its transition, audit and outbox rows before the answer. Nothing else makes a beat
 synchronous: in particular not a long silence (the flush applies every beat to the row's state as the database
 has it, so a member the sweep marked meanwhile goes through the recovery gate all the same), because a rule that
 wrote more per call the slower the server answered would turn an overload into a collapse.

@@ -3,9 +3,9 @@
 The gRPC hot path coalesces beats in memory and writes a batch every HEARTBEAT_FLUSH_INTERVAL_MS
 (controllers.heartbeats); a beat that may change health is written alone and at once. Either way one statement
 (controllers.services.flush_sql) computes each member's new state from the state its row is in
-(controllers.health_rules), and every transition gets its transition and audit rows in the same transaction; a
-beat that changes no state writes no audit row. A beat is written only while its sender owns the member
-(controllers.services.ownership).
+(controllers.health_rules), and every transition gets its transition, audit and outbox rows in the same
+transaction (one INSERT each for the whole batch); a beat that changes no state writes none of them. A beat is
+written only while its sender owns the member (controllers.services.ownership).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from audit.models import ActorType
-from audit.services import AuditEntry, audit_record_many
+from audit.services import AuditEntry, audit_record_many, outbox_enqueue_many
 from controllers.capacity_cache import CAPACITY_SCRIPT_BATCH
 from controllers.health_rules import RECOVERING_STATES, beat_is_steady, recovery_report
 from controllers.members import HealthChange, MemberKind
@@ -63,7 +63,8 @@ def beats_record(*, kind: MemberKind, beats: Sequence[Beat]) -> list[HealthChang
     One set-based statement applies every beat; pending and unhealthy members that reported well then go
     through the recovery gate (heartbeat_recovery) in the same transaction. Returns one outcome per member
     that exists (a member id without a row is left out), from its state before to its state after. Every
-    transition has its controller_health_transitions row and an audit row (actor_type service).
+    transition has its controller_health_transitions row, an audit row (actor_type service) and an outbox event
+    (`<kind>_<new state>`, reason `heartbeat`).
     """
     return beats_flush(kind=kind, beats=beats, known={}).outcomes
 
@@ -116,22 +117,39 @@ def beats_flush(*, kind: MemberKind, beats: Sequence[Beat], known: Mapping[str, 
         for row in heartbeat_recovery(kind=kind, reports=recovering):
             before = outcomes[row.member_id]
             outcomes[row.member_id] = HealthChange(row.member_id, row.region, before.from_status, row.to_status)
+        changes = [outcome for outcome in outcomes.values() if outcome.changed]
         audit_record_many(
             AuditEntry(
-                event_type=kind.event(outcome.to_status),
+                event_type=kind.event(change.to_status),
                 action="heartbeat",
                 actor_type=ActorType.SERVICE,
                 target_type=kind.target_type,
-                target_id=outcome.member_id,
+                target_id=change.member_id,
                 metadata={
-                    "region": outcome.region,
-                    "from_status": outcome.from_status,
-                    "to_status": outcome.to_status,
-                    "reported": reported[outcome.member_id],
+                    "region": change.region,
+                    "from_status": change.from_status,
+                    "to_status": change.to_status,
+                    "reported": reported[change.member_id],
                 },
             )
-            for outcome in outcomes.values()
-            if outcome.changed
+            for change in changes
+        )
+        # The payload shape of the sweep's and the operator's health events: from these, consumers of the outbox
+        # learn that a member became placeable, or reported itself degraded, draining or unhealthy.
+        outbox_enqueue_many(
+            (
+                kind.aggregate_type,
+                change.member_id,
+                kind.event(change.to_status),
+                {
+                    "id": change.member_id,
+                    "region": change.region,
+                    "from_status": change.from_status,
+                    "to_status": change.to_status,
+                    "reason": "heartbeat",
+                },
+            )
+            for change in changes
         )
     return FlushOutcome(list(outcomes.values()), missing, capacity_documents)
 

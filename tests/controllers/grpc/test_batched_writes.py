@@ -172,6 +172,10 @@ def test_first_beats_waiting_for_the_database_hold_no_worker_and_commit_together
     assert transactions_of("controller_health_transitions", "component_id", "mc-beat-%", "reason = 'heartbeat'") == [
         1, 49
     ]
+    # Each first beat announces its MC healthy, in the transaction that wrote its transition.
+    assert transactions_of("outbox_events", "aggregate_id", "mc-beat-%", "event_type = 'controller_healthy'") == [
+        1, 49
+    ]
 
 
 def test_calls_waiting_for_a_writer_are_admitted_up_to_the_limit_and_the_next_is_refused_with_a_retry_after(
