@@ -7,7 +7,8 @@ but counters and liveness is kept in memory (the latest values per member; a fas
 and memory of a comprehensive one still waiting) and acknowledged at once; a flush thread writes the batch
 (controllers.services.beats.beats_flush, `last_heartbeat_at` = the database's now()).
 
-A beat is written synchronously, alone and before it is acknowledged, when it may change the member's health:
+A beat is written before it is acknowledged (with the other such beats waiting at that moment, in one
+transaction: the method's writer, controllers.grpc.batching) when it may change the member's health:
 its report would move the state this process last saw (pending -> healthy, DEGRADED, DRAINING, UNHEALTHY, back
 to healthy), or the member is `pending` or `unhealthy` (the recovery gate counts every good beat). Such a write
 commits the state change with its transition, audit and outbox rows before the answer. Nothing else makes a beat

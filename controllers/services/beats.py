@@ -1,7 +1,8 @@
 """Beats: MC heartbeats and MH load reports, written by one set-based statement for one or many members.
 
 The gRPC hot path coalesces beats in memory and writes a batch every HEARTBEAT_FLUSH_INTERVAL_MS
-(controllers.heartbeats); a beat that may change health is written alone and at once. Either way one statement
+(controllers.heartbeats); a beat that may change health is written before it is answered, together with the other
+such beats waiting at that moment. Either way one statement
 (controllers.services.flush_sql) computes each member's new state from the state its row is in
 (controllers.health_rules), and every transition gets its transition, audit and outbox rows in the same
 transaction (one INSERT each for the whole batch); a beat that changes no state writes none of them. A beat is
