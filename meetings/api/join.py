@@ -11,7 +11,7 @@ tests/meetings/api/test_join_plain_shapes.py hold them to the serializers.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any, cast
 
 from django.conf import settings
@@ -100,11 +100,11 @@ def join_request(data: Any, *, guest: bool) -> dict[str, str]:
     return validated
 
 
-def _moment(value: datetime | None) -> str | None:
-    """DRF's ISO 8601 rendering of a datetime: in the current time zone, UTC written Z."""
+def _moment(value: datetime | None, zone: tzinfo) -> str | None:
+    """DRF's ISO 8601 rendering of a datetime: in `zone` (the current time zone), UTC written Z."""
     if not value:
         return None
-    text = value.astimezone(timezone.get_current_timezone()).isoformat()
+    text = value.astimezone(zone).isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
@@ -112,7 +112,7 @@ def _uuid(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _meeting(meeting: Meeting, *, host: bool) -> dict[str, Any]:
+def _meeting(meeting: Meeting, *, host: bool, zone: tzinfo) -> dict[str, Any]:
     """MeetingSerializer's output for the host; MEETING_JOINER_FIELDS of it for anyone else."""
     data: dict[str, Any] = {
         "meeting_id": str(meeting.meeting_id), "meeting_code": meeting.meeting_code,
@@ -122,20 +122,20 @@ def _meeting(meeting: Meeting, *, host: bool) -> dict[str, Any]:
         "waiting_room_enabled": meeting.waiting_room_enabled, "allow_guests": meeting.allow_guests,
         "waiting_room_applies_to_users": meeting.waiting_room_applies_to_users, "max_guests": meeting.max_guests,
         "locked": meeting.locked, "status": str(meeting.status),
-        "scheduled_start_time": _moment(meeting.scheduled_start_time),
-        "actual_start_time": _moment(meeting.actual_start_time), "ended_at": _moment(meeting.ended_at),
+        "scheduled_start_time": _moment(meeting.scheduled_start_time, zone),
+        "actual_start_time": _moment(meeting.actual_start_time, zone), "ended_at": _moment(meeting.ended_at, zone),
         "assigned_controller_id": meeting.assigned_controller_id, "assigned_region": meeting.assigned_region,
-        "created_at": _moment(meeting.created_at), "updated_at": _moment(meeting.updated_at),
+        "created_at": _moment(meeting.created_at, zone), "updated_at": _moment(meeting.updated_at, zone),
     }
     return data if host else {name: data[name] for name in MEETING_JOINER_FIELDS}
 
 
-def _participant(participant: MeetingParticipant) -> dict[str, Any]:
+def _participant(participant: MeetingParticipant, zone: tzinfo) -> dict[str, Any]:
     return {
         "participant_id": str(participant.participant_id), "meeting_id": str(participant.meeting_id),
         "user_id": _uuid(participant.user_id), "display_name": participant.display_name,
-        "role": str(participant.role), "status": str(participant.status), "joined_at": _moment(participant.joined_at),
-        "left_at": _moment(participant.left_at),
+        "role": str(participant.role), "status": str(participant.status),
+        "joined_at": _moment(participant.joined_at, zone), "left_at": _moment(participant.left_at, zone),
         "leave_reason": None if participant.leave_reason is None else str(participant.leave_reason),
         "total_duration_seconds": participant.total_duration_seconds,
     }
@@ -144,9 +144,11 @@ def _participant(participant: MeetingParticipant) -> dict[str, Any]:
 def join_answer(result: JoinResult) -> dict[str, Any]:
     """JoinResponse's output for `result`, the meeting trimmed for anyone but the host (meeting_for_joiner)."""
     assignment = result.assignment
+    # Looked up once for the answer's seven datetimes: the current time zone is a context-local read.
+    zone = timezone.get_current_timezone()
     return {
-        "meeting": _meeting(result.meeting, host=result.participant.role == ROLE_HOST),
-        "participant": _participant(result.participant),
+        "meeting": _meeting(result.meeting, host=result.participant.role == ROLE_HOST, zone=zone),
+        "participant": _participant(result.participant, zone),
         "controller_id": assignment.controller_id,
         "region": assignment.region,
         "grpc_endpoint": assignment.grpc_endpoint,

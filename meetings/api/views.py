@@ -4,10 +4,11 @@ selector, render; errors are mapped by darktower.api.errors."""
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from django.db.models import QuerySet
-from django.urls import reverse
+from django.urls import get_script_prefix, reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.request import Request
@@ -95,6 +96,22 @@ def _join_response(result: JoinResult) -> Response:
     return Response(join_answer(result), status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
+_PATH_MEETING = uuid.UUID(int=1)
+_PATH_PARTICIPANT = uuid.UUID(int=2)
+
+
+@lru_cache(maxsize=8)
+def _participant_path(script_prefix: str) -> tuple[str, str]:
+    """reverse("meeting-participant") for a script prefix, split around its two UUIDs (which the URL writes as
+    they are): every first join answers with this Location, and reversing the URL pattern for each one is work
+    that does not depend on the join."""
+    path = reverse("meeting-participant", args=[_PATH_MEETING, _PATH_PARTICIPANT])
+    before, rest = path.split(str(_PATH_MEETING))
+    between, after = rest.split(str(_PATH_PARTICIPANT))
+    assert not after, "the participant's path ends with its id"
+    return before, between
+
+
 class JoinReplayMixin(CreatedLocation):
     """A new participant's 201 carries its Location. Idempotent replays of a join: the stored response keeps no
     meeting token (a secret at rest for 24 hours, and expired 5 minutes after issue): a replay answers the
@@ -114,7 +131,8 @@ class JoinReplayMixin(CreatedLocation):
 
     def created_location(self, body: dict[str, Any]) -> str | None:
         participant = body["participant"]
-        return reverse("meeting-participant", args=[participant["meeting_id"], participant["participant_id"]])
+        meeting_path, participant_path = _participant_path(get_script_prefix())
+        return f"{meeting_path}{participant['meeting_id']}{participant_path}{participant['participant_id']}"
 
 
 @extend_schema_view(

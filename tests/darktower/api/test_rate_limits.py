@@ -13,6 +13,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from accounts.services.users import email_hash
+from darktower.errors import Throttled
 from darktower.metrics import REGISTRY
 from darktower.redis import redis_client
 from meetings.models import Meeting
@@ -261,3 +262,20 @@ def test_rejections_by_the_login_fallback_are_counted(api, settings, redis_down)
                  401, "unauthenticated")
     assert_throttled(api.post(LOGIN, {"email": user.email, "password": "wrong"}, format="json", REMOTE_ADDR=fresh_ip()))
     assert rejections("api:auth:login") == before + 1
+
+
+def test_counters_count_and_expire_after_redis_forgot_its_scripts(settings):
+    # A restarted (or flushed) Redis has no scripts: a hit still counts every limit and sets each counter's TTL.
+    from darktower.api.ratelimit import RateLimit, ratelimit_hit
+
+    identifier = f"ip:{fresh_ip()}"
+    limits = [RateLimit("test:hit", identifier, 2, 3600), RateLimit("test:hit", f"{identifier}-b", 5, 60)]
+    ratelimit_hit(limits)
+    redis_client().script_flush()
+    ratelimit_hit(limits)
+    counters = [key.decode() for key in redis_client().scan_iter(f"ratelimit:test:hit:{identifier}*")]
+    assert sorted(int(redis_client().get(key)) for key in counters) == [2, 2]
+    ttls = sorted(redis_client().ttl(key) for key in counters)
+    assert 0 < ttls[0] <= 60 and 60 < ttls[1] <= 3600
+    with pytest.raises(Throttled):
+        ratelimit_hit(limits)

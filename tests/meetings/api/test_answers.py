@@ -8,6 +8,7 @@ import logging
 
 import pytest
 from django.http import HttpRequest, HttpResponse
+from django.test.utils import override_script_prefix
 from django.utils.log import log_response
 
 from meetings.models import MeetingAssignment, MeetingParticipant
@@ -155,3 +156,21 @@ def test_a_created_api_key_answers_its_location(as_user, host):
         HTTP_IDEMPOTENCY_KEY="key-location",
     )
     assert replay["Location"] == response["Location"]
+
+
+def test_a_join_location_keeps_the_script_prefix_it_is_served_under(as_user, host, other):
+    # Behind a proxy that mounts the API under a path (SCRIPT_NAME, the script prefix Django's WSGI handler sets;
+    # the test client does not), the Location is that path's, and a join served without one after answers its own.
+    make_controller(region="us-east-1")
+    meeting = make_meeting(host=host)
+
+    with override_script_prefix("/gc/"):
+        mounted = as_user(other).post(join_url(meeting.pk), format="json")
+    assert mounted.status_code == 201
+    participant_id = mounted.json()["participant"]["participant_id"]
+    assert mounted["Location"] == f"/gc/api/v1/meetings/{meeting.pk}/participants/{participant_id}"
+
+    plain = as_user(host).post(join_url(meeting.pk), format="json")
+    assert plain.status_code == 201
+    host_participant = plain.json()["participant"]["participant_id"]
+    assert plain["Location"] == f"/api/v1/meetings/{meeting.pk}/participants/{host_participant}"
