@@ -23,6 +23,7 @@ from controllers.models import MeetingController
 from controllers.services.beats import Beat, beats_flush
 from meetings.models import MeetingAssignment
 from meetings.services.assignment import meeting_assign
+from meetings.services.participants import meeting_join
 from tests.factories import make_controller, make_meeting
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,7 +62,17 @@ class Actor(threading.Thread):
             connection.close()
 
 
-def test_two_reassignments_and_a_flush_take_the_mc_rows_in_one_order(owner):
+def _assign(meeting, owner) -> str:
+    return meeting_assign(meeting_id=meeting.pk, region=REGION).controller_id
+
+
+def _join(meeting, owner) -> str:
+    # The join's statement (meetings 0008) reassigns in the database, by the same order.
+    return meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=owner).assignment.controller_id
+
+
+@pytest.mark.parametrize("reassign", [_assign, _join], ids=["meeting_assign", "meeting_join"])
+def test_two_reassignments_and_a_flush_take_the_mc_rows_in_one_order(owner, reassign):
     # mc-a takes the meetings; mc-m is in another region (no candidate), the flush's gate; mc-z is stale, so the
     # meetings it runs are reassigned, and it beats again in the same flush.
     make_controller(controller_id="mc-a", region=REGION)
@@ -84,8 +95,7 @@ def test_two_reassignments_and_a_flush_take_the_mc_rows_in_one_order(owner):
         flush.start()
         _wait_for_waiters(1)
         # The reassignments find mc-z stale and want mc-a, which the flush holds.
-        reassignments = [Actor(lambda meeting=meeting: meeting_assign(meeting_id=meeting.pk, region=REGION))
-                         for meeting in meetings]
+        reassignments = [Actor(lambda meeting=meeting: reassign(meeting, owner)) for meeting in meetings]
         for number, reassignment in enumerate(reassignments, start=2):
             reassignment.start()
             _wait_for_waiters(number)
@@ -99,7 +109,7 @@ def test_two_reassignments_and_a_flush_take_the_mc_rows_in_one_order(owner):
 
     assert [actor.error for actor in (flush, *reassignments)] == [None, None, None]
     assert {outcome.member_id for outcome in flush.result.outcomes} <= {"mc-a", "mc-m", "mc-z"}
-    assert [result.controller_id for result in (r.result for r in reassignments)] == ["mc-a", "mc-a"]
+    assert [reassignment.result for reassignment in reassignments] == ["mc-a", "mc-a"]
     active = MeetingAssignment.objects.filter(ended_at__isnull=True)
     assert sorted(active.values_list("meeting_controller_id", flat=True)) == ["mc-a", "mc-a"]
     assert MeetingAssignment.objects.filter(meeting_controller_id="mc-z", end_reason="reassigned").count() == 2

@@ -10,14 +10,12 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from accounts.tokens import token_issue
 from audit.models import AuditLog, OutboxEvent
-from controllers.members import CONTROLLERS
 from controllers.models import MeetingController
-from controllers.services.beats import Beat, beats_flush
 from darktower.errors import Conflict, Gone, InvalidInput, NoCapacity, NotFound, PermissionDenied
 from darktower.process import gc_id
 from meetings.models import MeetingAssignment, MeetingParticipant, MeetingStatus, ParticipantStatus
@@ -26,7 +24,7 @@ from meetings.services.participants import meeting_join, participants_close
 from tests.factories import make_controller, make_meeting, make_user
 from tests.locks import wait_until_blocking
 from tests.meetings.test_assignment_concurrency import THREADS, run_concurrently
-from tests.meetings.test_assignment_lock_order import Actor, _wait_for_waiters
+from tests.meetings.test_assignment_lock_order import Actor
 
 REGION = "us-east-1"
 # A transaction's own framing: BEGIN / COMMIT are not statements Django's cursor runs; inside the test's
@@ -408,47 +406,6 @@ def test_a_join_whose_every_claim_fills_up_meanwhile_writes_nothing_and_answers_
     assert stale.assigned_since_heartbeat == 1
     assert MeetingAssignment.objects.filter(meeting=meeting).count() == 1
     assert rows(meeting) == before
-
-
-@pytest.mark.django_db(transaction=True)
-def test_two_reassigning_joins_and_a_flush_take_the_mc_rows_in_one_order(owner):
-    # As tests/meetings/test_assignment_lock_order.py, with the joins' statement doing the reassignment.
-    make_controller(controller_id="mc-a", region=REGION)
-    make_controller(controller_id="mc-m", region="eu-west-1")
-    make_controller(controller_id="mc-z", region=REGION, current_meetings=2,
-                    last_heartbeat_at=timezone.now() - timedelta(hours=1))
-    meetings = [make_meeting(host=owner) for _ in range(2)]
-    for meeting in meetings:
-        MeetingAssignment.objects.create(meeting=meeting, meeting_controller_id="mc-z", region=REGION,
-                                         assigned_by_gc_id="gc-test")
-    beats = [Beat(member_id, "healthy", {"current_meetings": None}) for member_id in ("mc-a", "mc-m", "mc-z")]
-    gate = connections.create_connection("default")
-    try:
-        with gate.cursor() as cursor:
-            cursor.execute("BEGIN")
-            cursor.execute("SELECT 1 FROM meeting_controllers WHERE controller_id = 'mc-m' FOR UPDATE")
-        flush = Actor(lambda: beats_flush(kind=CONTROLLERS, beats=beats, known={}))
-        flush.start()
-        _wait_for_waiters(1)
-        joins = [Actor(lambda meeting=meeting: meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=owner))
-                 for meeting in meetings]
-        for number, join in enumerate(joins, start=2):
-            join.start()
-            _wait_for_waiters(number)
-        with gate.cursor() as cursor:
-            cursor.execute("COMMIT")
-    finally:
-        gate.close()
-    for actor in (flush, *joins):
-        actor.join(timeout=60)
-        assert not actor.is_alive()
-    assert [actor.error for actor in (flush, *joins)] == [None, None, None]
-    assert [join.result.assignment.controller_id for join in joins] == ["mc-a", "mc-a"]
-    active = MeetingAssignment.objects.filter(ended_at__isnull=True)
-    assert sorted(active.values_list("meeting_controller_id", flat=True)) == ["mc-a", "mc-a"]
-    assert MeetingAssignment.objects.filter(meeting_controller_id="mc-z", end_reason="reassigned").count() == 2
-    with transaction.atomic():
-        assert MeetingController.objects.get(pk="mc-a").assigned_since_heartbeat == 2
 
 
 @pytest.mark.django_db(transaction=True)
