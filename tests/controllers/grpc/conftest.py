@@ -48,21 +48,28 @@ def roomy_grpc_rate_limits(settings):
     settings.GRPC_MAX_QUEUED_CALLS = 10_000
 
 
-@pytest.fixture
-def grpc_server(transactional_db) -> Iterator[GrpcServer]:
+@contextlib.contextmanager
+def running_server(*, workers: int) -> Iterator[GrpcServer]:
+    """A server on a free loopback port with `workers` worker threads, and the recorders reset around it."""
     # Worker threads close their connection after every call, so none outlives the test's database.
     db_settings = connections.settings["default"]
     saved_max_age = db_settings["CONN_MAX_AGE"]
     db_settings["CONN_MAX_AGE"] = 0
     for recorder in RECORDERS:
         recorder_reset(recorder)
-    server = build_server(bind="127.0.0.1:0", workers=WORKERS)
+    server = build_server(bind="127.0.0.1:0", workers=workers)
     server.start()
     yield server
     server.stop(grace=2)
     for recorder in RECORDERS:
         recorder_reset(recorder)
     db_settings["CONN_MAX_AGE"] = saved_max_age
+
+
+@pytest.fixture
+def grpc_server(transactional_db) -> Iterator[GrpcServer]:
+    with running_server(workers=WORKERS) as server:
+        yield server
 
 
 @pytest.fixture

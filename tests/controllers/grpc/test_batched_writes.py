@@ -5,6 +5,7 @@ alone; the others of its write are answered OK."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import grpc
@@ -12,13 +13,11 @@ import pytest
 from django.db import connection, connections
 
 from audit.models import AuditLog
-from controllers.grpc.server import GrpcServer, build_server
-from controllers.heartbeats import RECORDERS
+from controllers.grpc.server import GrpcServer
 from controllers.models import HealthStatus, HealthTransition, MeetingController
 from dark_tower.internal.v1 import internal_pb2 as pb
 from dark_tower.internal.v1 import internal_pb2_grpc
-from tests.beats import recorder_reset
-from tests.controllers.grpc.conftest import bearer, endpoint_token
+from tests.controllers.grpc.conftest import bearer, endpoint_token, running_server
 from tests.factories import make_controller
 from tests.faults.processes import wait_for
 
@@ -30,21 +29,26 @@ def register(controller_id: str, *, max_meetings: int = 10) -> pb.RegisterMCRequ
                                 max_meetings=max_meetings, max_participants=100)
 
 
+@contextlib.contextmanager
+def meeting_controllers_locked() -> Iterator[None]:
+    """meeting_controllers locked against writes by another connection's open transaction, committed when the
+    block ends: the writes the block starts wait for it."""
+    locker = connections.create_connection("default")
+    try:
+        with locker.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute("LOCK TABLE meeting_controllers IN SHARE ROW EXCLUSIVE MODE")
+            yield
+            cursor.execute("COMMIT")
+    finally:
+        locker.close()
+
+
 @pytest.fixture
 def one_worker_server(transactional_db) -> Iterator[GrpcServer]:
     """A server with a single worker thread."""
-    db_settings = connections.settings["default"]
-    saved_max_age = db_settings["CONN_MAX_AGE"]
-    db_settings["CONN_MAX_AGE"] = 0
-    for recorder in RECORDERS:
-        recorder_reset(recorder)
-    server = build_server(bind="127.0.0.1:0", workers=1)
-    server.start()
-    yield server
-    server.stop(grace=2)
-    for recorder in RECORDERS:
-        recorder_reset(recorder)
-    db_settings["CONN_MAX_AGE"] = saved_max_age
+    with running_server(workers=1) as server:
+        yield server
 
 
 @pytest.fixture
@@ -89,22 +93,15 @@ def worker_call_answered(stub: internal_pb2_grpc.GlobalControllerServiceStub, to
 
 def test_registrations_waiting_for_the_database_hold_no_worker_and_commit_together(one_worker_server, stub, token):
     stub.RegisterMC(register("mc-batch-warm"), metadata=token, timeout=10)  # the token is verified and cached
-    locker = connections.create_connection("default")
-    try:
-        with locker.cursor() as cursor:
-            cursor.execute("BEGIN")
-            cursor.execute("LOCK TABLE meeting_controllers IN SHARE ROW EXCLUSIVE MODE")
-            calls = [stub.RegisterMC.future(register(f"mc-batch-{number:03d}"), metadata=token, timeout=60)
-                     for number in range(100)]
-            wait_for(lambda: waiting_for_lock("meeting_controllers"), timeout=10, what="a registration's write waiting")
-            # The only worker thread is free: a call that needs one is served while 100 registrations wait.
-            assert worker_call_answered(stub, token)
-            wait_for(lambda: one_worker_server.service_guard.admission.waiting == 100, timeout=10,
-                     what="every registration waiting")
-            assert not any(call.done() for call in calls)
-            cursor.execute("COMMIT")
-    finally:
-        locker.close()
+    with meeting_controllers_locked():
+        calls = [stub.RegisterMC.future(register(f"mc-batch-{number:03d}"), metadata=token, timeout=60)
+                 for number in range(100)]
+        wait_for(lambda: waiting_for_lock("meeting_controllers"), timeout=10, what="a registration's write waiting")
+        # The only worker thread is free: a call that needs one is served while 100 registrations wait.
+        assert worker_call_answered(stub, token)
+        wait_for(lambda: one_worker_server.service_guard.admission.waiting == 100, timeout=10,
+                 what="every registration waiting")
+        assert not any(call.done() for call in calls)
 
     assert all(call.result(timeout=30).accepted for call in calls)
     # The one that reached the writer first, then the 99 that waited meanwhile: two transactions, not 100.
@@ -117,22 +114,15 @@ def test_registrations_waiting_for_the_database_hold_no_worker_and_commit_togeth
 def test_a_refused_registration_fails_alone_in_its_write(one_worker_server, stub, token):
     make_controller(controller_id="mc-batch-other", owner_client_id="svc-someone-else")
     stub.RegisterMC(register("mc-batch-warm"), metadata=token, timeout=10)
-    locker = connections.create_connection("default")
-    try:
-        with locker.cursor() as cursor:
-            cursor.execute("BEGIN")
-            cursor.execute("LOCK TABLE meeting_controllers IN SHARE ROW EXCLUSIVE MODE")
-            first = stub.RegisterMC.future(register("mc-batch-first"), metadata=token, timeout=60)
-            wait_for(lambda: waiting_for_lock("meeting_controllers"), timeout=10, what="the first write waiting")
-            calls = {
-                name: stub.RegisterMC.future(register(name), metadata=token, timeout=60)
-                for name in ("mc-batch-a", "mc-batch-other", "mc-batch-b")
-            }
-            wait_for(lambda: one_worker_server.service_guard.admission.waiting == 4, timeout=10,
-                     what="every registration waiting")
-            cursor.execute("COMMIT")
-    finally:
-        locker.close()
+    with meeting_controllers_locked():
+        first = stub.RegisterMC.future(register("mc-batch-first"), metadata=token, timeout=60)
+        wait_for(lambda: waiting_for_lock("meeting_controllers"), timeout=10, what="the first write waiting")
+        calls = {
+            name: stub.RegisterMC.future(register(name), metadata=token, timeout=60)
+            for name in ("mc-batch-a", "mc-batch-other", "mc-batch-b")
+        }
+        wait_for(lambda: one_worker_server.service_guard.admission.waiting == 4, timeout=10,
+                 what="every registration waiting")
 
     assert first.result(timeout=30).accepted
     assert calls["mc-batch-a"].result(timeout=30).accepted
@@ -149,21 +139,14 @@ def test_a_refused_registration_fails_alone_in_its_write(one_worker_server, stub
 def test_first_beats_waiting_for_the_database_hold_no_worker_and_commit_together(one_worker_server, stub, token):
     for number in range(50):
         stub.RegisterMC(register(f"mc-beat-{number:03d}"), metadata=token, timeout=10)
-    locker = connections.create_connection("default")
-    try:
-        with locker.cursor() as cursor:
-            cursor.execute("BEGIN")
-            cursor.execute("LOCK TABLE meeting_controllers IN SHARE ROW EXCLUSIVE MODE")
-            beats = [stub.FastHeartbeat.future(pb.FastHeartbeatRequest(controller_id=f"mc-beat-{number:03d}",
-                                                                       health=pb.HEALTHY), metadata=token, timeout=60)
-                     for number in range(50)]
-            wait_for(lambda: waiting_for_lock("meeting_controllers"), timeout=10, what="a first beat's write waiting")
-            assert worker_call_answered(stub, token)
-            wait_for(lambda: one_worker_server.service_guard.admission.waiting == 50, timeout=10,
-                     what="every first beat waiting")
-            cursor.execute("COMMIT")
-    finally:
-        locker.close()
+    with meeting_controllers_locked():
+        beats = [stub.FastHeartbeat.future(pb.FastHeartbeatRequest(controller_id=f"mc-beat-{number:03d}",
+                                                                   health=pb.HEALTHY), metadata=token, timeout=60)
+                 for number in range(50)]
+        wait_for(lambda: waiting_for_lock("meeting_controllers"), timeout=10, what="a first beat's write waiting")
+        assert worker_call_answered(stub, token)
+        wait_for(lambda: one_worker_server.service_guard.admission.waiting == 50, timeout=10,
+                 what="every first beat waiting")
 
     assert all(beat.result(timeout=30).acknowledged for beat in beats)
     assert MeetingController.objects.filter(controller_id__startswith="mc-beat-",
@@ -183,20 +166,13 @@ def test_calls_waiting_for_a_writer_are_admitted_up_to_the_limit_and_the_next_is
 ):
     settings.GRPC_MAX_QUEUED_CALLS = 3
     stub.RegisterMC(register("mc-batch-warm"), metadata=token, timeout=10)
-    locker = connections.create_connection("default")
-    try:
-        with locker.cursor() as cursor:
-            cursor.execute("BEGIN")
-            cursor.execute("LOCK TABLE meeting_controllers IN SHARE ROW EXCLUSIVE MODE")
-            admitted = [stub.RegisterMC.future(register(f"mc-batch-{number}"), metadata=token, timeout=60)
-                        for number in range(3)]
-            wait_for(lambda: one_worker_server.service_guard.admission.waiting == 3, timeout=10,
-                     what="three registrations waiting")
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.RegisterMC(register("mc-batch-3"), metadata=token, timeout=10)
-            cursor.execute("COMMIT")
-    finally:
-        locker.close()
+    with meeting_controllers_locked():
+        admitted = [stub.RegisterMC.future(register(f"mc-batch-{number}"), metadata=token, timeout=60)
+                    for number in range(3)]
+        wait_for(lambda: one_worker_server.service_guard.admission.waiting == 3, timeout=10,
+                 what="three registrations waiting")
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.RegisterMC(register("mc-batch-3"), metadata=token, timeout=10)
 
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert int(dict(refused.value.trailing_metadata())["retry-after"]) >= 1
@@ -208,20 +184,13 @@ def test_calls_waiting_for_a_writer_are_admitted_up_to_the_limit_and_the_next_is
 def test_the_registrations_of_one_write_are_counted_by_the_rate_limits_each(one_worker_server, stub, token, settings):
     settings.GRPC_RATE_LIMIT_REGISTER_PER_MEMBER = 1
     stub.RegisterMC(register("mc-batch-warm"), metadata=token, timeout=10)
-    locker = connections.create_connection("default")
-    try:
-        with locker.cursor() as cursor:
-            cursor.execute("BEGIN")
-            cursor.execute("LOCK TABLE meeting_controllers IN SHARE ROW EXCLUSIVE MODE")
-            first = stub.RegisterMC.future(register("mc-batch-first"), metadata=token, timeout=60)
-            wait_for(lambda: waiting_for_lock("meeting_controllers"), timeout=10, what="the first write waiting")
-            calls = [stub.RegisterMC.future(register(name), metadata=token, timeout=60)
-                     for name in ("mc-batch-a", "mc-batch-a", "mc-batch-b")]
-            wait_for(lambda: one_worker_server.service_guard.admission.waiting == 4, timeout=10,
-                     what="every registration waiting")
-            cursor.execute("COMMIT")
-    finally:
-        locker.close()
+    with meeting_controllers_locked():
+        first = stub.RegisterMC.future(register("mc-batch-first"), metadata=token, timeout=60)
+        wait_for(lambda: waiting_for_lock("meeting_controllers"), timeout=10, what="the first write waiting")
+        calls = [stub.RegisterMC.future(register(name), metadata=token, timeout=60)
+                 for name in ("mc-batch-a", "mc-batch-a", "mc-batch-b")]
+        wait_for(lambda: one_worker_server.service_guard.admission.waiting == 4, timeout=10,
+                 what="every registration waiting")
 
     assert first.result(timeout=30).accepted
     assert calls[2].result(timeout=30).accepted
