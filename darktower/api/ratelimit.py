@@ -2,7 +2,7 @@
 with a TTL of one window).
 
 Each request INCRs the counter of every limit that applies to it and sets the counter's TTL, all in one
-pipelined round trip; a counter above its limit answers 429 with Retry-After (the seconds left in the
+round trip (one script); a counter above its limit answers 429 with Retry-After (the seconds left in the
 window). The limits and the window are settings (RATE_LIMIT_*).
 
 Login counts failed attempts only (`ratelimit_reserve`): an attempt takes a unit of every limit at once, and
@@ -52,68 +52,74 @@ def ratelimit_hit(limits: Sequence[RateLimit], *, on_unavailable: Callable[[], N
     if not limits:
         return
     now = time.time()
-    windows = [int(now // limit.window_seconds) * limit.window_seconds for limit in limits]
-    keys = [limit.key(window_start) for limit, window_start in zip(limits, windows, strict=True)]
+    windows = _window_starts(limits, now)
     try:
-        counts = _hit_script(redis_client())(keys=keys, args=[limit.window_seconds for limit in limits])
+        counts = _count(limits, windows)
     except redis.RedisError as exc:
         _unavailable(exc, limits, on_unavailable)
         return
     _outage_ended()
-    exceeded = [
-        (limit.endpoint, window_start + limit.window_seconds - now)
-        for limit, window_start, count in zip(limits, windows, counts, strict=True)
-        if int(count) > limit.limit
-    ]
-    if exceeded:
-        _count_rejection(sorted({endpoint for endpoint, _ in exceeded}))
-        retry_after = max(seconds for _, seconds in exceeded)
-        raise Throttled("Too many requests; retry later.", retry_after_seconds=max(1, math.ceil(retry_after)))
+    throttled = _throttled(limits, windows, counts, now)
+    if throttled is not None:
+        raise throttled
 
 
 def ratelimit_hit_many(requests: Sequence[Sequence[RateLimit]]) -> list[Throttled | None]:
     """ratelimit_hit for requests served together (a batch of registrations): each request's limits counted, all
-    in one pipelined round trip; for each request, the Throttled that refuses it or None. Redis unreachable: none
-    is limited (fail open), as for one request."""
-    now = time.time()
-    counted = [
-        [(limit, int(now // limit.window_seconds) * limit.window_seconds) for limit in limits] for limits in requests
-    ]
-    if not any(counted):
+    in one round trip; for each request, the Throttled that refuses it or None. Redis unreachable: none is limited
+    (fail open), as for one request."""
+    limits = [limit for request in requests for limit in request]
+    if not limits:
         return [None] * len(requests)
+    now = time.time()
+    windows = _window_starts(limits, now)
     try:
-        pipeline = redis_client().pipeline(transaction=False)
-        for windows in counted:
-            for limit, window_start in windows:
-                key = limit.key(window_start)
-                pipeline.incr(key)
-                pipeline.expire(key, limit.window_seconds)
-        counts = pipeline.execute()[::2]
+        counts = _count(limits, windows)
     except redis.RedisError as exc:
-        _unavailable(exc, [limit for limits in requests for limit in limits], None)
+        _unavailable(exc, limits, None)
         return [None] * len(requests)
     _outage_ended()
     outcomes: list[Throttled | None] = []
     first = 0
-    for windows in counted:
-        exceeded = [(limit.endpoint, window_start + limit.window_seconds - now)
-                    for (limit, window_start), count in zip(windows, counts[first:first + len(windows)], strict=True)
-                    if int(count) > limit.limit]
-        first += len(windows)
-        if not exceeded:
-            outcomes.append(None)
-            continue
-        _count_rejection(sorted({endpoint for endpoint, _ in exceeded}))
-        retry_after = max(seconds for _, seconds in exceeded)
-        outcomes.append(
-            Throttled("Too many requests; retry later.", retry_after_seconds=max(1, math.ceil(retry_after)))
-        )
+    for request in requests:
+        last = first + len(request)
+        outcomes.append(_throttled(request, windows[first:last], counts[first:last], now))
+        first = last
     return outcomes
 
 
-# Counts one request against every counter and sets each counter's TTL, returning the counts in the keys' order:
-# ratelimit_hit's INCR and EXPIRE per limit as one command, since every API request pays for this call and
-# encoding and parsing a pipeline of them cost the process more CPU than the one script.
+def _window_starts(limits: Sequence[RateLimit], now: float) -> list[int]:
+    return [int(now // limit.window_seconds) * limit.window_seconds for limit in limits]
+
+
+def _count(limits: Sequence[RateLimit], windows: Sequence[int]) -> list[int]:
+    """Count one hit on each limit's counter of its window (_HIT_SCRIPT: one round trip); the counts, in order."""
+    keys = [limit.key(window_start) for limit, window_start in zip(limits, windows, strict=True)]
+    return [int(count) for count in _hit_script(redis_client())(
+        keys=keys, args=[limit.window_seconds for limit in limits]
+    )]
+
+
+def _throttled(limits: Sequence[RateLimit], windows: Sequence[int], counts: Sequence[int],
+               now: float) -> Throttled | None:
+    """The Throttled that refuses a request whose limits were counted at `counts` (counted in the rejection
+    metric), or None when none is exceeded."""
+    exceeded = [
+        (limit.endpoint, window_start + limit.window_seconds - now)
+        for limit, window_start, count in zip(limits, windows, counts, strict=True)
+        if count > limit.limit
+    ]
+    if not exceeded:
+        return None
+    _count_rejection(sorted({endpoint for endpoint, _ in exceeded}))
+    retry_after = max(seconds for _, seconds in exceeded)
+    return Throttled("Too many requests; retry later.", retry_after_seconds=max(1, math.ceil(retry_after)))
+
+
+# Counts one hit against every counter and sets each counter's TTL, returning the counts in the keys' order: an
+# INCR and EXPIRE per limit as one command, since every API request pays for this call and encoding and parsing a
+# pipeline of them cost the process more CPU than the one script. A counter named twice (one credential's limit in
+# a batch of its registrations) is counted twice, in order.
 # KEYS: the counters; ARGV: their TTLs.
 _HIT_SCRIPT = """
 local counts = {}
