@@ -626,5 +626,8 @@ LOGGING = {
         # and unredacted: its records go to the root handler only.
         "django": {"handlers": []},
         **{name: {"level": LOG_ROUTINE_LEVEL} for name in ROUTINE_LOGGERS},
+        # A worker's start-up lines, "ready" among them, print at any LOG_LEVEL: `make run` and supervisors wait
+        # for that line, and it comes once per start.
+        "celery.apps.worker": {"level": "INFO"},
     },
 }

@@ -58,6 +58,29 @@ def test_development_mode_writes_readable_text():
         json.loads(lines[0])
 
 
+WORKER_READY = textwrap.dedent("""
+    import django
+    django.setup()
+    import logging
+    logging.getLogger("celery.apps.worker").info("%s ready.", "celery@probe")
+    logging.getLogger("celery.worker.consumer.connection").info("Connected to the broker")
+""")
+
+
+def test_the_worker_says_it_is_ready_whatever_the_log_level():
+    """`make run` (tools/devenv.py) and any supervisor waiting on a worker read its one "ready" line."""
+    variables = {k: v for k, v in os.environ.items() if k not in {"LOG_FORMAT", "LOG_LEVEL"}}
+    completed = subprocess.run(
+        [sys.executable, "-c", WORKER_READY], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={**variables, "DJANGO_SETTINGS_MODULE": "darktower.settings", "DEBUG": "1", "LOG_LEVEL": "WARNING"},
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stderr.strip().splitlines()
+
+    assert len(lines) == 1
+    assert lines[0].endswith("INFO celery.apps.worker celery@probe ready.")
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
