@@ -1,6 +1,6 @@
 """Bench 6: a fleet restarting. --controllers MCs register on one credential all at once, each beats as soon as it is
-registered (pending -> healthy), against one `manage.py grpcserver` process, while another fleet already running
-keeps beating.
+registered (pending -> healthy), against `manage.py grpcserver` (one process, or --processes sharing the port as
+the README's production layout runs it), while another fleet already running keeps beating.
 
 Set-up in a scratch database: a steady fleet of --steady healthy MCs (inserted in SQL, owned by a credential of
 their own) and two real service tokens. grpcserver runs as deployed (DEBUG off, the default rate limits and
@@ -36,6 +36,7 @@ from bench.common import (
     Scratch,
     argument_parser,
     finish,
+    free_port,
     load_note,
     scratch_database,
     server_version,
@@ -109,6 +110,10 @@ def _waits(*tallies: dict[str, int]) -> str:
     return f"{len(waits):,}; {waits[len(waits) // 2]} / {waits[-1]}"
 
 
+def _processes(count: int) -> str:
+    return "one grpcserver process" if count == 1 else f"{count} grpcserver processes sharing the port"
+
+
 def _steady(target: str, *, token: str, count: int, rate: float, duration: float) -> subprocess.Popen:
     """The steady fleet's client, started; it prints "measuring" when its window starts, then its JSON."""
     command = [PYTHON, "-m", "bench.heartbeat_client", "--target", target, "--prefix", STEADY_PREFIX,
@@ -145,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=600, help="the storm client gives up after this long")
     parser.add_argument("--storm-channels", type=int, default=STORM_CHANNELS,
                         help=f"connections the restarting MCs share (default {STORM_CHANNELS})")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="grpcserver processes sharing the port (SO_REUSEPORT spreads the connections over them)")
     args = parser.parse_args(argv)
     if args.quick:
         # A per-credential limit below the fleet, in a short window: some registrations are refused and retried
@@ -176,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                           SIGNING_KEY_ENCRYPTION_KEY=str(settings.SIGNING_KEY_ENCRYPTION_KEY),
                           **{name: str(value) for name, value in limits.items()})
         workers, queued_limit = settings.GRPC_WORKERS, settings.GRPC_MAX_QUEUED_CALLS
-        command = [PYTHON, "manage.py", "grpcserver", "--bind", "127.0.0.1:0", "--workers", str(workers)]
-        process, port, log = _start(command, env, Path(logs), "grpcserver")
+        bind_port = free_port() if args.processes > 1 else 0
+        command = [PYTHON, "manage.py", "grpcserver", "--bind", f"127.0.0.1:{bind_port}", "--workers", str(workers),
+                   "--processes", str(args.processes)]
+        process, port, log = _start(command, env, Path(logs), "grpcserver", listeners=args.processes)
         server = Server([process], port, [log])
         target = f"127.0.0.1:{port}"
         try:
@@ -228,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         result.add(name, rows[name], expected[name])
     result.add(f"steady fleet p99 ms, alone ({args.steady:,} MCs, {args.steady_rate:,.0f}/s)", alone["p99_ms"], "-")
     result.add("steady fleet p99 ms, during the storm", during["p99_ms"], "-")
+    result.add("steady fleet p50 ms, alone / during the storm", f"{alone['p50_ms']:,.1f} / {during['p50_ms']:,.1f}",
+               "-")
     result.data.update({
-        "controllers": count, "steady": args.steady, "limits": limits, "workers": workers, "storm": storm,
+        "controllers": count, "steady": args.steady, "limits": limits, "workers": workers,
+        "processes": args.processes, "storm": storm,
         "steady_alone": alone, "steady_during": during, "rows": rows, "rows_expected": expected, "rows_ok": rows_ok,
         "unexpected_codes": unexpected, "steady_codes_ok": steady_codes_ok, "all_healthy_seconds": all_healthy,
         "registrations_per_second": count / register_span,
@@ -246,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Transition, audit and outbox rows of the restarted fleet: {'as expected' if rows_ok else 'NOT as expected'}"
         " (each MC: registered = a transition NULL -> pending, an audit row and an outbox event; its first beat = a "
         "transition pending -> healthy, an audit row and an outbox event).",
-        f"Server: one grpcserver process, {workers} worker threads, GRPC_RATE_LIMIT_REGISTER_PER_CLIENT "
+        f"Server: {_processes(args.processes)}, {workers} worker threads each, GRPC_RATE_LIMIT_REGISTER_PER_CLIENT "
         f"{limits['GRPC_RATE_LIMIT_REGISTER_PER_CLIENT']:,} per RATE_LIMIT_WINDOW_SECONDS "
         f"{limits['RATE_LIMIT_WINDOW_SECONDS']}, GRPC_MAX_QUEUED_CALLS {queued_limit}. The storm's MCs share "
         f"{args.storm_channels} connections; the steady fleet's p99 is "
