@@ -27,7 +27,12 @@ from rest_framework.request import Request
 from accounts.models import User
 from accounts.services.api_keys import api_key_authenticate
 from accounts.services.users import REGULAR_USER_SCOPES, user_scopes
-from accounts.tokens import token_verify
+from accounts.tokens import (
+    TokenClaims,
+    token_revocation_check,
+    token_revocation_settle,
+    token_verify_deferring_revocation,
+)
 from darktower.api.errors import WWW_AUTHENTICATE
 from darktower.api.principal import Principal
 from darktower.errors import Unauthenticated
@@ -73,6 +78,26 @@ def _active_user(user_id: uuid.UUID) -> User | None:
     return None if row is None else User.from_db(connection.alias, _USER_ATTNAMES, row)
 
 
+class _Revocation:
+    """A bearer token's revocation lookup, left to the API view (darktower.api.principal.PendingRevocation)."""
+
+    def __init__(self, claims: TokenClaims, key: str) -> None:
+        self.claims = claims
+        self.key = key
+
+    def settle(self, revoked: bool | None) -> None:
+        try:
+            token_revocation_settle(self.claims, revoked=revoked)
+        except Unauthenticated as exc:
+            raise exceptions.AuthenticationFailed(exc.message) from None
+
+    def check(self) -> None:
+        try:
+            token_revocation_check(self.claims)
+        except Unauthenticated as exc:
+            raise exceptions.AuthenticationFailed(exc.message) from None
+
+
 def _user_loader(user_id: uuid.UUID) -> Callable[[], User]:
     def load() -> User:
         user = _active_user(user_id)
@@ -88,23 +113,29 @@ class BearerTokenAuthentication(BaseAuthentication):
     (REGULAR_USER_SCOPES: user_scopes needs nothing else of the user for them), its user is not read here: the
     Principal reads it on first use, refusing a user gone or inactive with the same 401 as here, and a view whose
     service checks the user in its own statement (ApiView.user_checked_by_handler) never reads it. A token that
-    asks for a fleet scope reads its user at once, its staff flag and permissions deciding its scopes."""
+    asks for a fleet scope reads its user at once, its staff flag and permissions deciding its scopes.
+
+    A revocation lookup that needs Redis is left to the view too (Principal.revocation), which makes it in the
+    round trip that counts the request's rate limits; a token that reads its user at once looks it up first."""
 
     def authenticate(self, request: Request) -> tuple[User, Principal] | None:
         raw = _credentials(request, BEARER)
         if raw is None:
             return None
         try:
-            claims = token_verify(raw, audience=settings.JWT_API_AUDIENCE)
+            claims, revocation_key = token_verify_deferring_revocation(raw, audience=settings.JWT_API_AUDIENCE)
         except Unauthenticated as exc:
             raise exceptions.AuthenticationFailed(exc.message) from None
+        revocation = None if revocation_key is None else _Revocation(claims, revocation_key)
         user_id = _user_id(claims.subject)
+        if claims.scopes <= REGULAR_USER_SCOPES and user_id is not None:
+            principal = Principal(kind="user", user_id=user_id, load_user=_user_loader(user_id),
+                                  scopes=claims.scopes, claims=claims, revocation=revocation)
+            return cast(User, SimpleLazyObject(lambda: principal.user)), principal
+        if revocation is not None:
+            revocation.check()
         if user_id is None:
             raise exceptions.AuthenticationFailed(INACTIVE_USER)
-        if claims.scopes <= REGULAR_USER_SCOPES:
-            principal = Principal(kind="user", user_id=user_id, load_user=_user_loader(user_id),
-                                  scopes=claims.scopes, claims=claims)
-            return cast(User, SimpleLazyObject(lambda: principal.user)), principal
         user = _active_user(user_id)
         if user is None:
             raise exceptions.AuthenticationFailed(INACTIVE_USER)

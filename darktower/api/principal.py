@@ -8,7 +8,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
+
+
+class PendingRevocation(Protocol):
+    """A credential's revocation lookup left to the API view, to be made in the round trip that counts the
+    request's rate limits (darktower.api.ratelimit: `unless_exists`)."""
+
+    key: str  # the Redis key whose existence means revoked
+
+    def settle(self, revoked: bool | None) -> None:
+        """What the lookup found (None: Redis unreachable); raises AuthenticationFailed when revoked."""
+
+    def check(self) -> None:
+        """The lookup alone, then settle: for an answer given without counting the limits."""
 
 
 class Principal:
@@ -20,7 +33,7 @@ class Principal:
     (ApiView.user_checked_by_handler). `user_unread` says which: the API view reads the user before every answer
     that did not come from such a service."""
 
-    __slots__ = ("_load_user", "_user", "api_key_id", "claims", "kind", "scopes", "user_id")
+    __slots__ = ("_load_user", "_user", "api_key_id", "claims", "kind", "revocation", "scopes", "user_id")
 
     def __init__(
         self,
@@ -32,6 +45,7 @@ class Principal:
         load_user: Callable[[], Any] | None = None,
         api_key_id: uuid.UUID | None = None,
         claims: Any = None,  # the bearer token's claims; None for an API key
+        revocation: PendingRevocation | None = None,
     ) -> None:
         if user is not None:
             user_id = user.pk
@@ -44,6 +58,9 @@ class Principal:
         self.claims = claims
         self._user = user
         self._load_user = load_user
+        # Until settled, the credential is not known to be unrevoked: ApiView.initial settles it before any
+        # handler runs (settle_revocation), ApiView.handle_exception before any error answer.
+        self.revocation = revocation
 
     @property
     def user(self) -> Any:
@@ -52,6 +69,18 @@ class Principal:
             assert self._load_user is not None
             self._user = self._load_user()
         return self._user
+
+    def settle_revocation(self, revoked: bool | None) -> None:
+        """Settle the pending revocation lookup with what it found (see PendingRevocation.settle)."""
+        pending, self.revocation = self.revocation, None
+        if pending is not None:
+            pending.settle(revoked)
+
+    def check_revocation(self) -> None:
+        """Settle the pending revocation lookup, if any, by making it alone."""
+        pending, self.revocation = self.revocation, None
+        if pending is not None:
+            pending.check()
 
     @property
     def user_unread(self) -> bool:

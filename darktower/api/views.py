@@ -105,8 +105,16 @@ class ApiView(APIView):
         # Only requests a handler will serve are counted. OPTIONS (metadata) and a method the view lacks (a 405)
         # pass the permission check without a caller, so limits that name the caller could not be computed.
         assert request.method is not None  # Django's handler sets it from the request line
-        if request.method != "OPTIONS" and hasattr(self, request.method.lower()):
-            ratelimit_hit(self.rate_limits(request), on_unavailable=self.rate_limit_fallback(request))
+        counted = request.method != "OPTIONS" and hasattr(self, request.method.lower())
+        limits = self.rate_limits(request) if counted else []
+        principal = request.auth if isinstance(request.auth, Principal) else None
+        if principal is not None and principal.revocation is not None:
+            # The credential's revocation lookup rides on the limits' round trip: a revoked one counts nowhere.
+            revoked = ratelimit_hit(limits, on_unavailable=self.rate_limit_fallback(request),
+                                    unless_exists=principal.revocation.key)
+            principal.settle_revocation(revoked)
+        else:
+            ratelimit_hit(limits, on_unavailable=self.rate_limit_fallback(request))
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[BaseRenderer, str]:
         if (
@@ -133,12 +141,15 @@ class ApiView(APIView):
         return bytes(JSONRenderer().render(data))
 
     def handle_exception(self, exc: Exception) -> Response:
-        """DRF's, after reading a bearer token's user that nothing read yet: a user gone or inactive is answered
-        authentication's 401 rather than whatever refusal came first (a 400, a 404, a 429)."""
+        """DRF's, after settling what authentication left to later (a bearer token's revocation lookup, its user):
+        a revoked token, or a user gone or inactive, is answered authentication's 401 rather than whatever refusal
+        came first (a 400, a 403, a 404, a 429)."""
         principal = _authenticated(self.request)
-        if principal is not None and principal.user_unread and not isinstance(exc, _CALLER_REFUSALS):
+        if principal is not None and not isinstance(exc, _CALLER_REFUSALS):
             try:
-                principal.user  # noqa: B018 -- reads the user, refusing one gone or inactive
+                principal.check_revocation()
+                if principal.user_unread:
+                    principal.user  # noqa: B018 -- reads the user, refusing one gone or inactive
             except exceptions.AuthenticationFailed as refused:
                 exc = refused
         return super().handle_exception(exc)
