@@ -4,7 +4,9 @@ middleware, view, services and connection pool), one request at a time, without 
 Set-up as bench 2 (bench/join.py, at a smaller scale: a scratch database, a Redis of its own), then in a child
 process with the server's environment: reused joins (users joining meetings whose assignment an earlier join made)
 and first joins (each a meeting nobody joined yet), without and with an Idempotency-Key, each kind timed with
-time.process_time (this process's CPU only: PostgreSQL's and Redis's are not in it), median of --runs rounds.
+time.process_time (this process's CPU only: PostgreSQL's and Redis's are not in it), the median and the best of
+--runs rounds (the best is the least disturbed by other work on the machine), and the share of it spent in garbage
+collection (gc.callbacks).
 With --profile, a cProfile of the reused joins in CPU time, the functions with the most cumulative time. Not part of
 `make bench` or `make test`: a before/after figure for a change to the request's Python.
 
@@ -14,6 +16,7 @@ With --profile, a cProfile of the reused joins in CPU time, the functions with t
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import secrets
@@ -31,7 +34,7 @@ from bench.join import REGIONS, _setup, _wsgi_post, private_redis
 NAME = "join_micro"
 
 
-def _child(plan_path: Path, joins: int, runs: int, profile: bool) -> None:
+def _child(plan_path: Path, joins: int, runs: int, profile: bool, gc_threshold: int | None) -> None:
     import django
 
     django.setup()
@@ -45,6 +48,8 @@ def _child(plan_path: Path, joins: int, runs: int, profile: bool) -> None:
     fresh = iter(meeting for meeting, _ in plan["fresh"])
     app = WSGIHandler()
     post_worker_init(None)  # what a gunicorn worker does once it has loaded the application
+    if gc_threshold is not None:
+        gc.set_threshold(gc_threshold, *gc.get_threshold()[1:])
     body = json.dumps({"region": REGIONS[0]}).encode()
 
     def join(meeting: str, token: str, keyed: bool) -> None:
@@ -66,16 +71,28 @@ def _child(plan_path: Path, joins: int, runs: int, profile: bool) -> None:
         for number in range(count):
             join(next(fresh), tokens[number % len(tokens)], keyed)
 
+    collecting = {"since": 0.0, "seconds": 0.0}
+
+    def collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting["since"] = time.process_time()
+        else:
+            collecting["seconds"] += time.process_time() - collecting["since"]
+
+    gc.callbacks.append(collection)
     reused(joins // 4, False)  # warm-up
     figures: dict[str, float] = {}
     for label, drive, keyed in (("reused", reused, False), ("reused, Idempotency-Key", reused, True),
                                 ("first", first, False), ("first, Idempotency-Key", first, True)):
         rounds = []
+        collecting["seconds"] = 0.0
         for _ in range(runs):
             started = time.process_time()
             drive(joins, keyed)
             rounds.append((time.process_time() - started) * 1000 / joins)
         figures[label] = statistics.median(rounds)
+        figures[f"{label} (best round)"] = min(rounds)
+        figures[f"{label}, of which garbage collection"] = collecting["seconds"] * 1000 / (joins * runs)
     print(json.dumps(figures))
     if profile:
         import cProfile
@@ -95,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joins", type=int, default=400, help="joins per kind and round (default 400)")
     parser.add_argument("--runs", type=int, default=5, help="rounds per kind, the median reported (default 5)")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of reused joins to stderr")
+    parser.add_argument("--gc-threshold", type=int, help="the collector's first threshold (Python's default: 700)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.child, args.joins, args.runs, args.profile)
+        _child(args.child, args.joins, args.runs, args.profile, args.gc_threshold)
         return 0
     with scratch_database(NAME) as scratch, tempfile.TemporaryDirectory(prefix="bench-join-micro-", dir="/tmp") as tmp:
         work = Path(tmp)
@@ -119,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             load = os.getloadavg()[0]
             answer = subprocess.run(
                 [PYTHON, "-m", f"bench.{NAME}", "--child", str(plan), "--joins", str(args.joins),
-                 "--runs", str(args.runs), *(["--profile"] if args.profile else [])],
+                 "--runs", str(args.runs), *(["--profile"] if args.profile else []),
+                 *(["--gc-threshold", str(args.gc_threshold)] if args.gc_threshold is not None else [])],
                 cwd=ROOT, env=env, check=True, stdout=subprocess.PIPE, text=True,
             )
     figures = json.loads(answer.stdout.strip().splitlines()[-1])
