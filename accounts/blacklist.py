@@ -24,7 +24,9 @@ LOOKUP_CACHE_SECONDS = 2.0
 _LOOKUP_CACHE_MAX = 100_000
 
 
-def _key(jti: str) -> str:
+def blacklist_key(jti: str) -> str:
+    """The Redis key whose existence says that the token `jti` is revoked (for a caller that looks it up in a
+    round trip of its own making, then hands the answer to blacklist_record)."""
     return f"token:blacklist:{jti}"
 
 
@@ -33,7 +35,7 @@ _lookups: dict[str, tuple[float, bool]] = {}
 
 
 def blacklist_add(*, jti: str, ttl_seconds: int, reason: str) -> None:
-    redis_client().set(_key(jti), reason, ex=max(1, ttl_seconds))
+    redis_client().set(blacklist_key(jti), reason, ex=max(1, ttl_seconds))
     with _lock:
         _lookups[jti] = (time.monotonic(), True)
 
@@ -45,14 +47,22 @@ def blacklist_contains(jti: str) -> bool:
     if cached and (cached[1] or now - cached[0] < LOOKUP_CACHE_SECONDS):
         return cached[1]
     try:
-        revoked = bool(redis_client().exists(_key(jti)))
+        revoked = bool(redis_client().exists(blacklist_key(jti)))
     except redis.RedisError:
+        revoked = None
+    return blacklist_record(jti, revoked, looked_up_at=now)
+
+
+def blacklist_record(jti: str, revoked: bool | None, *, looked_up_at: float | None = None) -> bool:
+    """What a lookup of blacklist_key(jti) found, cached as blacklist_contains caches its own: whether the token is
+    revoked. None (Redis unreachable) answers "not revoked", with a warning, and caches nothing."""
+    if revoked is None:
         logger.warning("token_blacklist_unreachable", extra={"event": "token_blacklist_unreachable"})
         return False
     with _lock:
         if len(_lookups) >= _LOOKUP_CACHE_MAX:
             _lookups.clear()
-        _lookups[jti] = (now, revoked)
+        _lookups[jti] = (time.monotonic() if looked_up_at is None else looked_up_at, revoked)
     return revoked
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import jwt
 from django.conf import settings
 
-from accounts.blacklist import blacklist_add, blacklist_cached, blacklist_contains
+from accounts.blacklist import blacklist_add, blacklist_cached, blacklist_contains, blacklist_key, blacklist_record
 from accounts.signing import signing_key_active, signing_key_published_cached, signing_public_key
 from darktower.conf import hot_setting
 from darktower.errors import Unauthenticated
@@ -218,7 +218,44 @@ def token_verify(raw: str, *, audience: str) -> TokenClaims:
     return claims
 
 
-def _verify(raw: str, audience: str) -> TokenClaims:
+def token_verify_deferring_revocation(raw: str, *, audience: str) -> tuple[TokenClaims, str | None]:
+    """token_verify, except that a revocation lookup that needs Redis is left to the caller, to be made in a round
+    trip the caller makes anyway (the API's rate limits): the claims, and the Redis key whose existence means
+    revoked (blacklist_key), or None when the answer was known without I/O (cached; a revoked token raises as in
+    token_verify). With a key, the caller must hand what it found to token_revocation_settle before trusting the
+    claims."""
+    try:
+        claims = _verify(raw, audience, revocation=False)
+        cached = blacklist_cached(claims.jti)
+        if cached:
+            raise Unauthenticated("token revoked")
+    except Unauthenticated as exc:
+        TOKEN_VALIDATIONS.labels(_outcome(exc.message)).inc()
+        raise
+    if cached is None:
+        return claims, blacklist_key(claims.jti)
+    tally_count(_VALID)
+    return claims, None
+
+
+def token_revocation_settle(claims: TokenClaims, *, revoked: bool | None) -> None:
+    """Finish token_verify_deferring_revocation with what the lookup of its key found (None: Redis unreachable,
+    which answers "not revoked" as token_verify does): Unauthenticated when the token is revoked."""
+    if blacklist_record(claims.jti, revoked):
+        TOKEN_VALIDATIONS.labels(_outcome("token revoked")).inc()
+        raise Unauthenticated("token revoked")
+    tally_count(_VALID)
+
+
+def token_revocation_check(claims: TokenClaims) -> None:
+    """token_revocation_settle after looking the token up alone (blacklist_contains)."""
+    if blacklist_contains(claims.jti):
+        TOKEN_VALIDATIONS.labels(_outcome("token revoked")).inc()
+        raise Unauthenticated("token revoked")
+    tally_count(_VALID)
+
+
+def _verify(raw: str, audience: str, *, revocation: bool = True) -> TokenClaims:
     if not raw or not isinstance(raw, str):
         raise Unauthenticated("missing token")
     if len(raw) > settings.JWT_MAX_TOKEN_BYTES or len(raw.encode()) > settings.JWT_MAX_TOKEN_BYTES:
@@ -238,7 +275,7 @@ def _verify(raw: str, audience: str) -> TokenClaims:
     elif signing_public_key(claims.kid) is None:
         _forget(cache_key)
         raise Unauthenticated("unknown signing key")
-    if blacklist_contains(claims.jti):
+    if revocation and blacklist_contains(claims.jti):
         raise Unauthenticated("token revoked")
     return claims
 

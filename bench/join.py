@@ -654,8 +654,8 @@ def main(argv: list[str] | None = None) -> int:
         "the pool's checks), of which the join service's in brackets: " + ", ".join(
             f"{kind} {counts['statements']} / {counts['round_trips']} ({counts['service_statements']} / "
             f"{counts['service_round_trips']})" for kind, counts in statements.items())
-        + "; besides, an EdDSA verify, an EdDSA sign and a Redis round trip for the rate limits (two when the "
-        "token's revocation lookup is not cached).",
+        + "; besides, an EdDSA verify, an EdDSA sign and one Redis round trip for the rate limits and the token's "
+        "revocation lookup together.",
         f"Open loop (the row before the last): {args.open_rate:g} mixed joins a second offered on the clock over "
         f"at most {args.open_connections} connections ({opened['connections_opened']} opened), each latency "
         f"counted from when the join was due; {opened['rate']:.1f} joins/s answered in the {args.duration:g} s "

@@ -3,7 +3,8 @@ with a TTL of one window).
 
 Each request INCRs the counter of every limit that applies to it and sets the counter's TTL, all in one
 round trip (one script); a counter above its limit answers 429 with Retry-After (the seconds left in the
-window). The limits and the window are settings (RATE_LIMIT_*).
+window). The limits and the window are settings (RATE_LIMIT_*). A bearer token's revocation lookup rides on the same
+round trip (`unless_exists`): a revoked token is refused without counting.
 
 Login counts failed attempts only (`ratelimit_reserve`): an attempt takes a unit of every limit at once, and
 only when all have one left (a refused attempt takes none); a successful login gives its unit back.
@@ -47,21 +48,31 @@ class RateLimit:
         return f"ratelimit:{self.endpoint}:{self.identifier}:{window_start}"
 
 
-def ratelimit_hit(limits: Sequence[RateLimit], *, on_unavailable: Callable[[], None] | None = None) -> None:
-    """Count one request against each limit; raise Throttled when any is exceeded."""
-    if not limits:
-        return
+def ratelimit_hit(limits: Sequence[RateLimit], *, on_unavailable: Callable[[], None] | None = None,
+                  unless_exists: str | None = None) -> bool | None:
+    """Count one request against each limit; raise Throttled when any is exceeded.
+
+    `unless_exists`: a Redis key whose existence refuses the request for another reason (a revoked credential),
+    looked up in the same round trip: when it exists nothing is counted. Returns whether it exists (False without
+    such a key; None when Redis is unreachable)."""
+    if not limits and unless_exists is None:
+        return False
     now = time.time()
     windows = _window_starts(limits, now)
     try:
-        counts = _count(limits, windows)
+        counts = _count(limits, windows) if unless_exists is None else _count_unless(limits, windows, unless_exists)
     except redis.RedisError as exc:
-        _unavailable(exc, limits, on_unavailable)
-        return
-    _outage_ended()
+        if limits:
+            _unavailable(exc, limits, on_unavailable)
+        return None
+    if limits:
+        _outage_ended()
+    if counts is None:
+        return True
     throttled = _throttled(limits, windows, counts, now)
     if throttled is not None:
         raise throttled
+    return False
 
 
 def ratelimit_hit_many(requests: Sequence[Sequence[RateLimit]]) -> list[Throttled | None]:
@@ -100,6 +111,16 @@ def _count(limits: Sequence[RateLimit], windows: Sequence[int]) -> list[int]:
     )]
 
 
+def _count_unless(limits: Sequence[RateLimit], windows: Sequence[int], unless_exists: str) -> list[int] | None:
+    """_count, in the same one round trip, unless the key `unless_exists` exists: then None, nothing counted
+    (_HIT_UNLESS_SCRIPT)."""
+    keys = [limit.key(window_start) for limit, window_start in zip(limits, windows, strict=True)]
+    counts = _hit_unless_script(redis_client())(
+        keys=[unless_exists, *keys], args=[limit.window_seconds for limit in limits]
+    )
+    return None if counts == _EXISTS else [int(count) for count in counts]
+
+
 def _throttled(limits: Sequence[RateLimit], windows: Sequence[int], counts: Sequence[int],
                now: float) -> Throttled | None:
     """The Throttled that refuses a request whose limits were counted at `counts` (counted in the rejection
@@ -131,11 +152,32 @@ return counts
 """
 
 
+# _HIT_SCRIPT, unless the first key exists: then nothing is counted and the answer is -1 (_EXISTS). A bearer token's
+# revocation lookup rides on its request's limits this way, so a revoked token costs no unit of any limit.
+# KEYS: the key whose existence refuses the request, then the counters; ARGV: the counters' TTLs.
+_HIT_UNLESS_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local counts = {}
+for i = 2, #KEYS do
+  counts[i - 1] = redis.call('INCR', KEYS[i])
+  redis.call('EXPIRE', KEYS[i], ARGV[i - 1])
+end
+return counts
+"""
+_EXISTS = -1
+
+
 @lru_cache(maxsize=8)
 def _hit_script(client: redis.Redis) -> Script:
     """_HIT_SCRIPT bound to `client`, built once per client (its digest computed once; redis-py loads the script
     again by itself when a restarted Redis no longer has it)."""
     return client.register_script(_HIT_SCRIPT)
+
+
+@lru_cache(maxsize=8)
+def _hit_unless_script(client: redis.Redis) -> Script:
+    """_HIT_UNLESS_SCRIPT bound to `client`, as _hit_script."""
+    return client.register_script(_HIT_UNLESS_SCRIPT)
 
 
 # Takes one unit of every counter, only when none is at its limit; else returns the 1-based indexes of the

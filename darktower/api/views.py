@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest
 from django.utils.module_loading import import_string
-from rest_framework import generics
+from rest_framework import exceptions, generics
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -33,6 +33,7 @@ from darktower.api.principal import Principal
 from darktower.api.ratelimit import RateLimit, ratelimit_hit
 from darktower.api.schema import ApiAutoSchema
 from darktower.client_address import client_address
+from darktower.errors import Unauthenticated
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 # Accept headers that DRF's negotiation answers with its JSON renderer as plain application/json: what nearly every
@@ -75,6 +76,11 @@ class ApiView(APIView):
     idempotent = True
     # Top-level response fields stored as null in the idempotency ledger (secrets shown once).
     idempotency_redact: ClassVar[tuple[str, ...]] = ()
+    # The handler's service refuses a user gone or inactive itself (in its own statement), so a bearer token's
+    # user that authentication left unread (Principal.user_unread) is not read before the handler. It still is
+    # before an Idempotency-Key's claim or replay, and before any error answer (handle_exception), so that
+    # such a user gets authentication's 401 wherever it got one before.
+    user_checked_by_handler: ClassVar[bool] = False
 
     def rate_limits(self, request: Request) -> list[RateLimit]:
         return []
@@ -99,8 +105,16 @@ class ApiView(APIView):
         # Only requests a handler will serve are counted. OPTIONS (metadata) and a method the view lacks (a 405)
         # pass the permission check without a caller, so limits that name the caller could not be computed.
         assert request.method is not None  # Django's handler sets it from the request line
-        if request.method != "OPTIONS" and hasattr(self, request.method.lower()):
-            ratelimit_hit(self.rate_limits(request), on_unavailable=self.rate_limit_fallback(request))
+        counted = request.method != "OPTIONS" and hasattr(self, request.method.lower())
+        limits = self.rate_limits(request) if counted else []
+        principal = request.auth if isinstance(request.auth, Principal) else None
+        if principal is not None and principal.revocation is not None:
+            # The credential's revocation lookup rides on the limits' round trip: a revoked one counts nowhere.
+            revoked = ratelimit_hit(limits, on_unavailable=self.rate_limit_fallback(request),
+                                    unless_exists=principal.revocation.key)
+            principal.settle_revocation(revoked)
+        else:
+            ratelimit_hit(limits, on_unavailable=self.rate_limit_fallback(request))
 
     def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[BaseRenderer, str]:
         if (
@@ -126,6 +140,20 @@ class ApiView(APIView):
             data = {**data, **{name: None for name in self.idempotency_redact if name in data}}
         return bytes(JSONRenderer().render(data))
 
+    def handle_exception(self, exc: Exception) -> Response:
+        """DRF's, after settling what authentication left to later (a bearer token's revocation lookup, its user):
+        a revoked token, or a user gone or inactive, is answered authentication's 401 rather than whatever refusal
+        came first (a 400, a 403, a 404, a 429)."""
+        principal = _authenticated(self.request)
+        if principal is not None and not isinstance(exc, _CALLER_REFUSALS):
+            try:
+                principal.check_revocation()
+                if principal.user_unread:
+                    principal.user  # noqa: B018 -- reads the user, refusing one gone or inactive
+            except exceptions.AuthenticationFailed as refused:
+                exc = refused
+        return super().handle_exception(exc)
+
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Response:
         """DRF's dispatch, with the POST handler wrapped in the idempotency protocol."""
         self.args = args
@@ -142,6 +170,10 @@ class ApiView(APIView):
             if method not in self.http_method_names:
                 handler = self.http_method_not_allowed
             key = drf_request.headers.get(HEADER)
+            principal = drf_request.auth
+            if (isinstance(principal, Principal) and principal.user_unread
+                    and (key is not None or not self.user_checked_by_handler)):
+                principal.user  # noqa: B018 -- reads the user, refusing one gone or inactive (401)
             if self.idempotent and drf_request.method == "POST" and key is not None:
                 outcome = idempotency_begin(
                     principal=self.idempotency_principal(drf_request), key=key, method=drf_request.method,
@@ -178,6 +210,17 @@ class ApiView(APIView):
                 idempotency_release(claim)
         self.response = self.finalize_response(drf_request, response, *args, **kwargs)
         return self.response
+
+
+# Refusals of the caller itself: nothing to read first.
+_CALLER_REFUSALS = (exceptions.AuthenticationFailed, exceptions.NotAuthenticated, Unauthenticated)
+
+
+def _authenticated(request: Request | None) -> Principal | None:
+    """The request's principal once authentication has run; None before (reading `request.auth` would run it,
+    and an error answered before authentication, such as a 406, must not depend on the credentials)."""
+    auth = getattr(request, "_auth", None)
+    return auth if isinstance(auth, Principal) else None
 
 
 class ApiListView(ApiView, generics.ListAPIView):

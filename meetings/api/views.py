@@ -242,6 +242,8 @@ class MeetingEndView(ApiView):
 )
 class MeetingJoinView(JoinReplayMixin, ApiView):
     required_scopes = {"POST": MEETINGS_WRITE}
+    # meeting_join admits only an active user, checked in the join's own statement.
+    user_checked_by_handler = True
 
     def rate_limits(self, request: Request) -> list[RateLimit]:
         return join_limits(principal=self.principal.identifier, ip_address=client_ip(request))
@@ -249,7 +251,7 @@ class MeetingJoinView(JoinReplayMixin, ApiView):
     def post(self, request: Request, meeting_ref: str) -> Response:
         data = join_request(request.data, guest=False)
         result = meeting_join(
-            meeting_ref=meeting_ref, user=self.principal.user, region=data["region"],
+            meeting_ref=meeting_ref, user_id=self.principal.user_id, region=data["region"],
             display_name=data.get("display_name"), client_version=data.get("client_version"),
             ip_address=peer_ip(request),
             user_agent=_user_agent(request),

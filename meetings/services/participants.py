@@ -16,7 +16,16 @@ from accounts.tokens import IssuedToken, token_issue
 from audit.models import ActorType
 from audit.services import AuditEntry, audit_record, audit_record_many
 from controllers.services.capacity import PlacementRule
-from darktower.errors import Conflict, DomainError, Gone, InvalidInput, NoCapacity, NotFound, PermissionDenied
+from darktower.errors import (
+    Conflict,
+    DomainError,
+    Gone,
+    InvalidInput,
+    NoCapacity,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from darktower.process import gc_id
 from meetings.models import LeaveReason, Meeting, MeetingParticipant, MeetingStatus, ParticipantStatus
 from meetings.selectors import known_regions, meeting_ref_lookup
@@ -97,15 +106,26 @@ _JOIN_SQL = """
 SELECT j.outcome, j.joiner_role, j.is_new, {meeting}, {participant},
        j.a_id, j.a_controller_id, j.a_grpc_endpoint, j.a_webtransport_endpoint, j.a_health_status, j.a_fresh,
        j.a_pending, j.a_media_handlers, j.a_rule, j.a_assigned
-FROM meeting_join(%(meeting_id)s::uuid, %(meeting_code)s::text, %(region)s::text, %(user_id)s::uuid,
+FROM {joiner}meeting_join(%(meeting_id)s::uuid, %(meeting_code)s::text, %(region)s::text, {user_id},
                   %(principal)s::text, %(display_name)s::text, %(ip_address)s::inet, %(user_agent)s::text,
                   %(client_version)s::text, %(stale)s::double precision, %(place)s::boolean, %(gc_id)s::text,
                   %(candidates)s::integer, %(per_minute)s::integer, %(window)s::double precision,
-                  %(large)s::integer, %(fresh_reads)s::integer) j
-""".format(
-    meeting=", ".join(f"(j.m).{field.column}" for field in _MEETING_FIELDS),
-    participant=", ".join(f"(j.p).{field.column}" for field in _PARTICIPANT_FIELDS),
+                  %(large)s::integer, %(fresh_reads)s::integer) j{where}
+"""
+_COLUMNS = {
+    "meeting": ", ".join(f"(j.m).{field.column}" for field in _MEETING_FIELDS),
+    "participant": ", ".join(f"(j.p).{field.column}" for field in _PARTICIPANT_FIELDS),
+}
+_GUEST_JOIN_SQL = _JOIN_SQL.format(**_COLUMNS, joiner="", user_id="NULL::uuid", where="")
+# A signed-in user's join runs the function only for a user row that exists and is active (LATERAL: once per row
+# of users found, so never when there is none): no row answered tells a user gone or deactivated since its token
+# was issued, with nothing written, and the request needs no read of its own to find it out.
+_USER_JOIN_SQL = _JOIN_SQL.format(
+    **_COLUMNS, joiner="users u CROSS JOIN LATERAL ", user_id="u.user_id",
+    where="\nWHERE u.user_id = %(user_id)s::uuid AND u.is_active",
 )
+# The refusal of a user gone or deactivated: the words the API's bearer authentication uses for the same case.
+INACTIVE_USER = "Unknown or inactive user."
 _MEETING_AT = 3
 _PARTICIPANT_AT = _MEETING_AT + len(_MEETING_FIELDS)
 _ACTIVE_AT = _PARTICIPANT_AT + len(_PARTICIPANT_FIELDS)
@@ -169,7 +189,7 @@ def _join_statement(joiner: _Joiner) -> _Admitted | _Placing:
     column, value = joiner.lookup
     try:
         with connection.cursor() as cursor:
-            cursor.execute(_JOIN_SQL, {
+            cursor.execute(_GUEST_JOIN_SQL if joiner.user_id is None else _USER_JOIN_SQL, {
                 "meeting_id": value if column == "meeting_id" else None,
                 "meeting_code": value if column == "meeting_code" else None,
                 "region": joiner.region, "user_id": joiner.user_id,
@@ -189,6 +209,8 @@ def _join_statement(joiner: _Joiner) -> _Admitted | _Placing:
         if not isinstance(cause, psycopg.Error) or cause.sqlstate != _NO_CAPACITY_SQLSTATE:
             raise
         raise no_capacity(joiner.region, cause.diag.message_primary or PlacementRule.LEAST_LOADED) from None
+    if row is None:
+        raise Unauthenticated(INACTIVE_USER)
     outcome, role, created = row[:_MEETING_AT]
     refusal = _REFUSALS.get(outcome)
     if refusal is not None:
@@ -247,7 +269,8 @@ def meeting_join(
     *,
     meeting_ref: str,
     region: str,
-    user: User | None,
+    user: User | None = None,
+    user_id: uuid.UUID | None = None,
     display_name: str | None = None,
     ip_address: str | None = None,
     user_agent: str | None = None,
@@ -260,11 +283,15 @@ def meeting_join(
 
     A region where no MC has ever registered is the client's mistake (InvalidInput naming the known regions),
     not a wait for capacity: it is told apart only once placement found no MC, so a join that gets one pays
-    nothing for the check."""
+    nothing for the check.
+
+    A signed-in user joins as `user`, or as `user_id` alone when the caller has not read the user; a guest names
+    neither. Either way the join's statement finds the user and admits only an active one: a user gone or
+    deactivated is refused (Unauthenticated) with nothing written."""
     try:
         return _join_rounds(
-            meeting_ref=meeting_ref, region=region, user=user, display_name=display_name, ip_address=ip_address,
-            user_agent=user_agent, client_version=client_version,
+            meeting_ref=meeting_ref, region=region, user_id=user.pk if user is not None else user_id,
+            display_name=display_name, ip_address=ip_address, user_agent=user_agent, client_version=client_version,
         )
     except NoCapacity:
         regions = known_regions()
@@ -283,7 +310,7 @@ def _join_rounds(
     *,
     meeting_ref: str,
     region: str,
-    user: User | None,
+    user_id: uuid.UUID | None,
     display_name: str | None,
     ip_address: str | None,
     user_agent: str | None,
@@ -293,12 +320,12 @@ def _join_rounds(
     for _ in range(_JOIN_ROUNDS):
         try:
             result = _join_once(
-                meeting_ref=meeting_ref, region=region, user=user, display_name=display_name,
+                meeting_ref=meeting_ref, region=region, user_id=user_id, display_name=display_name,
                 ip_address=ip_address, user_agent=user_agent, client_version=client_version,
             )
         except PlacementNeeded as needed:
             placed = meeting_place(meeting_id=needed.meeting_id, region=region,
-                                   actor_user_id=user.pk if user else None, max_participants=needed.max_participants)
+                                   actor_user_id=user_id, max_participants=needed.max_participants)
             continue
         if placed is not None and result.assignment.assignment_id == placed.assignment_id:
             # The placement this join made: the answer says so (rule, media handlers) rather than "reused".
@@ -311,13 +338,13 @@ def _join_once(
     *,
     meeting_ref: str,
     region: str,
-    user: User | None,
+    user_id: uuid.UUID | None,
     display_name: str | None,
     ip_address: str | None,
     user_agent: str | None,
     client_version: str | None,
 ) -> JoinResult:
-    """Admit a participant (a user, or a guest when `user` is None), assign the meeting an MC in `region`,
+    """Admit a participant (a user, or a guest when `user_id` is None), assign the meeting an MC in `region`,
     and issue the meeting token the MC accepts.
 
     The meeting row is locked (FOR NO KEY UPDATE, which does not block the participants' foreign-key
@@ -345,7 +372,7 @@ def _join_once(
     lookup = meeting_ref_lookup(meeting_ref)
     if lookup is None:
         raise NotFound("No such meeting.")
-    joiner = _Joiner(lookup=lookup, region=region, user_id=user.pk if user is not None else None,
+    joiner = _Joiner(lookup=lookup, region=region, user_id=user_id,
                      display_name=display_name, ip_address=ip_address, user_agent=user_agent,
                      client_version=client_version)
     joined = _join_statement(joiner) if not connection.in_atomic_block else None
@@ -353,14 +380,14 @@ def _join_once(
         with transaction.atomic():
             joined = _join_statement(joiner)
             if isinstance(joined, _Placing):
-                joined = _join_placing(joined, joiner=joiner, user=user)
+                joined = _join_placing(joined, joiner=joiner)
     # Signed after the commit: the meeting row (and a claimed MC's) stay locked only for the database's own work.
     token = _meeting_token(joined.participant)
     return JoinResult(meeting=joined.meeting, participant=joined.participant, assignment=joined.assignment,
                       token=token, created=joined.created)
 
 
-def _join_placing(placing: _Placing, *, joiner: _Joiner, user: User | None) -> _Admitted:
+def _join_placing(placing: _Placing, *, joiner: _Joiner) -> _Admitted:
     """The rest of a join whose meeting needs an MC, in the transaction that holds the meeting row: assign one
     (PlacementNeeded leaves before anything is written: the rollback only gives back the lock), then the
     participant, the meeting's start and the audit rows, as the meeting_join statement writes them."""
@@ -374,8 +401,8 @@ def _join_placing(placing: _Placing, *, joiner: _Joiner, user: User | None) -> _
     )
     if participant is None:
         participant = _participant_insert(MeetingParticipant(
-            meeting=meeting, participant_id=uuid.uuid4(), user=user,
-            display_name=joiner.display_name or (user.display_name if user else "Guest"), role=placing.role,
+            meeting=meeting, participant_id=uuid.uuid4(), user_id=joiner.user_id,
+            display_name=joiner.display_name or _user_display_name(joiner.user_id), role=placing.role,
             status=ParticipantStatus.WAITING if _must_wait(meeting, placing.role) else ParticipantStatus.ADMITTED,
             ip_address=joiner.ip_address, user_agent=joiner.user_agent, client_version=joiner.client_version,
         ))
@@ -384,7 +411,7 @@ def _join_placing(placing: _Placing, *, joiner: _Joiner, user: User | None) -> _
         _meeting_start(meeting)
     audit_entries.append(AuditEntry(
         event_type="participant_joined" if created else "participant_rejoined", action="join",
-        actor_type=ActorType.USER if user else ActorType.API, actor_user_id=joiner.user_id,
+        actor_type=ActorType.USER if joiner.user_id is not None else ActorType.API, actor_user_id=joiner.user_id,
         target_type="meeting", target_id=str(meeting.pk), ip_address=joiner.ip_address,
         user_agent=joiner.user_agent,
         metadata={
@@ -394,6 +421,14 @@ def _join_placing(placing: _Placing, *, joiner: _Joiner, user: User | None) -> _
     ))
     audit_record_many(audit_entries)
     return _Admitted(meeting=meeting, participant=participant, assignment=assignment, created=created)
+
+
+def _user_display_name(user_id: uuid.UUID | None) -> str:
+    """A participant's default name: its user's (read in the join's transaction, which found the user active),
+    "Guest" for a guest."""
+    if user_id is None:
+        return "Guest"
+    return User.objects.filter(pk=user_id).values_list("display_name", flat=True).get()
 
 
 _ACTIVATE_SQL = f"""

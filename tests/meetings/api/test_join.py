@@ -198,20 +198,20 @@ def test_a_join_costs_a_fixed_number_of_statements(as_user, host, other, control
     # transaction the join's BEGIN / COMMIT are a SAVEPOINT / RELEASE.
     meeting = make_meeting(host=host)
     first_client, second_client = as_user(other), as_user(make_user())
-    # User, savepoint, the meeting_join statement (meeting lock, checks, seats, the user's open participant, the
-    # candidates, assignment insert, MC claim, meeting's MC and its start, outbox, participant, both audit rows),
-    # release.
-    with django_assert_num_queries(4):
+    # Savepoint, the meeting_join statement (the user found active, meeting lock, checks, seats, the user's open
+    # participant, the candidates, assignment insert, MC claim, meeting's MC and its start, outbox, participant,
+    # both audit rows), release.
+    with django_assert_num_queries(3):
         first = first_client.post(join_url(meeting.pk), format="json")
     assert first.status_code == 201, first.content
-    # The assignment reused: user, savepoint, the meeting_join statement (which writes the participant and its
-    # audit row), release.
-    with django_assert_num_queries(4):
+    # The assignment reused: savepoint, the meeting_join statement (which writes the participant and its audit
+    # row), release.
+    with django_assert_num_queries(3):
         second = second_client.post(join_url(meeting.meeting_code), format="json")
     assert second.status_code == 201, second.content
     assert second.json()["controller_id"] == first.json()["controller_id"] == controller.controller_id
     # A reload: the open participant comes back from the meeting_join statement, no insert.
-    with django_assert_num_queries(4):
+    with django_assert_num_queries(3):
         again = first_client.post(join_url(meeting.pk), format="json")
     assert again.status_code == 200, again.content
     assert again.json()["participant"] == first.json()["participant"]
