@@ -34,11 +34,9 @@ def _counters(table: str) -> tuple[int, int]:
     return (row[0], row[1]) if row else (0, 0)
 
 
-def _crowd(owner, *, statistics: str) -> None:
-    """CROWD_MEETINGS meetings of PER_MEETING participants each (every other one present), all of them `owner`'s
-    (a user who joined a lot: their participations are no bound on a join's read), and a ban in each, with
-    meeting_participants' and meeting_bans' statistics taken before: on empty tables, or on one meeting's few
-    rows (the planner then takes every row for that meeting's, and every participant for present)."""
+def _statistics(owner, *, statistics: str) -> None:
+    """meeting_participants' and meeting_bans' statistics taken on empty tables, or on one meeting's few rows (the
+    planner then takes every row for that meeting's, and every participant for present)."""
     with connection.cursor() as cursor:
         if statistics == "one meeting":
             early = make_meeting(host=owner)
@@ -54,6 +52,13 @@ def _crowd(owner, *, statistics: str) -> None:
             )
         cursor.execute("ANALYZE meeting_participants")
         cursor.execute("ANALYZE meeting_bans")
+
+
+def _crowd(owner) -> None:
+    """CROWD_MEETINGS meetings of PER_MEETING participants each (every other one present), all of them `owner`'s
+    (a user who joined a lot: their participations are no bound on a join's read), and a ban in each; no ANALYZE
+    after them."""
+    with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO meetings (display_name, meeting_code, created_by_user_id) "
             "SELECT 'Crowd ' || i, 'crowd-' || lpad(i::text, 6, '0'), %s FROM generate_series(1, %s) i",
@@ -74,22 +79,15 @@ def _crowd(owner, *, statistics: str) -> None:
         )
 
 
-@pytest.mark.django_db
-@pytest.mark.parametrize("statistics", ["empty", "one meeting"])
-@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
-def test_the_participant_reads_of_a_join_read_one_meetings_rows_through_an_index(statistics, mode):
-    owner = make_user()
-    make_controller(region=REGION, controller_id="mc-us-east-1-a")
-    _crowd(owner, statistics=statistics)
+def _assert_joins_read_one_meetings_rows(owner) -> None:
+    """The host (the seat count), a user (the open participant, the ban check, the seats), the same user again (a
+    reload) and a guest (the guest seats) join a new meeting, each a join of its own, and none scans either table
+    or fetches another meeting's participants."""
     meeting = make_meeting(host=owner, allow_guests=True, require_auth=False)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('plan_cache_mode', %s, true)", [mode])
     user = make_user()
     scans_before, fetched_before = _counters("meeting_participants")
     bans_before, _ = _counters("meeting_bans")
 
-    # The host (the seat count), a user (the open participant, the ban check, the seats), the same user again
-    # (a reload), a guest (the guest seats): each a join of its own.
     joins = [
         meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=owner),
         meeting_join(meeting_ref=str(meeting.pk), region=REGION, user=user),
@@ -103,3 +101,34 @@ def test_the_participant_reads_of_a_join_read_one_meetings_rows_through_an_index
     assert scans - scans_before == 0, "a join scanned the whole of meeting_participants"
     assert bans - bans_before == 0, "a join scanned the whole of meeting_bans"
     assert fetched - fetched_before <= FETCH_BOUND, "a join fetched other meetings' participants"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("statistics", ["empty", "one meeting"])
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+def test_the_participant_reads_of_a_join_read_one_meetings_rows_through_an_index(statistics, mode):
+    owner = make_user()
+    make_controller(region=REGION, controller_id="mc-us-east-1-a")
+    _statistics(owner, statistics=statistics)
+    _crowd(owner)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('plan_cache_mode', %s, true)", [mode])
+
+    _assert_joins_read_one_meetings_rows(owner)
+
+
+@pytest.mark.django_db
+def test_the_plans_a_session_made_while_the_tables_were_small_still_read_one_meetings_rows():
+    # A server's first joins plan the function's statements on tables that hold a few rows; PL/pgSQL keeps those
+    # plans for the session (the plan cache settles on its generic plan after five custom ones) while the tables
+    # grow, until the next ANALYZE.
+    owner = make_user()
+    make_controller(region=REGION, controller_id="mc-us-east-1-a")
+    _statistics(owner, statistics="empty")
+    early = make_meeting(host=owner, allow_guests=True, require_auth=False)
+    for _ in range(8):
+        meeting_join(meeting_ref=str(early.pk), region=REGION, user=make_user())
+        meeting_join(meeting_ref=str(early.pk), region=REGION, display_name="Guest")
+    _crowd(owner)
+
+    _assert_joins_read_one_meetings_rows(owner)
