@@ -57,7 +57,9 @@ def _run(joins: int, runs: int, plan: dict[str, Any]) -> dict[str, dict[str, flo
     # Reused joins and reloads on the first half of the meetings, guests on the other half.
     pairs = iter((meeting, region, user) for meeting, region in hot[:100] for user in users)
     guests = iter([(meeting, region) for meeting, region in hot[100:]] * len(users))
-    Meeting.objects.filter(pk__in=[meeting for meeting, _ in hot[100:]]).update(allow_guests=True, max_guests=1000, max_participants=1000)
+    Meeting.objects.filter(pk__in=[meeting for meeting, _ in hot[100:]]).update(
+        allow_guests=True, max_guests=1000, max_participants=1000
+    )
     reloader = users[0]
 
     def reused() -> None:

@@ -119,16 +119,43 @@ def server_bound_cursor() -> Iterator[psycopg.Cursor]:
 
 
 
+# PostgreSQL's refusal to run a statement prepared before the type of a column it returns changed (a migration).
+_RESULT_TYPE_CHANGED = "cached plan must not change result type"
+
+
 class _PreparingCursor(psycopg.Cursor[Any]):
     """A psycopg cursor that binds on the server and prepares each statement the first time it runs on the
     connection, whatever else the connection ran meanwhile: psycopg's own count towards `prepare_threshold` also
     counts every statement Django's cursors send, each text with its values apart, and evicts old counts."""
 
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
+                binary: bool | None = None) -> Any:
+        try:
+            return super().execute(query, params, prepare=prepare, binary=binary)
+        except psycopg.errors.FeatureNotSupported as error:
+            # The statement, forgotten below, is prepared again by running it again: at once outside a transaction;
+            # in one, which the error has failed, by the next run after the rollback.
+            if error.diag.message_primary != _RESULT_TYPE_CHANGED or (
+                self.connection.info.transaction_status != pq.TransactionStatus.IDLE
+            ):
+                raise
+            return super().execute(query, params, prepare=prepare, binary=binary)
+
     def _maybe_prepare_gen(self, pgq: Any, *, prepare: bool | None = None, binary: bool | None = None) -> Any:
         # Django's query log (CaptureQueriesContext, DEBUG) reads the statement sent from `_query`, which psycopg
         # sets only for a statement it does not run prepared.
         self._query = pgq
-        return super()._maybe_prepare_gen(pgq, prepare=True if prepare is None else prepare, binary=binary)
+        try:
+            yield from super()._maybe_prepare_gen(pgq, prepare=True if prepare is None else prepare, binary=binary)
+        except psycopg.errors.FeatureNotSupported as error:
+            if error.diag.message_primary == _RESULT_TYPE_CHANGED:
+                # psycopg would send the statement's name again and again: forget it (psycopg closes it on the
+                # server after its next statement), so that the next run prepares it anew, under another name.
+                manager = self._conn._prepared
+                name = manager._names.pop(manager.key(pgq), None)
+                if name:
+                    manager._to_flush.append(name)
+            raise
 
 
 @contextmanager
