@@ -114,7 +114,7 @@ def server_bound_cursor() -> Iterator[psycopg.Cursor]:
     hundreds of values, five times a second) both showed in profiles. Database errors are Django's, as from
     any cursor."""
     connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    with connection.wrap_database_errors, _ServerBindingCursor(connection.connection) as cursor:
         yield cursor
 
 
@@ -123,10 +123,9 @@ def server_bound_cursor() -> Iterator[psycopg.Cursor]:
 _RESULT_TYPE_CHANGED = "cached plan must not change result type"
 
 
-class _PreparingCursor(psycopg.Cursor[Any]):
-    """A psycopg cursor that binds on the server and prepares each statement the first time it runs on the
-    connection, whatever else the connection ran meanwhile: psycopg's own count towards `prepare_threshold` also
-    counts every statement Django's cursors send, each text with its values apart, and evicts old counts."""
+class _ServerBindingCursor(psycopg.Cursor[Any]):
+    """A psycopg cursor that binds on the server (psycopg prepares a statement once it has run `prepare_threshold`
+    times on the connection), and prepares again a statement whose result type has changed since."""
 
     def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
                 binary: bool | None = None) -> Any:
@@ -146,7 +145,7 @@ class _PreparingCursor(psycopg.Cursor[Any]):
         # sets only for a statement it does not run prepared.
         self._query = pgq
         try:
-            yield from super()._maybe_prepare_gen(pgq, prepare=True if prepare is None else prepare, binary=binary)
+            yield from super()._maybe_prepare_gen(pgq, prepare=prepare, binary=binary)
         except psycopg.errors.FeatureNotSupported as error:
             if error.diag.message_primary == _RESULT_TYPE_CHANGED:
                 # psycopg would send the statement's name again and again: forget it (psycopg closes it on the
@@ -156,6 +155,15 @@ class _PreparingCursor(psycopg.Cursor[Any]):
                 if name:
                     manager._to_flush.append(name)
             raise
+
+
+class _PreparingCursor(_ServerBindingCursor):
+    """A server-binding cursor that prepares each statement the first time it runs on the connection, whatever else
+    the connection ran meanwhile: psycopg's own count towards `prepare_threshold` also counts every statement
+    Django's cursors send, each text with its values apart, and evicts old counts."""
+
+    def _maybe_prepare_gen(self, pgq: Any, *, prepare: bool | None = None, binary: bool | None = None) -> Any:
+        return super()._maybe_prepare_gen(pgq, prepare=True if prepare is None else prepare, binary=binary)
 
 
 @contextmanager
