@@ -10,8 +10,13 @@ import psycopg
 from django.db import connection, models, transaction
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.backends.ddl_references import Statement
+from django.db.backends.postgresql.psycopg_any import register_tzloader  # type: ignore[import-untyped]
+from django.db.backends.utils import CursorWrapper
 from django.db.migrations.operations.base import Operation
 from django.db.migrations.state import ProjectState
+from psycopg import adapters, pq
+
+_TIMESTAMPTZ_OID = adapters.types["timestamptz"].oid
 
 
 class PgIndex(models.Index):
@@ -109,9 +114,78 @@ def server_bound_cursor() -> Iterator[psycopg.Cursor]:
     hundreds of values, five times a second) both showed in profiles. Database errors are Django's, as from
     any cursor."""
     connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    with connection.wrap_database_errors, _ServerBindingCursor(connection.connection) as cursor:
         yield cursor
 
+
+
+# PostgreSQL's refusal to run a statement prepared before the type of a column it returns changed (a migration).
+_RESULT_TYPE_CHANGED = "cached plan must not change result type"
+
+
+class _ServerBindingCursor(psycopg.Cursor[Any]):
+    """A psycopg cursor that binds on the server (psycopg prepares a statement once it has run `prepare_threshold`
+    times on the connection), and prepares again a statement whose result type has changed since."""
+
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
+                binary: bool | None = None) -> Any:
+        try:
+            return super().execute(query, params, prepare=prepare, binary=binary)
+        except psycopg.errors.FeatureNotSupported as error:
+            # The statement, forgotten below, is prepared again by running it again: at once outside a transaction;
+            # in one, which the error has failed, by the next run after the rollback.
+            if error.diag.message_primary != _RESULT_TYPE_CHANGED or (
+                self.connection.info.transaction_status != pq.TransactionStatus.IDLE
+            ):
+                raise
+            return super().execute(query, params, prepare=prepare, binary=binary)
+
+    def _maybe_prepare_gen(self, pgq: Any, *, prepare: bool | None = None, binary: bool | None = None) -> Any:
+        # Django's query log (CaptureQueriesContext, DEBUG) reads the statement sent from `_query`, which psycopg
+        # sets only for a statement it does not run prepared.
+        self._query = pgq
+        try:
+            yield from super()._maybe_prepare_gen(pgq, prepare=prepare, binary=binary)
+        except psycopg.errors.FeatureNotSupported as error:
+            if error.diag.message_primary == _RESULT_TYPE_CHANGED:
+                # psycopg would send the statement's name again and again: forget it (psycopg closes it on the
+                # server after its next statement), so that the next run prepares it anew, under another name.
+                manager = self._conn._prepared
+                name = manager._names.pop(manager.key(pgq), None)
+                if name:
+                    manager._to_flush.append(name)
+            raise
+
+
+class _PreparingCursor(_ServerBindingCursor):
+    """A server-binding cursor that prepares each statement the first time it runs on the connection, whatever else
+    the connection ran meanwhile: psycopg's own count towards `prepare_threshold` also counts every statement
+    Django's cursors send, each text with its values apart, and evicts old counts."""
+
+    def _maybe_prepare_gen(self, pgq: Any, *, prepare: bool | None = None, binary: bool | None = None) -> Any:
+        return super()._maybe_prepare_gen(pgq, prepare=True if prepare is None else prepare, binary=binary)
+
+
+@contextmanager
+def prepared_cursor() -> Iterator[CursorWrapper]:
+    """Django's cursor of the connection (its transaction, execute wrappers, query log and database errors) over a
+    psycopg cursor that binds parameters on the server and prepares its statement: a named statement of the
+    protocol, parsed and planned once per connection instead of on every run, for a hot statement whose parse and
+    plan are a share of what it costs PostgreSQL. DB_PREPARED_STATEMENTS off, the statement is bound on the server
+    and not prepared. The statement must cast every parameter (`%(name)s::uuid`): psycopg sends text and NULL
+    untyped, and types a uuid or an int (by its size) apart, each combination of types a statement of its own to
+    prepare: pass values whose type varies (a uuid or NULL) as text."""
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = _PreparingCursor(connection.connection)
+        # As Django's own cursors: timestamps read in the connection's time zone.
+        loader = connection.connection.adapters.get_loader(_TIMESTAMPTZ_OID, pq.Format.TEXT)
+        if connection.timezone != loader.timezone:
+            register_tzloader(connection.timezone, cursor)
+    # Django's own wrapping of a new cursor (a private method, so absent from its stubs).
+    with connection._prepare_cursor(cursor) as wrapped:  # type: ignore[attr-defined]
+        yield wrapped
 
 # Rows per DELETE: each batch is its own short transaction, so a year of backlog never holds locks for
 # long, and a crash loses at most one batch of progress.

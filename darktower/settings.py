@@ -222,6 +222,14 @@ if DB_POOL_MAX_SIZE:
     _default_db["OPTIONS"]["pool"] = {
         "min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE, "timeout": DB_POOL_TIMEOUT_SECONDS,
     }
+# Statements run through a server-binding cursor (darktower.db: the join, the heartbeat flush, the capacity cache)
+# are prepared on their connection (a named statement of the protocol), so PostgreSQL parses and plans each once per
+# connection; Django's own cursors bind on the client and never prepare. Off for a pooler that cannot keep prepared
+# statements: PgBouncer in transaction mode before 1.21, or without max_prepared_statements (README).
+DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", True)
+# psycopg's count of runs before it prepares a statement on its own (a prepared_cursor prepares at once); None, as
+# Django sets it by default, prepares nothing.
+_default_db["OPTIONS"]["prepare_threshold"] = 5 if DB_PREPARED_STATEMENTS else None
 _default_db["TEST"] = {"NAME": env_str("DB_TEST_NAME", "test_darktower")}
 DATABASES = {"default": _default_db}
 

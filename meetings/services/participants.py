@@ -16,6 +16,7 @@ from accounts.tokens import IssuedToken, token_issue
 from audit.models import ActorType
 from audit.services import AuditEntry, audit_record, audit_record_many
 from controllers.services.capacity import PlacementRule
+from darktower.db import prepared_cursor
 from darktower.errors import (
     Conflict,
     DomainError,
@@ -101,7 +102,8 @@ _PARTICIPANT_ATTNAMES = [field.attname for field in _PARTICIPANT_FIELDS]
 # The database side of a join in one statement: the meeting_join function (meetings migration 0008, which states
 # its rules) locks the meeting row, checks, counts the seats, reuses the active assignment or claims an MC, and
 # admits the participant (writing the outbox and audit rows); or, when the MC must be asked (`place` false), answers
-# `assign` with nothing written. Casts: parameters are bound on the client, as literals of unknown type.
+# `assign` with nothing written. Bound on the server and prepared once per connection (prepared_cursor), which spares
+# PostgreSQL parsing and planning it on every join: every parameter is cast, as psycopg sends text and NULL untyped.
 _JOIN_SQL = """
 SELECT j.outcome, j.joiner_role, j.is_new, {meeting}, {participant},
        j.a_id, j.a_controller_id, j.a_grpc_endpoint, j.a_webtransport_endpoint, j.a_health_status, j.a_fresh,
@@ -188,11 +190,13 @@ def _join_statement(joiner: _Joiner) -> _Admitted | _Placing:
     an MC needs; a refusal raises its domain error (nothing was written)."""
     column, value = joiner.lookup
     try:
-        with connection.cursor() as cursor:
+        with prepared_cursor() as cursor:
+            # The ids as text (cast in the statement): psycopg types a uuid and a NULL apart, and each combination of
+            # types would be a statement of its own to prepare.
             cursor.execute(_GUEST_JOIN_SQL if joiner.user_id is None else _USER_JOIN_SQL, {
-                "meeting_id": value if column == "meeting_id" else None,
+                "meeting_id": str(value) if column == "meeting_id" else None,
                 "meeting_code": value if column == "meeting_code" else None,
-                "region": joiner.region, "user_id": joiner.user_id,
+                "region": joiner.region, "user_id": str(joiner.user_id) if joiner.user_id is not None else None,
                 "principal": participant_principal(user_id=joiner.user_id, ip_address=joiner.ip_address),
                 "display_name": joiner.display_name, "ip_address": joiner.ip_address,
                 "user_agent": joiner.user_agent, "client_version": joiner.client_version,
