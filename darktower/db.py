@@ -123,6 +123,16 @@ def server_bound_cursor() -> Iterator[psycopg.Cursor]:
 _RESULT_TYPE_CHANGED = "cached plan must not change result type"
 
 
+def result_type_changed(error: BaseException) -> bool:
+    """Whether `error` (Django's, or psycopg's under it) is PostgreSQL refusing a statement prepared before the
+    type of a column it returns changed."""
+    cause = error if isinstance(error, psycopg.Error) else error.__cause__
+    diag = getattr(cause, "diag", None)
+    return isinstance(cause, psycopg.errors.FeatureNotSupported) and diag is not None and (
+        diag.message_primary == _RESULT_TYPE_CHANGED
+    )
+
+
 class _ServerBindingCursor(psycopg.Cursor[Any]):
     """A psycopg cursor that binds on the server (psycopg prepares a statement once it has run `prepare_threshold`
     times on the connection), and prepares again a statement whose result type has changed since."""

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import redis
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
-from django.db import DataError, OperationalError
+from django.db import DataError, NotSupportedError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.views.csrf import csrf_failure as django_csrf_failure
@@ -38,6 +38,7 @@ from darktower import errors
 from darktower.api.idempotency import IdempotencyKeyReused
 from darktower.database_outage import RETRY_AFTER_SECONDS as DATABASE_RETRY_AFTER_SECONDS
 from darktower.database_outage import database_outage, is_connection_failure
+from darktower.db import result_type_changed
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         logger.warning("api: statement cancelled by the database (%s)", getattr(exc.__cause__, "sqlstate", None))
         return Response(
             error_body("retry", "The database gave up on the request (a timeout) and rolled it back; retry."),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"},
+        )
+    if isinstance(exc, NotSupportedError) and result_type_changed(exc):
+        # A statement prepared on this connection before a migration changed what it returns, run inside a
+        # transaction: that transaction rolled back, and the statement is prepared again when next run.
+        logger.warning("api: a prepared statement outlived a change of its result type; prepared again")
+        return Response(
+            error_body("retry", "The request collided with a schema change and was rolled back; retry."),
             status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"},
         )
     if isinstance(exc, DataError):

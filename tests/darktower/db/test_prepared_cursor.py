@@ -7,6 +7,7 @@ import psycopg
 import pytest
 from django.db import NotSupportedError, connection, transaction
 
+from darktower.api.errors import exception_handler
 from darktower.db import prepared_cursor
 
 _SELECT = "SELECT label FROM prepared_cursor_probe WHERE id = %(id)s::integer"
@@ -62,3 +63,17 @@ def test_in_a_transaction_the_statement_fails_once_and_runs_again_after_the_roll
         _select()
     assert _select() == "one"
     assert _prepared() == 1
+
+
+def test_the_api_answers_that_one_failure_a_503_to_retry(probe_table):
+    assert _select() == "one"
+    _from_another_session("ALTER TABLE prepared_cursor_probe ALTER COLUMN label TYPE text")
+    with pytest.raises(NotSupportedError) as failed, transaction.atomic():
+        _select()
+
+    response = exception_handler(failed.value, {})
+
+    # Nothing was written (the transaction rolled back) and the same request passes when sent again.
+    assert response is not None and response.status_code == 503
+    assert response.data["error"]["code"] == "retry"
+    assert response["Retry-After"] == "1"
