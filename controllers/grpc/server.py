@@ -206,31 +206,19 @@ class HandlerWrapper(Protocol):
 _NOT_KEPT: Any = object()
 
 
-class _CallDetails(grpc.HandlerCallDetails):
-    def __init__(self, method: str) -> None:
-        self.method = method
-        self.invocation_metadata = ()
-
-
 class WrappedHandlers(grpc.GenericRpcHandler):
-    """The server's handlers: the services registered on it (it takes the generated add_*Servicer_to_server
-    calls as a server would), each method's handler wrapped by `wrappers` (the first outermost) and kept.
+    """The server's one generic handler: the services registered on it (it takes the generated
+    add_*Servicer_to_server calls as a server would), each method's handler wrapped by `wrappers` (the first
+    outermost) on its first call and kept.
 
     What grpc.aio server interceptors are for, without their cost per call: grpc.aio awaits every interceptor
     on every call to find its handler (a coroutine per interceptor per call, and what they await), where this
     is a dict lookup.
-
-    `register_methods` registers every method the services registered, wrapped, on the grpc.aio server itself:
-    gRPC core then keeps the calls the event loop has not taken in yet in one queue per method, and the loop
-    takes in from every method's queue in turn. Served as a generic handler only, every call waits in one queue
-    in its order of arrival, and the beats of a running fleet would wait behind every registration of a fleet
-    restarting. The generic handler still answers a method nobody registered (UNIMPLEMENTED).
     """
 
     def __init__(self, wrappers: Sequence[HandlerWrapper]) -> None:
         self._wrappers = tuple(reversed(wrappers))
         self._generic: list[grpc.GenericRpcHandler] = []
-        self._registered: dict[str, list[str]] = {}
         self._methods: dict[str, grpc.RpcMethodHandler | None] = {}
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
@@ -238,18 +226,7 @@ class WrappedHandlers(grpc.GenericRpcHandler):
 
     def add_registered_method_handlers(self, service_name: str,
                                        method_handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
-        """The generated code registers each method here as well as through its generic handler, which serves
-        it: `register_methods` registers the method's wrapped handler on the server."""
-        self._registered.setdefault(service_name, []).extend(method_handlers)
-
-    def register_methods(self, server: grpc.aio.Server) -> None:
-        """Register on `server` (not started yet) every method registered here, with its wrapped handler; a method
-        the wrappers refuse stays unregistered, answered UNIMPLEMENTED."""
-        for service_name, names in self._registered.items():
-            wrapped = {name: self.service(_CallDetails(f"/{service_name}/{name}")) for name in names}
-            server.add_registered_method_handlers(
-                service_name, {name: handler for name, handler in wrapped.items() if handler is not None}
-            )
+        """The generated code registers each method here as well; its generic handler already serves them."""
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method: str = handler_call_details.method
@@ -388,7 +365,6 @@ class GrpcServer:
             handlers,
         )
         server = grpc.aio.server(handlers=[handlers], options=options)
-        handlers.register_methods(server)
         try:
             port = server.add_secure_port(bind, tls.credentials()) if tls else server.add_insecure_port(bind)
         except RuntimeError as exc:
