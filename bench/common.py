@@ -255,14 +255,16 @@ def free_port() -> int:
 
 
 def process_tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` and every process it started that is still running."""
+    """User + system CPU seconds of process `pid` and every process it started: those still running, and those that
+    ended, counted in the times of the parent that waited for them (a PostgreSQL backend that exits between two
+    readings would otherwise take its CPU out of the sum)."""
     total = 0.0
     with contextlib.suppress(psutil.NoSuchProcess):
         parent = psutil.Process(pid)
         for member in [parent, *parent.children(recursive=True)]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = member.cpu_times()
-                total += times.user + times.system
+                total += times.user + times.system + times.children_user + times.children_system
     return total
 
 
