@@ -132,3 +132,9 @@ def test_the_command_revokes_and_prints_the_replacement(capsys):
     assert_refused(token)
     with pytest.raises(CommandError, match="No such signing key"):
         call_command("revoke_signing_key", "no-such-kid")
+
+
+def test_the_command_takes_a_kid_that_begins_with_a_dash():
+    # A kid is a base64url thumbprint: one in 64 begins with "-", which must still be read as the kid.
+    with pytest.raises(CommandError, match="No such signing key"):
+        call_command("revoke_signing_key", "-no-such-kid")

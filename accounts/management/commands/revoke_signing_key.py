@@ -3,6 +3,7 @@ when it was the active one), and every process refuses its tokens within SIGNING
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -16,6 +17,26 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("kid", help="the key id (JWT header kid) to revoke")
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parse_args = parser.parse_args
+        known = {option for action in parser._actions for option in action.option_strings}
+
+        def parse_kid_beginning_with_a_dash(args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+            # A kid is base64url and may begin with "-", which argparse takes for an unknown option unless "--"
+            # comes before it.
+            given = list(args or ())
+            for index, arg in enumerate(given):
+                if arg == "--":
+                    break
+                if arg.startswith("-") and arg.split("=", 1)[0] not in known:
+                    given.insert(index, "--")
+                    break
+            return parse_args(given if args is not None else None, namespace)
+
+        parser.parse_args = parse_kid_beginning_with_a_dash  # type: ignore[method-assign]
+        return parser
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
