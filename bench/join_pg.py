@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import sys
@@ -122,8 +123,6 @@ def main(argv: list[str] | None = None) -> int:
             settings.REDIS_URL = redis.url
             users = 2 * (args.joins * args.runs + 10) // 100 + 2
             plan_path, _ = _setup(scratch, controllers=200, meetings=200, fresh=first_joins, users=users, work=work)
-            import json
-
             meetings = json.loads(plan_path.read_text())
             plan = {"hot": meetings["meetings"][:200], "fresh": meetings["fresh"]}
             load = os.getloadavg()[0]
